@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The README's second command, and what .ci/run runs: every test, against a real Postgres
+# (see scripts/pg-env.sh), each test in a fresh database of its own.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+source scripts/pg-env.sh
+if [ -z "${CARGO_TARGET_DIR:-}" ] && [ -d /var/tmp/draftd-target ]; then export CARGO_TARGET_DIR=/var/tmp/draftd-target; fi
+if cargo nextest --version >/dev/null 2>&1; then
+  exec cargo nextest run --workspace --no-fail-fast "$@"
+else
+  exec cargo test --workspace --no-fail-fast "$@"
+fi

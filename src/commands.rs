@@ -1,0 +1,229 @@
+//! What each CLI subcommand does; `main.rs` only parses arguments and calls these.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+
+use crate::config::{Config, WebhookSecrets};
+use crate::http::{self, AppState};
+use crate::store::{self, stands};
+
+/// `draftd serve`: bind first (so `/health` answers at once), migrate in the background, serve until
+/// SIGTERM/Ctrl-C, then let in-flight requests finish.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let projects = WebhookSecrets::resolve(&config)?;
+    let pool = store::pool(&config.database_url, config.intake.db_pool_size)?;
+    let state = AppState::new(&config, projects, pool.clone());
+    let listener =
+        TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, mode = ?config.cluster.mode, projects = config.projects.len(), "draftd serving");
+
+    let migrations = tokio::spawn(migrate_until_done(pool.clone(), state.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let app = http::router(state);
+    let server = axum::serve(listener, app).with_graceful_shutdown({
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    });
+    let signal = async move {
+        shutdown_signal().await;
+        tracing::info!(drain_timeout = ?http::DRAIN_TIMEOUT, "shutting down: finishing in-flight requests");
+        let _ = stop_tx.send(true);
+        tokio::time::sleep(http::DRAIN_TIMEOUT).await;
+    };
+    tokio::select! {
+        r = server => r.context("server failed")?,
+        _ = signal => tracing::warn!("drain timeout reached; exiting with requests still open"),
+        r = migrations => {
+            // Only a permanent migration failure ends the task; the server cannot serve then.
+            r.context("migration task panicked")??;
+            unreachable!("migrate_until_done returns only on error")
+        }
+    }
+    pool.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Retries while the database is unreachable (it may start after draftd); stops on a real migration error.
+async fn migrate_until_done(pool: sqlx::PgPool, state: AppState) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match store::migrate(&pool).await {
+            Ok(()) => {
+                state.set_migrated();
+                tracing::info!("migrations applied");
+                return std::future::pending().await;
+            }
+            Err(e @ store::StoreError::Migrate(sqlx::migrate::MigrateError::Execute(sqlx::Error::Io(_))))
+            | Err(e @ store::StoreError::Db(_)) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "database not reachable for migrations");
+            }
+            Err(e) => return Err(e).context("migrations failed"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// `draftd migrate`: apply pending migrations and exit.
+pub async fn migrate(config: Config) -> anyhow::Result<()> {
+    let pool = store::pool(&config.database_url, 2)?;
+    store::migrate(&pool).await.context("applying migrations")?;
+    println!(
+        "migrations applied ({} known)",
+        store::MIGRATOR.iter().filter(|m| m.migration_type.is_up_migration()).count()
+    );
+    Ok(())
+}
+
+/// `draftd stands list`.
+pub async fn stands_list(
+    config: Config,
+    project: Option<String>,
+    state: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let pool = store::pool(&config.database_url, 2)?;
+    let rows = stands::list(&pool, project.as_deref(), state.as_deref()).await?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &rows)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|s| {
+            vec![
+                s.stand_id.to_string(),
+                s.project.clone(),
+                s.branch.clone(),
+                s.state.clone(),
+                s.namespace.clone(),
+                s.pr_number.map(|n| format!("#{n}")).unwrap_or_default(),
+                short(s.head_sha.as_deref()),
+                match (&s.last_run, &s.last_run_kind, &s.last_run_state) {
+                    (Some(n), Some(k), Some(st)) => format!("#{n} {k} {st}"),
+                    _ => String::new(),
+                },
+            ]
+        })
+        .collect();
+    write_table(&mut out, &["ID", "PROJECT", "BRANCH", "STATE", "NAMESPACE", "PR", "SHA", "LAST RUN"], &table)?;
+    if rows.is_empty() {
+        writeln!(out, "(no stands)")?;
+    }
+    Ok(())
+}
+
+/// `draftd stands show <id | project/branch>`.
+pub async fn stands_show(config: Config, stand: stands::StandRef, json: bool) -> anyhow::Result<()> {
+    let pool = store::pool(&config.database_url, 2)?;
+    let Some(detail) = stands::show(&pool, &stand, 20).await? else {
+        bail!("no stand {}", describe(&stand));
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &detail)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let s = &detail.stand;
+    let fields: [(&str, String); 9] = [
+        ("stand", s.stand_id.to_string()),
+        ("project", s.project.clone()),
+        ("branch", s.branch.clone()),
+        ("namespace", s.namespace.clone()),
+        (
+            "state",
+            match &s.state_reason {
+                Some(r) => format!("{} ({r})", s.state),
+                None => s.state.clone(),
+            },
+        ),
+        ("pull request", s.pr_number.map(|n| format!("#{n}")).unwrap_or_else(|| "-".into())),
+        ("head sha", s.head_sha.clone().unwrap_or_else(|| "-".into())),
+        ("expires", s.expires_at.map(|t| t.to_rfc3339()).unwrap_or_else(|| "- (set by the first deploy)".into())),
+        ("created", s.created_at.to_rfc3339()),
+    ];
+    for (k, v) in fields {
+        writeln!(out, "{:<13} {v}", format!("{k}:"))?;
+    }
+    writeln!(out)?;
+    let runs: Vec<Vec<String>> = detail
+        .runs
+        .iter()
+        .map(|r| {
+            vec![
+                format!("#{}", r.number),
+                r.kind.clone(),
+                r.trigger.clone(),
+                short(r.sha.as_deref()),
+                r.state.clone(),
+                r.requested_by.clone().unwrap_or_default(),
+                r.queued_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            ]
+        })
+        .collect();
+    write_table(&mut out, &["RUN", "KIND", "TRIGGER", "SHA", "STATE", "BY", "QUEUED (UTC)"], &runs)?;
+    Ok(())
+}
+
+fn describe(stand: &stands::StandRef) -> String {
+    match stand {
+        stands::StandRef::Id(id) => format!("with id {id}"),
+        stands::StandRef::Branch { project, branch } => format!("for branch {branch:?} of project {project:?}"),
+    }
+}
+
+fn short(sha: Option<&str>) -> String {
+    sha.map(|s| s.chars().take(12).collect()).unwrap_or_default()
+}
+
+fn write_table(out: &mut impl Write, head: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  ", w = *w));
+            }
+        }
+        s.trim_end().to_owned()
+    };
+    writeln!(out, "{}", line(head.to_vec()))?;
+    for row in rows {
+        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
+    }
+    Ok(())
+}

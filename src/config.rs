@@ -1,0 +1,675 @@
+//! Typed settings: a TOML file (`--config` or `DRAFTD_CONFIG`) with every value overridable by
+//! `DRAFTD_…` environment variables (`__` separates levels: `DRAFTD_STANDS__TTL=24h`).
+//!
+//! Loading validates everything it can without side effects and names the key and the file (or the
+//! environment variable) in every error. Secrets are never in the file: the file names the
+//! environment variable that holds each one, and [`WebhookSecrets`] reads them when `serve` starts.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use globset::{GlobSet, GlobSetBuilder};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::stand::ProjectName;
+
+/// Top-level keys; environment variables naming anything else (like `DRAFTD_CONFIG` or
+/// `DRAFTD_API_TOKEN`, which are not settings) are not read as settings.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "database_url",
+    "public_url",
+    "api",
+    "cluster",
+    "stands",
+    "intake",
+    "postgres",
+    "vault",
+    "github",
+    "gitlab",
+    "projects",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
+    /// A value of the wrong type or shape; `key` is spelt as in its source (TOML path or variable name).
+    #[error("config {source_name}: key `{key}`: {message}")]
+    Invalid { source_name: String, key: String, message: String },
+    #[error("config {source_name}: key `{key}`: environment variable {var} is not set or empty")]
+    MissingSecret { source_name: String, key: String, var: String },
+}
+
+/// The loaded configuration. Secrets are not here, only the names of the variables holding them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the HTTP listener binds: webhooks, health, and later the API and dashboard.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// draftd's own state. Default: the machine-local Postgres, database `draftd`.
+    #[serde(default = "default_database_url")]
+    pub database_url: String,
+    /// Base of links in reports.
+    #[serde(default = "default_public_url")]
+    pub public_url: String,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+    #[serde(default)]
+    pub stands: StandsConfig,
+    #[serde(default)]
+    pub intake: IntakeConfig,
+    pub postgres: Option<PostgresConfig>,
+    pub vault: Option<VaultConfig>,
+    #[serde(default)]
+    pub github: GithubConfig,
+    #[serde(default)]
+    pub gitlab: GitlabConfig,
+    #[serde(default)]
+    pub projects: Vec<ProjectConfig>,
+    /// Where the file came from, for error messages; not a setting.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_database_url() -> String {
+    "postgres://postgres@127.0.0.1:5432/draftd".into()
+}
+fn default_public_url() -> String {
+    "http://127.0.0.1:8080".into()
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Variable holding the bearer token for the API and the dashboard's buttons.
+    pub token_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClusterMode {
+    Kubernetes,
+    /// Render and record under `dry_run_dir`, apply nothing: the default, so a first run is harmless.
+    #[default]
+    DryRun,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    #[serde(default)]
+    pub mode: ClusterMode,
+    /// Where dry-run mode writes each stand's rendered manifests.
+    #[serde(default = "default_dry_run_dir")]
+    pub dry_run_dir: PathBuf,
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self { mode: ClusterMode::default(), dry_run_dir: default_dry_run_dir(), kubeconfig: None, context: None }
+    }
+}
+
+fn default_dry_run_dir() -> PathBuf {
+    PathBuf::from("stands")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandsConfig {
+    /// A stand lives this long after its last deploy started; 48h covers a weekend-free review cycle.
+    #[serde(default = "default_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Upper bound on runs in flight across all projects, to protect the cluster and the forge API.
+    #[serde(default = "default_max_concurrent_runs")]
+    pub max_concurrent_runs: u32,
+}
+
+impl Default for StandsConfig {
+    fn default() -> Self {
+        Self { ttl: default_ttl(), max_concurrent_runs: default_max_concurrent_runs() }
+    }
+}
+
+fn default_ttl() -> Duration {
+    Duration::from_secs(48 * 3600)
+}
+fn default_max_concurrent_runs() -> u32 {
+    8
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntakeConfig {
+    /// GitHub caps webhook payloads at 25 MiB; anything larger is not from a forge.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Connections to draftd's own database; intake holds one only for its single transaction.
+    #[serde(default = "default_db_pool_size")]
+    pub db_pool_size: u32,
+}
+
+impl Default for IntakeConfig {
+    fn default() -> Self {
+        Self { max_body_bytes: default_max_body_bytes(), db_pool_size: default_db_pool_size() }
+    }
+}
+
+fn default_max_body_bytes() -> usize {
+    25 * 1024 * 1024
+}
+fn default_db_pool_size() -> u32 {
+    32
+}
+
+/// The server hosting per-stand databases (used from the databases issue on).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    pub admin_url_env: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VaultAuth {
+    Token,
+    Approle,
+    Kubernetes,
+}
+
+/// Vault or OpenBao (used from the databases issue on).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    pub address: String,
+    pub auth: VaultAuth,
+    pub token_env: Option<String>,
+    #[serde(default = "default_kv_mount")]
+    pub kv_mount: String,
+    /// Every credential a stand receives expires within this; the seed plan caps it at one hour.
+    #[serde(default = "default_credential_ttl", with = "humantime_serde")]
+    pub credential_ttl: Duration,
+}
+
+fn default_kv_mount() -> String {
+    "draft".into()
+}
+fn default_credential_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubConfig {
+    #[serde(default = "default_github_api")]
+    pub api_url: String,
+    pub token_env: Option<String>,
+    pub app_id: Option<u64>,
+    pub private_key_file: Option<PathBuf>,
+    /// One secret for every GitHub project (a GitHub App's webhook); projects may still set their own.
+    pub webhook_secret_env: Option<String>,
+}
+
+impl Default for GithubConfig {
+    fn default() -> Self {
+        Self {
+            api_url: default_github_api(),
+            token_env: None,
+            app_id: None,
+            private_key_file: None,
+            webhook_secret_env: None,
+        }
+    }
+}
+
+fn default_github_api() -> String {
+    "https://api.github.com".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitlabConfig {
+    #[serde(default = "default_gitlab_url")]
+    pub url: String,
+    pub token_env: Option<String>,
+    /// One token for every GitLab project (a group webhook); projects may still set their own.
+    pub webhook_secret_env: Option<String>,
+}
+
+impl Default for GitlabConfig {
+    fn default() -> Self {
+        Self { url: default_gitlab_url(), token_env: None, webhook_secret_env: None }
+    }
+}
+
+fn default_gitlab_url() -> String {
+    "https://gitlab.com".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForgeKind {
+    Github,
+    Gitlab,
+}
+
+impl ForgeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForgeKind::Github => "github",
+            ForgeKind::Gitlab => "gitlab",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ForkPolicy {
+    /// Fork PRs run code nobody with write access has vetted; never give it a stand with secrets.
+    #[default]
+    Deny,
+    Allow,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectConfig {
+    pub name: String,
+    pub forge: ForgeKind,
+    /// `owner/name` on GitHub, the project path on GitLab; matched case-insensitively.
+    pub repo: String,
+    pub webhook_secret_env: Option<String>,
+    pub team: Option<String>,
+    pub service: Option<String>,
+    #[serde(default = "default_chart")]
+    pub chart: PathBuf,
+    #[serde(default = "default_values")]
+    pub values: Vec<PathBuf>,
+    pub image: Option<String>,
+    pub host: Option<String>,
+    #[serde(default = "default_branches")]
+    pub branches: Vec<String>,
+    #[serde(default)]
+    pub forks: ForkPolicy,
+    /// Draft PRs are work in progress; they get a stand once marked ready for review.
+    #[serde(default = "default_true")]
+    pub skip_draft: bool,
+    /// A PR carrying this label gets no stand, and adding it tears the stand down.
+    #[serde(default = "default_opt_out_label")]
+    pub opt_out_label: String,
+    /// Name namespaces after the branch without its `feature/` or `bugfix/` prefix.
+    #[serde(default)]
+    pub strip_branch_prefix: bool,
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    #[serde(default)]
+    pub migrate: Vec<String>,
+    #[serde(default)]
+    pub smoke: Vec<String>,
+}
+
+fn default_chart() -> PathBuf {
+    PathBuf::from("charts/stand")
+}
+fn default_values() -> Vec<PathBuf> {
+    vec![PathBuf::from("values/draft.yaml")]
+}
+fn default_branches() -> Vec<String> {
+    vec!["feature/**".into(), "bugfix/**".into()]
+}
+fn default_true() -> bool {
+    true
+}
+fn default_opt_out_label() -> String {
+    "draft:skip".into()
+}
+
+impl Config {
+    /// Loads `path` (when given) under `DRAFTD_*` overrides, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::defaults()));
+        if let Some(path) = path {
+            // Toml::file ignores a missing file; a typo in --config must not silently mean "defaults".
+            std::fs::metadata(path)
+                .map_err(|e| ConfigError::Unreadable { path: path.to_owned(), reason: e.to_string() })?;
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(
+            Env::prefixed("DRAFTD_")
+                .filter(|key| {
+                    let top = key.as_str().split("__").next().unwrap_or_default();
+                    TOP_LEVEL_KEYS.iter().any(|k| k.eq_ignore_ascii_case(top))
+                })
+                .split("__"),
+        );
+        let mut config: Config = figment.extract().map_err(|e| from_figment(e, path))?;
+        config.source = path.map(Path::to_owned);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn defaults() -> Config {
+        Config {
+            listen: default_listen(),
+            database_url: default_database_url(),
+            public_url: default_public_url(),
+            api: ApiConfig::default(),
+            cluster: ClusterConfig::default(),
+            stands: StandsConfig::default(),
+            intake: IntakeConfig::default(),
+            postgres: None,
+            vault: None,
+            github: GithubConfig::default(),
+            gitlab: GitlabConfig::default(),
+            projects: Vec::new(),
+            source: None,
+        }
+    }
+
+    fn source_name(&self) -> String {
+        match &self.source {
+            Some(p) => p.display().to_string(),
+            None => "(defaults and environment)".into(),
+        }
+    }
+
+    fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid { source_name: self.source_name(), key: key.into(), message: message.into() }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.stands.ttl.is_zero() {
+            return Err(self.invalid("stands.ttl", "must be longer than zero"));
+        }
+        if self.stands.max_concurrent_runs == 0 {
+            return Err(self.invalid("stands.max_concurrent_runs", "must be at least 1"));
+        }
+        if self.intake.db_pool_size == 0 {
+            return Err(self.invalid("intake.db_pool_size", "must be at least 1"));
+        }
+        if let Some(vault) = &self.vault
+            && (vault.credential_ttl.is_zero() || vault.credential_ttl > Duration::from_secs(3600))
+        {
+            return Err(self.invalid("vault.credential_ttl", "must be more than zero and at most 1h"));
+        }
+        for (key, url) in [
+            ("database_url", &self.database_url),
+            ("public_url", &self.public_url),
+            ("github.api_url", &self.github.api_url),
+            ("gitlab.url", &self.gitlab.url),
+        ] {
+            if !url.contains("://") {
+                return Err(self.invalid(key, "must be a URL with a scheme"));
+            }
+        }
+        let mut names = HashMap::new();
+        let mut repos = HashMap::new();
+        for (i, p) in self.projects.iter().enumerate() {
+            let key = |field: &str| format!("projects[{i}].{field}");
+            ProjectName::new(&p.name).map_err(|e| self.invalid(key("name"), e.to_string()))?;
+            if let Some(prev) = names.insert(p.name.clone(), i) {
+                return Err(self.invalid(key("name"), format!("{:?} is also the name of projects[{prev}]", p.name)));
+            }
+            if p.repo.trim().is_empty() || !p.repo.contains('/') {
+                return Err(self.invalid(key("repo"), "must be the repository path, like owner/name"));
+            }
+            if let Some(prev) = repos.insert((p.forge, p.repo.to_lowercase()), i) {
+                return Err(self.invalid(key("repo"), format!("{:?} is also configured in projects[{prev}]", p.repo)));
+            }
+            if p.branches.is_empty() {
+                return Err(self.invalid(key("branches"), "must list at least one glob"));
+            }
+            branch_globs(&p.branches).map_err(|e| self.invalid(key("branches"), e))?;
+            if p.ttl.is_some_and(|t| t.is_zero()) {
+                return Err(self.invalid(key("ttl"), "must be longer than zero"));
+            }
+            let app_wide = match p.forge {
+                ForgeKind::Github => &self.github.webhook_secret_env,
+                ForgeKind::Gitlab => &self.gitlab.webhook_secret_env,
+            };
+            if p.webhook_secret_env.is_none() && app_wide.is_none() {
+                return Err(self.invalid(
+                    key("webhook_secret_env"),
+                    format!("is required unless [{}] webhook_secret_env is set", p.forge.as_str()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Compiles branch globs: `*` stays within one path segment, `**` crosses them.
+pub fn branch_globs(globs: &[String]) -> Result<GlobSet, String> {
+    let mut set = GlobSetBuilder::new();
+    for g in globs {
+        let glob = globset::GlobBuilder::new(g)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| format!("invalid glob {g:?}: {e}"))?;
+        set.add(glob);
+    }
+    set.build().map_err(|e| e.to_string())
+}
+
+fn from_figment(err: figment::Error, path: Option<&Path>) -> ConfigError {
+    let dotted = err.path.join(".");
+    let (source_name, key) = match &err.metadata {
+        // Environment values are named by the variable the user set, files by the file.
+        Some(md) if md.source.is_none() && md.name.contains("environment") => {
+            let var = format!("DRAFTD_{}", err.path.join("__").to_uppercase());
+            ("environment".to_string(), var)
+        }
+        Some(md) => match &md.source {
+            Some(figment::Source::File(f)) => (f.display().to_string(), dotted),
+            _ => (path.map(|p| p.display().to_string()).unwrap_or_else(|| md.name.to_string()), dotted),
+        },
+        None => (path.map(|p| p.display().to_string()).unwrap_or_default(), dotted),
+    };
+    let key = if key.is_empty() { "(top level)".into() } else { key };
+    ConfigError::Invalid { source_name, key, message: err.kind.to_string() }
+}
+
+/// A project with its branch filter compiled, ready for intake.
+#[derive(Debug, Clone)]
+pub struct Project {
+    pub name: ProjectName,
+    pub settings: ProjectConfig,
+    pub branches: GlobSet,
+    /// The secret webhooks of this project are verified with.
+    pub webhook_secret: SecretString,
+}
+
+/// Reads every webhook secret named in the config, so a missing one stops `serve` at start rather than
+/// turning every delivery into a 401 later.
+#[derive(Debug, Clone)]
+pub struct WebhookSecrets;
+
+impl WebhookSecrets {
+    pub fn resolve(config: &Config) -> Result<Vec<Project>, ConfigError> {
+        config
+            .projects
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let (key, var) = match (&p.webhook_secret_env, p.forge) {
+                    (Some(var), _) => (format!("projects[{i}].webhook_secret_env"), var.clone()),
+                    (None, ForgeKind::Github) => (
+                        "github.webhook_secret_env".into(),
+                        config.github.webhook_secret_env.clone().unwrap_or_default(),
+                    ),
+                    (None, ForgeKind::Gitlab) => (
+                        "gitlab.webhook_secret_env".into(),
+                        config.gitlab.webhook_secret_env.clone().unwrap_or_default(),
+                    ),
+                };
+                let secret = read_secret_env(&var).ok_or_else(|| ConfigError::MissingSecret {
+                    source_name: config.source_name(),
+                    key,
+                    var: var.clone(),
+                })?;
+                Ok(Project {
+                    name: ProjectName::new(&p.name).expect("validated at load"),
+                    branches: branch_globs(&p.branches).expect("validated at load"),
+                    settings: p.clone(),
+                    webhook_secret: secret,
+                })
+            })
+            .collect()
+    }
+}
+
+fn read_secret_env(var: &str) -> Option<SecretString> {
+    if var.is_empty() {
+        return None;
+    }
+    std::env::var(var).ok().filter(|v| !v.is_empty()).map(SecretString::from)
+}
+
+#[cfg(test)]
+// figment's Jail closures return figment::Error, which is large; that is its API, not ours.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    const EXAMPLE: &str = r#"
+listen = "127.0.0.1:9999"
+[stands]
+ttl = "24h"
+[[projects]]
+name = "shop"
+forge = "github"
+repo = "Acme/Shop"
+webhook_secret_env = "SHOP_SECRET"
+"#;
+
+    fn load(jail: &Jail) -> Result<Config, ConfigError> {
+        Config::load(Some(&jail.directory().join("draftd.toml")))
+    }
+
+    #[test]
+    fn file_values_and_defaults_combine() {
+        Jail::expect_with(|jail| {
+            jail.create_file("draftd.toml", EXAMPLE)?;
+            let c = load(jail).unwrap();
+            assert_eq!(c.listen.port(), 9999);
+            assert_eq!(c.stands.ttl, Duration::from_secs(24 * 3600));
+            assert_eq!(c.cluster.mode, ClusterMode::DryRun);
+            assert_eq!(c.projects[0].branches, vec!["feature/**", "bugfix/**"]);
+            assert!(c.projects[0].skip_draft);
+            assert_eq!(c.projects[0].opt_out_label, "draft:skip");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys_and_ignores_non_settings() {
+        Jail::expect_with(|jail| {
+            jail.create_file("draftd.toml", EXAMPLE)?;
+            jail.set_env("DRAFTD_STANDS__TTL", "2h");
+            jail.set_env("DRAFTD_CLUSTER__MODE", "kubernetes");
+            jail.set_env("DRAFTD_CONFIG", "/elsewhere.toml");
+            jail.set_env("DRAFTD_API_TOKEN", "not-a-setting");
+            let c = load(jail).unwrap();
+            assert_eq!(c.stands.ttl, Duration::from_secs(7200));
+            assert_eq!(c.cluster.mode, ClusterMode::Kubernetes);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_duration_names_key_and_file() {
+        Jail::expect_with(|jail| {
+            jail.create_file("draftd.toml", "[stands]\nttl = \"two days\"\n")?;
+            let err = load(jail).unwrap_err().to_string();
+            assert!(err.contains("stands.ttl"), "{err}");
+            assert!(err.contains("draftd.toml"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_environment_value_names_the_variable() {
+        Jail::expect_with(|jail| {
+            jail.create_file("draftd.toml", EXAMPLE)?;
+            jail.set_env("DRAFTD_STANDS__MAX_CONCURRENT_RUNS", "many");
+            let err = load(jail).unwrap_err().to_string();
+            assert!(err.contains("DRAFTD_STANDS__MAX_CONCURRENT_RUNS"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_not_silence() {
+        Jail::expect_with(|jail| {
+            jail.create_file("draftd.toml", "[stands]\nttll = \"2h\"\n")?;
+            let err = load(jail).unwrap_err().to_string();
+            assert!(err.contains("ttll"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/draftd.toml"))).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/draftd.toml"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_project_key() {
+        Jail::expect_with(|jail| {
+            let bad_glob = EXAMPLE.replace("webhook_secret_env", "branches = [\"feature/[\"]\nwebhook_secret_env");
+            jail.create_file("draftd.toml", &bad_glob)?;
+            let err = load(jail).unwrap_err().to_string();
+            assert!(err.contains("projects[0].branches") && err.contains("draftd.toml"), "{err}");
+
+            jail.create_file("draftd.toml", &EXAMPLE.replace("\"shop\"", "\"Shop Co\""))?;
+            let err = load(jail).unwrap_err().to_string();
+            assert!(err.contains("projects[0].name"), "{err}");
+
+            jail.create_file("draftd.toml", &EXAMPLE.replace("webhook_secret_env = \"SHOP_SECRET\"", ""))?;
+            let err = load(jail).unwrap_err().to_string();
+            assert!(err.contains("projects[0].webhook_secret_env"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_secret_variable_is_named_and_secret_never_printed() {
+        Jail::expect_with(|jail| {
+            jail.create_file("draftd.toml", EXAMPLE)?;
+            let c = load(jail).unwrap();
+            let err = WebhookSecrets::resolve(&c).unwrap_err().to_string();
+            assert!(err.contains("SHOP_SECRET") && err.contains("projects[0].webhook_secret_env"), "{err}");
+
+            jail.set_env("SHOP_SECRET", "hunter2-very-secret");
+            let projects = WebhookSecrets::resolve(&c).unwrap();
+            let printed = format!("{projects:?}");
+            assert!(!printed.contains("hunter2"), "{printed}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn branch_globs_keep_single_star_within_a_segment() {
+        let set = branch_globs(&["feature/*".into(), "bugfix/**".into()]).unwrap();
+        assert!(set.is_match("feature/x"));
+        assert!(!set.is_match("feature/x/y"));
+        assert!(set.is_match("bugfix/a/b/c"));
+        assert!(!set.is_match("main"));
+    }
+}

@@ -1,0 +1,107 @@
+//! `/draft …` commands written in PR/MR comments.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// What a person asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    Rerun,
+    /// Move the stand's expiry; `None` means the configured default extension.
+    Extend {
+        #[serde(with = "humantime_serde")]
+        by: Option<Duration>,
+    },
+    Destroy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("/draft needs a command: rerun, extend [duration] or destroy")]
+    Missing,
+    #[error("unknown /draft command {0:?}: use rerun, extend [duration] or destroy")]
+    Unknown(String),
+    #[error("/draft extend: {0:?} is not a duration like 24h")]
+    BadDuration(String),
+    #[error("/draft {0}: unexpected {1:?}")]
+    Extra(&'static str, String),
+}
+
+/// `None` when the comment is not addressed to draftd at all (its first non-blank line does not start
+/// with `/draft`); otherwise the command or why it cannot be understood. Never panics, whatever the text.
+pub fn parse(body: &str) -> Option<Result<Command, CommandError>> {
+    let line = body.lines().map(str::trim).find(|l| !l.is_empty())?;
+    let rest = line.strip_prefix("/draft")?;
+    if !(rest.is_empty() || rest.starts_with(char::is_whitespace)) {
+        return None;
+    }
+    let mut words = rest.split_whitespace();
+    let Some(verb) = words.next() else {
+        return Some(Err(CommandError::Missing));
+    };
+    let arg = words.next();
+    let extra = words.next();
+    Some(match verb.to_ascii_lowercase().as_str() {
+        "rerun" => no_args("rerun", arg).map(|_| Command::Rerun),
+        "destroy" => no_args("destroy", arg).map(|_| Command::Destroy),
+        "extend" => match (arg, extra) {
+            (_, Some(x)) => Err(CommandError::Extra("extend", x.to_owned())),
+            (None, None) => Ok(Command::Extend { by: None }),
+            (Some(d), None) => humantime::parse_duration(d)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .map(|d| Command::Extend { by: Some(d) })
+                .ok_or_else(|| CommandError::BadDuration(d.to_owned())),
+        },
+        other => Err(CommandError::Unknown(other.chars().take(40).collect())),
+    })
+}
+
+fn no_args(verb: &'static str, arg: Option<&str>) -> Result<(), CommandError> {
+    match arg {
+        Some(a) => Err(CommandError::Extra(verb, a.to_owned())),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn commands_parse() {
+        assert_eq!(parse("/draft rerun"), Some(Ok(Command::Rerun)));
+        assert_eq!(parse("\n  /draft destroy  \nthanks"), Some(Ok(Command::Destroy)));
+        assert_eq!(parse("/draft extend"), Some(Ok(Command::Extend { by: None })));
+        assert_eq!(parse("/draft extend 24h"), Some(Ok(Command::Extend { by: Some(Duration::from_secs(86400)) })));
+        assert_eq!(parse("/draft RERUN"), Some(Ok(Command::Rerun)));
+    }
+
+    #[test]
+    fn other_comments_are_not_commands() {
+        assert_eq!(parse("LGTM"), None);
+        assert_eq!(parse("see /draft rerun"), None);
+        assert_eq!(parse("/drafts rerun"), None);
+        assert_eq!(parse(""), None);
+    }
+
+    #[test]
+    fn malformed_commands_say_why() {
+        assert_eq!(parse("/draft"), Some(Err(CommandError::Missing)));
+        assert_eq!(parse("/draft deploy"), Some(Err(CommandError::Unknown("deploy".into()))));
+        assert_eq!(parse("/draft extend soon"), Some(Err(CommandError::BadDuration("soon".into()))));
+        assert_eq!(parse("/draft extend 0s"), Some(Err(CommandError::BadDuration("0s".into()))));
+        assert!(matches!(parse("/draft rerun now"), Some(Err(CommandError::Extra(..)))));
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_never_panics(body in "\\PC*") {
+            let _ = parse(&body);
+            let _ = parse(&format!("/draft {body}"));
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Forges (GitHub, GitLab): webhook payloads normalised to one [`Event`].
+//!
+//! Normalisation is pure: payload bytes and a project's settings in, an event out. Filters that decide
+//! whether a delivery can act at all (branch globs, forks, drafts, the opt-out label) live here too, so
+//! the store only sees events that matter and the HTTP layer only verifies and records.
+
+pub mod command;
+pub mod github;
+pub mod gitlab;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use command::{Command, CommandError};
+
+use crate::config::{ForkPolicy, Project};
+use crate::stand::{BranchName, CommitSha};
+
+/// The name of draftd's check run; re-run requests for any other check are not ours.
+pub const CHECK_NAME: &str = "draftd";
+/// The identifier of the check run's Re-run button (a GitHub requested action).
+pub const RERUN_ACTION: &str = "rerun";
+
+/// What a delivery asks of draftd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    /// Build or update the stand of a PR at its head commit.
+    Deploy { pr: PullRequest, trigger: Trigger },
+    /// Remove the stand of a PR.
+    Teardown { pr: PullRequest, trigger: Trigger },
+    /// A person asked for something by comment or button; authorised later, before anything acts.
+    Command {
+        pr_number: u64,
+        /// Known for check-run buttons; comments carry only the PR number.
+        branch: Option<BranchName>,
+        sha: Option<CommitSha>,
+        command: Command,
+        author: String,
+    },
+    /// Recorded for audit, acted on never.
+    Ignored { reason: String },
+}
+
+impl Event {
+    pub fn ignored(reason: impl Into<String>) -> Self {
+        Event::Ignored { reason: reason.into() }
+    }
+}
+
+/// The parts of a PR/MR that draftd acts on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PullRequest {
+    /// GitHub PR number; GitLab MR iid.
+    pub number: u64,
+    pub branch: BranchName,
+    pub sha: CommitSha,
+    /// The payload's own update time: orders events that arrive out of order.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Why a run was queued; stored with the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Opened,
+    Pushed,
+    Reopened,
+    ReadyForReview,
+    /// The opt-out label was removed.
+    OptIn,
+    Closed,
+    Merged,
+    /// The opt-out label was added.
+    OptOut,
+    Command,
+    CheckRun,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Opened => "opened",
+            Trigger::Pushed => "pushed",
+            Trigger::Reopened => "reopened",
+            Trigger::ReadyForReview => "ready_for_review",
+            Trigger::OptIn => "opt_in",
+            Trigger::Closed => "closed",
+            Trigger::Merged => "merged",
+            Trigger::OptOut => "opt_out",
+            Trigger::Command => "command",
+            Trigger::CheckRun => "check_run",
+        }
+    }
+
+    /// Triggers that may bring back a stand that is closing or removed: the PR is open again.
+    pub fn revives(self) -> bool {
+        matches!(self, Trigger::Opened | Trigger::Reopened | Trigger::OptIn)
+    }
+}
+
+/// A payload that is not JSON or not of the documented shape; `field` is the dotted path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}`: {message}")]
+pub struct PayloadError {
+    pub field: String,
+    pub message: String,
+}
+
+impl PayloadError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+/// Deserialises `body` as `T`, naming the offending field on failure.
+pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, PayloadError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." { "(body)".to_string() } else { field };
+        PayloadError::new(field, e.inner().to_string())
+    })
+}
+
+pub(crate) fn branch(field: &str, name: &str) -> Result<BranchName, PayloadError> {
+    BranchName::new(name).map_err(|e| PayloadError::new(field, e.to_string()))
+}
+
+pub(crate) fn sha(field: &str, sha: &str) -> Result<CommitSha, PayloadError> {
+    CommitSha::new(sha).map_err(|e| PayloadError::new(field, e.to_string()))
+}
+
+/// The filters shared by both forges, applied to a PR event before it may act.
+pub(crate) struct Gate<'a> {
+    pub project: &'a Project,
+}
+
+impl Gate<'_> {
+    /// Forks and branches outside the project's globs never get a stand, whatever the action.
+    pub fn admits(&self, branch: &BranchName, fork: bool) -> Result<(), Event> {
+        if fork && self.project.settings.forks == ForkPolicy::Deny {
+            return Err(Event::ignored("fork"));
+        }
+        if !self.project.branches.is_match(branch.as_str()) {
+            return Err(Event::ignored(format!(
+                "branch {:?} matches none of {:?}",
+                branch.as_str(),
+                self.project.settings.branches
+            )));
+        }
+        Ok(())
+    }
+
+    /// A deploy is held back by the opt-out label and, unless the project says otherwise, by draft status.
+    pub fn may_deploy<'l>(&self, draft: bool, mut labels: impl Iterator<Item = &'l str>) -> Result<(), Event> {
+        let opt_out = &self.project.settings.opt_out_label;
+        if labels.any(|l| l == opt_out) {
+            return Err(Event::ignored(format!("opted out with label {opt_out:?}")));
+        }
+        if draft && self.project.settings.skip_draft {
+            return Err(Event::ignored("draft"));
+        }
+        Ok(())
+    }
+}
+
+/// Turns a `/draft …` comment into a command event, or says why it is ignored.
+pub(crate) fn command_event(
+    body: &str,
+    pr_number: u64,
+    branch: Option<BranchName>,
+    sha: Option<CommitSha>,
+    author: &str,
+) -> Event {
+    match command::parse(body) {
+        None => Event::ignored("comment is not a /draft command"),
+        Some(Err(e)) => Event::ignored(e.to_string()),
+        Some(Ok(command)) => Event::Command { pr_number, branch, sha, command, author: author.to_owned() },
+    }
+}
+
+/// GitLab sends RFC 3339 in newer versions and `2021-09-27 05:01:21 UTC` in older ones; GitHub RFC 3339.
+pub fn parse_time(field: &str, s: &str) -> Result<DateTime<Utc>, PayloadError> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S UTC") {
+        return Ok(t.and_utc());
+    }
+    if let Ok(t) = DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S %z") {
+        return Ok(t.with_timezone(&Utc));
+    }
+    Err(PayloadError::new(field, format!("{s:?} is not a timestamp")))
+}

@@ -1,0 +1,118 @@
+//! The HTTP surface: webhooks and health on one listener (the API and dashboard join in later issues).
+
+mod error;
+/// Health endpoints for Kubernetes probes.
+mod health;
+/// Webhook extractors: verification before anything is read.
+pub mod webhook;
+/// Webhook handlers: normalise, record, answer.
+mod webhooks;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::Request;
+use secrecy::SecretString;
+use sqlx::PgPool;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+pub use error::ApiError;
+
+use crate::config::{Config, ForgeKind, Project};
+
+/// Shared by every request; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    pool: PgPool,
+    /// (forge, lowercased repository path) → project.
+    projects: HashMap<(ForgeKind, String), Arc<Project>>,
+    github_secret: Option<SecretString>,
+    gitlab_secret: Option<SecretString>,
+    max_body_bytes: usize,
+    /// Set once migrations are applied; until then webhooks answer 503 and the startup probe fails.
+    migrated: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(config: &Config, projects: Vec<Project>, pool: PgPool) -> Self {
+        let read = |var: &Option<String>| {
+            var.as_deref().and_then(|v| std::env::var(v).ok()).filter(|v| !v.is_empty()).map(SecretString::from)
+        };
+        let projects =
+            projects.into_iter().map(|p| ((p.settings.forge, p.settings.repo.to_lowercase()), Arc::new(p))).collect();
+        AppState(Arc::new(Inner {
+            pool,
+            projects,
+            github_secret: read(&config.github.webhook_secret_env),
+            gitlab_secret: read(&config.gitlab.webhook_secret_env),
+            max_body_bytes: config.intake.max_body_bytes,
+            migrated: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.0.pool
+    }
+
+    pub fn project(&self, forge: ForgeKind, repo: &str) -> Option<Arc<Project>> {
+        self.0.projects.get(&(forge, repo.to_lowercase())).cloned()
+    }
+
+    fn github_secret(&self) -> Option<&SecretString> {
+        self.0.github_secret.as_ref()
+    }
+
+    fn gitlab_secret(&self) -> Option<&SecretString> {
+        self.0.gitlab_secret.as_ref()
+    }
+
+    fn max_body_bytes(&self) -> usize {
+        self.0.max_body_bytes
+    }
+
+    pub fn set_migrated(&self) {
+        self.0.migrated.store(true, Ordering::Release);
+    }
+
+    pub fn migrated(&self) -> bool {
+        self.0.migrated.load(Ordering::Acquire)
+    }
+}
+
+/// The whole router; tests drive it with `tower::ServiceExt::oneshot`, `serve` binds it.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.max_body_bytes();
+    Router::new()
+        .merge(health::router())
+        .merge(webhooks::router())
+        // The extractors enforce the configured limit themselves and answer 413 in draftd's own shape.
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<_>| {
+                    // Headers are deliberately not recorded: X-Gitlab-Token is a secret.
+                    tracing::info_span!(
+                        "request",
+                        method = %req.method(),
+                        path = %req.uri().path(),
+                        delivery = tracing::field::Empty,
+                        project = tracing::field::Empty,
+                        stand = tracing::field::Empty,
+                    )
+                })
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
+        )
+        .with_state(state)
+}
+
+/// How long in-flight requests get to finish after SIGTERM before the process exits anyway;
+/// Kubernetes' default grace period is 30 s, so finish well inside it.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);

@@ -1,0 +1,18 @@
+//! draftd: a live, isolated draft stand in Kubernetes for every feature or bugfix pull request.
+//!
+//! The binary in `main.rs` is a thin CLI over this library; tests and benches use the library directly.
+
+/// Subcommand implementations behind the CLI (serve, migrate, stands …).
+pub mod commands;
+/// Typed settings: TOML file plus `DRAFTD_*` environment, validated at start.
+pub mod config;
+/// Forge events (GitHub, GitLab) normalised to one enum.
+pub mod forge;
+/// The axum router: webhooks and health.
+pub mod http;
+/// Domain types: stand keys, slug and namespace naming, stand states.
+pub mod stand;
+/// sqlx repositories of draftd's own database.
+pub mod store;
+/// Tracing set-up (human or JSON).
+pub mod telemetry;

@@ -1,0 +1,88 @@
+//! The `draftd` command line. Each subcommand lives in `draftd::commands`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use draftd::commands;
+use draftd::config::Config;
+use draftd::store::stands::StandRef;
+use draftd::telemetry::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(name = "draftd", version, about = "A live, isolated draft stand for every pull request")]
+struct Cli {
+    /// Configuration file (TOML); every value can be overridden by DRAFTD_* variables.
+    #[arg(long, global = true, env = "DRAFTD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log output on stderr: human-readable or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value = "human", env = "DRAFTD_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve webhooks and health checks (applies migrations at start).
+    Serve,
+    /// Apply draftd's database migrations and exit.
+    Migrate,
+    /// Inspect stands (read-only).
+    Stands {
+        #[command(subcommand)]
+        command: StandsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StandsCommand {
+    /// List stands with their newest run.
+    List {
+        #[arg(long)]
+        project: Option<String>,
+        /// active, closing or removed.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one stand with its runs: by id, or as project/branch.
+    Show {
+        stand: StandRef,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve => commands::serve(config).await,
+            Command::Migrate => commands::migrate(config).await,
+            Command::Stands { command: StandsCommand::List { project, state, json } } => {
+                commands::stands_list(config, project, state, json).await
+            }
+            Command::Stands { command: StandsCommand::Show { stand, json } } => {
+                commands::stands_show(config, stand, json).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! Stands: the draft environment of one (project, branch).
+
+mod naming;
+
+pub use naming::{BranchName, CommitSha, NameError, Namespace, ProjectName};
+
+use serde::{Deserialize, Serialize};
+
+/// Where a stand is in its life. Intake only moves stands between these; workers do the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum StandState {
+    /// Deploys are accepted.
+    Active,
+    /// A teardown was asked for; deploy events are recorded but never queue, until a reopen.
+    Closing,
+    /// Gone (or never built); kept as a tombstone so a late webhook cannot recreate it.
+    Removed,
+}
+
+impl StandState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StandState::Active => "active",
+            StandState::Closing => "closing",
+            StandState::Removed => "removed",
+        }
+    }
+}

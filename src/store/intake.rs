@@ -1,0 +1,394 @@
+//! Recording a webhook delivery: the delivery, its stand and its run in ONE transaction.
+//!
+//! The stand row is locked for the transaction, so every decision about one stand (stale or not,
+//! closing or not, which run number) is serialised however deliveries interleave.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sqlx::{PgConnection, PgPool};
+
+use super::StoreError;
+use crate::config::ForgeKind;
+use crate::forge::{Command, Event, PullRequest, Trigger};
+use crate::stand::{BranchName, Namespace, ProjectName, StandState};
+
+/// One verified delivery, ready to record.
+#[derive(Debug)]
+pub struct Delivery<'a> {
+    pub forge: ForgeKind,
+    pub delivery_id: &'a str,
+    pub project: &'a ProjectName,
+    /// The forge's event header, for audit.
+    pub event_name: &'a str,
+    pub body_sha256: &'a str,
+    pub event: &'a Event,
+    /// The project's `strip_branch_prefix`, for naming a new stand's namespace.
+    pub strip_branch_prefix: bool,
+}
+
+/// What recording produced: the answer to give, and whether it was recorded just now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    pub redelivery: bool,
+    pub stand: Option<i64>,
+    pub run: Option<i64>,
+    pub response: Value,
+}
+
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+struct StandRow {
+    stand_id: i64,
+    state: StandState,
+    epoch: i32,
+    last_event_at: Option<DateTime<Utc>>,
+}
+
+/// What the event did, before it is written into the delivery row.
+struct Decision {
+    stand: Option<i64>,
+    run: Option<i64>,
+    ignored: Option<String>,
+}
+
+impl Decision {
+    fn ignored(stand: Option<i64>, reason: impl Into<String>) -> Self {
+        Self { stand, run: None, ignored: Some(reason.into()) }
+    }
+    fn queued(stand: i64, run: i64) -> Self {
+        Self { stand: Some(stand), run: Some(run), ignored: None }
+    }
+}
+
+pub async fn record(pool: &PgPool, d: &Delivery<'_>) -> Result<Recorded, StoreError> {
+    let mut tx = pool.begin().await?;
+    let normalized = serde_json::to_value(d.event).expect("events serialise");
+    let inserted: Option<i64> = sqlx::query_scalar(
+        "insert into deliveries (forge, delivery_id, project, event, body_sha256, normalized)
+         values ($1, $2, $3, $4, $5, $6)
+         on conflict (forge, delivery_id) do nothing
+         returning delivery_pk",
+    )
+    .bind(d.forge.as_str())
+    .bind(d.delivery_id)
+    .bind(d.project.as_str())
+    .bind(d.event_name)
+    .bind(d.body_sha256)
+    .bind(&normalized)
+    .fetch_optional(&mut *tx)
+    .await?;
+
+    let Some(delivery_pk) = inserted else {
+        // A redelivery: the first recording has committed (the insert waited for it), answer as it did.
+        tx.rollback().await?;
+        let (response, stand, run): (Value, Option<i64>, Option<i64>) =
+            sqlx::query_as("select response, stand_id, run_id from deliveries where forge = $1 and delivery_id = $2")
+                .bind(d.forge.as_str())
+                .bind(d.delivery_id)
+                .fetch_one(pool)
+                .await?;
+        return Ok(Recorded { redelivery: true, stand, run, response });
+    };
+
+    let decision = match d.event {
+        Event::Ignored { reason } => Decision::ignored(None, reason.clone()),
+        Event::Deploy { pr, trigger } => deploy(&mut tx, d, pr, *trigger).await?,
+        Event::Teardown { pr, trigger } => teardown(&mut tx, d, pr, *trigger).await?,
+        Event::Command { pr_number, branch, sha, command, author } => {
+            manual(&mut tx, d, *pr_number, branch.as_ref(), sha.as_ref().map(|s| s.as_str()), *command, author).await?
+        }
+    };
+
+    let mut response = json!({ "delivery": d.delivery_id });
+    if let Some(s) = decision.stand {
+        response["stand"] = json!(s);
+        response["run"] = json!(decision.run);
+    }
+    if let Some(reason) = &decision.ignored {
+        response["ignored"] = json!(reason);
+    }
+    sqlx::query(
+        "update deliveries set outcome = $2, reason = $3, stand_id = $4, run_id = $5, response = $6
+         where delivery_pk = $1",
+    )
+    .bind(delivery_pk)
+    .bind(if decision.ignored.is_some() { "ignored" } else { "queued" })
+    .bind(&decision.ignored)
+    .bind(decision.stand)
+    .bind(decision.run)
+    .bind(&response)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Recorded { redelivery: false, stand: decision.stand, run: decision.run, response })
+}
+
+async fn deploy(
+    tx: &mut PgConnection,
+    d: &Delivery<'_>,
+    pr: &PullRequest,
+    trigger: Trigger,
+) -> Result<Decision, StoreError> {
+    let stand = find_or_create(tx, d, &pr.branch, StandState::Active).await?;
+    if let Some(reason) = stale(&stand, pr) {
+        return Ok(Decision::ignored(Some(stand.stand_id), reason));
+    }
+    let revive = stand.state != StandState::Active && trigger.revives();
+    if stand.state != StandState::Active && !revive {
+        touch(tx, stand.stand_id, pr, false, None).await?;
+        return Ok(Decision::ignored(
+            Some(stand.stand_id),
+            format!("stand is {}; only a reopen brings it back", stand.state.as_str()),
+        ));
+    }
+    let epoch = if revive { stand.epoch + 1 } else { stand.epoch };
+    let number = touch(tx, stand.stand_id, pr, true, revive.then_some(epoch)).await?;
+    let run: Option<i64> = sqlx::query_scalar(
+        "insert into runs (stand_id, number, kind, trigger, automatic, epoch, sha)
+         values ($1, $2, 'deploy', $3, true, $4, $5)
+         on conflict (stand_id, epoch, sha) where kind = 'deploy' and automatic do nothing
+         returning run_id",
+    )
+    .bind(stand.stand_id)
+    .bind(number)
+    .bind(trigger.as_str())
+    .bind(epoch)
+    .bind(pr.sha.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    match run {
+        Some(run) => Ok(Decision::queued(stand.stand_id, run)),
+        None => {
+            // The number handed out above is returned so run numbers stay dense.
+            sqlx::query("update stands set runs_count = runs_count - 1 where stand_id = $1")
+                .bind(stand.stand_id)
+                .execute(&mut *tx)
+                .await?;
+            let existing: i64 = sqlx::query_scalar(
+                "select run_id from runs where stand_id = $1 and epoch = $2 and sha = $3 and kind = 'deploy' and automatic",
+            )
+            .bind(stand.stand_id)
+            .bind(epoch)
+            .bind(pr.sha.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            Ok(Decision {
+                stand: Some(stand.stand_id),
+                run: Some(existing),
+                ignored: Some("commit already has a run".into()),
+            })
+        }
+    }
+}
+
+async fn teardown(
+    tx: &mut PgConnection,
+    d: &Delivery<'_>,
+    pr: &PullRequest,
+    trigger: Trigger,
+) -> Result<Decision, StoreError> {
+    // A close for a branch draftd never built still leaves a tombstone, so a late push cannot build it.
+    let stand = find_or_create(tx, d, &pr.branch, StandState::Removed).await?;
+    if let Some(reason) = stale(&stand, pr) {
+        return Ok(Decision::ignored(Some(stand.stand_id), reason));
+    }
+    if stand.state != StandState::Active {
+        touch(tx, stand.stand_id, pr, false, None).await?;
+        return Ok(Decision::ignored(Some(stand.stand_id), format!("stand is already {}", stand.state.as_str())));
+    }
+    let number = touch(tx, stand.stand_id, pr, true, None).await?;
+    sqlx::query("update stands set state = 'closing', state_reason = $2 where stand_id = $1")
+        .bind(stand.stand_id)
+        .bind(trigger.as_str())
+        .execute(&mut *tx)
+        .await?;
+    let run = insert_run(
+        tx,
+        stand.stand_id,
+        number,
+        "teardown",
+        trigger,
+        stand.epoch,
+        Some(pr.sha.as_str()),
+        None,
+        json!({}),
+    )
+    .await?;
+    Ok(Decision::queued(stand.stand_id, run))
+}
+
+async fn manual(
+    tx: &mut PgConnection,
+    d: &Delivery<'_>,
+    pr_number: u64,
+    branch: Option<&BranchName>,
+    sha: Option<&str>,
+    command: Command,
+    author: &str,
+) -> Result<Decision, StoreError> {
+    let found: Option<(i64, StandState, i32, Option<String>)> = match branch {
+        Some(b) => {
+            sqlx::query_as(
+                "select stand_id, state, epoch, head_sha from stands where project = $1 and branch = $2 for update",
+            )
+            .bind(d.project.as_str())
+            .bind(b.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+        }
+        None => {
+            sqlx::query_as(
+                "select stand_id, state, epoch, head_sha from stands where project = $1 and pr_number = $2
+                 order by updated_at desc limit 1 for update",
+            )
+            .bind(d.project.as_str())
+            .bind(pr_number as i64)
+            .fetch_optional(&mut *tx)
+            .await?
+        }
+    };
+    let Some((stand_id, state, epoch, head_sha)) = found else {
+        return Ok(Decision::ignored(None, format!("no stand for pull request #{pr_number}")));
+    };
+    if state != StandState::Active {
+        return Ok(Decision::ignored(Some(stand_id), format!("stand is {}", state.as_str())));
+    }
+    let trigger = if branch.is_some() && sha.is_some() { Trigger::CheckRun } else { Trigger::Command };
+    let (kind, params) = match command {
+        Command::Rerun => ("deploy", json!({})),
+        Command::Destroy => ("teardown", json!({})),
+        Command::Extend { by } => ("extend", json!({ "by_seconds": by.map(|d| d.as_secs()) })),
+    };
+    let sha = sha.map(str::to_owned).or(head_sha);
+    if kind == "deploy" && sha.is_none() {
+        return Ok(Decision::ignored(Some(stand_id), "stand has no commit to re-run"));
+    }
+    let number: i32 = sqlx::query_scalar(
+        "update stands set runs_count = runs_count + 1, updated_at = now() where stand_id = $1 returning runs_count",
+    )
+    .bind(stand_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let run = insert_run(tx, stand_id, number, kind, trigger, epoch, sha.as_deref(), Some(author), params).await?;
+    Ok(Decision::queued(stand_id, run))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn insert_run(
+    tx: &mut PgConnection,
+    stand_id: i64,
+    number: i32,
+    kind: &str,
+    trigger: Trigger,
+    epoch: i32,
+    sha: Option<&str>,
+    requested_by: Option<&str>,
+    params: Value,
+) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "insert into runs (stand_id, number, kind, trigger, automatic, epoch, sha, requested_by, params)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning run_id",
+    )
+    .bind(stand_id)
+    .bind(number)
+    .bind(kind)
+    .bind(trigger.as_str())
+    .bind(requested_by.is_none())
+    .bind(epoch)
+    .bind(sha)
+    .bind(requested_by)
+    .bind(params)
+    .fetch_one(&mut *tx)
+    .await?)
+}
+
+/// Events are ordered by the payload's own update time, not by arrival.
+fn stale(stand: &StandRow, pr: &PullRequest) -> Option<String> {
+    match stand.last_event_at {
+        Some(newest) if pr.updated_at < newest => {
+            Some(format!("older than the stand's newest event ({})", newest.to_rfc3339()))
+        }
+        _ => None,
+    }
+}
+
+/// Records that the stand saw this event and, with `new_run`, hands out the next run number. With
+/// `revive_epoch` the stand becomes active again in a new epoch.
+async fn touch(
+    tx: &mut PgConnection,
+    stand_id: i64,
+    pr: &PullRequest,
+    new_run: bool,
+    revive_epoch: Option<i32>,
+) -> Result<i32, StoreError> {
+    Ok(sqlx::query_scalar(
+        "update stands set
+             last_event_at = greatest(last_event_at, $2),
+             pr_number = $3,
+             head_sha = case when last_event_at is null or $2 >= last_event_at then $4 else head_sha end,
+             runs_count = runs_count + $6::int,
+             state = case when $5::int is null then state else 'active' end,
+             state_reason = case when $5::int is null then state_reason else null end,
+             epoch = coalesce($5, epoch),
+             updated_at = now()
+         where stand_id = $1
+         returning runs_count",
+    )
+    .bind(stand_id)
+    .bind(pr.updated_at)
+    .bind(pr.number as i64)
+    .bind(pr.sha.as_str())
+    .bind(revive_epoch)
+    .bind(i32::from(new_run))
+    .fetch_one(&mut *tx)
+    .await?)
+}
+
+/// Locks the stand of (project, branch), creating it in `initial` state when there is none. A new
+/// stand takes the readable namespace, or the hashed one when another stand already holds that.
+async fn find_or_create(
+    tx: &mut PgConnection,
+    d: &Delivery<'_>,
+    branch: &BranchName,
+    initial: StandState,
+) -> Result<StandRow, StoreError> {
+    const SELECT: &str = "select stand_id, state, epoch, last_event_at from stands
+                          where project = $1 and branch = $2 for update";
+    if let Some(row) = sqlx::query_as::<_, StandRow>(SELECT)
+        .bind(d.project.as_str())
+        .bind(branch.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+    {
+        return Ok(row);
+    }
+    let candidates = [
+        Namespace::for_branch(d.project, branch, d.strip_branch_prefix),
+        Namespace::hashed(d.project, branch, d.strip_branch_prefix),
+    ];
+    for namespace in &candidates {
+        let created = sqlx::query_as::<_, StandRow>(
+            "insert into stands (project, branch, namespace, state) values ($1, $2, $3, $4)
+             on conflict do nothing
+             returning stand_id, state, epoch, last_event_at",
+        )
+        .bind(d.project.as_str())
+        .bind(branch.as_str())
+        .bind(namespace.as_str())
+        .bind(initial)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = created {
+            return Ok(row);
+        }
+        // Either a concurrent delivery created this stand (it is ours now), or the namespace is taken.
+        if let Some(row) = sqlx::query_as::<_, StandRow>(SELECT)
+            .bind(d.project.as_str())
+            .bind(branch.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+        {
+            return Ok(row);
+        }
+    }
+    Err(StoreError::NamespaceTaken(candidates[0].to_string()))
+}

@@ -1,0 +1,157 @@
+//! Reading stands and their runs, for the CLI (and later the API and dashboard).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use super::StoreError;
+
+/// A stand with the outcome of its newest run.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct StandSummary {
+    pub stand_id: i64,
+    pub project: String,
+    pub branch: String,
+    pub namespace: String,
+    pub pr_number: Option<i64>,
+    pub state: String,
+    pub state_reason: Option<String>,
+    pub head_sha: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_run: Option<i32>,
+    pub last_run_kind: Option<String>,
+    pub last_run_state: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct RunSummary {
+    pub run_id: i64,
+    pub number: i32,
+    pub kind: String,
+    pub trigger: String,
+    pub sha: Option<String>,
+    pub requested_by: Option<String>,
+    pub state: String,
+    pub attempt: i32,
+    pub queued_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    #[sqlx(skip)]
+    pub steps: Vec<StepSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct StepSummary {
+    pub name: String,
+    pub state: String,
+    pub attempt: i32,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub detail: serde_json::Value,
+    pub error: Option<serde_json::Value>,
+}
+
+/// A stand with its runs, newest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct StandDetail {
+    #[serde(flatten)]
+    pub stand: StandSummary,
+    pub runs: Vec<RunSummary>,
+}
+
+/// How `stands show` names a stand: its id, or `project/branch` (branches may contain `/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StandRef {
+    Id(i64),
+    Branch { project: String, branch: String },
+}
+
+impl std::str::FromStr for StandRef {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(id) = s.parse::<i64>() {
+            return Ok(StandRef::Id(id));
+        }
+        match s.split_once('/') {
+            Some((project, branch)) if !project.is_empty() && !branch.is_empty() => {
+                Ok(StandRef::Branch { project: project.to_owned(), branch: branch.to_owned() })
+            }
+            _ => Err(format!("{s:?} is neither a stand id nor project/branch")),
+        }
+    }
+}
+
+const SUMMARY: &str = "select s.stand_id, s.project, s.branch, s.namespace, s.pr_number, s.state, s.state_reason,
+        s.head_sha, s.expires_at, s.created_at, s.updated_at,
+        r.number as last_run, r.kind as last_run_kind, r.state as last_run_state
+    from stands s
+    left join lateral (select number, kind, state from runs where runs.stand_id = s.stand_id
+                       order by number desc limit 1) r on true";
+
+pub async fn list(pool: &PgPool, project: Option<&str>, state: Option<&str>) -> Result<Vec<StandSummary>, StoreError> {
+    Ok(sqlx::query_as(&format!(
+        "{SUMMARY} where ($1::text is null or s.project = $1) and ($2::text is null or s.state = $2)
+         order by s.project, s.branch"
+    ))
+    .bind(project)
+    .bind(state)
+    .fetch_all(pool)
+    .await?)
+}
+
+pub async fn show(pool: &PgPool, stand: &StandRef, max_runs: i64) -> Result<Option<StandDetail>, StoreError> {
+    let summary: Option<StandSummary> = match stand {
+        StandRef::Id(id) => {
+            sqlx::query_as(&format!("{SUMMARY} where s.stand_id = $1")).bind(id).fetch_optional(pool).await?
+        }
+        StandRef::Branch { project, branch } => {
+            sqlx::query_as(&format!("{SUMMARY} where s.project = $1 and s.branch = $2"))
+                .bind(project)
+                .bind(branch)
+                .fetch_optional(pool)
+                .await?
+        }
+    };
+    let Some(stand) = summary else { return Ok(None) };
+    let mut runs: Vec<RunSummary> = sqlx::query_as(
+        "select run_id, number, kind, trigger, sha, requested_by, state, attempt, queued_at, started_at, finished_at
+         from runs where stand_id = $1 order by number desc limit $2",
+    )
+    .bind(stand.stand_id)
+    .bind(max_runs)
+    .fetch_all(pool)
+    .await?;
+    let ids: Vec<i64> = runs.iter().map(|r| r.run_id).collect();
+    let steps: Vec<(i64, StepSummary)> = sqlx::query_as::<
+        _,
+        (
+            i64,
+            String,
+            String,
+            i32,
+            Option<DateTime<Utc>>,
+            Option<DateTime<Utc>>,
+            serde_json::Value,
+            Option<serde_json::Value>,
+        ),
+    >(
+        "select run_id, name, state, attempt, started_at, finished_at, detail, error
+         from steps where run_id = any($1) order by step_id",
+    )
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|(run_id, name, state, attempt, started_at, finished_at, detail, error)| {
+        (run_id, StepSummary { name, state, attempt, started_at, finished_at, detail, error })
+    })
+    .collect();
+    for (run_id, step) in steps {
+        if let Some(run) = runs.iter_mut().find(|r| r.run_id == run_id) {
+            run.steps.push(step);
+        }
+    }
+    Ok(Some(StandDetail { stand, runs }))
+}
