@@ -6,14 +6,14 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 
-use crate::config::{Config, WebhookSecrets};
+use crate::config::{Config, Projects};
 use crate::http::{self, AppState};
 use crate::store::{self, stands};
 
 /// `draftd serve`: bind first (so `/health` answers at once), migrate in the background, serve until
 /// SIGTERM/Ctrl-C, then let in-flight requests finish.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let projects = WebhookSecrets::resolve(&config)?;
+    let projects = Projects::resolve(&config)?;
     let pool = store::pool(&config.database_url, config.intake.db_pool_size)?;
     let state = AppState::new(&config, projects, pool.clone());
     let listener =

@@ -3,7 +3,7 @@
 //!
 //! Loading validates everything it can without side effects and names the key and the file (or the
 //! environment variable) in every error. Secrets are never in the file: the file names the
-//! environment variable that holds each one, and [`WebhookSecrets`] reads them when `serve` starts.
+//! environment variable that holds each one, and [`Projects::resolve`] reads them when `serve` starts.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -362,6 +362,16 @@ impl Config {
         Ok(config)
     }
 
+    /// Parses settings from TOML text alone (no file, no environment): for tests and tools.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::from(Serialized::defaults(Config::defaults()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| from_figment(e, None))?;
+        config.validate()?;
+        Ok(config)
+    }
+
     fn defaults() -> Config {
         Config {
             listen: default_listen(),
@@ -493,50 +503,61 @@ pub struct Project {
     pub webhook_secret: SecretString,
 }
 
-/// Reads every webhook secret named in the config, so a missing one stops `serve` at start rather than
-/// turning every delivery into a 401 later.
-#[derive(Debug, Clone)]
-pub struct WebhookSecrets;
-
-impl WebhookSecrets {
-    pub fn resolve(config: &Config) -> Result<Vec<Project>, ConfigError> {
-        config
-            .projects
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let (key, var) = match (&p.webhook_secret_env, p.forge) {
-                    (Some(var), _) => (format!("projects[{i}].webhook_secret_env"), var.clone()),
-                    (None, ForgeKind::Github) => (
-                        "github.webhook_secret_env".into(),
-                        config.github.webhook_secret_env.clone().unwrap_or_default(),
-                    ),
-                    (None, ForgeKind::Gitlab) => (
-                        "gitlab.webhook_secret_env".into(),
-                        config.gitlab.webhook_secret_env.clone().unwrap_or_default(),
-                    ),
-                };
-                let secret = read_secret_env(&var).ok_or_else(|| ConfigError::MissingSecret {
-                    source_name: config.source_name(),
-                    key,
-                    var: var.clone(),
-                })?;
-                Ok(Project {
-                    name: ProjectName::new(&p.name).expect("validated at load"),
-                    branches: branch_globs(&p.branches).expect("validated at load"),
-                    settings: p.clone(),
-                    webhook_secret: secret,
-                })
-            })
-            .collect()
-    }
+/// The configured projects with their secrets read, plus the forge-wide webhook secrets.
+#[derive(Debug, Clone, Default)]
+pub struct Projects {
+    pub projects: Vec<Project>,
+    pub github_secret: Option<SecretString>,
+    pub gitlab_secret: Option<SecretString>,
 }
 
-fn read_secret_env(var: &str) -> Option<SecretString> {
-    if var.is_empty() {
-        return None;
+impl Projects {
+    /// Reads every webhook secret from the environment, so a missing one stops `serve` at start rather
+    /// than turning every delivery into a 401 later.
+    pub fn resolve(config: &Config) -> Result<Projects, ConfigError> {
+        Self::resolve_with(config, |var| std::env::var(var).ok())
     }
-    std::env::var(var).ok().filter(|v| !v.is_empty()).map(SecretString::from)
+
+    /// As [`Projects::resolve`], with `lookup` standing in for the environment.
+    pub fn resolve_with(config: &Config, lookup: impl Fn(&str) -> Option<String>) -> Result<Projects, ConfigError> {
+        let read =
+            |key: String, var: &str| {
+                lookup(var).filter(|v| !v.is_empty()).map(SecretString::from).ok_or_else(|| {
+                    ConfigError::MissingSecret { source_name: config.source_name(), key, var: var.to_owned() }
+                })
+            };
+        let github_secret = config
+            .github
+            .webhook_secret_env
+            .as_deref()
+            .map(|v| read("github.webhook_secret_env".into(), v))
+            .transpose()?;
+        let gitlab_secret = config
+            .gitlab
+            .webhook_secret_env
+            .as_deref()
+            .map(|v| read("gitlab.webhook_secret_env".into(), v))
+            .transpose()?;
+        let mut projects = Vec::with_capacity(config.projects.len());
+        for (i, p) in config.projects.iter().enumerate() {
+            let forge_wide = match p.forge {
+                ForgeKind::Github => &github_secret,
+                ForgeKind::Gitlab => &gitlab_secret,
+            };
+            let webhook_secret = match (&p.webhook_secret_env, forge_wide) {
+                (Some(var), _) => read(format!("projects[{i}].webhook_secret_env"), var)?,
+                (None, Some(secret)) => secret.clone(),
+                (None, None) => unreachable!("validated at load: a project without a secret"),
+            };
+            projects.push(Project {
+                name: ProjectName::new(&p.name).expect("validated at load"),
+                branches: branch_globs(&p.branches).expect("validated at load"),
+                settings: p.clone(),
+                webhook_secret,
+            });
+        }
+        Ok(Projects { projects, github_secret, gitlab_secret })
+    }
 }
 
 #[cfg(test)]
@@ -653,12 +674,12 @@ webhook_secret_env = "SHOP_SECRET"
         Jail::expect_with(|jail| {
             jail.create_file("draftd.toml", EXAMPLE)?;
             let c = load(jail).unwrap();
-            let err = WebhookSecrets::resolve(&c).unwrap_err().to_string();
+            let err = Projects::resolve(&c).unwrap_err().to_string();
             assert!(err.contains("SHOP_SECRET") && err.contains("projects[0].webhook_secret_env"), "{err}");
 
             jail.set_env("SHOP_SECRET", "hunter2-very-secret");
-            let projects = WebhookSecrets::resolve(&c).unwrap();
-            let printed = format!("{projects:?}");
+            let projects = Projects::resolve(&c).unwrap();
+            let printed = format!("{:?}", projects.projects);
             assert!(!printed.contains("hunter2"), "{printed}");
             Ok(())
         });

@@ -23,7 +23,7 @@ use tracing::Level;
 
 pub use error::ApiError;
 
-use crate::config::{Config, ForgeKind, Project};
+use crate::config::{Config, ForgeKind, Project, Projects};
 
 /// Shared by every request; cheap to clone.
 #[derive(Clone)]
@@ -41,17 +41,15 @@ struct Inner {
 }
 
 impl AppState {
-    pub fn new(config: &Config, projects: Vec<Project>, pool: PgPool) -> Self {
-        let read = |var: &Option<String>| {
-            var.as_deref().and_then(|v| std::env::var(v).ok()).filter(|v| !v.is_empty()).map(SecretString::from)
-        };
+    pub fn new(config: &Config, projects: Projects, pool: PgPool) -> Self {
+        let Projects { projects, github_secret, gitlab_secret } = projects;
         let projects =
             projects.into_iter().map(|p| ((p.settings.forge, p.settings.repo.to_lowercase()), Arc::new(p))).collect();
         AppState(Arc::new(Inner {
             pool,
             projects,
-            github_secret: read(&config.github.webhook_secret_env),
-            gitlab_secret: read(&config.gitlab.webhook_secret_env),
+            github_secret,
+            gitlab_secret,
             max_body_bytes: config.intake.max_body_bytes,
             migrated: AtomicBool::new(false),
         }))

@@ -1,0 +1,534 @@
+//! `POST /webhooks/github` against a real Postgres (a fresh database per test) with recorded payloads.
+
+mod common;
+
+use axum::http::StatusCode;
+use common::*;
+use draftd::stand::Namespace;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+const T1: &str = "2019-05-15T15:20:33Z";
+const T2: &str = "2019-05-15T15:20:40Z";
+const T3: &str = "2019-05-15T15:21:18Z";
+
+fn delivery() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn opened_pull_request_records_delivery_stand_and_queued_run(pool: PgPool) {
+    let app = app(pool.clone());
+    let id = delivery();
+    let res = github(&app, "pull_request", &id, &github_pr("opened", "feature/login", &sha(1), T1)).await;
+    assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.body);
+    assert_eq!(res.body["delivery"], json!(id));
+    let stand = stand(&pool, "hello-world", "feature/login").await.unwrap();
+    assert_eq!(res.body["stand"], json!(stand.stand_id));
+    assert_eq!(stand.namespace, "draft-feature-login");
+    assert_eq!(stand.state, "active");
+    assert_eq!(stand.pr_number, Some(2));
+    let runs = runs(&pool).await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(res.body["run"], json!(runs[0].run_id));
+    let r = &runs[0];
+    assert_eq!((r.kind.as_str(), r.trigger.as_str(), r.state.as_str(), r.number), ("deploy", "opened", "queued", 1));
+    assert_eq!(r.sha.as_deref(), Some(sha(1).as_str()));
+    assert!(r.automatic);
+    let (outcome, event): (String, String) =
+        sqlx::query_as("select outcome, event from deliveries where delivery_id = $1")
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((outcome.as_str(), event.as_str()), ("queued", "pull_request"));
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn ping_answers_200_and_records_nothing(pool: PgPool) {
+    let app = app(pool.clone());
+    let mut ping = fixture("github/ping.json");
+    ping["repository"]["full_name"] = "Codertocat/Hello-World".into();
+    let res = github(&app, "ping", &delivery(), &ping).await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert_eq!(res.body["pong"], json!(true));
+    assert_eq!(count(&pool, "deliveries").await, 0);
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn signatures_must_match_the_raw_body(pool: PgPool) {
+    let app = app(pool.clone());
+    let body = serde_json::to_vec(&github_pr("opened", "feature/login", &sha(1), T1)).unwrap();
+    let good = sign(GITHUB_SECRET, &body);
+    let wrong_secret = sign("not-the-secret", &body);
+    let sha1_style = format!("sha1={}", &good[7..47]);
+    let bad: [(&str, Option<&str>); 6] = [
+        ("wrong secret", Some(&wrong_secret)),
+        ("missing", None),
+        ("not hex", Some("sha256=zzzz")),
+        ("no prefix", Some(&good[7..])),
+        ("sha1", Some(&sha1_style)),
+        ("truncated", Some(&good[..good.len() - 2])),
+    ];
+    for (what, sig) in bad {
+        let res = github_raw(&app, "pull_request", &delivery(), body.clone(), sig, "application/json").await;
+        assert_eq!(res.status, StatusCode::UNAUTHORIZED, "{what}: {}", res.body);
+        assert_eq!(res.body["error"]["code"], json!("unauthorized"));
+    }
+    // A valid-looking signature over the original body does not cover a tampered one.
+    let mut tampered = github_pr("opened", "feature/login", &sha(1), T1);
+    tampered["pull_request"]["head"]["sha"] = sha(666).into();
+    let res = github_raw(
+        &app,
+        "pull_request",
+        &delivery(),
+        serde_json::to_vec(&tampered).unwrap(),
+        Some(&good),
+        "application/json",
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(count(&pool, "deliveries").await, 0);
+    assert_eq!(count(&pool, "stands").await, 0);
+
+    let res = github_raw(&app, "pull_request", &delivery(), body, Some(&good), "application/json").await;
+    assert_eq!(res.status, StatusCode::ACCEPTED);
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn bad_requests_get_clear_json_errors_and_record_nothing(pool: PgPool) {
+    let app = app(pool.clone());
+    let body = serde_json::to_vec(&github_pr("opened", "feature/login", &sha(1), T1)).unwrap();
+    let sig = sign(GITHUB_SECRET, &body);
+
+    let res = github_raw(&app, "pull_request", &delivery(), body.clone(), Some(&sig), "text/plain").await;
+    assert_eq!(res.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let res =
+        github_raw(&app, "pull_request", &delivery(), body.clone(), Some(&sig), "application/x-www-form-urlencoded")
+            .await;
+    assert_eq!(res.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(res.body["error"]["message"].as_str().unwrap().contains("application/json"));
+    let res =
+        github_raw(&app, "pull_request", &delivery(), body.clone(), Some(&sig), "application/json; charset=utf-8")
+            .await;
+    assert_eq!(res.status, StatusCode::ACCEPTED, "charset parameter is fine: {}", res.body);
+
+    let not_json = b"{\"action\": ".to_vec();
+    let res = github_raw(
+        &app,
+        "pull_request",
+        &delivery(),
+        not_json.clone(),
+        Some(&sign(GITHUB_SECRET, &not_json)),
+        "application/json",
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::BAD_REQUEST);
+
+    let mut shapeless = github_pr("opened", "feature/login", &sha(2), T1);
+    shapeless["pull_request"]["head"].as_object_mut().unwrap().remove("sha");
+    let b = serde_json::to_vec(&shapeless).unwrap();
+    let res =
+        github_raw(&app, "pull_request", &delivery(), b.clone(), Some(&sign(GITHUB_SECRET, &b)), "application/json")
+            .await;
+    assert_eq!(res.status, StatusCode::BAD_REQUEST);
+    assert_eq!(res.body["error"]["field"], json!("pull_request.head"), "{}", res.body);
+    assert!(res.body["error"]["message"].as_str().unwrap().contains("sha"));
+
+    let mut no_repo = shapeless.clone();
+    no_repo.as_object_mut().unwrap().remove("repository");
+    let b = serde_json::to_vec(&no_repo).unwrap();
+    let res =
+        github_raw(&app, "pull_request", &delivery(), b.clone(), Some(&sign(GITHUB_SECRET, &b)), "application/json")
+            .await;
+    assert_eq!((res.status, res.body["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("repository")));
+
+    let res = send(
+        &app,
+        axum::http::Request::post("/webhooks/github")
+            .header("content-type", "application/json")
+            .header("x-github-delivery", delivery())
+            .header("x-hub-signature-256", &sig)
+            .body(axum::body::Body::from(body.clone()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((res.status, res.body["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("x-github-event")));
+
+    let mut unknown = github_pr("opened", "feature/login", &sha(3), T1);
+    unknown["repository"]["full_name"] = "someone/else".into();
+    let res = github(&app, "pull_request", &delivery(), &unknown).await;
+    assert_eq!(res.status, StatusCode::NOT_FOUND);
+    assert_eq!(res.body["error"]["code"], json!("not_found"));
+
+    // Repository names match case-insensitively.
+    let mut lower = github_pr("opened", "feature/lower", &sha(4), T1);
+    lower["repository"]["full_name"] = "codertocat/hello-world".into();
+    assert_eq!(github(&app, "pull_request", &delivery(), &lower).await.status, StatusCode::ACCEPTED);
+
+    assert_eq!(count(&pool, "deliveries").await, 2, "only the two accepted deliveries are recorded");
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn bodies_over_25_mib_get_413(pool: PgPool) {
+    let app = app(pool.clone());
+    let mut big = vec![b' '; 25 * 1024 * 1024 + 1];
+    big[0] = b'{';
+    let sig = sign(GITHUB_SECRET, &big);
+    // Without a Content-Length header the limit is enforced while reading.
+    let res = github_raw(&app, "pull_request", &delivery(), big.clone(), Some(&sig), "application/json").await;
+    assert_eq!(res.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", res.body);
+    // With one, before reading.
+    let res = send(
+        &app,
+        axum::http::Request::post("/webhooks/github")
+            .header("content-type", "application/json")
+            .header("content-length", big.len())
+            .header("x-github-event", "pull_request")
+            .header("x-github-delivery", delivery())
+            .header("x-hub-signature-256", &sig)
+            .body(axum::body::Body::from(big))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(res.body["error"]["code"], json!("payload_too_large"));
+    assert_eq!(count(&pool, "deliveries").await, 0);
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn redelivering_the_same_id_three_times_creates_one_run(pool: PgPool) {
+    let app = app(pool.clone());
+    let id = delivery();
+    let payload = github_pr("opened", "feature/login", &sha(1), T1);
+    let first = github(&app, "pull_request", &id, &payload).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    for _ in 0..2 {
+        let again = github(&app, "pull_request", &id, &payload).await;
+        assert_eq!(again.status, StatusCode::OK);
+        assert_eq!(again.body, first.body, "a redelivery gets the original answer");
+    }
+    assert_eq!(count(&pool, "runs").await, 1);
+    assert_eq!(count(&pool, "deliveries").await, 1);
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn concurrent_redeliveries_create_one_run(pool: PgPool) {
+    let app = app(pool.clone());
+    let id = delivery();
+    let payload = github_pr("opened", "feature/race", &sha(1), T1);
+    let results = futures_join(&app, &id, &payload, 8).await;
+    assert_eq!(results.iter().filter(|s| **s == StatusCode::ACCEPTED).count(), 1, "{results:?}");
+    assert!(results.iter().all(|s| *s == StatusCode::ACCEPTED || *s == StatusCode::OK), "{results:?}");
+    assert_eq!(count(&pool, "runs").await, 1);
+}
+
+async fn futures_join(app: &axum::Router, id: &str, payload: &Value, n: usize) -> Vec<StatusCode> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (app, id, payload) = (app.clone(), id.to_owned(), payload.clone());
+        set.spawn(async move { github(&app, "pull_request", &id, &payload).await.status });
+    }
+    set.join_all().await
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn one_automatic_deploy_per_commit_whatever_the_event(pool: PgPool) {
+    let app = app(pool.clone());
+    let a = github(&app, "pull_request", &delivery(), &github_pr("opened", "feature/login", &sha(1), T1)).await;
+    let b = github(&app, "pull_request", &delivery(), &github_pr("synchronize", "feature/login", &sha(1), T2)).await;
+    assert_eq!(b.status, StatusCode::ACCEPTED);
+    assert_eq!(b.body["run"], a.body["run"], "the same commit's run is named, not a new one");
+    assert_eq!(b.body["ignored"], json!("commit already has a run"));
+    let c = github(&app, "pull_request", &delivery(), &github_pr("synchronize", "feature/login", &sha(2), T3)).await;
+    assert_ne!(c.body["run"], a.body["run"]);
+    let runs = runs(&pool).await;
+    assert_eq!(runs.iter().map(|r| r.number).collect::<Vec<_>>(), vec![1, 2], "run numbers stay dense");
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn out_of_order_pushes_the_newest_commit_wins(pool: PgPool) {
+    let app = app(pool.clone());
+    github(&app, "pull_request", &delivery(), &github_pr("opened", "feature/login", &sha(1), T1)).await;
+    // The push of sha 3 (newer) arrives before the push of sha 2 (older).
+    let newer =
+        github(&app, "pull_request", &delivery(), &github_pr("synchronize", "feature/login", &sha(3), T3)).await;
+    let older =
+        github(&app, "pull_request", &delivery(), &github_pr("synchronize", "feature/login", &sha(2), T2)).await;
+    assert_eq!(newer.status, StatusCode::ACCEPTED);
+    assert_eq!(older.status, StatusCode::ACCEPTED, "recorded, not refused");
+    assert_eq!(older.body["run"], Value::Null);
+    assert!(older.body["ignored"].as_str().unwrap().contains("older than"), "{}", older.body);
+    let shas: Vec<_> = runs(&pool).await.into_iter().map(|r| r.sha.unwrap()).collect();
+    assert_eq!(shas, vec![sha(1), sha(3)]);
+    assert_eq!(stand(&pool, "hello-world", "feature/login").await.unwrap().head_sha, Some(sha(3)));
+    assert_eq!(count(&pool, "deliveries").await, 3);
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn close_then_a_late_push_leaves_the_stand_closing_until_reopened(pool: PgPool) {
+    let app = app(pool.clone());
+    github(&app, "pull_request", &delivery(), &github_pr("opened", "feature/login", &sha(1), T1)).await;
+    let close = github(&app, "pull_request", &delivery(), &github_pr("closed", "feature/login", &sha(1), T2)).await;
+    assert_eq!(close.status, StatusCode::ACCEPTED);
+    let s = stand(&pool, "hello-world", "feature/login").await.unwrap();
+    assert_eq!(s.state, "closing");
+
+    // A push delivered late, older than the close.
+    let late = github(&app, "pull_request", &delivery(), &github_pr("synchronize", "feature/login", &sha(2), T1)).await;
+    assert_eq!(late.body["run"], Value::Null);
+    // Even one that claims to be newer: only a reopen revives a closing stand.
+    let later =
+        github(&app, "pull_request", &delivery(), &github_pr("synchronize", "feature/login", &sha(3), T3)).await;
+    assert_eq!(later.body["run"], Value::Null);
+    assert!(later.body["ignored"].as_str().unwrap().contains("closing"), "{}", later.body);
+    assert_eq!(stand(&pool, "hello-world", "feature/login").await.unwrap().state, "closing");
+    let kinds: Vec<_> = runs(&pool).await.into_iter().map(|r| (r.kind, r.trigger)).collect();
+    assert_eq!(kinds, vec![("deploy".into(), "opened".into()), ("teardown".into(), "closed".into())]);
+
+    // Reopened at the very commit that already had a run: it deploys again.
+    let reopen = github(
+        &app,
+        "pull_request",
+        &delivery(),
+        &github_pr("reopened", "feature/login", &sha(1), "2019-05-15T16:00:00Z"),
+    )
+    .await;
+    assert!(reopen.body["run"].is_i64(), "{}", reopen.body);
+    assert_eq!(stand(&pool, "hello-world", "feature/login").await.unwrap().state, "active");
+    assert_eq!(count(&pool, "runs").await, 3);
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn merged_pull_request_queues_a_merged_teardown_once(pool: PgPool) {
+    let app = app(pool.clone());
+    github(&app, "pull_request", &delivery(), &github_pr("opened", "feature/login", &sha(1), T1)).await;
+    let mut merged = github_pr("closed", "feature/login", &sha(1), T2);
+    merged["pull_request"]["merged"] = true.into();
+    github(&app, "pull_request", &delivery(), &merged).await;
+    // GitHub may send the close twice under two delivery ids; one teardown.
+    let again = github(&app, "pull_request", &delivery(), &merged).await;
+    assert!(again.body["ignored"].as_str().unwrap().contains("already closing"));
+    let teardowns: Vec<_> = runs(&pool).await.into_iter().filter(|r| r.kind == "teardown").collect();
+    assert_eq!(teardowns.len(), 1);
+    assert_eq!(teardowns[0].trigger, "merged");
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn close_of_an_unknown_branch_leaves_a_tombstone_a_late_push_cannot_revive(pool: PgPool) {
+    let app = app(pool.clone());
+    let close = github(&app, "pull_request", &delivery(), &github_pr("closed", "feature/ghost", &sha(1), T2)).await;
+    assert_eq!(close.body["run"], Value::Null);
+    assert_eq!(stand(&pool, "hello-world", "feature/ghost").await.unwrap().state, "removed");
+    let late = github(&app, "pull_request", &delivery(), &github_pr("synchronize", "feature/ghost", &sha(2), T3)).await;
+    assert_eq!(late.body["run"], Value::Null);
+    assert_eq!(count(&pool, "runs").await, 0);
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn branch_globs_decide_which_branches_get_stands(pool: PgPool) {
+    let app = app(pool.clone());
+    let long = format!("feature/{}", "a-very-long-branch-name-".repeat(12));
+    let cases = [
+        ("feature/login", true),
+        ("feature/deep/nested/branch", true),
+        ("bugfix/crash-on-start", true),
+        ("feature/ünïcødé-ブランチ", true),
+        (long.as_str(), true),
+        ("feature", false),
+        ("main", false),
+        ("features/x", false),
+        ("hotfix/feature/x", false),
+        ("changes", false),
+    ];
+    for (i, (branch, matches)) in cases.iter().enumerate() {
+        let res = github(&app, "pull_request", &delivery(), &github_pr("opened", branch, &sha(i as u32), T1)).await;
+        assert_eq!(res.status, StatusCode::ACCEPTED, "{branch}");
+        assert_eq!(res.body["run"].is_i64(), *matches, "{branch}: {}", res.body);
+        if !matches {
+            assert!(res.body["ignored"].as_str().unwrap().contains("matches none"), "{branch}");
+        }
+    }
+    let namespaces: Vec<String> =
+        sqlx::query_scalar("select namespace from stands order by stand_id").fetch_all(&pool).await.unwrap();
+    assert_eq!(namespaces.len(), 5);
+    for ns in &namespaces {
+        assert!(ns.len() <= 63 && draftd::stand::is_dns_label(ns), "{ns}");
+    }
+    assert_eq!(namespaces[3], "draft-feature-n-c-d", "non-ASCII characters become separators");
+    assert_eq!(namespaces[4].len(), 63, "cut and hashed: {}", namespaces[4]);
+    // Ignored deliveries are recorded too, with their reason.
+    let ignored: i64 = sqlx::query_scalar(
+        "select count(*) from deliveries where outcome = 'ignored' and reason like '%matches none%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(ignored, 5);
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn branches_that_would_share_a_namespace_get_the_hash_suffix(pool: PgPool) {
+    let app = app(pool.clone());
+    github(&app, "pull_request", &delivery(), &github_pr("opened", "feature/a_b", &sha(1), T1)).await;
+    github(&app, "pull_request", &delivery(), &github_pr("opened", "feature/a-b", &sha(2), T1)).await;
+    let first = stand(&pool, "hello-world", "feature/a_b").await.unwrap();
+    let second = stand(&pool, "hello-world", "feature/a-b").await.unwrap();
+    assert_eq!(first.namespace, "draft-feature-a-b");
+    let project = draftd::stand::ProjectName::new("hello-world").unwrap();
+    let branch = draftd::stand::BranchName::new("feature/a-b").unwrap();
+    assert_eq!(second.namespace, Namespace::hashed(&project, &branch, false).as_str());
+    assert_ne!(first.namespace, second.namespace);
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn forks_are_ignored_unless_the_project_allows_them(pool: PgPool) {
+    let app = app(pool.clone());
+    let mut fork = github_pr("opened", "feature/from-fork", &sha(1), T1);
+    fork["pull_request"]["head"]["repo"]["full_name"] = "mallory/Hello-World".into();
+    let res = github(&app, "pull_request", &delivery(), &fork).await;
+    assert_eq!((res.status, res.body["ignored"].clone()), (StatusCode::ACCEPTED, json!("fork")));
+    let reason: String = sqlx::query_scalar("select reason from deliveries").fetch_one(&pool).await.unwrap();
+    assert_eq!(reason, "fork");
+
+    // forks-welcome serves Octocoders/Hello-World with forks = "allow".
+    fork["repository"]["full_name"] = "Octocoders/Hello-World".into();
+    fork["pull_request"]["base"]["repo"]["full_name"] = "Octocoders/Hello-World".into();
+    let res = github(&app, "pull_request", &delivery(), &fork).await;
+    assert!(res.body["run"].is_i64(), "{}", res.body);
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn draft_pull_requests_wait_for_ready_for_review(pool: PgPool) {
+    let app = app(pool.clone());
+    let mut draft = github_pr("opened", "feature/wip", &sha(1), T1);
+    draft["pull_request"]["draft"] = true.into();
+    let res = github(&app, "pull_request", &delivery(), &draft).await;
+    assert_eq!(res.body["ignored"], json!("draft"));
+    let ready =
+        github(&app, "pull_request", &delivery(), &github_pr("ready_for_review", "feature/wip", &sha(1), T2)).await;
+    assert!(ready.body["run"].is_i64());
+    assert_eq!(runs(&pool).await[0].trigger, "ready_for_review");
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn opt_out_label_tears_down_and_holds_deploys_until_removed(pool: PgPool) {
+    let app = app(pool.clone());
+    github(&app, "pull_request", &delivery(), &github_pr("opened", "feature/login", &sha(1), T1)).await;
+    let mut label = github_pr("labeled", "feature/login", &sha(1), "2019-05-15T15:20:35Z");
+    label["label"]["name"] = "draft:skip".into();
+    label["pull_request"]["labels"] = json!([{ "name": "draft:skip" }]);
+    let res = github(&app, "pull_request", &delivery(), &label).await;
+    assert!(res.body["run"].is_i64());
+    assert_eq!(stand(&pool, "hello-world", "feature/login").await.unwrap().state, "closing");
+
+    let mut push = github_pr("synchronize", "feature/login", &sha(2), T2);
+    push["pull_request"]["labels"] = json!([{ "name": "draft:skip" }]);
+    let res = github(&app, "pull_request", &delivery(), &push).await;
+    assert!(res.body["ignored"].as_str().unwrap().contains("opted out"), "{}", res.body);
+
+    let mut unlabel = github_pr("unlabeled", "feature/login", &sha(2), T3);
+    unlabel["label"]["name"] = "draft:skip".into();
+    unlabel["pull_request"]["labels"] = json!([]);
+    let res = github(&app, "pull_request", &delivery(), &unlabel).await;
+    assert!(res.body["run"].is_i64(), "{}", res.body);
+    assert_eq!(stand(&pool, "hello-world", "feature/login").await.unwrap().state, "active");
+    let triggers: Vec<_> = runs(&pool).await.into_iter().map(|r| r.trigger).collect();
+    assert_eq!(triggers, vec!["opened", "opt_out", "opt_in"]);
+
+    // Any other label is nothing to draftd.
+    let res = github(&app, "pull_request", &delivery(), &github_pr("labeled", "feature/login", &sha(2), T3)).await;
+    assert!(res.body["ignored"].as_str().unwrap().contains("labeled"));
+}
+
+fn comment(body: &str) -> Value {
+    let mut v = fixture("github/issue_comment.created.json");
+    v["issue"]["number"] = 2.into();
+    v["issue"]["pull_request"] = json!({ "url": "https://api.github.com/repos/Codertocat/Hello-World/pulls/2" });
+    v["comment"]["body"] = body.into();
+    v
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn draft_commands_in_comments_queue_runs_with_the_commenter(pool: PgPool) {
+    let app = app(pool.clone());
+    // Before any stand exists for PR #2 there is nothing to re-run.
+    let res = github(&app, "issue_comment", &delivery(), &comment("/draft rerun")).await;
+    assert_eq!(res.body["ignored"], json!("no stand for pull request #2"));
+
+    github(&app, "pull_request", &delivery(), &github_pr("opened", "feature/login", &sha(1), T1)).await;
+    for body in ["/draft rerun", "/draft extend 24h", "/draft destroy"] {
+        let res = github(&app, "issue_comment", &delivery(), &comment(body)).await;
+        assert!(res.body["run"].is_i64(), "{body}: {}", res.body);
+    }
+    let runs = runs(&pool).await;
+    let manual: Vec<_> = runs.iter().skip(1).collect();
+    assert_eq!(manual.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>(), vec!["deploy", "extend", "teardown"]);
+    for r in &manual {
+        assert_eq!(r.requested_by.as_deref(), Some("Codertocat"));
+        assert_eq!(r.trigger, "command");
+        assert!(!r.automatic);
+    }
+    assert_eq!(manual[0].sha.as_deref(), Some(sha(1).as_str()), "a re-run deploys the stand's head commit");
+    assert_eq!(manual[1].params, json!({ "by_seconds": 86400 }));
+    // Authorisation comes before a destroy acts, so the stand is not closing yet.
+    assert_eq!(stand(&pool, "hello-world", "feature/login").await.unwrap().state, "active");
+
+    let res = github(&app, "issue_comment", &delivery(), &comment("/draft explode")).await;
+    assert!(res.body["ignored"].as_str().unwrap().contains("unknown /draft command"));
+    let res = github(&app, "issue_comment", &delivery(), &comment("Looks good to me")).await;
+    assert_eq!(res.body["ignored"], json!("comment is not a /draft command"));
+    let res = github(&app, "issue_comment", &delivery(), &fixture("github/issue_comment.created.json")).await;
+    assert_eq!(res.body["ignored"], json!("comment on an issue, not a pull request"));
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn check_run_rerun_requests_queue_a_manual_deploy(pool: PgPool) {
+    let app = app(pool.clone());
+    github(&app, "pull_request", &delivery(), &github_pr("opened", "feature/login", &sha(1), T1)).await;
+    let mut rerun = fixture("github/check_run.requested_action.json");
+    rerun["repository"]["full_name"] = "Codertocat/Hello-World".into();
+    rerun["check_run"]["name"] = "draftd".into();
+    rerun["check_run"]["head_sha"] = sha(1).into();
+    rerun["check_run"]["pull_requests"][0]["head"]["ref"] = "feature/login".into();
+    rerun["requested_action"]["identifier"] = "rerun".into();
+    let res = github(&app, "check_run", &delivery(), &rerun).await;
+    assert!(res.body["run"].is_i64(), "{}", res.body);
+
+    let mut rerequested = rerun.clone();
+    rerequested["action"] = "rerequested".into();
+    rerequested.as_object_mut().unwrap().remove("requested_action");
+    let res = github(&app, "check_run", &delivery(), &rerequested).await;
+    assert!(res.body["run"].is_i64(), "{}", res.body);
+
+    let runs = runs(&pool).await;
+    assert_eq!(runs.len(), 3);
+    assert!(
+        runs[1..]
+            .iter()
+            .all(|r| r.trigger == "check_run" && !r.automatic && r.requested_by.as_deref() == Some("codebytere"))
+    );
+
+    // The recorded payloads are someone else's checks.
+    let mut foreign = fixture("github/check_run.rerequested.json");
+    foreign["repository"]["full_name"] = "Codertocat/Hello-World".into();
+    let res = github(&app, "check_run", &delivery(), &foreign).await;
+    assert!(res.body["ignored"].as_str().unwrap().contains("not draftd's"));
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn webhooks_wait_for_migrations(pool: PgPool) {
+    let config = config();
+    let state = draftd::http::AppState::new(&config, projects(&config), pool.clone());
+    let app = draftd::http::router(state.clone());
+    let res = github(&app, "pull_request", &delivery(), &github_pr("opened", "feature/login", &sha(1), T1)).await;
+    assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
+    let startup =
+        send(&app, axum::http::Request::get("/health/startup").body(axum::body::Body::empty()).unwrap()).await;
+    assert_eq!(startup.status, StatusCode::SERVICE_UNAVAILABLE);
+    state.set_migrated();
+    let ready = send(&app, axum::http::Request::get("/health/ready").body(axum::body::Body::empty()).unwrap()).await;
+    assert_eq!((ready.status, ready.body["database"].clone()), (StatusCode::OK, json!(true)));
+    let res = github(&app, "pull_request", &delivery(), &github_pr("opened", "feature/login", &sha(1), T1)).await;
+    assert_eq!(res.status, StatusCode::ACCEPTED);
+}
