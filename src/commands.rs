@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{Config, Projects};
 use crate::http::{self, AppState};
+use crate::stand::StandState;
 use crate::store::{self, stands};
 
 /// `draftd serve`: bind first (so `/health` answers at once), migrate in the background, serve until
@@ -103,11 +104,11 @@ pub async fn migrate(config: Config) -> anyhow::Result<()> {
 pub async fn stands_list(
     config: Config,
     project: Option<String>,
-    state: Option<String>,
+    state: Option<StandState>,
     json: bool,
 ) -> anyhow::Result<()> {
     let pool = store::pool(&config.database_url, 2)?;
-    let rows = stands::list(&pool, project.as_deref(), state.as_deref()).await?;
+    let rows = stands::list(&pool, project.as_deref(), state.map(StandState::as_str)).await?;
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &rows)?;

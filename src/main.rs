@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use draftd::commands;
 use draftd::config::Config;
+use draftd::stand::StandState;
 use draftd::store::stands::StandRef;
 use draftd::telemetry::{self, LogFormat};
 
@@ -39,17 +40,20 @@ enum Command {
 enum StandsCommand {
     /// List stands with their newest run.
     List {
+        /// Only this project's stands.
         #[arg(long)]
         project: Option<String>,
-        /// active, closing or removed.
-        #[arg(long)]
-        state: Option<String>,
+        /// Only stands in this state.
+        #[arg(long, value_enum)]
+        state: Option<StandState>,
+        /// JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Show one stand with its runs: by id, or as project/branch.
     Show {
         stand: StandRef,
+        /// JSON instead of text.
         #[arg(long)]
         json: bool,
     },

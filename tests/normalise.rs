@@ -267,3 +267,17 @@ fn malformed_payloads_name_the_field() {
     let err = github::normalise("pull_request", b"{not json", &p).unwrap_err();
     assert!(!err.message.is_empty());
 }
+
+#[test]
+fn label_changes_on_closed_pull_requests_deploy_nothing() {
+    let mut v = on_feature_branch(fixture("github/pull_request.unlabeled.json"));
+    v["label"]["name"] = "draft:skip".into();
+    v["pull_request"]["state"] = "closed".into();
+    assert_eq!(ignored(&gh("pull_request", &v)), "pull request is closed");
+    let mut mr = fixture("gitlab/merge_request.open.json");
+    mr["object_attributes"]["source_branch"] = "feature/viewport".into();
+    mr["object_attributes"]["action"] = "update".into();
+    mr["object_attributes"]["state"] = "merged".into();
+    mr["changes"]["labels"]["previous"][0]["title"] = "draft:skip".into();
+    assert_eq!(ignored(&gl("gitlab-test", "Merge Request Hook", &mr)), "merge request is merged");
+}

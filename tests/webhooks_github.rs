@@ -532,3 +532,50 @@ async fn webhooks_wait_for_migrations(pool: PgPool) {
     let res = github(&app, "pull_request", &delivery(), &github_pr("opened", "feature/login", &sha(1), T1)).await;
     assert_eq!(res.status, StatusCode::ACCEPTED);
 }
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn an_app_wide_secret_signs_for_every_project_and_own_secrets_still_work(pool: PgPool) {
+    const APP_SECRET: &str = "app-wide-secret-0b7e";
+    let config = draftd::config::Config::from_toml(
+        r#"
+        [github]
+        webhook_secret_env = "APP_SECRET"
+        [[projects]]
+        name = "app-only"
+        forge = "github"
+        repo = "Codertocat/Hello-World"
+        [[projects]]
+        name = "own-too"
+        forge = "github"
+        repo = "Octocoders/Hello-World"
+        webhook_secret_env = "GH_SECRET"
+        "#,
+    )
+    .unwrap();
+    let projects = draftd::config::Projects::resolve_with(&config, |var| match var {
+        "APP_SECRET" => Some(APP_SECRET.into()),
+        "GH_SECRET" => Some(GITHUB_SECRET.into()),
+        _ => None,
+    })
+    .unwrap();
+    let state = draftd::http::AppState::new(&config, projects, pool.clone());
+    state.set_migrated();
+    let app = draftd::http::router(state);
+
+    let post = |repo: &str, branch: &str, secret: &str| {
+        let mut v = github_pr("opened", branch, &sha(1), T1);
+        v["repository"]["full_name"] = repo.into();
+        v["pull_request"]["base"]["repo"]["full_name"] = repo.into();
+        v["pull_request"]["head"]["repo"]["full_name"] = repo.into();
+        let body = serde_json::to_vec(&v).unwrap();
+        let sig = sign(secret, &body);
+        let app = app.clone();
+        async move { github_raw(&app, "pull_request", &delivery(), body, Some(&sig), "application/json").await.status }
+    };
+    assert_eq!(post("Codertocat/Hello-World", "feature/a", APP_SECRET).await, StatusCode::ACCEPTED);
+    assert_eq!(post("Octocoders/Hello-World", "feature/b", APP_SECRET).await, StatusCode::ACCEPTED);
+    assert_eq!(post("Octocoders/Hello-World", "feature/c", GITHUB_SECRET).await, StatusCode::ACCEPTED);
+    assert_eq!(post("Codertocat/Hello-World", "feature/d", GITHUB_SECRET).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(post("Octocoders/Hello-World", "feature/e", "neither").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(count(&pool, "deliveries").await, 3);
+}

@@ -30,6 +30,8 @@ struct PullRequestEvent {
 #[derive(Debug, Deserialize)]
 struct Pr {
     number: u64,
+    /// `open` or `closed`.
+    state: String,
     #[serde(default)]
     draft: bool,
     #[serde(default)]
@@ -164,6 +166,10 @@ fn pull_request(ev: PullRequestEvent, gate: &Gate) -> Result<Event, PayloadError
     let pr_ref = PullRequest { number: pr.number, branch, sha, updated_at };
     if matches!(trigger, Trigger::Closed | Trigger::Merged | Trigger::OptOut) {
         return Ok(Event::Teardown { pr: pr_ref, trigger });
+    }
+    // Label changes and late events can arrive for a closed PR; only an open one gets a stand.
+    if pr.state != "open" {
+        return Ok(Event::ignored(format!("pull request is {}", pr.state)));
     }
     let labels = pr.labels.iter().map(|l| l.name.as_str());
     if let Err(ignored) = gate.may_deploy(pr.draft, labels) {

@@ -34,6 +34,8 @@ struct MrAttributes {
     target_project_id: u64,
     last_commit: LastCommit,
     updated_at: String,
+    /// `opened`, `closed`, `merged` or `locked`; absent in some older payloads.
+    state: Option<String>,
     /// `draft` replaced `work_in_progress` in GitLab 13.x; older instances send only the latter.
     draft: Option<bool>,
     work_in_progress: Option<bool>,
@@ -142,6 +144,9 @@ fn merge_request(ev: MergeRequestEvent, gate: &Gate) -> Result<Event, PayloadErr
     let pr = PullRequest { number: a.iid, branch, sha, updated_at };
     if matches!(trigger, Trigger::Closed | Trigger::Merged | Trigger::OptOut) {
         return Ok(Event::Teardown { pr, trigger });
+    }
+    if let Some(state) = a.state.as_deref().filter(|s| *s != "opened") {
+        return Ok(Event::ignored(format!("merge request is {state}")));
     }
     let draft = a.draft.or(a.work_in_progress).unwrap_or(false);
     if let Err(ignored) = gate.may_deploy(draft, ev.labels.iter().map(|l| l.title.as_str())) {

@@ -33,7 +33,10 @@ impl ApiError {
     }
 
     pub fn missing_header(name: &str) -> Self {
-        ApiError::BadRequest { field: Some(name.to_owned()), message: format!("header {name} is missing or not text") }
+        ApiError::BadRequest {
+            field: Some(name.to_owned()),
+            message: format!("header {name} is missing, empty, not text or longer than 200 bytes"),
+        }
     }
 
     fn status(&self) -> StatusCode {

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::http::Request;
 use secrecy::SecretString;
 use sqlx::PgPool;
@@ -86,12 +85,9 @@ impl AppState {
 
 /// The whole router; tests drive it with `tower::ServiceExt::oneshot`, `serve` binds it.
 pub fn router(state: AppState) -> Router {
-    let max_body = state.max_body_bytes();
     Router::new()
         .merge(health::router())
         .merge(webhooks::router())
-        // The extractors enforce the configured limit themselves and answer 413 in draftd's own shape.
-        .layer(DefaultBodyLimit::max(max_body))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<_>| {

@@ -44,11 +44,9 @@ impl FromRequest<AppState> for GithubWebhook {
         let event = header_text(&headers, "x-github-event")?;
         let delivery_id = header_text(&headers, "x-github-delivery")?;
         let signature = headers.get("x-hub-signature-256").and_then(|v| v.to_str().ok());
-        let app_secret = state.github_secret();
-        // With one app-wide secret nothing is read before the signature is known to be good.
-        if let Some(secret) = app_secret {
-            verify_github(secret, signature, &body)?;
-        }
+        // A GitHub App signs with its one secret: when that matches, nothing is read before the
+        // signature is known to be good. Otherwise the project's own secret must match.
+        let app_verified = state.github_secret().is_some_and(|s| verify_github(s, signature, &body).is_ok());
         let found: github::RepositoryOnly = parse(&body)?;
         let Some(repo) = found.repository else {
             return Err(ApiError::BadRequest {
@@ -59,7 +57,9 @@ impl FromRequest<AppState> for GithubWebhook {
         let project = state.project(ForgeKind::Github, &repo.full_name).ok_or_else(|| {
             ApiError::NotFound(format!("no project is configured for repository {:?}", repo.full_name))
         })?;
-        verify_github(&project.webhook_secret, signature, &body)?;
+        if !app_verified {
+            verify_github(&project.webhook_secret, signature, &body)?;
+        }
         Ok(GithubWebhook(webhook(ForgeKind::Github, project, event, delivery_id, body)))
     }
 }
@@ -71,9 +71,8 @@ impl FromRequest<AppState> for GitlabWebhook {
         let (headers, body) = read(req, state).await?;
         let event = header_text(&headers, "x-gitlab-event")?;
         let token = headers.get("x-gitlab-token").and_then(|v| v.to_str().ok());
-        if let Some(secret) = state.gitlab_secret() {
-            verify_gitlab(secret, token)?;
-        }
+        // As for GitHub: a group-wide token, else the project's own.
+        let group_verified = state.gitlab_secret().is_some_and(|s| verify_gitlab(s, token).is_ok());
         let found: gitlab::ProjectOnly = parse(&body)?;
         let Some(p) = found.project else {
             return Err(ApiError::BadRequest {
@@ -84,13 +83,14 @@ impl FromRequest<AppState> for GitlabWebhook {
         let project = state
             .project(ForgeKind::Gitlab, &p.path_with_namespace)
             .ok_or_else(|| ApiError::NotFound(format!("no project is configured for {:?}", p.path_with_namespace)))?;
-        verify_gitlab(&project.webhook_secret, token)?;
+        if !group_verified {
+            verify_gitlab(&project.webhook_secret, token)?;
+        }
         // GitLab retries with the same Idempotency-Key (17.x+) or the same event UUID; very old
         // instances send neither, and then a retry is the same bytes.
         let delivery_id = ["idempotency-key", "x-gitlab-event-uuid"]
             .iter()
-            .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()))
-            .map(str::to_owned)
+            .find_map(|h| header_text(&headers, h).ok())
             .unwrap_or_else(|| format!("sha256:{}", sha256_hex(&body)));
         Ok(GitlabWebhook(webhook(ForgeKind::Gitlab, project, event, delivery_id, body)))
     }

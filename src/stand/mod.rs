@@ -7,7 +7,7 @@ pub use naming::{BranchName, CommitSha, NameError, Namespace, ProjectName, is_dn
 use serde::{Deserialize, Serialize};
 
 /// Where a stand is in its life. Intake only moves stands between these; workers do the rest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, clap::ValueEnum)]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
 pub enum StandState {
