@@ -21,7 +21,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(listen = %listener.local_addr()?, mode = ?config.cluster.mode, projects = config.projects.len(), "draftd serving");
 
-    let migrations = tokio::spawn(migrate_until_done(pool.clone(), state.clone()));
+    let mut migrations = tokio::spawn(migrate_until_done(pool.clone(), state.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = http::router(state);
     let server = axum::serve(listener, app).with_graceful_shutdown({
@@ -39,12 +39,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::select! {
         r = server => r.context("server failed")?,
         _ = signal => tracing::warn!("drain timeout reached; exiting with requests still open"),
-        r = migrations => {
+        r = &mut migrations => {
             // Only a permanent migration failure ends the task; the server cannot serve then.
             r.context("migration task panicked")??;
             unreachable!("migrate_until_done returns only on error")
         }
     }
+    // A migration attempt still waiting for an unreachable database would hold up pool.close().
+    migrations.abort();
     pool.close().await;
     tracing::info!("stopped");
     Ok(())
@@ -60,8 +62,7 @@ async fn migrate_until_done(pool: sqlx::PgPool, state: AppState) -> anyhow::Resu
                 tracing::info!("migrations applied");
                 return std::future::pending().await;
             }
-            Err(e @ store::StoreError::Migrate(sqlx::migrate::MigrateError::Execute(sqlx::Error::Io(_))))
-            | Err(e @ store::StoreError::Db(_)) => {
+            Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, retry_in = ?delay, "database not reachable for migrations");
             }
             Err(e) => return Err(e).context("migrations failed"),

@@ -102,7 +102,10 @@ pub fn router(state: AppState) -> Router {
                     )
                 })
                 .on_request(())
-                .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
+                .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+                // A 503 from a probe during start-up is not an error; real failures are logged
+                // where they happen (ApiError), with their cause.
+                .on_failure(()),
         )
         .with_state(state)
 }

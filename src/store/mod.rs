@@ -18,18 +18,41 @@ pub enum StoreError {
     /// The URL is never shown: it may carry a password.
     #[error("database_url is not a valid Postgres URL: {0}")]
     BadUrl(String),
+    // Not `#[from]`: the cause is part of the message, and a `source` as well would print it twice.
     #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
     #[error("migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     #[error("namespace {0} and its hashed form are both taken by other stands")]
     NamespaceTaken(String),
 }
 
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Db(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(e)
+    }
+}
+
 impl StoreError {
-    /// A failure that may pass if tried again (the database is restarting, the pool is exhausted).
+    /// A failure that may pass if tried again: the database is unreachable or restarting, or the pool
+    /// is exhausted. Everything else (bad SQL, a missing database, a failed migration) will not.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Db(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed))
+        let db = match self {
+            StoreError::Db(e) | StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => e,
+            _ => return false,
+        };
+        match db {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+            // admin_shutdown, crash_shutdown, cannot_connect_now: a restart in progress.
+            sqlx::Error::Database(e) => matches!(e.code().as_deref(), Some("57P01" | "57P02" | "57P03")),
+            _ => false,
+        }
     }
 }
 

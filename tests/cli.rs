@@ -1,0 +1,729 @@
+//! The real `draftd` binary as a child process: health probes, webhooks over TCP, graceful shutdown,
+//! the `stands` and `migrate` commands, configuration errors, and that secrets never reach the logs.
+//!
+//! Each test that needs a database makes its own on the server `DATABASE_URL` points at
+//! (`source scripts/pg-env.sh`) and drops it at the end. Every wait has a deadline, and a child still
+//! running when a test ends (or panics) is killed, so a hung `draftd` fails a test instead of hanging it.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{github_pr, gitlab_mr, sha, sign};
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+
+const DRAFTD: &str = env!("CARGO_BIN_EXE_draftd");
+/// `serve` must log its address, and `/health/startup` must pass, within this.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// A one-shot command (`migrate`, `stands …`, a `serve` that refuses to start) must exit within this.
+const CLI_TIMEOUT: Duration = Duration::from_secs(30);
+/// `serve` must exit this soon after SIGTERM once its requests are answered.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+const HTTP_TIMEOUT: Duration = Duration::from_secs(15);
+const DB_TIMEOUT: Duration = Duration::from_secs(15);
+/// Nothing listens on port 1: the database is "down".
+const DEAD_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:1/x";
+
+fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+// ---------------------------------------------------------------------------------------------------
+// A database per test
+// ---------------------------------------------------------------------------------------------------
+
+/// A fresh database on the `DATABASE_URL` server. Call [`TestDb::drop_db`] at the end of the test; a
+/// panicking test leaks it (its name says where it came from).
+struct TestDb {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl TestDb {
+    async fn create() -> TestDb {
+        let admin_url = std::env::var("DATABASE_URL").unwrap_or_else(|_| {
+            panic!("DATABASE_URL is not set: point it at a Postgres server (`source scripts/pg-env.sh`)")
+        });
+        let name = format!("draftd_cli_{}", unique());
+        let mut conn = admin(&admin_url).await;
+        tokio::time::timeout(DB_TIMEOUT, sqlx::query(&format!("create database {name}")).execute(&mut conn))
+            .await
+            .unwrap_or_else(|_| panic!("create database {name}: timed out"))
+            .unwrap_or_else(|e| panic!("create database {name}: {e}"));
+        let _ = conn.close().await;
+        let url = with_database(&admin_url, &name);
+        TestDb { admin_url, name, url }
+    }
+
+    async fn drop_db(self) {
+        let mut conn = admin(&self.admin_url).await;
+        let sql = format!("drop database if exists {} with (force)", self.name);
+        tokio::time::timeout(DB_TIMEOUT, sqlx::query(&sql).execute(&mut conn))
+            .await
+            .unwrap_or_else(|_| panic!("{sql}: timed out"))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let _ = conn.close().await;
+    }
+}
+
+async fn admin(url: &str) -> PgConnection {
+    tokio::time::timeout(DB_TIMEOUT, PgConnection::connect(url))
+        .await
+        .unwrap_or_else(|_| panic!("connecting to DATABASE_URL timed out"))
+        .unwrap_or_else(|e| panic!("connecting to DATABASE_URL: {e}"))
+}
+
+/// `url` with its database (the path) replaced by `db`, keeping user, host, port and query.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority = base.find("://").map(|i| i + 3).unwrap_or_else(|| panic!("DATABASE_URL is not a URL"));
+    let path = base[authority..].find('/').map_or(base.len(), |i| authority + i);
+    let mut out = format!("{}/{db}", &base[..path]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Child processes
+// ---------------------------------------------------------------------------------------------------
+
+/// Everything a child wrote on stdout and stderr, line by line, as it arrives.
+#[derive(Clone, Default)]
+struct Output(Arc<Mutex<String>>);
+
+impl Output {
+    fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn push(&self, line: &str) {
+        self.0.lock().unwrap().push_str(line);
+    }
+}
+
+/// Copies `pipe` into `into` (and, when given, `own`) on a background thread until it closes.
+fn drain(pipe: impl Read + Send + 'static, into: Output, own: Option<Output>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(pipe);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    let text = String::from_utf8_lossy(&line);
+                    into.push(&text);
+                    if let Some(own) = &own {
+                        own.push(&text);
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// A child that is killed when dropped, unless it has already exited.
+struct Proc {
+    child: Child,
+    readers: Vec<JoinHandle<()>>,
+    output: Output,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, output: Output, stdout: Option<Output>, stderr: Option<Output>) -> Proc {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {DRAFTD}: {e}"));
+        let readers = vec![
+            drain(child.stdout.take().unwrap(), output.clone(), stdout),
+            drain(child.stderr.take().unwrap(), output.clone(), stderr),
+        ];
+        Proc { child, readers, output }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    /// Waits for the exit and for the last of its output.
+    fn wait(&mut self, timeout: Duration, what: &str) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.exited() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("{what} did not exit within {timeout:?}; output:\n{}", self.output.text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        status
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// What a one-shot command did.
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn describe(&self) -> String {
+        format!("exit {}\n--- stdout\n{}--- stderr\n{}", self.status, self.stdout, self.stderr)
+    }
+
+    fn assert_success(&self, what: &str) {
+        assert!(self.status.success(), "{what} failed: {}", self.describe());
+    }
+}
+
+/// Runs `cmd` to completion (killing it after [`CLI_TIMEOUT`]), also appending its output to `all`.
+fn run(cmd: Command, what: &str, all: &Output) -> Run {
+    let (stdout, stderr) = (Output::default(), Output::default());
+    let mut proc = Proc::spawn(cmd, all.clone(), Some(stdout.clone()), Some(stderr.clone()));
+    let status = proc.wait(CLI_TIMEOUT, what);
+    Run { status, stdout: stdout.text(), stderr: stderr.text() }
+}
+
+/// A config file, its secrets, and the database the children use.
+struct Setup {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    github_secret: String,
+    gitlab_secret: String,
+    database_url: String,
+}
+
+const GITHUB_SECRET_VAR: &str = "CLI_GH_SECRET";
+const GITLAB_SECRET_VAR: &str = "CLI_GL_SECRET";
+
+/// Projects matching the recorded payloads, as in tests/common's CONFIG, with this file's variables.
+fn projects_toml() -> String {
+    format!(
+        r#"
+[[projects]]
+name = "hello-world"
+forge = "github"
+repo = "Codertocat/Hello-World"
+webhook_secret_env = "{GITHUB_SECRET_VAR}"
+
+[[projects]]
+name = "gitlab-test"
+forge = "gitlab"
+repo = "gitlabhq/gitlab-test"
+webhook_secret_env = "{GITLAB_SECRET_VAR}"
+"#
+    )
+}
+
+impl Setup {
+    fn new(database_url: &str) -> Setup {
+        let dir = tempfile::Builder::new().prefix("draftd-cli-").tempdir().expect("temp dir");
+        let config = dir.path().join("draftd.toml");
+        std::fs::write(&config, format!("[cluster]\nmode = \"dry-run\"\n{}", projects_toml())).expect("config");
+        // Long, unique and unlike anything else in the output, so a leak cannot be missed or faked.
+        let github_secret = format!("gh-cli-secret-{}-{}", unique(), unique());
+        let gitlab_secret = format!("gl-cli-secret-{}-{}", unique(), unique());
+        Setup { dir, config, github_secret, gitlab_secret, database_url: database_url.to_owned() }
+    }
+
+    /// Writes another config file next to the main one.
+    fn write_config(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("config");
+        path
+    }
+
+    /// `draftd --config <config> <args>` with the database and both secrets in its environment, and
+    /// nothing draftd reads inherited from the test's own environment.
+    fn command_with(&self, config: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(DRAFTD);
+        for (key, _) in std::env::vars_os() {
+            let k = key.to_string_lossy();
+            if k.starts_with("DRAFTD_") || k == "RUST_LOG" {
+                cmd.env_remove(&key);
+            }
+        }
+        cmd.arg("--config")
+            .arg(config)
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("DRAFTD_DATABASE_URL", &self.database_url)
+            // Never the default 8080, even from a `serve` that was expected to refuse to start.
+            .env("DRAFTD_LISTEN", "127.0.0.1:0")
+            .env(GITHUB_SECRET_VAR, &self.github_secret)
+            .env(GITLAB_SECRET_VAR, &self.gitlab_secret);
+        cmd
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        self.command_with(&self.config, args)
+    }
+
+    fn cli(&self, args: &[&str], all: &Output) -> Run {
+        run(self.command(args), &format!("draftd {}", args.join(" ")), all)
+    }
+
+    /// `draftd --log-format json serve`, once it has logged the address it listens on.
+    fn serve(&self, env: &[(&str, &str)]) -> Server {
+        let mut cmd = self.command(&["--log-format", "json", "serve"]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut proc = Proc::spawn(cmd, Output::default(), None, None);
+        let deadline = Instant::now() + START_TIMEOUT;
+        let addr = loop {
+            if let Some(addr) = listen_address(&proc.output.text()) {
+                break addr;
+            }
+            if let Some(status) = proc.exited() {
+                panic!("draftd serve exited ({status}) before listening; output:\n{}", proc.output.text());
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "draftd serve did not log its address within {START_TIMEOUT:?}; output:\n{}",
+                    proc.output.text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Server { proc, addr }
+    }
+}
+
+/// The `listen` field of serve's JSON line `{"message": "draftd serving", "listen": "127.0.0.1:…"}`.
+fn listen_address(output: &str) -> Option<SocketAddr> {
+    output
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find_map(|v| if v["message"] == "draftd serving" { v["listen"].as_str()?.parse().ok() } else { None })
+}
+
+struct Server {
+    proc: Proc,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn output(&self) -> String {
+        self.proc.output.text()
+    }
+
+    fn sigterm(&self) {
+        let status =
+            Command::new("kill").args(["-TERM", &self.proc.pid().to_string()]).status().expect("running kill -TERM");
+        assert!(status.success(), "kill -TERM {} failed: {status}", self.proc.pid());
+    }
+
+    /// SIGTERM, then the exit status (it must come within [`EXIT_TIMEOUT`]).
+    fn stop(&mut self) -> ExitStatus {
+        self.sigterm();
+        self.proc.wait(EXIT_TIMEOUT, "draftd serve after SIGTERM")
+    }
+
+    fn stop_cleanly(&mut self) {
+        let status = self.stop();
+        assert!(status.success(), "draftd serve exited with {status} after SIGTERM; output:\n{}", self.output());
+    }
+
+    /// Polls `/health/startup` until it answers 200 (migrations applied).
+    async fn wait_started(&mut self, client: &reqwest::Client) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(res) = client.get(self.url("/health/startup")).send().await
+                && res.status() == reqwest::StatusCode::OK
+            {
+                return;
+            }
+            if let Some(status) = self.proc.exited() {
+                panic!("draftd serve exited ({status}) while starting; output:\n{}", self.output());
+            }
+            if Instant::now() > deadline {
+                panic!("/health/startup did not answer 200 within {START_TIMEOUT:?}; output:\n{}", self.output());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// HTTP
+// ---------------------------------------------------------------------------------------------------
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(HTTP_TIMEOUT).build().expect("reqwest client")
+}
+
+struct Answer {
+    status: u16,
+    body: Value,
+}
+
+async fn answer(res: reqwest::Response) -> Answer {
+    let status = res.status().as_u16();
+    let bytes = res.bytes().await.expect("response body");
+    Answer { status, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
+}
+
+async fn get(client: &reqwest::Client, server: &Server, path: &str) -> Answer {
+    let res = client.get(server.url(path)).send().await.unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    answer(res).await
+}
+
+/// A GitHub delivery of `body` signed with `secret`.
+async fn post_github(
+    client: &reqwest::Client,
+    server: &Server,
+    secret: &str,
+    event: &str,
+    delivery: &str,
+    body: &[u8],
+) -> Answer {
+    let res = client
+        .post(server.url("/webhooks/github"))
+        .header("content-type", "application/json")
+        .header("x-github-event", event)
+        .header("x-github-delivery", delivery)
+        .header("x-hub-signature-256", sign(secret, body))
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST /webhooks/github: {e}"));
+    answer(res).await
+}
+
+/// A GitLab delivery of `body` carrying `token`.
+async fn post_gitlab(
+    client: &reqwest::Client,
+    server: &Server,
+    token: &str,
+    event: &str,
+    uuid: &str,
+    body: &[u8],
+) -> Answer {
+    let res = client
+        .post(server.url("/webhooks/gitlab"))
+        .header("content-type", "application/json")
+        .header("x-gitlab-event", event)
+        .header("x-gitlab-token", token)
+        .header("x-gitlab-event-uuid", uuid)
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST /webhooks/gitlab: {e}"));
+    answer(res).await
+}
+
+fn opened_pr() -> Vec<u8> {
+    serde_json::to_vec(&github_pr("opened", "feature/cli", &sha(1), "2019-05-15T15:20:33Z")).unwrap()
+}
+
+/// Records the opened PR on `feature/cli` and returns serve's answer (asserted 202 with stand and run).
+async fn record_opened_pr(client: &reqwest::Client, server: &Server, setup: &Setup, delivery: &str) -> Value {
+    let res = post_github(client, server, &setup.github_secret, "pull_request", delivery, &opened_pr()).await;
+    assert_eq!(res.status, 202, "{}; output:\n{}", res.body, server.output());
+    assert!(res.body["stand"].is_i64(), "no numeric stand in {}", res.body);
+    assert!(res.body["run"].is_i64(), "no numeric run in {}", res.body);
+    res.body
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_health_probes_and_records_a_signed_delivery() {
+    let db = TestDb::create().await;
+    let setup = Setup::new(&db.url);
+    let mut server = setup.serve(&[]);
+    let client = client();
+
+    server.wait_started(&client).await;
+    let health = get(&client, &server, "/health").await;
+    assert_eq!(health.status, 200, "{}", health.body);
+    let ready = get(&client, &server, "/health/ready").await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert_eq!(ready.body["database"], true, "{}", ready.body);
+    assert_eq!(ready.body["migrated"], true, "{}", ready.body);
+
+    let delivery = uuid::Uuid::new_v4().to_string();
+    let recorded = record_opened_pr(&client, &server, &setup, &delivery).await;
+    assert_eq!(recorded["delivery"], delivery.as_str(), "{recorded}");
+
+    server.stop_cleanly();
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_while_the_database_is_down_and_webhooks_get_503() {
+    let setup = Setup::new(DEAD_DATABASE_URL);
+    let mut server = setup.serve(&[]);
+    let client = client();
+
+    let health = get(&client, &server, "/health").await;
+    assert_eq!(health.status, 200, "{}", health.body);
+    let startup = get(&client, &server, "/health/startup").await;
+    assert_eq!(startup.status, 503, "{}", startup.body);
+    let ready = get(&client, &server, "/health/ready").await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert_eq!(ready.body["database"], false, "{}", ready.body);
+    assert_eq!(ready.body["migrated"], false, "{}", ready.body);
+
+    let delivery = uuid::Uuid::new_v4().to_string();
+    let hook = post_github(&client, &server, &setup.github_secret, "pull_request", &delivery, &opened_pr()).await;
+    assert_eq!(hook.status, 503, "{}", hook.body);
+    assert!(hook.body["error"]["code"].is_string(), "not draftd's error shape: {}", hook.body);
+
+    server.stop_cleanly();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_keeps_running_and_answering_health_through_a_long_database_outage() {
+    let setup = Setup::new(DEAD_DATABASE_URL);
+    let started = Instant::now();
+    let mut server = setup.serve(&[]);
+    let client = client();
+
+    // Longer than one connection attempt (the pool gives up after 5 s): serve keeps retrying its
+    // migrations in the background and keeps answering /health, so Kubernetes never restarts it.
+    let outage = Duration::from_secs(12);
+    while started.elapsed() < outage {
+        assert!(
+            server.proc.exited().is_none(),
+            "draftd serve exited {:?} into a database outage; output:\n{}",
+            started.elapsed(),
+            server.output()
+        );
+        let health = get(&client, &server, "/health").await;
+        assert_eq!(health.status, 200, "{}", health.body);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let startup = get(&client, &server, "/health/startup").await;
+    assert_eq!(startup.status, 503, "{}", startup.body);
+
+    server.stop_cleanly();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_appear_in_logs() {
+    let db = TestDb::create().await;
+    let setup = Setup::new(&db.url);
+    let mut server = setup.serve(&[("RUST_LOG", "trace")]);
+    let client = client();
+    server.wait_started(&client).await;
+
+    let delivery = uuid::Uuid::new_v4().to_string();
+    record_opened_pr(&client, &server, &setup, &delivery).await;
+
+    let forged = uuid::Uuid::new_v4().to_string();
+    let res = post_github(&client, &server, "not-the-secret", "pull_request", &forged, &opened_pr()).await;
+    assert_eq!(res.status, 401, "{}", res.body);
+
+    let mr = serde_json::to_vec(&gitlab_mr("open", "feature/cli", &sha(2), "2013-12-03T17:23:34Z")).unwrap();
+    let event_uuid = uuid::Uuid::new_v4().to_string();
+    let res = post_gitlab(&client, &server, &setup.gitlab_secret, "Merge Request Hook", &event_uuid, &mr).await;
+    assert_eq!(res.status, 202, "{}", res.body);
+    let other_uuid = uuid::Uuid::new_v4().to_string();
+    let res = post_gitlab(&client, &server, "not-the-token", "Merge Request Hook", &other_uuid, &mr).await;
+    assert_eq!(res.status, 401, "{}", res.body);
+
+    let cli_output = Output::default();
+    let mut list = setup.command(&["stands", "list"]);
+    list.env("RUST_LOG", "trace");
+    run(list, "draftd stands list", &cli_output).assert_success("draftd stands list");
+
+    let bad = setup.write_config("bad-ttl.toml", &format!("[stands]\nttl = \"soon\"\n{}", projects_toml()));
+    let mut refused = setup.command_with(&bad, &["--log-format", "json", "serve"]);
+    refused.env("RUST_LOG", "trace");
+    let refused = run(refused, "draftd serve with a bad ttl", &cli_output);
+    assert_eq!(refused.status.code(), Some(2), "{}", refused.describe());
+
+    server.stop_cleanly();
+    let all = format!("{}{}", server.output(), cli_output.text());
+    assert!(!all.contains(&setup.github_secret), "the GitHub webhook secret is in the output:\n{all}");
+    assert!(!all.contains(&setup.gitlab_secret), "the GitLab webhook token is in the output:\n{all}");
+    // Not vacuous: the logs did record the deliveries.
+    assert!(all.contains(&delivery), "the delivery id {delivery} is not in the output:\n{all}");
+    assert!(all.contains("delivery recorded"), "no \"delivery recorded\" in the output:\n{all}");
+
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_in_flight_request_finish() {
+    let db = TestDb::create().await;
+    let setup = Setup::new(&db.url);
+    let mut server = setup.serve(&[]);
+    server.wait_started(&client()).await;
+
+    let body = opened_pr();
+    let delivery = uuid::Uuid::new_v4().to_string();
+    let head = format!(
+        "POST /webhooks/github HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         X-GitHub-Event: pull_request\r\nX-GitHub-Delivery: {delivery}\r\nX-Hub-Signature-256: {sig}\r\n\
+         Content-Length: {len}\r\nConnection: close\r\n\r\n",
+        addr = server.addr,
+        sig = sign(&setup.github_secret, &body),
+        len = body.len(),
+    );
+    let (first, rest) = body.split_at(body.len() / 2);
+    let mut stream = TcpStream::connect_timeout(&server.addr, HTTP_TIMEOUT).expect("connect");
+    stream.set_read_timeout(Some(HTTP_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(HTTP_TIMEOUT)).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(first).unwrap();
+    stream.flush().unwrap();
+
+    std::thread::sleep(Duration::from_millis(300));
+    server.sigterm();
+    std::thread::sleep(Duration::from_millis(300));
+    // The rest is only sent once draftd has taken the signal: the request really is in flight.
+    let deadline = Instant::now() + EXIT_TIMEOUT;
+    while !server.output().contains("shutting down") {
+        assert!(Instant::now() < deadline, "no shutdown logged after SIGTERM; output:\n{}", server.output());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(server.proc.exited().is_none(), "draftd exited with a request in flight; output:\n{}", server.output());
+    stream.write_all(rest).unwrap();
+    stream.flush().unwrap();
+
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap_or_else(|e| panic!("reading the response: {e}"));
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 202"), "response: {response:?}; output:\n{}", server.output());
+
+    let status = server.proc.wait(EXIT_TIMEOUT, "draftd serve after SIGTERM");
+    assert!(status.success(), "draftd serve exited with {status}; output:\n{}", server.output());
+    let again = TcpStream::connect_timeout(&server.addr, Duration::from_secs(2));
+    assert!(again.is_err(), "{} still accepts connections after draftd exited", server.addr);
+
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stands_list_and_show_print_the_recorded_stand() {
+    let db = TestDb::create().await;
+    let setup = Setup::new(&db.url);
+    let mut server = setup.serve(&[]);
+    let client = client();
+    server.wait_started(&client).await;
+    let recorded = record_opened_pr(&client, &server, &setup, &uuid::Uuid::new_v4().to_string()).await;
+    let stand_id = recorded["stand"].as_i64().unwrap();
+    server.stop_cleanly();
+    let out = Output::default();
+
+    let list = setup.cli(&["stands", "list"], &out);
+    list.assert_success("stands list");
+    for expected in ["hello-world", "feature/cli", "draft-feature-cli"] {
+        assert!(list.stdout.contains(expected), "no {expected:?} in the table: {}", list.describe());
+    }
+
+    let list_json = setup.cli(&["stands", "list", "--json"], &out);
+    list_json.assert_success("stands list --json");
+    let rows: Value = serde_json::from_str(&list_json.stdout)
+        .unwrap_or_else(|e| panic!("stands list --json is not JSON ({e}): {}", list_json.describe()));
+    let rows = rows.as_array().unwrap_or_else(|| panic!("not an array: {rows}"));
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["branch"], "feature/cli", "{rows:?}");
+    assert_eq!(rows[0]["stand_id"], stand_id, "{rows:?}");
+
+    let show = setup.cli(&["stands", "show", "hello-world/feature/cli"], &out);
+    show.assert_success("stands show hello-world/feature/cli");
+    for expected in ["namespace:", "draft-feature-cli", "queued"] {
+        assert!(show.stdout.contains(expected), "no {expected:?} in: {}", show.describe());
+    }
+
+    let id = stand_id.to_string();
+    let show_json = setup.cli(&["stands", "show", &id, "--json"], &out);
+    show_json.assert_success("stands show <id> --json");
+    let detail: Value = serde_json::from_str(&show_json.stdout)
+        .unwrap_or_else(|e| panic!("stands show --json is not JSON ({e}): {}", show_json.describe()));
+    assert_eq!(detail["stand_id"], stand_id, "{detail}");
+    assert_eq!(detail["runs"][0]["state"], "queued", "{detail}");
+
+    let missing = setup.cli(&["stands", "show", "999999"], &out);
+    assert!(!missing.status.success(), "showing a missing stand succeeded: {}", missing.describe());
+    assert!(missing.stderr.contains("no stand"), "{}", missing.describe());
+
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_applies_and_is_idempotent() {
+    let db = TestDb::create().await;
+    let setup = Setup::new(&db.url);
+    let out = Output::default();
+
+    for attempt in ["first", "second"] {
+        let migrate = setup.cli(&["migrate"], &out);
+        migrate.assert_success(&format!("{attempt} draftd migrate"));
+        assert!(migrate.stdout.contains("migrations applied"), "{}", migrate.describe());
+    }
+
+    let mut conn = admin(&db.url).await;
+    let stands: Option<String> =
+        sqlx::query_scalar("select to_regclass('public.stands')::text").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(stands.as_deref(), Some("stands"), "no table stands after draftd migrate");
+    let _ = conn.close().await;
+
+    db.drop_db().await;
+}
+
+#[test]
+fn bad_config_names_the_key_and_file() {
+    let setup = Setup::new(DEAD_DATABASE_URL);
+    let out = Output::default();
+
+    let bad = setup.write_config("bad.toml", "[stands]\nttl = \"soon\"\n");
+    let run_bad = run(setup.command_with(&bad, &["serve"]), "draftd serve with a bad ttl", &out);
+    assert_eq!(run_bad.status.code(), Some(2), "{}", run_bad.describe());
+    assert!(run_bad.stderr.contains("stands.ttl"), "{}", run_bad.describe());
+    assert!(run_bad.stderr.contains(&bad.display().to_string()), "{}", run_bad.describe());
+
+    let mut unset = setup.command(&["serve"]);
+    unset.env_remove(GITHUB_SECRET_VAR);
+    let unset = run(unset, "draftd serve without its GitHub secret", &out);
+    assert!(!unset.status.success(), "serve started without {GITHUB_SECRET_VAR}: {}", unset.describe());
+    assert!(unset.stderr.contains(GITHUB_SECRET_VAR), "{}", unset.describe());
+
+    let missing = Path::new("/nonexistent.toml");
+    let run_missing = run(setup.command_with(missing, &["serve"]), "draftd serve with a missing config", &out);
+    assert!(!run_missing.status.success(), "{}", run_missing.describe());
+    assert!(run_missing.stderr.contains("/nonexistent.toml"), "{}", run_missing.describe());
+}
