@@ -84,12 +84,12 @@ create table deliveries (
     body_sha256  text not null,
     -- The normalised event: what draftd understood the delivery to ask.
     normalized   jsonb not null,
-    outcome      text not null default 'recording' check (outcome in ('recording', 'queued', 'ignored')),
+    outcome      text not null check (outcome in ('queued', 'ignored')),
     reason       text,
     stand_id     bigint references stands (stand_id) on delete set null,
     run_id       bigint references runs (run_id) on delete set null,
     -- The answer given; a redelivery of the same id gets it again.
-    response     jsonb not null default '{}',
+    response     jsonb not null,
     received_at  timestamptz not null default now(),
     unique (forge, delivery_id)
 );

@@ -210,6 +210,20 @@ async fn redelivering_the_same_id_three_times_creates_one_run(pool: PgPool) {
     }
     assert_eq!(count(&pool, "runs").await, 1);
     assert_eq!(count(&pool, "deliveries").await, 1);
+
+    // A push to the existing stand takes the general path; its redeliveries are undone just the same.
+    let id = delivery();
+    let payload = github_pr("synchronize", "feature/login", &sha(2), T2);
+    let first = github(&app, "pull_request", &id, &payload).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    for _ in 0..2 {
+        let again = github(&app, "pull_request", &id, &payload).await;
+        assert_eq!((again.status, &again.body), (StatusCode::OK, &first.body));
+    }
+    assert_eq!(count(&pool, "runs").await, 2);
+    assert_eq!(count(&pool, "deliveries").await, 2);
+    let numbers: Vec<i32> = runs(&pool).await.into_iter().map(|r| r.number).collect();
+    assert_eq!(numbers, vec![1, 2]);
 }
 
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]

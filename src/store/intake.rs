@@ -60,34 +60,28 @@ impl Decision {
 }
 
 pub async fn record(pool: &PgPool, d: &Delivery<'_>) -> Result<Recorded, StoreError> {
-    let mut tx = pool.begin().await?;
     let normalized = serde_json::to_value(d.event).expect("events serialise");
-    let inserted: Option<i64> = sqlx::query_scalar(
-        "insert into deliveries (forge, delivery_id, project, event, body_sha256, normalized)
-         values ($1, $2, $3, $4, $5, $6)
-         on conflict (forge, delivery_id) do nothing
-         returning delivery_pk",
-    )
-    .bind(d.forge.as_str())
-    .bind(d.delivery_id)
-    .bind(d.project.as_str())
-    .bind(d.event_name)
-    .bind(d.body_sha256)
-    .bind(&normalized)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let mut tx = pool.begin().await?;
 
-    let Some(delivery_pk) = inserted else {
-        // A redelivery: the first recording has committed (the insert waited for it), answer as it did.
-        tx.rollback().await?;
-        let (response, stand, run): (Value, Option<i64>, Option<i64>) =
-            sqlx::query_as("select response, stand_id, run_id from deliveries where forge = $1 and delivery_id = $2")
-                .bind(d.forge.as_str())
-                .bind(d.delivery_id)
-                .fetch_one(pool)
-                .await?;
-        return Ok(Recorded { redelivery: true, stand, run, response });
-    };
+    // Most opened PRs are new stands: one statement writes stand, run and delivery.
+    if let Event::Deploy { pr, trigger: Trigger::Opened } = d.event {
+        match open_new_stand(&mut tx, d, pr, &normalized).await? {
+            NewStand::Exists => {}
+            NewStand::Recorded { stand, run } => {
+                tx.commit().await?;
+                return Ok(Recorded {
+                    redelivery: false,
+                    stand: Some(stand),
+                    run: Some(run),
+                    response: response(d, Some(stand), Some(run), None),
+                });
+            }
+            NewStand::Redelivery => {
+                tx.rollback().await?;
+                return earlier_answer(pool, d).await;
+            }
+        }
+    }
 
     let decision = match d.event {
         Event::Ignored { reason } => Decision::ignored(None, reason.clone()),
@@ -97,29 +91,120 @@ pub async fn record(pool: &PgPool, d: &Delivery<'_>) -> Result<Recorded, StoreEr
             manual(&mut tx, d, *pr_number, branch.as_ref(), sha.as_ref().map(|s| s.as_str()), *command, author).await?
         }
     };
+    let response = response(d, decision.stand, decision.run, decision.ignored.as_deref());
 
-    let mut response = json!({ "delivery": d.delivery_id });
-    if let Some(s) = decision.stand {
-        response["stand"] = json!(s);
-        response["run"] = json!(decision.run);
-    }
-    if let Some(reason) = &decision.ignored {
-        response["ignored"] = json!(reason);
-    }
-    sqlx::query(
-        "update deliveries set outcome = $2, reason = $3, stand_id = $4, run_id = $5, response = $6
-         where delivery_pk = $1",
+    // The delivery row comes last, with its final values: when its id is already recorded, rolling
+    // back undoes everything above, and a concurrent first delivery is waited for by the insert.
+    let inserted: Option<i64> = sqlx::query_scalar(
+        "insert into deliveries
+             (forge, delivery_id, project, event, body_sha256, normalized, outcome, reason, stand_id, run_id, response)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         on conflict (forge, delivery_id) do nothing
+         returning delivery_pk",
     )
-    .bind(delivery_pk)
+    .bind(d.forge.as_str())
+    .bind(d.delivery_id)
+    .bind(d.project.as_str())
+    .bind(d.event_name)
+    .bind(d.body_sha256)
+    .bind(&normalized)
     .bind(if decision.ignored.is_some() { "ignored" } else { "queued" })
     .bind(&decision.ignored)
     .bind(decision.stand)
     .bind(decision.run)
     .bind(&response)
-    .execute(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
+    if inserted.is_none() {
+        tx.rollback().await?;
+        return earlier_answer(pool, d).await;
+    }
     tx.commit().await?;
     Ok(Recorded { redelivery: false, stand: decision.stand, run: decision.run, response })
+}
+
+/// The answer given to the first delivery of this id.
+async fn earlier_answer(pool: &PgPool, d: &Delivery<'_>) -> Result<Recorded, StoreError> {
+    let (response, stand, run): (Value, Option<i64>, Option<i64>) =
+        sqlx::query_as("select response, stand_id, run_id from deliveries where forge = $1 and delivery_id = $2")
+            .bind(d.forge.as_str())
+            .bind(d.delivery_id)
+            .fetch_one(pool)
+            .await?;
+    Ok(Recorded { redelivery: true, stand, run, response })
+}
+
+fn response(d: &Delivery<'_>, stand: Option<i64>, run: Option<i64>, ignored: Option<&str>) -> Value {
+    let mut response = json!({ "delivery": d.delivery_id });
+    if let Some(s) = stand {
+        response["stand"] = json!(s);
+        response["run"] = json!(run);
+    }
+    if let Some(reason) = ignored {
+        response["ignored"] = json!(reason);
+    }
+    response
+}
+
+enum NewStand {
+    /// The stand exists (or its readable namespace is taken): nothing was written.
+    Exists,
+    Recorded {
+        stand: i64,
+        run: i64,
+    },
+    /// The delivery id is already recorded; the transaction must be rolled back.
+    Redelivery,
+}
+
+/// An opened PR for a branch with no stand yet: stand (with its final values), run #1 and delivery
+/// in one statement, so the common case costs one round trip inside the transaction.
+async fn open_new_stand(
+    tx: &mut PgConnection,
+    d: &Delivery<'_>,
+    pr: &PullRequest,
+    normalized: &Value,
+) -> Result<NewStand, StoreError> {
+    let namespace = Namespace::for_branch(d.project, &pr.branch, d.strip_branch_prefix);
+    let (stand, run, delivery): (Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
+        "with s as (
+             insert into stands (project, branch, namespace, state, pr_number, head_sha, last_event_at, runs_count)
+             values ($1, $2, $3, 'active', $4, $5, $6, 1)
+             on conflict do nothing
+             returning stand_id, epoch
+         ), r as (
+             insert into runs (stand_id, number, kind, trigger, automatic, epoch, sha)
+             select stand_id, 1, 'deploy', 'opened', true, epoch, $5 from s
+             returning run_id, stand_id
+         ), d as (
+             insert into deliveries
+                 (forge, delivery_id, project, event, body_sha256, normalized, outcome, stand_id, run_id, response)
+             select $7, $8, $1, $9, $10, $11, 'queued', r.stand_id, r.run_id,
+                    jsonb_build_object('delivery', $8::text, 'stand', r.stand_id, 'run', r.run_id)
+             from r
+             on conflict (forge, delivery_id) do nothing
+             returning delivery_pk
+         )
+         select (select stand_id from s), (select run_id from r), (select delivery_pk from d)",
+    )
+    .bind(d.project.as_str())
+    .bind(pr.branch.as_str())
+    .bind(namespace.as_str())
+    .bind(pr.number as i64)
+    .bind(pr.sha.as_str())
+    .bind(pr.updated_at)
+    .bind(d.forge.as_str())
+    .bind(d.delivery_id)
+    .bind(d.event_name)
+    .bind(d.body_sha256)
+    .bind(normalized)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(match (stand, run, delivery) {
+        (None, _, _) => NewStand::Exists,
+        (Some(stand), Some(run), Some(_)) => NewStand::Recorded { stand, run },
+        _ => NewStand::Redelivery,
+    })
 }
 
 async fn deploy(
@@ -141,43 +226,27 @@ async fn deploy(
         ));
     }
     let epoch = if revive { stand.epoch + 1 } else { stand.epoch };
-    let number = touch(tx, stand.stand_id, pr, true, revive.then_some(epoch)).await?;
-    let run: Option<i64> = sqlx::query_scalar(
-        "insert into runs (stand_id, number, kind, trigger, automatic, epoch, sha)
-         values ($1, $2, 'deploy', $3, true, $4, $5)
-         on conflict (stand_id, epoch, sha) where kind = 'deploy' and automatic do nothing
-         returning run_id",
+    // Runs of a stand are only inserted under its row lock, held here, so this check cannot race.
+    let existing: Option<i64> = sqlx::query_scalar(
+        "select run_id from runs where stand_id = $1 and epoch = $2 and sha = $3 and kind = 'deploy' and automatic",
     )
     .bind(stand.stand_id)
-    .bind(number)
-    .bind(trigger.as_str())
     .bind(epoch)
     .bind(pr.sha.as_str())
     .fetch_optional(&mut *tx)
     .await?;
-    match run {
-        Some(run) => Ok(Decision::queued(stand.stand_id, run)),
-        None => {
-            // The number handed out above is returned so run numbers stay dense.
-            sqlx::query("update stands set runs_count = runs_count - 1 where stand_id = $1")
-                .bind(stand.stand_id)
-                .execute(&mut *tx)
-                .await?;
-            let existing: i64 = sqlx::query_scalar(
-                "select run_id from runs where stand_id = $1 and epoch = $2 and sha = $3 and kind = 'deploy' and automatic",
-            )
-            .bind(stand.stand_id)
-            .bind(epoch)
-            .bind(pr.sha.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
-            Ok(Decision {
-                stand: Some(stand.stand_id),
-                run: Some(existing),
-                ignored: Some("commit already has a run".into()),
-            })
-        }
+    if let Some(run) = existing {
+        touch(tx, stand.stand_id, pr, false, None).await?;
+        return Ok(Decision {
+            stand: Some(stand.stand_id),
+            run: Some(run),
+            ignored: Some("commit already has a run".into()),
+        });
     }
+    let number = touch(tx, stand.stand_id, pr, true, revive.then_some(epoch)).await?;
+    let run = insert_run(tx, stand.stand_id, number, "deploy", trigger, epoch, Some(pr.sha.as_str()), None, json!({}))
+        .await?;
+    Ok(Decision::queued(stand.stand_id, run))
 }
 
 async fn teardown(
