@@ -57,7 +57,6 @@ create table runs (
 );
 create unique index runs_one_automatic_deploy_per_commit
     on runs (stand_id, epoch, sha) where kind = 'deploy' and automatic;
-create index runs_claimable on runs (queued_at) where state in ('queued', 'running');
 
 create table steps (
     step_id     bigint generated always as identity primary key,
@@ -75,7 +74,6 @@ create table steps (
 );
 
 create table deliveries (
-    delivery_pk  bigint generated always as identity primary key,
     forge        text not null check (forge in ('github', 'gitlab')),
     -- X-GitHub-Delivery; GitLab Idempotency-Key, else X-Gitlab-Event-UUID, else the body's hash.
     delivery_id  text not null,
@@ -86,12 +84,13 @@ create table deliveries (
     normalized   jsonb not null,
     outcome      text not null check (outcome in ('queued', 'ignored')),
     reason       text,
+    -- This foreign key is load-bearing: intake's one-statement path relies on it to fail whole when
+    -- the stand it meant to create was not created (store/intake.rs, open_new_stand).
     stand_id     bigint references stands (stand_id) on delete set null,
-    run_id       bigint references runs (run_id) on delete set null,
-    -- The answer given; a redelivery of the same id gets it again.
-    response     jsonb not null,
+    -- No foreign key: runs are only inserted together with their delivery, and checking costs intake.
+    run_id       bigint,
     received_at  timestamptz not null default now(),
-    unique (forge, delivery_id)
+    primary key (forge, delivery_id)
 );
 
 create table outbox (

@@ -593,3 +593,35 @@ async fn an_app_wide_secret_signs_for_every_project_and_own_secrets_still_work(p
     assert_eq!(post("Octocoders/Hello-World", "feature/e", "neither").await, StatusCode::UNAUTHORIZED);
     assert_eq!(count(&pool, "deliveries").await, 3);
 }
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn concurrent_first_deliveries_for_one_new_branch_make_one_stand_and_one_run(pool: PgPool) {
+    let app = app(pool.clone());
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let app = app.clone();
+        set.spawn(async move {
+            github(&app, "pull_request", &delivery(), &github_pr("opened", "feature/race", &sha(1), T1)).await
+        });
+    }
+    let results = set.join_all().await;
+    assert!(
+        results.iter().all(|r| r.status == StatusCode::ACCEPTED),
+        "{:?}",
+        results.iter().map(|r| &r.body).collect::<Vec<_>>()
+    );
+    let stands: Vec<_> = results.iter().map(|r| r.body["stand"].clone()).collect();
+    assert!(stands.iter().all(|s| *s == stands[0] && s.is_i64()), "{stands:?}");
+    let run_ids: Vec<_> = results.iter().map(|r| r.body["run"].clone()).collect();
+    assert!(run_ids.iter().all(|r| *r == run_ids[0]), "every answer names the one run: {run_ids:?}");
+    assert_eq!(count(&pool, "stands").await, 1);
+    assert_eq!(count(&pool, "runs").await, 1);
+    assert_eq!(count(&pool, "deliveries").await, 8);
+    let dangling: i64 = sqlx::query_scalar(
+        "select count(*) from deliveries d where d.stand_id is not null and not exists (select 1 from stands s where s.stand_id = d.stand_id)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(dangling, 0);
+}

@@ -115,8 +115,12 @@ impl PayloadError {
 
 /// Deserialises `body` as `T`, naming the offending field on failure.
 pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, PayloadError> {
+    // Tracking the path costs on every field; only a payload that fails needs it.
+    if let Ok(value) = serde_json::from_slice(body) {
+        return Ok(value);
+    }
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    serde_path_to_error::deserialize(de).map_err(|e: serde_path_to_error::Error<serde_json::Error>| {
         let field = e.path().to_string();
         let field = if field == "." { "(body)".to_string() } else { field };
         PayloadError::new(field, e.inner().to_string())

@@ -61,28 +61,20 @@ impl Decision {
 
 pub async fn record(pool: &PgPool, d: &Delivery<'_>) -> Result<Recorded, StoreError> {
     let normalized = serde_json::to_value(d.event).expect("events serialise");
-    let mut tx = pool.begin().await?;
 
-    // Most opened PRs are new stands: one statement writes stand, run and delivery.
+    // Most opened PRs are new stands: one statement records stand, run and delivery.
     if let Event::Deploy { pr, trigger: Trigger::Opened } = d.event {
-        match open_new_stand(&mut tx, d, pr, &normalized).await? {
+        match open_new_stand(pool, d, pr, &normalized).await? {
             NewStand::Exists => {}
             NewStand::Recorded { stand, run } => {
-                tx.commit().await?;
-                return Ok(Recorded {
-                    redelivery: false,
-                    stand: Some(stand),
-                    run: Some(run),
-                    response: response(d, Some(stand), Some(run), None),
-                });
+                let response = response(d, Some(stand), Some(run), None);
+                return Ok(Recorded { redelivery: false, stand: Some(stand), run: Some(run), response });
             }
-            NewStand::Redelivery => {
-                tx.rollback().await?;
-                return earlier_answer(pool, d).await;
-            }
+            NewStand::Redelivery => return earlier_answer(pool, d).await,
         }
     }
 
+    let mut tx = pool.begin().await?;
     let decision = match d.event {
         Event::Ignored { reason } => Decision::ignored(None, reason.clone()),
         Event::Deploy { pr, trigger } => deploy(&mut tx, d, pr, *trigger).await?,
@@ -91,16 +83,14 @@ pub async fn record(pool: &PgPool, d: &Delivery<'_>) -> Result<Recorded, StoreEr
             manual(&mut tx, d, *pr_number, branch.as_ref(), sha.as_ref().map(|s| s.as_str()), *command, author).await?
         }
     };
-    let response = response(d, decision.stand, decision.run, decision.ignored.as_deref());
-
     // The delivery row comes last, with its final values: when its id is already recorded, rolling
     // back undoes everything above, and a concurrent first delivery is waited for by the insert.
-    let inserted: Option<i64> = sqlx::query_scalar(
+    let inserted: Option<i32> = sqlx::query_scalar(
         "insert into deliveries
-             (forge, delivery_id, project, event, body_sha256, normalized, outcome, reason, stand_id, run_id, response)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             (forge, delivery_id, project, event, body_sha256, normalized, outcome, reason, stand_id, run_id)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          on conflict (forge, delivery_id) do nothing
-         returning delivery_pk",
+         returning 1",
     )
     .bind(d.forge.as_str())
     .bind(d.delivery_id)
@@ -112,7 +102,6 @@ pub async fn record(pool: &PgPool, d: &Delivery<'_>) -> Result<Recorded, StoreEr
     .bind(&decision.ignored)
     .bind(decision.stand)
     .bind(decision.run)
-    .bind(&response)
     .fetch_optional(&mut *tx)
     .await?;
     if inserted.is_none() {
@@ -120,20 +109,22 @@ pub async fn record(pool: &PgPool, d: &Delivery<'_>) -> Result<Recorded, StoreEr
         return earlier_answer(pool, d).await;
     }
     tx.commit().await?;
+    let response = response(d, decision.stand, decision.run, decision.ignored.as_deref());
     Ok(Recorded { redelivery: false, stand: decision.stand, run: decision.run, response })
 }
 
-/// The answer given to the first delivery of this id.
+/// The answer given to the first delivery of this id, rebuilt from what was recorded.
 async fn earlier_answer(pool: &PgPool, d: &Delivery<'_>) -> Result<Recorded, StoreError> {
-    let (response, stand, run): (Value, Option<i64>, Option<i64>) =
-        sqlx::query_as("select response, stand_id, run_id from deliveries where forge = $1 and delivery_id = $2")
+    let (stand, run, reason): (Option<i64>, Option<i64>, Option<String>) =
+        sqlx::query_as("select stand_id, run_id, reason from deliveries where forge = $1 and delivery_id = $2")
             .bind(d.forge.as_str())
             .bind(d.delivery_id)
             .fetch_one(pool)
             .await?;
-    Ok(Recorded { redelivery: true, stand, run, response })
+    Ok(Recorded { redelivery: true, stand, run, response: response(d, stand, run, reason.as_deref()) })
 }
 
+/// The answer to a delivery: `{"delivery", "stand", "run", "ignored"}`, the last three when they apply.
 fn response(d: &Delivery<'_>, stand: Option<i64>, run: Option<i64>, ignored: Option<&str>) -> Value {
     let mut response = json!({ "delivery": d.delivery_id });
     if let Some(s) = stand {
@@ -153,39 +144,49 @@ enum NewStand {
         stand: i64,
         run: i64,
     },
-    /// The delivery id is already recorded; the transaction must be rolled back.
+    /// The delivery id is already recorded: nothing was written.
     Redelivery,
 }
 
-/// An opened PR for a branch with no stand yet: stand (with its final values), run #1 and delivery
-/// in one statement, so the common case costs one round trip inside the transaction.
+/// An opened PR for a branch with no stand yet: delivery, stand (with its final values) and run #1
+/// in ONE statement, atomic without a transaction block, so the common case costs one round trip.
+///
+/// Ids are drawn first so the delivery row can be written first: a redelivered id inserts nothing
+/// and so gates the stand and run inserts. Should the stand appear concurrently (or its namespace be
+/// taken), the stand insert does nothing and the delivery's foreign key to it fails the whole
+/// statement; the caller then takes the general path, which handles both.
 async fn open_new_stand(
-    tx: &mut PgConnection,
+    pool: &PgPool,
     d: &Delivery<'_>,
     pr: &PullRequest,
     normalized: &Value,
 ) -> Result<NewStand, StoreError> {
     let namespace = Namespace::for_branch(d.project, &pr.branch, d.strip_branch_prefix);
-    let (stand, run, delivery): (Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
-        "with s as (
-             insert into stands (project, branch, namespace, state, pr_number, head_sha, last_event_at, runs_count)
-             values ($1, $2, $3, 'active', $4, $5, $6, 1)
+    let row: Result<(bool, Option<i64>, Option<i64>), sqlx::Error> = sqlx::query_as(
+        "with known as (
+             select exists (select 1 from stands where project = $1 and branch = $2) as stand_exists
+         ), d as (
+             insert into deliveries
+                 (forge, delivery_id, project, event, body_sha256, normalized, outcome, stand_id, run_id)
+             select $7, $8, $1, $9, $10, $11, 'queued',
+                    nextval('stands_stand_id_seq'),
+                    nextval('runs_run_id_seq')
+             from known where not known.stand_exists
+             on conflict (forge, delivery_id) do nothing
+             returning stand_id, run_id
+         ), s as (
+             insert into stands (stand_id, project, branch, namespace, state, pr_number, head_sha, last_event_at, runs_count)
+             overriding system value
+             select d.stand_id, $1, $2, $3, 'active', $4, $5, $6, 1 from d
              on conflict do nothing
              returning stand_id, epoch
          ), r as (
-             insert into runs (stand_id, number, kind, trigger, automatic, epoch, sha)
-             select stand_id, 1, 'deploy', 'opened', true, epoch, $5 from s
+             insert into runs (run_id, stand_id, number, kind, trigger, automatic, epoch, sha)
+             overriding system value
+             select d.run_id, s.stand_id, 1, 'deploy', 'opened', true, s.epoch, $5 from s, d
              returning run_id, stand_id
-         ), d as (
-             insert into deliveries
-                 (forge, delivery_id, project, event, body_sha256, normalized, outcome, stand_id, run_id, response)
-             select $7, $8, $1, $9, $10, $11, 'queued', r.stand_id, r.run_id,
-                    jsonb_build_object('delivery', $8::text, 'stand', r.stand_id, 'run', r.run_id)
-             from r
-             on conflict (forge, delivery_id) do nothing
-             returning delivery_pk
          )
-         select (select stand_id from s), (select run_id from r), (select delivery_pk from d)",
+         select known.stand_exists, (select stand_id from r), (select run_id from r) from known",
     )
     .bind(d.project.as_str())
     .bind(pr.branch.as_str())
@@ -198,13 +199,15 @@ async fn open_new_stand(
     .bind(d.event_name)
     .bind(d.body_sha256)
     .bind(normalized)
-    .fetch_one(&mut *tx)
-    .await?;
-    Ok(match (stand, run, delivery) {
-        (None, _, _) => NewStand::Exists,
-        (Some(stand), Some(run), Some(_)) => NewStand::Recorded { stand, run },
-        _ => NewStand::Redelivery,
-    })
+    .fetch_one(pool)
+    .await;
+    match row {
+        Ok((true, _, _)) => Ok(NewStand::Exists),
+        Ok((false, Some(stand), Some(run))) => Ok(NewStand::Recorded { stand, run }),
+        Ok((false, _, _)) => Ok(NewStand::Redelivery),
+        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => Ok(NewStand::Exists),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn deploy(
