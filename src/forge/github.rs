@@ -16,8 +16,6 @@ pub struct RepositoryOnly {
 #[derive(Debug, Deserialize)]
 pub struct Repo {
     pub full_name: String,
-    #[serde(default)]
-    pub id: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
