@@ -10,6 +10,8 @@ pub mod config;
 pub mod forge;
 /// The axum router: webhooks and health.
 pub mod http;
+/// Run orchestration: workers, steps, supersede and cancel.
+pub mod pipeline;
 /// Domain types: stand keys, slug and namespace naming, stand states.
 pub mod stand;
 /// sqlx repositories of draftd's own database.

@@ -1,0 +1,289 @@
+//! Workers: claim a run, hold its lease with a heartbeat, drive its steps, end it in one state.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use super::step::{StepError, StepErrorKind, StepName, StepRunner, plan};
+use crate::store::runs::{self, ClaimedRun, Overtaken, RunStoreError};
+
+/// Timings and limits of the engine; the defaults suit a cluster, tests shrink them.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Runs this process drives at once.
+    pub workers: usize,
+    /// Runs in flight across every process on the database (DESIGN.md's `max_concurrent_runs`).
+    pub max_running: i64,
+    /// A run whose worker has not renewed its lease for this long is taken over by another.
+    pub lease: Duration,
+    /// Renewal period; a third of the lease survives two missed beats.
+    pub heartbeat: Duration,
+    /// How long an idle worker waits before looking for work again.
+    pub poll: Duration,
+    /// Attempts of a step failing transiently before the run fails.
+    pub max_step_attempts: i32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            workers: 4,
+            max_running: 8,
+            lease: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(10),
+            poll: Duration::from_millis(500),
+            max_step_attempts: 5,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How a run ended for the worker that drove it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    Succeeded,
+    Failed,
+    /// A newer deploy of the stand was queued: this one stopped at a step boundary.
+    Superseded,
+    /// A teardown was queued: this deploy stopped at a step boundary.
+    Cancelled,
+    /// Another worker holds the run now; this one stopped without writing anything more.
+    LeaseLost,
+}
+
+enum StepFailure {
+    Failed(StepError),
+    Lease,
+    Store(RunStoreError),
+}
+
+impl From<RunStoreError> for StepFailure {
+    fn from(e: RunStoreError) -> Self {
+        match e {
+            RunStoreError::LeaseLost(_) => StepFailure::Lease,
+            other => StepFailure::Store(other),
+        }
+    }
+}
+
+pub struct Engine<R> {
+    pool: PgPool,
+    runner: Arc<R>,
+    settings: EngineSettings,
+    /// Names this process in leases: unique per process, readable in `runs.lease_owner`.
+    owner: String,
+}
+
+/// Aborts the heartbeat when the run's future is dropped, as a killed worker's would stop.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<R: StepRunner> Engine<R> {
+    pub fn new(pool: PgPool, runner: Arc<R>, settings: EngineSettings, owner: impl Into<String>) -> Self {
+        Self { pool, runner, settings, owner: owner.into() }
+    }
+
+    /// `settings.workers` loops that claim and drive runs until `shutdown` turns true; a run in
+    /// progress then finishes (or is resumed by another worker once its lease expires).
+    pub async fn run_workers(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..self.settings.workers.max(1) {
+            let (engine, mut shutdown) = (self.clone(), shutdown.clone());
+            set.spawn(async move {
+                while !*shutdown.borrow() {
+                    match engine.run_one().await {
+                        Ok(Some(_)) => continue,
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(error = %e, "worker could not claim or drive a run"),
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(engine.settings.poll) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            });
+        }
+        set.join_all().await;
+    }
+
+    /// Claims one runnable run and drives it to its end; `None` when nothing is runnable.
+    pub async fn run_one(&self) -> Result<Option<(i64, RunEnd)>, RunStoreError> {
+        let Some(run) = runs::claim(&self.pool, &self.owner, self.settings.lease, self.settings.max_running).await?
+        else {
+            return Ok(None);
+        };
+        let span = tracing::info_span!("run", run = run.run_id, stand = run.stand_id, kind = %run.kind);
+        async {
+            tracing::info!(number = run.number, attempt = run.attempt, "run claimed");
+            let (lost_tx, lost_rx) = watch::channel(false);
+            let _heartbeat = AbortOnDrop(tokio::spawn(heartbeat(
+                self.pool.clone(),
+                run.run_id,
+                self.owner.clone(),
+                self.settings.clone(),
+                lost_tx,
+            )));
+            let end = self.drive(&run, &lost_rx).await?;
+            tracing::info!(end = ?end, "run ended");
+            Ok(Some((run.run_id, end)))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn drive(&self, run: &ClaimedRun, lost: &watch::Receiver<bool>) -> Result<RunEnd, RunStoreError> {
+        // Resuming: steps recorded as done are never executed again.
+        let done: HashSet<String> = runs::steps(&self.pool, run.run_id)
+            .await?
+            .into_iter()
+            .filter(|s| s.state == "succeeded" || s.state == "skipped")
+            .map(|s| s.name)
+            .collect();
+        let mut failure: Option<(StepName, StepError)> = None;
+        for group in plan(&run.kind) {
+            match runs::overtaken(&self.pool, run).await? {
+                Some(Overtaken::ByDeploy) => return self.end(run, "superseded", RunEnd::Superseded, None).await,
+                Some(Overtaken::ByTeardown) => return self.end(run, "cancelled", RunEnd::Cancelled, None).await,
+                None => {}
+            }
+            let pending: Vec<StepName> = group.iter().copied().filter(|s| !done.contains(s.as_str())).collect();
+            let results = join_all(pending.iter().map(|s| self.step(run, *s, lost))).await;
+            for (step, result) in pending.iter().zip(results) {
+                match result {
+                    Ok(()) => {}
+                    Err(StepFailure::Lease) => return Ok(RunEnd::LeaseLost),
+                    Err(StepFailure::Store(e)) => return Err(e),
+                    Err(StepFailure::Failed(e)) => {
+                        failure.get_or_insert((*step, e));
+                    }
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+        }
+        if let Some((step, _)) = &failure
+            && run.kind == "deploy"
+            && step.needs_rollback_on_failure()
+            && !done.contains(StepName::Rollback.as_str())
+        {
+            // A failed rollback is recorded on its row and in the report; the run fails either way.
+            match self.step(run, StepName::Rollback, lost).await {
+                Ok(()) | Err(StepFailure::Failed(_)) => {}
+                Err(StepFailure::Lease) => return Ok(RunEnd::LeaseLost),
+                Err(StepFailure::Store(e)) => return Err(e),
+            }
+        }
+        if !done.contains(StepName::Report.as_str()) {
+            match self.step(run, StepName::Report, lost).await {
+                Ok(()) => {}
+                Err(StepFailure::Lease) => return Ok(RunEnd::LeaseLost),
+                Err(StepFailure::Store(e)) => return Err(e),
+                Err(StepFailure::Failed(e)) => {
+                    failure.get_or_insert((StepName::Report, e));
+                }
+            }
+        }
+        match failure {
+            None => self.end(run, "succeeded", RunEnd::Succeeded, None).await,
+            Some((step, e)) => {
+                let error = json!({ "step": step, "kind": e.kind, "label": e.label, "message": e.message });
+                self.end(run, "failed", RunEnd::Failed, Some(error)).await
+            }
+        }
+    }
+
+    async fn end(
+        &self,
+        run: &ClaimedRun,
+        state: &str,
+        end: RunEnd,
+        error: Option<serde_json::Value>,
+    ) -> Result<RunEnd, RunStoreError> {
+        match runs::finish_run(&self.pool, run.run_id, &self.owner, state, error.as_ref()).await {
+            Ok(()) => Ok(end),
+            Err(RunStoreError::LeaseLost(_)) => Ok(RunEnd::LeaseLost),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One step to its end: retried with backoff while it fails transiently, stopped when the lease is lost.
+    async fn step(&self, run: &ClaimedRun, step: StepName, lost: &watch::Receiver<bool>) -> Result<(), StepFailure> {
+        let name = step.as_str();
+        loop {
+            let attempt = runs::start_step(&self.pool, run.run_id, &self.owner, name).await?;
+            let result = tokio::select! {
+                r = self.runner.run(step, run) => r,
+                _ = lease_lost(lost) => return Err(StepFailure::Lease),
+            };
+            match result {
+                Ok(outcome) => {
+                    let state = if outcome.skipped { "skipped" } else { "succeeded" };
+                    runs::finish_step(&self.pool, run.run_id, &self.owner, name, state, &outcome.detail, None).await?;
+                    return Ok(());
+                }
+                Err(e) => {
+                    let retry = e.kind == StepErrorKind::Transient && attempt < self.settings.max_step_attempts;
+                    let error = serde_json::to_value(&e).expect("step errors serialise");
+                    let state = if retry { "running" } else { "failed" };
+                    runs::finish_step(&self.pool, run.run_id, &self.owner, name, state, &json!({}), Some(&error))
+                        .await?;
+                    if !retry {
+                        tracing::warn!(step = name, attempt, error = %e, "step failed");
+                        return Err(StepFailure::Failed(e));
+                    }
+                    let delay = backoff(&self.settings, attempt);
+                    tracing::info!(step = name, attempt, retry_in = ?delay, error = %e, "step failed, will retry");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = lease_lost(lost) => return Err(StepFailure::Lease),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff with jitter (half to all of the step), so retries of many runs spread out.
+fn backoff(settings: &EngineSettings, attempt: i32) -> Duration {
+    let exp = settings.backoff_base.saturating_mul(1u32 << attempt.clamp(0, 20).saturating_sub(1));
+    exp.min(settings.backoff_max).mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+async fn lease_lost(lost: &watch::Receiver<bool>) {
+    let mut lost = lost.clone();
+    if lost.wait_for(|l| *l).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Renews the lease until dropped; flags `lost` when another worker took the run over.
+async fn heartbeat(pool: PgPool, run_id: i64, owner: String, settings: EngineSettings, lost: watch::Sender<bool>) {
+    loop {
+        tokio::time::sleep(settings.heartbeat).await;
+        match runs::heartbeat(&pool, run_id, &owner, settings.lease).await {
+            Ok(()) => {}
+            Err(RunStoreError::LeaseLost(_)) => {
+                let _ = lost.send(true);
+                return;
+            }
+            // The database may be back before the lease runs out; the next beat tries again.
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+    }
+}

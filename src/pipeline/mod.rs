@@ -1,0 +1,9 @@
+//! Run orchestration: workers claim runs, execute their steps through a [`StepRunner`], record every
+//! step as a row, retry transient failures, roll back and report permanent ones, and give way to
+//! newer runs of the same stand at step boundaries.
+
+mod engine;
+mod step;
+
+pub use engine::{Engine, EngineSettings, RunEnd};
+pub use step::{RunContext, StepError, StepErrorKind, StepName, StepOutcome, StepRunner, plan};

@@ -1,0 +1,115 @@
+//! Steps: what a run is made of, and the one trait through which the engine executes them.
+
+use std::future::Future;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::store::runs::ClaimedRun;
+
+/// One idempotent part of a run (DESIGN.md's vocabulary). Names match the `steps.name` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepName {
+    Namespace,
+    Database,
+    Secrets,
+    Image,
+    Deploy,
+    Migrate,
+    Verify,
+    Smoke,
+    Report,
+    Rollback,
+    Teardown,
+}
+
+impl StepName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepName::Namespace => "namespace",
+            StepName::Database => "database",
+            StepName::Secrets => "secrets",
+            StepName::Image => "image",
+            StepName::Deploy => "deploy",
+            StepName::Migrate => "migrate",
+            StepName::Verify => "verify",
+            StepName::Smoke => "smoke",
+            StepName::Report => "report",
+            StepName::Rollback => "rollback",
+            StepName::Teardown => "teardown",
+        }
+    }
+
+    /// A failure at or after `deploy` leaves a release that may be unhealthy: roll it back.
+    pub fn needs_rollback_on_failure(self) -> bool {
+        matches!(self, StepName::Deploy | StepName::Migrate | StepName::Verify | StepName::Smoke)
+    }
+}
+
+/// The steps of a run kind, as groups: the steps of a group run concurrently, groups in order.
+/// `report` is not listed: the engine runs it last whatever happened, unless the run gave way.
+pub fn plan(kind: &str) -> &'static [&'static [StepName]] {
+    use StepName::*;
+    match kind {
+        "deploy" => &[&[Namespace, Database, Secrets], &[Image], &[Deploy], &[Migrate], &[Verify], &[Smoke]],
+        "teardown" => &[&[Teardown]],
+        // Moving the expiry is the lifecycle issue's; until then an extend run only reports.
+        _ => &[],
+    }
+}
+
+/// What a step did, recorded as its `detail`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepOutcome {
+    pub detail: Value,
+    /// The step's system is not configured (DESIGN.md: recorded as `skipped` with the reason).
+    pub skipped: bool,
+}
+
+impl StepOutcome {
+    pub fn done(detail: Value) -> Self {
+        Self { detail, skipped: false }
+    }
+    pub fn skipped(reason: &str) -> Self {
+        Self { detail: serde_json::json!({ "skipped": reason }), skipped: true }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepErrorKind {
+    /// May pass if tried again (timeouts, 5xx, connection refused): retried with backoff.
+    Transient,
+    /// Will not pass by retrying (bad chart, image missing, smoke failed): fails the run at once.
+    Permanent,
+}
+
+/// A step's failure, typed so the engine knows whether to retry; recorded as the step's `error`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{kind:?} failure ({label}): {message}")]
+pub struct StepError {
+    pub kind: StepErrorKind,
+    /// A stable label for metrics and reports, e.g. `helm_timeout`.
+    pub label: String,
+    pub message: String,
+}
+
+impl StepError {
+    pub fn transient(label: &str, message: impl Into<String>) -> Self {
+        Self { kind: StepErrorKind::Transient, label: label.into(), message: message.into() }
+    }
+    pub fn permanent(label: &str, message: impl Into<String>) -> Self {
+        Self { kind: StepErrorKind::Permanent, label: label.into(), message: message.into() }
+    }
+}
+
+/// What a step sees of its run.
+pub type RunContext = ClaimedRun;
+
+/// Executes steps. The engine never talks to helm, Kubernetes, Vault or a forge itself: the real
+/// runner composes their traits; tests use a fake that can fail, stall or answer slowly.
+pub trait StepRunner: Send + Sync + 'static {
+    /// Must be idempotent: a step interrupted by a crash is executed again on resume.
+    fn run(&self, step: StepName, run: &RunContext) -> impl Future<Output = Result<StepOutcome, StepError>> + Send;
+}
