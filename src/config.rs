@@ -116,12 +116,28 @@ pub struct ClusterConfig {
     pub dry_run_dir: PathBuf,
     pub kubeconfig: Option<PathBuf>,
     pub context: Option<String>,
+    /// The Helm 4 binary; default: `.tools/bin/helm` when scripts/install-tools.sh put it there, else PATH.
+    pub helm_path: Option<PathBuf>,
+    /// One helm command may take this long before it is killed and counted a transient failure.
+    #[serde(default = "default_helm_timeout", with = "humantime_serde")]
+    pub helm_timeout: Duration,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        Self { mode: ClusterMode::default(), dry_run_dir: default_dry_run_dir(), kubeconfig: None, context: None }
+        Self {
+            mode: ClusterMode::default(),
+            dry_run_dir: default_dry_run_dir(),
+            kubeconfig: None,
+            context: None,
+            helm_path: None,
+            helm_timeout: default_helm_timeout(),
+        }
     }
+}
+
+fn default_helm_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_dry_run_dir() -> PathBuf {
