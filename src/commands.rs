@@ -9,6 +9,8 @@ use tokio::net::TcpListener;
 use crate::config::{Config, Projects};
 use crate::http::{self, AppState};
 use crate::stand::StandState;
+use crate::forge::{Command, Trigger};
+use crate::store::manual::{self, ManualOutcome, ManualRequest, StandLookup};
 use crate::store::{self, stands};
 
 /// `draftd serve`: bind first (so `/health` answers at once), migrate in the background, serve until
@@ -192,6 +194,29 @@ pub async fn stands_show(config: Config, stand: stands::StandRef, json: bool) ->
         .collect();
     write_table(&mut out, &["RUN", "KIND", "TRIGGER", "SHA", "STATE", "BY", "QUEUED (UTC)"], &runs)?;
     Ok(())
+}
+
+/// `draftd stands rerun|extend|destroy`: queued directly in the database, which whoever can reach it
+/// is trusted with, and recorded with the operator's login.
+pub async fn stands_queue(config: Config, stand: stands::StandRef, command: Command) -> anyhow::Result<()> {
+    let pool = store::pool(&config.database_url, 2)?;
+    let login = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let requested_by = format!("cli:{login}");
+    let req = ManualRequest { command, trigger: Trigger::Cli, requested_by: &requested_by, sha: None, authorised: true };
+    let lookup = match &stand {
+        stands::StandRef::Id(id) => StandLookup::Id(*id),
+        stands::StandRef::Branch { project, branch } => StandLookup::Branch { project, branch },
+    };
+    let mut tx = pool.begin().await?;
+    let outcome = manual::queue(&mut tx, lookup, &req).await?;
+    tx.commit().await?;
+    match outcome {
+        ManualOutcome::Queued { stand, run } => {
+            println!("queued run {run} for stand {stand}");
+            Ok(())
+        }
+        ManualOutcome::Refused { reason, .. } => bail!("stand {}: {reason}", describe(&stand)),
+    }
 }
 
 fn describe(stand: &stands::StandRef) -> String {

@@ -519,12 +519,15 @@ pub struct Project {
     pub webhook_secret: SecretString,
 }
 
-/// The configured projects with their secrets read, plus the forge-wide webhook secrets.
+/// The configured projects with their secrets read, plus the forge-wide webhook secrets and the API
+/// token: every secret `serve` needs, read once at start.
 #[derive(Debug, Clone, Default)]
 pub struct Projects {
     pub projects: Vec<Project>,
     pub github_secret: Option<SecretString>,
     pub gitlab_secret: Option<SecretString>,
+    /// Without `[api] token_env` the API answers every request with 401.
+    pub api_token: Option<SecretString>,
 }
 
 impl Projects {
@@ -554,6 +557,7 @@ impl Projects {
             .as_deref()
             .map(|v| read("gitlab.webhook_secret_env".into(), v))
             .transpose()?;
+        let api_token = config.api.token_env.as_deref().map(|v| read("api.token_env".into(), v)).transpose()?;
         let mut projects = Vec::with_capacity(config.projects.len());
         for (i, p) in config.projects.iter().enumerate() {
             let forge_wide = match p.forge {
@@ -572,7 +576,7 @@ impl Projects {
                 webhook_secret,
             });
         }
-        Ok(Projects { projects, github_secret, gitlab_secret })
+        Ok(Projects { projects, github_secret, gitlab_secret, api_token })
     }
 }
 

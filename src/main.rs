@@ -57,6 +57,17 @@ enum StandsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Queue a re-run of the stand at its head commit.
+    Rerun { stand: StandRef },
+    /// Queue an extension of the stand's lifetime.
+    Extend {
+        stand: StandRef,
+        /// How much longer, like 24h; the configured default when absent.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        by: Option<std::time::Duration>,
+    },
+    /// Queue the stand's teardown.
+    Destroy { stand: StandRef },
 }
 
 fn main() -> ExitCode {
@@ -79,6 +90,15 @@ fn main() -> ExitCode {
             }
             Command::Stands { command: StandsCommand::Show { stand, json } } => {
                 commands::stands_show(config, stand, json).await
+            }
+            Command::Stands { command: StandsCommand::Rerun { stand } } => {
+                commands::stands_queue(config, stand, draftd::forge::Command::Rerun).await
+            }
+            Command::Stands { command: StandsCommand::Extend { stand, by } } => {
+                commands::stands_queue(config, stand, draftd::forge::Command::Extend { by }).await
+            }
+            Command::Stands { command: StandsCommand::Destroy { stand } } => {
+                commands::stands_queue(config, stand, draftd::forge::Command::Destroy).await
             }
         }
     });

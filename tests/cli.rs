@@ -681,6 +681,26 @@ async fn stands_list_and_show_print_the_recorded_stand() {
     assert!(!missing.status.success(), "showing a missing stand succeeded: {}", missing.describe());
     assert!(missing.stderr.contains("no stand"), "{}", missing.describe());
 
+    // rerun, extend and destroy queue runs straight in the database.
+    for (args, what) in [
+        (vec!["stands", "rerun", "hello-world/feature/cli"], "rerun"),
+        (vec!["stands", "extend", &id, "--by", "24h"], "extend"),
+        (vec!["stands", "destroy", "hello-world/feature/cli"], "destroy"),
+    ] {
+        let queued = setup.cli(&args, &out);
+        queued.assert_success(what);
+        assert!(queued.stdout.contains("queued run"), "{what}: {}", queued.describe());
+    }
+    let detail: Value =
+        serde_json::from_str(&setup.cli(&["stands", "show", &id, "--json"], &out).stdout).expect("show --json");
+    let kinds: Vec<&str> = detail["runs"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["teardown", "extend", "deploy", "deploy"], "{detail}");
+    assert!(detail["runs"][0]["requested_by"].as_str().unwrap().starts_with("cli:"), "{detail}");
+    assert_eq!(detail["state"], "closing", "{detail}");
+    let refused = setup.cli(&["stands", "rerun", &id], &out);
+    assert!(!refused.status.success(), "{}", refused.describe());
+    assert!(refused.stderr.contains("stand is closing"), "{}", refused.describe());
+
     db.drop_db().await;
 }
 

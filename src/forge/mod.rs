@@ -75,6 +75,10 @@ pub enum Trigger {
     OptOut,
     Command,
     CheckRun,
+    /// `POST /api/v1/stands/{id}/…` or `DELETE` with the API token.
+    Api,
+    /// `draftd stands rerun|extend|destroy`.
+    Cli,
 }
 
 impl Trigger {
@@ -90,6 +94,8 @@ impl Trigger {
             Trigger::OptOut => "opt_out",
             Trigger::Command => "command",
             Trigger::CheckRun => "check_run",
+            Trigger::Api => "api",
+            Trigger::Cli => "cli",
         }
     }
 

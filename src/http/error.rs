@@ -23,6 +23,11 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unavailable(&'static str),
+    /// The request is understood but the stand's state does not allow it; `code` is stable.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("{message}")]
+    StandNotFound { message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -47,6 +52,8 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::StandNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -61,6 +68,8 @@ impl ApiError {
             ApiError::BadRequest { .. } => "bad_request",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Conflict { code, .. } => code,
+            ApiError::StandNotFound { .. } => "stand_not_found",
             ApiError::Store(e) if e.is_transient() => "database_unavailable",
             ApiError::Store(_) => "internal",
         }

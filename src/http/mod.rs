@@ -1,5 +1,7 @@
 //! The HTTP surface: webhooks and health on one listener (the API and dashboard join in later issues).
 
+/// The stand API: `/api/v1/stands…`, bearer token.
+mod api;
 mod error;
 /// Health endpoints for Kubernetes probes.
 mod health;
@@ -34,6 +36,7 @@ struct Inner {
     projects: HashMap<(ForgeKind, String), Arc<Project>>,
     github_secret: Option<SecretString>,
     gitlab_secret: Option<SecretString>,
+    api_token: Option<SecretString>,
     max_body_bytes: usize,
     /// Set once migrations are applied; until then webhooks answer 503 and the startup probe fails.
     migrated: AtomicBool,
@@ -41,7 +44,7 @@ struct Inner {
 
 impl AppState {
     pub fn new(config: &Config, projects: Projects, pool: PgPool) -> Self {
-        let Projects { projects, github_secret, gitlab_secret } = projects;
+        let Projects { projects, github_secret, gitlab_secret, api_token } = projects;
         let projects =
             projects.into_iter().map(|p| ((p.settings.forge, p.settings.repo.to_lowercase()), Arc::new(p))).collect();
         AppState(Arc::new(Inner {
@@ -49,6 +52,7 @@ impl AppState {
             projects,
             github_secret,
             gitlab_secret,
+            api_token,
             max_body_bytes: config.intake.max_body_bytes,
             migrated: AtomicBool::new(false),
         }))
@@ -70,6 +74,10 @@ impl AppState {
         self.0.gitlab_secret.as_ref()
     }
 
+    fn api_token(&self) -> Option<&SecretString> {
+        self.0.api_token.as_ref()
+    }
+
     fn max_body_bytes(&self) -> usize {
         self.0.max_body_bytes
     }
@@ -88,6 +96,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(webhooks::router())
+        .merge(api::router())
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<_>| {

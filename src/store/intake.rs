@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
 
 use super::StoreError;
+use super::manual::{self, ManualOutcome, ManualRequest, StandLookup};
 use crate::config::ForgeKind;
 use crate::forge::{Command, Event, PullRequest, Trigger};
 use crate::stand::{BranchName, Namespace, ProjectName, StandState};
@@ -297,55 +298,21 @@ async fn manual(
     command: Command,
     author: &str,
 ) -> Result<Decision, StoreError> {
-    let found: Option<(i64, StandState, i32, Option<String>)> = match branch {
-        Some(b) => {
-            sqlx::query_as(
-                "select stand_id, state, epoch, head_sha from stands where project = $1 and branch = $2 for update",
-            )
-            .bind(d.project.as_str())
-            .bind(b.as_str())
-            .fetch_optional(&mut *tx)
-            .await?
-        }
-        None => {
-            sqlx::query_as(
-                "select stand_id, state, epoch, head_sha from stands where project = $1 and pr_number = $2
-                 order by updated_at desc limit 1 for update",
-            )
-            .bind(d.project.as_str())
-            .bind(pr_number as i64)
-            .fetch_optional(&mut *tx)
-            .await?
-        }
+    let project = d.project.as_str();
+    let lookup = match branch {
+        Some(b) => StandLookup::Branch { project, branch: b.as_str() },
+        None => StandLookup::PullRequest { project, number: pr_number },
     };
-    let Some((stand_id, state, epoch, head_sha)) = found else {
-        return Ok(Decision::ignored(None, format!("no stand for pull request #{pr_number}")));
-    };
-    if state != StandState::Active {
-        return Ok(Decision::ignored(Some(stand_id), format!("stand is {}", state.as_str())));
-    }
     let trigger = if branch.is_some() && sha.is_some() { Trigger::CheckRun } else { Trigger::Command };
-    let (kind, params) = match command {
-        Command::Rerun => ("deploy", json!({})),
-        Command::Destroy => ("teardown", json!({})),
-        Command::Extend { by } => ("extend", json!({ "by_seconds": by.map(|d| d.as_secs()) })),
-    };
-    let sha = sha.map(str::to_owned).or(head_sha);
-    if kind == "deploy" && sha.is_none() {
-        return Ok(Decision::ignored(Some(stand_id), "stand has no commit to re-run"));
-    }
-    let number: i32 = sqlx::query_scalar(
-        "update stands set runs_count = runs_count + 1, updated_at = now() where stand_id = $1 returning runs_count",
-    )
-    .bind(stand_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    let run = insert_run(tx, stand_id, number, kind, trigger, epoch, sha.as_deref(), Some(author), params).await?;
-    Ok(Decision::queued(stand_id, run))
+    let req = ManualRequest { command, trigger, requested_by: author, sha, authorised: false };
+    Ok(match manual::queue(tx, lookup, &req).await? {
+        ManualOutcome::Queued { stand, run } => Decision::queued(stand, run),
+        ManualOutcome::Refused { stand, reason, .. } => Decision::ignored(stand, reason),
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn insert_run(
+pub(super) async fn insert_run(
     tx: &mut PgConnection,
     stand_id: i64,
     number: i32,

@@ -1,6 +1,7 @@
 //! draftd's own database: connection, migrations, and one repository module per concern.
 
 pub mod intake;
+pub mod manual;
 pub mod runs;
 pub mod stands;
 

@@ -17,9 +17,13 @@ use tower::ServiceExt;
 
 pub const GITHUB_SECRET: &str = "gh-test-secret-5f0c9a1e";
 pub const GITLAB_SECRET: &str = "gl-test-secret-8d2b7c44";
+pub const API_TOKEN: &str = "api-test-token-31c9e0aa";
 
 /// Projects matching the repositories of the recorded payloads.
 pub const CONFIG: &str = r#"
+[api]
+token_env = "API_TOKEN"
+
 [[projects]]
 name = "hello-world"
 forge = "github"
@@ -61,6 +65,7 @@ pub fn projects(config: &Config) -> Projects {
     Projects::resolve_with(config, |var| match var {
         "GH_SECRET" => Some(GITHUB_SECRET.into()),
         "GL_SECRET" => Some(GITLAB_SECRET.into()),
+        "API_TOKEN" => Some(API_TOKEN.into()),
         _ => None,
     })
     .expect("test secrets")

@@ -1,0 +1,109 @@
+//! Runs people ask for: `/draft` commands, check-run buttons, the API and the CLI.
+
+use serde_json::json;
+use sqlx::PgConnection;
+
+use super::StoreError;
+use super::intake::insert_run;
+use crate::forge::{Command, Trigger};
+use crate::stand::StandState;
+
+/// How the request names its stand.
+#[derive(Debug, Clone, Copy)]
+pub enum StandLookup<'a> {
+    Id(i64),
+    Branch { project: &'a str, branch: &'a str },
+    /// Comments carry only the PR/MR number; the newest stand of that PR answers.
+    PullRequest { project: &'a str, number: u64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct ManualRequest<'a> {
+    pub command: Command,
+    pub trigger: Trigger,
+    pub requested_by: &'a str,
+    /// The commit to re-run; the stand's head commit when `None`.
+    pub sha: Option<&'a str>,
+    /// The requester is known to be allowed (API token, database access). A forge comment is not
+    /// yet: its run is authorised before it acts, so a destroy does not close the stand here.
+    pub authorised: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManualOutcome {
+    Queued { stand: i64, run: i64 },
+    /// Nothing queued; `code` is stable for API clients.
+    Refused { stand: Option<i64>, code: &'static str, reason: String },
+}
+
+/// Queues the run in `tx`, under the stand's row lock.
+pub async fn queue(
+    tx: &mut PgConnection,
+    lookup: StandLookup<'_>,
+    req: &ManualRequest<'_>,
+) -> Result<ManualOutcome, StoreError> {
+    const COLUMNS: &str = "select stand_id, state, epoch, head_sha from stands";
+    let found: Option<(i64, StandState, i32, Option<String>)> = match lookup {
+        StandLookup::Id(id) => {
+            sqlx::query_as(&format!("{COLUMNS} where stand_id = $1 for update")).bind(id).fetch_optional(&mut *tx).await?
+        }
+        StandLookup::Branch { project, branch } => {
+            sqlx::query_as(&format!("{COLUMNS} where project = $1 and branch = $2 for update"))
+                .bind(project)
+                .bind(branch)
+                .fetch_optional(&mut *tx)
+                .await?
+        }
+        StandLookup::PullRequest { project, number } => {
+            sqlx::query_as(&format!(
+                "{COLUMNS} where project = $1 and pr_number = $2 order by updated_at desc limit 1 for update"
+            ))
+            .bind(project)
+            .bind(number as i64)
+            .fetch_optional(&mut *tx)
+            .await?
+        }
+    };
+    let Some((stand, state, epoch, head_sha)) = found else {
+        let reason = match lookup {
+            StandLookup::PullRequest { number, .. } => format!("no stand for pull request #{number}"),
+            _ => "no such stand".to_string(),
+        };
+        return Ok(ManualOutcome::Refused { stand: None, code: "stand_not_found", reason });
+    };
+    if state != StandState::Active {
+        return Ok(ManualOutcome::Refused {
+            stand: Some(stand),
+            code: "stand_not_active",
+            reason: format!("stand is {}", state.as_str()),
+        });
+    }
+    let (kind, params) = match req.command {
+        Command::Rerun => ("deploy", json!({})),
+        Command::Destroy => ("teardown", json!({})),
+        Command::Extend { by } => ("extend", json!({ "by_seconds": by.map(|d| d.as_secs()) })),
+    };
+    let sha = req.sha.map(str::to_owned).or(head_sha);
+    if kind == "deploy" && sha.is_none() {
+        return Ok(ManualOutcome::Refused {
+            stand: Some(stand),
+            code: "no_commit",
+            reason: "stand has no commit to re-run".into(),
+        });
+    }
+    let close = kind == "teardown" && req.authorised;
+    let number: i32 = sqlx::query_scalar(
+        "update stands set runs_count = runs_count + 1, updated_at = now(),
+                state = case when $2 then 'closing' else state end,
+                state_reason = case when $2 then $3 else state_reason end
+         where stand_id = $1 returning runs_count",
+    )
+    .bind(stand)
+    .bind(close)
+    .bind(req.trigger.as_str())
+    .fetch_one(&mut *tx)
+    .await?;
+    let run =
+        insert_run(tx, stand, number, kind, req.trigger, epoch, sha.as_deref(), Some(req.requested_by), params).await?;
+    Ok(ManualOutcome::Queued { stand, run })
+}
