@@ -7,9 +7,9 @@ use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 
 use crate::config::{Config, Projects};
+use crate::forge::{Command, Trigger};
 use crate::http::{self, AppState};
 use crate::stand::StandState;
-use crate::forge::{Command, Trigger};
 use crate::store::manual::{self, ManualOutcome, ManualRequest, StandLookup};
 use crate::store::{self, stands};
 
@@ -202,7 +202,8 @@ pub async fn stands_queue(config: Config, stand: stands::StandRef, command: Comm
     let pool = store::pool(&config.database_url, 2)?;
     let login = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let requested_by = format!("cli:{login}");
-    let req = ManualRequest { command, trigger: Trigger::Cli, requested_by: &requested_by, sha: None, authorised: true };
+    let req =
+        ManualRequest { command, trigger: Trigger::Cli, requested_by: &requested_by, sha: None, authorised: true };
     let lookup = match &stand {
         stands::StandRef::Id(id) => StandLookup::Id(*id),
         stands::StandRef::Branch { project, branch } => StandLookup::Branch { project, branch },

@@ -10,6 +10,8 @@ pub mod config;
 pub mod forge;
 /// The axum router: webhooks and health.
 pub mod http;
+/// The helm CLI (Helm 4): upgrade --install, history, rollback, uninstall, template, lint.
+pub mod helm;
 /// Run orchestration: workers, steps, supersede and cancel.
 pub mod pipeline;
 /// Domain types: stand keys, slug and namespace naming, stand states.
