@@ -22,7 +22,13 @@ fn call(method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> R
 }
 
 async fn seed(app: &axum::Router) -> i64 {
-    let res = github(app, "pull_request", &uuid::Uuid::new_v4().to_string(), &github_pr("opened", "feature/api", &sha(1), T1)).await;
+    let res = github(
+        app,
+        "pull_request",
+        &uuid::Uuid::new_v4().to_string(),
+        &github_pr("opened", "feature/api", &sha(1), T1),
+    )
+    .await;
     res.body["stand"].as_i64().unwrap()
 }
 
@@ -62,7 +68,10 @@ async fn list_and_show_stands_with_runs_and_steps(pool: PgPool) {
     assert_eq!(res.body["runs"][0]["state"], json!("queued"));
     assert_eq!(res.body["runs"][0]["steps"], json!([]));
     let missing = send(&app, call("GET", "/api/v1/stands/999999", Some(API_TOKEN), None)).await;
-    assert_eq!((missing.status, missing.body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("stand_not_found")));
+    assert_eq!(
+        (missing.status, missing.body["error"]["code"].clone()),
+        (StatusCode::NOT_FOUND, json!("stand_not_found"))
+    );
 }
 
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]
@@ -72,9 +81,14 @@ async fn rerun_extend_and_destroy_queue_runs(pool: PgPool) {
     let rerun = send(&app, call("POST", &format!("/api/v1/stands/{id}/runs"), Some(API_TOKEN), None)).await;
     assert_eq!(rerun.status, StatusCode::ACCEPTED, "{}", rerun.body);
     let extend =
-        send(&app, call("POST", &format!("/api/v1/stands/{id}/extend"), Some(API_TOKEN), Some(json!({ "by": "24h" })))).await;
+        send(&app, call("POST", &format!("/api/v1/stands/{id}/extend"), Some(API_TOKEN), Some(json!({ "by": "24h" }))))
+            .await;
     assert_eq!(extend.status, StatusCode::ACCEPTED, "{}", extend.body);
-    let bad = send(&app, call("POST", &format!("/api/v1/stands/{id}/extend"), Some(API_TOKEN), Some(json!({ "by": "soon" })))).await;
+    let bad = send(
+        &app,
+        call("POST", &format!("/api/v1/stands/{id}/extend"), Some(API_TOKEN), Some(json!({ "by": "soon" }))),
+    )
+    .await;
     assert_eq!((bad.status, bad.body["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("by")));
     let destroy = send(&app, call("DELETE", &format!("/api/v1/stands/{id}"), Some(API_TOKEN), None)).await;
     assert_eq!(destroy.status, StatusCode::ACCEPTED);
@@ -82,7 +96,10 @@ async fn rerun_extend_and_destroy_queue_runs(pool: PgPool) {
     let runs = runs(&pool).await;
     let manual: Vec<(&str, &str, Option<&str>)> =
         runs[1..].iter().map(|r| (r.kind.as_str(), r.trigger.as_str(), r.requested_by.as_deref())).collect();
-    assert_eq!(manual, vec![("deploy", "api", Some("api")), ("extend", "api", Some("api")), ("teardown", "api", Some("api"))]);
+    assert_eq!(
+        manual,
+        vec![("deploy", "api", Some("api")), ("extend", "api", Some("api")), ("teardown", "api", Some("api"))]
+    );
     assert_eq!(runs[1].sha.as_deref(), Some(sha(1).as_str()), "re-run at the head commit");
     assert_eq!(runs[2].params, json!({ "by_seconds": 86400 }));
     // The token holder is authorised: the stand closes at once, and later requests are refused.

@@ -43,7 +43,8 @@ impl FromRequestParts<AppState> for Caller {
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(ApiError::Unauthorized("Authorization: Bearer <token> is missing"))?;
         // Digests, so neither content nor length leaks through timing.
-        let ok: bool = Sha256::digest(given.trim().as_bytes()).ct_eq(&Sha256::digest(token.expose_secret().as_bytes())).into();
+        let ok: bool =
+            Sha256::digest(given.trim().as_bytes()).ct_eq(&Sha256::digest(token.expose_secret().as_bytes())).into();
         if ok { Ok(Caller) } else { Err(ApiError::Unauthorized("the API token does not match")) }
     }
 }
@@ -66,7 +67,11 @@ async fn show(_: Caller, State(state): State<AppState>, Path(id): Path<i64>) -> 
     }
 }
 
-async fn rerun(caller: Caller, State(state): State<AppState>, Path(id): Path<i64>) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn rerun(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     queue(caller, &state, id, Command::Rerun).await
 }
 
@@ -92,7 +97,11 @@ async fn extend(
     queue(caller, &state, id, Command::Extend { by }).await
 }
 
-async fn destroy(caller: Caller, State(state): State<AppState>, Path(id): Path<i64>) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn destroy(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     queue(caller, &state, id, Command::Destroy).await
 }
 
@@ -103,7 +112,9 @@ async fn queue(_: Caller, state: &AppState, id: i64, command: Command) -> Result
     tx.commit().await.map_err(crate::store::StoreError::from)?;
     match outcome {
         ManualOutcome::Queued { stand, run } => Ok((StatusCode::ACCEPTED, Json(json!({ "stand": stand, "run": run })))),
-        ManualOutcome::Refused { code: "stand_not_found", reason, .. } => Err(ApiError::StandNotFound { message: reason }),
+        ManualOutcome::Refused { code: "stand_not_found", reason, .. } => {
+            Err(ApiError::StandNotFound { message: reason })
+        }
         ManualOutcome::Refused { code, reason, .. } => Err(ApiError::Conflict { code, message: reason }),
     }
 }

@@ -12,9 +12,15 @@ use crate::stand::StandState;
 #[derive(Debug, Clone, Copy)]
 pub enum StandLookup<'a> {
     Id(i64),
-    Branch { project: &'a str, branch: &'a str },
+    Branch {
+        project: &'a str,
+        branch: &'a str,
+    },
     /// Comments carry only the PR/MR number; the newest stand of that PR answers.
-    PullRequest { project: &'a str, number: u64 },
+    PullRequest {
+        project: &'a str,
+        number: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -31,9 +37,16 @@ pub struct ManualRequest<'a> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ManualOutcome {
-    Queued { stand: i64, run: i64 },
+    Queued {
+        stand: i64,
+        run: i64,
+    },
     /// Nothing queued; `code` is stable for API clients.
-    Refused { stand: Option<i64>, code: &'static str, reason: String },
+    Refused {
+        stand: Option<i64>,
+        code: &'static str,
+        reason: String,
+    },
 }
 
 /// Queues the run in `tx`, under the stand's row lock.
@@ -45,7 +58,10 @@ pub async fn queue(
     const COLUMNS: &str = "select stand_id, state, epoch, head_sha from stands";
     let found: Option<(i64, StandState, i32, Option<String>)> = match lookup {
         StandLookup::Id(id) => {
-            sqlx::query_as(&format!("{COLUMNS} where stand_id = $1 for update")).bind(id).fetch_optional(&mut *tx).await?
+            sqlx::query_as(&format!("{COLUMNS} where stand_id = $1 for update"))
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
         }
         StandLookup::Branch { project, branch } => {
             sqlx::query_as(&format!("{COLUMNS} where project = $1 and branch = $2 for update"))
