@@ -8,10 +8,10 @@ pub mod commands;
 pub mod config;
 /// Forge events (GitHub, GitLab) normalised to one enum.
 pub mod forge;
-/// The axum router: webhooks and health.
-pub mod http;
 /// The helm CLI (Helm 4): upgrade --install, history, rollback, uninstall, template, lint.
 pub mod helm;
+/// The axum router: webhooks and health.
+pub mod http;
 /// Run orchestration: workers, steps, supersede and cancel.
 pub mod pipeline;
 /// Domain types: stand keys, slug and namespace naming, stand states.
