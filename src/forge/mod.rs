@@ -4,9 +4,13 @@
 //! whether a delivery can act at all (branch globs, forks, drafts, the opt-out label) live here too, so
 //! the store only sees events that matter and the HTTP layer only verifies and records.
 
+/// Reporting back: the `ForgeClient` trait and its GitHub (octocrab) and GitLab (gitlab crate) clients.
+pub mod client;
 pub mod command;
 pub mod github;
 pub mod gitlab;
+/// The sticky comment's Markdown, rendered from a stand, its newest run and its steps.
+pub mod report;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

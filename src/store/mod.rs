@@ -2,6 +2,8 @@
 
 pub mod intake;
 pub mod manual;
+/// What draftd owes the forges: outbox rows, claimed with coalescing and delivered by the reporter.
+pub mod outbox;
 pub mod runs;
 pub mod stands;
 

@@ -1,0 +1,349 @@
+//! The sticky comment's body: Markdown rendered from a stand, its newest run and that run's steps.
+//!
+//! Pure and deterministic (no clock, no environment), so a snapshot test pins the exact text. The
+//! first line is the hidden marker by which the comment is found again ([`super::client::marker`]).
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+
+use super::client::marker;
+use crate::pipeline::plan;
+use crate::store::stands::{RunSummary, StandDetail};
+
+/// GitHub caps comments at 65,536 characters; a failure's error text is cut well below that.
+const MAX_ERROR_CHARS: usize = 3000;
+const MAX_NOTE_CHARS: usize = 200;
+
+/// The headline of a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ready,
+    Failed,
+    Deploying,
+    Removing,
+    Removed,
+}
+
+impl Status {
+    fn headline(self) -> &'static str {
+        match self {
+            Status::Ready => "✅ Draft stand ready",
+            Status::Failed => "❌ Draft stand failed",
+            Status::Deploying => "⏳ Draft stand deploying",
+            Status::Removing => "🧹 Draft stand being removed",
+            Status::Removed => "🧹 Draft stand removed",
+        }
+    }
+
+    /// From a run's kind and state and its steps as recorded. The report step runs inside its run
+    /// (still `running`), so a run whose planned steps are all done counts as finished.
+    pub fn of_run(kind: &str, run_state: &str, steps: &[StepLine]) -> Status {
+        let teardown = kind == "teardown";
+        let failed = run_state == "failed" || run_state == "rejected" || steps.iter().any(|s| s.state == "failed");
+        let done =
+            |name: &str| steps.iter().any(|s| s.name == name && (s.state == "succeeded" || s.state == "skipped"));
+        let complete = run_state == "succeeded"
+            || (run_state == "running" && plan(kind).iter().flat_map(|g| g.iter()).all(|s| done(s.as_str())));
+        match (failed, complete, teardown) {
+            (true, _, _) => Status::Failed,
+            (false, true, true) => Status::Removed,
+            (false, true, false) => Status::Ready,
+            (false, false, true) => Status::Removing,
+            (false, false, false) => Status::Deploying,
+        }
+    }
+}
+
+/// One row of the steps table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepLine {
+    pub name: String,
+    /// A `steps.state`: pending, running, succeeded, failed, skipped, cancelled.
+    pub state: String,
+    pub duration_ms: Option<i64>,
+    /// Why it was skipped, or how it failed (one line).
+    pub note: Option<String>,
+}
+
+/// Everything a report shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportView {
+    pub stand_id: i64,
+    pub project: String,
+    pub branch: String,
+    pub namespace: String,
+    /// The stand's address, once it has one.
+    pub url: Option<String>,
+    pub sha: Option<String>,
+    pub run_number: i32,
+    pub status: Status,
+    pub steps: Vec<StepLine>,
+    /// Integrations replaced by mocks in this stand.
+    pub mocks: Vec<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The failure, in full (cut to a few thousand characters when rendered).
+    pub error: Option<String>,
+}
+
+impl ReportView {
+    /// A view of `detail`'s newest run (`stands::show` lists runs newest first). The `report` step
+    /// itself is left out of the table: it is the one rendering. `None` when the stand has no run.
+    pub fn from_detail(detail: &StandDetail, url: Option<String>, mocks: Vec<String>) -> Option<ReportView> {
+        let run: &RunSummary = detail.runs.iter().max_by_key(|r| r.number)?;
+        let steps: Vec<StepLine> = run
+            .steps
+            .iter()
+            .filter(|s| s.name != "report")
+            .map(|s| StepLine {
+                name: s.name.clone(),
+                state: s.state.clone(),
+                duration_ms: match (s.started_at, s.finished_at) {
+                    (Some(a), Some(b)) => Some((b - a).num_milliseconds().max(0)),
+                    _ => None,
+                },
+                note: step_note(&s.state, &s.detail, s.error.as_ref()),
+            })
+            .collect();
+        let status = Status::of_run(&run.kind, &run.state, &steps);
+        let error = run
+            .steps
+            .iter()
+            .filter(|s| s.state == "failed" && s.name != "rollback")
+            .chain(run.steps.iter().filter(|s| s.state == "failed"))
+            .find_map(|s| s.error.as_ref().map(|e| format!("{}: {}", s.name, error_text(e))));
+        Some(ReportView {
+            stand_id: detail.stand.stand_id,
+            project: detail.stand.project.clone(),
+            branch: detail.stand.branch.clone(),
+            namespace: detail.stand.namespace.clone(),
+            url,
+            sha: run.sha.clone().or_else(|| detail.stand.head_sha.clone()),
+            run_number: run.number,
+            status,
+            steps,
+            mocks,
+            expires_at: detail.stand.expires_at,
+            error,
+        })
+    }
+}
+
+/// A `StepError` is recorded as `{kind, label, message}`; anything else is shown as JSON.
+fn error_text(e: &serde_json::Value) -> String {
+    match e.get("message").and_then(|m| m.as_str()) {
+        Some(m) => m.to_owned(),
+        None => e.as_str().map(str::to_owned).unwrap_or_else(|| e.to_string()),
+    }
+}
+
+fn step_note(state: &str, detail: &serde_json::Value, error: Option<&serde_json::Value>) -> Option<String> {
+    match state {
+        "skipped" => detail.get("skipped").and_then(|r| r.as_str()).map(str::to_owned),
+        "failed" => error.map(|e| match e.get("label").and_then(|l| l.as_str()) {
+            Some(label) => label.to_owned(),
+            None => error_text(e),
+        }),
+        _ => None,
+    }
+}
+
+/// The comment body for `view`: marker, headline, URL, commit, steps, mocks, expiry, error.
+pub fn render(view: &ReportView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", marker(view.stand_id));
+    let _ = writeln!(out, "### {}", view.status.headline());
+    out.push('\n');
+    match (&view.url, view.status) {
+        (_, Status::Removed) => {}
+        (Some(url), _) if is_plain_url(url) => {
+            let _ = writeln!(out, "**[{url}]({url})**\n");
+        }
+        (Some(url), _) => {
+            let _ = writeln!(out, "**{}**\n", code(url));
+        }
+        (None, _) => {}
+    }
+    let mut facts: Vec<(&str, String)> = vec![
+        ("Stand", format!("{} / {} in {}", code(&view.project), code(&view.branch), code(&view.namespace))),
+        (
+            "Commit",
+            match &view.sha {
+                Some(sha) => format!("{} (run #{})", code(short_sha(sha)), view.run_number),
+                None => format!("run #{}", view.run_number),
+            },
+        ),
+    ];
+    if view.status != Status::Removed {
+        let mocks = if view.mocks.is_empty() {
+            "none".to_owned()
+        } else {
+            view.mocks.iter().map(|m| code(m)).collect::<Vec<_>>().join(", ")
+        };
+        facts.push(("Mocks", mocks));
+        if let Some(at) = view.expires_at {
+            facts.push(("Expires", at.format("%Y-%m-%d %H:%M UTC").to_string()));
+        }
+    }
+    out.push_str("| | |\n| --- | --- |\n");
+    for (k, v) in facts {
+        let _ = writeln!(out, "| {k} | {} |", cell(&v));
+    }
+    if !view.steps.is_empty() {
+        out.push_str("\n| Step | Outcome | Duration |\n| --- | --- | --- |\n");
+        for s in &view.steps {
+            let mut outcome = format!("{} {}", step_icon(&s.state), s.state);
+            if let Some(note) = &s.note {
+                let _ = write!(outcome, ": {}", one_line(note, MAX_NOTE_CHARS));
+            }
+            let duration = s.duration_ms.map(duration).unwrap_or_else(|| "—".to_owned());
+            let _ = writeln!(out, "| {} | {} | {} |", cell(&s.name), cell(&outcome), duration);
+        }
+    }
+    if view.status == Status::Failed
+        && let Some(error) = &view.error
+    {
+        let text = cut(error.trim(), MAX_ERROR_CHARS);
+        let fence = "`".repeat(longest_run(&text, '`').max(2) + 1);
+        let _ = write!(out, "\n**Error**\n\n{fence}text\n{text}\n{fence}\n");
+        out.push_str("\nComment `/draft rerun` to try again.\n");
+    }
+    out
+}
+
+fn step_icon(state: &str) -> &'static str {
+    match state {
+        "succeeded" => "✅",
+        "failed" => "❌",
+        "skipped" => "⏭️",
+        "running" => "⏳",
+        "cancelled" => "⛔",
+        _ => "▫️",
+    }
+}
+
+/// 850 ms, 12.3 s, 2 m 05 s, 1 h 02 m.
+fn duration(ms: i64) -> String {
+    let ms = ms.max(0);
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms < 60_000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else if ms < 3_600_000 {
+        format!("{} m {:02} s", ms / 60_000, (ms / 1000) % 60)
+    } else {
+        format!("{} h {:02} m", ms / 3_600_000, (ms / 60_000) % 60)
+    }
+}
+
+fn short_sha(sha: &str) -> &str {
+    sha.get(..7).unwrap_or(sha)
+}
+
+fn is_plain_url(url: &str) -> bool {
+    (url.starts_with("https://") || url.starts_with("http://"))
+        && !url.chars().any(|c| c.is_whitespace() || c.is_control() || "<>()[]\"`|".contains(c))
+}
+
+/// Inline code that survives any backticks inside.
+fn code(text: &str) -> String {
+    let text = one_line(text, usize::MAX);
+    let fence = "`".repeat(longest_run(&text, '`') + 1);
+    let pad = if text.starts_with('`') || text.ends_with('`') { " " } else { "" };
+    format!("{fence}{pad}{text}{pad}{fence}")
+}
+
+/// A table cell: one line, pipes escaped (GitHub and GitLab split cells on `|` even inside code).
+fn cell(text: &str) -> String {
+    one_line(text, usize::MAX).replace('|', "\\|")
+}
+
+fn one_line(text: &str, max: usize) -> String {
+    let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    cut(&joined, max)
+}
+
+fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_owned(),
+    }
+}
+
+fn longest_run(text: &str, c: char) -> usize {
+    let (mut best, mut run) = (0, 0);
+    for ch in text.chars() {
+        run = if ch == c { run + 1 } else { 0 };
+        best = best.max(run);
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn line(name: &str, state: &str, ms: Option<i64>, note: Option<&str>) -> StepLine {
+        StepLine { name: name.into(), state: state.into(), duration_ms: ms, note: note.map(Into::into) }
+    }
+
+    #[test]
+    fn status_of_a_running_report_step() {
+        let all_done: Vec<StepLine> =
+            ["namespace", "database", "secrets", "image", "deploy", "migrate", "verify", "smoke"]
+                .iter()
+                .map(|n| line(n, "succeeded", Some(1), None))
+                .collect();
+        assert_eq!(Status::of_run("deploy", "running", &all_done), Status::Ready);
+        assert_eq!(Status::of_run("deploy", "running", &all_done[..3]), Status::Deploying);
+        let mut failed = all_done.clone();
+        failed[4].state = "failed".into();
+        assert_eq!(Status::of_run("deploy", "running", &failed), Status::Failed);
+        assert_eq!(
+            Status::of_run("teardown", "running", &[line("teardown", "succeeded", None, None)]),
+            Status::Removed
+        );
+        assert_eq!(Status::of_run("teardown", "queued", &[]), Status::Removing);
+        assert_eq!(Status::of_run("deploy", "queued", &[]), Status::Deploying);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration(850), "850 ms");
+        assert_eq!(duration(12_345), "12.3 s");
+        assert_eq!(duration(125_000), "2 m 05 s");
+        assert_eq!(duration(3_720_000), "1 h 02 m");
+    }
+
+    #[test]
+    fn hostile_text_stays_in_its_cell() {
+        assert_eq!(code("a`b"), "``a`b``");
+        assert_eq!(code("`x"), "`` `x ``");
+        assert_eq!(cell("a|b\nc"), "a\\|b c");
+        assert!(!is_plain_url("https://x.example.com/a)b"));
+        assert!(is_plain_url("https://feature-login.draft.example.com"));
+        assert_eq!(cut("ééé", 2), "éé…");
+    }
+
+    #[test]
+    fn expiry_is_shown_in_utc() {
+        let view = ReportView {
+            stand_id: 1,
+            project: "p".into(),
+            branch: "b".into(),
+            namespace: "draft-b".into(),
+            url: None,
+            sha: None,
+            run_number: 1,
+            status: Status::Deploying,
+            steps: vec![],
+            mocks: vec![],
+            expires_at: Some(Utc.with_ymd_and_hms(2026, 11, 27, 14, 5, 9).unwrap()),
+            error: None,
+        };
+        let body = render(&view);
+        assert!(body.starts_with("<!-- draftd:stand:1 -->\n### ⏳ Draft stand deploying\n"), "{body}");
+        assert!(body.contains("| Expires | 2026-11-27 14:05 UTC |"), "{body}");
+    }
+}

@@ -1,0 +1,1153 @@
+//! The reporter end to end: outbox rows in a real Postgres (a fresh database per test), the real
+//! GitHub (octocrab) and GitLab (`gitlab` crate) clients, and local HTTP fakes of both forges that
+//! check method, path, auth header and body as the APIs document them and keep their comments in memory.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::TimeZone;
+use draftd::config::ForgeKind;
+use draftd::forge::client::{AnyForge, ForgeClient, GithubClient, GitlabClient, marker};
+use draftd::forge::report::{ReportView, Status, StepLine, render};
+use draftd::reporter::{CommentPayload, Reporter, ReporterSettings, enqueue_comment};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+const TOKEN: &str = "tok_9f8e7d6c5b4a3210fedcba";
+const REPO: &str = "acme/shop";
+const GITLAB_REPO: &str = "acme/platform/shop";
+const PR: u64 = 7;
+
+// ---------------------------------------------------------------------------------------------
+// The fakes
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct Comment {
+    id: u64,
+    repo: String,
+    number: u64,
+    body: String,
+    system: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Up,
+    /// Every request answers this status, with the body a real forge (or its proxy) would send.
+    Down(u16),
+    /// 429 with `Retry-After: secs`.
+    RateLimited(u64),
+    /// Error answers whose message echoes the token, to prove the clients scrub it.
+    Hostile,
+}
+
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    status: u16,
+}
+
+struct Inner {
+    kind: ForgeKind,
+    base: String,
+    mode: Mode,
+    /// Each request waits this long before answering (for overlap checks).
+    delay: Duration,
+    comments: Vec<Comment>,
+    next_id: u64,
+    seen: Vec<Seen>,
+    violations: Vec<String>,
+    /// Requests in flight per (repo, number), and the most ever seen at once.
+    in_flight: HashMap<(String, u64), usize>,
+    max_in_flight: usize,
+}
+
+#[derive(Clone)]
+struct Fake(Arc<Mutex<Inner>>);
+
+impl Fake {
+    async fn start(kind: ForgeKind) -> Fake {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let fake = Fake(Arc::new(Mutex::new(Inner {
+            kind,
+            base,
+            mode: Mode::Up,
+            delay: Duration::ZERO,
+            comments: Vec::new(),
+            next_id: if kind == ForgeKind::Github { 1_000_001 } else { 5001 },
+            seen: Vec::new(),
+            violations: Vec::new(),
+            in_flight: HashMap::new(),
+            max_in_flight: 0,
+        })));
+        let app = axum::Router::new().fallback(handle).with_state(fake.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        fake
+    }
+
+    fn url(&self) -> String {
+        self.0.lock().unwrap().base.clone()
+    }
+    fn set_mode(&self, mode: Mode) {
+        self.0.lock().unwrap().mode = mode;
+    }
+    fn set_delay(&self, delay: Duration) {
+        self.0.lock().unwrap().delay = delay;
+    }
+    fn seed(&self, repo: &str, number: u64, body: &str, system: bool) -> u64 {
+        let mut s = self.0.lock().unwrap();
+        let id = s.next_id;
+        s.next_id += 1;
+        s.comments.push(Comment { id, repo: repo.into(), number, body: body.into(), system });
+        id
+    }
+    fn delete(&self, id: u64) {
+        self.0.lock().unwrap().comments.retain(|c| c.id != id);
+    }
+    fn comments(&self, repo: &str, number: u64) -> Vec<Comment> {
+        self.0.lock().unwrap().comments.iter().filter(|c| c.repo == repo && c.number == number).cloned().collect()
+    }
+    fn marked(&self, repo: &str, number: u64, marker: &str) -> Vec<Comment> {
+        self.comments(repo, number).into_iter().filter(|c| c.body.contains(marker)).collect()
+    }
+    fn seen(&self) -> Vec<Seen> {
+        self.0.lock().unwrap().seen.clone()
+    }
+    fn count(&self, method: &str, suffix: &str) -> usize {
+        self.seen().iter().filter(|s| s.method == method && path_only(&s.path).ends_with(suffix)).count()
+    }
+    fn violations(&self) -> Vec<String> {
+        self.0.lock().unwrap().violations.clone()
+    }
+    fn max_in_flight(&self) -> usize {
+        self.0.lock().unwrap().max_in_flight
+    }
+}
+
+fn path_only(p: &str) -> &str {
+    p.split('?').next().unwrap_or(p)
+}
+
+fn json_response(status: u16, value: &Value, headers: &[(&str, String)]) -> Response {
+    let mut r = (StatusCode::from_u16(status).unwrap(), axum::Json(value.clone())).into_response();
+    for (k, v) in headers {
+        r.headers_mut().insert(axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+    }
+    r
+}
+
+/// The answer of a forge that is down, refusing, or rate limiting, per forge.
+fn failure(kind: ForgeKind, mode: Mode) -> Option<Response> {
+    let gh = kind == ForgeKind::Github;
+    match mode {
+        Mode::Up => None,
+        Mode::Down(502) => Some(
+            (
+                StatusCode::BAD_GATEWAY,
+                [("content-type", "text/html")],
+                "<html><body><h1>502 Bad Gateway</h1></body></html>",
+            )
+                .into_response(),
+        ),
+        Mode::Down(status) => {
+            let message = match (gh, status) {
+                (true, 404) => "Not Found",
+                (true, 403) => "Resource not accessible by personal access token",
+                (true, _) => "Server Error",
+                (false, 404) => "404 Project Not Found",
+                (false, 403) => "403 Forbidden",
+                (false, _) => "500 Internal Server Error",
+            };
+            let body = if gh {
+                json!({"message": message, "documentation_url": "https://docs.github.com/rest", "status": status.to_string()})
+            } else {
+                json!({"message": message})
+            };
+            Some(json_response(status, &body, &[]))
+        }
+        Mode::RateLimited(secs) => {
+            let body = if gh {
+                json!({"message": "You have exceeded a secondary rate limit.", "documentation_url": "https://docs.github.com/rest"})
+            } else {
+                json!({"message": "Retry later"})
+            };
+            Some(json_response(429, &body, &[("retry-after", secs.to_string())]))
+        }
+        Mode::Hostile => Some(json_response(502, &json!({"message": format!("upstream rejected token {TOKEN}")}), &[])),
+    }
+}
+
+async fn handle(State(fake): State<Fake>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+    let path = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let (kind, delay) = {
+        let s = fake.0.lock().unwrap();
+        (s.kind, s.delay)
+    };
+    let target = target_of(kind, path_only(&path));
+    if let Some(t) = &target {
+        let mut s = fake.0.lock().unwrap();
+        let n = s.in_flight.entry(t.clone()).or_default();
+        *n += 1;
+        let n = *n;
+        s.max_in_flight = s.max_in_flight.max(n);
+    }
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    {
+        let mut s = fake.0.lock().unwrap();
+        let r = match kind {
+            ForgeKind::Github => github(&mut s, &parts.method, &path, &parts.headers, &bytes),
+            ForgeKind::Gitlab => gitlab(&mut s, &parts.method, &path, &parts.headers, &bytes),
+        };
+        s.seen.push(Seen { method: parts.method.to_string(), path: path.clone(), status: r.status().as_u16() });
+        if let Some(t) = &target {
+            *s.in_flight.get_mut(t).unwrap() -= 1;
+        }
+        r
+    }
+}
+
+/// The PR a request is about, for the overlap check (comment ids are looked up by the handlers).
+fn target_of(kind: ForgeKind, path: &str) -> Option<(String, u64)> {
+    let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (kind, seg.as_slice()) {
+        (ForgeKind::Github, ["repos", o, r, "issues", n, "comments"]) => Some((format!("{o}/{r}"), n.parse().ok()?)),
+        (ForgeKind::Gitlab, ["api", "v4", "projects", p, "merge_requests", n, "notes", ..]) => {
+            Some((p.replace("%2F", "/"), n.parse().ok()?))
+        }
+        _ => None,
+    }
+}
+
+fn query(path: &str) -> HashMap<String, String> {
+    path.split_once('?')
+        .map(|(_, q)| q.split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect())
+        .unwrap_or_default()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// Pages as both APIs do: `per_page` (default 30 on GitHub, 20 on GitLab, at most 100) and `page`.
+fn page<'a>(items: &'a [Comment], q: &HashMap<String, String>, default: usize) -> (&'a [Comment], usize, usize) {
+    let per_page = q.get("per_page").and_then(|v| v.parse().ok()).unwrap_or(default).clamp(1, 100);
+    let page: usize = q.get("page").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
+    let start = ((page - 1) * per_page).min(items.len());
+    let end = (start + per_page).min(items.len());
+    let pages = items.len().div_ceil(per_page).max(1);
+    (&items[start..end], page, pages)
+}
+
+fn github_json(c: &Comment, base: &str) -> Value {
+    let mut v: Value = serde_json::from_str(include_str!("fixtures/forge/github/issue_comment.json")).unwrap();
+    v["id"] = json!(c.id);
+    v["body"] = json!(c.body);
+    v["url"] = json!(format!("{base}/repos/{}/issues/comments/{}", c.repo, c.id));
+    v["issue_url"] = json!(format!("{base}/repos/{}/issues/{}", c.repo, c.number));
+    v["html_url"] = json!(format!("https://github.com/{}/pull/{}#issuecomment-{}", c.repo, c.number, c.id));
+    v
+}
+
+fn github(s: &mut Inner, method: &Method, path: &str, headers: &HeaderMap, body: &[u8]) -> Response {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+    if auth != Some(&format!("Bearer {TOKEN}")) {
+        if s.mode != Mode::Hostile {
+            s.violations.push(format!("{method} {path}: Authorization {auth:?}"));
+        }
+        let message =
+            if s.mode == Mode::Hostile { format!("Bad credentials: {TOKEN}") } else { "Bad credentials".into() };
+        return json_response(
+            401,
+            &json!({"message": message, "documentation_url": "https://docs.github.com/rest"}),
+            &[],
+        );
+    }
+    if let Some(r) = failure(s.kind, s.mode) {
+        return r;
+    }
+    let not_found = || {
+        json_response(404, &json!({"message": "Not Found", "documentation_url": "https://docs.github.com/rest"}), &[])
+    };
+    let seg: Vec<&str> = path_only(path).trim_start_matches('/').split('/').collect();
+    let new_body = |s: &mut Inner| -> Result<String, Box<Response>> {
+        let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let v: Option<Value> = serde_json::from_slice(body).ok();
+        match v.as_ref().and_then(|v| v.as_object()) {
+            Some(o)
+                if ct.starts_with("application/json")
+                    && o.len() == 1
+                    && o.get("body").is_some_and(Value::is_string) =>
+            {
+                Ok(o["body"].as_str().unwrap().to_owned())
+            }
+            _ => {
+                s.violations
+                    .push(format!("{method} {path}: content-type {ct:?}, body {}", String::from_utf8_lossy(body)));
+                Err(Box::new(json_response(
+                    422,
+                    &json!({"message": "Invalid request.", "documentation_url": "https://docs.github.com/rest"}),
+                    &[],
+                )))
+            }
+        }
+    };
+    match (method.as_str(), seg.as_slice()) {
+        ("GET", ["repos", o, r, "issues", n, "comments"]) => {
+            let repo = format!("{o}/{r}");
+            let number: u64 = n.parse().unwrap();
+            let all: Vec<Comment> =
+                s.comments.iter().filter(|c| c.repo == repo && c.number == number).cloned().collect();
+            let q = query(path);
+            let (items, page_no, pages) = page(&all, &q, 30);
+            let per_page = q.get("per_page").cloned().unwrap_or_else(|| "30".into());
+            let link = |p: usize, rel: &str| {
+                format!(
+                    "<{}/repos/{repo}/issues/{number}/comments?per_page={per_page}&page={p}>; rel=\"{rel}\"",
+                    s.base
+                )
+            };
+            let mut links = Vec::new();
+            if page_no < pages {
+                links.push(link(page_no + 1, "next"));
+                links.push(link(pages, "last"));
+            }
+            if page_no > 1 {
+                links.push(link(page_no - 1, "prev"));
+                links.push(link(1, "first"));
+            }
+            let v = Value::Array(items.iter().map(|c| github_json(c, &s.base)).collect());
+            let headers: Vec<(&str, String)> = if links.is_empty() { vec![] } else { vec![("link", links.join(", "))] };
+            json_response(200, &v, &headers)
+        }
+        ("POST", ["repos", o, r, "issues", n, "comments"]) => {
+            let body = match new_body(s) {
+                Ok(b) => b,
+                Err(r) => return *r,
+            };
+            let id = s.next_id;
+            s.next_id += 1;
+            let c = Comment { id, repo: format!("{o}/{r}"), number: n.parse().unwrap(), body, system: false };
+            s.comments.push(c.clone());
+            json_response(
+                201,
+                &github_json(&c, &s.base),
+                &[("location", format!("{}/repos/{o}/{r}/issues/comments/{id}", s.base))],
+            )
+        }
+        ("PATCH", ["repos", o, r, "issues", "comments", id]) => {
+            let body = match new_body(s) {
+                Ok(b) => b,
+                Err(r) => return *r,
+            };
+            let repo = format!("{o}/{r}");
+            let id: u64 = id.parse().unwrap();
+            let Some(c) = s.comments.iter_mut().find(|c| c.id == id && c.repo == repo) else { return not_found() };
+            c.body = body;
+            let c = c.clone();
+            json_response(200, &github_json(&c, &s.base), &[])
+        }
+        _ => {
+            s.violations.push(format!("undocumented route {method} {path}"));
+            not_found()
+        }
+    }
+}
+
+fn gitlab_json(c: &Comment) -> Value {
+    let mut v: Value = serde_json::from_str(include_str!("fixtures/forge/gitlab/note.json")).unwrap();
+    v["id"] = json!(c.id);
+    v["body"] = json!(c.body);
+    v["noteable_iid"] = json!(c.number);
+    v["system"] = json!(c.system);
+    v
+}
+
+fn gitlab(s: &mut Inner, method: &Method, path: &str, headers: &HeaderMap, body: &[u8]) -> Response {
+    let token = headers.get("private-token").and_then(|v| v.to_str().ok());
+    if token != Some(TOKEN) {
+        if s.mode != Mode::Hostile {
+            s.violations.push(format!("{method} {path}: PRIVATE-TOKEN {token:?}"));
+        }
+        let message =
+            if s.mode == Mode::Hostile { format!("401 Unauthorized {TOKEN}") } else { "401 Unauthorized".into() };
+        return json_response(401, &json!({"message": message}), &[]);
+    }
+    if let Some(r) = failure(s.kind, s.mode) {
+        return r;
+    }
+    let not_found = || json_response(404, &json!({"message": "404 Not found"}), &[]);
+    let seg: Vec<&str> = path_only(path).trim_start_matches('/').split('/').collect();
+    let new_body = |s: &mut Inner| -> Result<String, Box<Response>> {
+        let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let fields: Option<HashMap<String, String>> = if ct.starts_with("application/x-www-form-urlencoded") {
+            let text = std::str::from_utf8(body).unwrap_or("");
+            Some(
+                text.split('&')
+                    .filter(|kv| !kv.is_empty())
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+                    .collect(),
+            )
+        } else if ct.starts_with("application/json") {
+            serde_json::from_slice::<HashMap<String, Value>>(body)
+                .ok()
+                .map(|m| m.into_iter().filter_map(|(k, v)| Some((k, v.as_str()?.to_owned()))).collect())
+        } else {
+            None
+        };
+        match fields {
+            Some(f) if f.len() == 1 && f.contains_key("body") => Ok(f["body"].clone()),
+            _ => {
+                s.violations
+                    .push(format!("{method} {path}: content-type {ct:?}, body {}", String::from_utf8_lossy(body)));
+                Err(Box::new(json_response(400, &json!({"error": "body is missing"}), &[])))
+            }
+        }
+    };
+    let project = |p: &str| -> Option<String> {
+        // The path must arrive URL-encoded: one segment, `/` as %2F.
+        (!p.contains('/')).then(|| p.replace("%2F", "/").replace("%2f", "/"))
+    };
+    match (method.as_str(), seg.as_slice()) {
+        ("GET", ["api", "v4", "user"]) => {
+            let v: Value = serde_json::from_str(include_str!("fixtures/forge/gitlab/user.json")).unwrap();
+            json_response(200, &v, &[])
+        }
+        ("GET", ["api", "v4", "projects", p, "merge_requests", n, "notes"]) => {
+            let Some(repo) = project(p) else { return not_found() };
+            let number: u64 = n.parse().unwrap();
+            let q = query(path);
+            let mut all: Vec<Comment> =
+                s.comments.iter().filter(|c| c.repo == repo && c.number == number).cloned().collect();
+            // Default order: created_at desc (GitLab's default); ids stand for creation order.
+            if q.get("sort").map(String::as_str) != Some("asc") {
+                all.reverse();
+            }
+            let (items, page_no, pages) = page(&all, &q, 20);
+            let mut headers = vec![
+                ("x-page", page_no.to_string()),
+                ("x-total", all.len().to_string()),
+                ("x-total-pages", pages.to_string()),
+            ];
+            if page_no < pages {
+                headers.push(("x-next-page", (page_no + 1).to_string()));
+            }
+            let v = Value::Array(items.iter().map(gitlab_json).collect());
+            json_response(200, &v, &headers)
+        }
+        ("POST", ["api", "v4", "projects", p, "merge_requests", n, "notes"]) => {
+            let Some(repo) = project(p) else { return not_found() };
+            let body = match new_body(s) {
+                Ok(b) => b,
+                Err(r) => return *r,
+            };
+            let id = s.next_id;
+            s.next_id += 1;
+            let c = Comment { id, repo, number: n.parse().unwrap(), body, system: false };
+            s.comments.push(c.clone());
+            json_response(201, &gitlab_json(&c), &[])
+        }
+        ("PUT", ["api", "v4", "projects", p, "merge_requests", n, "notes", id]) => {
+            let Some(repo) = project(p) else { return not_found() };
+            let body = match new_body(s) {
+                Ok(b) => b,
+                Err(r) => return *r,
+            };
+            let (number, id): (u64, u64) = (n.parse().unwrap(), id.parse().unwrap());
+            let Some(c) = s.comments.iter_mut().find(|c| c.id == id && c.repo == repo && c.number == number) else {
+                return not_found();
+            };
+            c.body = body;
+            let c = c.clone();
+            json_response(200, &gitlab_json(&c), &[])
+        }
+        _ => {
+            s.violations.push(format!("undocumented route {method} {path}"));
+            not_found()
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+fn settings() -> ReporterSettings {
+    ReporterSettings {
+        batch: 16,
+        poll: Duration::from_millis(10),
+        backoff_base: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(80),
+        retry_after_max: Duration::from_secs(3600),
+        max_attempts: 60,
+        call_timeout: Duration::from_secs(10),
+    }
+}
+
+fn client(kind: ForgeKind, url: &str, token: &str) -> AnyForge {
+    let token = SecretString::from(token.to_owned());
+    match kind {
+        ForgeKind::Github => AnyForge::Github(GithubClient::new(url, &token, Duration::from_secs(5)).unwrap()),
+        ForgeKind::Gitlab => AnyForge::Gitlab(GitlabClient::new(url, &token, Duration::from_secs(5)).unwrap()),
+    }
+}
+
+fn reporter(pool: &PgPool, fake: &Fake, kind: ForgeKind) -> Reporter<AnyForge> {
+    Reporter::new(pool.clone(), settings()).with_forge(kind, client(kind, &fake.url(), TOKEN))
+}
+
+fn repo_of(kind: ForgeKind) -> &'static str {
+    match kind {
+        ForgeKind::Github => REPO,
+        ForgeKind::Gitlab => GITLAB_REPO,
+    }
+}
+
+async fn stand(pool: &PgPool, branch: &str) -> i64 {
+    sqlx::query_scalar(
+        "insert into stands (project, branch, namespace, pr_number) values ('shop', $1, 'draft-' || replace($1, '/', '-'), $2)
+         returning stand_id",
+    )
+    .bind(branch)
+    .bind(PR as i64)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+fn view(stand_id: i64, run: i32, status: Status) -> ReportView {
+    ReportView {
+        stand_id,
+        project: "shop".into(),
+        branch: "feature/login".into(),
+        namespace: "draft-feature-login".into(),
+        url: Some("https://draft-feature-login.draft.example.com".into()),
+        sha: Some("0123456789abcdef0123456789abcdef01234567".into()),
+        run_number: run,
+        status,
+        steps: vec![
+            StepLine { name: "namespace".into(), state: "succeeded".into(), duration_ms: Some(412), note: None },
+            StepLine { name: "database".into(), state: "succeeded".into(), duration_ms: Some(1_830), note: None },
+            StepLine {
+                name: "secrets".into(),
+                state: "skipped".into(),
+                duration_ms: Some(3),
+                note: Some("[vault] is not configured".into()),
+            },
+            StepLine { name: "deploy".into(), state: "succeeded".into(), duration_ms: Some(74_250), note: None },
+        ],
+        mocks: vec!["payments".into(), "sms".into()],
+        expires_at: Some(chrono::Utc.with_ymd_and_hms(2026, 11, 27, 14, 0, 0).unwrap()),
+        error: None,
+    }
+}
+
+async fn enqueue(pool: &PgPool, kind: ForgeKind, stand_id: i64, run: i32) -> (i64, String) {
+    let body = render(&view(stand_id, run, Status::Ready));
+    let payload = CommentPayload {
+        forge: kind,
+        repo: repo_of(kind).into(),
+        number: PR,
+        marker: marker(stand_id),
+        body: body.clone(),
+    };
+    (enqueue_comment(pool, stand_id, None, &payload).await.unwrap(), body)
+}
+
+async fn states(pool: &PgPool, stand_id: i64) -> Vec<(i64, String, i32, Option<String>)> {
+    sqlx::query_as("select outbox_id, state, attempts, last_error from outbox where stand_id = $1 order by outbox_id")
+        .bind(stand_id)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// Passes until nothing is pending for `stand_id` or `deadline` passes.
+async fn drain(r: &Reporter<AnyForge>, pool: &PgPool, stand_id: i64, deadline: Duration) {
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        r.pass().await.unwrap();
+        let pending: i64 = sqlx::query_scalar("select count(*) from outbox where stand_id = $1 and state = 'pending'")
+            .bind(stand_id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if pending == 0 || tokio::time::Instant::now() > end {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (a), (b): five reports, one comment
+// ---------------------------------------------------------------------------------------------
+
+async fn five_reports_one_comment(pool: PgPool, kind: ForgeKind) {
+    let fake = Fake::start(kind).await;
+    // Someone else's comments on the PR, and (GitLab) a system note: never touched.
+    fake.seed(repo_of(kind), PR, "LGTM", false);
+    fake.seed(repo_of(kind), PR, "added 1 commit", true);
+    let r = reporter(&pool, &fake, kind);
+    let stand_id = stand(&pool, "feature/login").await;
+    let mut last = String::new();
+    for run in 1..=5 {
+        let (_, body) = enqueue(&pool, kind, stand_id, run).await;
+        assert_eq!(r.deliver_due().await.unwrap(), 1, "run {run}");
+        last = body;
+    }
+    let ours = fake.marked(repo_of(kind), PR, &marker(stand_id));
+    assert_eq!(ours.len(), 1, "exactly one sticky comment");
+    assert_eq!(ours[0].body, last, "the fifth report is shown");
+    assert!(ours[0].body.contains("run #5"));
+    assert_eq!(fake.comments(repo_of(kind), PR).len(), 3, "others' comments untouched");
+    let (list, create, edit) = match kind {
+        ForgeKind::Github => (
+            fake.count("GET", "/issues/7/comments"),
+            fake.count("POST", "/issues/7/comments"),
+            fake.count("PATCH", &format!("/issues/comments/{}", ours[0].id)),
+        ),
+        ForgeKind::Gitlab => (
+            fake.count("GET", "/merge_requests/7/notes"),
+            fake.count("POST", "/merge_requests/7/notes"),
+            fake.count("PUT", &format!("/merge_requests/7/notes/{}", ours[0].id)),
+        ),
+    };
+    assert_eq!(create, 1, "created once");
+    assert_eq!(edit, 4, "edited four times");
+    assert_eq!(list, 1, "listed only before the first post: the comment id is remembered");
+    if kind == ForgeKind::Gitlab {
+        assert_eq!(fake.count("GET", "/api/v4/user"), 1, "the gitlab client signs in once");
+    }
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+    let rows = states(&pool, stand_id).await;
+    assert!(rows.iter().all(|(_, s, a, e)| s == "delivered" && *a == 1 && e.is_none()), "{rows:?}");
+    let remembered: Vec<Option<i64>> = sqlx::query_scalar(
+        "select (payload->>'comment_id')::bigint from outbox where stand_id = $1 order by outbox_id",
+    )
+    .bind(stand_id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(remembered.iter().all(|id| *id == Some(ours[0].id as i64)), "{remembered:?}");
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn github_five_reports_make_one_comment_edited_four_times(pool: PgPool) {
+    five_reports_one_comment(pool, ForgeKind::Github).await;
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn gitlab_five_reports_make_one_note_edited_four_times(pool: PgPool) {
+    five_reports_one_comment(pool, ForgeKind::Gitlab).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// (c): an outage
+// ---------------------------------------------------------------------------------------------
+
+async fn outage(pool: PgPool, kind: ForgeKind) {
+    let fake = Fake::start(kind).await;
+    fake.set_mode(Mode::Down(502));
+    let r = reporter(&pool, &fake, kind);
+    let stand_id = stand(&pool, "feature/login").await;
+    for run in 1..=5 {
+        enqueue(&pool, kind, stand_id, run).await;
+    }
+    let stats = r.pass().await.unwrap();
+    assert_eq!((stats.claimed, stats.retried, stats.delivered), (1, 1, 0), "only the newest is tried");
+    let rows = states(&pool, stand_id).await;
+    assert!(rows[..4].iter().all(|(_, s, a, _)| s == "superseded" && *a == 0), "{rows:?}");
+    assert_eq!((rows[4].1.as_str(), rows[4].2), ("pending", 1));
+    assert!(rows[4].3.as_deref().unwrap().contains("502"), "{rows:?}");
+
+    // Still down: retried with backoff, never delivered, nothing posted.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let stats = r.pass().await.unwrap();
+    assert_eq!((stats.claimed, stats.retried), (1, 1));
+    let down_requests = fake.seen().iter().filter(|s| s.status == 502).count();
+    assert!(down_requests >= 2, "retried: {down_requests}");
+
+    // A sixth report during the outage, while the fifth is backing off: it supersedes the fifth.
+    let (id6, last) = enqueue(&pool, kind, stand_id, 6).await;
+    let stats = r.pass().await.unwrap();
+    assert_eq!((stats.claimed, stats.retried), (1, 1), "the sixth is due at once");
+    let rows = states(&pool, stand_id).await;
+    assert_eq!(rows[4].1, "superseded");
+
+    fake.set_mode(Mode::Up);
+    drain(&r, &pool, stand_id, Duration::from_secs(5)).await;
+    let ours = fake.marked(repo_of(kind), PR, &marker(stand_id));
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert_eq!(ours[0].body, last);
+    let rows = states(&pool, stand_id).await;
+    let delivered: Vec<i64> = rows.iter().filter(|r| r.1 == "delivered").map(|r| r.0).collect();
+    assert_eq!(delivered, vec![id6], "only the newest is delivered: {rows:?}");
+    assert_eq!(rows.iter().filter(|r| r.1 == "superseded").count(), 5);
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn github_outage_delivers_only_the_newest_report_once_it_recovers(pool: PgPool) {
+    outage(pool, ForgeKind::Github).await;
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn gitlab_outage_delivers_only_the_newest_report_once_it_recovers(pool: PgPool) {
+    outage(pool, ForgeKind::Gitlab).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// (d): a comment left by an earlier draftd, on the second page
+// ---------------------------------------------------------------------------------------------
+
+async fn existing_comment_is_found(pool: PgPool, kind: ForgeKind) {
+    let fake = Fake::start(kind).await;
+    let stand_id = stand(&pool, "feature/login").await;
+    let repo = repo_of(kind);
+    for i in 0..120 {
+        fake.seed(repo, PR, &format!("review comment {i}"), i % 10 == 0);
+    }
+    let old = fake.seed(repo, PR, &format!("{}\n### ⏳ Draft stand deploying\n", marker(stand_id)), false);
+    for i in 0..40 {
+        fake.seed(repo, PR, &format!("later comment {i}"), false);
+    }
+    // The same marker on another PR (an older PR of the branch) is not this PR's comment.
+    let other = fake.seed(repo, PR + 1, &marker(stand_id), false);
+    let before = fake.comments(repo, PR).len();
+
+    let r = reporter(&pool, &fake, kind);
+    let (_, body) = enqueue(&pool, kind, stand_id, 2).await;
+    assert_eq!(r.deliver_due().await.unwrap(), 1);
+    let ours = fake.marked(repo, PR, &marker(stand_id));
+    assert_eq!(ours.len(), 1);
+    assert_eq!(ours[0].id, old, "the existing comment is edited");
+    assert_eq!(ours[0].body, body);
+    assert_eq!(fake.comments(repo, PR).len(), before, "nothing created");
+    assert_eq!(fake.comments(repo, PR + 1)[0].id, other);
+    assert_eq!(fake.comments(repo, PR + 1)[0].body, marker(stand_id), "other PR untouched");
+    let lists = fake
+        .seen()
+        .iter()
+        .filter(|s| s.method == "GET" && (s.path.contains("/comments?") || s.path.contains("/notes?")))
+        .count();
+    assert_eq!(lists, 2, "two pages listed (per_page=100), then stopped");
+    assert!(fake.seen().iter().all(|s| !s.path.contains("per_page=") || s.path.contains("per_page=100")));
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn github_comment_of_an_earlier_instance_is_edited_not_duplicated(pool: PgPool) {
+    existing_comment_is_found(pool, ForgeKind::Github).await;
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn gitlab_note_of_an_earlier_instance_is_edited_not_duplicated(pool: PgPool) {
+    existing_comment_is_found(pool, ForgeKind::Gitlab).await;
+}
+
+/// A person deleted the sticky comment: the remembered id answers 404, the marker is looked for,
+/// and a new comment is posted.
+async fn deleted_comment_is_posted_again(pool: PgPool, kind: ForgeKind) {
+    let fake = Fake::start(kind).await;
+    let r = reporter(&pool, &fake, kind);
+    let stand_id = stand(&pool, "feature/login").await;
+    enqueue(&pool, kind, stand_id, 1).await;
+    assert_eq!(r.deliver_due().await.unwrap(), 1);
+    let first = fake.marked(repo_of(kind), PR, &marker(stand_id))[0].id;
+    fake.delete(first);
+    let (_, body) = enqueue(&pool, kind, stand_id, 2).await;
+    assert_eq!(r.deliver_due().await.unwrap(), 1);
+    let ours = fake.marked(repo_of(kind), PR, &marker(stand_id));
+    assert_eq!(ours.len(), 1);
+    assert_ne!(ours[0].id, first);
+    assert_eq!(ours[0].body, body);
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn github_deleted_comment_is_posted_again(pool: PgPool) {
+    deleted_comment_is_posted_again(pool, ForgeKind::Github).await;
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn gitlab_deleted_note_is_posted_again(pool: PgPool) {
+    deleted_comment_is_posted_again(pool, ForgeKind::Gitlab).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// (e): permanent failures, rate limits
+// ---------------------------------------------------------------------------------------------
+
+async fn permanent_failure(pool: PgPool, kind: ForgeKind, status: u16) {
+    let fake = Fake::start(kind).await;
+    fake.set_mode(Mode::Down(status));
+    let r = reporter(&pool, &fake, kind);
+    let stand_id = stand(&pool, "feature/login").await;
+    enqueue(&pool, kind, stand_id, 1).await;
+    let stats = r.pass().await.unwrap();
+    assert_eq!((stats.claimed, stats.failed, stats.retried), (1, 1, 0), "{status}");
+    let requests = fake.seen().len();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(r.pass().await.unwrap().claimed, 0, "not retried");
+    assert_eq!(fake.seen().len(), requests);
+    let rows = states(&pool, stand_id).await;
+    assert_eq!((rows[0].1.as_str(), rows[0].2), ("failed", 1));
+    let error = rows[0].3.clone().unwrap();
+    assert!(error.contains(&status.to_string()), "{error}");
+    // The next report is tried afresh (the PR may have become reachable).
+    fake.set_mode(Mode::Up);
+    enqueue(&pool, kind, stand_id, 2).await;
+    assert_eq!(r.deliver_due().await.unwrap(), 1);
+    assert_eq!(fake.marked(repo_of(kind), PR, &marker(stand_id)).len(), 1);
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn github_404_fails_the_row_without_retrying(pool: PgPool) {
+    permanent_failure(pool, ForgeKind::Github, 404).await;
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn github_403_fails_the_row_without_retrying(pool: PgPool) {
+    permanent_failure(pool, ForgeKind::Github, 403).await;
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn gitlab_404_fails_the_row_without_retrying(pool: PgPool) {
+    permanent_failure(pool, ForgeKind::Gitlab, 404).await;
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn gitlab_403_fails_the_row_without_retrying(pool: PgPool) {
+    permanent_failure(pool, ForgeKind::Gitlab, 403).await;
+}
+
+async fn rate_limited(pool: PgPool, kind: ForgeKind) {
+    let fake = Fake::start(kind).await;
+    let r = reporter(&pool, &fake, kind);
+    let stand_id = stand(&pool, "feature/login").await;
+    // GitLab: sign in first, so the 429 comes from the notes API itself.
+    enqueue(&pool, kind, stand_id, 1).await;
+    assert_eq!(r.deliver_due().await.unwrap(), 1);
+    fake.set_mode(Mode::RateLimited(120));
+    enqueue(&pool, kind, stand_id, 2).await;
+    let stats = r.pass().await.unwrap();
+    assert_eq!((stats.claimed, stats.retried), (1, 1));
+    let wait: f64 = sqlx::query_scalar(
+        "select extract(epoch from next_attempt_at - now())::float8 from outbox where stand_id = $1 and state = 'pending'",
+    )
+    .bind(stand_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!((110.0..=121.0).contains(&wait), "Retry-After honoured: {wait}");
+    assert_eq!(r.pass().await.unwrap().claimed, 0);
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn github_429_waits_for_retry_after(pool: PgPool) {
+    rate_limited(pool, ForgeKind::Github).await;
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn gitlab_429_waits_for_retry_after(pool: PgPool) {
+    rate_limited(pool, ForgeKind::Gitlab).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// (f): the token never shows
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn the_token_never_appears_in_errors_or_logs(pool: PgPool) {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let mut errors: Vec<String> = Vec::new();
+    for kind in [ForgeKind::Github, ForgeKind::Gitlab] {
+        let fake = Fake::start(kind).await;
+        let good = client(kind, &fake.url(), TOKEN);
+        let repo = repo_of(kind);
+        // Error answers echoing the token, through both clients' error paths.
+        fake.set_mode(Mode::Hostile);
+        let e = good.upsert_sticky_comment(repo, PR, "<!-- m -->", "b").await.unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        errors.push(e.to_string());
+        errors.push(format!("{e:?}"));
+        let e = good.edit_comment(repo, PR, 1, "b").await.unwrap_err();
+        errors.push(e.to_string());
+        errors.push(format!("{e:?}"));
+        // A wrong token: the fake's 401 names the right one.
+        let wrong = client(kind, &fake.url(), "not-the-token");
+        let e = wrong.upsert_sticky_comment(repo, PR, "<!-- m -->", "b").await.unwrap_err();
+        assert!(!e.is_transient(), "{e}");
+        assert_eq!(e.status(), Some(401), "{e}");
+        // Nothing listening.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let gone = client(kind, &closed, TOKEN);
+        let e = gone.upsert_sticky_comment(repo, PR, "<!-- m -->", "b").await.unwrap_err();
+        assert!(e.is_transient(), "connection refused is transient: {e}");
+        errors.push(e.to_string());
+        errors.push(format!("{e:?}"));
+        errors.push(format!("{good:?}"));
+
+        // And through the reporter, into last_error and the logs.
+        let r = Reporter::new(pool.clone(), settings()).with_forge(kind, client(kind, &fake.url(), TOKEN));
+        let stand_id = stand(&pool, &format!("feature/token-{}", kind.as_str())).await;
+        enqueue(&pool, kind, stand_id, 1).await;
+        assert_eq!(r.pass().await.unwrap().retried, 1);
+        fake.set_mode(Mode::Down(403));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(r.pass().await.unwrap().failed, 1);
+        for (_, _, _, e) in states(&pool, stand_id).await {
+            errors.push(e.unwrap_or_default());
+        }
+    }
+    assert!(errors.iter().any(|e| e.contains("[redacted]")), "the hostile echo was scrubbed: {errors:#?}");
+    for e in &errors {
+        assert!(!e.contains(TOKEN), "token leaked: {e}");
+    }
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("report given up"), "{logs}");
+    assert!(!logs.contains(TOKEN), "token leaked into logs");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Concurrency: two reporters, many reports, keys never overlap and end at the newest
+// ---------------------------------------------------------------------------------------------
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn two_reporters_never_overlap_on_a_comment_and_end_at_the_newest(pool: PgPool) {
+    let fake = Fake::start(ForgeKind::Github).await;
+    fake.set_delay(Duration::from_millis(15));
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let r = Arc::new(reporter(&pool, &fake, ForgeKind::Github));
+        let rx = rx.clone();
+        tasks.push(tokio::spawn(async move { r.run(rx).await }));
+    }
+    let mut stands = Vec::new();
+    for b in 0..4 {
+        stands.push(stand(&pool, &format!("feature/c{b}")).await);
+    }
+    let mut newest = HashMap::new();
+    for run in 1..=12 {
+        for &s in &stands {
+            let (_, body) = enqueue(&pool, ForgeKind::Github, s, run).await;
+            newest.insert(s, body);
+        }
+        tokio::time::sleep(Duration::from_millis(7)).await;
+    }
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let pending: i64 =
+            sqlx::query_scalar("select count(*) from outbox where state = 'pending'").fetch_one(&pool).await.unwrap();
+        if pending == 0 || tokio::time::Instant::now() > end {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tx.send(true).unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for &s in &stands {
+        let ours = fake.marked(REPO, PR, &marker(s));
+        assert_eq!(ours.len(), 1, "stand {s}: {ours:?}");
+        assert_eq!(&ours[0].body, &newest[&s], "stand {s} shows its newest report");
+    }
+    // All four stands share one PR in this test, so "in flight per PR" counts the stands' comments
+    // together; what must hold is per comment: no row delivered twice, none left behind.
+    let counts: Vec<(String, i64)> = sqlx::query_as("select state, count(*) from outbox group by state order by state")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let total: i64 = counts.iter().map(|c| c.1).sum();
+    assert_eq!(total, 48);
+    assert!(counts.iter().all(|(s, _)| s == "delivered" || s == "superseded"), "{counts:?}");
+    let delivered = counts.iter().find(|c| c.0 == "delivered").map(|c| c.1).unwrap_or(0) as usize;
+    let writes = fake.seen().iter().filter(|s| s.method == "POST" || s.method == "PATCH").count();
+    assert_eq!(writes, delivered, "one forge write per delivered row");
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn one_comment_is_never_written_by_two_reporters_at_once(pool: PgPool) {
+    let fake = Fake::start(ForgeKind::Gitlab).await;
+    fake.set_delay(Duration::from_millis(25));
+    let stand_id = stand(&pool, "feature/one").await;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let r = Arc::new(reporter(&pool, &fake, ForgeKind::Gitlab));
+        let rx = rx.clone();
+        tasks.push(tokio::spawn(async move { r.run(rx).await }));
+    }
+    let mut last = String::new();
+    for run in 1..=20 {
+        last = enqueue(&pool, ForgeKind::Gitlab, stand_id, run).await.1;
+        tokio::time::sleep(Duration::from_millis(11)).await;
+    }
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < end {
+        let pending: i64 =
+            sqlx::query_scalar("select count(*) from outbox where state = 'pending'").fetch_one(&pool).await.unwrap();
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tx.send(true).unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(fake.max_in_flight(), 1, "requests about the MR never overlapped");
+    let ours = fake.marked(GITLAB_REPO, PR, &marker(stand_id));
+    assert_eq!(ours.len(), 1);
+    assert_eq!(ours[0].body, last);
+    let rows = states(&pool, stand_id).await;
+    assert_eq!(rows.last().unwrap().1, "delivered");
+    assert!(rows.iter().all(|r| r.1 == "delivered" || r.1 == "superseded"), "{rows:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// (g): render snapshots
+// ---------------------------------------------------------------------------------------------
+
+fn snapshot(name: &str, actual: &str) {
+    let path = format!("{}/tests/fixtures/forge/report/{name}", env!("CARGO_MANIFEST_DIR"));
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e} (UPDATE_SNAPSHOTS=1 writes it)"));
+    assert_eq!(actual, expected, "{name} changed; UPDATE_SNAPSHOTS=1 rewrites it after review");
+}
+
+#[test]
+fn ready_report_snapshot() {
+    snapshot("ready.md", &render(&view(42, 3, Status::Ready)));
+}
+
+#[test]
+fn failed_report_snapshot() {
+    let mut v = view(42, 4, Status::Failed);
+    v.steps.push(StepLine {
+        name: "verify".into(),
+        state: "failed".into(),
+        duration_ms: Some(300_000),
+        note: Some("rollout_timeout".into()),
+    });
+    v.steps.push(StepLine { name: "rollback".into(), state: "succeeded".into(), duration_ms: Some(9_100), note: None });
+    v.error = Some(
+        "verify: deployment/shop did not become ready within 5m: pod shop-7d9f-x2k1 CrashLoopBackOff\n\
+         last log line: ```panic: DATABASE_URL | not set```"
+            .into(),
+    );
+    snapshot("failed.md", &render(&v));
+}
+
+#[test]
+fn removed_report_snapshot() {
+    let mut v = view(42, 5, Status::Removed);
+    v.steps =
+        vec![StepLine { name: "teardown".into(), state: "succeeded".into(), duration_ms: Some(2_400), note: None }];
+    snapshot("removed.md", &render(&v));
+}
+
+/// Stands and their runs in the store render through `ReportView::from_detail`.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_stand_in_the_store_renders(pool: PgPool) {
+    let stand_id = stand(&pool, "feature/login").await;
+    let run_id: i64 = sqlx::query_scalar(
+        "insert into runs (stand_id, number, kind, trigger, automatic, epoch, sha, state, started_at)
+         values ($1, 1, 'deploy', 'opened', true, 0, 'abcdef0123456789', 'running', now()) returning run_id",
+    )
+    .bind(stand_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    for (name, state, error) in [
+        ("namespace", "succeeded", None),
+        ("database", "succeeded", None),
+        ("secrets", "skipped", None),
+        ("image", "succeeded", None),
+        ("deploy", "failed", Some(json!({"kind": "permanent", "label": "helm_failed", "message": "chart not found"}))),
+        ("report", "running", None),
+    ] {
+        sqlx::query(
+            "insert into steps (run_id, name, state, detail, error, started_at, finished_at)
+             values ($1, $2, $3, case when $3 = 'skipped' then '{\"skipped\": \"[vault] is not configured\"}'::jsonb else '{}' end,
+                     $4, now() - interval '2 seconds', now())",
+        )
+        .bind(run_id)
+        .bind(name)
+        .bind(state)
+        .bind(error)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let detail =
+        draftd::store::stands::show(&pool, &draftd::store::stands::StandRef::Id(stand_id), 5).await.unwrap().unwrap();
+    let v = ReportView::from_detail(&detail, None, vec![]).unwrap();
+    assert_eq!(v.status, Status::Failed);
+    assert_eq!(v.error.as_deref(), Some("deploy: chart not found"));
+    assert!(v.steps.iter().all(|s| s.name != "report"));
+    let body = render(&v);
+    assert!(body.starts_with(&format!("{}\n### ❌ Draft stand failed\n", marker(stand_id))), "{body}");
+    assert!(body.contains("| secrets | ⏭️ skipped: [vault] is not configured | 2.0 s |"), "{body}");
+    assert!(body.contains("| deploy | ❌ failed: helm_failed |"), "{body}");
+    assert!(body.contains("`abcdef0`"), "{body}");
+}
