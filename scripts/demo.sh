@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The README's first command: draftd on defaults (dry-run cluster mode, local Postgres), fed one real
-# opened-PR webhook, then the stand it recorded, as `draftd stands show` prints it.
+# opened-PR webhook; a worker runs the stand's steps (manifests rendered to disk, nothing applied) and
+# the reporter posts the sticky comment to a local fake GitHub. Prints the stand, its files and the comment.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 source scripts/pg-env.sh
 if [ -z "${CARGO_TARGET_DIR:-}" ] && [ -d /var/tmp/draftd-target ]; then export CARGO_TARGET_DIR=/var/tmp/draftd-target; fi
 
+echo "==> installing Helm 4 into .tools/bin (once)"
+scripts/install-tools.sh | sed 's/^/    /'
 echo "==> building draftd"
 cargo build --quiet --bin draftd
 bin="${CARGO_TARGET_DIR:-$root/target}/debug/draftd"
@@ -23,10 +26,21 @@ export DRAFTD_LISTEN="127.0.0.1:$port"
 export HELLO_WORLD_WEBHOOK_SECRET="demo-$(openssl rand -hex 16)"
 export GITLAB_TEST_WEBHOOK_SECRET="demo-$(openssl rand -hex 16)"
 
+# A local stand-in for GitHub's comment API; the reporter talks to it as it would to api.github.com.
+forge_port="${DRAFTD_DEMO_FORGE_PORT:-18081}"
+comments="$(mktemp -t draftd-demo-comments.XXXXXX)"
+python3 scripts/fake-github.py "$forge_port" "$comments" 2>/dev/null &
+forge_pid=$!
+export DRAFTD_GITHUB__API_URL="http://127.0.0.1:$forge_port"
+export DRAFTD_GITHUB__TOKEN_ENV="DEMO_GITHUB_TOKEN"
+export DEMO_GITHUB_TOKEN="demo-$(openssl rand -hex 8)"
+export DRAFTD_CLUSTER__DRY_RUN_DIR="$root/stands"
+rm -rf "$root/stands/draft-feature-login-form"
+
 log="$(mktemp -t draftd-demo.XXXXXX.log)"
 "$bin" serve --config examples/draftd.toml >"$log" 2>&1 &
 pid=$!
-trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
+trap 'kill -TERM $pid $forge_pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
 echo "==> draftd serve on 127.0.0.1:$port (log: $log)"
 for _ in $(seq 1 100); do
   curl -fsS "http://127.0.0.1:$port/health/ready" >/dev/null 2>&1 && break
@@ -52,5 +66,19 @@ curl -sS -X POST "http://127.0.0.1:$port/webhooks/github" \
   -H "X-Hub-Signature-256: $sig" --data-binary @"$body" -w '  (HTTP %{http_code})\n'
 rm -f "$body"
 
+echo "==> waiting for the run and the comment"
+for _ in $(seq 1 150); do
+  grep -q "ready" "$comments" 2>/dev/null && break
+  grep -q "failed" "$comments" 2>/dev/null && break
+  sleep 0.2
+done
+
 echo "==> draftd stands show hello-world/feature/login-form"
 "$bin" stands show hello-world/feature/login-form --config examples/draftd.toml
+echo
+echo "==> what dry-run mode wrote under stands/draft-feature-login-form/ (nothing was applied)"
+(cd "$root/stands/draft-feature-login-form" && find . -type f | sort | sed 's|^\./|    |')
+grep -E '^kind:' "$root/stands/draft-feature-login-form/manifests.yaml" | sort | uniq -c | sed 's/^/   /'
+echo
+echo "==> the sticky comment as posted to the local fake GitHub"
+if [ -s "$comments" ]; then cat "$comments"; else echo "(no comment arrived; see $log)"; exit 1; fi

@@ -6,9 +6,16 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 
-use crate::config::{Config, Projects};
+use std::sync::Arc;
+
+use crate::config::{ClusterMode, Config, Projects};
+use crate::forge::client::AnyForge;
 use crate::forge::{Command, Trigger};
+use crate::helm::HelmCli;
 use crate::http::{self, AppState};
+use crate::pipeline::runner::DryRunSteps;
+use crate::pipeline::{Engine, EngineSettings};
+use crate::reporter::{Reporter, ReporterSettings};
 use crate::stand::StandState;
 use crate::store::manual::{self, ManualOutcome, ManualRequest, StandLookup};
 use crate::store::{self, stands};
@@ -25,6 +32,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let mut migrations = tokio::spawn(migrate_until_done(pool.clone(), state.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    start_background(&config, &pool, &state, &stop_rx)?;
     let app = http::router(state);
     let server = axum::serve(listener, app).with_graceful_shutdown({
         let mut rx = stop_rx.clone();
@@ -52,6 +60,74 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     pool.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Workers (dry-run mode) and the reporter, each starting once migrations are applied and stopping
+/// with `stop`. A run a worker is in when the process ends is resumed by the next worker whose
+/// claim finds its lease expired.
+fn start_background(
+    config: &Config,
+    pool: &sqlx::PgPool,
+    state: &AppState,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let config = Arc::new(config.clone());
+    match config.cluster.mode {
+        ClusterMode::DryRun => {
+            let root = std::env::current_dir().context("current directory")?;
+            let helm = HelmCli::from_config(&config.cluster, &root).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "deploy steps will fail until helm is found");
+                HelmCli::new("helm")
+            });
+            let steps = DryRunSteps::new(pool.clone(), config.clone(), Arc::new(helm));
+            let settings = EngineSettings {
+                workers: config.stands.workers as usize,
+                max_running: i64::from(config.stands.max_concurrent_runs),
+                ..EngineSettings::default()
+            };
+            let engine = Arc::new(Engine::new(pool.clone(), Arc::new(steps), settings, lease_owner()));
+            let (state, stop) = (state.clone(), stop.clone());
+            tokio::spawn(async move {
+                if wait_migrated(&state, &stop).await {
+                    engine.run_workers(stop).await;
+                }
+            });
+        }
+        ClusterMode::Kubernetes => tracing::warn!(
+            "[cluster] mode = \"kubernetes\" cannot act on a cluster in this build: runs are recorded and stay queued"
+        ),
+    }
+    let forges = AnyForge::from_config(&config).context("forge clients")?;
+    if forges.is_empty() {
+        tracing::info!("no forge token configured: reports stay in the outbox");
+    } else {
+        let reporter = Reporter::new(pool.clone(), ReporterSettings::default()).with_forges(forges);
+        let (state, stop) = (state.clone(), stop.clone());
+        tokio::spawn(async move {
+            if wait_migrated(&state, &stop).await {
+                reporter.run(stop).await;
+            }
+        });
+    }
+    Ok(())
+}
+
+/// False when asked to stop first.
+async fn wait_migrated(state: &AppState, stop: &tokio::sync::watch::Receiver<bool>) -> bool {
+    while !state.migrated() {
+        if *stop.borrow() {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    true
+}
+
+/// Unique per process and readable in `runs.lease_owner`: host, pid and a random suffix.
+fn lease_owner() -> String {
+    let host =
+        std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "draftd".into());
+    format!("{host}:{}:{:08x}", std::process::id(), fastrand::u32(..))
 }
 
 /// Retries while the database is unreachable (it may start after draftd); stops on a real migration error.
@@ -193,6 +269,29 @@ pub async fn stands_show(config: Config, stand: stands::StandRef, json: bool) ->
         })
         .collect();
     write_table(&mut out, &["RUN", "KIND", "TRIGGER", "SHA", "STATE", "BY", "QUEUED (UTC)"], &runs)?;
+    if let Some(run) = detail.runs.first().filter(|r| !r.steps.is_empty()) {
+        writeln!(out, "\nsteps of run #{}:", run.number)?;
+        let steps: Vec<Vec<String>> = run
+            .steps
+            .iter()
+            .map(|s| {
+                let took = match (s.started_at, s.finished_at) {
+                    (Some(a), Some(b)) => format!("{} ms", (b - a).num_milliseconds()),
+                    _ => String::new(),
+                };
+                let note = s
+                    .error
+                    .as_ref()
+                    .and_then(|e| e.get("message"))
+                    .or_else(|| s.detail.get("skipped"))
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                vec![s.name.clone(), s.state.clone(), s.attempt.to_string(), took, note]
+            })
+            .collect();
+        write_table(&mut out, &["STEP", "STATE", "ATTEMPT", "TOOK", "NOTE"], &steps)?;
+    }
     Ok(())
 }
 

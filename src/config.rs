@@ -150,15 +150,22 @@ pub struct StandsConfig {
     /// A stand lives this long after its last deploy started; 48h covers a weekend-free review cycle.
     #[serde(default = "default_ttl", with = "humantime_serde")]
     pub ttl: Duration,
-    /// Upper bound on runs in flight across all projects, to protect the cluster and the forge API.
+    /// Upper bound on runs in flight across all projects and replicas, to protect the cluster and the forge API.
     #[serde(default = "default_max_concurrent_runs")]
     pub max_concurrent_runs: u32,
+    /// Runs one draftd process drives at once.
+    #[serde(default = "default_workers")]
+    pub workers: u32,
 }
 
 impl Default for StandsConfig {
     fn default() -> Self {
-        Self { ttl: default_ttl(), max_concurrent_runs: default_max_concurrent_runs() }
+        Self { ttl: default_ttl(), max_concurrent_runs: default_max_concurrent_runs(), workers: default_workers() }
     }
+}
+
+fn default_workers() -> u32 {
+    4
 }
 
 fn default_ttl() -> Duration {

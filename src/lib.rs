@@ -14,6 +14,8 @@ pub mod helm;
 pub mod http;
 /// Run orchestration: workers, steps, supersede and cancel.
 pub mod pipeline;
+/// `draftd plan`: what a run would create for a branch, rendered, without touching anything.
+pub mod plan_cmd;
 /// Delivers outbox rows (sticky comments) to the forges, with retries and coalescing.
 pub mod reporter;
 /// Domain types: stand keys, slug and namespace naming, stand states.

@@ -29,6 +29,21 @@ enum Command {
     Serve,
     /// Apply draftd's database migrations and exit.
     Migrate,
+    /// Show what a run would create for a branch, rendered, without touching anything.
+    Plan {
+        /// The configured project's name.
+        #[arg(long)]
+        project: String,
+        /// The source branch, as the forge names it.
+        #[arg(long)]
+        branch: String,
+        /// The full commit id (40 or 64 hex characters).
+        #[arg(long)]
+        sha: String,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect stands (read-only).
     Stands {
         #[command(subcommand)]
@@ -85,6 +100,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve => commands::serve(config).await,
             Command::Migrate => commands::migrate(config).await,
+            Command::Plan { project, branch, sha, json } => {
+                draftd::plan_cmd::plan(config, &project, &branch, &sha, json).await
+            }
             Command::Stands { command: StandsCommand::List { project, state, json } } => {
                 commands::stands_list(config, project, state, json).await
             }

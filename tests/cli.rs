@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::{github_pr, gitlab_mr, sha, sign};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 
 const DRAFTD: &str = env!("CARGO_BIN_EXE_draftd");
@@ -302,6 +302,11 @@ impl Setup {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Setup::serve_command(cmd)
+    }
+
+    /// Starts a prepared `serve` command and waits for its address.
+    fn serve_command(cmd: Command) -> Server {
         let mut proc = Proc::spawn(cmd, Output::default(), None, None);
         let deadline = Instant::now() + START_TIMEOUT;
         let addr = loop {
@@ -746,4 +751,181 @@ fn bad_config_names_the_key_and_file() {
     let run_missing = run(setup.command_with(missing, &["serve"]), "draftd serve with a missing config", &out);
     assert!(!run_missing.status.success(), "{}", run_missing.describe());
     assert!(run_missing.stderr.contains("/nonexistent.toml"), "{}", run_missing.describe());
+}
+
+/// A stand-in for GitHub's issue-comment API: the routes and JSON GitHub documents, in memory.
+#[derive(Clone, Default)]
+struct FakeGithub {
+    comments: Arc<Mutex<Vec<(u64, u64, String)>>>,
+    edits: Arc<Mutex<usize>>,
+}
+
+impl FakeGithub {
+    async fn start(token: &str) -> (SocketAddr, FakeGithub) {
+        use axum::extract::{Path as UrlPath, State};
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::routing::{get, patch};
+        let fake = FakeGithub::default();
+        let token = token.to_owned();
+        let authorised = move |h: &HeaderMap| {
+            h.get("authorization").and_then(|v| v.to_str().ok()).is_some_and(|v| v.ends_with(&token))
+        };
+        let (a1, a2, a3) = (authorised.clone(), authorised.clone(), authorised);
+        let app = axum::Router::new()
+            .route(
+                "/repos/{owner}/{repo}/issues/{number}/comments",
+                get(
+                    move |State(f): State<FakeGithub>,
+                          h: HeaderMap,
+                          UrlPath((_, _, n)): UrlPath<(String, String, u64)>| async move {
+                        if !a1(&h) {
+                            return (StatusCode::UNAUTHORIZED, axum::Json(json!({ "message": "Bad credentials" })));
+                        }
+                        let list: Vec<Value> = f
+                            .comments
+                            .lock()
+                            .unwrap()
+                            .iter()
+                            .filter(|c| c.1 == n)
+                            .map(|c| json!({ "id": c.0, "body": c.2 }))
+                            .collect();
+                        (StatusCode::OK, axum::Json(Value::Array(list)))
+                    },
+                )
+                .post(
+                    move |State(f): State<FakeGithub>,
+                          h: HeaderMap,
+                          UrlPath((_, _, n)): UrlPath<(String, String, u64)>,
+                          axum::Json(b): axum::Json<Value>| async move {
+                        if !a2(&h) {
+                            return (StatusCode::UNAUTHORIZED, axum::Json(json!({ "message": "Bad credentials" })));
+                        }
+                        let mut comments = f.comments.lock().unwrap();
+                        let id = 5000 + comments.len() as u64;
+                        let body = b["body"].as_str().unwrap_or_default().to_owned();
+                        comments.push((id, n, body.clone()));
+                        (StatusCode::CREATED, axum::Json(json!({ "id": id, "body": body })))
+                    },
+                ),
+            )
+            .route(
+                "/repos/{owner}/{repo}/issues/comments/{id}",
+                patch(
+                    move |State(f): State<FakeGithub>,
+                          h: HeaderMap,
+                          UrlPath((_, _, id)): UrlPath<(String, String, u64)>,
+                          axum::Json(b): axum::Json<Value>| async move {
+                        if !a3(&h) {
+                            return (StatusCode::UNAUTHORIZED, axum::Json(json!({ "message": "Bad credentials" })));
+                        }
+                        let mut comments = f.comments.lock().unwrap();
+                        let Some(c) = comments.iter_mut().find(|c| c.0 == id) else {
+                            return (StatusCode::NOT_FOUND, axum::Json(json!({ "message": "Not Found" })));
+                        };
+                        c.2 = b["body"].as_str().unwrap_or_default().to_owned();
+                        *f.edits.lock().unwrap() += 1;
+                        (StatusCode::OK, axum::Json(json!({ "id": id, "body": c.2 })))
+                    },
+                ),
+            )
+            .with_state(fake.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (addr, fake)
+    }
+
+    fn bodies(&self) -> Vec<String> {
+        self.comments.lock().unwrap().iter().map(|c| c.2.clone()).collect()
+    }
+
+    async fn wait_for(&self, what: &str, done: impl Fn(&[String]) -> bool, server: &Server) {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while !done(&self.bodies()) {
+            assert!(Instant::now() < deadline, "{what}: comments {:?}; output:\n{}", self.bodies(), server.output());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_the_stand_in_dry_run_mode_and_keeps_one_sticky_comment() {
+    let db = TestDb::create().await;
+    let setup = Setup::new(&db.url);
+    let token = format!("gh-token-{}", unique());
+    let (forge, fake) = FakeGithub::start(&token).await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let stands_dir = setup.dir.path().join("stands");
+    let config = setup.write_config(
+        "loop.toml",
+        &format!(
+            r#"
+[cluster]
+mode = "dry-run"
+dry_run_dir = "{stands}"
+helm_path = "{helm}"
+
+[github]
+api_url = "http://{forge}"
+token_env = "CLI_GH_TOKEN"
+
+[[projects]]
+name = "hello-world"
+forge = "github"
+repo = "Codertocat/Hello-World"
+webhook_secret_env = "{GITHUB_SECRET_VAR}"
+chart = "{chart}"
+values = ["{values}"]
+host = "{{stand}}.draft.example.test"
+"#,
+            stands = stands_dir.display(),
+            helm = root.join(".tools/bin/helm").display(),
+            chart = root.join("charts/stand").display(),
+            values = root.join("values/draft.yaml").display(),
+        ),
+    );
+    let mut cmd = setup.command_with(&config, &["--log-format", "json", "serve"]);
+    cmd.env("CLI_GH_TOKEN", &token);
+    let mut server = Setup::serve_command(cmd);
+    let client = client();
+    server.wait_started(&client).await;
+
+    // Opened: the run renders the stand and one comment appears.
+    record_opened_pr(&client, &server, &setup, &uuid::Uuid::new_v4().to_string()).await;
+    fake.wait_for("a ready comment", |b| b.len() == 1 && b[0].contains("ready"), &server).await;
+    let ns = stands_dir.join("draft-feature-cli");
+    let manifests = std::fs::read_to_string(ns.join("manifests.yaml")).expect("manifests rendered");
+    assert!(manifests.contains("kind: Deployment") && manifests.contains("draft-feature-cli-"), "{manifests}");
+    assert!(fake.bodies()[0].contains("https://draft-feature-cli.draft.example.test"), "{:?}", fake.bodies());
+
+    // A push: the same comment is edited, never a second one.
+    let pushed = format!("def5678{}", "0".repeat(33));
+    let push = serde_json::to_vec(&github_pr("synchronize", "feature/cli", &pushed, "2019-05-15T15:21:00Z")).unwrap();
+    let res = post_github(&client, &server, &setup.github_secret, "pull_request", "push-1", &push).await;
+    assert_eq!(res.status, 202, "{}", res.body);
+    let short = &pushed[..7];
+    fake.wait_for(
+        "the comment edited for the push",
+        |b| b.len() == 1 && b[0].contains(short) && b[0].contains("ready"),
+        &server,
+    )
+    .await;
+
+    // Closed: the stand's folder goes, the stand is removed, and the same comment says so.
+    let close = serde_json::to_vec(&github_pr("closed", "feature/cli", &pushed, "2019-05-15T15:22:00Z")).unwrap();
+    let res = post_github(&client, &server, &setup.github_secret, "pull_request", "close-1", &close).await;
+    assert_eq!(res.status, 202, "{}", res.body);
+    fake.wait_for("the comment edited for the teardown", |b| b.len() == 1 && b[0].contains("removed"), &server).await;
+    assert!(!ns.exists(), "the dry-run folder is gone");
+    server.stop_cleanly();
+    let out = Output::default();
+    let shown =
+        run(setup.command_with(&config, &["stands", "show", "hello-world/feature/cli", "--json"]), "show", &out);
+    let detail: Value = serde_json::from_str(&shown.stdout).expect("show --json");
+    assert_eq!(detail["state"], "removed", "{detail}");
+    assert_eq!(fake.comments.lock().unwrap().len(), 1, "one sticky comment");
+    let edits = *fake.edits.lock().unwrap();
+    assert!(edits >= 2, "edits {edits}; bodies {:?}", fake.bodies());
+    assert!(!server.output().contains(&token), "the forge token is never logged");
+    db.drop_db().await;
 }

@@ -368,3 +368,19 @@ async fn a_worker_that_lost_its_lease_stops_without_writing(pool: PgPool) {
     assert_eq!(run_state(&pool, run).await.0, "running", "the loser wrote no end state");
     assert_ne!(step_rows(&pool, run).await["deploy"].0, "succeeded", "nor the step it was in");
 }
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn forge_commands_are_rejected_until_write_access_can_be_checked(pool: PgPool) {
+    let fake = Fake::with_delay(Duration::ZERO);
+    let run = queue(&pool, "feature/a", "teardown", "a1").await;
+    sqlx::query("update runs set trigger = 'command', requested_by = 'mallory', automatic = false where run_id = $1")
+        .bind(run)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(engine(&pool, &fake, "w1").run_one().await.unwrap(), Some((run, RunEnd::Rejected)));
+    let (state, error) = run_state(&pool, run).await;
+    assert_eq!(state, "rejected");
+    assert_eq!(error.unwrap()["label"], "unauthorised");
+    assert!(fake.calls().is_empty(), "nothing was executed");
+}

@@ -140,6 +140,8 @@ fn error_text(e: &serde_json::Value) -> String {
 fn step_note(state: &str, detail: &serde_json::Value, error: Option<&serde_json::Value>) -> Option<String> {
     match state {
         "skipped" => detail.get("skipped").and_then(|r| r.as_str()).map(str::to_owned),
+        // A step that succeeded without doing everything it would (dry-run mode) says so.
+        "succeeded" => detail.get("note").and_then(|r| r.as_str()).map(str::to_owned),
         "failed" => error.map(|e| match e.get("label").and_then(|l| l.as_str()) {
             Some(label) => label.to_owned(),
             None => error_text(e),

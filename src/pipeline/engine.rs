@@ -57,6 +57,8 @@ pub enum RunEnd {
     Superseded,
     /// A teardown was queued: this deploy stopped at a step boundary.
     Cancelled,
+    /// Asked for by a forge user whose write access cannot be checked yet: not acted on.
+    Rejected,
     /// Another worker holds the run now; this one stopped without writing anything more.
     LeaseLost,
 }
@@ -147,6 +149,12 @@ impl<R: StepRunner> Engine<R> {
     }
 
     async fn drive(&self, run: &ClaimedRun, lost: &watch::Receiver<bool>) -> Result<RunEnd, RunStoreError> {
+        // `/draft` commands and check-run buttons are honoured only from users with write access,
+        // which the forge-reporting issue checks; until then nobody's command may act.
+        if run.requested_by.is_some() && matches!(run.trigger.as_str(), "command" | "check_run") {
+            let error = json!({ "label": "unauthorised", "message": "forge commands wait for the write-access check" });
+            return self.end(run, "rejected", RunEnd::Rejected, Some(error)).await;
+        }
         // Resuming: steps recorded as done are never executed again.
         let done: HashSet<String> = runs::steps(&self.pool, run.run_id)
             .await?

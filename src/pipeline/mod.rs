@@ -3,6 +3,10 @@
 //! newer runs of the same stand at step boundaries.
 
 mod engine;
+/// What a run would create: names, image, Helm release.
+pub mod plan;
+/// The dry-run step runner.
+pub mod runner;
 mod step;
 
 pub use engine::{Engine, EngineSettings, RunEnd};

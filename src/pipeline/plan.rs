@@ -1,0 +1,117 @@
+//! What a run would create for a stand, computed from configuration alone: names, image, Helm release.
+//! Shared by the steps (which act on it) and `draftd plan` (which prints it).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::config::{Config, ProjectConfig};
+use crate::helm::{Release, release_name};
+use crate::stand::slug;
+
+/// OCI tags are at most 128 characters.
+const MAX_TAG: usize = 128;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StandPlan {
+    pub project: String,
+    pub branch: String,
+    pub sha: String,
+    pub namespace: String,
+    /// `draft-<branch-slug>-<sha7>`.
+    pub image_tag: String,
+    /// The full reference when the project names its image repository.
+    pub image: Option<String>,
+    pub host: Option<String>,
+    pub url: Option<String>,
+    /// The stand's own database, and the role that owns it (Postgres keeps the two apart, so one name).
+    pub database: String,
+    pub role: String,
+    /// KV path of the app's secrets: `<kv_mount>/<team>/<service>`.
+    pub vault_kv_path: Option<String>,
+    #[serde(skip)]
+    pub release: Release,
+}
+
+impl StandPlan {
+    pub fn new(
+        config: &Config,
+        project: &ProjectConfig,
+        stand_id: i64,
+        namespace: &str,
+        branch: &str,
+        sha: &str,
+    ) -> Self {
+        let image_tag = image_tag(branch, sha);
+        let image = project.image.as_ref().map(|repo| format!("{repo}:{image_tag}"));
+        let host = project.host.as_ref().map(|pattern| pattern.replace("{stand}", namespace));
+        let url = host.as_ref().map(|h| format!("https://{h}"));
+        let database = namespace.replace('-', "_");
+        let vault_kv_path = match (&config.vault, &project.team, &project.service) {
+            (Some(v), Some(team), Some(service)) => Some(format!("{}/{team}/{service}", v.kv_mount)),
+            _ => None,
+        };
+        let mut set = BTreeMap::new();
+        if let Some(repo) = &project.image {
+            set.insert("image.repository".to_string(), repo.clone());
+        }
+        set.insert("image.tag".to_string(), image_tag.clone());
+        if let Some(h) = &host {
+            set.insert("host".to_string(), h.clone());
+        }
+        set.insert("stand.id".to_string(), stand_id.to_string());
+        set.insert("stand.project".to_string(), project.name.clone());
+        let release = Release {
+            name: release_name(namespace),
+            namespace: namespace.to_string(),
+            chart: project.chart.clone(),
+            values: project.values.clone(),
+            set,
+        };
+        StandPlan {
+            project: project.name.clone(),
+            branch: branch.to_string(),
+            sha: sha.to_string(),
+            namespace: namespace.to_string(),
+            image_tag,
+            image,
+            host,
+            url,
+            role: database.clone(),
+            database,
+            vault_kv_path,
+            release,
+        }
+    }
+}
+
+/// `draft-<branch-slug>-<sha7>`, cut to a valid OCI tag.
+pub fn image_tag(branch: &str, sha: &str) -> String {
+    let short: String = sha.chars().filter(|c| c.is_ascii_hexdigit()).take(7).collect::<String>().to_ascii_lowercase();
+    let room = MAX_TAG - "draft-".len() - 1 - short.len();
+    let slug = slug(branch);
+    let cut = slug[..slug.len().min(room)].trim_end_matches('-');
+    if cut.is_empty() { format!("draft-{short}") } else { format!("draft-{cut}-{short}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn image_tags_follow_the_contract() {
+        assert_eq!(image_tag("feature/Login_Form", &"abcdef1234".repeat(4)), "draft-feature-login-form-abcdef1");
+    }
+
+    proptest! {
+        #[test]
+        fn image_tags_are_valid_oci_tags(branch in "\\PC{1,300}", sha in "[0-9a-f]{40}") {
+            let tag = image_tag(&branch, &sha);
+            prop_assert!(tag.len() <= MAX_TAG);
+            prop_assert!(tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'));
+            prop_assert!(tag.starts_with("draft-"));
+            prop_assert!(tag.ends_with(&sha[..7]));
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The real step runner of `[cluster] mode = "dry-run"`: every step records what it would do under
+//! `<dry_run_dir>/<namespace>/` (rendered manifests, one JSON record per step, the report), applies
+//! nothing, and says so. Steps whose system is not configured are `skipped` with the reason.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::json;
+use sqlx::PgPool;
+
+use super::plan::StandPlan;
+use super::step::{RunContext, StepError, StepName, StepOutcome, StepRunner};
+use crate::config::{Config, ProjectConfig};
+use crate::forge::client::marker;
+use crate::forge::report::{ReportView, render};
+use crate::helm::Helm;
+use crate::reporter::{CommentPayload, enqueue_comment};
+use crate::store::stands::{self, StandRef};
+
+pub struct DryRunSteps<H> {
+    pool: PgPool,
+    config: Arc<Config>,
+    helm: Arc<H>,
+}
+
+impl<H: Helm> DryRunSteps<H> {
+    pub fn new(pool: PgPool, config: Arc<Config>, helm: Arc<H>) -> Self {
+        Self { pool, config, helm }
+    }
+
+    fn folder(&self, run: &RunContext) -> PathBuf {
+        self.config.cluster.dry_run_dir.join(&run.namespace)
+    }
+
+    async fn step(&self, step: StepName, run: &RunContext, project: &ProjectConfig) -> Result<StepOutcome, StepError> {
+        let plan = StandPlan::new(
+            &self.config,
+            project,
+            run.stand_id,
+            &run.namespace,
+            &run.branch,
+            run.sha.as_deref().unwrap_or(""),
+        );
+        let dir = self.folder(run);
+        Ok(match step {
+            StepName::Namespace => {
+                let manifest = format!(
+                    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels:\n    app.kubernetes.io/managed-by: draftd\n    draftd.io/stand: \"{id}\"\n    draftd.io/project: {project}\n",
+                    ns = run.namespace,
+                    id = run.stand_id,
+                    project = project.name,
+                );
+                let path = write(&dir.join("namespace.yaml"), &manifest).await?;
+                StepOutcome::done(
+                    json!({ "dry_run": true, "rendered": path, "note": "dry-run: rendered, not applied" }),
+                )
+            }
+            StepName::Database if self.config.postgres.is_none() => {
+                StepOutcome::skipped("no [postgres] configured: the stand gets no database")
+            }
+            StepName::Secrets if self.config.vault.is_none() => {
+                StepOutcome::skipped("no [vault] configured: the stand gets no credentials")
+            }
+            StepName::Database | StepName::Secrets => {
+                return Err(StepError::permanent(
+                    "not_implemented",
+                    "per-stand databases and credentials arrive with the databases and Vault issue",
+                ));
+            }
+            StepName::Image => StepOutcome::skipped("no [registry] configured: the image is not checked"),
+            StepName::Deploy => {
+                let manifests = self.helm.template(&plan.release).await?;
+                let path = write(&dir.join("manifests.yaml"), &manifests).await?;
+                StepOutcome::done(json!({
+                    "dry_run": true,
+                    "release": plan.release.name,
+                    "image_tag": plan.image_tag,
+                    "rendered": path,
+                    "mocks": mocks_in(&manifests),
+                    "note": "dry-run: helm template, nothing installed",
+                }))
+            }
+            StepName::Migrate if project.migrate.is_empty() => {
+                StepOutcome::skipped("the project has no migrate command")
+            }
+            StepName::Migrate => {
+                StepOutcome::done(json!({ "dry_run": true, "would_run": project.migrate, "note": "dry-run: not run" }))
+            }
+            StepName::Verify => StepOutcome::done(
+                json!({ "dry_run": true, "note": "dry-run: no cluster, rollout and 5xx probes not checked" }),
+            ),
+            StepName::Smoke if project.smoke.is_empty() => StepOutcome::skipped("the project has no smoke command"),
+            StepName::Smoke => StepOutcome::done(
+                json!({ "dry_run": true, "would_run": project.smoke, "note": "dry-run: no cluster, not run" }),
+            ),
+            StepName::Rollback => StepOutcome::done(json!({ "dry_run": true, "note": "dry-run: nothing was applied" })),
+            StepName::Teardown => {
+                match tokio::fs::remove_dir_all(&dir).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StepError::transient("io", format!("removing {}: {e}", dir.display()))),
+                }
+                sqlx::query("update stands set state = 'removed', updated_at = now() where stand_id = $1")
+                    .bind(run.stand_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| StepError::transient("database", e.to_string()))?;
+                StepOutcome::done(json!({ "dry_run": true, "removed": dir }))
+            }
+            StepName::Report => self.report(run, project, &plan, &dir).await?,
+        })
+    }
+
+    /// Renders the sticky comment, keeps a copy in the stand's folder, and queues it for the forge.
+    async fn report(
+        &self,
+        run: &RunContext,
+        project: &ProjectConfig,
+        plan: &StandPlan,
+        dir: &Path,
+    ) -> Result<StepOutcome, StepError> {
+        let db = |e: crate::store::StoreError| StepError::transient("database", e.to_string());
+        let Some(detail) = stands::show(&self.pool, &StandRef::Id(run.stand_id), 5).await.map_err(db)? else {
+            return Err(StepError::permanent("stand_missing", "the stand row is gone"));
+        };
+        let mocks = match tokio::fs::read_to_string(dir.join("manifests.yaml")).await {
+            Ok(m) => mocks_in(&m),
+            Err(_) => Vec::new(),
+        };
+        let Some(view) = ReportView::from_detail(&detail, plan.url.clone(), mocks) else {
+            return Err(StepError::permanent("no_run", "the stand has no run to report"));
+        };
+        let body = render(&view);
+        // A removed stand's folder is gone; its report is kept beside it rather than recreating it.
+        let copy = if dir.exists() { dir.join("report.md") } else { dir.with_extension("report.md") };
+        let path = write(&copy, &body).await?;
+        let Some(number) = detail.stand.pr_number else {
+            return Ok(StepOutcome::done(json!({ "rendered": path, "comment": "no pull request known" })));
+        };
+        let payload = CommentPayload {
+            forge: project.forge,
+            repo: project.repo.clone(),
+            number: number as u64,
+            marker: marker(run.stand_id),
+            body,
+        };
+        let outbox = enqueue_comment(&self.pool, run.stand_id, Some(run.run_id), &payload).await.map_err(db)?;
+        Ok(StepOutcome::done(json!({ "rendered": path, "outbox": outbox })))
+    }
+}
+
+impl<H: Helm> StepRunner for DryRunSteps<H> {
+    async fn run(&self, step: StepName, run: &RunContext) -> Result<StepOutcome, StepError> {
+        let Some(project) = self.config.projects.iter().find(|p| p.name == run.project) else {
+            return Err(StepError::permanent(
+                "project_unknown",
+                format!("project {:?} is not configured", run.project),
+            ));
+        };
+        let dir = self.folder(run);
+        if run.kind != "teardown" {
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(|e| StepError::transient("io", format!("creating {}: {e}", dir.display())))?;
+        }
+        let outcome = self.step(step, run, project).await?;
+        // The step's record beside the manifests, as DESIGN.md's dry-run mode asks; never recreating
+        // the folder a teardown removed.
+        if dir.exists() {
+            let record =
+                json!({ "run": run.number, "step": step, "skipped": outcome.skipped, "detail": outcome.detail });
+            let name = format!("steps/{:04}-{}.json", run.number, step.as_str());
+            write(&dir.join(name), &serde_json::to_string_pretty(&record).expect("json")).await?;
+        }
+        Ok(outcome)
+    }
+}
+
+async fn write(path: &Path, text: &str) -> Result<PathBuf, StepError> {
+    let io = |e: std::io::Error| StepError::transient("io", format!("writing {}: {e}", path.display()));
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent).await.map_err(io)?;
+    }
+    tokio::fs::write(path, text).await.map_err(io)?;
+    Ok(path.to_path_buf())
+}
+
+/// The chart names each mock's Service `<release>-mock-<name>`.
+fn mocks_in(manifests: &str) -> Vec<String> {
+    let mut mocks: Vec<String> = manifests
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("name: "))
+        .filter_map(|n| n.trim_matches('"').rsplit_once("-mock-").map(|(_, m)| m.to_string()))
+        .filter(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+        .collect();
+    mocks.sort();
+    mocks.dedup();
+    mocks
+}
