@@ -14,7 +14,7 @@ use crate::forge::{Command, Trigger};
 use crate::helm::HelmCli;
 use crate::http::{self, AppState};
 use crate::pipeline::runner::DryRunSteps;
-use crate::pipeline::{Engine, EngineSettings};
+use crate::pipeline::{Engine, EngineSettings, Fault};
 use crate::reporter::{Reporter, ReporterSettings};
 use crate::stand::StandState;
 use crate::store::manual::{self, ManualOutcome, ManualRequest, StandLookup};
@@ -80,9 +80,16 @@ fn start_background(
                 HelmCli::new("helm")
             });
             let steps = DryRunSteps::new(pool.clone(), config.clone(), Arc::new(helm));
+            let fault = match std::env::var("DRAFTD_FAULT") {
+                Ok(text) => Some(text.parse::<Fault>().map_err(|e| anyhow::anyhow!("DRAFTD_FAULT: {e}"))?),
+                Err(_) => None,
+            };
             let settings = EngineSettings {
                 workers: config.stands.workers as usize,
                 max_running: i64::from(config.stands.max_concurrent_runs),
+                lease: config.stands.lease,
+                heartbeat: config.stands.lease / 3,
+                fault,
                 ..EngineSettings::default()
             };
             let engine = Arc::new(Engine::new(pool.clone(), Arc::new(steps), settings, lease_owner()));

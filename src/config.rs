@@ -156,11 +156,24 @@ pub struct StandsConfig {
     /// Runs one draftd process drives at once.
     #[serde(default = "default_workers")]
     pub workers: u32,
+    /// A run whose process stopped renewing its lease for this long is resumed by another worker;
+    /// long enough to ride out a slow database, short enough that a crash costs little.
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
+}
+
+fn default_lease() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl Default for StandsConfig {
     fn default() -> Self {
-        Self { ttl: default_ttl(), max_concurrent_runs: default_max_concurrent_runs(), workers: default_workers() }
+        Self {
+            ttl: default_ttl(),
+            max_concurrent_runs: default_max_concurrent_runs(),
+            workers: default_workers(),
+            lease: default_lease(),
+        }
     }
 }
 
@@ -427,6 +440,9 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.stands.ttl.is_zero() {
             return Err(self.invalid("stands.ttl", "must be longer than zero"));
+        }
+        if self.stands.lease < Duration::from_secs(1) {
+            return Err(self.invalid("stands.lease", "must be at least 1s"));
         }
         if self.stands.max_concurrent_runs == 0 {
             return Err(self.invalid("stands.max_concurrent_runs", "must be at least 1"));

@@ -929,3 +929,92 @@ host = "{{stand}}.draft.example.test"
     assert!(!server.output().contains(&token), "the forge token is never logged");
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_killed_after_deploy_is_resumed_by_the_next_without_repeating_steps() {
+    let db = TestDb::create().await;
+    let setup = Setup::new(&db.url);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = setup.write_config(
+        "crash.toml",
+        &format!(
+            r#"
+[cluster]
+mode = "dry-run"
+dry_run_dir = "{stands}"
+helm_path = "{helm}"
+
+[stands]
+lease = "1s"
+
+[[projects]]
+name = "hello-world"
+forge = "github"
+repo = "Codertocat/Hello-World"
+webhook_secret_env = "{GITHUB_SECRET_VAR}"
+chart = "{chart}"
+values = ["{values}"]
+"#,
+            stands = setup.dir.path().join("stands").display(),
+            helm = root.join(".tools/bin/helm").display(),
+            chart = root.join("charts/stand").display(),
+            values = root.join("values/draft.yaml").display(),
+        ),
+    );
+    let client = client();
+    let mut doomed = setup.command_with(&config, &["--log-format", "json", "serve"]);
+    doomed.env("DRAFTD_FAULT", "after:deploy");
+    let mut first = Setup::serve_command(doomed);
+    first.wait_started(&client).await;
+    let recorded = record_opened_pr(&client, &first, &setup, &uuid::Uuid::new_v4().to_string()).await;
+    let run_id = recorded["run"].as_i64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = first.proc.exited() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the fault point never fired; output:\n{}", first.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "the first process was meant to die: {status}");
+
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    let steps =
+        |rows: Vec<(String, String, i32)>| rows.into_iter().map(|(n, s, a)| format!("{n}:{s}:{a}")).collect::<Vec<_>>();
+    let query = "select name, state, attempt from steps where run_id = $1 order by name";
+    let before: Vec<(String, String, i32)> = sqlx::query_as(query).bind(run_id).fetch_all(&mut conn).await.unwrap();
+    assert!(steps(before.clone()).contains(&"deploy:succeeded:1".to_string()), "{:?}", steps(before.clone()));
+    assert!(!before.iter().any(|s| s.0 == "migrate"), "the process died before migrate: {:?}", steps(before));
+
+    // A new process takes the run over once the dead one's lease has expired, and finishes it.
+    let mut second = Setup::serve_command(setup.command_with(&config, &["--log-format", "json", "serve"]));
+    second.wait_started(&client).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state: String = sqlx::query_scalar("select state from runs where run_id = $1")
+            .bind(run_id)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        if state == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "run {run_id} is {state}; output:\n{}", second.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    second.stop_cleanly();
+    let after: Vec<(String, String, i32)> = sqlx::query_as(query).bind(run_id).fetch_all(&mut conn).await.unwrap();
+    assert_eq!(after.len(), 9, "{:?}", steps(after.clone()));
+    for (name, state, attempt) in &after {
+        assert!(state == "succeeded" || state == "skipped", "{name} is {state}");
+        assert_eq!(*attempt, 1, "{name} ran {attempt} times: done steps are never executed again");
+    }
+    let claims: i32 = sqlx::query_scalar("select attempt from runs where run_id = $1")
+        .bind(run_id)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(claims, 2, "claimed by the dead process, then by the new one");
+    conn.close().await.unwrap();
+    db.drop_db().await;
+}

@@ -92,6 +92,7 @@ fn settings() -> EngineSettings {
         max_step_attempts: 3,
         backoff_base: Duration::from_millis(10),
         backoff_max: Duration::from_millis(40),
+        fault: None,
     }
 }
 

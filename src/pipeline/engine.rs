@@ -31,6 +31,34 @@ pub struct EngineSettings {
     pub max_step_attempts: i32,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// Aborts the process at a step boundary or inside a step, for crash tests (`DRAFTD_FAULT`).
+    pub fault: Option<Fault>,
+}
+
+/// `before:<step>` (the step is recorded as started, then the process dies inside it) or
+/// `after:<step>` (the step is recorded as done, then the process dies at the boundary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    pub after: bool,
+    pub step: StepName,
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (when, step) = s.split_once(':').ok_or_else(|| format!("{s:?}: expected before:<step> or after:<step>"))?;
+        let after = match when {
+            "before" => false,
+            "after" => true,
+            other => return Err(format!("{other:?}: expected before or after")),
+        };
+        let step = StepName::ALL
+            .iter()
+            .copied()
+            .find(|n| n.as_str() == step)
+            .ok_or_else(|| format!("{step:?} is not a step"))?;
+        Ok(Fault { after, step })
+    }
 }
 
 impl Default for EngineSettings {
@@ -44,6 +72,7 @@ impl Default for EngineSettings {
             max_step_attempts: 5,
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
+            fault: None,
         }
     }
 }
@@ -235,6 +264,7 @@ impl<R: StepRunner> Engine<R> {
         let name = step.as_str();
         loop {
             let attempt = runs::start_step(&self.pool, run.run_id, &self.owner, name).await?;
+            self.fault_point(false, step);
             let result = tokio::select! {
                 r = self.runner.run(step, run) => r,
                 _ = lease_lost(lost) => return Err(StepFailure::Lease),
@@ -243,6 +273,7 @@ impl<R: StepRunner> Engine<R> {
                 Ok(outcome) => {
                     let state = if outcome.skipped { "skipped" } else { "succeeded" };
                     runs::finish_step(&self.pool, run.run_id, &self.owner, name, state, &outcome.detail, None).await?;
+                    self.fault_point(true, step);
                     return Ok(());
                 }
                 Err(e) => {
@@ -263,6 +294,15 @@ impl<R: StepRunner> Engine<R> {
                     }
                 }
             }
+        }
+    }
+}
+
+impl<R> Engine<R> {
+    fn fault_point(&self, after: bool, step: StepName) {
+        if self.settings.fault == Some(Fault { after, step }) {
+            tracing::error!(step = step.as_str(), after, "DRAFTD_FAULT: aborting the process");
+            std::process::abort();
         }
     }
 }

@@ -25,6 +25,20 @@ pub enum StepName {
 }
 
 impl StepName {
+    pub const ALL: [StepName; 11] = [
+        StepName::Namespace,
+        StepName::Database,
+        StepName::Secrets,
+        StepName::Image,
+        StepName::Deploy,
+        StepName::Migrate,
+        StepName::Verify,
+        StepName::Smoke,
+        StepName::Report,
+        StepName::Rollback,
+        StepName::Teardown,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             StepName::Namespace => "namespace",
