@@ -917,6 +917,8 @@ host = "{{stand}}.draft.example.test"
     assert_eq!(res.status, 202, "{}", res.body);
     fake.wait_for("the comment edited for the teardown", |b| b.len() == 1 && b[0].contains("removed"), &server).await;
     assert!(!ns.exists(), "the dry-run folder is gone");
+    let left: Vec<_> = std::fs::read_dir(&stands_dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(left.is_empty(), "nothing left behind in the dry-run folder: {left:?}");
     server.stop_cleanly();
     let out = Output::default();
     let shown =

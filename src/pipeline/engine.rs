@@ -191,6 +191,9 @@ impl<R: StepRunner> Engine<R> {
             .filter(|s| s.state == "succeeded" || s.state == "skipped")
             .map(|s| s.name)
             .collect();
+        if !done.contains(StepName::Report.as_str()) {
+            self.runner.started(run).await;
+        }
         let mut failure: Option<(StepName, StepError)> = None;
         for group in plan(&run.kind) {
             match runs::overtaken(&self.pool, run).await? {

@@ -131,9 +131,8 @@ impl<H: Helm> DryRunSteps<H> {
             return Err(StepError::permanent("no_run", "the stand has no run to report"));
         };
         let body = render(&view);
-        // A removed stand's folder is gone; its report is kept beside it rather than recreating it.
-        let copy = if dir.exists() { dir.join("report.md") } else { dir.with_extension("report.md") };
-        let path = write(&copy, &body).await?;
+        // A copy beside the manifests, but never a folder recreated after a teardown removed it.
+        let path = if dir.exists() { Some(write(&dir.join("report.md"), &body).await?) } else { None };
         let Some(number) = detail.stand.pr_number else {
             return Ok(StepOutcome::done(json!({ "rendered": path, "comment": "no pull request known" })));
         };
@@ -150,6 +149,21 @@ impl<H: Helm> DryRunSteps<H> {
 }
 
 impl<H: Helm> StepRunner for DryRunSteps<H> {
+    async fn started(&self, run: &RunContext) {
+        let Some(project) = self.config.projects.iter().find(|p| p.name == run.project) else { return };
+        let plan = StandPlan::new(
+            &self.config,
+            project,
+            run.stand_id,
+            &run.namespace,
+            &run.branch,
+            run.sha.as_deref().unwrap_or(""),
+        );
+        if let Err(e) = self.report(run, project, &plan, &self.folder(run)).await {
+            tracing::warn!(error = %e, "could not queue the report of a started run");
+        }
+    }
+
     async fn run(&self, step: StepName, run: &RunContext) -> Result<StepOutcome, StepError> {
         let Some(project) = self.config.projects.iter().find(|p| p.name == run.project) else {
             return Err(StepError::permanent(

@@ -126,4 +126,11 @@ pub type RunContext = ClaimedRun;
 pub trait StepRunner: Send + Sync + 'static {
     /// Must be idempotent: a step interrupted by a crash is executed again on resume.
     fn run(&self, step: StepName, run: &RunContext) -> impl Future<Output = Result<StepOutcome, StepError>> + Send;
+
+    /// Called when a worker starts (or resumes) a run, before its steps: where the report of the
+    /// new state ("deploying") is queued. Best effort: a failure here must not stop the run.
+    fn started(&self, run: &RunContext) -> impl Future<Output = ()> + Send {
+        let _ = run;
+        async {}
+    }
 }
