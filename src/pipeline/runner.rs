@@ -32,15 +32,19 @@ impl<H: Helm> DryRunSteps<H> {
         self.config.cluster.dry_run_dir.join(&run.namespace)
     }
 
-    async fn step(&self, step: StepName, run: &RunContext, project: &ProjectConfig) -> Result<StepOutcome, StepError> {
-        let plan = StandPlan::new(
+    fn plan(&self, run: &RunContext, project: &ProjectConfig) -> StandPlan {
+        StandPlan::new(
             &self.config,
             project,
             run.stand_id,
             &run.namespace,
             &run.branch,
             run.sha.as_deref().unwrap_or(""),
-        );
+        )
+    }
+
+    async fn step(&self, step: StepName, run: &RunContext, project: &ProjectConfig) -> Result<StepOutcome, StepError> {
+        let plan = self.plan(run, project);
         let dir = self.folder(run);
         Ok(match step {
             StepName::Namespace => {
@@ -151,14 +155,7 @@ impl<H: Helm> DryRunSteps<H> {
 impl<H: Helm> StepRunner for DryRunSteps<H> {
     async fn started(&self, run: &RunContext) {
         let Some(project) = self.config.projects.iter().find(|p| p.name == run.project) else { return };
-        let plan = StandPlan::new(
-            &self.config,
-            project,
-            run.stand_id,
-            &run.namespace,
-            &run.branch,
-            run.sha.as_deref().unwrap_or(""),
-        );
+        let plan = self.plan(run, project);
         if let Err(e) = self.report(run, project, &plan, &self.folder(run)).await {
             tracing::warn!(error = %e, "could not queue the report of a started run");
         }
