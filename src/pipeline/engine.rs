@@ -184,13 +184,18 @@ impl<R: StepRunner> Engine<R> {
             let error = json!({ "label": "unauthorised", "message": "forge commands wait for the write-access check" });
             return self.end(run, "rejected", RunEnd::Rejected, Some(error)).await;
         }
-        // Resuming: steps recorded as done are never executed again.
-        let done: HashSet<String> = runs::steps(&self.pool, run.run_id)
-            .await?
-            .into_iter()
-            .filter(|s| s.state == "succeeded" || s.state == "skipped")
-            .map(|s| s.name)
-            .collect();
+        // Resuming: steps recorded as done are never executed again. Steps are only recorded under a
+        // claim, so a run claimed for the first time has none to read.
+        let done: HashSet<String> = if run.attempt > 1 {
+            runs::steps(&self.pool, run.run_id)
+                .await?
+                .into_iter()
+                .filter(|s| s.state == "succeeded" || s.state == "skipped")
+                .map(|s| s.name)
+                .collect()
+        } else {
+            HashSet::new()
+        };
         if !done.contains(StepName::Report.as_str()) {
             self.runner.started(run).await;
         }
