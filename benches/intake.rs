@@ -9,6 +9,9 @@
 //! Also measured: start-to-ready on a fresh and on a migrated database, idle and peak RSS, and where
 //! the CPU went during each round (draftd, every `postgres` process, this client, the whole machine).
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -24,8 +27,9 @@ use axum::body::Bytes;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
+use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool};
+use support::{drop_database, ms, percentile, with_database};
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/webhooks/github/pull_request.opened.json");
 const SECRET_ENV: &str = "BENCH_GH_SECRET";
@@ -85,41 +89,12 @@ fn parse_args() -> anyhow::Result<Args> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bench: cannot start the tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(bench(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("\nbench FAILED: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    support::main_with(parse_args, bench)
 }
 
 /// Creates the database, runs everything, and drops the database however the run ended.
 async fn bench(args: Args) -> anyhow::Result<()> {
-    let admin_url = std::env::var("DATABASE_URL")
-        .context("DATABASE_URL is not set (scripts/bench.sh sets it from scripts/pg-env.sh)")?;
-    let db = format!("draftd_bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let mut admin = PgConnection::connect(&admin_url).await.context("connecting to DATABASE_URL")?;
-    sqlx::query(&format!("create database {db}"))
-        .execute(&mut admin)
-        .await
-        .with_context(|| format!("creating {db}"))?;
-    admin.close().await.ok();
-    println!("bench database {db}");
+    let (admin_url, db) = support::create_database("draftd_bench", "scripts/bench.sh").await?;
 
     let log_path = std::env::temp_dir().join(format!("{db}.draftd.log"));
     let result = tokio::select! {
@@ -141,24 +116,6 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&log_path);
     }
     result.and(dropped)
-}
-
-async fn drop_database(admin_url: &str, db: &str) -> anyhow::Result<()> {
-    let mut admin = PgConnection::connect(admin_url).await?;
-    sqlx::query(&format!("drop database if exists {db} with (force)")).execute(&mut admin).await?;
-    admin.close().await.ok();
-    Ok(())
-}
-
-/// `postgres://…/postgres?x=y` with the database part replaced.
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let after_scheme = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let authority_end = base[after_scheme..].find('/').map(|i| after_scheme + i).unwrap_or(base.len());
-    format!("{}/{db}{query}", &base[..authority_end])
 }
 
 struct Figures {
@@ -674,19 +631,6 @@ async fn drive_raw(pool: &PgPool, workers: usize, first: usize, count: usize) ->
 
 // ---------------------------------------------------------------------------------------------
 // Measurements from /proc.
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
 
 /// A `kB` line of /proc/<pid>/status, e.g. VmRSS or VmHWM.
 fn proc_status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {

@@ -16,6 +16,9 @@
 //!     every run succeeded exactly once, every step executed exactly once, no lease left, no run driven
 //!     by two engines, never more than `max_running` runs in flight.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -32,8 +35,9 @@ use draftd::stand::{BranchName, CommitSha, ProjectName};
 use draftd::store::intake::{self, Delivery};
 use draftd::store::{self, MIGRATOR};
 use serde_json::json;
+use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool};
+use support::{drop_database, ms, percentile, with_database};
 use tokio::sync::{mpsc, watch};
 
 const RATIO_GOAL_SINGLE: f64 = 1.05;
@@ -112,41 +116,12 @@ fn parse_args() -> anyhow::Result<Args> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bench: cannot start the tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(bench(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("\nbench FAILED: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    support::main_with(parse_args, bench)
 }
 
 /// Creates the database, runs everything, and drops the database however the run ended.
 async fn bench(args: Args) -> anyhow::Result<()> {
-    let admin_url = std::env::var("DATABASE_URL")
-        .context("DATABASE_URL is not set (scripts/bench-pipeline.sh sets it from scripts/pg-env.sh)")?;
-    let db = format!("draftd_benchpipe_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let mut admin = PgConnection::connect(&admin_url).await.context("connecting to DATABASE_URL")?;
-    sqlx::query(&format!("create database {db}"))
-        .execute(&mut admin)
-        .await
-        .with_context(|| format!("creating {db}"))?;
-    admin.close().await.ok();
-    println!("bench database {db}");
+    let (admin_url, db) = support::create_database("draftd_benchpipe", "scripts/bench-pipeline.sh").await?;
 
     let url = with_database(&admin_url, &db);
     let result = tokio::select! {
@@ -160,24 +135,6 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         Err(e) => eprintln!("could not drop database {db}: {e:#}"),
     }
     result.and(dropped)
-}
-
-async fn drop_database(admin_url: &str, db: &str) -> anyhow::Result<()> {
-    let mut admin = PgConnection::connect(admin_url).await?;
-    sqlx::query(&format!("drop database if exists {db} with (force)")).execute(&mut admin).await?;
-    admin.close().await.ok();
-    Ok(())
-}
-
-/// `postgres://…/postgres?x=y` with the database part replaced.
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let after_scheme = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let authority_end = base[after_scheme..].find('/').map(|i| after_scheme + i).unwrap_or(base.len());
-    format!("{}/{db}{query}", &base[..authority_end])
 }
 
 async fn run(args: &Args, url: &str) -> anyhow::Result<()> {
@@ -867,17 +824,4 @@ fn summary(args: &Args, latencies: &Latencies, probe: &Probe, a: &Overhead, burs
         bail!("{problems} correctness problems (see above)");
     }
     Ok(())
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
 }
