@@ -60,7 +60,8 @@ impl FromRequest<AppState> for GithubWebhook {
         if !app_verified {
             verify_github(&project.webhook_secret, signature, &body)?;
         }
-        Ok(GithubWebhook(webhook(ForgeKind::Github, project, event, delivery_id, body)))
+        let body_sha256 = sha256_hex(&body);
+        Ok(GithubWebhook(Webhook { forge: ForgeKind::Github, project, event, delivery_id, body, body_sha256 }))
     }
 }
 
@@ -88,17 +89,13 @@ impl FromRequest<AppState> for GitlabWebhook {
         }
         // GitLab retries with the same Idempotency-Key (17.x+) or the same event UUID; very old
         // instances send neither, and then a retry is the same bytes.
+        let body_sha256 = sha256_hex(&body);
         let delivery_id = ["idempotency-key", "x-gitlab-event-uuid"]
             .iter()
             .find_map(|h| header_text(&headers, h).ok())
-            .unwrap_or_else(|| format!("sha256:{}", sha256_hex(&body)));
-        Ok(GitlabWebhook(webhook(ForgeKind::Gitlab, project, event, delivery_id, body)))
+            .unwrap_or_else(|| format!("sha256:{body_sha256}"));
+        Ok(GitlabWebhook(Webhook { forge: ForgeKind::Gitlab, project, event, delivery_id, body, body_sha256 }))
     }
-}
-
-fn webhook(forge: ForgeKind, project: Arc<Project>, event: String, delivery_id: String, body: Bytes) -> Webhook {
-    let body_sha256 = sha256_hex(&body);
-    Webhook { forge, project, event, delivery_id, body, body_sha256 }
 }
 
 /// Content type and size first: both are cheap and say nothing about the project.
