@@ -4,8 +4,9 @@
 //!
 //! Run by `scripts/bench-pipeline.sh [--runs N] [--burst N] [--concurrency N] [--step-ms-scale F]`.
 //!
-//! (a) Run overhead: N sequential runs on one engine with one worker; for each, the wall time from the
-//!     start of the intake call to `run_one` returning the run as succeeded, against the critical path
+//! (a) Run overhead: N sequential runs on one engine with one worker, woken after each intake call as
+//!     the webhook handler wakes it; for each, the wall time from the start of the intake call to
+//!     `run_one` returning the run as succeeded, against the critical path
 //!     of the fake's sleeps (max(namespace, database, secrets) + image + deploy + migrate + verify +
 //!     smoke + report). Broken down into pickup (queue → first step), steps (first step → report end;
 //!     timer overshoot vs engine/database time between steps) and finish (report end → run ended).
@@ -30,7 +31,9 @@ use anyhow::{Context, anyhow, bail};
 use chrono::Utc;
 use draftd::config::ForgeKind;
 use draftd::forge::{Event, PullRequest, Trigger};
-use draftd::pipeline::{Engine, EngineSettings, RunContext, RunEnd, StepError, StepName, StepOutcome, StepRunner};
+use draftd::pipeline::{
+    Engine, EngineSettings, RunContext, RunEnd, StepError, StepName, StepOutcome, StepRunner, Wake,
+};
 use draftd::stand::{BranchName, CommitSha, ProjectName};
 use draftd::store::intake::{self, Delivery};
 use draftd::store::{self, MIGRATOR};
@@ -219,8 +222,10 @@ struct Exec {
     count: u32,
     /// The engine whose fake executed it (the last one, should it have run twice).
     engine: usize,
-    /// How long the sleep really took (tokio timers round up to the millisecond, and then some).
+    /// How long the sleep really took, from the async side (the thread's wake-up included).
     slept: Duration,
+    started: Instant,
+    ended: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -262,15 +267,26 @@ impl StepRunner for Fake {
             let trace = ledger.runs.entry(run.run_id).or_insert(RunTrace { first_start: started, report_end: None });
             trace.first_start = trace.first_start.min(started);
         }
-        tokio::time::sleep(want).await;
+        // A thread's sleep ends within tens of microseconds of its deadline; a tokio timer rounds up to
+        // the next millisecond tick and more, which over 7 steps in a row would be counted as the
+        // engine's overhead. A real step's end (a socket becoming readable) is not tied to that tick.
+        tokio::task::spawn_blocking(move || precise_sleep(want)).await.expect("the sleeping thread panicked");
         let ended = Instant::now();
         let slept = ended - started;
         {
             let mut ledger = self.ledger.0.lock().unwrap();
-            let exec = ledger.execs.entry((run.run_id, step)).or_insert(Exec { count: 0, engine: self.engine, slept });
+            let exec = ledger.execs.entry((run.run_id, step)).or_insert(Exec {
+                count: 0,
+                engine: self.engine,
+                slept,
+                started,
+                ended,
+            });
             exec.count += 1;
             exec.engine = self.engine;
             exec.slept = slept;
+            exec.started = started;
+            exec.ended = ended;
             if step == StepName::Report
                 && let Some(trace) = ledger.runs.get_mut(&run.run_id)
             {
@@ -278,6 +294,15 @@ impl StepRunner for Fake {
             }
         }
         Ok(StepOutcome::done(json!({ "slept_ms": ms(slept) })))
+    }
+}
+
+/// Sleeps the thread to just short of `d` (the kernel's timer slack is 50 µs), then spins to it.
+fn precise_sleep(d: Duration) {
+    let deadline = Instant::now() + d;
+    std::thread::sleep(d.saturating_sub(Duration::from_micros(200)));
+    while Instant::now() < deadline {
+        std::hint::spin_loop();
     }
 }
 
@@ -315,10 +340,10 @@ fn settings(workers: usize, max_running: usize) -> EngineSettings {
     }
 }
 
-/// An engine pool as `serve` opens one (`store::pool`), connected up front so the first runs do not
+/// An engine pool as `serve` opens one (`store::worker_pool`), connected up front so the first runs do not
 /// pay for connection set-up.
 async fn engine_pool(url: &str, size: u32) -> anyhow::Result<PgPool> {
-    let pool = store::pool(url, size)?;
+    let pool = store::worker_pool(url, size)?;
     let mut conns = Vec::new();
     for _ in 0..size.min(8) {
         conns.push(pool.acquire().await?);
@@ -367,12 +392,15 @@ struct Single {
     wall: Duration,
     intake: Duration,
     pickup: Duration,
-    /// `started_at - queued_at` by the database clock: from the intake statement to the start of the
-    /// claim transaction that took the run, i.e. mostly the worker's poll sleep.
+    /// `started_at - queued_at` by the database clock: from the intake statement to the claim that
+    /// took the run (the worker is woken as the webhook handler wakes it, not left to its poll).
     claim_wait: Duration,
     steps: Duration,
     slept: Duration,
     finish: Duration,
+    /// Per step after the first group: from the end of the step(s) before it to its start, i.e. one
+    /// step boundary as the engine makes it (the database statement included).
+    gaps: Vec<(StepName, Duration)>,
 }
 
 struct Overhead {
@@ -391,8 +419,11 @@ async fn overhead(
     let ledger = Arc::new(Ledger::default());
     let fake = Arc::new(Fake { engine: 0, latencies: latencies.clone(), ledger: ledger.clone() });
     let engine_pool = engine_pool(url, 8).await?;
-    let engine = Arc::new(Engine::new(engine_pool.clone(), fake, settings(1, 8), "bench-overhead"));
+    let wake = Wake::default();
+    let engine =
+        Arc::new(Engine::new(engine_pool.clone(), fake, settings(1, 8), "bench-overhead").with_wake(wake.clone()));
     let poll = settings(1, 8).poll;
+    let waiting = wake.clone();
 
     // One worker, as `run_workers` drives it, but with each run's end reported as it happens.
     let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<Result<(i64, RunEnd, Instant), String>>();
@@ -411,6 +442,7 @@ async fn overhead(
             }
             tokio::select! {
                 _ = tokio::time::sleep(poll) => {}
+                _ = waiting.woken() => {}
                 _ = stop_rx.changed() => {}
             }
         }
@@ -427,6 +459,8 @@ async fn overhead(
         tokio::time::sleep(poll.mul_f64(3.0 * fastrand::f64())).await;
         let t0 = Instant::now();
         let run_id = queue_opened(pool, project, "single", i).await?;
+        // As the webhook handler does once intake has queued a run.
+        wake.wake();
         let recorded = Instant::now();
         let done = loop {
             match tokio::time::timeout(deadline, ended_rx.recv()).await {
@@ -451,7 +485,16 @@ async fn overhead(
                 .bind(run_id)
                 .fetch_one(pool)
                 .await?;
+        let mut gaps = Vec::new();
+        let mut previous_end = FIRST_GROUP.iter().filter_map(|s| execs.get(&(run_id, *s))).map(|e| e.ended).max();
+        for (step, _) in DEFAULT_MS.iter().filter(|(s, _)| !FIRST_GROUP.contains(s)) {
+            if let (Some(end), Some(exec)) = (previous_end, execs.get(&(run_id, *step))) {
+                gaps.push((*step, exec.started.saturating_duration_since(end)));
+                previous_end = Some(exec.ended);
+            }
+        }
         let single = Single {
+            gaps,
             wall: done - t0,
             intake: recorded - t0,
             claim_wait: Duration::from_secs_f64(claim_wait.max(0.0)),
@@ -529,17 +572,23 @@ async fn burst(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut pools = Vec::new();
     let mut handles = Vec::new();
+    let mut wakes = Vec::new();
     for e in 0..engines {
         // Three concurrent steps per run, a heartbeat, and room for the claim.
         let p = engine_pool(url, (workers_each * 4 + 4) as u32).await?;
         let fake = Arc::new(Fake { engine: e, latencies: latencies.clone(), ledger: ledger.clone() });
-        let engine = Arc::new(Engine::new(
-            p.clone(),
-            fake,
-            settings(workers_each, args.concurrency),
-            format!("bench-burst-{engines}x-{e}"),
-        ));
+        let wake = Wake::default();
+        let engine = Arc::new(
+            Engine::new(
+                p.clone(),
+                fake,
+                settings(workers_each, args.concurrency),
+                format!("bench-burst-{engines}x-{e}"),
+            )
+            .with_wake(wake.clone()),
+        );
         handles.push(AbortOnDrop::spawn(engine.run_workers(stop_rx.clone())));
+        wakes.push(wake);
         pools.push(p);
     }
     let phase = format!("burst{engines}");
@@ -551,8 +600,10 @@ async fn burst(
     let t0 = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let mut senders = Vec::new();
-    for _ in 0..SENDERS.min(n) {
+    for sender in 0..SENDERS.min(n) {
         let (pool, project, phase, next) = (pool.clone(), project.clone(), phase.clone(), next.clone());
+        // Each replica's webhook handler wakes its own workers: senders are spread over the engines.
+        let wake: Wake = wakes[sender % engines].clone();
         senders.push(tokio::spawn(async move {
             let mut ids = Vec::new();
             loop {
@@ -561,6 +612,7 @@ async fn burst(
                     return Ok::<_, anyhow::Error>(ids);
                 }
                 ids.push(queue_opened(&pool, &project, &phase, i).await?);
+                wake.wake();
             }
         }));
     }
@@ -752,7 +804,7 @@ fn summary(args: &Args, latencies: &Latencies, probe: &Probe, a: &Overhead, burs
         "db round trip p50",
         format!("read {:.2} ms, autocommit 1-row update {:.2} ms", ms(probe.read), ms(probe.write)),
     );
-    println!("-- (a) run overhead: {} sequential runs, 1 worker, poll 5 ms --", a.runs.len());
+    println!("-- (a) run overhead: {} sequential runs, 1 worker, woken on queue --", a.runs.len());
     line("wall (intake call -> succeeded)", format!("{}, max {:.1} ms", pct(&wall), ms(*wall.last().unwrap())));
     line(
         "wall / critical path",
@@ -766,6 +818,15 @@ fn summary(args: &Args, latencies: &Latencies, probe: &Probe, a: &Overhead, burs
     line("  steps (first step -> report end)", pct(&sorted(&|r| r.steps)));
     line("    timer overshoot (slept - nominal)", pct(&overshoot));
     line("    engine + db between steps", pct(&between));
+    let gaps: Vec<String> = DEFAULT_MS
+        .iter()
+        .filter(|(s, _)| !FIRST_GROUP.contains(s))
+        .map(|(step, _)| {
+            let v = sorted(&|r| r.gaps.iter().find(|(s, _)| s == step).map(|(_, d)| *d).unwrap_or_default());
+            format!("{} {:.2}", step.as_str(), ms(percentile(&v, 0.5)))
+        })
+        .collect();
+    line("      boundary before each step, p50 ms", gaps.join(", "));
     line("  finish (report end -> run ended)", pct(&sorted(&|r| r.finish)));
     line("  overhead total (wall - critical)", pct(&sorted(&|r| r.wall.saturating_sub(critical))));
     line("problems", if a.problems.is_empty() { "none".into() } else { a.problems.join("; ") });

@@ -79,20 +79,27 @@ fn start_background(
                 tracing::warn!(error = %e, "deploy steps will fail until helm is found");
                 HelmCli::new("helm")
             });
+            // Each run in flight uses up to three connections (concurrent steps) and its heartbeat one.
+            let workers = config.stands.workers;
+            let pool = store::worker_pool(&config.database_url, workers * 4 + 2)?;
             let steps = DryRunSteps::new(pool.clone(), config.clone(), Arc::new(helm));
             let fault = match std::env::var("DRAFTD_FAULT") {
                 Ok(text) => Some(text.parse::<Fault>().map_err(|e| anyhow::anyhow!("DRAFTD_FAULT: {e}"))?),
                 Err(_) => None,
             };
             let settings = EngineSettings {
-                workers: config.stands.workers as usize,
+                workers: workers as usize,
                 max_running: i64::from(config.stands.max_concurrent_runs),
                 lease: config.stands.lease,
                 heartbeat: config.stands.lease / 3,
                 fault,
                 ..EngineSettings::default()
             };
-            let engine = Arc::new(Engine::new(pool.clone(), Arc::new(steps), settings, lease_owner()));
+            let limits = config.projects.iter().filter_map(|p| Some((p.name.as_str(), p.max_concurrent_runs?)));
+            let engine = Engine::new(pool.clone(), Arc::new(steps), settings, lease_owner())
+                .with_wake(state.wake().clone())
+                .with_project_limits(limits);
+            let engine = Arc::new(engine);
             let (state, stop) = (state.clone(), stop.clone());
             tokio::spawn(async move {
                 if wait_migrated(&state, &stop).await {

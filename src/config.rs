@@ -352,6 +352,9 @@ pub struct ProjectConfig {
     pub strip_branch_prefix: bool,
     #[serde(default, with = "humantime_serde")]
     pub ttl: Option<Duration>,
+    /// Caps this project's runs in flight across every replica, within `[stands] max_concurrent_runs`,
+    /// so one busy repository cannot hold every slot.
+    pub max_concurrent_runs: Option<u32>,
     #[serde(default)]
     pub migrate: Vec<String>,
     #[serde(default)]
@@ -485,6 +488,9 @@ impl Config {
             branch_globs(&p.branches).map_err(|e| self.invalid(key("branches"), e))?;
             if p.ttl.is_some_and(|t| t.is_zero()) {
                 return Err(self.invalid(key("ttl"), "must be longer than zero"));
+            }
+            if p.max_concurrent_runs == Some(0) {
+                return Err(self.invalid(key("max_concurrent_runs"), "must be at least 1 (leave it out for no limit)"));
             }
             let app_wide = match p.forge {
                 ForgeKind::Github => &self.github.webhook_secret_env,
@@ -673,6 +679,20 @@ webhook_secret_env = "SHOP_SECRET"
             jail.set_env("DRAFTD_STANDS__MAX_CONCURRENT_RUNS", "many");
             let err = load(jail).unwrap_err().to_string();
             assert!(err.contains("DRAFTD_STANDS__MAX_CONCURRENT_RUNS"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn project_run_limits_are_read_and_zero_is_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file("draftd.toml", EXAMPLE)?;
+            assert_eq!(load(jail).unwrap().projects[0].max_concurrent_runs, None);
+            jail.create_file("draftd.toml", &format!("{EXAMPLE}max_concurrent_runs = 4\n"))?;
+            assert_eq!(load(jail).unwrap().projects[0].max_concurrent_runs, Some(4));
+            jail.create_file("draftd.toml", &format!("{EXAMPLE}max_concurrent_runs = 0\n"))?;
+            let err = load(jail).unwrap_err().to_string();
+            assert!(err.contains("projects[0].max_concurrent_runs"), "{err}");
             Ok(())
         });
     }

@@ -468,6 +468,49 @@ async fn record_opened_pr(client: &reqwest::Client, server: &Server, setup: &Set
     res.body
 }
 
+/// A dry-run config for the `hello-world` project with the repository's chart and helm, stands
+/// under `<test dir>/stands`, and `stands` as the body of its `[stands]` table.
+fn dry_run_config(setup: &Setup, name: &str, stands: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    setup.write_config(
+        name,
+        &format!(
+            r#"
+[cluster]
+mode = "dry-run"
+dry_run_dir = "{dir}"
+helm_path = "{helm}"
+
+[stands]
+{stands}
+
+[[projects]]
+name = "hello-world"
+forge = "github"
+repo = "Codertocat/Hello-World"
+webhook_secret_env = "{GITHUB_SECRET_VAR}"
+chart = "{chart}"
+values = ["{values}"]
+"#,
+            dir = setup.dir.path().join("stands").display(),
+            helm = root.join(".tools/bin/helm").display(),
+            chart = root.join("charts/stand").display(),
+            values = root.join("values/draft.yaml").display(),
+        ),
+    )
+}
+
+/// The steps a stand's folder logs as executed (`executions.jsonl`), as (step, pid), in order.
+fn executions(folder: &Path) -> Vec<(String, u64)> {
+    let log = std::fs::read_to_string(folder.join("executions.jsonl")).unwrap_or_default();
+    log.lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_str().unwrap().to_owned(), v["pid"].as_u64().unwrap())
+        })
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------------------
@@ -936,33 +979,7 @@ host = "{{stand}}.draft.example.test"
 async fn a_process_killed_after_deploy_is_resumed_by_the_next_without_repeating_steps() {
     let db = TestDb::create().await;
     let setup = Setup::new(&db.url);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let config = setup.write_config(
-        "crash.toml",
-        &format!(
-            r#"
-[cluster]
-mode = "dry-run"
-dry_run_dir = "{stands}"
-helm_path = "{helm}"
-
-[stands]
-lease = "1s"
-
-[[projects]]
-name = "hello-world"
-forge = "github"
-repo = "Codertocat/Hello-World"
-webhook_secret_env = "{GITHUB_SECRET_VAR}"
-chart = "{chart}"
-values = ["{values}"]
-"#,
-            stands = setup.dir.path().join("stands").display(),
-            helm = root.join(".tools/bin/helm").display(),
-            chart = root.join("charts/stand").display(),
-            values = root.join("values/draft.yaml").display(),
-        ),
-    );
+    let config = dry_run_config(&setup, "crash.toml", "lease = \"1s\"");
     let client = client();
     let mut doomed = setup.command_with(&config, &["--log-format", "json", "serve"]);
     doomed.env("DRAFTD_FAULT", "after:deploy");
@@ -986,7 +1003,12 @@ values = ["{values}"]
     let query = "select name, state, attempt from steps where run_id = $1 order by name";
     let before: Vec<(String, String, i32)> = sqlx::query_as(query).bind(run_id).fetch_all(&mut conn).await.unwrap();
     assert!(steps(before.clone()).contains(&"deploy:succeeded:1".to_string()), "{:?}", steps(before.clone()));
-    assert!(!before.iter().any(|s| s.0 == "migrate"), "the process died before migrate: {:?}", steps(before));
+    // The boundary that recorded deploy as done also recorded migrate as started; it never ran.
+    assert!(
+        before.iter().all(|s| s.0 != "migrate" || s.1 == "running"),
+        "the process died before migrate ran: {:?}",
+        steps(before)
+    );
 
     // A new process takes the run over once the dead one's lease has expired, and finishes it.
     let mut second = Setup::serve_command(setup.command_with(&config, &["--log-format", "json", "serve"]));
@@ -1009,14 +1031,108 @@ values = ["{values}"]
     assert_eq!(after.len(), 9, "{:?}", steps(after.clone()));
     for (name, state, attempt) in &after {
         assert!(state == "succeeded" || state == "skipped", "{name} is {state}");
-        assert_eq!(*attempt, 1, "{name} ran {attempt} times: done steps are never executed again");
+        let starts = if name == "migrate" { 2 } else { 1 };
+        assert!(*attempt <= starts, "{name} was started {attempt} times");
     }
+    // Executions, as the dry-run runner logs them: each step exactly once across both processes.
+    let folder = std::fs::read_dir(setup.dir.path().join("stands")).unwrap().next().unwrap().unwrap().path();
+    let log = executions(&folder);
+    let mut executed: Vec<&str> = log.iter().map(|(s, _)| s.as_str()).collect();
+    executed.sort();
+    let mut expected: Vec<&str> = after.iter().map(|s| s.0.as_str()).collect();
+    expected.sort();
+    assert_eq!(executed, expected, "every step executed exactly once: {log:?}");
+    let pids: std::collections::HashSet<u64> = log.iter().map(|(_, pid)| *pid).collect();
+    assert_eq!(pids.len(), 2, "both processes executed steps: {log:?}");
     let claims: i32 = sqlx::query_scalar("select attempt from runs where run_id = $1")
         .bind(run_id)
         .fetch_one(&mut conn)
         .await
         .unwrap();
     assert_eq!(claims, 2, "claimed by the dead process, then by the new one");
+    conn.close().await.unwrap();
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_serve_processes_on_one_database_share_runs_and_never_run_one_twice() {
+    const BRANCHES: usize = 8;
+    let db = TestDb::create().await;
+    let setup = Setup::new(&db.url);
+    let config = dry_run_config(&setup, "two.toml", "workers = 2");
+    let client = client();
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let mut server = Setup::serve_command(setup.command_with(&config, &["--log-format", "json", "serve"]));
+        server.wait_started(&client).await;
+        servers.push(server);
+    }
+    // The webhooks land on both replicas, as behind a load balancer.
+    let mut runs = Vec::new();
+    for i in 0..BRANCHES {
+        let body = serde_json::to_vec(&github_pr(
+            "opened",
+            &format!("feature/two-{i}"),
+            &sha(i as u32 + 1),
+            "2019-05-15T15:20:33Z",
+        ))
+        .unwrap();
+        let server = &servers[i % 2];
+        let delivery = uuid::Uuid::new_v4().to_string();
+        let res = post_github(&client, server, &setup.github_secret, "pull_request", &delivery, &body).await;
+        assert_eq!(res.status, 202, "{}; output:\n{}", res.body, server.output());
+        runs.push(res.body["run"].as_i64().unwrap());
+    }
+
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let open: i64 = sqlx::query_scalar("select count(*) from runs where state in ('queued', 'running')")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        if open == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} runs still open; outputs:\n{}\n---\n{}",
+            servers[0].output(),
+            servers[1].output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pids: Vec<u64> = servers.iter().map(|s| u64::from(s.proc.pid())).collect();
+    for server in &mut servers {
+        server.stop_cleanly();
+    }
+
+    let states: Vec<(String, i32)> =
+        sqlx::query_as("select state, attempt from runs where run_id = any($1) order by run_id")
+            .bind(&runs)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(states, vec![("succeeded".to_string(), 1); BRANCHES], "every run succeeded, claimed once");
+    let mut drivers = std::collections::HashSet::new();
+    let folders: Vec<PathBuf> =
+        std::fs::read_dir(setup.dir.path().join("stands")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(folders.len(), BRANCHES, "{folders:?}");
+    for folder in folders {
+        let log = executions(&folder);
+        let mut steps: Vec<&str> = log.iter().map(|(s, _)| s.as_str()).collect();
+        steps.sort();
+        assert_eq!(
+            steps,
+            ["database", "deploy", "image", "migrate", "namespace", "report", "secrets", "smoke", "verify"],
+            "{}: each step exactly once",
+            folder.display()
+        );
+        let by: std::collections::HashSet<u64> = log.iter().map(|(_, pid)| *pid).collect();
+        assert_eq!(by.len(), 1, "{}: one process drove the run: {log:?}", folder.display());
+        drivers.extend(by);
+    }
+    assert_eq!(drivers, pids.into_iter().collect(), "both processes drove runs");
     conn.close().await.unwrap();
     db.drop_db().await;
 }

@@ -100,13 +100,18 @@ fn engine(pool: &PgPool, fake: &Arc<Fake>, owner: &str) -> Arc<Engine<Fake>> {
     Arc::new(Engine::new(pool.clone(), fake.clone(), settings(), owner))
 }
 
-/// Queues a run for `branch` (creating its stand) and returns its id.
+/// Queues a run for `branch` of project `shop` (creating its stand) and returns its id.
 async fn queue(pool: &PgPool, branch: &str, kind: &str, sha: &str) -> i64 {
+    queue_in(pool, "shop", branch, kind, sha).await
+}
+
+async fn queue_in(pool: &PgPool, project: &str, branch: &str, kind: &str, sha: &str) -> i64 {
     let stand: i64 = sqlx::query_scalar(
-        "insert into stands (project, branch, namespace) values ('shop', $1, 'draft-' || md5($1))
+        "insert into stands (project, branch, namespace) values ($1, $2, 'draft-' || md5($1 || $2))
          on conflict (project, branch) do update set runs_count = stands.runs_count + 1
          returning stand_id",
     )
+    .bind(project)
     .bind(branch)
     .fetch_one(pool)
     .await
@@ -313,6 +318,61 @@ async fn two_engines_on_one_database_run_every_run_exactly_once(pool: PgPool) {
     let owners: Vec<Option<String>> =
         sqlx::query_scalar("select distinct lease_owner from runs").fetch_all(&pool).await.unwrap();
     assert_eq!(owners, vec![None], "every lease released");
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_project_limit_caps_its_runs_in_flight_while_other_projects_proceed(pool: PgPool) {
+    let fake = Fake::with_delay(Duration::from_millis(15));
+    let mut shop = Vec::new();
+    for i in 0..3 {
+        shop.push(queue_in(&pool, "shop", &format!("feature/{i}"), "deploy", "s1").await);
+    }
+    let other = queue_in(&pool, "blog", "feature/x", "deploy", "s1").await;
+    let settings = EngineSettings { workers: 4, ..settings() };
+    let limited = |owner: &str| {
+        Arc::new(Engine::new(pool.clone(), fake.clone(), settings.clone(), owner).with_project_limits([("shop", 1)]))
+    };
+    // Two engines: the limit holds across replicas, not just within one process.
+    drain(&pool, &[limited("replica-a"), limited("replica-b")], Duration::from_secs(30)).await;
+
+    let calls = fake.calls();
+    let span = |run: i64| {
+        let mine = calls.iter().filter(|c| c.run_id == run);
+        (mine.clone().map(|c| c.started).min().unwrap(), mine.map(|c| c.ended.unwrap()).max().unwrap())
+    };
+    let overlap = |a: (Instant, Instant), b: (Instant, Instant)| a.0 < b.1 && b.0 < a.1;
+    for (i, a) in shop.iter().enumerate() {
+        assert_eq!(run_state(&pool, *a).await.0, "succeeded");
+        for b in &shop[i + 1..] {
+            assert!(!overlap(span(*a), span(*b)), "runs {a} and {b} of shop were in flight together");
+        }
+    }
+    assert_eq!(run_state(&pool, other).await.0, "succeeded");
+    assert!(shop.iter().any(|s| overlap(span(*s), span(other))), "blog's run was held back by shop's limit");
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_woken_worker_starts_a_new_run_without_waiting_for_its_poll(pool: PgPool) {
+    let fake = Fake::with_delay(Duration::ZERO);
+    let wake = draftd::pipeline::Wake::default();
+    let settings = EngineSettings { poll: Duration::from_secs(60), ..settings() };
+    let engine = Arc::new(Engine::new(pool.clone(), fake.clone(), settings, "w1").with_wake(wake.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let workers = tokio::spawn(engine.run_workers(stop_rx));
+    // Both workers have looked, found nothing, and sleep for a minute.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let run = queue(&pool, "feature/a", "deploy", "a1").await;
+    let queued = Instant::now();
+    wake.wake();
+    loop {
+        if run_state(&pool, run).await.0 == "succeeded" {
+            break;
+        }
+        assert!(queued.elapsed() < Duration::from_secs(10), "the run waited for the poll");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop_tx.send(true).unwrap();
+    workers.await.unwrap();
 }
 
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]

@@ -111,7 +111,10 @@ async fn queue(_: Caller, state: &AppState, id: i64, command: Command) -> Result
     let outcome = manual::queue(&mut tx, StandLookup::Id(id), &req).await?;
     tx.commit().await.map_err(crate::store::StoreError::from)?;
     match outcome {
-        ManualOutcome::Queued { stand, run } => Ok((StatusCode::ACCEPTED, Json(json!({ "stand": stand, "run": run })))),
+        ManualOutcome::Queued { stand, run } => {
+            state.wake().wake();
+            Ok((StatusCode::ACCEPTED, Json(json!({ "stand": stand, "run": run }))))
+        }
         ManualOutcome::Refused { code: "stand_not_found", reason, .. } => {
             Err(ApiError::StandNotFound { message: reason })
         }

@@ -25,6 +25,7 @@ use tracing::Level;
 pub use error::ApiError;
 
 use crate::config::{Config, ForgeKind, Project, Projects};
+use crate::pipeline::Wake;
 
 /// Shared by every request; cheap to clone.
 #[derive(Clone)]
@@ -40,6 +41,8 @@ struct Inner {
     max_body_bytes: usize,
     /// Set once migrations are applied; until then webhooks answer 503 and the startup probe fails.
     migrated: AtomicBool,
+    /// Wakes this process's workers when a request queues a run.
+    wake: Wake,
 }
 
 impl AppState {
@@ -55,7 +58,13 @@ impl AppState {
             api_token,
             max_body_bytes: config.intake.max_body_bytes,
             migrated: AtomicBool::new(false),
+            wake: Wake::default(),
         }))
+    }
+
+    /// The engine of this process shares it, so a run queued here starts without waiting for a poll.
+    pub fn wake(&self) -> &Wake {
+        &self.0.wake
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -56,6 +56,9 @@ async fn record(state: &AppState, hook: &Webhook, event: &crate::forge::Event) -
     if let Some(stand) = recorded.stand {
         Span::current().record("stand", stand);
     }
+    if recorded.run.is_some() {
+        state.wake().wake();
+    }
     let status = if recorded.redelivery { StatusCode::OK } else { StatusCode::ACCEPTED };
     tracing::info!(
         event = %hook.event,

@@ -2,17 +2,18 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use serde_json::json;
 use sqlx::PgPool;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use super::step::{StepError, StepErrorKind, StepName, StepRunner, plan};
-use crate::store::runs::{self, ClaimedRun, Overtaken, RunStoreError};
+use crate::store::runs::{self, Advance, ClaimedRun, Overtaken, RunStoreError, StepEnd};
 
 /// Timings and limits of the engine; the defaults suit a cluster, tests shrink them.
 #[derive(Debug, Clone)]
@@ -92,8 +93,8 @@ pub enum RunEnd {
     LeaseLost,
 }
 
+/// Why a step could not be driven to its end (a step that fails has an end: see [`Ended`]).
 enum StepFailure {
-    Failed(StepError),
     Lease,
     Store(RunStoreError),
 }
@@ -107,12 +108,32 @@ impl From<RunStoreError> for StepFailure {
     }
 }
 
+/// Wakes an idle worker at once when a run is queued in this process, instead of at its next poll.
+/// Runs queued elsewhere (another replica, the CLI) are found by the poll.
+#[derive(Clone, Default)]
+pub struct Wake(Arc<Notify>);
+
+impl Wake {
+    /// Wakes one idle worker, or the next to go idle when none is waiting.
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+
+    /// What an idle worker waits on, besides its poll timer.
+    pub async fn woken(&self) {
+        self.0.notified().await;
+    }
+}
+
 pub struct Engine<R> {
     pool: PgPool,
     runner: Arc<R>,
     settings: EngineSettings,
     /// Names this process in leases: unique per process, readable in `runs.lease_owner`.
     owner: String,
+    /// Run limits of projects that set one (project → limit), as `runs::claim` reads them.
+    project_limits: serde_json::Value,
+    wake: Wake,
 }
 
 /// Aborts the heartbeat when the run's future is dropped, as a killed worker's would stop.
@@ -124,9 +145,28 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// How a step's attempts ended, as its group collects them.
+struct Ended {
+    /// The record still to be written at the next boundary; `None` when the step wrote it itself.
+    record: Option<StepEnd>,
+    error: Option<StepError>,
+}
+
 impl<R: StepRunner> Engine<R> {
     pub fn new(pool: PgPool, runner: Arc<R>, settings: EngineSettings, owner: impl Into<String>) -> Self {
-        Self { pool, runner, settings, owner: owner.into() }
+        Self { pool, runner, settings, owner: owner.into(), project_limits: json!({}), wake: Wake::default() }
+    }
+
+    /// Shares a [`Wake`] with whoever queues runs in this process (the webhook handler, the API).
+    pub fn with_wake(mut self, wake: Wake) -> Self {
+        self.wake = wake;
+        self
+    }
+
+    /// Per-project caps on runs in flight across every replica, on top of `max_running`.
+    pub fn with_project_limits<'a>(mut self, limits: impl IntoIterator<Item = (&'a str, u32)>) -> Self {
+        self.project_limits = limits.into_iter().map(|(p, n)| (p.to_owned(), json!(n))).collect();
+        self
     }
 
     /// `settings.workers` loops that claim and drive runs until `shutdown` turns true; a run in
@@ -144,6 +184,7 @@ impl<R: StepRunner> Engine<R> {
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(engine.settings.poll) => {}
+                        _ = engine.wake.woken() => {}
                         _ = shutdown.changed() => {}
                     }
                 }
@@ -154,8 +195,10 @@ impl<R: StepRunner> Engine<R> {
 
     /// Claims one runnable run and drives it to its end; `None` when nothing is runnable.
     pub async fn run_one(&self) -> Result<Option<(i64, RunEnd)>, RunStoreError> {
-        let Some(run) = runs::claim(&self.pool, &self.owner, self.settings.lease, self.settings.max_running).await?
-        else {
+        let claimed =
+            runs::claim(&self.pool, &self.owner, self.settings.lease, self.settings.max_running, &self.project_limits)
+                .await?;
+        let Some(run) = claimed else {
             return Ok(None);
         };
         let span = tracing::info_span!("run", run = run.run_id, stand = run.stand_id, kind = %run.kind);
@@ -182,7 +225,7 @@ impl<R: StepRunner> Engine<R> {
         // which the forge-reporting issue checks; until then nobody's command may act.
         if run.requested_by.is_some() && matches!(run.trigger.as_str(), "command" | "check_run") {
             let error = json!({ "label": "unauthorised", "message": "forge commands wait for the write-access check" });
-            return self.end(run, "rejected", RunEnd::Rejected, Some(error)).await;
+            return self.end(run, "rejected", RunEnd::Rejected, Some(error), Vec::new()).await;
         }
         // Resuming: steps recorded as done are never executed again. Steps are only recorded under a
         // claim, so a run claimed for the first time has none to read.
@@ -199,23 +242,34 @@ impl<R: StepRunner> Engine<R> {
         if !done.contains(StepName::Report.as_str()) {
             self.runner.started(run).await;
         }
+        // Ends of steps not yet written: each boundary writes them together with its own records.
+        let mut ended: Vec<StepEnd> = Vec::new();
         let mut failure: Option<(StepName, StepError)> = None;
         for group in plan(&run.kind) {
-            match runs::overtaken(&self.pool, run).await? {
-                Some(Overtaken::ByDeploy) => return self.end(run, "superseded", RunEnd::Superseded, None).await,
-                Some(Overtaken::ByTeardown) => return self.end(run, "cancelled", RunEnd::Cancelled, None).await,
-                None => {}
-            }
             let pending: Vec<StepName> = group.iter().copied().filter(|s| !done.contains(s.as_str())).collect();
-            let results = join_all(pending.iter().map(|s| self.step(run, *s, lost))).await;
+            let attempts = match self.boundary(run, &mut ended, true, &pending).await {
+                Ok(Advance::Started(attempts)) => attempts,
+                Ok(Advance::Overtaken(Overtaken::ByDeploy)) => {
+                    return self.end(run, "superseded", RunEnd::Superseded, None, ended).await;
+                }
+                Ok(Advance::Overtaken(Overtaken::ByTeardown)) => {
+                    return self.end(run, "cancelled", RunEnd::Cancelled, None, ended).await;
+                }
+                Err(failure) => return failure.into_end(),
+            };
+            let left = AtomicUsize::new(pending.len());
+            let results =
+                join_all(pending.iter().zip(attempts).map(|(s, attempt)| self.step(run, *s, attempt, &left, lost)))
+                    .await;
             for (step, result) in pending.iter().zip(results) {
                 match result {
-                    Ok(()) => {}
-                    Err(StepFailure::Lease) => return Ok(RunEnd::LeaseLost),
-                    Err(StepFailure::Store(e)) => return Err(e),
-                    Err(StepFailure::Failed(e)) => {
-                        failure.get_or_insert((*step, e));
+                    Ok(Ended { record, error }) => {
+                        ended.extend(record);
+                        if let Some(e) = error {
+                            failure.get_or_insert((*step, e));
+                        }
                     }
+                    Err(failure) => return failure.into_end(),
                 }
             }
             if failure.is_some() {
@@ -228,29 +282,59 @@ impl<R: StepRunner> Engine<R> {
             && !done.contains(StepName::Rollback.as_str())
         {
             // A failed rollback is recorded on its row and in the report; the run fails either way.
-            match self.step(run, StepName::Rollback, lost).await {
-                Ok(()) | Err(StepFailure::Failed(_)) => {}
-                Err(StepFailure::Lease) => return Ok(RunEnd::LeaseLost),
-                Err(StepFailure::Store(e)) => return Err(e),
+            if let Err(failure) = self.final_step(run, StepName::Rollback, &mut ended, lost).await {
+                return failure.into_end();
             }
         }
         if !done.contains(StepName::Report.as_str()) {
-            match self.step(run, StepName::Report, lost).await {
-                Ok(()) => {}
-                Err(StepFailure::Lease) => return Ok(RunEnd::LeaseLost),
-                Err(StepFailure::Store(e)) => return Err(e),
-                Err(StepFailure::Failed(e)) => {
+            match self.final_step(run, StepName::Report, &mut ended, lost).await {
+                Ok(None) => {}
+                Ok(Some(e)) => {
                     failure.get_or_insert((StepName::Report, e));
                 }
+                Err(failure) => return failure.into_end(),
             }
         }
         match failure {
-            None => self.end(run, "succeeded", RunEnd::Succeeded, None).await,
+            None => self.end(run, "succeeded", RunEnd::Succeeded, None, ended).await,
             Some((step, e)) => {
                 let error = json!({ "step": step, "kind": e.kind, "label": e.label, "message": e.message });
-                self.end(run, "failed", RunEnd::Failed, Some(error)).await
+                self.end(run, "failed", RunEnd::Failed, Some(error), ended).await
             }
         }
+    }
+
+    /// Rollback and report: run whatever happened before, without giving way to a newer run.
+    async fn final_step(
+        &self,
+        run: &ClaimedRun,
+        step: StepName,
+        ended: &mut Vec<StepEnd>,
+        lost: &watch::Receiver<bool>,
+    ) -> Result<Option<StepError>, StepFailure> {
+        let Advance::Started(attempts) = self.boundary(run, ended, false, &[step]).await? else {
+            unreachable!("a boundary that does not check for newer runs is never overtaken")
+        };
+        let Ended { record, error } = self.step(run, step, attempts[0], &AtomicUsize::new(1), lost).await?;
+        ended.extend(record);
+        Ok(error)
+    }
+
+    /// Writes the pending step ends and starts `next` in one statement (`runs::advance`), then fires
+    /// any `after:` fault point of the steps it recorded.
+    async fn boundary(
+        &self,
+        run: &ClaimedRun,
+        ended: &mut Vec<StepEnd>,
+        check_overtaken: bool,
+        next: &[StepName],
+    ) -> Result<Advance, StepFailure> {
+        let names: Vec<&str> = next.iter().map(|s| s.as_str()).collect();
+        let advance = runs::advance(&self.pool, run, &self.owner, ended, check_overtaken, &names).await?;
+        for end in ended.drain(..) {
+            self.fault_point_named(true, end.name);
+        }
+        Ok(advance)
     }
 
     async fn end(
@@ -259,54 +343,96 @@ impl<R: StepRunner> Engine<R> {
         state: &str,
         end: RunEnd,
         error: Option<serde_json::Value>,
+        ended: Vec<StepEnd>,
     ) -> Result<RunEnd, RunStoreError> {
-        match runs::finish_run(&self.pool, run.run_id, &self.owner, state, error.as_ref()).await {
-            Ok(()) => Ok(end),
+        match runs::finish_run(&self.pool, run.run_id, &self.owner, state, error.as_ref(), &ended).await {
+            Ok(()) => {
+                for step in &ended {
+                    self.fault_point_named(true, step.name);
+                }
+                Ok(end)
+            }
             Err(RunStoreError::LeaseLost(_)) => Ok(RunEnd::LeaseLost),
             Err(e) => Err(e),
         }
     }
 
-    /// One step to its end: retried with backoff while it fails transiently, stopped when the lease is lost.
-    async fn step(&self, run: &ClaimedRun, step: StepName, lost: &watch::Receiver<bool>) -> Result<(), StepFailure> {
+    /// One step from its recorded start to its end: retried with backoff while it fails
+    /// transiently, stopped when the lease is lost. `left` counts the steps of its group still
+    /// running: the last to end returns its end for the next boundary to write with its own
+    /// records; the others write theirs here, as they end.
+    async fn step(
+        &self,
+        run: &ClaimedRun,
+        step: StepName,
+        mut attempt: i32,
+        left: &AtomicUsize,
+        lost: &watch::Receiver<bool>,
+    ) -> Result<Ended, StepFailure> {
         let name = step.as_str();
         loop {
-            let attempt = runs::start_step(&self.pool, run.run_id, &self.owner, name).await?;
             self.fault_point(false, step);
             let result = tokio::select! {
                 r = self.runner.run(step, run) => r,
                 _ = lease_lost(lost) => return Err(StepFailure::Lease),
             };
-            match result {
+            let (end, error) = match result {
                 Ok(outcome) => {
                     let state = if outcome.skipped { "skipped" } else { "succeeded" };
-                    runs::finish_step(&self.pool, run.run_id, &self.owner, name, state, &outcome.detail, None).await?;
-                    self.fault_point(true, step);
-                    return Ok(());
+                    (StepEnd { name, state, detail: outcome.detail, error: None }, None)
                 }
-                Err(e) => {
-                    let retry = e.kind == StepErrorKind::Transient && attempt < self.settings.max_step_attempts;
+                Err(e) if e.kind == StepErrorKind::Transient && attempt < self.settings.max_step_attempts => {
                     let error = serde_json::to_value(&e).expect("step errors serialise");
-                    let state = if retry { "running" } else { "failed" };
-                    runs::finish_step(&self.pool, run.run_id, &self.owner, name, state, &json!({}), Some(&error))
+                    runs::finish_step(&self.pool, run.run_id, &self.owner, name, "running", &json!({}), Some(&error))
                         .await?;
-                    if !retry {
-                        tracing::warn!(step = name, attempt, error = %e, "step failed");
-                        return Err(StepFailure::Failed(e));
-                    }
                     let delay = backoff(&self.settings, attempt);
                     tracing::info!(step = name, attempt, retry_in = ?delay, error = %e, "step failed, will retry");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = lease_lost(lost) => return Err(StepFailure::Lease),
                     }
+                    let Advance::Started(attempts) =
+                        runs::advance(&self.pool, run, &self.owner, &[], false, &[name]).await?
+                    else {
+                        unreachable!("a boundary that does not check for newer runs is never overtaken")
+                    };
+                    attempt = attempts[0];
+                    continue;
                 }
+                Err(e) => {
+                    tracing::warn!(step = name, attempt, error = %e, "step failed");
+                    let error = serde_json::to_value(&e).expect("step errors serialise");
+                    (StepEnd { name, state: "failed", detail: json!({}), error: Some(error) }, Some(e))
+                }
+            };
+            if left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                return Ok(Ended { record: Some(end), error });
             }
+            runs::finish_step(&self.pool, run.run_id, &self.owner, name, end.state, &end.detail, end.error.as_ref())
+                .await?;
+            self.fault_point(true, step);
+            return Ok(Ended { record: None, error });
+        }
+    }
+}
+
+impl StepFailure {
+    /// How the run ends when a step could not be driven to its end.
+    fn into_end(self) -> Result<RunEnd, RunStoreError> {
+        match self {
+            StepFailure::Lease => Ok(RunEnd::LeaseLost),
+            StepFailure::Store(e) => Err(e),
         }
     }
 }
 
 impl<R> Engine<R> {
+    fn fault_point_named(&self, after: bool, name: &str) {
+        if let Some(step) = StepName::ALL.iter().copied().find(|s| s.as_str() == name) {
+            self.fault_point(after, step);
+        }
+    }
+
     fn fault_point(&self, after: bool, step: StepName) {
         if self.settings.fault == Some(Fault { after, step }) {
             tracing::error!(step = step.as_str(), after, "DRAFTD_FAULT: aborting the process");

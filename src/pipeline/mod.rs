@@ -9,5 +9,5 @@ pub mod plan;
 pub mod runner;
 mod step;
 
-pub use engine::{Engine, EngineSettings, Fault, RunEnd};
+pub use engine::{Engine, EngineSettings, Fault, RunEnd, Wake};
 pub use step::{RunContext, StepError, StepErrorKind, StepName, StepOutcome, StepRunner, plan};

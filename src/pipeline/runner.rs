@@ -182,6 +182,10 @@ impl<H: Helm> StepRunner for DryRunSteps<H> {
                 json!({ "run": run.number, "step": step, "skipped": outcome.skipped, "detail": outcome.detail });
             let name = format!("steps/{:04}-{}.json", run.number, step.as_str());
             write(&dir.join(name), &serde_json::to_string_pretty(&record).expect("json")).await?;
+            // One line per execution, never rewritten: what shows that a resumed run did not do a
+            // step twice (a step's row counts attempts started, not executions).
+            let line = json!({ "run": run.number, "step": step, "at": chrono::Utc::now(), "pid": std::process::id() });
+            append(&dir.join("executions.jsonl"), &format!("{line}\n")).await?;
         }
         Ok(outcome)
     }
@@ -194,6 +198,13 @@ async fn write(path: &Path, text: &str) -> Result<PathBuf, StepError> {
     }
     tokio::fs::write(path, text).await.map_err(io)?;
     Ok(path.to_path_buf())
+}
+
+async fn append(path: &Path, line: &str) -> Result<(), StepError> {
+    use tokio::io::AsyncWriteExt;
+    let io = |e: std::io::Error| StepError::transient("io", format!("appending to {}: {e}", path.display()));
+    let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(path).await.map_err(io)?;
+    file.write_all(line.as_bytes()).await.map_err(io)
 }
 
 /// The chart names each mock's Service `<release>-mock-<name>`.

@@ -70,6 +70,19 @@ pub fn pool(url: &str, size: u32) -> Result<PgPool, StoreError> {
         .connect_lazy_with(options))
 }
 
+/// The workers' pool: like [`pool`], but a connection is not pinged before each use. A worker makes
+/// one statement per step boundary, and the ping would add a round trip to each; a statement that
+/// meets a dead connection fails instead, and its run is resumed once the lease expires. (Intake
+/// keeps the ping: a webhook refused there is not redelivered by GitHub on its own.)
+pub fn worker_pool(url: &str, size: u32) -> Result<PgPool, StoreError> {
+    let options = PgConnectOptions::from_str(url).map_err(|e| StoreError::BadUrl(redact(&e.to_string(), url)))?;
+    Ok(PgPoolOptions::new()
+        .max_connections(size)
+        .test_before_acquire(false)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_lazy_with(options))
+}
+
 /// Applies every pending migration.
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     MIGRATOR.run(pool).await?;

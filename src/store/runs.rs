@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -54,49 +55,26 @@ pub struct StepRecord {
 
 /// Claims the oldest runnable run: queued (and past its backoff) or running with an expired lease,
 /// whose stand has no older unfinished run, so runs of one stand go one at a time and in order.
-/// `max_running` caps runs in flight across every worker and replica on this database.
+/// `max_running` caps runs in flight across every worker and replica on this database;
+/// `project_limits` (project → limit) caps them per project.
+///
+/// The SQL is the `draftd_claim` function (migration 4): claims are serialised by an advisory lock
+/// taken before the statement that counts runs in flight, or two claims reading one snapshot could
+/// both take the last free slot; a function takes both in one round trip.
 pub async fn claim(
     pool: &PgPool,
     owner: &str,
     lease: Duration,
     max_running: i64,
+    project_limits: &Value,
 ) -> Result<Option<ClaimedRun>, RunStoreError> {
-    let mut tx = pool.begin().await?;
-    // Locking the stand row too keeps two workers from claiming two runs of one stand at once.
-    let candidate: Option<i64> = sqlx::query_scalar(
-        "select r.run_id from runs r join stands s on s.stand_id = r.stand_id
-         where ((r.state = 'queued' and coalesce(r.not_before, now()) <= now())
-                or (r.state = 'running' and r.lease_expires_at < now()))
-           and not exists (select 1 from runs o where o.stand_id = r.stand_id and o.number < r.number
-                           and o.state in ('queued', 'running'))
-           and (select count(*) from runs a where a.state = 'running' and a.lease_expires_at >= now()) < $1
-         order by r.queued_at, r.run_id
-         limit 1
-         for update of r, s skip locked",
-    )
-    .bind(max_running)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(run_id) = candidate else {
-        tx.rollback().await?;
-        return Ok(None);
-    };
-    let claimed: ClaimedRun = sqlx::query_as(
-        "with r as (
-             update runs set state = 'running', lease_owner = $2, lease_expires_at = now() + $3,
-                             heartbeat_at = now(), attempt = attempt + 1, started_at = coalesce(started_at, now())
-             where run_id = $1
-             returning run_id, stand_id, number, kind, trigger, sha, epoch, requested_by, params, attempt
-         )
-         select r.*, s.project, s.branch, s.namespace from r join stands s on s.stand_id = r.stand_id",
-    )
-    .bind(run_id)
-    .bind(owner)
-    .bind(lease)
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(Some(claimed))
+    Ok(sqlx::query_as("select * from draftd_claim($1, $2, $3, $4)")
+        .bind(owner)
+        .bind(lease)
+        .bind(max_running)
+        .bind(project_limits)
+        .fetch_optional(pool)
+        .await?)
 }
 
 /// Extends the lease; `LeaseLost` when another worker holds the run now.
@@ -116,24 +94,6 @@ pub async fn heartbeat(pool: &PgPool, run_id: i64, owner: &str, lease: Duration)
 
 pub async fn steps(pool: &PgPool, run_id: i64) -> Result<Vec<StepRecord>, RunStoreError> {
     Ok(sqlx::query_as("select name, state, attempt from steps where run_id = $1").bind(run_id).fetch_all(pool).await?)
-}
-
-/// Records that an attempt of `step` starts; returns the attempt number.
-pub async fn start_step(pool: &PgPool, run_id: i64, owner: &str, step: &str) -> Result<i32, RunStoreError> {
-    let attempt: Option<i32> = sqlx::query_scalar(
-        "insert into steps (run_id, name, state, attempt, started_at)
-         select $1, $3, 'running', 1, now()
-         from runs where run_id = $1 and lease_owner = $2 and state = 'running'
-         on conflict (run_id, name) do update
-             set state = 'running', attempt = steps.attempt + 1, started_at = now(), finished_at = null
-         returning attempt",
-    )
-    .bind(run_id)
-    .bind(owner)
-    .bind(step)
-    .fetch_optional(pool)
-    .await?;
-    attempt.ok_or(RunStoreError::LeaseLost(run_id))
 }
 
 /// Records how an attempt of `step` ended (`succeeded`, `skipped`, `failed`, or `running` again when
@@ -165,26 +125,134 @@ pub async fn finish_step(
     if n == 1 { Ok(()) } else { Err(RunStoreError::LeaseLost(run_id)) }
 }
 
-/// Ends the run in a terminal state and releases its lease.
+/// How an attempt of a step ended, recorded at the next boundary ([`advance`], [`finish_run`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct StepEnd {
+    pub name: &'static str,
+    /// `succeeded`, `skipped` or `failed`.
+    pub state: &'static str,
+    pub detail: Value,
+    pub error: Option<Value>,
+}
+
+/// What [`advance`] found at a step boundary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Advance {
+    /// A newer run of the stand overtook this one; nothing was started.
+    Overtaken(Overtaken),
+    /// The next steps were recorded as started, with their attempt numbers, in the order asked.
+    Started(Vec<i32>),
+}
+
+#[derive(sqlx::FromRow)]
+struct BoundaryRow {
+    held: i64,
+    recorded: i64,
+    newer: Option<String>,
+    started: sqlx::types::Json<Vec<(String, i32)>>,
+}
+
+/// A step boundary in one statement, so it costs one round trip however many records it makes:
+/// records how the steps just run `ended`, sees (when `check_overtaken`) whether a newer run of the
+/// stand overtook this one, and, if not, records the `next` steps as started.
+///
+/// The run's row is locked for the statement, so a worker taking over an expired lease cannot
+/// claim the run between the lease check and the writes.
+pub async fn advance(
+    pool: &PgPool,
+    run: &ClaimedRun,
+    owner: &str,
+    ended: &[StepEnd],
+    check_overtaken: bool,
+    next: &[&str],
+) -> Result<Advance, RunStoreError> {
+    let check_overtaken = check_overtaken && run.kind == "deploy";
+    let row: BoundaryRow = sqlx::query_as(
+            "with lease as (
+                 select run_id from runs where run_id = $1 and lease_owner = $2 and state = 'running' for update
+             ),
+             ended as (
+                 update steps set state = e.state, detail = e.detail, error = e.error, finished_at = now()
+                 from jsonb_to_recordset($3) as e(name text, state text, detail jsonb, error jsonb)
+                 where steps.run_id = $1 and steps.name = e.name and exists (select 1 from lease)
+                 returning steps.name
+             ),
+             newer as (
+                 select kind from runs
+                 where $4 and stand_id = $5 and number > $6 and kind in ('deploy', 'teardown')
+                   and state in ('queued', 'running')
+                 order by (kind = 'teardown') desc, number desc limit 1
+             ),
+             started as (
+                 insert into steps (run_id, name, state, attempt, started_at)
+                 select $1, n, 'running', 1, now() from lease, unnest($7::text[]) as n
+                 where not exists (select 1 from newer)
+                 on conflict (run_id, name) do update
+                     set state = 'running', attempt = steps.attempt + 1, started_at = now(), finished_at = null
+                 returning name, attempt
+             )
+             select (select count(*) from lease) as held, (select count(*) from ended) as recorded,
+                    (select kind from newer) as newer,
+                    coalesce((select jsonb_agg(jsonb_build_array(name, attempt)) from started), '[]'::jsonb) as started",
+        )
+        .bind(run.run_id)
+        .bind(owner)
+        .bind(sqlx::types::Json(ended))
+        .bind(check_overtaken)
+        .bind(run.stand_id)
+        .bind(run.number)
+        .bind(next)
+        .fetch_one(pool)
+        .await?;
+    // A missing step row cannot happen under a held lease (every step is started before it ends);
+    // stopping is the safe answer either way.
+    let BoundaryRow { held, recorded, newer, started } = row;
+    if held != 1 || recorded != ended.len() as i64 {
+        return Err(RunStoreError::LeaseLost(run.run_id));
+    }
+    if let Some(kind) = newer {
+        return Ok(Advance::Overtaken(if kind == "teardown" { Overtaken::ByTeardown } else { Overtaken::ByDeploy }));
+    }
+    let attempts = next
+        .iter()
+        .map(|n| started.0.iter().find(|(name, _)| name == n).map(|(_, a)| *a))
+        .collect::<Option<Vec<i32>>>()
+        .ok_or(RunStoreError::LeaseLost(run.run_id))?;
+    Ok(Advance::Started(attempts))
+}
+
+/// Ends the run in a terminal state and releases its lease, recording the steps that `ended` since
+/// the last boundary in the same statement.
 pub async fn finish_run(
     pool: &PgPool,
     run_id: i64,
     owner: &str,
     state: &str,
     error: Option<&Value>,
+    ended: &[StepEnd],
 ) -> Result<(), RunStoreError> {
-    let n = sqlx::query(
-        "update runs set state = $3, error = $4, finished_at = now(), lease_owner = null, lease_expires_at = null
-         where run_id = $1 and lease_owner = $2 and state = 'running'",
+    let (finished, recorded): (i64, i64) = sqlx::query_as(
+        "with run as (
+             update runs set state = $3, error = $4, finished_at = now(), lease_owner = null, lease_expires_at = null
+             where run_id = $1 and lease_owner = $2 and state = 'running'
+             returning run_id
+         ),
+         ended as (
+             update steps set state = e.state, detail = e.detail, error = e.error, finished_at = now()
+             from jsonb_to_recordset($5) as e(name text, state text, detail jsonb, error jsonb)
+             where steps.run_id = $1 and steps.name = e.name and exists (select 1 from run)
+             returning steps.name
+         )
+         select (select count(*) from run), (select count(*) from ended)",
     )
     .bind(run_id)
     .bind(owner)
     .bind(state)
     .bind(error)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    if n == 1 { Ok(()) } else { Err(RunStoreError::LeaseLost(run_id)) }
+    .bind(sqlx::types::Json(ended))
+    .fetch_one(pool)
+    .await?;
+    if finished == 1 && recorded == ended.len() as i64 { Ok(()) } else { Err(RunStoreError::LeaseLost(run_id)) }
 }
 
 /// What a newer run of the same stand means for this one at a step boundary.
@@ -194,21 +262,4 @@ pub enum Overtaken {
     ByDeploy,
     /// A teardown: this deploy is `cancelled`.
     ByTeardown,
-}
-
-/// Only deploys give way: a teardown always runs to the end, and a revived stand's deploy waits for it.
-pub async fn overtaken(pool: &PgPool, run: &ClaimedRun) -> Result<Option<Overtaken>, RunStoreError> {
-    if run.kind != "deploy" {
-        return Ok(None);
-    }
-    let newer: Option<String> = sqlx::query_scalar(
-        "select kind from runs where stand_id = $1 and number > $2 and kind in ('deploy', 'teardown')
-           and state in ('queued', 'running')
-         order by (kind = 'teardown') desc, number desc limit 1",
-    )
-    .bind(run.stand_id)
-    .bind(run.number)
-    .fetch_optional(pool)
-    .await?;
-    Ok(newer.map(|k| if k == "teardown" { Overtaken::ByTeardown } else { Overtaken::ByDeploy }))
 }

@@ -1,0 +1,1 @@
+drop function draftd_claim(text, interval, bigint, jsonb);
