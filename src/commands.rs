@@ -24,6 +24,10 @@ use crate::store::{self, stands};
 /// SIGTERM/Ctrl-C, then let in-flight requests finish.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let projects = Projects::resolve(&config)?;
+    if config.cluster.mode == ClusterMode::Kubernetes {
+        // A configuration that cannot reach a cluster is an error now, not a failure of the first run.
+        crate::cluster::client::connect(&config.cluster).await?;
+    }
     let pool = store::pool(&config.database_url, config.intake.db_pool_size)?;
     let state = AppState::new(&config, projects, pool.clone());
     let listener =

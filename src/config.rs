@@ -121,6 +121,155 @@ pub struct ClusterConfig {
     /// One helm command may take this long before it is killed and counted a transient failure.
     #[serde(default = "default_helm_timeout", with = "humantime_serde")]
     pub helm_timeout: Duration,
+    /// The ingress controller's namespace: the only one whose pods may open connections to a stand.
+    #[serde(default = "default_ingress_namespace")]
+    pub ingress_namespace: String,
+    /// Where a stand's pods may connect outside their namespace besides cluster DNS, as CIDRs: the
+    /// stand database's host, a registry mirror. Everything else is denied.
+    #[serde(default)]
+    pub egress_cidrs: Vec<String>,
+    #[serde(default)]
+    pub quota: QuotaConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// The ResourceQuota of each stand namespace: one stand is a preview, not a production copy, and a
+/// runaway stand must not starve the others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// Sum of CPU requests: the app, three mocks and a job at their defaults fit with room to spare.
+    #[serde(default = "default_quota_requests_cpu")]
+    pub requests_cpu: String,
+    #[serde(default = "default_quota_requests_memory")]
+    pub requests_memory: String,
+    #[serde(default = "default_quota_limits_cpu")]
+    pub limits_cpu: String,
+    #[serde(default = "default_quota_limits_memory")]
+    pub limits_memory: String,
+    /// Pods, counting rollouts' surge and the migrate and smoke Jobs.
+    #[serde(default = "default_quota_pods")]
+    pub pods: u32,
+    #[serde(default = "default_quota_pvcs")]
+    pub persistent_volume_claims: u32,
+    #[serde(default = "default_quota_storage")]
+    pub requests_storage: String,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self {
+            requests_cpu: default_quota_requests_cpu(),
+            requests_memory: default_quota_requests_memory(),
+            limits_cpu: default_quota_limits_cpu(),
+            limits_memory: default_quota_limits_memory(),
+            pods: default_quota_pods(),
+            persistent_volume_claims: default_quota_pvcs(),
+            requests_storage: default_quota_storage(),
+        }
+    }
+}
+
+fn default_quota_requests_cpu() -> String {
+    "2".into()
+}
+fn default_quota_requests_memory() -> String {
+    "4Gi".into()
+}
+fn default_quota_limits_cpu() -> String {
+    "4".into()
+}
+fn default_quota_limits_memory() -> String {
+    "8Gi".into()
+}
+fn default_quota_pods() -> u32 {
+    20
+}
+fn default_quota_pvcs() -> u32 {
+    5
+}
+fn default_quota_storage() -> String {
+    "10Gi".into()
+}
+
+/// The LimitRange of each stand namespace: what a container gets when its chart sets nothing (so the
+/// quota can be enforced at all), and the most one container may ask for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    #[serde(default = "default_limit_request_cpu")]
+    pub default_request_cpu: String,
+    #[serde(default = "default_limit_request_memory")]
+    pub default_request_memory: String,
+    #[serde(default = "default_limit_cpu")]
+    pub default_cpu: String,
+    #[serde(default = "default_limit_memory")]
+    pub default_memory: String,
+    #[serde(default = "default_limit_max_cpu")]
+    pub max_cpu: String,
+    #[serde(default = "default_limit_max_memory")]
+    pub max_memory: String,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            default_request_cpu: default_limit_request_cpu(),
+            default_request_memory: default_limit_request_memory(),
+            default_cpu: default_limit_cpu(),
+            default_memory: default_limit_memory(),
+            max_cpu: default_limit_max_cpu(),
+            max_memory: default_limit_max_memory(),
+        }
+    }
+}
+
+fn default_limit_request_cpu() -> String {
+    "50m".into()
+}
+fn default_limit_request_memory() -> String {
+    "64Mi".into()
+}
+fn default_limit_cpu() -> String {
+    "500m".into()
+}
+fn default_limit_memory() -> String {
+    "512Mi".into()
+}
+fn default_limit_max_cpu() -> String {
+    "2".into()
+}
+fn default_limit_max_memory() -> String {
+    "2Gi".into()
+}
+
+/// A plain Kubernetes quantity: a decimal number with an optional SI or binary suffix.
+fn is_quantity(s: &str) -> bool {
+    let number = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let suffix = &s[number.len()..];
+    let mut parts = number.splitn(2, '.');
+    let whole = parts.next().unwrap_or("");
+    let frac = parts.next();
+    !whole.is_empty()
+        && whole.bytes().all(|b| b.is_ascii_digit())
+        && frac.is_none_or(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()))
+        && ["", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"].contains(&suffix)
+}
+
+/// `address/prefix`, IPv4 or IPv6, as a NetworkPolicy's ipBlock takes it.
+fn is_cidr(s: &str) -> bool {
+    let Some((addr, prefix)) = s.split_once('/') else { return false };
+    let Ok(prefix) = prefix.parse::<u8>() else { return false };
+    match addr.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => prefix <= 32,
+        Ok(std::net::IpAddr::V6(_)) => prefix <= 128,
+        Err(_) => false,
+    }
+}
+
+fn default_ingress_namespace() -> String {
+    "ingress-nginx".into()
 }
 
 impl Default for ClusterConfig {
@@ -132,6 +281,10 @@ impl Default for ClusterConfig {
             context: None,
             helm_path: None,
             helm_timeout: default_helm_timeout(),
+            ingress_namespace: default_ingress_namespace(),
+            egress_cidrs: Vec::new(),
+            quota: QuotaConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -352,6 +505,10 @@ pub struct ProjectConfig {
     pub strip_branch_prefix: bool,
     #[serde(default, with = "humantime_serde")]
     pub ttl: Option<Duration>,
+    /// Mount a Kubernetes API token into the stand's pods (its `default` ServiceAccount); off unless
+    /// the app itself talks to the API.
+    #[serde(default)]
+    pub service_account_token: bool,
     /// Caps this project's runs in flight across every replica, within `[stands] max_concurrent_runs`,
     /// so one busy repository cannot hold every slot.
     pub max_concurrent_runs: Option<u32>,
@@ -440,7 +597,42 @@ impl Config {
         ConfigError::Invalid { source_name: self.source_name(), key: key.into(), message: message.into() }
     }
 
+    /// Values that would otherwise be refused by the API server in the middle of a run.
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        if !crate::stand::is_dns_label(&c.ingress_namespace) {
+            return Err(self.invalid("cluster.ingress_namespace", "must be a namespace name (a DNS label)"));
+        }
+        for (i, cidr) in c.egress_cidrs.iter().enumerate() {
+            if !is_cidr(cidr) {
+                return Err(self.invalid(format!("cluster.egress_cidrs[{i}]"), format!("{cidr:?} is not a CIDR")));
+            }
+        }
+        let q = &c.quota;
+        let l = &c.limits;
+        let quantities = [
+            ("cluster.quota.requests_cpu", &q.requests_cpu),
+            ("cluster.quota.requests_memory", &q.requests_memory),
+            ("cluster.quota.limits_cpu", &q.limits_cpu),
+            ("cluster.quota.limits_memory", &q.limits_memory),
+            ("cluster.quota.requests_storage", &q.requests_storage),
+            ("cluster.limits.default_request_cpu", &l.default_request_cpu),
+            ("cluster.limits.default_request_memory", &l.default_request_memory),
+            ("cluster.limits.default_cpu", &l.default_cpu),
+            ("cluster.limits.default_memory", &l.default_memory),
+            ("cluster.limits.max_cpu", &l.max_cpu),
+            ("cluster.limits.max_memory", &l.max_memory),
+        ];
+        for (key, value) in quantities {
+            if !is_quantity(value) {
+                return Err(self.invalid(key, format!("{value:?} is not a Kubernetes quantity such as 500m, 2 or 4Gi")));
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_cluster()?;
         if self.stands.ttl.is_zero() {
             return Err(self.invalid("stands.ttl", "must be longer than zero"));
         }
@@ -693,6 +885,35 @@ webhook_secret_env = "SHOP_SECRET"
             jail.create_file("draftd.toml", &format!("{EXAMPLE}max_concurrent_runs = 0\n"))?;
             let err = load(jail).unwrap_err().to_string();
             assert!(err.contains("projects[0].max_concurrent_runs"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn cluster_isolation_settings_are_checked_at_start() {
+        let cases = [
+            ("[cluster.quota]\nrequests_memory = \"4 gigs\"\n", "cluster.quota.requests_memory"),
+            ("[cluster.limits]\nmax_cpu = \"2.\"\n", "cluster.limits.max_cpu"),
+            ("[cluster]\negress_cidrs = [\"10.0.0.0/8\", \"10.0.0.1\"]\n", "cluster.egress_cidrs[1]"),
+            ("[cluster]\negress_cidrs = [\"10.0.0.0/33\"]\n", "cluster.egress_cidrs[0]"),
+            ("[cluster]\ningress_namespace = \"Ingress_NGINX\"\n", "cluster.ingress_namespace"),
+        ];
+        for (text, key) in cases {
+            Jail::expect_with(|jail| {
+                jail.create_file("draftd.toml", text)?;
+                let err = load(jail).unwrap_err().to_string();
+                assert!(err.contains(key), "{text}: {err}");
+                Ok(())
+            });
+        }
+        Jail::expect_with(|jail| {
+            let text =
+                "[cluster]\negress_cidrs = [\"10.0.0.0/8\", \"fd00::/64\"]\n[cluster.quota]\nrequests_cpu = \"1.5\"\n";
+            jail.create_file("draftd.toml", text)?;
+            let c = load(jail).unwrap();
+            assert_eq!(c.cluster.egress_cidrs.len(), 2);
+            assert_eq!(c.cluster.quota.requests_cpu, "1.5");
+            assert_eq!(c.cluster.quota.requests_memory, "4Gi", "unset keys keep their defaults");
             Ok(())
         });
     }

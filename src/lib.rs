@@ -2,6 +2,8 @@
 //!
 //! The binary in `main.rs` is a thin CLI over this library; tests and benches use the library directly.
 
+/// Kubernetes around the Helm release: namespaces and their isolation (kube-rs).
+pub mod cluster;
 /// Subcommand implementations behind the CLI (serve, migrate, stands …).
 pub mod commands;
 /// Typed settings: TOML file plus `DRAFTD_*` environment, validated at start.

@@ -794,6 +794,16 @@ fn bad_config_names_the_key_and_file() {
     let run_missing = run(setup.command_with(missing, &["serve"]), "draftd serve with a missing config", &out);
     assert!(!run_missing.status.success(), "{}", run_missing.describe());
     assert!(run_missing.stderr.contains("/nonexistent.toml"), "{}", run_missing.describe());
+
+    // Kubernetes mode with no usable cluster configuration stops at start, naming what it tried.
+    let kube = setup.write_config(
+        "kube.toml",
+        &format!("[cluster]\nmode = \"kubernetes\"\nkubeconfig = \"/nonexistent/kubeconfig\"\n{}", projects_toml()),
+    );
+    let run_kube = run(setup.command_with(&kube, &["serve"]), "draftd serve without a cluster", &out);
+    assert!(!run_kube.status.success(), "{}", run_kube.describe());
+    assert!(run_kube.stderr.contains("no Kubernetes configuration"), "{}", run_kube.describe());
+    assert!(run_kube.stderr.contains("/nonexistent/kubeconfig"), "{}", run_kube.describe());
 }
 
 /// A stand-in for GitHub's issue-comment API: the routes and JSON GitHub documents, in memory.

@@ -1,0 +1,101 @@
+//! Kubernetes around the Helm release (DESIGN.md's `cluster/`): the stand's namespace and what
+//! isolates it, and later its Secrets, rollout checks, Jobs, diagnostics and teardown.
+//!
+//! The pipeline sees only the [`Cluster`] trait; [`Kubernetes`] is the kube-rs implementation, and
+//! tests drive it through a mocked API server that checks every request.
+
+/// Connecting: in-cluster, or a kubeconfig and context.
+pub mod client;
+/// The real implementation, through kube-rs.
+mod kubernetes;
+/// The objects draftd applies, built from config; pure, so they are tested without a cluster.
+pub mod resources;
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+
+pub use kubernetes::Kubernetes;
+
+/// Everything draftd creates carries this label, and draftd never touches what lacks it.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "draftd");
+pub const STAND_LABEL: &str = "draftd.io/stand";
+pub const PROJECT_LABEL: &str = "draftd.io/project";
+pub const EXPIRES_ANNOTATION: &str = "draftd.io/expires-at";
+/// Server-side apply's field manager: the fields draftd owns are listed under this name.
+pub const FIELD_MANAGER: &str = "draftd";
+
+/// Which stand a namespace is for, and what its labels say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StandMeta {
+    pub namespace: String,
+    pub stand_id: i64,
+    /// A DNS label already (config validates project names), so a valid label value.
+    pub project: String,
+    pub expires_at: DateTime<Utc>,
+    /// Whether the stand's pods get a Kubernetes API token.
+    pub service_account_token: bool,
+}
+
+/// What the namespace step did, for the step's record.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NamespaceOutcome {
+    /// False when the namespace already existed (a re-run, or a resumed run).
+    pub created: bool,
+    /// `Kind/name` of each object applied inside it.
+    pub applied: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(
+        "namespace {namespace} exists but is not managed by draftd (it lacks the label app.kubernetes.io/managed-by=draftd): draftd leaves it untouched; rename the branch or remove that namespace"
+    )]
+    NotManaged { namespace: String },
+    /// Left from a teardown still in progress; it will be gone shortly and the step retried.
+    #[error("namespace {namespace} is being deleted; the step will try again once it is gone")]
+    Terminating { namespace: String },
+    #[error("namespace {namespace} belongs to stand {owner}, not to stand {stand}")]
+    OtherStand { namespace: String, owner: String, stand: i64 },
+    #[error("no Kubernetes configuration: {0}")]
+    Config(String),
+    #[error("Kubernetes API: {0}")]
+    Api(#[from] kube::Error),
+}
+
+impl ClusterError {
+    /// Worth retrying: the API server was unreachable, overloaded or in a conflict that a new
+    /// attempt resolves. A refusal (forbidden, invalid) will not pass by retrying.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClusterError::Api(kube::Error::Api(status)) => {
+                status.code == 409 || status.code == 429 || status.code >= 500
+            }
+            ClusterError::Api(kube::Error::HyperError(_) | kube::Error::Service(_)) => true,
+            ClusterError::Terminating { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// A stable label for step errors and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ClusterError::NotManaged { .. } => "namespace_not_managed",
+            ClusterError::OtherStand { .. } => "namespace_of_other_stand",
+            ClusterError::Terminating { .. } => "namespace_terminating",
+            ClusterError::Config(_) => "kubernetes_config",
+            ClusterError::Api(kube::Error::Api(status)) if status.code == 403 => "kubernetes_forbidden",
+            ClusterError::Api(_) => "kubernetes_api",
+        }
+    }
+}
+
+/// The cluster as the pipeline's steps use it.
+pub trait Cluster: Send + Sync + 'static {
+    /// Creates or updates the stand's namespace with its labels, quota, limit range, network
+    /// policies and service account; refuses a namespace draftd does not manage.
+    fn ensure_namespace(
+        &self,
+        stand: &StandMeta,
+    ) -> impl Future<Output = Result<NamespaceOutcome, ClusterError>> + Send;
+}

@@ -1,0 +1,319 @@
+//! The cluster layer against a mocked API server (`tower_test::mock::pair`, as kube-rs's
+//! controller-rs does): each scenario plays the API server's side and asserts every request's
+//! method, path, query and body.
+
+use std::collections::HashMap;
+
+use chrono::{TimeZone, Utc};
+use draftd::cluster::{Cluster, ClusterError, Kubernetes, StandMeta};
+use draftd::config::ClusterConfig;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use kube::client::Body;
+use serde_json::{Value, json};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+fn mock(config: ClusterConfig) -> (Kubernetes, Handle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    (Kubernetes::new(kube::Client::new(service, "default"), config), handle)
+}
+
+fn stand() -> StandMeta {
+    StandMeta {
+        namespace: "draft-login-form".into(),
+        stand_id: 7,
+        project: "shop".into(),
+        expires_at: Utc.with_ymd_and_hms(2026, 11, 27, 10, 0, 0).unwrap(),
+        service_account_token: false,
+    }
+}
+
+/// One request as the API server received it.
+struct Seen {
+    method: Method,
+    path: String,
+    query: HashMap<String, String>,
+    content_type: Option<String>,
+    body: Value,
+}
+
+/// Takes the next request and answers it with `status` and `answer`.
+async fn serve(handle: &mut Handle, status: StatusCode, answer: impl FnOnce(&Seen) -> Value) -> Seen {
+    let (request, send) = handle.next_request().await.expect("the client sent a request");
+    let (parts, body) = request.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+    let seen = Seen {
+        method: parts.method,
+        path: parts.uri.path().to_owned(),
+        query: form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).into_owned().collect(),
+        content_type: parts.headers.get("content-type").map(|v| v.to_str().unwrap().to_owned()),
+        body,
+    };
+    let reply = answer(&seen);
+    send.send_response(
+        Response::builder().status(status).body(Body::from(serde_json::to_vec(&reply).unwrap())).unwrap(),
+    );
+    seen
+}
+
+fn not_found(kind: &str, name: &str) -> Value {
+    json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+            "message": format!("{kind} \"{name}\" not found") })
+}
+
+/// Asserts a server-side apply by draftd of `kind` at `path`, and answers with the applied object.
+async fn expect_apply(handle: &mut Handle, path: &str, kind: &str) -> Value {
+    let seen = serve(handle, StatusCode::OK, |s| s.body.clone()).await;
+    assert_eq!(seen.method, Method::PATCH, "{path}");
+    assert_eq!(seen.path, path);
+    assert_eq!(seen.query.get("fieldManager").map(String::as_str), Some("draftd"), "{path}: {:?}", seen.query);
+    assert_eq!(seen.query.get("force").map(String::as_str), Some("true"), "{path}: {:?}", seen.query);
+    assert_eq!(seen.content_type.as_deref(), Some("application/apply-patch+yaml"), "{path}");
+    assert_eq!(seen.body["kind"], kind, "{path}");
+    let labels = &seen.body["metadata"]["labels"];
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "draftd", "{path}");
+    assert_eq!(labels["draftd.io/stand"], "7", "{path}");
+    assert_eq!(labels["draftd.io/project"], "shop", "{path}");
+    seen.body
+}
+
+/// Everything inside the namespace, in the order the step applies it.
+async fn expect_namespace_contents(handle: &mut Handle) -> HashMap<&'static str, Value> {
+    let ns = "/api/v1/namespaces/draft-login-form";
+    let mut objects = HashMap::new();
+    objects.insert("quota", expect_apply(handle, &format!("{ns}/resourcequotas/draftd-quota"), "ResourceQuota").await);
+    objects.insert("limits", expect_apply(handle, &format!("{ns}/limitranges/draftd-limits"), "LimitRange").await);
+    let netpols = "/apis/networking.k8s.io/v1/namespaces/draft-login-form/networkpolicies";
+    objects.insert("deny", expect_apply(handle, &format!("{netpols}/draftd-default-deny"), "NetworkPolicy").await);
+    objects.insert("allow", expect_apply(handle, &format!("{netpols}/draftd-allow"), "NetworkPolicy").await);
+    objects.insert("sa", expect_apply(handle, &format!("{ns}/serviceaccounts/default"), "ServiceAccount").await);
+    objects
+}
+
+/// Drops the client and asserts it sent nothing more.
+async fn expect_no_more(cluster: Kubernetes, mut handle: Handle) {
+    drop(cluster);
+    assert!(handle.next_request().await.is_none(), "no further request");
+}
+
+#[tokio::test]
+async fn a_new_namespace_is_created_with_labels_quota_limits_policies_and_no_token() {
+    let config = ClusterConfig { egress_cidrs: vec!["10.20.0.5/32".into()], ..ClusterConfig::default() };
+    let (cluster, mut handle) = mock(config);
+    let step = tokio::spawn({
+        let cluster = cluster.clone();
+        async move { cluster.ensure_namespace(&stand()).await }
+    });
+
+    let get = serve(&mut handle, StatusCode::NOT_FOUND, |_| not_found("namespaces", "draft-login-form")).await;
+    assert_eq!((get.method, get.path.as_str()), (Method::GET, "/api/v1/namespaces/draft-login-form"));
+    let ns = expect_apply(&mut handle, "/api/v1/namespaces/draft-login-form", "Namespace").await;
+    assert_eq!(ns["apiVersion"], "v1");
+    assert_eq!(ns["metadata"]["name"], "draft-login-form");
+    assert_eq!(ns["metadata"]["annotations"]["draftd.io/expires-at"], "2026-11-27T10:00:00Z");
+    let objects = expect_namespace_contents(&mut handle).await;
+
+    let outcome = step.await.unwrap().unwrap();
+    assert!(outcome.created);
+    assert_eq!(
+        outcome.applied,
+        [
+            "ResourceQuota/draftd-quota",
+            "LimitRange/draftd-limits",
+            "NetworkPolicy/draftd-default-deny",
+            "NetworkPolicy/draftd-allow",
+            "ServiceAccount/default"
+        ]
+    );
+
+    let hard = &objects["quota"]["spec"]["hard"];
+    assert_eq!(hard["requests.cpu"], "2");
+    assert_eq!(hard["limits.memory"], "8Gi");
+    assert_eq!(hard["pods"], "20");
+    assert_eq!(hard["services.loadbalancers"], "0");
+    let limit = &objects["limits"]["spec"]["limits"][0];
+    assert_eq!(limit["type"], "Container");
+    assert_eq!(limit["defaultRequest"], json!({ "cpu": "50m", "memory": "64Mi" }));
+    assert_eq!(limit["default"], json!({ "cpu": "500m", "memory": "512Mi" }));
+    assert_eq!(limit["max"], json!({ "cpu": "2", "memory": "2Gi" }));
+
+    let deny = &objects["deny"]["spec"];
+    assert_eq!(deny["podSelector"], json!({}));
+    assert_eq!(deny["policyTypes"], json!(["Ingress", "Egress"]));
+    assert!(deny.get("ingress").is_none() && deny.get("egress").is_none(), "deny-all has no rules: {deny}");
+    let allow = &objects["allow"]["spec"];
+    assert_eq!(
+        allow["ingress"],
+        json!([{ "from": [
+            { "podSelector": {} },
+            { "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": "ingress-nginx" } } }
+        ] }])
+    );
+    assert_eq!(
+        allow["egress"],
+        json!([
+            { "to": [{ "podSelector": {} }] },
+            { "to": [{ "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": "kube-system" } },
+                       "podSelector": { "matchLabels": { "k8s-app": "kube-dns" } } }],
+              "ports": [{ "port": 53, "protocol": "UDP" }, { "port": 53, "protocol": "TCP" }] },
+            { "to": [{ "ipBlock": { "cidr": "10.20.0.5/32" } }] }
+        ])
+    );
+    assert_eq!(objects["sa"]["automountServiceAccountToken"], false);
+    expect_no_more(cluster, handle).await;
+}
+
+fn existing(labels: Value, deleting: bool) -> Value {
+    let mut ns = json!({ "apiVersion": "v1", "kind": "Namespace",
+                         "metadata": { "name": "draft-login-form", "labels": labels },
+                         "status": { "phase": "Active" } });
+    if deleting {
+        ns["metadata"]["deletionTimestamp"] = json!("2026-11-25T09:00:00Z");
+        ns["status"]["phase"] = json!("Terminating");
+    }
+    ns
+}
+
+#[tokio::test]
+async fn a_namespace_draftd_does_not_manage_is_refused_and_never_touched() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let step = tokio::spawn({
+        let cluster = cluster.clone();
+        async move { cluster.ensure_namespace(&stand()).await }
+    });
+    let labels = json!({ "kubernetes.io/metadata.name": "draft-login-form", "team": "payments" });
+    serve(&mut handle, StatusCode::OK, |_| existing(labels, false)).await;
+    let err = step.await.unwrap().unwrap_err();
+    assert!(matches!(err, ClusterError::NotManaged { .. }), "{err:?}");
+    assert!(!err.is_transient());
+    assert_eq!(err.label(), "namespace_not_managed");
+    assert!(err.to_string().contains("draft-login-form"), "{err}");
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn a_namespace_of_another_stand_is_refused() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let step = tokio::spawn({
+        let cluster = cluster.clone();
+        async move { cluster.ensure_namespace(&stand()).await }
+    });
+    let labels = json!({ "app.kubernetes.io/managed-by": "draftd", "draftd.io/stand": "3" });
+    serve(&mut handle, StatusCode::OK, |_| existing(labels, false)).await;
+    let err = step.await.unwrap().unwrap_err();
+    assert!(matches!(&err, ClusterError::OtherStand { owner, .. } if owner == "3"), "{err:?}");
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn a_namespace_still_being_deleted_is_a_transient_failure() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let step = tokio::spawn({
+        let cluster = cluster.clone();
+        async move { cluster.ensure_namespace(&stand()).await }
+    });
+    let labels = json!({ "app.kubernetes.io/managed-by": "draftd", "draftd.io/stand": "7" });
+    serve(&mut handle, StatusCode::OK, |_| existing(labels, true)).await;
+    let err = step.await.unwrap().unwrap_err();
+    assert!(matches!(err, ClusterError::Terminating { .. }), "{err:?}");
+    assert!(err.is_transient());
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn the_stands_own_namespace_is_applied_again_and_a_token_mounted_when_asked() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let meta = StandMeta { service_account_token: true, ..stand() };
+    let step = tokio::spawn({
+        let cluster = cluster.clone();
+        async move { cluster.ensure_namespace(&meta).await }
+    });
+    let labels = json!({ "app.kubernetes.io/managed-by": "draftd", "draftd.io/stand": "7" });
+    serve(&mut handle, StatusCode::OK, |_| existing(labels, false)).await;
+    expect_apply(&mut handle, "/api/v1/namespaces/draft-login-form", "Namespace").await;
+    let objects = expect_namespace_contents(&mut handle).await;
+    let outcome = step.await.unwrap().unwrap();
+    assert!(!outcome.created);
+    assert_eq!(objects["sa"]["automountServiceAccountToken"], true);
+    let allow = &objects["allow"]["spec"]["egress"];
+    assert_eq!(allow.as_array().unwrap().len(), 2, "no CIDR rule without egress_cidrs: {allow}");
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn api_refusals_are_permanent_and_server_errors_transient() {
+    for (status, transient, label) in [
+        (StatusCode::FORBIDDEN, false, "kubernetes_forbidden"),
+        (StatusCode::UNPROCESSABLE_ENTITY, false, "kubernetes_api"),
+        (StatusCode::INTERNAL_SERVER_ERROR, true, "kubernetes_api"),
+        (StatusCode::TOO_MANY_REQUESTS, true, "kubernetes_api"),
+    ] {
+        let (cluster, mut handle) = mock(ClusterConfig::default());
+        let step = tokio::spawn({
+            let cluster = cluster.clone();
+            async move { cluster.ensure_namespace(&stand()).await }
+        });
+        serve(&mut handle, StatusCode::NOT_FOUND, |_| not_found("namespaces", "draft-login-form")).await;
+        let refusal = json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": status.as_u16(),
+                              "reason": "Forbidden", "message": "namespaces is forbidden: no" });
+        serve(&mut handle, status, |_| refusal).await;
+        let err = step.await.unwrap().unwrap_err();
+        assert_eq!(err.is_transient(), transient, "{status}: {err:?}");
+        assert_eq!(err.label(), label, "{status}");
+        expect_no_more(cluster, handle).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Connecting
+
+const KUBECONFIG: &str = r#"
+apiVersion: v1
+kind: Config
+current-context: kind-draftd
+clusters:
+- name: kind-draftd
+  cluster:
+    server: https://127.0.0.1:6443
+    insecure-skip-tls-verify: true
+- name: other
+  cluster:
+    server: https://127.0.0.1:7443
+    insecure-skip-tls-verify: true
+contexts:
+- name: kind-draftd
+  context: { cluster: kind-draftd, user: admin }
+- name: other
+  context: { cluster: other, user: admin }
+users:
+- name: admin
+  user: { token: not-a-real-token }
+"#;
+
+#[tokio::test]
+async fn the_configured_kubeconfig_and_context_are_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(&path, KUBECONFIG).unwrap();
+    let mut cluster = ClusterConfig { kubeconfig: Some(path.clone()), ..ClusterConfig::default() };
+    let config = draftd::cluster::client::config(&cluster).await.unwrap();
+    assert_eq!(config.cluster_url.to_string(), "https://127.0.0.1:6443/");
+    cluster.context = Some("other".into());
+    let config = draftd::cluster::client::config(&cluster).await.unwrap();
+    assert_eq!(config.cluster_url.to_string(), "https://127.0.0.1:7443/");
+    draftd::cluster::client::connect(&cluster).await.unwrap();
+
+    cluster.context = Some("missing".into());
+    let err = draftd::cluster::client::config(&cluster).await.unwrap_err().to_string();
+    assert!(err.contains("missing") && err.contains(&path.display().to_string()), "{err}");
+}
+
+#[tokio::test]
+async fn an_unreadable_kubeconfig_is_a_clear_error() {
+    let cluster = ClusterConfig { kubeconfig: Some("/nonexistent/kubeconfig".into()), ..ClusterConfig::default() };
+    let Err(err) = draftd::cluster::client::connect(&cluster).await else { panic!("connected without a kubeconfig") };
+    assert!(matches!(err, ClusterError::Config(_)), "{err:?}");
+    assert!(err.to_string().contains("/nonexistent/kubeconfig"), "{err}");
+}
