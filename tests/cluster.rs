@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{TimeZone, Utc};
+use chrono::{SubsecRound, TimeZone, Utc};
 use draftd::cluster::{Cluster, ClusterError, Kubernetes, StandMeta};
 use draftd::config::ClusterConfig;
 use http::{Method, Request, Response, StatusCode};
@@ -316,4 +316,184 @@ async fn an_unreadable_kubeconfig_is_a_clear_error() {
     let Err(err) = draftd::cluster::client::connect(&cluster).await else { panic!("connected without a kubeconfig") };
     assert!(matches!(err, ClusterError::Config(_)), "{err:?}");
     assert!(err.to_string().contains("/nonexistent/kubeconfig"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Teardown
+
+fn managed(deleting: bool) -> Value {
+    existing(json!({ "app.kubernetes.io/managed-by": "draftd", "draftd.io/stand": "7" }), deleting)
+}
+
+fn fast(cluster: Kubernetes) -> Kubernetes {
+    cluster.with_poll(std::time::Duration::from_millis(5))
+}
+
+#[tokio::test]
+async fn teardown_deletes_with_foreground_propagation_and_waits_until_the_namespace_is_gone() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let cluster = fast(cluster);
+    let step = tokio::spawn({
+        let cluster = cluster.clone();
+        async move { cluster.delete_namespace("draft-login-form", std::time::Duration::from_secs(30)).await }
+    });
+    let path = "/api/v1/namespaces/draft-login-form";
+    let get = serve(&mut handle, StatusCode::OK, |_| managed(false)).await;
+    assert_eq!((get.method, get.path.as_str()), (Method::GET, path));
+    let delete = serve(&mut handle, StatusCode::OK, |_| managed(true)).await;
+    assert_eq!((delete.method, delete.path.as_str()), (Method::DELETE, path));
+    assert_eq!(delete.body["propagationPolicy"], "Foreground", "{}", delete.body);
+    let still = serve(&mut handle, StatusCode::OK, |_| managed(true)).await;
+    assert_eq!((still.method, still.path.as_str()), (Method::GET, path));
+    let gone = serve(&mut handle, StatusCode::NOT_FOUND, |_| not_found("namespaces", "draft-login-form")).await;
+    assert_eq!(gone.method, Method::GET);
+    assert_eq!(step.await.unwrap().unwrap(), draftd::cluster::NamespaceGone::Deleted);
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn teardown_of_an_absent_namespace_is_done_at_once() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let step = tokio::spawn({
+        let cluster = cluster.clone();
+        async move { cluster.delete_namespace("draft-login-form", std::time::Duration::from_secs(30)).await }
+    });
+    serve(&mut handle, StatusCode::NOT_FOUND, |_| not_found("namespaces", "draft-login-form")).await;
+    assert_eq!(step.await.unwrap().unwrap(), draftd::cluster::NamespaceGone::Absent);
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn teardown_never_deletes_a_namespace_draftd_does_not_manage() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let step = tokio::spawn({
+        let cluster = cluster.clone();
+        async move { cluster.delete_namespace("draft-login-form", std::time::Duration::from_secs(30)).await }
+    });
+    serve(&mut handle, StatusCode::OK, |_| existing(json!({ "team": "payments" }), false)).await;
+    let err = step.await.unwrap().unwrap_err();
+    assert!(matches!(err, ClusterError::NotManaged { .. }), "{err:?}");
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn teardown_that_cannot_finish_reports_what_blocks_it() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let cluster = fast(cluster);
+    let step = tokio::spawn({
+        let cluster = cluster.clone();
+        async move { cluster.delete_namespace("draft-login-form", std::time::Duration::from_millis(60)).await }
+    });
+    // Already terminating: no second DELETE, only reads until the wait runs out.
+    let mut stuck = managed(true);
+    stuck["spec"] = json!({ "finalizers": ["kubernetes"] });
+    stuck["status"]["conditions"] = json!([
+        { "type": "NamespaceFinalizersRemaining", "status": "True",
+          "message": "Some content in the namespace has finalizers remaining: example.com/protect in 1 resource instances" },
+        { "type": "NamespaceDeletionDiscoveryFailure", "status": "False", "message": "All resources successfully discovered" }
+    ]);
+    let responder = tokio::spawn(async move {
+        let mut reads = 0;
+        while let Some((request, send)) = handle.next_request().await {
+            assert_eq!(request.method(), Method::GET, "nothing but reads after the namespace is terminating");
+            reads += 1;
+            send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&stuck).unwrap())).unwrap());
+        }
+        reads
+    });
+    let err = step.await.unwrap().unwrap_err();
+    drop(cluster);
+    assert!(responder.await.unwrap() >= 2, "it looked again before giving up");
+    assert!(err.is_transient(), "{err:?}");
+    assert_eq!(err.label(), "namespace_deletion_blocked");
+    let text = err.to_string();
+    assert!(text.contains("namespace finalizers kubernetes"), "{text}");
+    assert!(text.contains("example.com/protect"), "{text}");
+    assert!(!text.contains("successfully discovered"), "only conditions that hold are blockers: {text}");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Orphan scan
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn the_orphan_scan_finds_draftd_namespaces_without_a_live_stand(pool: sqlx::PgPool) {
+    use draftd::cluster::orphans::{self, Orphan, OrphanReason};
+    let now = Utc::now();
+    let stand = |branch: &str, namespace: &str, state: &str, expires: chrono::DateTime<Utc>| {
+        let pool = pool.clone();
+        let (branch, namespace, state) = (branch.to_owned(), namespace.to_owned(), state.to_owned());
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "insert into stands (project, branch, namespace, state, expires_at) values ('shop', $1, $2, $3, $4)
+                 returning stand_id",
+            )
+            .bind(branch)
+            .bind(namespace)
+            .bind(state)
+            .bind(expires)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let live = stand("feature/live", "draft-live", "active", now + chrono::Duration::hours(5)).await;
+    let removed = stand("feature/gone", "draft-gone", "removed", now + chrono::Duration::hours(5)).await;
+    let expired_at = (now - chrono::Duration::hours(1)).trunc_subsecs(0);
+    let expired = stand("feature/old", "draft-old", "active", expired_at).await;
+    let busy = stand("feature/busy", "draft-busy", "active", now - chrono::Duration::hours(1)).await;
+    sqlx::query("insert into runs (stand_id, number, kind, trigger, automatic, epoch) values ($1, 1, 'deploy', 'pushed', true, 0)")
+        .bind(busy)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let reused = stand("feature/reused", "draft-reused", "active", now + chrono::Duration::hours(5)).await;
+
+    let ns = |name: &str, stand: Option<i64>, terminating: bool| {
+        let mut labels = json!({ "app.kubernetes.io/managed-by": "draftd" });
+        if let Some(id) = stand {
+            labels["draftd.io/stand"] = json!(id.to_string());
+        }
+        let mut v = json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": name, "labels": labels } });
+        if terminating {
+            v["metadata"]["deletionTimestamp"] = json!("2026-11-25T09:00:00Z");
+        }
+        v
+    };
+    let items = json!([
+        ns("draft-live", Some(live), false),
+        ns("draft-gone", Some(removed), false),
+        ns("draft-old", Some(expired), false),
+        ns("draft-busy", Some(busy), false),
+        ns("draft-reused", Some(reused + 100), false),
+        ns("draft-unknown", Some(999), false),
+        ns("draft-leaving", Some(998), true),
+    ]);
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let scan = tokio::spawn({
+        let (cluster, pool) = (cluster.clone(), pool.clone());
+        async move { orphans::scan(&cluster, &pool, now).await }
+    });
+    let list = serve(
+        &mut handle,
+        StatusCode::OK,
+        |_| json!({ "apiVersion": "v1", "kind": "NamespaceList", "metadata": {}, "items": items }),
+    )
+    .await;
+    assert_eq!((list.method, list.path.as_str()), (Method::GET, "/api/v1/namespaces"));
+    assert_eq!(list.query.get("labelSelector").map(String::as_str), Some("app.kubernetes.io/managed-by=draftd"));
+    let mut found = scan.await.unwrap().unwrap();
+    found.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+    assert_eq!(
+        found,
+        vec![
+            Orphan { namespace: "draft-gone".into(), reason: OrphanReason::StandRemoved },
+            Orphan { namespace: "draft-old".into(), reason: OrphanReason::Expired { at: expired_at } },
+            Orphan {
+                namespace: "draft-reused".into(),
+                reason: OrphanReason::OtherStand { labelled: Some(reused + 100), owner: reused }
+            },
+            Orphan { namespace: "draft-unknown".into(), reason: OrphanReason::NoStand },
+        ]
+    );
+    expect_no_more(cluster, handle).await;
 }

@@ -2,27 +2,41 @@
 //! owns, so re-running a step converges instead of failing on "already exists".
 
 use std::fmt::Debug;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::resources;
-use super::{Cluster, ClusterError, FIELD_MANAGER, MANAGED_BY, NamespaceOutcome, STAND_LABEL, StandMeta};
+use super::{
+    Cluster, ClusterError, EXPIRES_ANNOTATION, FIELD_MANAGER, MANAGED_BY, ManagedNamespace, NamespaceGone,
+    NamespaceOutcome, STAND_LABEL, StandMeta,
+};
 use crate::config::ClusterConfig;
 
 #[derive(Clone)]
 pub struct Kubernetes {
     client: Client,
     config: ClusterConfig,
+    /// How often a wait (for a namespace to go, a rollout to finish) looks again.
+    poll: Duration,
 }
 
 impl Kubernetes {
     pub fn new(client: Client, config: ClusterConfig) -> Self {
-        Self { client, config }
+        Self { client, config, poll: Duration::from_secs(2) }
+    }
+
+    /// Tests poll a mocked API server quickly.
+    pub fn with_poll(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
     }
 
     fn apply_params() -> PatchParams {
@@ -42,12 +56,34 @@ impl Kubernetes {
     }
 }
 
+fn is_managed(namespace: &Namespace) -> bool {
+    namespace.labels().get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1)
+}
+
+/// What keeps a terminating namespace: its finalizers and the namespace controller's conditions
+/// (content it could not delete, finalizers of objects inside).
+fn blockers(namespace: &Namespace) -> String {
+    let mut found = Vec::new();
+    if let Some(finalizers) = namespace.spec.as_ref().and_then(|s| s.finalizers.as_ref()).filter(|f| !f.is_empty()) {
+        found.push(format!("namespace finalizers {}", finalizers.join(", ")));
+    }
+    if !namespace.finalizers().is_empty() {
+        found.push(format!("metadata finalizers {}", namespace.finalizers().join(", ")));
+    }
+    for condition in namespace.status.as_ref().and_then(|s| s.conditions.as_ref()).into_iter().flatten() {
+        if condition.status == "True" {
+            found.push(format!("{}: {}", condition.type_, condition.message.as_deref().unwrap_or("")));
+        }
+    }
+    if found.is_empty() { "nothing reported yet".to_owned() } else { found.join("; ") }
+}
+
 /// Whether an existing namespace may be applied over: only draftd's, and only this stand's.
 fn check_owner(existing: &Namespace, stand: &StandMeta) -> Result<(), ClusterError> {
-    let labels = existing.labels();
-    if labels.get(MANAGED_BY.0).map(String::as_str) != Some(MANAGED_BY.1) {
+    if !is_managed(existing) {
         return Err(ClusterError::NotManaged { namespace: stand.namespace.clone() });
     }
+    let labels = existing.labels();
     match labels.get(STAND_LABEL) {
         Some(owner) if *owner == stand.stand_id.to_string() => Ok(()),
         owner => Err(ClusterError::OtherStand {
@@ -78,5 +114,57 @@ impl Cluster for Kubernetes {
             self.apply(ns, &resources::service_account(stand)).await?,
         ];
         Ok(NamespaceOutcome { created: existing.is_none(), applied })
+    }
+
+    async fn delete_namespace(&self, namespace: &str, wait: Duration) -> Result<NamespaceGone, ClusterError> {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let Some(existing) = namespaces.get_opt(namespace).await? else {
+            return Ok(NamespaceGone::Absent);
+        };
+        if !is_managed(&existing) {
+            return Err(ClusterError::NotManaged { namespace: namespace.to_owned() });
+        }
+        if existing.metadata.deletion_timestamp.is_none() {
+            match namespaces.delete(namespace, &DeleteParams::foreground()).await {
+                Ok(_) => {}
+                // Gone between the read and the delete: what teardown wanted.
+                Err(kube::Error::Api(status)) if status.code == 404 => return Ok(NamespaceGone::Deleted),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let started = Instant::now();
+        loop {
+            let Some(current) = namespaces.get_opt(namespace).await? else {
+                return Ok(NamespaceGone::Deleted);
+            };
+            if started.elapsed() >= wait {
+                return Err(ClusterError::DeletionBlocked {
+                    namespace: namespace.to_owned(),
+                    waited: wait,
+                    blockers: blockers(&current),
+                });
+            }
+            tokio::time::sleep(self.poll.min(wait.saturating_sub(started.elapsed()))).await;
+        }
+    }
+
+    async fn managed_namespaces(&self) -> Result<Vec<ManagedNamespace>, ClusterError> {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+        let list = namespaces.list(&ListParams::default().labels(&selector)).await?;
+        Ok(list
+            .items
+            .into_iter()
+            .map(|ns| ManagedNamespace {
+                stand_id: ns.labels().get(STAND_LABEL).and_then(|v| v.parse().ok()),
+                expires_at: ns
+                    .annotations()
+                    .get(EXPIRES_ANNOTATION)
+                    .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
+                    .map(|t| t.with_timezone(&Utc)),
+                terminating: ns.metadata.deletion_timestamp.is_some(),
+                name: ns.name_any(),
+            })
+            .collect())
     }
 }

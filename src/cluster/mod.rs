@@ -8,10 +8,13 @@
 pub mod client;
 /// The real implementation, through kube-rs.
 mod kubernetes;
+/// Namespaces draftd manages that no live stand accounts for.
+pub mod orphans;
 /// The objects draftd applies, built from config; pure, so they are tested without a cluster.
 pub mod resources;
 
 use std::future::Future;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
@@ -46,6 +49,27 @@ pub struct NamespaceOutcome {
     pub applied: Vec<String>,
 }
 
+/// What teardown found and did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NamespaceGone {
+    /// Deleted now, and gone before the wait ran out.
+    Deleted,
+    /// Not there to begin with (a repeated teardown, or a stand that never got one).
+    Absent,
+}
+
+/// A namespace labelled managed-by=draftd, as the orphan scan sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ManagedNamespace {
+    pub name: String,
+    /// From the `draftd.io/stand` label; `None` when it is missing or not a number.
+    pub stand_id: Option<i64>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Already being deleted.
+    pub terminating: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error(
@@ -57,6 +81,10 @@ pub enum ClusterError {
     Terminating { namespace: String },
     #[error("namespace {namespace} belongs to stand {owner}, not to stand {stand}")]
     OtherStand { namespace: String, owner: String, stand: i64 },
+    /// Deletion was asked for but has not finished; `blockers` says what holds it (finalizers,
+    /// the namespace controller's conditions).
+    #[error("namespace {namespace} is still being deleted after {waited:?}: {blockers}")]
+    DeletionBlocked { namespace: String, waited: Duration, blockers: String },
     #[error("no Kubernetes configuration: {0}")]
     Config(String),
     #[error("Kubernetes API: {0}")]
@@ -72,7 +100,7 @@ impl ClusterError {
                 status.code == 409 || status.code == 429 || status.code >= 500
             }
             ClusterError::Api(kube::Error::HyperError(_) | kube::Error::Service(_)) => true,
-            ClusterError::Terminating { .. } => true,
+            ClusterError::Terminating { .. } | ClusterError::DeletionBlocked { .. } => true,
             _ => false,
         }
     }
@@ -83,6 +111,7 @@ impl ClusterError {
             ClusterError::NotManaged { .. } => "namespace_not_managed",
             ClusterError::OtherStand { .. } => "namespace_of_other_stand",
             ClusterError::Terminating { .. } => "namespace_terminating",
+            ClusterError::DeletionBlocked { .. } => "namespace_deletion_blocked",
             ClusterError::Config(_) => "kubernetes_config",
             ClusterError::Api(kube::Error::Api(status)) if status.code == 403 => "kubernetes_forbidden",
             ClusterError::Api(_) => "kubernetes_api",
@@ -98,4 +127,16 @@ pub trait Cluster: Send + Sync + 'static {
         &self,
         stand: &StandMeta,
     ) -> impl Future<Output = Result<NamespaceOutcome, ClusterError>> + Send;
+
+    /// Deletes a namespace draftd manages, with foreground propagation so its Secrets, volume
+    /// claims and everything else go first, and waits up to `wait` for it to be gone. Refuses a
+    /// namespace without draftd's label.
+    fn delete_namespace(
+        &self,
+        namespace: &str,
+        wait: Duration,
+    ) -> impl Future<Output = Result<NamespaceGone, ClusterError>> + Send;
+
+    /// Every namespace labelled managed-by=draftd.
+    fn managed_namespaces(&self) -> impl Future<Output = Result<Vec<ManagedNamespace>, ClusterError>> + Send;
 }

@@ -1,0 +1,87 @@
+//! The orphan scan: namespaces labelled managed-by=draftd that no live stand accounts for, so the
+//! reaper can tear them down. Only namespaces carrying draftd's label are ever candidates.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use super::{Cluster, ClusterError, ManagedNamespace};
+use crate::store::StoreError;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Orphan {
+    pub namespace: String,
+    pub reason: OrphanReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum OrphanReason {
+    /// draftd's database has no stand with this namespace (a lost database, a stand deleted by hand).
+    NoStand,
+    /// The stand was torn down, but its namespace is still there.
+    StandRemoved,
+    /// The stand's expiry passed and no run of it is queued or running.
+    Expired { at: DateTime<Utc> },
+    /// The label names another stand than the one the database gives this namespace to: left by an
+    /// earlier stand of the same name, it blocks the current one.
+    OtherStand { labelled: Option<i64>, owner: i64 },
+}
+
+/// A stand as the scan needs it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct StandRow {
+    pub namespace: String,
+    pub stand_id: i64,
+    pub state: String,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// A run of the stand is queued or running (a deploy resetting the expiry, or the teardown itself).
+    pub busy: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Pure, so each rule is tested without a cluster or a database. Namespaces already terminating
+/// are left out: their deletion is under way.
+pub fn classify(namespaces: &[ManagedNamespace], stands: &[StandRow], now: DateTime<Utc>) -> Vec<Orphan> {
+    let mut orphans = Vec::new();
+    for ns in namespaces.iter().filter(|ns| !ns.terminating) {
+        let reason = match stands.iter().find(|s| s.namespace == ns.name) {
+            None => Some(OrphanReason::NoStand),
+            Some(stand) if ns.stand_id != Some(stand.stand_id) => {
+                Some(OrphanReason::OtherStand { labelled: ns.stand_id, owner: stand.stand_id })
+            }
+            Some(stand) if stand.state == "removed" => Some(OrphanReason::StandRemoved),
+            Some(StandRow { expires_at: Some(at), busy: false, .. }) if *at < now => {
+                Some(OrphanReason::Expired { at: *at })
+            }
+            Some(_) => None,
+        };
+        if let Some(reason) = reason {
+            orphans.push(Orphan { namespace: ns.name.clone(), reason });
+        }
+    }
+    orphans
+}
+
+/// Lists draftd's namespaces, reads their stands, and returns the orphans.
+pub async fn scan<C: Cluster>(cluster: &C, pool: &PgPool, now: DateTime<Utc>) -> Result<Vec<Orphan>, ScanError> {
+    let namespaces = cluster.managed_namespaces().await?;
+    let names: Vec<&str> = namespaces.iter().map(|n| n.name.as_str()).collect();
+    let stands: Vec<StandRow> = sqlx::query_as(
+        "select s.namespace, s.stand_id, s.state, s.expires_at,
+                exists (select 1 from runs r where r.stand_id = s.stand_id and r.state in ('queued', 'running')) as busy
+         from stands s where s.namespace = any($1)",
+    )
+    .bind(&names)
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::from)?;
+    Ok(classify(&namespaces, &stands, now))
+}
