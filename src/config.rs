@@ -132,6 +132,17 @@ pub struct ClusterConfig {
     pub quota: QuotaConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// draftd's own ServiceAccount as `namespace/name`: the namespace step binds `stand_role` to it
+    /// inside each stand namespace (deploy/rbac.yaml). Unset: no RoleBinding, for a draftd that
+    /// runs with rights granted otherwise (a developer's kubeconfig).
+    pub service_account: Option<String>,
+    /// The ClusterRole holding draftd's rights inside a stand namespace.
+    #[serde(default = "default_stand_role")]
+    pub stand_role: String,
+}
+
+fn default_stand_role() -> String {
+    "draftd-stand".into()
 }
 
 /// The ResourceQuota of each stand namespace: one stand is a preview, not a production copy, and a
@@ -285,6 +296,8 @@ impl Default for ClusterConfig {
             egress_cidrs: Vec::new(),
             quota: QuotaConfig::default(),
             limits: LimitsConfig::default(),
+            service_account: None,
+            stand_role: default_stand_role(),
         }
     }
 }
@@ -608,6 +621,14 @@ impl Config {
                 return Err(self.invalid(format!("cluster.egress_cidrs[{i}]"), format!("{cidr:?} is not a CIDR")));
             }
         }
+        if let Some(sa) = &c.service_account {
+            let valid = sa.split_once('/').is_some_and(|(ns, name)| {
+                crate::stand::is_dns_label(ns) && !name.is_empty() && name.len() <= 253 && !name.contains('/')
+            });
+            if !valid {
+                return Err(self.invalid("cluster.service_account", format!("{sa:?} is not namespace/name")));
+            }
+        }
         let q = &c.quota;
         let l = &c.limits;
         let quantities = [
@@ -897,6 +918,7 @@ webhook_secret_env = "SHOP_SECRET"
             ("[cluster]\negress_cidrs = [\"10.0.0.0/8\", \"10.0.0.1\"]\n", "cluster.egress_cidrs[1]"),
             ("[cluster]\negress_cidrs = [\"10.0.0.0/33\"]\n", "cluster.egress_cidrs[0]"),
             ("[cluster]\ningress_namespace = \"Ingress_NGINX\"\n", "cluster.ingress_namespace"),
+            ("[cluster]\nservice_account = \"draftd\"\n", "cluster.service_account"),
         ];
         for (text, key) in cases {
             Jail::expect_with(|jail| {

@@ -165,6 +165,33 @@ async fn a_new_namespace_is_created_with_labels_quota_limits_policies_and_no_tok
     expect_no_more(cluster, handle).await;
 }
 
+#[tokio::test]
+async fn with_a_service_account_configured_the_stand_role_is_bound_first() {
+    let config = ClusterConfig { service_account: Some("draftd/draftd".into()), ..ClusterConfig::default() };
+    let (cluster, mut handle) = mock(config);
+    let step = tokio::spawn({
+        let cluster = cluster.clone();
+        async move { cluster.ensure_namespace(&stand()).await }
+    });
+    serve(&mut handle, StatusCode::NOT_FOUND, |_| not_found("namespaces", "draft-login-form")).await;
+    expect_apply(&mut handle, "/api/v1/namespaces/draft-login-form", "Namespace").await;
+    let binding = expect_apply(
+        &mut handle,
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/draft-login-form/rolebindings/draftd",
+        "RoleBinding",
+    )
+    .await;
+    assert_eq!(
+        binding["roleRef"],
+        json!({ "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "draftd-stand" })
+    );
+    assert_eq!(binding["subjects"], json!([{ "kind": "ServiceAccount", "name": "draftd", "namespace": "draftd" }]));
+    expect_namespace_contents(&mut handle).await;
+    let outcome = step.await.unwrap().unwrap();
+    assert_eq!(outcome.applied[0], "RoleBinding/draftd");
+    expect_no_more(cluster, handle).await;
+}
+
 fn existing(labels: Value, deleting: bool) -> Value {
     let mut ns = json!({ "apiVersion": "v1", "kind": "Namespace",
                          "metadata": { "name": "draft-login-form", "labels": labels },

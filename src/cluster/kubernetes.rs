@@ -106,13 +106,18 @@ impl Cluster for Kubernetes {
         }
         namespaces.patch(&stand.namespace, &Self::apply_params(), &Patch::Apply(resources::namespace(stand))).await?;
         let ns = stand.namespace.as_str();
-        let applied = vec![
+        let mut applied = Vec::new();
+        // First: under deploy/rbac.yaml, draftd's rights inside the namespace come from this binding.
+        if let Some(sa) = &self.config.service_account {
+            applied.push(self.apply(ns, &resources::role_binding(stand, sa, &self.config.stand_role)).await?);
+        }
+        applied.extend([
             self.apply(ns, &resources::resource_quota(stand, &self.config.quota)).await?,
             self.apply(ns, &resources::limit_range(stand, &self.config.limits)).await?,
             self.apply(ns, &resources::deny_all_policy(stand)).await?,
             self.apply(ns, &resources::allow_policy(stand, &self.config)).await?,
             self.apply(ns, &resources::service_account(stand)).await?,
-        ];
+        ]);
         Ok(NamespaceOutcome { created: existing.is_none(), applied })
     }
 

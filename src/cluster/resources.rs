@@ -10,6 +10,7 @@ use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
     NetworkPolicySpec,
 };
+use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -21,6 +22,7 @@ pub const QUOTA_NAME: &str = "draftd-quota";
 pub const LIMITS_NAME: &str = "draftd-limits";
 pub const DENY_ALL_NAME: &str = "draftd-default-deny";
 pub const ALLOW_NAME: &str = "draftd-allow";
+pub const ROLE_BINDING_NAME: &str = "draftd";
 /// Pods that name no service account run as `default`; the chart's pods do.
 pub const SERVICE_ACCOUNT_NAME: &str = "default";
 /// Namespaces carry their own name in this label (Kubernetes ≥ 1.21), which selectors can match.
@@ -180,5 +182,25 @@ pub fn service_account(stand: &StandMeta) -> ServiceAccount {
         metadata: meta(stand, SERVICE_ACCOUNT_NAME),
         automount_service_account_token: Some(stand.service_account_token),
         ..ServiceAccount::default()
+    }
+}
+
+/// Grants draftd's ServiceAccount (`namespace/name`) the `role` ClusterRole inside the stand's
+/// namespace only.
+pub fn role_binding(stand: &StandMeta, service_account: &str, role: &str) -> RoleBinding {
+    let (sa_namespace, sa_name) = service_account.split_once('/').unwrap_or(("default", service_account));
+    RoleBinding {
+        metadata: meta(stand, ROLE_BINDING_NAME),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "ClusterRole".to_owned(),
+            name: role.to_owned(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: sa_name.to_owned(),
+            namespace: Some(sa_namespace.to_owned()),
+            ..Subject::default()
+        }]),
     }
 }
