@@ -524,3 +524,279 @@ async fn the_orphan_scan_finds_draftd_namespaces_without_a_live_stand(pool: sqlx
     );
     expect_no_more(cluster, handle).await;
 }
+
+// ---------------------------------------------------------------------------------------------------
+// verify: rollout, diagnostics, the 5xx gate
+
+use draftd::cluster::verify::{self, ProbeResult, Prober};
+use std::time::Duration;
+
+fn deployment(name: &str, generation: i64, status: Value) -> Value {
+    json!({ "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": { "name": name, "namespace": "draft-login-form", "generation": generation },
+            "spec": { "replicas": 1, "selector": { "matchLabels": { "app": name } },
+                      "template": { "metadata": { "labels": { "app": name } }, "spec": { "containers": [] } } },
+            "status": status })
+}
+
+fn list(kind: &str, items: Value) -> Value {
+    json!({ "apiVersion": "v1", "kind": format!("{kind}List"), "metadata": {}, "items": items })
+}
+
+/// Answers one round of the rollout check: the Deployments list, then the StatefulSets list.
+async fn rollout_round(handle: &mut Handle, deployments: Value) {
+    let d = serve(handle, StatusCode::OK, |_| list("Deployment", deployments)).await;
+    assert_eq!(d.path, "/apis/apps/v1/namespaces/draft-login-form/deployments");
+    assert_eq!(d.query.get("labelSelector").map(String::as_str), Some("app.kubernetes.io/instance=draft-login-form"));
+    let s = serve(handle, StatusCode::OK, |_| list("StatefulSet", json!([]))).await;
+    assert_eq!(s.path, "/apis/apps/v1/namespaces/draft-login-form/statefulsets");
+}
+
+#[tokio::test]
+async fn rollout_waits_until_the_new_replicas_are_available() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let cluster = fast(cluster);
+    let wait = tokio::spawn({
+        let cluster = cluster.clone();
+        async move { cluster.wait_rollout("draft-login-form", "draft-login-form", Duration::from_secs(30)).await }
+    });
+    // Not yet observed; then observed with the old replica still there; then done.
+    rollout_round(&mut handle, json!([deployment("app", 2, json!({ "observedGeneration": 1, "replicas": 1 }))])).await;
+    let surge = json!({ "observedGeneration": 2, "replicas": 2, "updatedReplicas": 1, "availableReplicas": 1 });
+    rollout_round(&mut handle, json!([deployment("app", 2, surge)])).await;
+    let done = json!({ "observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1 });
+    rollout_round(&mut handle, json!([deployment("app", 2, done)])).await;
+    assert_eq!(wait.await.unwrap().unwrap(), ["Deployment/app"]);
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn a_rollout_that_does_not_finish_in_time_says_where_each_workload_stands() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let cluster = fast(cluster);
+    let wait = tokio::spawn({
+        let cluster = cluster.clone();
+        async move { cluster.wait_rollout("draft-login-form", "draft-login-form", Duration::from_millis(50)).await }
+    });
+    let stuck = json!({ "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 0 });
+    let responder = tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let body = if request.uri().path().ends_with("/deployments") {
+                list("Deployment", json!([deployment("app", 1, stuck.clone())]))
+            } else {
+                list("StatefulSet", json!([]))
+            };
+            send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&body).unwrap())).unwrap());
+        }
+    });
+    let err = wait.await.unwrap().unwrap_err();
+    drop(cluster);
+    responder.await.unwrap();
+    assert_eq!(err.label(), "rollout_timeout");
+    assert!(!err.is_transient(), "waiting longer is the timeout's job, not a retry's");
+    assert!(err.to_string().contains("Deployment/app (0 of 1 updated replicas available)"), "{err}");
+}
+
+#[tokio::test]
+async fn a_deployment_past_its_progress_deadline_fails_at_once() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let wait = tokio::spawn({
+        let cluster = cluster.clone();
+        async move { cluster.wait_rollout("draft-login-form", "draft-login-form", Duration::from_secs(30)).await }
+    });
+    let failed = json!({ "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 0,
+        "conditions": [{ "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                         "message": "ReplicaSet \"app-5d4\" has timed out progressing." }] });
+    rollout_round(&mut handle, json!([deployment("app", 1, failed)])).await;
+    let err = wait.await.unwrap().unwrap_err();
+    assert!(matches!(&err, ClusterError::RolloutFailed { workload, .. } if workload == "Deployment/app"), "{err:?}");
+    assert!(err.to_string().contains("timed out progressing"), "{err}");
+    expect_no_more(cluster, handle).await;
+}
+
+fn pod(name: &str, phase: &str, ready: bool, containers: Value) -> Value {
+    json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name, "namespace": "draft-login-form" },
+            "status": { "phase": phase,
+                        "conditions": [{ "type": "Ready", "status": if ready { "True" } else { "False" } }],
+                        "containerStatuses": containers } })
+}
+
+fn container(name: &str, ready: bool, restarts: i32, state: Value, last: Value) -> Value {
+    json!({ "name": name, "ready": ready, "restartCount": restarts, "image": "app:1", "imageID": "",
+            "state": state, "lastState": last })
+}
+
+#[tokio::test]
+async fn diagnostics_explain_pods_that_are_not_ready_with_log_tails_and_warning_events() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let diagnose = tokio::spawn({
+        let cluster = cluster.clone();
+        async move { cluster.diagnose("draft-login-form").await }
+    });
+    let crashing = container(
+        "app",
+        false,
+        4,
+        json!({ "waiting": { "reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container" } }),
+        json!({ "terminated": { "exitCode": 137, "reason": "OOMKilled" } }),
+    );
+    let pulling = container(
+        "app",
+        false,
+        0,
+        json!({ "waiting": { "reason": "ImagePullBackOff", "message": "Back-off pulling image \"app:draft-x\"" } }),
+        json!({}),
+    );
+    let mut unschedulable = pod("app-3", "Pending", false, json!([]));
+    unschedulable["status"]["conditions"] = json!([{ "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/3 nodes are available: 3 Insufficient memory." }]);
+    let pods = json!([
+        pod("app-1", "Running", false, json!([crashing])),
+        pod("app-2", "Pending", false, json!([pulling])),
+        unschedulable,
+        pod(
+            "mock-payments-1",
+            "Running",
+            true,
+            json!([container("wiremock", true, 0, json!({ "running": {} }), json!({}))])
+        ),
+        pod(
+            "migrate-1",
+            "Succeeded",
+            false,
+            json!([container(
+                "migrate",
+                false,
+                0,
+                json!({ "terminated": { "exitCode": 0, "reason": "Completed" } }),
+                json!({})
+            )])
+        ),
+    ]);
+    let listed = serve(&mut handle, StatusCode::OK, |_| list("Pod", pods)).await;
+    assert_eq!(listed.path, "/api/v1/namespaces/draft-login-form/pods");
+    // Only the crash loop has a log, and it is the previous instance's.
+    let (request, send) = handle.next_request().await.unwrap();
+    assert_eq!(request.uri().path(), "/api/v1/namespaces/draft-login-form/pods/app-1/log");
+    let query: HashMap<String, String> =
+        form_urlencoded::parse(request.uri().query().unwrap().as_bytes()).into_owned().collect();
+    assert_eq!(query.get("container").map(String::as_str), Some("app"));
+    assert_eq!(query.get("previous").map(String::as_str), Some("true"));
+    assert_eq!(query.get("tailLines").map(String::as_str), Some("50"));
+    send.send_response(Response::builder().body(Body::from(b"starting\nout of memory: killed\n".to_vec())).unwrap());
+    let events = json!([
+        { "apiVersion": "v1", "kind": "Event", "metadata": { "name": "e2", "namespace": "draft-login-form" },
+          "involvedObject": { "kind": "Pod", "name": "app-2" }, "reason": "Failed", "type": "Warning",
+          "message": "Failed to pull image \"app:draft-x\": not found", "lastTimestamp": "2026-11-25T10:02:00Z" },
+        { "apiVersion": "v1", "kind": "Event", "metadata": { "name": "e1", "namespace": "draft-login-form" },
+          "involvedObject": { "kind": "Pod", "name": "app-1" }, "reason": "BackOff", "type": "Warning",
+          "message": "Back-off restarting failed container", "lastTimestamp": "2026-11-25T10:01:00Z" }
+    ]);
+    let ev = serve(&mut handle, StatusCode::OK, |_| list("Event", events)).await;
+    assert_eq!(ev.path, "/api/v1/namespaces/draft-login-form/events");
+    assert_eq!(ev.query.get("fieldSelector").map(String::as_str), Some("type=Warning"));
+
+    let d = diagnose.await.unwrap().unwrap();
+    let names: Vec<&str> = d.pods.iter().map(|p| p.pod.as_str()).collect();
+    assert_eq!(names, ["app-1", "app-2", "app-3"], "ready pods and finished Jobs are not problems");
+    let crash = &d.pods[0].containers[0];
+    assert_eq!(crash.reason, "CrashLoopBackOff (OOMKilled)");
+    assert_eq!(crash.restarts, 4);
+    assert_eq!(crash.log_tail.as_deref(), Some("starting\nout of memory: killed\n"));
+    let pull = &d.pods[1].containers[0];
+    assert_eq!(pull.reason, "ImagePullBackOff");
+    assert!(pull.message.as_deref().unwrap().contains("app:draft-x"));
+    assert_eq!(pull.log_tail, None);
+    assert_eq!(d.pods[2].containers[0].reason, "Unschedulable");
+    assert_eq!(
+        d.events,
+        [
+            "Pod/app-1: BackOff: Back-off restarting failed container",
+            "Pod/app-2: Failed: Failed to pull image \"app:draft-x\": not found"
+        ],
+        "oldest first"
+    );
+    expect_no_more(cluster, handle).await;
+}
+
+/// A local stand-in for a stand: answers 200, or 500 on the listed request numbers, or never.
+async fn stand_server(fail_on: Vec<usize>, hang: bool) -> (String, tokio::task::JoinHandle<()>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/health/ready",
+        axum::routing::get(move || {
+            let (seen, fail_on) = (seen.clone(), fail_on.clone());
+            async move {
+                let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                if fail_on.contains(&n) { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (format!("http://{addr}/health/ready"), tokio::spawn(async move { axum::serve(listener, app).await.unwrap() }))
+}
+
+#[tokio::test]
+async fn the_gate_passes_a_stand_that_answers_every_probe() {
+    let (url, server) = stand_server(vec![], false).await;
+    let report = verify::gate(&verify::UrlProber::new(&url), 5, Duration::from_millis(100), Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(report.probes, 5);
+    assert_eq!(report.statuses.get("200"), Some(&5));
+    server.abort();
+}
+
+#[tokio::test]
+async fn the_gate_fails_on_the_first_5xx() {
+    let (url, server) = stand_server(vec![3], false).await;
+    let err = verify::gate(&verify::UrlProber::new(&url), 5, Duration::from_millis(100), Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    assert_eq!((err.attempt, err.outcome.as_str()), (3, "answered 500"));
+    assert!(err.to_string().contains(&url), "{err}");
+    server.abort();
+}
+
+#[tokio::test]
+async fn the_gate_fails_a_stand_that_hangs_or_is_not_listening() {
+    let (url, server) = stand_server(vec![], true).await;
+    let err = verify::gate(&verify::UrlProber::new(&url), 3, Duration::from_millis(50), Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert_eq!(err.attempt, 1);
+    assert!(err.outcome.starts_with("did not answer within"), "{}", err.outcome);
+    server.abort();
+
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let prober = verify::UrlProber::new(format!("http://{closed}/"));
+    assert_eq!(prober.probe(Duration::from_secs(2)).await, ProbeResult::Unreachable);
+}
+
+#[tokio::test]
+async fn the_service_is_probed_through_the_api_server_proxy() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let prober = draftd::cluster::ServiceProxyProber::new(
+        kube::Client::new(service, "default"),
+        "draft-login-form",
+        "draft-login-form",
+        8080,
+        "/health/ready",
+    );
+    let probes = tokio::spawn(async move {
+        let first = prober.probe(Duration::from_secs(2)).await;
+        let second = prober.probe(Duration::from_secs(2)).await;
+        (first, second)
+    });
+    for status in [StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE] {
+        let seen = serve(&mut handle, status, |_| json!({})).await;
+        assert_eq!(seen.method, Method::GET);
+        assert_eq!(seen.path, "/api/v1/namespaces/draft-login-form/services/draft-login-form:8080/proxy/health/ready");
+    }
+    assert_eq!(probes.await.unwrap(), (ProbeResult::Status(200), ProbeResult::Status(503)));
+}

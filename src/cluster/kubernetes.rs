@@ -7,13 +7,15 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::resources;
+use super::verify::{self, Diagnostics, LogSource, RolloutState};
 use super::{
     Cluster, ClusterError, EXPIRES_ANNOTATION, FIELD_MANAGER, MANAGED_BY, ManagedNamespace, NamespaceGone,
     NamespaceOutcome, STAND_LABEL, StandMeta,
@@ -153,6 +155,124 @@ impl Cluster for Kubernetes {
         }
     }
 
+    async fn wait_rollout(
+        &self,
+        namespace: &str,
+        release: &str,
+        timeout: Duration,
+    ) -> Result<Vec<String>, ClusterError> {
+        let selector = format!("app.kubernetes.io/instance={release}");
+        let params = ListParams::default().labels(&selector);
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
+        let statefulsets: Api<StatefulSet> = Api::namespaced(self.client.clone(), namespace);
+        let started = Instant::now();
+        loop {
+            let mut states = Vec::new();
+            for d in deployments.list(&params).await?.items {
+                states.push((format!("Deployment/{}", d.name_any()), verify::deployment_state(&d)));
+            }
+            for s in statefulsets.list(&params).await?.items {
+                states.push((format!("StatefulSet/{}", s.name_any()), verify::statefulset_state(&s)));
+            }
+            let mut pending = Vec::new();
+            for (workload, state) in &states {
+                match state {
+                    RolloutState::Done => {}
+                    RolloutState::Failed(message) => {
+                        return Err(ClusterError::RolloutFailed {
+                            workload: workload.clone(),
+                            message: message.clone(),
+                        });
+                    }
+                    RolloutState::Progressing(status) => {
+                        pending.push(verify::Pending { workload: workload.clone(), status: status.clone() })
+                    }
+                }
+            }
+            if pending.is_empty() {
+                return Ok(states.into_iter().map(|(w, _)| w).collect());
+            }
+            if started.elapsed() >= timeout {
+                return Err(ClusterError::RolloutTimeout { waited: timeout, pending });
+            }
+            tokio::time::sleep(self.poll.min(timeout.saturating_sub(started.elapsed()))).await;
+        }
+    }
+
+    async fn diagnose(&self, namespace: &str) -> Result<Diagnostics, ClusterError> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let mut problems = Vec::new();
+        for pod in pods.list(&ListParams::default()).await?.items.iter().filter(|p| verify::needs_diagnosis(p)) {
+            let name = pod.name_any();
+            let status = pod.status.as_ref();
+            let phase = status.and_then(|s| s.phase.clone()).unwrap_or_else(|| "Unknown".into());
+            let mut containers = Vec::new();
+            let statuses: Vec<_> = status
+                .map(|s| {
+                    let init = s.init_container_statuses.iter().flatten();
+                    init.chain(s.container_statuses.iter().flatten()).cloned().collect()
+                })
+                .unwrap_or_default();
+            for c in &statuses {
+                let Some((mut problem, source)) = verify::container_problem(c) else { continue };
+                if source != LogSource::None {
+                    let params = LogParams {
+                        container: Some(c.name.clone()),
+                        previous: source == LogSource::Previous,
+                        tail_lines: Some(verify::LOG_TAIL_LINES),
+                        ..LogParams::default()
+                    };
+                    // A log that cannot be read (rotated away, node gone) leaves the rest of the
+                    // diagnosis standing.
+                    problem.log_tail = match pods.logs(&name, &params).await {
+                        Ok(log) => Some(log),
+                        Err(e) => Some(format!("(log unavailable: {e})")),
+                    };
+                }
+                containers.push(problem);
+            }
+            if containers.is_empty() {
+                // Not ready for a reason no container states, e.g. unschedulable.
+                let condition = status
+                    .and_then(|s| s.conditions.as_ref())
+                    .and_then(|c| c.iter().find(|c| c.status != "True" && c.reason.is_some()));
+                if let Some(c) = condition {
+                    containers.push(verify::ContainerProblem {
+                        container: "(pod)".into(),
+                        reason: c.reason.clone().unwrap_or_default(),
+                        message: c.message.clone(),
+                        restarts: 0,
+                        log_tail: None,
+                    });
+                }
+            }
+            problems.push(verify::PodProblem { pod: name, phase, containers });
+        }
+        let events: Api<Event> = Api::namespaced(self.client.clone(), namespace);
+        let mut warnings = events.list(&ListParams::default().fields("type=Warning")).await?.items;
+        warnings.sort_by_key(|e| {
+            e.last_timestamp.as_ref().map(|t| t.0).or(e.event_time.as_ref().map(|t| t.0)).or(e
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0))
+        });
+        let start = warnings.len().saturating_sub(verify::MAX_EVENTS);
+        let events = warnings[start..]
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}/{}: {}: {}",
+                    e.involved_object.kind.as_deref().unwrap_or("?"),
+                    e.involved_object.name.as_deref().unwrap_or("?"),
+                    e.reason.as_deref().unwrap_or(""),
+                    e.message.as_deref().unwrap_or("").trim()
+                )
+            })
+            .collect();
+        Ok(Diagnostics { pods: problems, events })
+    }
+
     async fn managed_namespaces(&self) -> Result<Vec<ManagedNamespace>, ClusterError> {
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
@@ -171,5 +291,36 @@ impl Cluster for Kubernetes {
                 name: ns.name_any(),
             })
             .collect())
+    }
+}
+
+/// Probes the stand's Service through the API server proxy, for stands without an Ingress URL:
+/// needs no route into the cluster, only draftd's credentials (`services/proxy` get).
+pub struct ServiceProxyProber {
+    client: Client,
+    path: String,
+}
+
+impl ServiceProxyProber {
+    /// `path` is the app's path to probe, e.g. `/health/ready`.
+    pub fn new(client: Client, namespace: &str, service: &str, port: u16, path: &str) -> Self {
+        let path = format!("/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy{path}");
+        Self { client, path }
+    }
+}
+
+impl verify::Prober for ServiceProxyProber {
+    async fn probe(&self, timeout: Duration) -> verify::ProbeResult {
+        let request = axum::http::Request::get(&self.path).body(Vec::new()).expect("a GET with a valid path");
+        match tokio::time::timeout(timeout, self.client.send(request.map(kube::client::Body::from))).await {
+            // The proxy passes the app's status through, and answers 503 itself when no pod is ready.
+            Ok(Ok(response)) => verify::ProbeResult::Status(response.status().as_u16()),
+            Ok(Err(_)) => verify::ProbeResult::Unreachable,
+            Err(_) => verify::ProbeResult::Timeout,
+        }
+    }
+
+    fn target(&self) -> String {
+        format!("the API server proxy {}", self.path)
     }
 }

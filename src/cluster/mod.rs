@@ -12,13 +12,15 @@ mod kubernetes;
 pub mod orphans;
 /// The objects draftd applies, built from config; pure, so they are tested without a cluster.
 pub mod resources;
+/// Rollout checks, the 5xx gate and diagnostics.
+pub mod verify;
 
 use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-pub use kubernetes::Kubernetes;
+pub use kubernetes::{Kubernetes, ServiceProxyProber};
 
 /// Everything draftd creates carries this label, and draftd never touches what lacks it.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "draftd");
@@ -85,6 +87,12 @@ pub enum ClusterError {
     /// the namespace controller's conditions).
     #[error("namespace {namespace} is still being deleted after {waited:?}: {blockers}")]
     DeletionBlocked { namespace: String, waited: Duration, blockers: String },
+    /// The release's workloads did not all roll out in time; each pending one says where it stands.
+    #[error("rollout not finished after {waited:?}: {}", pending.iter().map(|p| format!("{} ({})", p.workload, p.status)).collect::<Vec<_>>().join(", "))]
+    RolloutTimeout { waited: Duration, pending: Vec<verify::Pending> },
+    /// A workload's rollout failed for good (its progress deadline passed).
+    #[error("{workload} failed to roll out: {message}")]
+    RolloutFailed { workload: String, message: String },
     #[error("no Kubernetes configuration: {0}")]
     Config(String),
     #[error("Kubernetes API: {0}")]
@@ -112,6 +120,8 @@ impl ClusterError {
             ClusterError::OtherStand { .. } => "namespace_of_other_stand",
             ClusterError::Terminating { .. } => "namespace_terminating",
             ClusterError::DeletionBlocked { .. } => "namespace_deletion_blocked",
+            ClusterError::RolloutTimeout { .. } => "rollout_timeout",
+            ClusterError::RolloutFailed { .. } => "rollout_failed",
             ClusterError::Config(_) => "kubernetes_config",
             ClusterError::Api(kube::Error::Api(status)) if status.code == 403 => "kubernetes_forbidden",
             ClusterError::Api(_) => "kubernetes_api",
@@ -136,6 +146,19 @@ pub trait Cluster: Send + Sync + 'static {
         namespace: &str,
         wait: Duration,
     ) -> impl Future<Output = Result<NamespaceGone, ClusterError>> + Send;
+
+    /// Waits until every Deployment and StatefulSet of the Helm release has rolled out (the new
+    /// spec observed, all replicas updated and available, no old ones left), at most `timeout`.
+    /// Returns the workloads, as `Kind/name`.
+    fn wait_rollout(
+        &self,
+        namespace: &str,
+        release: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Vec<String>, ClusterError>> + Send;
+
+    /// Pods that are not ready and why, with log tails of failing containers, and Warning events.
+    fn diagnose(&self, namespace: &str) -> impl Future<Output = Result<verify::Diagnostics, ClusterError>> + Send;
 
     /// Every namespace labelled managed-by=draftd.
     fn managed_namespaces(&self) -> impl Future<Output = Result<Vec<ManagedNamespace>, ClusterError>> + Send;
