@@ -800,3 +800,105 @@ async fn the_service_is_probed_through_the_api_server_proxy() {
     }
     assert_eq!(probes.await.unwrap(), (ProbeResult::Status(200), ProbeResult::Status(503)));
 }
+
+// ---------------------------------------------------------------------------------------------------
+// migrate and smoke Jobs
+
+use draftd::cluster::jobs::JobRequest;
+
+fn smoke_request() -> JobRequest {
+    JobRequest {
+        purpose: "smoke".into(),
+        run_number: 3,
+        image: "registry.example.com/shop:draft-login-form-abc1234".into(),
+        command: vec!["scripts/smoke_draft.sh".into()],
+        env: [("STAND_URL".to_owned(), "https://draft-login-form.draft.example.com".to_owned())].into(),
+        secrets: vec!["draft-login-form-db".into()],
+        deadline: Duration::from_secs(600),
+        keep_for: Duration::from_secs(3600),
+    }
+}
+
+fn job_status(conditions: Value) -> Value {
+    json!({ "apiVersion": "batch/v1", "kind": "Job", "metadata": { "name": "smoke-r3", "namespace": "draft-login-form" },
+            "spec": { "template": { "spec": { "containers": [] } } }, "status": { "conditions": conditions } })
+}
+
+async fn expect_job_pod_and_log(handle: &mut Handle, exit_code: i32, log: &str) {
+    let pods = list(
+        "Pod",
+        json!([{ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "smoke-r3-x7k2p" },
+                 "status": { "phase": "Failed", "containerStatuses": [
+                     container("smoke", false, 0, json!({ "terminated": { "exitCode": exit_code } }), json!({})) ] } }]),
+    );
+    let listed = serve(handle, StatusCode::OK, |_| pods).await;
+    assert_eq!(listed.path, "/api/v1/namespaces/draft-login-form/pods");
+    assert_eq!(listed.query.get("labelSelector").map(String::as_str), Some("job-name=smoke-r3"));
+    let (request, send) = handle.next_request().await.unwrap();
+    assert_eq!(request.uri().path(), "/api/v1/namespaces/draft-login-form/pods/smoke-r3-x7k2p/log");
+    let query: HashMap<String, String> =
+        form_urlencoded::parse(request.uri().query().unwrap().as_bytes()).into_owned().collect();
+    assert_eq!(query.get("container").map(String::as_str), Some("smoke"));
+    assert_eq!(query.get("tailLines").map(String::as_str), Some("100"));
+    send.send_response(Response::builder().body(Body::from(log.as_bytes().to_vec())).unwrap());
+}
+
+#[tokio::test]
+async fn a_smoke_job_runs_once_and_brings_back_its_exit_code_and_log() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let cluster = fast(cluster);
+    let run = tokio::spawn({
+        let cluster = cluster.clone();
+        async move { cluster.run_job(&stand(), &smoke_request()).await }
+    });
+    let path = "/apis/batch/v1/namespaces/draft-login-form/jobs/smoke-r3";
+    let get = serve(&mut handle, StatusCode::NOT_FOUND, |_| not_found("jobs.batch", "smoke-r3")).await;
+    assert_eq!((get.method, get.path.as_str()), (Method::GET, path));
+    let job = expect_apply(&mut handle, path, "Job").await;
+    let spec = &job["spec"];
+    assert_eq!(spec["backoffLimit"], 0);
+    assert_eq!(spec["activeDeadlineSeconds"], 600);
+    assert_eq!(spec["ttlSecondsAfterFinished"], 3600);
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["restartPolicy"], "Never");
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    let c = &pod["containers"][0];
+    assert_eq!(c["image"], "registry.example.com/shop:draft-login-form-abc1234");
+    assert_eq!(c["command"], json!(["scripts/smoke_draft.sh"]));
+    assert_eq!(c["env"], json!([{ "name": "STAND_URL", "value": "https://draft-login-form.draft.example.com" }]));
+    assert_eq!(c["envFrom"], json!([{ "secretRef": { "name": "draft-login-form-db", "optional": false } }]));
+    assert_eq!(spec["template"]["metadata"]["labels"]["draftd.io/job"], "smoke");
+
+    let running = serve(&mut handle, StatusCode::OK, |_| job_status(json!([]))).await;
+    assert_eq!((running.method, running.path.as_str()), (Method::GET, path));
+    let failed = json!([{ "type": "Failed", "status": "True", "reason": "BackoffLimitExceeded" }]);
+    serve(&mut handle, StatusCode::OK, |_| job_status(failed)).await;
+    expect_job_pod_and_log(&mut handle, 1, "login: ok\ncreate task: HTTP 500\n").await;
+
+    let outcome = run.await.unwrap().unwrap();
+    assert!(!outcome.succeeded);
+    assert_eq!(outcome.reason, "BackoffLimitExceeded");
+    assert_eq!(outcome.exit_code, Some(1));
+    assert_eq!(outcome.log_tail.as_deref(), Some("login: ok\ncreate task: HTTP 500\n"));
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn a_resumed_run_collects_the_job_its_earlier_attempt_started() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let run = tokio::spawn({
+        let cluster = cluster.clone();
+        async move { cluster.run_job(&stand(), &smoke_request()).await }
+    });
+    let complete = json!([{ "type": "Complete", "status": "True" }]);
+    let found = serve(&mut handle, StatusCode::OK, |_| job_status(complete.clone())).await;
+    assert_eq!(found.method, Method::GET);
+    // No apply: the Job exists. Its status is read, then its pod and log.
+    let again = serve(&mut handle, StatusCode::OK, |_| job_status(complete)).await;
+    assert_eq!(again.method, Method::GET);
+    expect_job_pod_and_log(&mut handle, 0, "all smoke checks passed\n").await;
+    let outcome = run.await.unwrap().unwrap();
+    assert!(outcome.succeeded);
+    assert_eq!((outcome.reason.as_str(), outcome.exit_code), ("Complete", Some(0)));
+    expect_no_more(cluster, handle).await;
+}

@@ -8,12 +8,14 @@ use chrono::{DateTime, Utc};
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::jobs::{self, JobOutcome, JobRequest};
 use super::resources;
 use super::verify::{self, Diagnostics, LogSource, RolloutState};
 use super::{
@@ -271,6 +273,50 @@ impl Cluster for Kubernetes {
             })
             .collect();
         Ok(Diagnostics { pods: problems, events })
+    }
+
+    async fn run_job(&self, stand: &StandMeta, request: &JobRequest) -> Result<JobOutcome, ClusterError> {
+        let ns = stand.namespace.as_str();
+        let name = request.name();
+        let api: Api<Job> = Api::namespaced(self.client.clone(), ns);
+        // An earlier attempt of this run may have started it: apply is a no-op then, and the wait
+        // below picks up its result instead of running the command twice.
+        if api.get_opt(&name).await?.is_none() {
+            self.apply(ns, &jobs::job(stand, request)).await?;
+        }
+        // The Job's own deadline ends it; the extra minute covers scheduling and status updates.
+        let wait = request.deadline + Duration::from_secs(60);
+        let started = Instant::now();
+        let (succeeded, reason) = loop {
+            let current = api.get(&name).await?;
+            if let Some(end) = jobs::finished(&current) {
+                break end;
+            }
+            if started.elapsed() >= wait {
+                return Err(ClusterError::JobTimeout { job: name, waited: wait });
+            }
+            tokio::time::sleep(self.poll.min(wait.saturating_sub(started.elapsed()))).await;
+        };
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let selector = format!("job-name={name}");
+        let pod = pods.list(&ListParams::default().labels(&selector)).await?.items.into_iter().next();
+        let (exit_code, log_tail) = match pod {
+            Some(pod) => {
+                let params = LogParams {
+                    container: Some(request.purpose.clone()),
+                    tail_lines: Some(jobs::JOB_LOG_LINES),
+                    ..LogParams::default()
+                };
+                let log = match pods.logs(&pod.name_any(), &params).await {
+                    Ok(log) => log,
+                    Err(e) => format!("(log unavailable: {e})"),
+                };
+                (jobs::exit_code(&pod, &request.purpose), Some(log))
+            }
+            // Deadline exceeded before a pod started, or the pod was already collected.
+            None => (None, None),
+        };
+        Ok(JobOutcome { job: name, succeeded, reason, exit_code, log_tail })
     }
 
     async fn managed_namespaces(&self) -> Result<Vec<ManagedNamespace>, ClusterError> {

@@ -6,6 +6,8 @@
 
 /// Connecting: in-cluster, or a kubeconfig and context.
 pub mod client;
+/// The migrate and smoke Jobs.
+pub mod jobs;
 /// The real implementation, through kube-rs.
 mod kubernetes;
 /// Namespaces draftd manages that no live stand accounts for.
@@ -93,6 +95,8 @@ pub enum ClusterError {
     /// A workload's rollout failed for good (its progress deadline passed).
     #[error("{workload} failed to roll out: {message}")]
     RolloutFailed { workload: String, message: String },
+    #[error("job {job} did not finish within {waited:?}")]
+    JobTimeout { job: String, waited: Duration },
     #[error("no Kubernetes configuration: {0}")]
     Config(String),
     #[error("Kubernetes API: {0}")]
@@ -122,6 +126,7 @@ impl ClusterError {
             ClusterError::DeletionBlocked { .. } => "namespace_deletion_blocked",
             ClusterError::RolloutTimeout { .. } => "rollout_timeout",
             ClusterError::RolloutFailed { .. } => "rollout_failed",
+            ClusterError::JobTimeout { .. } => "job_timeout",
             ClusterError::Config(_) => "kubernetes_config",
             ClusterError::Api(kube::Error::Api(status)) if status.code == 403 => "kubernetes_forbidden",
             ClusterError::Api(_) => "kubernetes_api",
@@ -159,6 +164,14 @@ pub trait Cluster: Send + Sync + 'static {
 
     /// Pods that are not ready and why, with log tails of failing containers, and Warning events.
     fn diagnose(&self, namespace: &str) -> impl Future<Output = Result<verify::Diagnostics, ClusterError>> + Send;
+
+    /// Runs a Job to its end (or finds the one an earlier attempt of the run started) and returns
+    /// how it ended, with the end of its log. Waits at most the request's deadline plus a minute.
+    fn run_job(
+        &self,
+        stand: &StandMeta,
+        request: &jobs::JobRequest,
+    ) -> impl Future<Output = Result<jobs::JobOutcome, ClusterError>> + Send;
 
     /// Every namespace labelled managed-by=draftd.
     fn managed_namespaces(&self) -> impl Future<Output = Result<Vec<ManagedNamespace>, ClusterError>> + Send;
