@@ -902,3 +902,70 @@ async fn a_resumed_run_collects_the_job_its_earlier_attempt_started() {
     assert_eq!((outcome.reason.as_str(), outcome.exit_code), ("Complete", Some(0)));
     expect_no_more(cluster, handle).await;
 }
+
+// ---------------------------------------------------------------------------------------------------
+// secrets
+
+fn credentials(password: &str) -> std::collections::BTreeMap<String, secrecy::SecretString> {
+    [
+        ("DATABASE_USER".to_owned(), secrecy::SecretString::from("draft_login_form")),
+        ("DATABASE_PASSWORD".to_owned(), secrecy::SecretString::from(password)),
+    ]
+    .into()
+}
+
+#[tokio::test]
+async fn rotated_credentials_update_the_secret_and_roll_only_deployments_with_an_old_checksum() {
+    use base64::Engine;
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let work = tokio::spawn({
+        let cluster = cluster.clone();
+        async move {
+            let old = cluster.apply_secret(&stand(), "draft-login-form-db", &credentials("p-1")).await?;
+            let new = cluster.apply_secret(&stand(), "draft-login-form-db", &credentials("p-2")).await?;
+            let rolled = cluster.roll_on_secrets("draft-login-form", "draft-login-form", &new).await?;
+            Ok::<_, ClusterError>((old, new, rolled))
+        }
+    });
+    let path = "/api/v1/namespaces/draft-login-form/secrets/draft-login-form-db";
+    let first = expect_apply(&mut handle, path, "Secret").await;
+    assert_eq!(first["type"], "Opaque");
+    let decode = |v: &Value| {
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap()).unwrap()).unwrap()
+    };
+    assert_eq!(decode(&first["data"]["DATABASE_PASSWORD"]), "p-1");
+    let second = expect_apply(&mut handle, path, "Secret").await;
+    assert_eq!(decode(&second["data"]["DATABASE_PASSWORD"]), "p-2");
+
+    // Two Deployments: one still on the old checksum, one (a mock) already on the new one.
+    let listed = serve(&mut handle, StatusCode::OK, |_| {
+        let with = |name: &str, checksum: &str| {
+            let mut d = deployment(name, 1, json!({}));
+            d["spec"]["template"]["metadata"]["annotations"] = json!({ "draftd.io/secrets-checksum": checksum });
+            d
+        };
+        let new = draftd::cluster::resources::secrets_checksum(&credentials("p-2"));
+        let old = draftd::cluster::resources::secrets_checksum(&credentials("p-1"));
+        list("Deployment", json!([with("app", &old), with("mock-payments", &new)]))
+    })
+    .await;
+    assert_eq!(
+        listed.query.get("labelSelector").map(String::as_str),
+        Some("app.kubernetes.io/instance=draft-login-form")
+    );
+    let patch = serve(&mut handle, StatusCode::OK, |_| deployment("app", 2, json!({}))).await;
+    assert_eq!(
+        (patch.method, patch.path.as_str()),
+        (Method::PATCH, "/apis/apps/v1/namespaces/draft-login-form/deployments/app")
+    );
+    assert_eq!(patch.content_type.as_deref(), Some("application/merge-patch+json"));
+
+    let (old, new, rolled) = work.await.unwrap().unwrap();
+    assert_ne!(old, new, "a rotated password changes the checksum");
+    assert_eq!(
+        patch.body,
+        json!({ "spec": { "template": { "metadata": { "annotations": { "draftd.io/secrets-checksum": new } } } } })
+    );
+    assert_eq!(rolled, ["Deployment/app"]);
+    expect_no_more(cluster, handle).await;
+}

@@ -1,6 +1,7 @@
 //! [`Cluster`] through kube-rs: server-side apply with field manager `draftd` for everything draftd
 //! owns, so re-running a step converges instead of failing on "already exists".
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
+use secrecy::SecretString;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -155,6 +157,45 @@ impl Cluster for Kubernetes {
             }
             tokio::time::sleep(self.poll.min(wait.saturating_sub(started.elapsed()))).await;
         }
+    }
+
+    async fn apply_secret(
+        &self,
+        stand: &StandMeta,
+        name: &str,
+        data: &BTreeMap<String, SecretString>,
+    ) -> Result<String, ClusterError> {
+        self.apply(&stand.namespace, &resources::secret(stand, name, data)).await?;
+        Ok(resources::secrets_checksum(data))
+    }
+
+    async fn roll_on_secrets(
+        &self,
+        namespace: &str,
+        release: &str,
+        checksum: &str,
+    ) -> Result<Vec<String>, ClusterError> {
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
+        let selector = format!("app.kubernetes.io/instance={release}");
+        let mut rolled = Vec::new();
+        for d in deployments.list(&ListParams::default().labels(&selector)).await?.items {
+            let current = d
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get(resources::SECRETS_CHECKSUM_ANNOTATION));
+            if current.map(String::as_str) == Some(checksum) {
+                continue;
+            }
+            // A merge patch, as `kubectl rollout restart` does: it leaves every field Helm owns alone.
+            let patch = serde_json::json!({ "spec": { "template": { "metadata": { "annotations": {
+                resources::SECRETS_CHECKSUM_ANNOTATION: checksum
+            } } } } });
+            deployments.patch(&d.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            rolled.push(format!("Deployment/{}", d.name_any()));
+        }
+        Ok(rolled)
     }
 
     async fn wait_rollout(

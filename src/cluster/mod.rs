@@ -17,8 +17,11 @@ pub mod resources;
 /// Rollout checks, the 5xx gate and diagnostics.
 pub mod verify;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
+
+use secrecy::SecretString;
 
 use chrono::{DateTime, Utc};
 
@@ -151,6 +154,24 @@ pub trait Cluster: Send + Sync + 'static {
         namespace: &str,
         wait: Duration,
     ) -> impl Future<Output = Result<NamespaceGone, ClusterError>> + Send;
+
+    /// Creates or updates the Secret `name` in the stand's namespace; returns the checksum of its
+    /// values (see [`resources::secrets_checksum`]). Values are never logged.
+    fn apply_secret(
+        &self,
+        stand: &StandMeta,
+        name: &str,
+        data: &BTreeMap<String, SecretString>,
+    ) -> impl Future<Output = Result<String, ClusterError>> + Send;
+
+    /// Sets the secrets checksum on the pod template of each Deployment of the release whose
+    /// checksum differs, which rolls it; returns the Deployments rolled.
+    fn roll_on_secrets(
+        &self,
+        namespace: &str,
+        release: &str,
+        checksum: &str,
+    ) -> impl Future<Output = Result<Vec<String>, ClusterError>> + Send;
 
     /// Waits until every Deployment and StatefulSet of the Helm release has rolled out (the new
     /// spec observed, all replicas updated and available, no old ones left), at most `timeout`.

@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
-    LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, ResourceQuota, ResourceQuotaSpec, ServiceAccount,
+    LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, ResourceQuota, ResourceQuotaSpec, Secret, ServiceAccount,
 };
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -14,6 +15,9 @@ use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
 
 use super::{EXPIRES_ANNOTATION, MANAGED_BY, PROJECT_LABEL, STAND_LABEL, StandMeta};
 use crate::config::{ClusterConfig, LimitsConfig, QuotaConfig};
@@ -203,4 +207,31 @@ pub fn role_binding(stand: &StandMeta, service_account: &str, role: &str) -> Rol
             ..Subject::default()
         }]),
     }
+}
+
+/// The pod-template annotation that carries a checksum of the stand's Secrets: when credentials
+/// rotate, changing it rolls the Deployment so pods pick the new values up.
+pub const SECRETS_CHECKSUM_ANNOTATION: &str = "draftd.io/secrets-checksum";
+
+/// A Secret of the stand's credentials or KV values. Values go in `data` (bytes), never in labels,
+/// annotations or anything draftd logs.
+pub fn secret(stand: &StandMeta, name: &str, data: &BTreeMap<String, SecretString>) -> Secret {
+    Secret {
+        metadata: meta(stand, name),
+        type_: Some("Opaque".to_owned()),
+        data: Some(data.iter().map(|(k, v)| (k.clone(), ByteString(v.expose_secret().as_bytes().to_vec()))).collect()),
+        ..Secret::default()
+    }
+}
+
+/// SHA-256 over the sorted keys and values, hex: changes exactly when some value does.
+pub fn secrets_checksum(data: &BTreeMap<String, SecretString>) -> String {
+    let mut hash = Sha256::new();
+    for (k, v) in data {
+        hash.update(k.as_bytes());
+        hash.update([0]);
+        hash.update(v.expose_secret().as_bytes());
+        hash.update([0]);
+    }
+    hex::encode(hash.finalize())
 }
