@@ -13,8 +13,9 @@ use crate::forge::client::AnyForge;
 use crate::forge::{Command, Trigger};
 use crate::helm::HelmCli;
 use crate::http::{self, AppState};
+use crate::pipeline::kube_runner::KubernetesSteps;
 use crate::pipeline::runner::DryRunSteps;
-use crate::pipeline::{Engine, EngineSettings, Fault};
+use crate::pipeline::{Engine, EngineSettings, Fault, StepRunner};
 use crate::reporter::{Reporter, ReporterSettings};
 use crate::stand::StandState;
 use crate::store::manual::{self, ManualOutcome, ManualRequest, StandLookup};
@@ -24,10 +25,12 @@ use crate::store::{self, stands};
 /// SIGTERM/Ctrl-C, then let in-flight requests finish.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let projects = Projects::resolve(&config)?;
-    if config.cluster.mode == ClusterMode::Kubernetes {
-        // A configuration that cannot reach a cluster is an error now, not a failure of the first run.
-        crate::cluster::client::connect(&config.cluster).await?;
-    }
+    // In kubernetes mode, a configuration that cannot reach a cluster is an error now, not a failure
+    // of the first run.
+    let kube = match config.cluster.mode {
+        ClusterMode::Kubernetes => Some(crate::cluster::client::connect(&config.cluster).await?),
+        ClusterMode::DryRun => None,
+    };
     let pool = store::pool(&config.database_url, config.intake.db_pool_size)?;
     let state = AppState::new(&config, projects, pool.clone());
     let listener =
@@ -36,7 +39,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let mut migrations = tokio::spawn(migrate_until_done(pool.clone(), state.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    start_background(&config, &pool, &state, &stop_rx)?;
+    start_background(&config, kube, &pool, &state, &stop_rx)?;
     let app = http::router(state);
     let server = axum::serve(listener, app).with_graceful_shutdown({
         let mut rx = stop_rx.clone();
@@ -66,54 +69,35 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Workers (dry-run mode) and the reporter, each starting once migrations are applied and stopping
-/// with `stop`. A run a worker is in when the process ends is resumed by the next worker whose
-/// claim finds its lease expired.
+/// Workers (with the step runner of the cluster mode) and the reporter, each starting once
+/// migrations are applied and stopping with `stop`. A run a worker is in when the process ends is
+/// resumed by the next worker whose claim finds its lease expired.
 fn start_background(
     config: &Config,
+    kube: Option<kube::Client>,
     pool: &sqlx::PgPool,
     state: &AppState,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config.clone());
-    match config.cluster.mode {
-        ClusterMode::DryRun => {
-            let root = std::env::current_dir().context("current directory")?;
-            let helm = HelmCli::from_config(&config.cluster, &root).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "deploy steps will fail until helm is found");
-                HelmCli::new("helm")
-            });
-            // Each run in flight uses up to three connections (concurrent steps) and its heartbeat one.
-            let workers = config.stands.workers;
-            let pool = store::worker_pool(&config.database_url, workers * 4 + 2)?;
-            let steps = DryRunSteps::new(pool.clone(), config.clone(), Arc::new(helm));
-            let fault = match std::env::var("DRAFTD_FAULT") {
-                Ok(text) => Some(text.parse::<Fault>().map_err(|e| anyhow::anyhow!("DRAFTD_FAULT: {e}"))?),
-                Err(_) => None,
-            };
-            let settings = EngineSettings {
-                workers: workers as usize,
-                max_running: i64::from(config.stands.max_concurrent_runs),
-                lease: config.stands.lease,
-                heartbeat: config.stands.lease / 3,
-                fault,
-                ..EngineSettings::default()
-            };
-            let limits = config.projects.iter().filter_map(|p| Some((p.name.as_str(), p.max_concurrent_runs?)));
-            let engine = Engine::new(pool.clone(), Arc::new(steps), settings, lease_owner())
-                .with_wake(state.wake().clone())
-                .with_project_limits(limits);
-            let engine = Arc::new(engine);
-            let (state, stop) = (state.clone(), stop.clone());
-            tokio::spawn(async move {
-                if wait_migrated(&state, &stop).await {
-                    engine.run_workers(stop).await;
-                }
-            });
+    let root = std::env::current_dir().context("current directory")?;
+    let helm = Arc::new(HelmCli::from_config(&config.cluster, &root).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "deploy steps will fail until helm is found");
+        HelmCli::new("helm")
+    }));
+    // Each run in flight uses up to three connections (concurrent steps) and its heartbeat one.
+    let workers_pool = store::worker_pool(&config.database_url, config.stands.workers * 4 + 2)?;
+    match (config.cluster.mode, kube) {
+        (ClusterMode::Kubernetes, Some(client)) => {
+            let cluster = Arc::new(crate::cluster::Kubernetes::new(client, config.cluster.clone()));
+            let steps = KubernetesSteps::new(workers_pool.clone(), config.clone(), helm, cluster);
+            spawn_engine(steps, workers_pool, &config, state, stop)?;
         }
-        ClusterMode::Kubernetes => tracing::warn!(
-            "[cluster] mode = \"kubernetes\" cannot act on a cluster in this build: runs are recorded and stay queued"
-        ),
+        (ClusterMode::Kubernetes, None) => anyhow::bail!("kubernetes mode without a Kubernetes client"),
+        (ClusterMode::DryRun, _) => {
+            let steps = DryRunSteps::new(workers_pool.clone(), config.clone(), helm);
+            spawn_engine(steps, workers_pool, &config, state, stop)?;
+        }
     }
     let forges = AnyForge::from_config(&config).context("forge clients")?;
     if forges.is_empty() {
@@ -127,6 +111,39 @@ fn start_background(
             }
         });
     }
+    Ok(())
+}
+
+fn spawn_engine<R: StepRunner>(
+    steps: R,
+    pool: sqlx::PgPool,
+    config: &Config,
+    state: &AppState,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let fault = match std::env::var("DRAFTD_FAULT") {
+        Ok(text) => Some(text.parse::<Fault>().map_err(|e| anyhow::anyhow!("DRAFTD_FAULT: {e}"))?),
+        Err(_) => None,
+    };
+    let settings = EngineSettings {
+        workers: config.stands.workers as usize,
+        max_running: i64::from(config.stands.max_concurrent_runs),
+        lease: config.stands.lease,
+        heartbeat: config.stands.lease / 3,
+        fault,
+        ..EngineSettings::default()
+    };
+    let limits = config.projects.iter().filter_map(|p| Some((p.name.as_str(), p.max_concurrent_runs?)));
+    let engine = Engine::new(pool, Arc::new(steps), settings, lease_owner())
+        .with_wake(state.wake().clone())
+        .with_project_limits(limits);
+    let engine = Arc::new(engine);
+    let (state, stop) = (state.clone(), stop.clone());
+    tokio::spawn(async move {
+        if wait_migrated(&state, &stop).await {
+            engine.run_workers(stop).await;
+        }
+    });
     Ok(())
 }
 

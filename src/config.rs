@@ -139,6 +139,67 @@ pub struct ClusterConfig {
     /// The ClusterRole holding draftd's rights inside a stand namespace.
     #[serde(default = "default_stand_role")]
     pub stand_role: String,
+    #[serde(default)]
+    pub verify: VerifyConfig,
+    /// The migrate and smoke Jobs are killed after this long.
+    #[serde(default = "default_job_deadline", with = "humantime_serde")]
+    pub job_deadline: Duration,
+    /// How long teardown waits for a namespace to be gone before reporting what holds it.
+    #[serde(default = "default_teardown_wait", with = "humantime_serde")]
+    pub teardown_wait: Duration,
+}
+
+/// How the verify step decides a stand is healthy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// Every Deployment and StatefulSet of the release must have rolled out within this.
+    #[serde(default = "default_rollout_timeout", with = "humantime_serde")]
+    pub rollout_timeout: Duration,
+    /// The app's path probed after the rollout (the chart's readiness path).
+    #[serde(default = "default_probe_path")]
+    pub probe_path: String,
+    /// Probes spread over `probe_window`: a stand that answers once and then crashes is caught.
+    #[serde(default = "default_probes")]
+    pub probes: u32,
+    #[serde(default = "default_probe_window", with = "humantime_serde")]
+    pub probe_window: Duration,
+    #[serde(default = "default_probe_timeout", with = "humantime_serde")]
+    pub probe_timeout: Duration,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        Self {
+            rollout_timeout: default_rollout_timeout(),
+            probe_path: default_probe_path(),
+            probes: default_probes(),
+            probe_window: default_probe_window(),
+            probe_timeout: default_probe_timeout(),
+        }
+    }
+}
+
+fn default_rollout_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_probe_path() -> String {
+    "/health/ready".into()
+}
+fn default_probes() -> u32 {
+    5
+}
+fn default_probe_window() -> Duration {
+    Duration::from_secs(20)
+}
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_job_deadline() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_teardown_wait() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_stand_role() -> String {
@@ -298,6 +359,9 @@ impl Default for ClusterConfig {
             limits: LimitsConfig::default(),
             service_account: None,
             stand_role: default_stand_role(),
+            verify: VerifyConfig::default(),
+            job_deadline: default_job_deadline(),
+            teardown_wait: default_teardown_wait(),
         }
     }
 }

@@ -26,3 +26,5 @@ pub mod stand;
 pub mod store;
 /// Tracing set-up (human or JSON).
 pub mod telemetry;
+/// Cutting outside text to size for reports and errors.
+pub mod text;

@@ -785,7 +785,7 @@ async fn the_service_is_probed_through_the_api_server_proxy() {
         kube::Client::new(service, "default"),
         "draft-login-form",
         "draft-login-form",
-        8080,
+        "8080",
         "/health/ready",
     );
     let probes = tokio::spawn(async move {

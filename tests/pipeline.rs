@@ -1,6 +1,8 @@
 //! The run engine through its StepRunner trait, with a fake that can fail, stall or answer slowly,
 //! against a real Postgres (a fresh database per test).
 
+mod common;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -106,27 +108,8 @@ async fn queue(pool: &PgPool, branch: &str, kind: &str, sha: &str) -> i64 {
 }
 
 async fn queue_in(pool: &PgPool, project: &str, branch: &str, kind: &str, sha: &str) -> i64 {
-    let stand: i64 = sqlx::query_scalar(
-        "insert into stands (project, branch, namespace) values ($1, $2, 'draft-' || md5($1 || $2))
-         on conflict (project, branch) do update set runs_count = stands.runs_count + 1
-         returning stand_id",
-    )
-    .bind(project)
-    .bind(branch)
-    .fetch_one(pool)
-    .await
-    .unwrap();
-    sqlx::query_scalar(
-        "insert into runs (stand_id, number, kind, trigger, automatic, epoch, sha)
-         values ($1, (select coalesce(max(number), 0) + 1 from runs where stand_id = $1), $2, 'pushed', true, 0, $3)
-         returning run_id",
-    )
-    .bind(stand)
-    .bind(kind)
-    .bind(sha)
-    .fetch_one(pool)
-    .await
-    .unwrap()
+    let namespace = format!("draft-{project}-{}", branch.replace('/', "-"));
+    common::queue_run(pool, project, branch, &namespace, kind, sha).await
 }
 
 async fn run_state(pool: &PgPool, run_id: i64) -> (String, Option<serde_json::Value>) {

@@ -360,6 +360,10 @@ impl Cluster for Kubernetes {
         Ok(JobOutcome { job: name, succeeded, reason, exit_code, log_tail })
     }
 
+    fn service_prober(&self, namespace: &str, service: &str, port: &str, path: &str) -> impl verify::Prober + 'static {
+        ServiceProxyProber::new(self.client.clone(), namespace, service, port, path)
+    }
+
     async fn managed_namespaces(&self) -> Result<Vec<ManagedNamespace>, ClusterError> {
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
@@ -389,8 +393,8 @@ pub struct ServiceProxyProber {
 }
 
 impl ServiceProxyProber {
-    /// `path` is the app's path to probe, e.g. `/health/ready`.
-    pub fn new(client: Client, namespace: &str, service: &str, port: u16, path: &str) -> Self {
+    /// `port` is the Service port's number or name (`http`); `path` the app's, e.g. `/health/ready`.
+    pub fn new(client: Client, namespace: &str, service: &str, port: &str, path: &str) -> Self {
         let path = format!("/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy{path}");
         Self { client, path }
     }

@@ -194,6 +194,9 @@ pub trait Cluster: Send + Sync + 'static {
         request: &jobs::JobRequest,
     ) -> impl Future<Output = Result<jobs::JobOutcome, ClusterError>> + Send;
 
+    /// Probes a Service of the stand through the API server proxy (for stands without a URL).
+    fn service_prober(&self, namespace: &str, service: &str, port: &str, path: &str) -> impl verify::Prober + 'static;
+
     /// Every namespace labelled managed-by=draftd.
     fn managed_namespaces(&self) -> impl Future<Output = Result<Vec<ManagedNamespace>, ClusterError>> + Send;
 }

@@ -263,3 +263,38 @@ pub fn container_problem(c: &ContainerStatus) -> Option<(ContainerProblem, LogSo
         ContainerProblem { container: c.name.clone(), reason, message, restarts: c.restart_count, log_tail: None };
     Some((problem, source))
 }
+
+impl Diagnostics {
+    /// Plain text for a step error and the report, cut at `max` characters: each pod's containers
+    /// with their reasons and the last `lines` log lines, then the Warning events.
+    pub fn summary(&self, lines: usize, max: usize) -> String {
+        let mut out = String::new();
+        for pod in &self.pods {
+            out.push_str(&format!("pod {} ({}):\n", pod.pod, pod.phase));
+            for c in &pod.containers {
+                out.push_str(&format!("  {}: {}", c.container, c.reason));
+                if c.restarts > 0 {
+                    out.push_str(&format!(", {} restarts", c.restarts));
+                }
+                if let Some(m) = &c.message {
+                    out.push_str(&format!(" ({})", m.trim()));
+                }
+                out.push('\n');
+                if let Some(log) = &c.log_tail {
+                    let all: Vec<&str> = log.lines().collect();
+                    for line in &all[all.len().saturating_sub(lines)..] {
+                        out.push_str(&format!("    | {line}\n"));
+                    }
+                }
+            }
+        }
+        if !self.events.is_empty() {
+            out.push_str("warning events:\n");
+            for e in &self.events {
+                out.push_str(&format!("  {e}\n"));
+            }
+        }
+        crate::text::cut(&mut out, max, "\n…");
+        out
+    }
+}

@@ -132,14 +132,7 @@ impl Redactor {
     pub(crate) fn scrub(&self, text: &str) -> String {
         let token = self.0.expose_secret();
         let mut out = if token.is_empty() { text.to_owned() } else { text.replace(token, "[redacted]") };
-        if out.len() > MAX_MESSAGE {
-            let mut cut = MAX_MESSAGE;
-            while !out.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            out.truncate(cut);
-            out.push('…');
-        }
+        crate::text::cut(&mut out, MAX_MESSAGE, "…");
         out
     }
 }

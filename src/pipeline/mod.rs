@@ -3,6 +3,8 @@
 //! newer runs of the same stand at step boundaries.
 
 mod engine;
+/// The step runner of kubernetes mode.
+pub mod kube_runner;
 /// What a run would create: names, image, Helm release.
 pub mod plan;
 /// The dry-run step runner.

@@ -59,19 +59,7 @@ impl<H: Helm> DryRunSteps<H> {
                     json!({ "dry_run": true, "rendered": path, "note": "dry-run: rendered, not applied" }),
                 )
             }
-            StepName::Database if self.config.postgres.is_none() => {
-                StepOutcome::skipped("no [postgres] configured: the stand gets no database")
-            }
-            StepName::Secrets if self.config.vault.is_none() => {
-                StepOutcome::skipped("no [vault] configured: the stand gets no credentials")
-            }
-            StepName::Database | StepName::Secrets => {
-                return Err(StepError::permanent(
-                    "not_implemented",
-                    "per-stand databases and credentials arrive with the databases and Vault issue",
-                ));
-            }
-            StepName::Image => StepOutcome::skipped("no [registry] configured: the image is not checked"),
+            StepName::Database | StepName::Secrets | StepName::Image => return same_in_both_modes(step, &self.config),
             StepName::Deploy => {
                 let manifests = self.helm.template(&plan.release).await?;
                 let path = write(&dir.join("manifests.yaml"), &manifests).await?;
@@ -115,7 +103,7 @@ impl<H: Helm> DryRunSteps<H> {
         })
     }
 
-    /// Renders the sticky comment, keeps a copy in the stand's folder, and queues it for the forge.
+    /// The report, with the mocks the rendered manifests deploy and a copy in the stand's folder.
     async fn report(
         &self,
         run: &RunContext,
@@ -123,38 +111,83 @@ impl<H: Helm> DryRunSteps<H> {
         plan: &StandPlan,
         dir: &Path,
     ) -> Result<StepOutcome, StepError> {
-        let db = |e: crate::store::StoreError| StepError::transient("database", e.to_string());
-        let Some(detail) = stands::show(&self.pool, &StandRef::Id(run.stand_id), 5).await.map_err(db)? else {
-            return Err(StepError::permanent("stand_missing", "the stand row is gone"));
-        };
         let mocks = match tokio::fs::read_to_string(dir.join("manifests.yaml")).await {
             Ok(m) => mocks_in(&m),
             Err(_) => Vec::new(),
         };
-        let Some(view) = ReportView::from_detail(&detail, plan.url.clone(), mocks) else {
-            return Err(StepError::permanent("no_run", "the stand has no run to report"));
-        };
-        let body = render(&view);
         // A copy beside the manifests, but never a folder recreated after a teardown removed it.
-        let path = if dir.exists() { Some(write(&dir.join("report.md"), &body).await?) } else { None };
-        let Some(number) = detail.stand.pr_number else {
-            return Ok(StepOutcome::done(json!({ "rendered": path, "comment": "no pull request known" })));
-        };
-        let payload = CommentPayload {
-            forge: project.forge,
-            repo: project.repo.clone(),
-            number: number as u64,
-            marker: marker(run.stand_id),
-            body,
-        };
-        let outbox = enqueue_comment(&self.pool, run.stand_id, Some(run.run_id), &payload).await.map_err(db)?;
-        Ok(StepOutcome::done(json!({ "rendered": path, "outbox": outbox })))
+        let copy = dir.exists().then(|| dir.join("report.md"));
+        queue_report(&self.pool, run, project, plan, mocks, copy.as_deref()).await
     }
+}
+
+/// The run's project; a run of a project removed from the config since it was queued fails for good.
+pub(super) fn project_of<'a>(config: &'a Config, run: &RunContext) -> Result<&'a ProjectConfig, StepError> {
+    config
+        .projects
+        .iter()
+        .find(|p| p.name == run.project)
+        .ok_or_else(|| StepError::permanent("project_unknown", format!("project {:?} is not configured", run.project)))
+}
+
+/// Steps that act the same in both modes (DESIGN.md: the database and credentials are real when
+/// configured, the image is checked when a registry is): skipped with the reason when their system
+/// is not configured.
+pub(super) fn same_in_both_modes(step: StepName, config: &Config) -> Result<StepOutcome, StepError> {
+    match step {
+        StepName::Database if config.postgres.is_none() => {
+            Ok(StepOutcome::skipped("no [postgres] configured: the stand gets no database"))
+        }
+        StepName::Secrets if config.vault.is_none() => {
+            Ok(StepOutcome::skipped("no [vault] configured: the stand gets no credentials"))
+        }
+        StepName::Database | StepName::Secrets => Err(StepError::permanent(
+            "not_implemented",
+            "per-stand databases and credentials arrive with the databases and Vault issue",
+        )),
+        _ => Ok(StepOutcome::skipped("no [registry] configured: the image is not checked")),
+    }
+}
+
+/// Renders the sticky comment from the stand's recorded runs, optionally keeps a copy at `copy_to`,
+/// and queues it in the outbox for the reporter. Shared by both modes' report steps.
+pub(super) async fn queue_report(
+    pool: &PgPool,
+    run: &RunContext,
+    project: &ProjectConfig,
+    plan: &StandPlan,
+    mocks: Vec<String>,
+    copy_to: Option<&Path>,
+) -> Result<StepOutcome, StepError> {
+    let db = |e: crate::store::StoreError| StepError::transient("database", e.to_string());
+    let Some(detail) = stands::show(pool, &StandRef::Id(run.stand_id), 5).await.map_err(db)? else {
+        return Err(StepError::permanent("stand_missing", "the stand row is gone"));
+    };
+    let Some(view) = ReportView::from_detail(&detail, plan.url.clone(), mocks) else {
+        return Err(StepError::permanent("no_run", "the stand has no run to report"));
+    };
+    let body = render(&view);
+    let path = match copy_to {
+        Some(path) => Some(write(path, &body).await?),
+        None => None,
+    };
+    let Some(number) = detail.stand.pr_number else {
+        return Ok(StepOutcome::done(json!({ "rendered": path, "comment": "no pull request known" })));
+    };
+    let payload = CommentPayload {
+        forge: project.forge,
+        repo: project.repo.clone(),
+        number: number as u64,
+        marker: marker(run.stand_id),
+        body,
+    };
+    let outbox = enqueue_comment(pool, run.stand_id, Some(run.run_id), &payload).await.map_err(db)?;
+    Ok(StepOutcome::done(json!({ "rendered": path, "outbox": outbox })))
 }
 
 impl<H: Helm> StepRunner for DryRunSteps<H> {
     async fn started(&self, run: &RunContext) {
-        let Some(project) = self.config.projects.iter().find(|p| p.name == run.project) else { return };
+        let Ok(project) = project_of(&self.config, run) else { return };
         let plan = self.plan(run, project);
         if let Err(e) = self.report(run, project, &plan, &self.folder(run)).await {
             tracing::warn!(error = %e, "could not queue the report of a started run");
@@ -162,12 +195,7 @@ impl<H: Helm> StepRunner for DryRunSteps<H> {
     }
 
     async fn run(&self, step: StepName, run: &RunContext) -> Result<StepOutcome, StepError> {
-        let Some(project) = self.config.projects.iter().find(|p| p.name == run.project) else {
-            return Err(StepError::permanent(
-                "project_unknown",
-                format!("project {:?} is not configured", run.project),
-            ));
-        };
+        let project = project_of(&self.config, run)?;
         let dir = self.folder(run);
         if run.kind != "teardown" {
             tokio::fs::create_dir_all(&dir)
@@ -208,7 +236,7 @@ async fn append(path: &Path, line: &str) -> Result<(), StepError> {
 }
 
 /// The chart names each mock's Service `<release>-mock-<name>`.
-fn mocks_in(manifests: &str) -> Vec<String> {
+pub(super) fn mocks_in(manifests: &str) -> Vec<String> {
     let mut mocks: Vec<String> = manifests
         .lines()
         .filter_map(|l| l.trim().strip_prefix("name: "))

@@ -227,3 +227,30 @@ pub async fn stand(pool: &PgPool, project: &str, branch: &str) -> Option<Stand> 
     .await
     .unwrap()
 }
+
+/// Queues a run straight in the database (creating the stand on first use), as intake would, for
+/// engine tests that start from a queued run; returns its id.
+pub async fn queue_run(pool: &PgPool, project: &str, branch: &str, namespace: &str, kind: &str, sha: &str) -> i64 {
+    let stand: i64 = sqlx::query_scalar(
+        "insert into stands (project, branch, namespace) values ($1, $2, $3)
+         on conflict (project, branch) do update set runs_count = stands.runs_count + 1
+         returning stand_id",
+    )
+    .bind(project)
+    .bind(branch)
+    .bind(namespace)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    sqlx::query_scalar(
+        "insert into runs (stand_id, number, kind, trigger, automatic, epoch, sha)
+         values ($1, (select coalesce(max(number), 0) + 1 from runs where stand_id = $1), $2, 'pushed', true, 0, $3)
+         returning run_id",
+    )
+    .bind(stand)
+    .bind(kind)
+    .bind(sha)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}

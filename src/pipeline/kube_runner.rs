@@ -1,0 +1,269 @@
+//! The step runner of `[cluster] mode = "kubernetes"`: the stand's namespace, Jobs, rollout checks
+//! and teardown through [`Cluster`], the release through [`Helm`], the report as in dry-run mode.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sqlx::PgPool;
+
+use super::plan::StandPlan;
+use super::runner::{mocks_in, project_of, queue_report, same_in_both_modes};
+use super::step::{RunContext, StepError, StepName, StepOutcome, StepRunner};
+use crate::cluster::jobs::JobRequest;
+use crate::cluster::verify::{self, UrlProber};
+use crate::cluster::{Cluster, ClusterError, StandMeta};
+use crate::config::{Config, ProjectConfig};
+use crate::helm::Helm;
+
+/// Finished Jobs stay this long for `kubectl logs`, then Kubernetes removes them.
+const JOB_KEEP: Duration = Duration::from_secs(3600);
+/// Log lines of a failed Job or container quoted in the step's error (the report shows it).
+const QUOTED_LINES: usize = 20;
+/// A step error is shown in the PR comment: keep it readable.
+const MAX_ERROR_CHARS: usize = 4000;
+
+pub struct KubernetesSteps<H, C> {
+    pool: PgPool,
+    config: Arc<Config>,
+    helm: Arc<H>,
+    cluster: Arc<C>,
+}
+
+impl From<ClusterError> for StepError {
+    fn from(e: ClusterError) -> Self {
+        if e.is_transient() {
+            StepError::transient(e.label(), e.to_string())
+        } else {
+            StepError::permanent(e.label(), e.to_string())
+        }
+    }
+}
+
+fn db(e: sqlx::Error) -> StepError {
+    StepError::transient("database", e.to_string())
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
+    pub fn new(pool: PgPool, config: Arc<Config>, helm: Arc<H>, cluster: Arc<C>) -> Self {
+        Self { pool, config, helm, cluster }
+    }
+
+    fn plan(&self, run: &RunContext, project: &ProjectConfig) -> StandPlan {
+        let sha = run.sha.as_deref().unwrap_or("");
+        StandPlan::new(&self.config, project, run.stand_id, &run.namespace, &run.branch, sha)
+    }
+
+    /// The URL jobs and probes reach the app at: the stand's own, else its Service inside the cluster.
+    fn app_url(plan: &StandPlan) -> String {
+        plan.url.clone().unwrap_or_else(|| format!("http://{}", plan.release.name))
+    }
+
+    async fn stand_meta(&self, run: &RunContext, project: &ProjectConfig) -> Result<StandMeta, StepError> {
+        let expires: Option<DateTime<Utc>> = sqlx::query_scalar("select expires_at from stands where stand_id = $1")
+            .bind(run.stand_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+        let ttl = project.ttl.unwrap_or(self.config.stands.ttl);
+        Ok(StandMeta {
+            namespace: run.namespace.clone(),
+            stand_id: run.stand_id,
+            project: project.name.clone(),
+            expires_at: expires.unwrap_or_else(|| Utc::now() + ttl),
+            service_account_token: project.service_account_token,
+        })
+    }
+
+    /// The `detail` of a step of this run, when it recorded one.
+    async fn detail_of(&self, run: &RunContext, step: StepName) -> Result<serde_json::Value, StepError> {
+        let detail: Option<serde_json::Value> =
+            sqlx::query_scalar("select detail from steps where run_id = $1 and name = $2")
+                .bind(run.run_id)
+                .bind(step.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+        Ok(detail.unwrap_or_else(|| json!({})))
+    }
+
+    async fn job(
+        &self,
+        run: &RunContext,
+        project: &ProjectConfig,
+        plan: &StandPlan,
+        purpose: &str,
+        command: &[String],
+    ) -> Result<StepOutcome, StepError> {
+        let Some(image) = plan.image.clone() else {
+            return Err(StepError::permanent(
+                "no_image",
+                format!("project {} sets no image, so its {purpose} command has nothing to run in", project.name),
+            ));
+        };
+        let request = JobRequest {
+            purpose: purpose.to_owned(),
+            run_number: run.number,
+            image,
+            command: command.to_vec(),
+            env: BTreeMap::from([("STAND_URL".to_owned(), Self::app_url(plan))]),
+            secrets: Vec::new(),
+            deadline: self.config.cluster.job_deadline,
+            keep_for: JOB_KEEP,
+        };
+        let stand = self.stand_meta(run, project).await?;
+        let outcome = self.cluster.run_job(&stand, &request).await?;
+        if outcome.succeeded {
+            return Ok(StepOutcome::done(json!({
+                "job": outcome.job,
+                "exit_code": outcome.exit_code,
+                "log_tail": outcome.log_tail.as_deref().map(|l| last_lines(l, QUOTED_LINES)),
+            })));
+        }
+        let exit = outcome.exit_code.map(|c| format!(", exit code {c}")).unwrap_or_default();
+        let tail =
+            outcome.log_tail.as_deref().map(|l| format!("\n{}", last_lines(l, QUOTED_LINES))).unwrap_or_default();
+        Err(StepError::permanent(
+            &format!("{purpose}_failed"),
+            format!("job {} failed ({}{exit}){tail}", outcome.job, outcome.reason),
+        ))
+    }
+
+    /// Rollout, then the 5xx gate; on failure the error carries the diagnostics.
+    async fn verify(&self, run: &RunContext, plan: &StandPlan) -> Result<StepOutcome, StepError> {
+        let v = &self.config.cluster.verify;
+        let ns = run.namespace.as_str();
+        let release = plan.release.name.as_str();
+        let checked = match self.cluster.wait_rollout(ns, release, v.rollout_timeout).await {
+            Err(e) => Err(StepError::from(e)),
+            Ok(workloads) => {
+                let gate = match &plan.url {
+                    Some(url) => {
+                        let prober = UrlProber::new(format!("{}{}", url.trim_end_matches('/'), v.probe_path));
+                        verify::gate(&prober, v.probes, v.probe_window, v.probe_timeout).await
+                    }
+                    None => {
+                        let prober = self.cluster.service_prober(ns, release, "http", &v.probe_path);
+                        verify::gate(&prober, v.probes, v.probe_window, v.probe_timeout).await
+                    }
+                };
+                gate.map(|report| (workloads, report)).map_err(|e| StepError::permanent("probe_failed", e.to_string()))
+            }
+        };
+        match checked {
+            Ok((workloads, probes)) => {
+                // The revision that passed: what a later failed deploy rolls back to.
+                let revision = self.detail_of(run, StepName::Deploy).await?["revision"].clone();
+                Ok(StepOutcome::done(json!({ "revision": revision, "workloads": workloads, "probes": probes })))
+            }
+            Err(mut e) => {
+                match self.cluster.diagnose(ns).await {
+                    Ok(d) => {
+                        let summary = d.summary(QUOTED_LINES, MAX_ERROR_CHARS);
+                        if !summary.is_empty() {
+                            e.message = format!("{}\n{summary}", e.message);
+                        }
+                    }
+                    Err(d) => e.message = format!("{}\n(diagnostics unavailable: {d})", e.message),
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Back to the last revision that passed verify, or uninstalled when none did.
+    async fn rollback(&self, run: &RunContext, plan: &StandPlan) -> Result<StepOutcome, StepError> {
+        let good: Option<i32> = sqlx::query_scalar(
+            "select (s.detail->>'revision')::int from steps s join runs r on r.run_id = s.run_id
+             where r.stand_id = $1 and s.name = 'verify' and s.state = 'succeeded'
+               and jsonb_typeof(s.detail->'revision') = 'number'
+             order by r.number desc limit 1",
+        )
+        .bind(run.stand_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        let (name, ns) = (&plan.release.name, &run.namespace);
+        match good {
+            Some(revision) => {
+                self.helm.rollback(name, ns, revision as u32).await?;
+                Ok(StepOutcome::done(json!({ "rolled_back_to": revision })))
+            }
+            None => {
+                self.helm.uninstall(name, ns).await?;
+                Ok(StepOutcome::done(
+                    json!({ "uninstalled": true, "reason": "no revision of this stand passed verify" }),
+                ))
+            }
+        }
+    }
+
+    async fn step(&self, step: StepName, run: &RunContext, project: &ProjectConfig) -> Result<StepOutcome, StepError> {
+        let plan = self.plan(run, project);
+        match step {
+            StepName::Namespace => {
+                let stand = self.stand_meta(run, project).await?;
+                let outcome = self.cluster.ensure_namespace(&stand).await?;
+                Ok(StepOutcome::done(json!(outcome)))
+            }
+            StepName::Database | StepName::Secrets | StepName::Image => same_in_both_modes(step, &self.config),
+            StepName::Deploy => {
+                // Rendering first checks the chart and values before anything changes in the cluster,
+                // and names the mocks for the report.
+                let mocks = mocks_in(&self.helm.template(&plan.release).await?);
+                let revision = self.helm.upgrade_install(&plan.release).await?;
+                Ok(StepOutcome::done(json!({
+                    "release": plan.release.name,
+                    "revision": revision,
+                    "image_tag": plan.image_tag,
+                    "mocks": mocks,
+                })))
+            }
+            StepName::Migrate if project.migrate.is_empty() => {
+                Ok(StepOutcome::skipped("the project has no migrate command"))
+            }
+            StepName::Migrate => self.job(run, project, &plan, "migrate", &project.migrate).await,
+            StepName::Verify => self.verify(run, &plan).await,
+            StepName::Smoke if project.smoke.is_empty() => Ok(StepOutcome::skipped("the project has no smoke command")),
+            StepName::Smoke => self.job(run, project, &plan, "smoke", &project.smoke).await,
+            StepName::Rollback => self.rollback(run, &plan).await,
+            StepName::Teardown => {
+                self.helm.uninstall(&plan.release.name, &run.namespace).await?;
+                let gone = self.cluster.delete_namespace(&run.namespace, self.config.cluster.teardown_wait).await?;
+                sqlx::query("update stands set state = 'removed', updated_at = now() where stand_id = $1")
+                    .bind(run.stand_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db)?;
+                Ok(StepOutcome::done(json!({ "release": plan.release.name, "namespace": gone })))
+            }
+            StepName::Report => {
+                let deploy = self.detail_of(run, StepName::Deploy).await?;
+                let mocks = serde_json::from_value(deploy["mocks"].clone()).unwrap_or_default();
+                queue_report(&self.pool, run, project, &plan, mocks, None).await
+            }
+        }
+    }
+}
+
+impl<H: Helm, C: Cluster> StepRunner for KubernetesSteps<H, C> {
+    async fn started(&self, run: &RunContext) {
+        let Ok(project) = project_of(&self.config, run) else { return };
+        let plan = self.plan(run, project);
+        // Best effort, as the trait asks: a report that cannot be queued must not stop the run.
+        if let Err(e) = queue_report(&self.pool, run, project, &plan, Vec::new(), None).await {
+            tracing::warn!(error = %e, "could not queue the report of a started run");
+        }
+    }
+
+    async fn run(&self, step: StepName, run: &RunContext) -> Result<StepOutcome, StepError> {
+        self.step(step, run, project_of(&self.config, run)?).await
+    }
+}

@@ -1,0 +1,282 @@
+//! The kubernetes-mode step runner through the engine, with in-memory fakes of the cluster and of
+//! helm (their real implementations are tested in tests/cluster.rs and tests/helm.rs): which calls
+//! each step makes, rollback to the last revision that passed verify, diagnostics in the error,
+//! and teardown.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use draftd::cluster::jobs::{JobOutcome, JobRequest};
+use draftd::cluster::verify::{ContainerProblem, Diagnostics, PodProblem, ProbeResult, Prober};
+use draftd::cluster::{Cluster, ClusterError, ManagedNamespace, NamespaceGone, NamespaceOutcome, StandMeta};
+use draftd::config::Config;
+use draftd::helm::{Helm, HelmError, Release, Revision};
+use draftd::pipeline::kube_runner::KubernetesSteps;
+use draftd::pipeline::{Engine, EngineSettings, RunEnd};
+use secrecy::SecretString;
+use serde_json::Value;
+use sqlx::PgPool;
+
+#[derive(Default)]
+struct Calls(Mutex<Vec<String>>);
+
+impl Calls {
+    fn push(&self, call: String) {
+        self.0.lock().unwrap().push(call);
+    }
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut self.0.lock().unwrap())
+    }
+}
+
+#[derive(Default)]
+struct FakeCluster {
+    calls: Arc<Calls>,
+    rollout_fails: Mutex<bool>,
+}
+
+struct Healthy;
+
+impl Prober for Healthy {
+    async fn probe(&self, _: Duration) -> ProbeResult {
+        ProbeResult::Status(200)
+    }
+    fn target(&self) -> String {
+        "fake".into()
+    }
+}
+
+impl Cluster for FakeCluster {
+    async fn ensure_namespace(&self, stand: &StandMeta) -> Result<NamespaceOutcome, ClusterError> {
+        self.calls.push(format!("ensure_namespace {} stand {}", stand.namespace, stand.stand_id));
+        Ok(NamespaceOutcome { created: true, applied: vec!["ResourceQuota/draftd-quota".into()] })
+    }
+    async fn apply_secret(
+        &self,
+        _: &StandMeta,
+        name: &str,
+        _: &std::collections::BTreeMap<String, SecretString>,
+    ) -> Result<String, ClusterError> {
+        self.calls.push(format!("apply_secret {name}"));
+        Ok("checksum".into())
+    }
+    async fn roll_on_secrets(&self, _: &str, _: &str, _: &str) -> Result<Vec<String>, ClusterError> {
+        Ok(Vec::new())
+    }
+    async fn wait_rollout(&self, namespace: &str, release: &str, _: Duration) -> Result<Vec<String>, ClusterError> {
+        self.calls.push(format!("wait_rollout {namespace} {release}"));
+        if *self.rollout_fails.lock().unwrap() {
+            return Err(ClusterError::RolloutFailed {
+                workload: "Deployment/app".into(),
+                message: "ReplicaSet has timed out progressing".into(),
+            });
+        }
+        Ok(vec!["Deployment/app".into()])
+    }
+    async fn diagnose(&self, namespace: &str) -> Result<Diagnostics, ClusterError> {
+        self.calls.push(format!("diagnose {namespace}"));
+        Ok(Diagnostics {
+            pods: vec![PodProblem {
+                pod: "app-1".into(),
+                phase: "Running".into(),
+                containers: vec![ContainerProblem {
+                    container: "app".into(),
+                    reason: "CrashLoopBackOff (Error)".into(),
+                    message: None,
+                    restarts: 3,
+                    log_tail: Some("boot\npanic: DATABASE_URL is not set\n".into()),
+                }],
+            }],
+            events: vec!["Pod/app-1: BackOff: Back-off restarting failed container".into()],
+        })
+    }
+    async fn run_job(&self, _: &StandMeta, request: &JobRequest) -> Result<JobOutcome, ClusterError> {
+        let env: Vec<String> = request.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        self.calls.push(format!(
+            "run_job {} {} {:?} {}",
+            request.name(),
+            request.image,
+            request.command,
+            env.join(",")
+        ));
+        Ok(JobOutcome {
+            job: request.name(),
+            succeeded: true,
+            reason: "Complete".into(),
+            exit_code: Some(0),
+            log_tail: Some("ok\n".into()),
+        })
+    }
+    fn service_prober(&self, namespace: &str, service: &str, port: &str, path: &str) -> impl Prober + 'static {
+        self.calls.push(format!("probe {namespace} {service}:{port}{path}"));
+        Healthy
+    }
+    async fn delete_namespace(&self, namespace: &str, _: Duration) -> Result<NamespaceGone, ClusterError> {
+        self.calls.push(format!("delete_namespace {namespace}"));
+        Ok(NamespaceGone::Deleted)
+    }
+    async fn managed_namespaces(&self) -> Result<Vec<ManagedNamespace>, ClusterError> {
+        Ok(Vec::new())
+    }
+}
+
+#[derive(Default)]
+struct FakeHelm {
+    calls: Arc<Calls>,
+    revision: Mutex<u32>,
+}
+
+impl Helm for FakeHelm {
+    async fn upgrade_install(&self, release: &Release) -> Result<u32, HelmError> {
+        let mut revision = self.revision.lock().unwrap();
+        *revision += 1;
+        self.calls.push(format!("helm upgrade --install {} (revision {})", release.name, *revision));
+        Ok(*revision)
+    }
+    async fn template(&self, release: &Release) -> Result<String, HelmError> {
+        self.calls.push(format!("helm template {}", release.name));
+        Ok(format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {}-mock-payments\n", release.name))
+    }
+    async fn history(&self, _: &str, _: &str) -> Result<Vec<Revision>, HelmError> {
+        Ok(Vec::new())
+    }
+    async fn rollback(&self, name: &str, _: &str, revision: u32) -> Result<(), HelmError> {
+        self.calls.push(format!("helm rollback {name} {revision}"));
+        Ok(())
+    }
+    async fn uninstall(&self, name: &str, _: &str) -> Result<(), HelmError> {
+        self.calls.push(format!("helm uninstall {name}"));
+        Ok(())
+    }
+    async fn lint(&self, _: &Path, _: &[PathBuf]) -> Result<String, HelmError> {
+        Ok(String::new())
+    }
+}
+
+struct World {
+    pool: PgPool,
+    calls: Arc<Calls>,
+    cluster: Arc<FakeCluster>,
+    engine: Engine<KubernetesSteps<FakeHelm, FakeCluster>>,
+}
+
+fn world(pool: PgPool) -> World {
+    let config = Config::from_toml(
+        r#"
+[cluster]
+mode = "kubernetes"
+
+[cluster.verify]
+probe_window = "10ms"
+
+[[projects]]
+name = "shop"
+forge = "github"
+repo = "acme/shop"
+webhook_secret_env = "SHOP_SECRET"
+image = "registry.example.com/acme/shop"
+migrate = ["bin/migrate"]
+smoke = ["scripts/smoke_draft.sh"]
+"#,
+    )
+    .unwrap();
+    let calls = Arc::new(Calls::default());
+    let cluster = Arc::new(FakeCluster { calls: calls.clone(), ..FakeCluster::default() });
+    let helm = Arc::new(FakeHelm { calls: calls.clone(), ..FakeHelm::default() });
+    let steps = KubernetesSteps::new(pool.clone(), Arc::new(config), helm, cluster.clone());
+    let settings = EngineSettings { max_step_attempts: 1, ..EngineSettings::default() };
+    let engine = Engine::new(pool.clone(), Arc::new(steps), settings, "test");
+    World { pool, calls, cluster, engine }
+}
+
+async fn queue(pool: &PgPool, kind: &str, sha: &str) -> i64 {
+    common::queue_run(pool, "shop", "feature/login", "draft-login", kind, sha).await
+}
+
+async fn step_detail(pool: &PgPool, run: i64, step: &str) -> (String, Value, Option<Value>) {
+    sqlx::query_as("select state, detail, error from steps where run_id = $1 and name = $2")
+        .bind(run)
+        .bind(step)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+const SHA1: &str = "1111111aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const SHA2: &str = "2222222bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_deploy_creates_the_namespace_installs_runs_jobs_and_verifies_through_the_proxy(pool: PgPool) {
+    let w = world(pool);
+    let run = queue(&w.pool, "deploy", SHA1).await;
+    assert_eq!(w.engine.run_one().await.unwrap(), Some((run, RunEnd::Succeeded)));
+    let release = "draft-login";
+    let image = "registry.example.com/acme/shop:draft-feature-login-1111111";
+    assert_eq!(
+        w.calls.take(),
+        [
+            "ensure_namespace draft-login stand 1".to_owned(),
+            format!("helm template {release}"),
+            format!("helm upgrade --install {release} (revision 1)"),
+            format!("run_job migrate-r1 {image} [\"bin/migrate\"] STAND_URL=http://{release}"),
+            format!("wait_rollout draft-login {release}"),
+            format!("probe draft-login {release}:http/health/ready"),
+            format!("run_job smoke-r1 {image} [\"scripts/smoke_draft.sh\"] STAND_URL=http://{release}"),
+        ]
+    );
+    let (state, detail, _) = step_detail(&w.pool, run, "verify").await;
+    assert_eq!(state, "succeeded");
+    assert_eq!(detail["revision"], 1, "the revision that passed verify is recorded");
+    assert_eq!(step_detail(&w.pool, run, "deploy").await.1["mocks"], serde_json::json!(["payments"]));
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_failed_verify_rolls_back_to_the_last_verified_revision_and_explains_why(pool: PgPool) {
+    let w = world(pool);
+    let good = queue(&w.pool, "deploy", SHA1).await;
+    assert_eq!(w.engine.run_one().await.unwrap(), Some((good, RunEnd::Succeeded)));
+    w.calls.take();
+
+    *w.cluster.rollout_fails.lock().unwrap() = true;
+    let bad = queue(&w.pool, "deploy", SHA2).await;
+    assert_eq!(w.engine.run_one().await.unwrap(), Some((bad, RunEnd::Failed)));
+    let calls = w.calls.take();
+    assert!(calls.contains(&"diagnose draft-login".to_owned()), "{calls:?}");
+    assert_eq!(calls.last().unwrap(), "helm rollback draft-login 1", "{calls:?}");
+    assert!(!calls.iter().any(|c| c.starts_with("run_job smoke")), "smoke never runs after a failed verify");
+
+    let (state, _, error) = step_detail(&w.pool, bad, "verify").await;
+    assert_eq!(state, "failed");
+    let error = error.unwrap();
+    assert_eq!(error["label"], "rollout_failed");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("Deployment/app failed to roll out"), "{message}");
+    assert!(message.contains("app: CrashLoopBackOff (Error), 3 restarts"), "{message}");
+    assert!(message.contains("| panic: DATABASE_URL is not set"), "{message}");
+    assert!(message.contains("Pod/app-1: BackOff"), "{message}");
+    let (state, detail, _) = step_detail(&w.pool, bad, "rollback").await;
+    assert_eq!((state.as_str(), &detail["rolled_back_to"]), ("succeeded", &serde_json::json!(1)));
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_stand_that_never_passed_verify_is_uninstalled_on_failure(pool: PgPool) {
+    let w = world(pool);
+    *w.cluster.rollout_fails.lock().unwrap() = true;
+    let run = queue(&w.pool, "deploy", SHA1).await;
+    assert_eq!(w.engine.run_one().await.unwrap(), Some((run, RunEnd::Failed)));
+    assert_eq!(w.calls.take().last().unwrap(), "helm uninstall draft-login");
+    assert_eq!(step_detail(&w.pool, run, "rollback").await.1["uninstalled"], true);
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn teardown_uninstalls_deletes_the_namespace_and_marks_the_stand_removed(pool: PgPool) {
+    let w = world(pool);
+    let run = queue(&w.pool, "teardown", SHA1).await;
+    assert_eq!(w.engine.run_one().await.unwrap(), Some((run, RunEnd::Succeeded)));
+    assert_eq!(w.calls.take(), ["helm uninstall draft-login", "delete_namespace draft-login"]);
+    let state: String = sqlx::query_scalar("select state from stands").fetch_one(&w.pool).await.unwrap();
+    assert_eq!(state, "removed");
+}
