@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# End to end against a real cluster: a signed GitHub webhook opens a PR, draftd (kubernetes mode)
+# builds the stand (namespace with quota, limits and network policies; helm release; rollout and 5xx
+# gate through the API server proxy; report), then the PR is closed and the stand torn down. No
+# fakes: the real binary, helm, Postgres and cluster.
+#
+#   KUBECONFIG=~/.kube/config tests/e2e/real-cluster.sh
+#
+# Without KUBECONFIG it prints why it skips and exits 0. The cluster must be able to run the image
+# the script provides (see E2E_LOAD) and reach Docker Hub for the chart's WireMock mocks.
+#
+# Settings (environment):
+#   E2E_LOAD         how the app image reaches the cluster: kind (default when `kind` is on PATH),
+#                    k3d, or none (then E2E_IMAGE_REPO:<tag> must already be pullable by the cluster)
+#   E2E_CLUSTER      the kind/k3d cluster name (default: kind's "kind", k3d's "k3s-default")
+#   E2E_IMAGE_REPO   repository of the app image (default localhost/draftd-e2e-app)
+#   E2E_TIMEOUT      seconds to wait for each stage (default 600)
+#   E2E_KEEP=1       leave the stand and draftd's database behind for inspection
+set -euo pipefail
+
+if [ -z "${KUBECONFIG:-}" ]; then
+    echo "real-cluster e2e: skipped: KUBECONFIG is not set (point it at a kind or k3d cluster to run it)"
+    exit 0
+fi
+
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$root"
+timeout="${E2E_TIMEOUT:-600}"
+repo="${E2E_IMAGE_REPO:-localhost/draftd-e2e-app}"
+work="$(mktemp -d)"
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'real-cluster e2e: FAILED: %s\n' "$*" >&2; exit 1; }
+
+scripts/install-tools.sh >/dev/null
+kubectl="$root/.tools/bin/kubectl"
+"$kubectl" version --request-timeout=10s >/dev/null || die "the cluster in KUBECONFIG=$KUBECONFIG does not answer"
+source scripts/pg-env.sh
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/draftd-target}"
+cargo build --quiet --bin draftd
+draftd="$CARGO_TARGET_DIR/debug/draftd"
+
+run_id="$(date +%s)-$$"
+branch="feature/e2e-$run_id"
+sha="$(printf '%s' "$run_id" | sha1sum | cut -c1-40)"
+namespace="draft-feature-e2e-$run_id"
+tag="draft-feature-e2e-$run_id-${sha:0:7}"
+
+say "app image $repo:$tag"
+load="${E2E_LOAD:-$(command -v kind >/dev/null && echo kind || echo none)}"
+if [ "$load" != none ]; then
+    docker pull --quiet hashicorp/http-echo:1.0 >/dev/null
+    docker tag hashicorp/http-echo:1.0 "$repo:$tag"
+    case "$load" in
+        kind) kind load docker-image "$repo:$tag" --name "${E2E_CLUSTER:-kind}" ;;
+        k3d) k3d image import "$repo:$tag" --cluster "${E2E_CLUSTER:-k3s-default}" ;;
+        *) die "E2E_LOAD=$load: expected kind, k3d or none" ;;
+    esac
+fi
+
+database="draftd_e2e_$(printf '%s' "$run_id" | tr -c '0-9a-z\n' '_')"
+admin="${DATABASE_URL%/*}"
+psql -q "$admin/postgres" -c "create database $database"
+secret="e2e-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+port=$(( 20000 + RANDOM % 20000 ))
+cat >"$work/draftd.toml" <<TOML
+listen = "127.0.0.1:$port"
+database_url = "$admin/$database"
+
+[cluster]
+mode = "kubernetes"
+kubeconfig = "$KUBECONFIG"
+helm_path = "$root/.tools/bin/helm"
+
+[cluster.verify]
+probe_window = "10s"
+
+[[projects]]
+name = "e2e"
+forge = "github"
+repo = "Codertocat/Hello-World"
+webhook_secret_env = "E2E_WEBHOOK_SECRET"
+image = "$repo"
+chart = "$root/charts/stand"
+values = ["$root/values/draft.yaml", "$root/tests/e2e/values.yaml"]
+TOML
+
+serve_pid=""
+cleanup() {
+    status=$?
+    [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null || true
+    if [ "${E2E_KEEP:-}" != 1 ]; then
+        # Only ever a namespace draftd labelled as its own.
+        if "$kubectl" get namespace "$namespace" -o jsonpath='{.metadata.labels.app\.kubernetes\.io/managed-by}' 2>/dev/null | grep -qx draftd; then
+            "$kubectl" delete namespace "$namespace" --wait=false >/dev/null || true
+        fi
+        psql -q "$admin/postgres" -c "drop database if exists $database with (force)" || true
+        rm -rf "$work"
+    else
+        echo "kept: namespace $namespace, database $database, files in $work"
+    fi
+    [ $status -eq 0 ] || echo "draftd's log: $work/serve.log (kept on failure)" >&2
+    exit $status
+}
+trap cleanup EXIT
+
+say "draftd serve (kubernetes mode) on 127.0.0.1:$port"
+E2E_WEBHOOK_SECRET="$secret" "$draftd" --config "$work/draftd.toml" serve >"$work/serve.log" 2>&1 &
+serve_pid=$!
+for _ in $(seq 100); do
+    curl -fsS "http://127.0.0.1:$port/health/startup" >/dev/null 2>&1 && break
+    sleep 0.2
+done
+curl -fsS "http://127.0.0.1:$port/health/startup" >/dev/null || die "draftd did not start: $(tail -5 "$work/serve.log")"
+
+# post EVENT FIXTURE ACTION: a recorded GitHub payload for our branch and sha, signed like GitHub.
+post() {
+    python3 - "$root/tests/fixtures/webhooks/github/$2" "$3" "$branch" "$sha" >"$work/body.json" <<'PY'
+import json, sys
+path, action, branch, sha = sys.argv[1:]
+body = json.load(open(path))
+body["action"] = action
+body["pull_request"]["head"]["ref"] = branch
+body["pull_request"]["head"]["sha"] = sha
+body["pull_request"]["state"] = "closed" if action == "closed" else "open"
+json.dump(body, sys.stdout)
+PY
+    signature="sha256=$(openssl dgst -sha256 -hmac "$secret" -r <"$work/body.json" | cut -d' ' -f1)"
+    curl -fsS -X POST "http://127.0.0.1:$port/webhooks/github" -H 'content-type: application/json' \
+        -H "x-github-event: $1" -H "x-github-delivery: $(cat /proc/sys/kernel/random/uuid)" \
+        -H "x-hub-signature-256: $signature" --data-binary @"$work/body.json"
+    echo
+}
+
+# wait_run KIND: until the stand's newest run of KIND has ended; fails unless it succeeded.
+wait_run() {
+    local deadline=$(( $(date +%s) + timeout )) state=""
+    while [ "$(date +%s)" -lt "$deadline" ]; do
+        state="$(E2E_WEBHOOK_SECRET=x "$draftd" --config "$work/draftd.toml" stands show "e2e/$branch" --json 2>/dev/null |
+            python3 -c "import json,sys; r=[r for r in json.load(sys.stdin)['runs'] if r['kind']=='$1']; print(r[0]['state'] if r else '')" || true)"
+        case "$state" in
+            succeeded) return 0 ;;
+            failed|superseded|cancelled|rejected)
+                E2E_WEBHOOK_SECRET=x "$draftd" --config "$work/draftd.toml" stands show "e2e/$branch" >&2 || true
+                die "the $1 run ended $state" ;;
+        esac
+        sleep 3
+    done
+    die "the $1 run did not end within ${timeout}s (last state: ${state:-none})"
+}
+
+say "PR opened on $branch"
+post pull_request pull_request.opened.json opened
+wait_run deploy
+say "stand built; checking what is in the cluster"
+label() { "$kubectl" get namespace "$namespace" -o "jsonpath={.metadata.labels.$1}"; }
+[ "$(label 'app\.kubernetes\.io/managed-by')" = draftd ] || die "namespace $namespace lacks draftd's label"
+[ -n "$(label 'draftd\.io/stand')" ] || die "namespace $namespace lacks draftd.io/stand"
+for object in resourcequota/draftd-quota limitrange/draftd-limits networkpolicy/draftd-default-deny networkpolicy/draftd-allow; do
+    "$kubectl" -n "$namespace" get "$object" >/dev/null || die "$object missing"
+done
+[ "$("$kubectl" -n "$namespace" get serviceaccount default -o 'jsonpath={.automountServiceAccountToken}')" = false ] ||
+    die "the default ServiceAccount mounts an API token"
+"$kubectl" -n "$namespace" rollout status deployment --timeout=10s >/dev/null || die "deployments are not rolled out"
+E2E_WEBHOOK_SECRET=x "$draftd" --config "$work/draftd.toml" stands show "e2e/$branch"
+
+say "PR closed"
+post pull_request pull_request.closed.json closed
+wait_run teardown
+"$kubectl" get namespace "$namespace" >/dev/null 2>&1 && die "namespace $namespace is still there after teardown"
+say "real-cluster e2e: passed"
