@@ -969,3 +969,47 @@ async fn rotated_credentials_update_the_secret_and_roll_only_deployments_with_an
     assert_eq!(rolled, ["Deployment/app"]);
     expect_no_more(cluster, handle).await;
 }
+
+/// A writer for a tracing subscriber that keeps everything written, to search it afterwards.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn secret_values_never_reach_the_logs_even_at_trace_level() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber =
+        tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_writer(move || writer.clone()).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let password = "p-9f2c7e41-never-logged";
+    let work = tokio::spawn({
+        let cluster = cluster.clone();
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        async move {
+            let _guard = tracing::dispatcher::set_default(&dispatch);
+            cluster.apply_secret(&stand(), "draft-login-form-db", &credentials(password)).await
+        }
+    });
+    let applied =
+        expect_apply(&mut handle, "/api/v1/namespaces/draft-login-form/secrets/draft-login-form-db", "Secret").await;
+    work.await.unwrap().unwrap();
+    assert!(applied["data"]["DATABASE_PASSWORD"].is_string(), "the value did reach the API server");
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(!logs.is_empty(), "the trace-level subscriber saw the request");
+    assert!(!logs.contains(password), "{logs}");
+    use base64::Engine;
+    assert!(!logs.contains(&base64::engine::general_purpose::STANDARD.encode(password)), "{logs}");
+    expect_no_more(cluster, handle).await;
+}
