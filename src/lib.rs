@@ -8,6 +8,8 @@ pub mod cluster;
 pub mod commands;
 /// Typed settings: TOML file plus `DRAFTD_*` environment, validated at start.
 pub mod config;
+/// Per-stand Postgres databases and their owner roles.
+pub mod database;
 /// Forge events (GitHub, GitLab) normalised to one enum.
 pub mod forge;
 /// The helm CLI (Helm 4): upgrade --install, history, rollback, uninstall, template, lint.

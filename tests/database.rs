@@ -1,0 +1,122 @@
+//! Per-stand databases against the real Postgres server (scripts/pg-env.sh finds or starts one):
+//! created, isolated from each other, cloned from a template, idempotent, and gone after teardown.
+
+use std::str::FromStr;
+
+use draftd::database::{DatabaseError, Databases, Dropped, Ensured, PgDatabases, StandDb};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+
+fn admin_url() -> String {
+    std::env::var("DATABASE_URL").expect("DATABASE_URL: run the tests through scripts/test.sh")
+}
+
+async fn admin() -> PgPool {
+    PgPoolOptions::new().max_connections(4).connect(&admin_url()).await.unwrap()
+}
+
+/// A stand's names, unique per test so tests run side by side on one server.
+fn stand(tag: &str) -> StandDb {
+    let name = format!("draft_t_{tag}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    StandDb { database: name.clone(), owner: name, template: None }
+}
+
+async fn owner_of(pool: &PgPool, database: &str) -> Option<String> {
+    sqlx::query_scalar("select pg_get_userbyid(datdba)::text from pg_database where datname = $1")
+        .bind(database)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+}
+
+async fn role_exists(pool: &PgPool, role: &str) -> bool {
+    sqlx::query_scalar("select exists (select 1 from pg_roles where rolname = $1)")
+        .bind(role)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Connects as `role` (made able to log in, as a granted credential would be) to `database`.
+async fn connect_as(pool: &PgPool, role: &str, database: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
+    sqlx::query(&format!("alter role \"{role}\" login")).execute(pool).await.unwrap();
+    PgConnectOptions::from_str(&admin_url()).unwrap().username(role).database(database).connect().await
+}
+
+#[tokio::test]
+async fn a_stand_database_is_created_once_owned_by_its_role() {
+    let pool = admin().await;
+    let dbs = PgDatabases::new(pool.clone());
+    let s = stand("create");
+    assert_eq!(dbs.ensure(&s).await.unwrap(), Ensured { created_role: true, created_database: true });
+    assert_eq!(owner_of(&pool, &s.database).await.as_deref(), Some(s.owner.as_str()));
+    // Re-running the step changes nothing.
+    assert_eq!(dbs.ensure(&s).await.unwrap(), Ensured { created_role: false, created_database: false });
+    assert_eq!(dbs.drop_stand(&s).await.unwrap(), Dropped { dropped_database: true, dropped_role: true });
+}
+
+#[tokio::test]
+async fn one_stands_role_cannot_connect_to_another_stands_database() {
+    let pool = admin().await;
+    let dbs = PgDatabases::new(pool.clone());
+    let (a, b) = (stand("a"), stand("b"));
+    dbs.ensure(&a).await.unwrap();
+    dbs.ensure(&b).await.unwrap();
+    let own = connect_as(&pool, &b.owner, &b.database).await.expect("a stand's role reaches its own database");
+    own.close().await.unwrap();
+    let err = connect_as(&pool, &b.owner, &a.database).await.expect_err("b's role must not reach a's database");
+    assert!(err.to_string().contains("permission denied for database"), "{err}");
+    dbs.drop_stand(&a).await.unwrap();
+    dbs.drop_stand(&b).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stand_database_can_be_cloned_from_a_seeded_template() {
+    let pool = admin().await;
+    let dbs = PgDatabases::new(pool.clone());
+    let seed = stand("seed");
+    sqlx::query(&format!("create database \"{}\"", seed.database)).execute(&pool).await.unwrap();
+    let seed_url = PgConnectOptions::from_str(&admin_url()).unwrap().database(&seed.database);
+    let mut seeding = seed_url.connect().await.unwrap();
+    sqlx::query("create table tasks (id int primary key, title text)").execute(&mut seeding).await.unwrap();
+    sqlx::query("insert into tasks values (1, 'seeded')").execute(&mut seeding).await.unwrap();
+
+    // While someone is connected to the template, Postgres refuses to clone it: a clear, retried error.
+    let s = StandDb { template: Some(seed.database.clone()), ..stand("clone") };
+    let err = dbs.ensure(&s).await.unwrap_err();
+    assert!(matches!(err, DatabaseError::TemplateInUse { .. }), "{err:?}");
+    assert!(err.is_transient());
+    assert!(err.to_string().contains(&seed.database), "{err}");
+    seeding.close().await.unwrap();
+
+    assert!(dbs.ensure(&s).await.unwrap().created_database);
+    let mut clone = PgConnectOptions::from_str(&admin_url()).unwrap().database(&s.database).connect().await.unwrap();
+    let title: String = sqlx::query_scalar("select title from tasks where id = 1").fetch_one(&mut clone).await.unwrap();
+    assert_eq!(title, "seeded");
+    clone.close().await.unwrap();
+
+    let missing = StandDb { template: Some("draft_t_no_such_template".into()), ..stand("missing") };
+    let err = dbs.ensure(&missing).await.unwrap_err();
+    assert!(matches!(err, DatabaseError::TemplateMissing { .. }), "{err:?}");
+    assert!(!err.is_transient());
+    dbs.drop_stand(&missing).await.unwrap();
+
+    dbs.drop_stand(&s).await.unwrap();
+    sqlx::query(&format!("drop database \"{}\"", seed.database)).execute(&pool).await.unwrap();
+}
+
+#[tokio::test]
+async fn teardown_drops_the_database_even_while_connected_then_its_role_leaving_nothing() {
+    let pool = admin().await;
+    let dbs = PgDatabases::new(pool.clone());
+    let s = stand("drop");
+    dbs.ensure(&s).await.unwrap();
+    // A pod still connected when the stand goes.
+    let connected = connect_as(&pool, &s.owner, &s.database).await.unwrap();
+    assert_eq!(dbs.drop_stand(&s).await.unwrap(), Dropped { dropped_database: true, dropped_role: true });
+    assert_eq!(owner_of(&pool, &s.database).await, None);
+    assert!(!role_exists(&pool, &s.owner).await);
+    drop(connected);
+    // Again: nothing left to drop, and no error.
+    assert_eq!(dbs.drop_stand(&s).await.unwrap(), Dropped { dropped_database: false, dropped_role: false });
+}
