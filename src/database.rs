@@ -7,6 +7,8 @@
 
 use std::future::Future;
 
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -66,6 +68,25 @@ impl DatabaseError {
     }
 }
 
+/// A login for a stand's database, valid until `valid_until`. The password never leaves draftd
+/// except into the stand's Secret.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: SecretString,
+    pub valid_until: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"[redacted]")
+            .field("valid_until", &self.valid_until)
+            .finish()
+    }
+}
+
 /// The stand databases' server, as the pipeline uses it.
 pub trait Databases: Send + Sync + 'static {
     /// Creates what is missing of the owner role and the database; what exists is left as it is,
@@ -75,6 +96,37 @@ pub trait Databases: Send + Sync + 'static {
     /// Drops the database (ending its sessions) and then its owner role. Absent ones are fine.
     /// Credentials granted the owner must be revoked first (Vault issue 3410).
     fn drop_stand(&self, db: &StandDb) -> impl Future<Output = Result<Dropped, DatabaseError>> + Send;
+
+    /// Without Vault: a new login role that acts as the stand's owner, expiring after `ttl`
+    /// (`VALID UNTIL`). draftd issues a fresh one before the old expires and revokes the old.
+    fn issue_login(
+        &self,
+        db: &StandDb,
+        ttl: std::time::Duration,
+    ) -> impl Future<Output = Result<Credentials, DatabaseError>> + Send;
+
+    /// Ends the login's sessions and drops it. Absent is fine.
+    fn revoke_login(&self, username: &str) -> impl Future<Output = Result<(), DatabaseError>> + Send;
+
+    /// The login roles issued for a stand and not revoked yet.
+    fn logins(&self, db: &StandDb) -> impl Future<Output = Result<Vec<String>, DatabaseError>> + Send;
+}
+
+/// Login role names: the owner's name (cut to leave room) and a random suffix, within 63 bytes.
+fn login_name(owner: &str) -> String {
+    let suffix = format!("_l{:08x}", fastrand::u32(..));
+    let room = 63 - suffix.len();
+    let mut cut = owner.len().min(room);
+    while !owner.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{suffix}", &owner[..cut])
+}
+
+/// 32 characters from an alphabet that needs no quoting anywhere (URLs, env files, SQL literals).
+fn new_password() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    (0..32).map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char).collect()
 }
 
 /// `"name"`, with embedded quotes doubled: the one way names enter utility statements.
@@ -90,6 +142,7 @@ const DUPLICATE_DATABASE: &str = "42P04";
 const DUPLICATE_OBJECT: &str = "42710";
 const OBJECT_IN_USE: &str = "55006";
 const INVALID_CATALOG_NAME: &str = "3D000";
+const UNDEFINED_OBJECT: &str = "42704";
 
 fn sqlstate(e: &sqlx::Error) -> Option<String> {
     e.as_database_error().and_then(|d| d.code()).map(|c| c.into_owned())
@@ -160,6 +213,55 @@ impl Databases for PgDatabases {
         let had_role = self.exists("select exists (select 1 from pg_roles where rolname = $1)", &db.owner).await?;
         sqlx::query(&format!("drop role if exists {owner}")).execute(&self.admin).await?;
         Ok(Dropped { dropped_database: had_database, dropped_role: had_role })
+    }
+
+    async fn issue_login(&self, db: &StandDb, ttl: std::time::Duration) -> Result<Credentials, DatabaseError> {
+        let owner = quote_ident(&db.owner)?;
+        let username = login_name(&db.owner);
+        let login = quote_ident(&username)?;
+        let password = new_password();
+        let valid_until = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1));
+        let until = valid_until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        // Role options take no bind parameters: the password is ours (an unquoted-safe alphabet)
+        // and the timestamp is formatted here, so both are literals by construction.
+        sqlx::query(&format!("create role {login} login password '{password}' valid until '{until}' in role {owner}"))
+            .execute(&self.admin)
+            .await?;
+        // Sessions act as the owner, so what migrations create belongs to the owner and the
+        // login can be dropped at any time without orphaning objects.
+        sqlx::query(&format!("alter role {login} set role = {owner}")).execute(&self.admin).await?;
+        Ok(Credentials { username, password: SecretString::from(password), valid_until })
+    }
+
+    async fn revoke_login(&self, username: &str) -> Result<(), DatabaseError> {
+        let login = quote_ident(username)?;
+        // NOLOGIN first, so no new session starts between ending the old ones and the drop.
+        match sqlx::query(&format!("alter role {login} nologin")).execute(&self.admin).await {
+            Ok(_) => {}
+            Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some(UNDEFINED_OBJECT) => {
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        sqlx::query("select pg_terminate_backend(pid) from pg_stat_activity where usename = $1")
+            .bind(username)
+            .execute(&self.admin)
+            .await?;
+        sqlx::query(&format!("drop role if exists {login}")).execute(&self.admin).await?;
+        Ok(())
+    }
+
+    async fn logins(&self, db: &StandDb) -> Result<Vec<String>, DatabaseError> {
+        Ok(sqlx::query_scalar(
+            "select r.rolname::text from pg_roles r
+             join pg_auth_members m on m.member = r.oid
+             join pg_roles o on o.oid = m.roleid
+             where o.rolname = $1 and r.rolcanlogin
+             order by 1",
+        )
+        .bind(&db.owner)
+        .fetch_all(&self.admin)
+        .await?)
     }
 }
 

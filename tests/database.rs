@@ -120,3 +120,63 @@ async fn teardown_drops_the_database_even_while_connected_then_its_role_leaving_
     // Again: nothing left to drop, and no error.
     assert_eq!(dbs.drop_stand(&s).await.unwrap(), Dropped { dropped_database: false, dropped_role: false });
 }
+
+/// Connects with issued credentials (the server may use trust auth; the role and its grants are
+/// what is checked here, expiry by password is checked where passwords are enforced).
+async fn connect_with(c: &draftd::database::Credentials, database: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
+    use secrecy::ExposeSecret;
+    PgConnectOptions::from_str(&admin_url())
+        .unwrap()
+        .username(&c.username)
+        .password(c.password.expose_secret())
+        .database(database)
+        .connect()
+        .await
+}
+
+#[tokio::test]
+async fn issued_logins_act_as_the_owner_of_their_stand_only_and_are_revoked_with_their_sessions() {
+    let pool = admin().await;
+    let dbs = PgDatabases::new(pool.clone());
+    let (a, b) = (stand("la"), stand("lb"));
+    dbs.ensure(&a).await.unwrap();
+    dbs.ensure(&b).await.unwrap();
+    let before = chrono::Utc::now();
+    let login = dbs.issue_login(&a, std::time::Duration::from_secs(3600)).await.unwrap();
+    assert!(login.username.starts_with(&a.owner) && login.username.len() <= 63, "{}", login.username);
+    let lifetime = login.valid_until - before;
+    assert!(lifetime <= chrono::Duration::seconds(3601) && lifetime >= chrono::Duration::seconds(3590), "{lifetime}");
+    let expiry: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("select rolvaliduntil from pg_roles where rolname = $1")
+            .bind(&login.username)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(expiry.map(|t| t.timestamp()), Some(login.valid_until.timestamp()), "VALID UNTIL is set on the role");
+    let shown = format!("{login:?}");
+    assert!(!shown.contains(secrecy::ExposeSecret::expose_secret(&login.password)), "{shown}");
+    assert_eq!(dbs.logins(&a).await.unwrap(), vec![login.username.clone()]);
+
+    // It works in its stand's database, and what it creates belongs to the stand's owner role.
+    let mut session = connect_with(&login, &a.database).await.expect("the login reaches its stand's database");
+    sqlx::query("create table migrated (id int)").execute(&mut session).await.unwrap();
+    let table_owner: String = sqlx::query_scalar("select tableowner::text from pg_tables where tablename = 'migrated'")
+        .fetch_one(&mut session)
+        .await
+        .unwrap();
+    assert_eq!(table_owner, a.owner);
+    let err = connect_with(&login, &b.database).await.expect_err("never another stand's database");
+    assert!(err.to_string().contains("permission denied for database"), "{err}");
+
+    // Revoked: its open session ends, and it cannot come back.
+    dbs.revoke_login(&login.username).await.unwrap();
+    assert!(sqlx::query("select 1").execute(&mut session).await.is_err(), "the open session was ended");
+    assert!(connect_with(&login, &a.database).await.is_err());
+    assert!(!role_exists(&pool, &login.username).await);
+    assert!(dbs.logins(&a).await.unwrap().is_empty());
+    dbs.revoke_login(&login.username).await.expect("revoking twice is fine");
+
+    // With the login gone, the stand drops cleanly: the table belongs to the owner.
+    assert_eq!(dbs.drop_stand(&a).await.unwrap(), Dropped { dropped_database: true, dropped_role: true });
+    dbs.drop_stand(&b).await.unwrap();
+}
