@@ -7,7 +7,7 @@
 
 use std::future::Future;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use secrecy::SecretString;
 use serde::Serialize;
 use sqlx::PgPool;
@@ -220,7 +220,9 @@ impl Databases for PgDatabases {
         let username = login_name(&db.owner);
         let login = quote_ident(&username)?;
         let password = new_password();
-        let valid_until = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1));
+        // Whole seconds, as the literal below carries them: the expiry draftd knows is the server's.
+        let valid_until =
+            (Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1))).trunc_subsecs(0);
         let until = valid_until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         // Role options take no bind parameters: the password is ours (an unquoted-safe alphabet)
         // and the timestamp is formatted here, so both are literals by construction.
