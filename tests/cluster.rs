@@ -92,6 +92,15 @@ async fn expect_namespace_contents(handle: &mut Handle) -> HashMap<&'static str,
     objects
 }
 
+/// Runs `f` on a clone of the client in its own task, so the test can play the API server meanwhile.
+fn call<T, F>(cluster: &Kubernetes, f: impl FnOnce(Kubernetes) -> F) -> tokio::task::JoinHandle<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T> + Send + 'static,
+{
+    tokio::spawn(f(cluster.clone()))
+}
+
 /// Drops the client and asserts it sent nothing more.
 async fn expect_no_more(cluster: Kubernetes, mut handle: Handle) {
     drop(cluster);
@@ -102,10 +111,7 @@ async fn expect_no_more(cluster: Kubernetes, mut handle: Handle) {
 async fn a_new_namespace_is_created_with_labels_quota_limits_policies_and_no_token() {
     let config = ClusterConfig { egress_cidrs: vec!["10.20.0.5/32".into()], ..ClusterConfig::default() };
     let (cluster, mut handle) = mock(config);
-    let step = tokio::spawn({
-        let cluster = cluster.clone();
-        async move { cluster.ensure_namespace(&stand()).await }
-    });
+    let step = call(&cluster, |c| async move { c.ensure_namespace(&stand()).await });
 
     let get = serve(&mut handle, StatusCode::NOT_FOUND, |_| not_found("namespaces", "draft-login-form")).await;
     assert_eq!((get.method, get.path.as_str()), (Method::GET, "/api/v1/namespaces/draft-login-form"));
@@ -169,10 +175,7 @@ async fn a_new_namespace_is_created_with_labels_quota_limits_policies_and_no_tok
 async fn with_a_service_account_configured_the_stand_role_is_bound_first() {
     let config = ClusterConfig { service_account: Some("draftd/draftd".into()), ..ClusterConfig::default() };
     let (cluster, mut handle) = mock(config);
-    let step = tokio::spawn({
-        let cluster = cluster.clone();
-        async move { cluster.ensure_namespace(&stand()).await }
-    });
+    let step = call(&cluster, |c| async move { c.ensure_namespace(&stand()).await });
     serve(&mut handle, StatusCode::NOT_FOUND, |_| not_found("namespaces", "draft-login-form")).await;
     expect_apply(&mut handle, "/api/v1/namespaces/draft-login-form", "Namespace").await;
     let binding = expect_apply(
@@ -206,10 +209,7 @@ fn existing(labels: Value, deleting: bool) -> Value {
 #[tokio::test]
 async fn a_namespace_draftd_does_not_manage_is_refused_and_never_touched() {
     let (cluster, mut handle) = mock(ClusterConfig::default());
-    let step = tokio::spawn({
-        let cluster = cluster.clone();
-        async move { cluster.ensure_namespace(&stand()).await }
-    });
+    let step = call(&cluster, |c| async move { c.ensure_namespace(&stand()).await });
     let labels = json!({ "kubernetes.io/metadata.name": "draft-login-form", "team": "payments" });
     serve(&mut handle, StatusCode::OK, |_| existing(labels, false)).await;
     let err = step.await.unwrap().unwrap_err();
@@ -223,10 +223,7 @@ async fn a_namespace_draftd_does_not_manage_is_refused_and_never_touched() {
 #[tokio::test]
 async fn a_namespace_of_another_stand_is_refused() {
     let (cluster, mut handle) = mock(ClusterConfig::default());
-    let step = tokio::spawn({
-        let cluster = cluster.clone();
-        async move { cluster.ensure_namespace(&stand()).await }
-    });
+    let step = call(&cluster, |c| async move { c.ensure_namespace(&stand()).await });
     let labels = json!({ "app.kubernetes.io/managed-by": "draftd", "draftd.io/stand": "3" });
     serve(&mut handle, StatusCode::OK, |_| existing(labels, false)).await;
     let err = step.await.unwrap().unwrap_err();
@@ -237,10 +234,7 @@ async fn a_namespace_of_another_stand_is_refused() {
 #[tokio::test]
 async fn a_namespace_still_being_deleted_is_a_transient_failure() {
     let (cluster, mut handle) = mock(ClusterConfig::default());
-    let step = tokio::spawn({
-        let cluster = cluster.clone();
-        async move { cluster.ensure_namespace(&stand()).await }
-    });
+    let step = call(&cluster, |c| async move { c.ensure_namespace(&stand()).await });
     let labels = json!({ "app.kubernetes.io/managed-by": "draftd", "draftd.io/stand": "7" });
     serve(&mut handle, StatusCode::OK, |_| existing(labels, true)).await;
     let err = step.await.unwrap().unwrap_err();
@@ -253,10 +247,7 @@ async fn a_namespace_still_being_deleted_is_a_transient_failure() {
 async fn the_stands_own_namespace_is_applied_again_and_a_token_mounted_when_asked() {
     let (cluster, mut handle) = mock(ClusterConfig::default());
     let meta = StandMeta { service_account_token: true, ..stand() };
-    let step = tokio::spawn({
-        let cluster = cluster.clone();
-        async move { cluster.ensure_namespace(&meta).await }
-    });
+    let step = call(&cluster, |c| async move { c.ensure_namespace(&meta).await });
     let labels = json!({ "app.kubernetes.io/managed-by": "draftd", "draftd.io/stand": "7" });
     serve(&mut handle, StatusCode::OK, |_| existing(labels, false)).await;
     expect_apply(&mut handle, "/api/v1/namespaces/draft-login-form", "Namespace").await;
@@ -278,10 +269,7 @@ async fn api_refusals_are_permanent_and_server_errors_transient() {
         (StatusCode::TOO_MANY_REQUESTS, true, "kubernetes_api"),
     ] {
         let (cluster, mut handle) = mock(ClusterConfig::default());
-        let step = tokio::spawn({
-            let cluster = cluster.clone();
-            async move { cluster.ensure_namespace(&stand()).await }
-        });
+        let step = call(&cluster, |c| async move { c.ensure_namespace(&stand()).await });
         serve(&mut handle, StatusCode::NOT_FOUND, |_| not_found("namespaces", "draft-login-form")).await;
         let refusal = json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": status.as_u16(),
                               "reason": "Forbidden", "message": "namespaces is forbidden: no" });
@@ -360,10 +348,11 @@ fn fast(cluster: Kubernetes) -> Kubernetes {
 async fn teardown_deletes_with_foreground_propagation_and_waits_until_the_namespace_is_gone() {
     let (cluster, mut handle) = mock(ClusterConfig::default());
     let cluster = fast(cluster);
-    let step = tokio::spawn({
-        let cluster = cluster.clone();
-        async move { cluster.delete_namespace("draft-login-form", std::time::Duration::from_secs(30)).await }
-    });
+    let step =
+        call(
+            &cluster,
+            |c| async move { c.delete_namespace("draft-login-form", std::time::Duration::from_secs(30)).await },
+        );
     let path = "/api/v1/namespaces/draft-login-form";
     let get = serve(&mut handle, StatusCode::OK, |_| managed(false)).await;
     assert_eq!((get.method, get.path.as_str()), (Method::GET, path));
@@ -381,10 +370,11 @@ async fn teardown_deletes_with_foreground_propagation_and_waits_until_the_namesp
 #[tokio::test]
 async fn teardown_of_an_absent_namespace_is_done_at_once() {
     let (cluster, mut handle) = mock(ClusterConfig::default());
-    let step = tokio::spawn({
-        let cluster = cluster.clone();
-        async move { cluster.delete_namespace("draft-login-form", std::time::Duration::from_secs(30)).await }
-    });
+    let step =
+        call(
+            &cluster,
+            |c| async move { c.delete_namespace("draft-login-form", std::time::Duration::from_secs(30)).await },
+        );
     serve(&mut handle, StatusCode::NOT_FOUND, |_| not_found("namespaces", "draft-login-form")).await;
     assert_eq!(step.await.unwrap().unwrap(), draftd::cluster::NamespaceGone::Absent);
     expect_no_more(cluster, handle).await;
@@ -393,10 +383,11 @@ async fn teardown_of_an_absent_namespace_is_done_at_once() {
 #[tokio::test]
 async fn teardown_never_deletes_a_namespace_draftd_does_not_manage() {
     let (cluster, mut handle) = mock(ClusterConfig::default());
-    let step = tokio::spawn({
-        let cluster = cluster.clone();
-        async move { cluster.delete_namespace("draft-login-form", std::time::Duration::from_secs(30)).await }
-    });
+    let step =
+        call(
+            &cluster,
+            |c| async move { c.delete_namespace("draft-login-form", std::time::Duration::from_secs(30)).await },
+        );
     serve(&mut handle, StatusCode::OK, |_| existing(json!({ "team": "payments" }), false)).await;
     let err = step.await.unwrap().unwrap_err();
     assert!(matches!(err, ClusterError::NotManaged { .. }), "{err:?}");
@@ -407,9 +398,8 @@ async fn teardown_never_deletes_a_namespace_draftd_does_not_manage() {
 async fn teardown_that_cannot_finish_reports_what_blocks_it() {
     let (cluster, mut handle) = mock(ClusterConfig::default());
     let cluster = fast(cluster);
-    let step = tokio::spawn({
-        let cluster = cluster.clone();
-        async move { cluster.delete_namespace("draft-login-form", std::time::Duration::from_millis(60)).await }
+    let step = call(&cluster, |c| async move {
+        c.delete_namespace("draft-login-form", std::time::Duration::from_millis(60)).await
     });
     // Already terminating: no second DELETE, only reads until the wait runs out.
     let mut stuck = managed(true);
@@ -556,9 +546,8 @@ async fn rollout_round(handle: &mut Handle, deployments: Value) {
 async fn rollout_waits_until_the_new_replicas_are_available() {
     let (cluster, mut handle) = mock(ClusterConfig::default());
     let cluster = fast(cluster);
-    let wait = tokio::spawn({
-        let cluster = cluster.clone();
-        async move { cluster.wait_rollout("draft-login-form", "draft-login-form", Duration::from_secs(30)).await }
+    let wait = call(&cluster, |c| async move {
+        c.wait_rollout("draft-login-form", "draft-login-form", Duration::from_secs(30)).await
     });
     // Not yet observed; then observed with the old replica still there; then done.
     rollout_round(&mut handle, json!([deployment("app", 2, json!({ "observedGeneration": 1, "replicas": 1 }))])).await;
@@ -574,9 +563,8 @@ async fn rollout_waits_until_the_new_replicas_are_available() {
 async fn a_rollout_that_does_not_finish_in_time_says_where_each_workload_stands() {
     let (cluster, mut handle) = mock(ClusterConfig::default());
     let cluster = fast(cluster);
-    let wait = tokio::spawn({
-        let cluster = cluster.clone();
-        async move { cluster.wait_rollout("draft-login-form", "draft-login-form", Duration::from_millis(50)).await }
+    let wait = call(&cluster, |c| async move {
+        c.wait_rollout("draft-login-form", "draft-login-form", Duration::from_millis(50)).await
     });
     let stuck = json!({ "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 0 });
     let responder = tokio::spawn(async move {
@@ -600,9 +588,8 @@ async fn a_rollout_that_does_not_finish_in_time_says_where_each_workload_stands(
 #[tokio::test]
 async fn a_deployment_past_its_progress_deadline_fails_at_once() {
     let (cluster, mut handle) = mock(ClusterConfig::default());
-    let wait = tokio::spawn({
-        let cluster = cluster.clone();
-        async move { cluster.wait_rollout("draft-login-form", "draft-login-form", Duration::from_secs(30)).await }
+    let wait = call(&cluster, |c| async move {
+        c.wait_rollout("draft-login-form", "draft-login-form", Duration::from_secs(30)).await
     });
     let failed = json!({ "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 0,
         "conditions": [{ "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
@@ -629,10 +616,7 @@ fn container(name: &str, ready: bool, restarts: i32, state: Value, last: Value) 
 #[tokio::test]
 async fn diagnostics_explain_pods_that_are_not_ready_with_log_tails_and_warning_events() {
     let (cluster, mut handle) = mock(ClusterConfig::default());
-    let diagnose = tokio::spawn({
-        let cluster = cluster.clone();
-        async move { cluster.diagnose("draft-login-form").await }
-    });
+    let diagnose = call(&cluster, |c| async move { c.diagnose("draft-login-form").await });
     let crashing = container(
         "app",
         false,
@@ -847,10 +831,7 @@ async fn expect_job_pod_and_log(handle: &mut Handle, exit_code: i32, log: &str) 
 async fn a_smoke_job_runs_once_and_brings_back_its_exit_code_and_log() {
     let (cluster, mut handle) = mock(ClusterConfig::default());
     let cluster = fast(cluster);
-    let run = tokio::spawn({
-        let cluster = cluster.clone();
-        async move { cluster.run_job(&stand(), &smoke_request()).await }
-    });
+    let run = call(&cluster, |c| async move { c.run_job(&stand(), &smoke_request()).await });
     let path = "/apis/batch/v1/namespaces/draft-login-form/jobs/smoke-r3";
     let get = serve(&mut handle, StatusCode::NOT_FOUND, |_| not_found("jobs.batch", "smoke-r3")).await;
     assert_eq!((get.method, get.path.as_str()), (Method::GET, path));
@@ -886,10 +867,7 @@ async fn a_smoke_job_runs_once_and_brings_back_its_exit_code_and_log() {
 #[tokio::test]
 async fn a_resumed_run_collects_the_job_its_earlier_attempt_started() {
     let (cluster, mut handle) = mock(ClusterConfig::default());
-    let run = tokio::spawn({
-        let cluster = cluster.clone();
-        async move { cluster.run_job(&stand(), &smoke_request()).await }
-    });
+    let run = call(&cluster, |c| async move { c.run_job(&stand(), &smoke_request()).await });
     let complete = json!([{ "type": "Complete", "status": "True" }]);
     let found = serve(&mut handle, StatusCode::OK, |_| job_status(complete.clone())).await;
     assert_eq!(found.method, Method::GET);
@@ -918,14 +896,11 @@ fn credentials(password: &str) -> std::collections::BTreeMap<String, secrecy::Se
 async fn rotated_credentials_update_the_secret_and_roll_only_deployments_with_an_old_checksum() {
     use base64::Engine;
     let (cluster, mut handle) = mock(ClusterConfig::default());
-    let work = tokio::spawn({
-        let cluster = cluster.clone();
-        async move {
-            let old = cluster.apply_secret(&stand(), "draft-login-form-db", &credentials("p-1")).await?;
-            let new = cluster.apply_secret(&stand(), "draft-login-form-db", &credentials("p-2")).await?;
-            let rolled = cluster.roll_on_secrets("draft-login-form", "draft-login-form", &new).await?;
-            Ok::<_, ClusterError>((old, new, rolled))
-        }
+    let work = call(&cluster, |c| async move {
+        let old = c.apply_secret(&stand(), "draft-login-form-db", &credentials("p-1")).await?;
+        let new = c.apply_secret(&stand(), "draft-login-form-db", &credentials("p-2")).await?;
+        let rolled = c.roll_on_secrets("draft-login-form", "draft-login-form", &new).await?;
+        Ok::<_, ClusterError>((old, new, rolled))
     });
     let path = "/api/v1/namespaces/draft-login-form/secrets/draft-login-form-db";
     let first = expect_apply(&mut handle, path, "Secret").await;
@@ -994,13 +969,11 @@ async fn secret_values_never_reach_the_logs_even_at_trace_level() {
 
     let (cluster, mut handle) = mock(ClusterConfig::default());
     let password = "p-9f2c7e41-never-logged";
-    let work = tokio::spawn({
-        let cluster = cluster.clone();
-        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
-        async move {
-            let _guard = tracing::dispatcher::set_default(&dispatch);
-            cluster.apply_secret(&stand(), "draft-login-form-db", &credentials(password)).await
-        }
+    // The task may run on another thread: it takes the capturing subscriber along.
+    let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+    let work = call(&cluster, move |c| async move {
+        let _guard = tracing::dispatcher::set_default(&dispatch);
+        c.apply_secret(&stand(), "draft-login-form-db", &credentials(password)).await
     });
     let applied =
         expect_apply(&mut handle, "/api/v1/namespaces/draft-login-form/secrets/draft-login-form-db", "Secret").await;
