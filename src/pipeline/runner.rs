@@ -145,7 +145,11 @@ pub(super) fn same_in_both_modes(step: StepName, config: &Config) -> Result<Step
             "not_implemented",
             "per-stand databases and credentials arrive with the databases and Vault issue",
         )),
-        _ => Ok(StepOutcome::skipped("no [registry] configured: the image is not checked")),
+        StepName::Image => Ok(StepOutcome::skipped("no [registry] configured: the image is not checked")),
+        other => Err(StepError::permanent(
+            "internal",
+            format!("{} is not one of the steps both modes share", other.as_str()),
+        )),
     }
 }
 
