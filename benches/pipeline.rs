@@ -32,7 +32,7 @@ use chrono::Utc;
 use draftd::config::ForgeKind;
 use draftd::forge::{Event, PullRequest, Trigger};
 use draftd::pipeline::{
-    Engine, EngineSettings, RunContext, RunEnd, StepError, StepName, StepOutcome, StepRunner, Wake,
+    Engine, EngineSettings, RunContext, RunEnd, StepError, StepName, StepOutcome, StepRunner, Wake, plan,
 };
 use draftd::stand::{BranchName, CommitSha, ProjectName};
 use draftd::store::intake::{self, Delivery};
@@ -63,7 +63,6 @@ const DEFAULT_MS: [(StepName, f64); 9] = [
     (StepName::Smoke, 30.0),
     (StepName::Report, 10.0),
 ];
-const FIRST_GROUP: [StepName; 3] = [StepName::Namespace, StepName::Database, StepName::Secrets];
 
 const USAGE: &str = "usage: scripts/bench-pipeline.sh [--runs N] [--burst N] [--concurrency N] [--step-ms-scale F]
   --runs N            sequential single runs for the overhead measurement (default 20)
@@ -209,8 +208,9 @@ impl Latencies {
     }
     /// The same sum over any per-step durations: the first group in parallel, then the rest in order.
     fn path_of(f: impl Fn(StepName) -> Duration) -> Duration {
-        let first = FIRST_GROUP.iter().map(|s| f(*s)).max().unwrap_or_default();
-        first + DEFAULT_MS.iter().filter(|(s, _)| !FIRST_GROUP.contains(s)).map(|(s, _)| f(*s)).sum::<Duration>()
+        let groups: Duration =
+            plan("deploy").iter().map(|group| group.iter().map(|s| f(*s)).max().unwrap_or_default()).sum();
+        groups + f(StepName::Report)
     }
     fn critical_path(&self) -> Duration {
         Self::path_of(|s| self.get(s))
@@ -486,11 +486,15 @@ async fn overhead(
                 .fetch_one(pool)
                 .await?;
         let mut gaps = Vec::new();
-        let mut previous_end = FIRST_GROUP.iter().filter_map(|s| execs.get(&(run_id, *s))).map(|e| e.ended).max();
-        for (step, _) in DEFAULT_MS.iter().filter(|(s, _)| !FIRST_GROUP.contains(s)) {
-            if let (Some(end), Some(exec)) = (previous_end, execs.get(&(run_id, *step))) {
-                gaps.push((*step, exec.started.saturating_duration_since(end)));
-                previous_end = Some(exec.ended);
+        // Groups after the first, then the report: the gap before each is the engine's own time.
+        let groups = plan("deploy");
+        let later = groups[1..].iter().copied().chain(std::iter::once(&[StepName::Report][..]));
+        let mut previous_end = groups[0].iter().filter_map(|s| execs.get(&(run_id, *s))).map(|e| e.ended).max();
+        for group in later {
+            let started = group.iter().filter_map(|s| execs.get(&(run_id, *s))).map(|e| e.started).min();
+            if let (Some(end), Some(started)) = (previous_end, started) {
+                gaps.push((group[0], started.saturating_duration_since(end)));
+                previous_end = group.iter().filter_map(|s| execs.get(&(run_id, *s))).map(|e| e.ended).max();
             }
         }
         let single = Single {
@@ -818,11 +822,12 @@ fn summary(args: &Args, latencies: &Latencies, probe: &Probe, a: &Overhead, burs
     line("  steps (first step -> report end)", pct(&sorted(&|r| r.steps)));
     line("    timer overshoot (slept - nominal)", pct(&overshoot));
     line("    engine + db between steps", pct(&between));
-    let gaps: Vec<String> = DEFAULT_MS
+    let gaps: Vec<String> = plan("deploy")[1..]
         .iter()
-        .filter(|(s, _)| !FIRST_GROUP.contains(s))
-        .map(|(step, _)| {
-            let v = sorted(&|r| r.gaps.iter().find(|(s, _)| s == step).map(|(_, d)| *d).unwrap_or_default());
+        .map(|group| group[0])
+        .chain(std::iter::once(StepName::Report))
+        .map(|step| {
+            let v = sorted(&|r| r.gaps.iter().find(|(s, _)| *s == step).map(|(_, d)| *d).unwrap_or_default());
             format!("{} {:.2}", step.as_str(), ms(percentile(&v, 0.5)))
         })
         .collect();

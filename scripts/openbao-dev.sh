@@ -6,7 +6,9 @@
 #   eval "$(scripts/openbao-dev.sh start DIR)"   # prints exports: BAO_ADDR VAULT_ADDR BAO_TOKEN VAULT_TOKEN BAO_PID
 #   scripts/openbao-dev.sh stop DIR              # stops the server started with DIR, by its PID
 #
-# DIR holds the server's PID file and log. The token exists only in DIR and the printed exports.
+# DIR holds the server's PID file, log and root token (DIR/token, mode 600, removed by stop).
+# BAO_DEV_PORT and BAO_DEV_TOKEN, when set, fix the port and root token (tests that stop the server
+# and start it again at the same address).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -19,8 +21,8 @@ case "$command" in
     "$root/scripts/install-openbao.sh" >&2
     bao="$root/.tools/bin/bao"
     mkdir -p "$dir"
-    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-    token="root-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    port="${BAO_DEV_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
+    token="${BAO_DEV_TOKEN:-root-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
     printf '%s' "$token" >"$dir/token"
     chmod 600 "$dir/token"
     "$bao" server -dev -dev-root-token-id="$token" -dev-listen-address="127.0.0.1:$port" >"$dir/bao.log" 2>&1 &

@@ -7,6 +7,8 @@ cd "$root"
 source scripts/pg-env.sh
 # Helm 4 and kubectl into .tools/bin (a no-op once there): the helm tests run the real binary.
 scripts/install-tools.sh >/dev/null
+# OpenBao's bao into .tools/bin once, before tests start dev servers side by side.
+scripts/install-openbao.sh >/dev/null
 if [ -z "${CARGO_TARGET_DIR:-}" ] && [ -d /var/tmp/draftd-target ]; then export CARGO_TARGET_DIR=/var/tmp/draftd-target; fi
 if cargo nextest --version >/dev/null 2>&1; then
   exec cargo nextest run --workspace --no-fail-fast "$@"

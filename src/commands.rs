@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use std::sync::Arc;
 
 use crate::config::{ClusterMode, Config, Projects};
+use crate::credentials::StandCredentials;
 use crate::forge::client::AnyForge;
 use crate::forge::{Command, Trigger};
 use crate::helm::HelmCli;
@@ -20,6 +21,9 @@ use crate::reporter::{Reporter, ReporterSettings};
 use crate::stand::StandState;
 use crate::store::manual::{self, ManualOutcome, ManualRequest, StandLookup};
 use crate::store::{self, stands};
+use futures_util::future::BoxFuture;
+use secrecy::SecretString;
+use std::collections::BTreeMap;
 
 /// `draftd serve`: bind first (so `/health` answers at once), migrate in the background, serve until
 /// SIGTERM/Ctrl-C, then let in-flight requests finish.
@@ -87,15 +91,25 @@ fn start_background(
     }));
     // Each run in flight uses up to three connections (concurrent steps) and its heartbeat one.
     let workers_pool = store::worker_pool(&config.database_url, config.stands.workers * 4 + 2)?;
+    let credentials = StandCredentials::from_config(workers_pool.clone(), &config)?.map(Arc::new);
     match (config.cluster.mode, kube) {
         (ClusterMode::Kubernetes, Some(client)) => {
             let cluster = Arc::new(crate::cluster::Kubernetes::new(client, config.cluster.clone()));
-            let steps = KubernetesSteps::new(workers_pool.clone(), config.clone(), helm, cluster);
+            if let Some(c) = &credentials {
+                let deliver = deliver_to_cluster(cluster.clone(), workers_pool.clone(), config.clone());
+                spawn_keeper(c.clone(), deliver, state, stop);
+            }
+            let steps =
+                KubernetesSteps::new(workers_pool.clone(), config.clone(), helm, cluster).with_credentials(credentials);
             spawn_engine(steps, workers_pool, &config, state, stop)?;
         }
         (ClusterMode::Kubernetes, None) => anyhow::bail!("kubernetes mode without a Kubernetes client"),
         (ClusterMode::DryRun, _) => {
-            let steps = DryRunSteps::new(workers_pool.clone(), config.clone(), helm);
+            if let Some(c) = &credentials {
+                // Nobody uses a dry-run stand's logins: replaced ones are simply not handed out.
+                spawn_keeper(c.clone(), |_, _, _| async { Ok(()) }, state, stop);
+            }
+            let steps = DryRunSteps::new(workers_pool.clone(), config.clone(), helm).with_credentials(credentials);
             spawn_engine(steps, workers_pool, &config, state, stop)?;
         }
     }
@@ -112,6 +126,77 @@ fn start_background(
         });
     }
     Ok(())
+}
+
+/// The keeper's way of handing a replacement login to a running stand: its Secret updated and the
+/// release's Deployments rolled onto it.
+fn deliver_to_cluster(
+    cluster: Arc<crate::cluster::Kubernetes>,
+    pool: sqlx::PgPool,
+    config: Arc<Config>,
+) -> impl Fn(i64, String, BTreeMap<String, SecretString>) -> BoxFuture<'static, Result<(), String>> + Send + Sync + 'static
+{
+    use crate::cluster::Cluster;
+    move |stand_id, namespace, data| {
+        let (cluster, pool, config) = (cluster.clone(), pool.clone(), config.clone());
+        Box::pin(async move {
+            let (project, expires_at): (String, Option<chrono::DateTime<chrono::Utc>>) =
+                sqlx::query_as("select project, expires_at from stands where stand_id = $1")
+                    .bind(stand_id)
+                    .fetch_one(&pool)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            let sa_token = config.projects.iter().find(|p| p.name == project).is_some_and(|p| p.service_account_token);
+            let stand = crate::cluster::StandMeta {
+                namespace: namespace.clone(),
+                stand_id,
+                project,
+                expires_at: expires_at.unwrap_or_else(chrono::Utc::now),
+                service_account_token: sa_token,
+            };
+            let checksum = cluster
+                .apply_secret(&stand, crate::credentials::DATABASE_SECRET, &data)
+                .await
+                .map_err(|e| e.to_string())?;
+            cluster
+                .roll_on_secrets(&namespace, &crate::helm::release_name(&namespace), &checksum)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        })
+    }
+}
+
+/// Renews, replaces and revokes stand logins on a short period, from when migrations are applied
+/// until `stop`.
+fn spawn_keeper<F, Fut>(
+    credentials: Arc<StandCredentials>,
+    deliver: F,
+    state: &AppState,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) where
+    F: Fn(i64, String, BTreeMap<String, SecretString>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    // Often enough to renew a lease at half its TTL and revoke replaced logins on time.
+    let period = (credentials.lifetimes().lease / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let (state, mut stop) = (state.clone(), stop.clone());
+    tokio::spawn(async move {
+        if !wait_migrated(&state, &stop).await {
+            return;
+        }
+        loop {
+            match credentials.keep(&deliver).await {
+                Ok(kept) if kept != Default::default() => tracing::info!(?kept, "credential upkeep"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "credential upkeep could not run"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    });
 }
 
 fn spawn_engine<R: StepRunner>(

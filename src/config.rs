@@ -446,7 +446,15 @@ fn default_db_pool_size() -> u32 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
+    /// Environment variable holding the admin URL (a role with CREATEDB and CREATEROLE).
     pub admin_url_env: String,
+    /// `host:port` at which stands (and Vault) reach this server, when it differs from the admin
+    /// URL's (draftd often reaches it through a tunnel or a loopback address the pods cannot use).
+    pub host: Option<String>,
+    /// Without `[vault]`: how long each login draftd issues lives (`VALID UNTIL`); draftd issues a
+    /// new one before it ends. At most 1h.
+    #[serde(default = "default_credential_ttl", with = "humantime_serde")]
+    pub credential_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -463,16 +471,51 @@ pub enum VaultAuth {
 pub struct VaultConfig {
     pub address: String,
     pub auth: VaultAuth,
+    /// `auth = "token"`: the environment variable, or the file, holding the token.
     pub token_env: Option<String>,
+    pub token_file: Option<PathBuf>,
+    /// `auth = "approle"`: the role id, and the environment variable or file holding the secret id.
+    pub role_id: Option<String>,
+    pub secret_id_env: Option<String>,
+    pub secret_id_file: Option<PathBuf>,
+    /// `auth = "kubernetes"`: the Vault role bound to draftd's ServiceAccount.
+    pub kubernetes_role: Option<String>,
+    #[serde(default = "default_jwt_file")]
+    pub jwt_file: PathBuf,
+    /// Where the auth method is mounted; default `approle` or `kubernetes` after `auth`.
+    pub auth_mount: Option<String>,
     #[serde(default = "default_kv_mount")]
     pub kv_mount: String,
-    /// Every credential a stand receives expires within this; the seed plan caps it at one hour.
+    /// The database secrets engine's mount, and the name of the connection draftd configures there
+    /// for the server of `[postgres]`.
+    #[serde(default = "default_database_mount")]
+    pub database_mount: String,
+    #[serde(default = "default_database_connection")]
+    pub database_connection: String,
+    /// Every credential a stand receives expires within this (the role's max TTL); the seed plan
+    /// caps it at one hour. Before it ends draftd issues a new one and updates the Secret.
     #[serde(default = "default_credential_ttl", with = "humantime_serde")]
     pub credential_ttl: Duration,
+    /// A lease's TTL when issued and the increment of each renewal, within `credential_ttl`: a
+    /// credential draftd stops renewing (a stand it lost track of) dies this soon.
+    #[serde(default = "default_lease_ttl", with = "humantime_serde")]
+    pub lease_ttl: Duration,
 }
 
 fn default_kv_mount() -> String {
     "draft".into()
+}
+fn default_database_mount() -> String {
+    "database".into()
+}
+fn default_database_connection() -> String {
+    "draftd".into()
+}
+fn default_jwt_file() -> PathBuf {
+    PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+}
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(20 * 60)
 }
 fn default_credential_ttl() -> Duration {
     Duration::from_secs(3600)
@@ -589,6 +632,9 @@ pub struct ProjectConfig {
     /// Caps this project's runs in flight across every replica, within `[stands] max_concurrent_runs`,
     /// so one busy repository cannot hold every slot.
     pub max_concurrent_runs: Option<u32>,
+    /// A seeded database on the `[postgres]` server that each stand's database starts as a copy of
+    /// (`CREATE DATABASE … TEMPLATE …`); empty databases otherwise.
+    pub template: Option<String>,
     #[serde(default)]
     pub migrate: Vec<String>,
     #[serde(default)]
@@ -716,6 +762,42 @@ impl Config {
         Ok(())
     }
 
+    fn validate_vault(&self, vault: &VaultConfig) -> Result<(), ConfigError> {
+        if vault.credential_ttl < Duration::from_secs(1) || vault.credential_ttl > Duration::from_secs(3600) {
+            return Err(self.invalid("vault.credential_ttl", "must be at least 1s and at most 1h"));
+        }
+        if vault.lease_ttl < Duration::from_secs(1) || vault.lease_ttl > vault.credential_ttl {
+            return Err(self.invalid("vault.lease_ttl", "must be at least 1s and at most vault.credential_ttl"));
+        }
+        if !vault.address.contains("://") {
+            return Err(self.invalid("vault.address", "must be a URL with a scheme"));
+        }
+        let needed: &[(&str, bool)] = match vault.auth {
+            VaultAuth::Token => &[("vault.token_env", vault.token_env.is_some() || vault.token_file.is_some())],
+            VaultAuth::Approle => &[
+                ("vault.role_id", vault.role_id.is_some()),
+                ("vault.secret_id_env", vault.secret_id_env.is_some() || vault.secret_id_file.is_some()),
+            ],
+            VaultAuth::Kubernetes => &[("vault.kubernetes_role", vault.kubernetes_role.is_some())],
+        };
+        for (key, present) in needed {
+            if !present {
+                let or_file = if key.ends_with("_env") { " (or the matching _file)" } else { "" };
+                return Err(self.invalid(*key, format!("is required{or_file} with auth = {:?}", vault.auth)));
+            }
+        }
+        for (key, value) in [
+            ("vault.kv_mount", &vault.kv_mount),
+            ("vault.database_mount", &vault.database_mount),
+            ("vault.database_connection", &vault.database_connection),
+        ] {
+            if value.is_empty() || value.starts_with('/') || value.ends_with('/') {
+                return Err(self.invalid(key, "must be a path without leading or trailing /"));
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         self.validate_cluster()?;
         if self.stands.ttl.is_zero() {
@@ -730,10 +812,13 @@ impl Config {
         if self.intake.db_pool_size == 0 {
             return Err(self.invalid("intake.db_pool_size", "must be at least 1"));
         }
-        if let Some(vault) = &self.vault
-            && (vault.credential_ttl.is_zero() || vault.credential_ttl > Duration::from_secs(3600))
+        if let Some(vault) = &self.vault {
+            self.validate_vault(vault)?;
+        }
+        if let Some(pg) = &self.postgres
+            && (pg.credential_ttl < Duration::from_secs(1) || pg.credential_ttl > Duration::from_secs(3600))
         {
-            return Err(self.invalid("vault.credential_ttl", "must be more than zero and at most 1h"));
+            return Err(self.invalid("postgres.credential_ttl", "must be at least 1s and at most 1h"));
         }
         for (key, url) in [
             ("database_url", &self.database_url),

@@ -8,6 +8,8 @@ pub mod cluster;
 pub mod commands;
 /// Typed settings: TOML file plus `DRAFTD_*` environment, validated at start.
 pub mod config;
+/// Per-stand credentials: issued from Vault or Postgres, recorded, renewed, replaced and revoked.
+pub mod credentials;
 /// Per-stand Postgres databases and their owner roles.
 pub mod database;
 /// Forge events (GitHub, GitLab) normalised to one enum.
@@ -30,3 +32,5 @@ pub mod store;
 pub mod telemetry;
 /// Cutting outside text to size for reports and errors.
 pub mod text;
+/// Vault/OpenBao: KV secrets and dynamic database credentials with their leases.
+pub mod vault;

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::{github_pr, gitlab_mr, sha, sign};
 use serde_json::{Value, json};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection};
 
 const DRAFTD: &str = env!("CARGO_BIN_EXE_draftd");
@@ -1150,4 +1151,244 @@ async fn two_serve_processes_on_one_database_share_runs_and_never_run_one_twice(
     assert_eq!(drivers, pids.into_iter().collect(), "both processes drove runs");
     conn.close().await.unwrap();
     db.drop_db().await;
+}
+
+/// A password-checking Postgres (scripts/pg-passwords.sh) for stand databases; stopped on drop.
+struct StandsPg {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl StandsPg {
+    fn start() -> StandsPg {
+        let dir = tempfile::Builder::new().prefix("draftd-pgpw-").tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pg-passwords.sh");
+        let out = Command::new("bash").arg(script).arg("start").arg(dir.path()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let url = String::from_utf8_lossy(&out.stdout).trim().strip_prefix("export STANDS_PG_URL=").unwrap().to_owned();
+        StandsPg { dir, url }
+    }
+}
+
+impl Drop for StandsPg {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pg-passwords.sh");
+        let _ = Command::new("bash").arg(script).arg("stop").arg(self.dir.path()).status();
+    }
+}
+
+/// An OpenBao dev server at a fixed port and root token (scripts/openbao-dev.sh); stopped on drop.
+struct DevBao {
+    dir: tempfile::TempDir,
+    addr: String,
+    token: String,
+}
+
+impl DevBao {
+    fn start(port: u16, token: &str) -> DevBao {
+        let dir = tempfile::Builder::new().prefix("draftd-bao-").tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/openbao-dev.sh");
+        let out = Command::new("bash")
+            .arg(script)
+            .arg("start")
+            .arg(dir.path())
+            .env("BAO_DEV_PORT", port.to_string())
+            .env("BAO_DEV_TOKEN", token)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        DevBao { dir, addr: format!("http://127.0.0.1:{port}"), token: token.to_owned() }
+    }
+
+    async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request =
+            client().request(method, format!("{}/v1/{path}", self.addr)).header("X-Vault-Token", &self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let res = request.send().await.unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for DevBao {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/openbao-dev.sh");
+        let _ = Command::new("bash").arg(script).arg("stop").arg(self.dir.path()).status();
+    }
+}
+
+/// Polls draftd's database until `query` (one boolean) is true.
+async fn wait_until(url: &str, what: &str, query: &str, server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut conn = admin(url).await;
+    loop {
+        let done: Option<bool> = sqlx::query_scalar(query).fetch_optional(&mut conn).await.unwrap();
+        if done == Some(true) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} did not happen within 60 s; output:\n{}", server.output());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stand_gets_real_credentials_through_a_vault_outage_and_no_secret_shows_anywhere() {
+    let db = TestDb::create().await;
+    let setup = Setup::new(&db.url);
+    let pg = StandsPg::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let root_token = format!("root-{}-{}", unique(), unique());
+    let token_file = setup.dir.path().join("vault-token");
+    std::fs::write(&token_file, &root_token).unwrap();
+    let kv_value = format!("kv-secret-{}-{}", unique(), unique());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let stands_dir = setup.dir.path().join("stands");
+    let config = setup.write_config(
+        "credentials.toml",
+        &format!(
+            r#"
+[cluster]
+mode = "dry-run"
+dry_run_dir = "{stands}"
+helm_path = "{helm}"
+
+[postgres]
+admin_url_env = "CLI_STANDS_PG_URL"
+
+[vault]
+address = "http://127.0.0.1:{port}"
+auth = "token"
+token_file = "{token_file}"
+credential_ttl = "10m"
+lease_ttl = "5m"
+
+[[projects]]
+name = "hello-world"
+forge = "github"
+repo = "Codertocat/Hello-World"
+webhook_secret_env = "{GITHUB_SECRET_VAR}"
+chart = "{chart}"
+values = ["{values}"]
+team = "payments"
+service = "shop"
+"#,
+            stands = stands_dir.display(),
+            helm = root.join(".tools/bin/helm").display(),
+            token_file = token_file.display(),
+            chart = root.join("charts/stand").display(),
+            values = root.join("values/draft.yaml").display(),
+        ),
+    );
+    let mut cmd = setup.command_with(&config, &["--log-format", "json", "serve"]);
+    cmd.env("CLI_STANDS_PG_URL", &pg.url).env("RUST_LOG", "trace");
+    let mut server = Setup::serve_command(cmd);
+    let client = client();
+    server.wait_started(&client).await;
+
+    // Vault is down: the database step fails as transient and is retried, the run stays open.
+    record_opened_pr(&client, &server, &setup, &uuid::Uuid::new_v4().to_string()).await;
+    wait_until(
+        &db.url,
+        "a transient failure of the database step",
+        "select exists (select 1 from steps where name = 'database' and error->>'label' = 'vault_unavailable')",
+        &server,
+    )
+    .await;
+    let open: String = sqlx::query_scalar("select state from runs order by run_id limit 1")
+        .fetch_one(&mut admin(&db.url).await)
+        .await
+        .unwrap();
+    assert!(open == "queued" || open == "running", "the run waits for Vault: {open}");
+
+    // Vault comes up, set up, and only then reachable at draftd's address; the retry goes through.
+    let bao_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let bao = DevBao::start(bao_port, &root_token);
+    let (status, _) = bao
+        .api(reqwest::Method::POST, "draft/data/payments/shop", Some(json!({ "data": { "API_KEY": kv_value } })))
+        .await;
+    assert_eq!(status, 200);
+    let proxy = forward(port, bao_port).await;
+    wait_until(&db.url, "the run to succeed", "select state = 'succeeded' from runs order by run_id limit 1", &server)
+        .await;
+
+    let stands_pg = PgPoolOptions::new().max_connections(1).connect(&pg.url).await.unwrap();
+    let roles: Vec<String> = sqlx::query_scalar("select rolname::text from pg_roles where rolname like 'v-%'")
+        .fetch_all(&stands_pg)
+        .await
+        .unwrap();
+    assert_eq!(roles.len(), 1, "one live login from Vault: {roles:?}");
+    let (status, leases) = bao
+        .api(reqwest::Method::from_bytes(b"LIST").unwrap(), "sys/leases/lookup/database/creds/draft_feature_cli", None)
+        .await;
+    assert_eq!((status, leases["data"]["keys"].as_array().map(Vec::len)), (200, Some(1)), "{leases}");
+    let secrets = std::fs::read_to_string(stands_dir.join("draft-feature-cli/secrets.json")).unwrap();
+    assert!(secrets.contains("API_KEY") && secrets.contains("PGPASSWORD"), "the keys are rendered: {secrets}");
+
+    let out = Output::default();
+    let show = run(setup.command_with(&config, &["stands", "show", "hello-world/feature/cli", "--json"]), "show", &out);
+    show.assert_success("draftd stands show");
+    let detail: Value = serde_json::from_str(&show.stdout).unwrap();
+    assert!(detail.to_string().contains(&roles[0]), "the login's name is shown: {detail}");
+
+    // Closed: logins revoked, then database and owner role dropped; nothing left in either server.
+    let close = serde_json::to_vec(&github_pr("closed", "feature/cli", &sha(1), "2019-05-15T15:22:00Z")).unwrap();
+    let res = post_github(&client, &server, &setup.github_secret, "pull_request", "close-1", &close).await;
+    assert_eq!(res.status, 202, "{}", res.body);
+    wait_until(&db.url, "the stand to be removed", "select state = 'removed' from stands", &server).await;
+    let left: Vec<String> = sqlx::query_scalar(
+        "select rolname::text from pg_roles where rolname like 'v-%' or rolname like 'draft%'
+         union all select datname::text from pg_database where datname like 'draft%'",
+    )
+    .fetch_all(&stands_pg)
+    .await
+    .unwrap();
+    assert!(left.is_empty(), "left in Postgres: {left:?}");
+    let (status, _) = bao
+        .api(reqwest::Method::from_bytes(b"LIST").unwrap(), "sys/leases/lookup/database/creds/draft_feature_cli", None)
+        .await;
+    assert_eq!(status, 404, "no lease left in Vault");
+    server.stop_cleanly();
+    proxy.abort();
+
+    // No secret in the logs (at trace level), the CLI's output or the dry-run folder.
+    let admin_password = url::Url::parse(&pg.url).unwrap().password().unwrap().to_owned();
+    let mut everything = format!("{}{}", server.output(), out.text());
+    for entry in walk(setup.dir.path()) {
+        if entry.extension().is_some_and(|e| e == "json" || e == "yaml" || e == "md" || e == "jsonl") {
+            everything.push_str(&std::fs::read_to_string(&entry).unwrap_or_default());
+        }
+    }
+    for (what, secret) in
+        [("the KV value", kv_value.as_str()), ("the Vault token", &root_token), ("the admin password", &admin_password)]
+    {
+        assert!(!everything.contains(secret), "{what} shows in the output or the dry-run folder");
+    }
+    assert!(!everything.contains("postgres://v-"), "a database URL with a login shows somewhere");
+    assert!(everything.contains("vault_unavailable"), "not vacuous: the logs recorded the outage");
+    db.drop_db().await;
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() { files.extend(walk(&path)) } else { files.push(path) }
+    }
+    files
+}
+
+/// Forwards 127.0.0.1:`from` to 127.0.0.1:`to`: an address that refuses connections until this starts.
+async fn forward(from: u16, to: u16) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", from)).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    })
 }

@@ -13,10 +13,12 @@ use draftd::cluster::jobs::{JobOutcome, JobRequest};
 use draftd::cluster::verify::{ContainerProblem, Diagnostics, PodProblem, ProbeResult, Prober};
 use draftd::cluster::{Cluster, ClusterError, ManagedNamespace, NamespaceGone, NamespaceOutcome, StandMeta};
 use draftd::config::Config;
+use draftd::credentials::{Lifetimes, StandCredentials, StandServer};
+use draftd::database::PgDatabases;
 use draftd::helm::{Helm, HelmError, Release, Revision};
 use draftd::pipeline::kube_runner::KubernetesSteps;
 use draftd::pipeline::{Engine, EngineSettings, RunEnd};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -36,6 +38,8 @@ impl Calls {
 struct FakeCluster {
     calls: Arc<Calls>,
     rollout_fails: Mutex<bool>,
+    /// Values of the Secrets applied, by name (tests only: a real cluster keeps them).
+    secret_values: Mutex<std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>>,
 }
 
 struct Healthy;
@@ -58,9 +62,11 @@ impl Cluster for FakeCluster {
         &self,
         _: &StandMeta,
         name: &str,
-        _: &std::collections::BTreeMap<String, SecretString>,
+        data: &std::collections::BTreeMap<String, SecretString>,
     ) -> Result<String, ClusterError> {
         self.calls.push(format!("apply_secret {name}"));
+        let values = data.iter().map(|(k, v)| (k.clone(), v.expose_secret().to_owned())).collect();
+        self.secret_values.lock().unwrap().insert(name.to_owned(), values);
         Ok("checksum".into())
     }
     async fn roll_on_secrets(&self, _: &str, _: &str, _: &str) -> Result<Vec<String>, ClusterError> {
@@ -95,8 +101,14 @@ impl Cluster for FakeCluster {
     }
     async fn run_job(&self, _: &StandMeta, request: &JobRequest) -> Result<JobOutcome, ClusterError> {
         let env: Vec<String> = request.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let secrets =
+            if request.secrets.is_empty() { String::new() } else { format!(" secrets {}", request.secrets.join(",")) };
+        // What the Job's login is while the Job runs: the migrate test checks it is its own.
+        if let Some(user) = request.secrets.first().and_then(|s| self.secret_values.lock().unwrap().get(s).cloned()) {
+            self.calls.push(format!("job login {}", user.get("PGUSER").map(String::as_str).unwrap_or("?")));
+        }
         self.calls.push(format!(
-            "run_job {} {} {:?} {}",
+            "run_job {} {} {:?} {}{secrets}",
             request.name(),
             request.image,
             request.command,
@@ -164,6 +176,10 @@ struct World {
 }
 
 fn world(pool: PgPool) -> World {
+    world_with(pool, None)
+}
+
+fn world_with(pool: PgPool, credentials: Option<Arc<StandCredentials>>) -> World {
     let config = Config::from_toml(
         r#"
 [cluster]
@@ -186,7 +202,8 @@ smoke = ["scripts/smoke_draft.sh"]
     let calls = Arc::new(Calls::default());
     let cluster = Arc::new(FakeCluster { calls: calls.clone(), ..FakeCluster::default() });
     let helm = Arc::new(FakeHelm { calls: calls.clone(), ..FakeHelm::default() });
-    let steps = KubernetesSteps::new(pool.clone(), Arc::new(config), helm, cluster.clone());
+    let steps =
+        KubernetesSteps::new(pool.clone(), Arc::new(config), helm, cluster.clone()).with_credentials(credentials);
     let settings = EngineSettings { max_step_attempts: 1, ..EngineSettings::default() };
     let engine = Engine::new(pool.clone(), Arc::new(steps), settings, "test");
     World { pool, calls, cluster, engine }
@@ -279,4 +296,61 @@ async fn teardown_uninstalls_deletes_the_namespace_and_marks_the_stand_removed(p
     assert_eq!(w.calls.take(), ["helm uninstall draft-login", "delete_namespace draft-login"]);
     let state: String = sqlx::query_scalar("select state from stands").fetch_one(&w.pool).await.unwrap();
     assert_eq!(state, "removed");
+}
+
+/// Stand databases on the machine's Postgres (DATABASE_URL), logins without Vault: the secrets step
+/// puts the app's login in its Secret, migrate gets a login of its own that is gone once the Job
+/// ends, and teardown drops database and roles.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn secrets_and_migrate_get_their_own_logins_and_teardown_drops_them(pool: PgPool) {
+    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let admin = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&url).await.unwrap();
+    let lifetimes =
+        Lifetimes { max: Duration::from_secs(600), lease: Duration::from_secs(600), grace: Duration::from_secs(60) };
+    let credentials = StandCredentials::new(
+        pool.clone(),
+        Some((Arc::new(PgDatabases::new(admin.clone())), StandServer::parse(&url, Some("pg.internal:5432")).unwrap())),
+        None,
+        lifetimes,
+    );
+    let w = world_with(pool, Some(Arc::new(credentials)));
+    // A namespace of its own: the server is shared with other tests.
+    let namespace = format!("draft-kr-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let database = namespace.replace('-', "_");
+    let run = common::queue_run(&w.pool, "shop", "feature/login", &namespace, "deploy", SHA1).await;
+    assert_eq!(w.engine.run_one().await.unwrap(), Some((run, RunEnd::Succeeded)));
+
+    let calls = w.calls.take();
+    assert!(calls.contains(&"apply_secret app-database".to_owned()), "{calls:?}");
+    let app = w.cluster.secret_values.lock().unwrap()["app-database"].clone();
+    assert_eq!(app["PGHOST"], "pg.internal", "stands reach the server at [postgres] host");
+    assert_eq!(app["PGDATABASE"], database);
+    assert!(app["DATABASE_URL"].starts_with(&format!("postgres://{}:", app["PGUSER"])));
+    let migrate_job = calls.iter().find(|c| c.starts_with("run_job migrate-r1")).unwrap();
+    assert!(migrate_job.ends_with("secrets migrate-r1-database"), "{migrate_job}");
+    let job_login = calls.iter().find_map(|c| c.strip_prefix("job login ")).unwrap().to_owned();
+    assert_ne!(job_login, app["PGUSER"], "migrate has a login of its own");
+
+    let roles: Vec<String> =
+        sqlx::query_scalar("select rolname::text from pg_roles where rolname like $1 || '%' order by 1")
+            .bind(&database)
+            .fetch_all(&admin)
+            .await
+            .unwrap();
+    assert_eq!(roles, [database.clone(), app["PGUSER"].clone()], "the migrate login is gone once its Job ended");
+    let (_, detail, _) = step_detail(&w.pool, run, "secrets").await;
+    assert_eq!(detail["app-database"]["username"], app["PGUSER"].as_str());
+    assert!(!detail.to_string().contains(&app["PGPASSWORD"]), "no password in the step's record");
+
+    let teardown = common::queue_run(&w.pool, "shop", "feature/login", &namespace, "teardown", SHA1).await;
+    assert_eq!(w.engine.run_one().await.unwrap(), Some((teardown, RunEnd::Succeeded)));
+    let left: i64 = sqlx::query_scalar(
+        "select (select count(*) from pg_roles where rolname like $1 || '%')
+              + (select count(*) from pg_database where datname = $1)",
+    )
+    .bind(&database)
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(left, 0, "database, owner and logins are gone");
 }

@@ -10,12 +10,16 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use super::plan::StandPlan;
-use super::runner::{mocks_in, project_of, queue_report, same_in_both_modes};
+use super::runner::{
+    NO_SECRETS, database_step, drop_database, gather_secrets, mocks_in, project_of, queue_report, revoke_all,
+    same_in_both_modes,
+};
 use super::step::{RunContext, StepError, StepName, StepOutcome, StepRunner};
 use crate::cluster::jobs::JobRequest;
 use crate::cluster::verify::{self, UrlProber};
 use crate::cluster::{Cluster, ClusterError, StandMeta};
 use crate::config::{Config, ProjectConfig};
+use crate::credentials::{StandCredentials, stand_db};
 use crate::helm::Helm;
 
 /// Finished Jobs stay this long for `kubectl logs`, then Kubernetes removes them.
@@ -30,6 +34,7 @@ pub struct KubernetesSteps<H, C> {
     config: Arc<Config>,
     helm: Arc<H>,
     cluster: Arc<C>,
+    credentials: Option<Arc<StandCredentials>>,
 }
 
 impl From<ClusterError> for StepError {
@@ -53,7 +58,13 @@ fn last_lines(text: &str, n: usize) -> String {
 
 impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
     pub fn new(pool: PgPool, config: Arc<Config>, helm: Arc<H>, cluster: Arc<C>) -> Self {
-        Self { pool, config, helm, cluster }
+        Self { pool, config, helm, cluster, credentials: None }
+    }
+
+    /// The stand databases and credentials of `[postgres]` and `[vault]`.
+    pub fn with_credentials(mut self, credentials: Option<Arc<StandCredentials>>) -> Self {
+        self.credentials = credentials;
+        self
     }
 
     fn plan(&self, run: &RunContext, project: &ProjectConfig) -> StandPlan {
@@ -108,7 +119,7 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
                 format!("project {} sets no image, so its {purpose} command has nothing to run in", project.name),
             ));
         };
-        let request = JobRequest {
+        let mut request = JobRequest {
             purpose: purpose.to_owned(),
             run_number: run.number,
             image,
@@ -119,7 +130,33 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
             keep_for: JOB_KEEP,
         };
         let stand = self.stand_meta(run, project).await?;
-        let outcome = self.cluster.run_job(&stand, &request).await?;
+        // Migrations get a login of their own, never the admin URL, revoked as soon as the Job ends.
+        let own_login = match &self.credentials {
+            Some(c) if purpose == "migrate" && c.has_databases() => {
+                let db = stand_db(&run.namespace, None);
+                let issued = c.issue(run.stand_id, Some(run.run_id), "migrate", &db).await?;
+                let secret = format!("{}-database", request.name());
+                let applied = match c.secret_data(&db, &issued) {
+                    Ok(data) => self.cluster.apply_secret(&stand, &secret, &data).await.map_err(StepError::from),
+                    Err(e) => Err(e.into()),
+                };
+                if let Err(e) = applied {
+                    c.revoke(issued.credential_id).await.ok();
+                    return Err(e);
+                }
+                request.secrets.push(secret);
+                Some((c.clone(), issued.credential_id))
+            }
+            _ => None,
+        };
+        let outcome = self.cluster.run_job(&stand, &request).await;
+        if let Some((c, id)) = own_login
+            && let Err(e) = c.revoke(id).await
+        {
+            // The keeper revokes it at its expiry if this fails.
+            tracing::warn!(credential = id, error = %e, "could not revoke the migrate login");
+        }
+        let outcome = outcome?;
         if outcome.succeeded {
             return Ok(StepOutcome::done(json!({
                 "job": outcome.job,
@@ -213,7 +250,26 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
                 let outcome = self.cluster.ensure_namespace(&stand).await?;
                 Ok(StepOutcome::done(json!(outcome)))
             }
-            StepName::Database | StepName::Secrets | StepName::Image => same_in_both_modes(step, &self.config),
+            StepName::Database => database_step(self.credentials.as_deref(), run, project).await,
+            StepName::Secrets => {
+                let Some(gathered) = gather_secrets(self.credentials.as_deref(), run, project).await? else {
+                    return Ok(StepOutcome::skipped(NO_SECRETS));
+                };
+                let stand = self.stand_meta(run, project).await?;
+                let mut all = BTreeMap::new();
+                for (name, data) in &gathered.secrets {
+                    self.cluster.apply_secret(&stand, name, data).await?;
+                    all.extend(data.iter().map(|(k, v)| (format!("{name}/{k}"), v.clone())));
+                }
+                // A release already running rolls onto the new values; a first deploy reads them anyway.
+                let checksum = crate::cluster::resources::secrets_checksum(&all);
+                let rolled = self.cluster.roll_on_secrets(&run.namespace, &plan.release.name, &checksum).await?;
+                gathered.delivered(self.credentials.as_deref(), run).await?;
+                let mut detail = gathered.detail;
+                detail["rolled"] = json!(rolled);
+                Ok(StepOutcome::done(detail))
+            }
+            StepName::Image => same_in_both_modes(step, &self.config),
             StepName::Deploy => {
                 // Rendering first checks the chart and values before anything changes in the cluster,
                 // and names the mocks for the report.
@@ -236,13 +292,22 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
             StepName::Rollback => self.rollback(run, &plan).await,
             StepName::Teardown => {
                 self.helm.uninstall(&plan.release.name, &run.namespace).await?;
+                // Logins go before the database (Vault issue 3410), and before the namespace so no
+                // pod still holding one outlives the revocation unnoticed.
+                let revoked = revoke_all(self.credentials.as_deref(), run).await?;
                 let gone = self.cluster.delete_namespace(&run.namespace, self.config.cluster.teardown_wait).await?;
+                let dropped = drop_database(self.credentials.as_deref(), run).await?;
                 sqlx::query("update stands set state = 'removed', updated_at = now() where stand_id = $1")
                     .bind(run.stand_id)
                     .execute(&self.pool)
                     .await
                     .map_err(db)?;
-                Ok(StepOutcome::done(json!({ "release": plan.release.name, "namespace": gone })))
+                Ok(StepOutcome::done(json!({
+                    "release": plan.release.name,
+                    "namespace": gone,
+                    "credentials": revoked,
+                    "database": dropped,
+                })))
             }
             StepName::Report => {
                 let deploy = self.detail_of(run, StepName::Deploy).await?;

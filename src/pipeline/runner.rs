@@ -2,15 +2,18 @@
 //! `<dry_run_dir>/<namespace>/` (rendered manifests, one JSON record per step, the report), applies
 //! nothing, and says so. Steps whose system is not configured are `skipped` with the reason.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde_json::json;
+use secrecy::SecretString;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use super::plan::StandPlan;
 use super::step::{RunContext, StepError, StepName, StepOutcome, StepRunner};
 use crate::config::{Config, ProjectConfig};
+use crate::credentials::{CredentialError, StandCredentials, redacted, stand_db};
 use crate::forge::client::marker;
 use crate::forge::report::{ReportView, render};
 use crate::helm::Helm;
@@ -21,11 +24,18 @@ pub struct DryRunSteps<H> {
     pool: PgPool,
     config: Arc<Config>,
     helm: Arc<H>,
+    credentials: Option<Arc<StandCredentials>>,
 }
 
 impl<H: Helm> DryRunSteps<H> {
     pub fn new(pool: PgPool, config: Arc<Config>, helm: Arc<H>) -> Self {
-        Self { pool, config, helm }
+        Self { pool, config, helm, credentials: None }
+    }
+
+    /// The stand databases and credentials of `[postgres]` and `[vault]` (real in both modes).
+    pub fn with_credentials(mut self, credentials: Option<Arc<StandCredentials>>) -> Self {
+        self.credentials = credentials;
+        self
     }
 
     fn folder(&self, run: &RunContext) -> PathBuf {
@@ -59,7 +69,27 @@ impl<H: Helm> DryRunSteps<H> {
                     json!({ "dry_run": true, "rendered": path, "note": "dry-run: rendered, not applied" }),
                 )
             }
-            StepName::Database | StepName::Secrets | StepName::Image => return same_in_both_modes(step, &self.config),
+            StepName::Database => return database_step(self.credentials.as_deref(), run, project).await,
+            StepName::Secrets => {
+                let Some(gathered) = gather_secrets(self.credentials.as_deref(), run, project).await? else {
+                    return Ok(StepOutcome::skipped(NO_SECRETS));
+                };
+                // Keys only: secret values never reach the dry-run folder.
+                let manifest: Vec<Value> = gathered
+                    .secrets
+                    .iter()
+                    .map(|(name, data)| json!({ "kind": "Secret", "name": name, "keys": redacted(data), "values": "redacted" }))
+                    .collect();
+                let path =
+                    write(&dir.join("secrets.json"), &serde_json::to_string_pretty(&manifest).expect("json")).await?;
+                gathered.delivered(self.credentials.as_deref(), run).await?;
+                let mut detail = gathered.detail;
+                detail["rendered"] = json!(path);
+                detail["note"] =
+                    json!("dry-run: credentials issued for real, Secrets rendered with redacted values, not applied");
+                StepOutcome::done(detail)
+            }
+            StepName::Image => return same_in_both_modes(step, &self.config),
             StepName::Deploy => {
                 let manifests = self.helm.template(&plan.release).await?;
                 let path = write(&dir.join("manifests.yaml"), &manifests).await?;
@@ -87,6 +117,7 @@ impl<H: Helm> DryRunSteps<H> {
             ),
             StepName::Rollback => StepOutcome::done(json!({ "dry_run": true, "note": "dry-run: nothing was applied" })),
             StepName::Teardown => {
+                let revoked = revoke_all(self.credentials.as_deref(), run).await?;
                 match tokio::fs::remove_dir_all(&dir).await {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -97,7 +128,10 @@ impl<H: Helm> DryRunSteps<H> {
                     .execute(&self.pool)
                     .await
                     .map_err(|e| StepError::transient("database", e.to_string()))?;
-                StepOutcome::done(json!({ "dry_run": true, "removed": dir }))
+                let dropped = drop_database(self.credentials.as_deref(), run).await?;
+                StepOutcome::done(
+                    json!({ "dry_run": true, "removed": dir, "credentials": revoked, "database": dropped }),
+                )
             }
             StepName::Report => self.report(run, project, &plan, &dir).await?,
         })
@@ -130,26 +164,112 @@ pub(super) fn project_of<'a>(config: &'a Config, run: &RunContext) -> Result<&'a
         .ok_or_else(|| StepError::permanent("project_unknown", format!("project {:?} is not configured", run.project)))
 }
 
-/// Steps that act the same in both modes (DESIGN.md: the database and credentials are real when
-/// configured, the image is checked when a registry is): skipped with the reason when their system
-/// is not configured.
-pub(super) fn same_in_both_modes(step: StepName, config: &Config) -> Result<StepOutcome, StepError> {
+/// Steps that act the same in both modes (DESIGN.md: the image is checked when a registry is
+/// configured): skipped with the reason when their system is not configured.
+pub(super) fn same_in_both_modes(step: StepName, _config: &Config) -> Result<StepOutcome, StepError> {
     match step {
-        StepName::Database if config.postgres.is_none() => {
-            Ok(StepOutcome::skipped("no [postgres] configured: the stand gets no database"))
-        }
-        StepName::Secrets if config.vault.is_none() => {
-            Ok(StepOutcome::skipped("no [vault] configured: the stand gets no credentials"))
-        }
-        StepName::Database | StepName::Secrets => Err(StepError::permanent(
-            "not_implemented",
-            "per-stand databases and credentials arrive with the databases and Vault issue",
-        )),
         StepName::Image => Ok(StepOutcome::skipped("no [registry] configured: the image is not checked")),
         other => Err(StepError::permanent(
             "internal",
             format!("{} is not one of the steps both modes share", other.as_str()),
         )),
+    }
+}
+
+impl From<CredentialError> for StepError {
+    fn from(e: CredentialError) -> Self {
+        if e.is_transient() {
+            StepError::transient(e.label(), e.to_string())
+        } else {
+            StepError::permanent(e.label(), e.to_string())
+        }
+    }
+}
+
+pub(super) const NO_SECRETS: &str =
+    "no [postgres] or [vault] KV path (project team and service) configured: the stand gets no credentials";
+
+/// The database step, real in both modes when `[postgres]` is configured.
+pub(super) async fn database_step(
+    credentials: Option<&StandCredentials>,
+    run: &RunContext,
+    project: &ProjectConfig,
+) -> Result<StepOutcome, StepError> {
+    match credentials {
+        Some(c) if c.has_databases() => {
+            let db = stand_db(&run.namespace, project.template.clone());
+            Ok(StepOutcome::done(c.ensure_database(&db).await?))
+        }
+        _ => Ok(StepOutcome::skipped("no [postgres] configured: the stand gets no database")),
+    }
+}
+
+/// The Secrets a stand's app gets: its KV values, and a new login for its database.
+pub(super) struct Gathered {
+    pub secrets: Vec<(&'static str, BTreeMap<String, SecretString>)>,
+    /// What the step records: names, paths, keys, the login's user and expiry; never a value.
+    pub detail: Value,
+    credential: Option<i64>,
+}
+
+impl Gathered {
+    /// Once the Secrets are in place, the stand's earlier logins are replaced: the keeper revokes
+    /// them after a grace period, so pods still rolling keep working meanwhile.
+    pub async fn delivered(&self, credentials: Option<&StandCredentials>, run: &RunContext) -> Result<(), StepError> {
+        if let (Some(c), Some(id)) = (credentials, self.credential) {
+            c.supersede_app(run.stand_id, id).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The secrets step's values, `None` when nothing is configured to provide any.
+pub(super) async fn gather_secrets(
+    credentials: Option<&StandCredentials>,
+    run: &RunContext,
+    project: &ProjectConfig,
+) -> Result<Option<Gathered>, StepError> {
+    let Some(c) = credentials else { return Ok(None) };
+    let mut gathered = Gathered { secrets: Vec::new(), detail: json!({}), credential: None };
+    if let (Some(team), Some(service)) = (&project.team, &project.service)
+        && let Some(kv) = c.read_kv(team, service).await?
+    {
+        gathered.detail[crate::credentials::APP_SECRET] =
+            json!({ "kv_path": format!("{team}/{service}"), "keys": redacted(&kv) });
+        gathered.secrets.push((crate::credentials::APP_SECRET, kv));
+    }
+    if c.has_databases() {
+        let db = stand_db(&run.namespace, None);
+        let issued = c.issue(run.stand_id, Some(run.run_id), "app", &db).await?;
+        let data = c.secret_data(&db, &issued)?;
+        gathered.detail[crate::credentials::DATABASE_SECRET] = json!({
+            "username": issued.username,
+            "source": issued.source,
+            "expires_at": issued.expires_at,
+            "keys": redacted(&data),
+        });
+        gathered.credential = Some(issued.credential_id);
+        gathered.secrets.push((crate::credentials::DATABASE_SECRET, data));
+    }
+    Ok((!gathered.secrets.is_empty()).then_some(gathered))
+}
+
+/// Teardown's first half: every login of the stand revoked, before anything is dropped.
+pub(super) async fn revoke_all(credentials: Option<&StandCredentials>, run: &RunContext) -> Result<Value, StepError> {
+    match credentials {
+        Some(c) if c.has_databases() => Ok(c.revoke_all(run.stand_id, &stand_db(&run.namespace, None)).await?),
+        _ => Ok(Value::Null),
+    }
+}
+
+/// Teardown's second half: the stand's database and owner role.
+pub(super) async fn drop_database(
+    credentials: Option<&StandCredentials>,
+    run: &RunContext,
+) -> Result<Value, StepError> {
+    match credentials {
+        Some(c) if c.has_databases() => Ok(c.drop_database(&stand_db(&run.namespace, None)).await?),
+        _ => Ok(Value::Null),
     }
 }
 

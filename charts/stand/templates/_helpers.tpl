@@ -74,6 +74,8 @@ annotations:
 {{- range .Values.secretRefs }}
 - secretRef:
     name: {{ . | quote }}
+    # A stand without [postgres] or [vault] gets no such Secret; the app starts without those values.
+    optional: true
 {{- end }}
 {{- end -}}
 

@@ -1,0 +1,549 @@
+//! A stand's database and credentials, composed from [`Databases`] and [`Vault`]: the database
+//! step's database (and Vault role), the secrets step's KV values and database login, the migrate
+//! Job's own login, the keeper that renews or replaces logins while the stand lives, and the
+//! teardown that revokes every login before the database is dropped (Vault issue 3410).
+//!
+//! Credentials are recorded by reference (lease id or login name) in `credentials`, never by value.
+//! Even one issued but not recorded (a crash in between) cannot outlive the stand: teardown revokes
+//! every lease under the stand's Vault role and every login that is a member of its owner role.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::config::Config;
+use crate::database::{DatabaseError, Databases, PgDatabases, StandDb};
+use crate::vault::{DbRole, DbServer, OpenBao, Vault, VaultError};
+
+/// Name of the Secret carrying the database login (values/draft.yaml's `secretRefs`).
+pub const DATABASE_SECRET: &str = "app-database";
+/// Name of the Secret carrying the app's KV values.
+pub const APP_SECRET: &str = "app-secrets";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error("draftd's own database: {0}")]
+    Store(#[from] sqlx::Error),
+    #[error("{0}")]
+    Config(String),
+}
+
+impl CredentialError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CredentialError::Database(e) => e.is_transient(),
+            CredentialError::Vault(e) => e.is_transient(),
+            CredentialError::Store(_) => true,
+            CredentialError::Config(_) => false,
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            CredentialError::Database(e) => e.label(),
+            CredentialError::Vault(e) => e.label(),
+            CredentialError::Store(_) => "database",
+            CredentialError::Config(_) => "credentials_config",
+        }
+    }
+}
+
+/// The stand database server as the stands (and Vault) reach it, from the admin URL.
+#[derive(Clone)]
+pub struct StandServer {
+    /// `host:port` for pods and for Vault's connection.
+    pub host: String,
+    admin_database: String,
+    admin_user: String,
+    admin_password: SecretString,
+    query: Option<String>,
+}
+
+impl StandServer {
+    /// Parses the admin URL; `host` overrides where stands reach the server.
+    pub fn parse(admin_url: &str, host: Option<&str>) -> Result<Self, CredentialError> {
+        // Never echo the URL: it carries the admin password.
+        let url = url::Url::parse(admin_url)
+            .map_err(|e| CredentialError::Config(format!("the stand database admin URL is not a URL: {e}")))?;
+        let decode =
+            |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
+        let own_host = format!("{}:{}", url.host_str().unwrap_or("localhost"), url.port().unwrap_or(5432));
+        let database = url.path().trim_start_matches('/');
+        Ok(Self {
+            host: host.map(str::to_owned).unwrap_or(own_host),
+            admin_database: if database.is_empty() { "postgres".into() } else { database.to_owned() },
+            admin_user: decode(url.username()).unwrap_or_default(),
+            admin_password: SecretString::from(url.password().and_then(decode).unwrap_or_default()),
+            query: url.query().map(str::to_owned),
+        })
+    }
+
+    fn for_vault(&self) -> DbServer {
+        DbServer {
+            host: self.host.clone(),
+            database: self.admin_database.clone(),
+            username: self.admin_user.clone(),
+            password: self.admin_password.clone(),
+            query: self.query.clone(),
+        }
+    }
+}
+
+/// A login handed out: recorded as `credential_id`, its password only here.
+pub struct Issued {
+    pub credential_id: i64,
+    pub username: String,
+    pub password: SecretString,
+    pub expires_at: DateTime<Utc>,
+    pub source: &'static str,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("credential_id", &self.credential_id)
+            .field("username", &self.username)
+            .field("password", &"[redacted]")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// What the keeper did in one pass.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Kept {
+    pub renewed: usize,
+    pub replaced: usize,
+    pub revoked: usize,
+    pub failed: usize,
+}
+
+/// A live credential as the keeper sees it.
+#[derive(Debug, sqlx::FromRow)]
+struct LiveCredential {
+    credential_id: i64,
+    stand_id: i64,
+    purpose: String,
+    source: String,
+    username: String,
+    lease_id: Option<String>,
+    issued_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    max_expires_at: DateTime<Utc>,
+    superseded_at: Option<DateTime<Utc>>,
+    stand_state: String,
+    namespace: String,
+}
+
+/// Settings of issuing, from `[postgres]` and `[vault]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    /// Longest life of any credential (Vault: the role's max TTL; Postgres: `VALID UNTIL`).
+    pub max: Duration,
+    /// A Vault lease's TTL when issued and per renewal.
+    pub lease: Duration,
+    /// How long a replaced credential keeps working, for pods still rolling to the new one.
+    pub grace: Duration,
+}
+
+pub struct StandCredentials<D = PgDatabases, V = OpenBao> {
+    pool: PgPool,
+    databases: Option<(Arc<D>, StandServer)>,
+    vault: Option<Arc<V>>,
+    lifetimes: Lifetimes,
+}
+
+/// Mask for the dry-run folder and anything else shown: keys, never values.
+pub fn redacted(data: &BTreeMap<String, SecretString>) -> Value {
+    json!(data.keys().collect::<Vec<_>>())
+}
+
+impl StandCredentials<PgDatabases, OpenBao> {
+    /// From the configuration; `None` when neither `[postgres]` nor `[vault]` is set. Reads the
+    /// admin URL from the environment now, so a missing one stops `serve` at start.
+    pub fn from_config(pool: PgPool, config: &Config) -> Result<Option<Self>, CredentialError> {
+        if config.postgres.is_none() && config.vault.is_none() {
+            return Ok(None);
+        }
+        let databases = match &config.postgres {
+            None => None,
+            Some(pg) => {
+                let url = std::env::var(&pg.admin_url_env).map_err(|_| {
+                    CredentialError::Config(format!(
+                        "[postgres] admin_url_env names {}, which is not set: it must hold the stand database server's admin URL",
+                        pg.admin_url_env
+                    ))
+                })?;
+                let server = StandServer::parse(&url, pg.host.as_deref())?;
+                use sqlx::ConnectOptions;
+                use std::str::FromStr;
+                let options = sqlx::postgres::PgConnectOptions::from_str(&url)
+                    .map_err(|e| CredentialError::Config(format!("the stand database admin URL: {e}")))?
+                    // Statements here carry login passwords (CREATE ROLE … PASSWORD): sqlx must
+                    // never log them, at any level.
+                    .log_statements(log::LevelFilter::Off)
+                    .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(3600));
+                let admin = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_lazy_with(options);
+                Some((Arc::new(PgDatabases::new(admin)), server))
+            }
+        };
+        let vault = match &config.vault {
+            None => None,
+            Some(v) => Some(Arc::new(OpenBao::from_config(v)?)),
+        };
+        Ok(Some(Self::new(pool, databases, vault, lifetimes_of(config))))
+    }
+}
+
+/// The lifetimes the configuration asks for.
+pub fn lifetimes_of(config: &Config) -> Lifetimes {
+    match (&config.vault, &config.postgres) {
+        (Some(v), _) => Lifetimes { max: v.credential_ttl, lease: v.lease_ttl, grace: grace_for(v.credential_ttl) },
+        (None, Some(pg)) => {
+            Lifetimes { max: pg.credential_ttl, lease: pg.credential_ttl, grace: grace_for(pg.credential_ttl) }
+        }
+        (None, None) => Lifetimes {
+            max: Duration::from_secs(3600),
+            lease: Duration::from_secs(1200),
+            grace: Duration::from_secs(300),
+        },
+    }
+}
+
+/// Long enough for a rollout to reach the new Secret, short against the credential's life.
+fn grace_for(max: Duration) -> Duration {
+    (max / 6).min(Duration::from_secs(300))
+}
+
+fn chrono(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::hours(1))
+}
+
+impl<D: Databases, V: Vault> StandCredentials<D, V> {
+    pub fn new(
+        pool: PgPool,
+        databases: Option<(Arc<D>, StandServer)>,
+        vault: Option<Arc<V>>,
+        lifetimes: Lifetimes,
+    ) -> Self {
+        Self { pool, databases, vault, lifetimes }
+    }
+
+    pub fn has_databases(&self) -> bool {
+        self.databases.is_some()
+    }
+
+    pub fn has_vault(&self) -> bool {
+        self.vault.is_some()
+    }
+
+    pub fn lifetimes(&self) -> Lifetimes {
+        self.lifetimes
+    }
+
+    fn databases(&self) -> Result<&(Arc<D>, StandServer), CredentialError> {
+        self.databases.as_ref().ok_or_else(|| CredentialError::Config("no [postgres] configured".into()))
+    }
+
+    /// The database step: the stand's database and owner role, and with Vault the stand's role in
+    /// the database engine. Every part is idempotent.
+    pub async fn ensure_database(&self, db: &StandDb) -> Result<Value, CredentialError> {
+        let (databases, server) = self.databases()?;
+        let ensured = databases.ensure(db).await?;
+        let mut detail = json!({
+            "database": db.database,
+            "owner": db.owner,
+            "template": db.template,
+            "created_database": ensured.created_database,
+            "created_role": ensured.created_role,
+            "host": server.host,
+        });
+        if let Some(vault) = &self.vault {
+            vault.ensure_connection(&server.for_vault()).await?;
+            let role = DbRole {
+                name: db.database.clone(),
+                owner: db.owner.clone(),
+                ttl: self.lifetimes.lease,
+                max_ttl: self.lifetimes.max,
+            };
+            vault.ensure_role(&role).await?;
+            detail["vault_role"] = json!(role.name);
+        }
+        Ok(detail)
+    }
+
+    /// The app's KV secrets at `<kv_mount>/<team>/<service>`; `None` without Vault.
+    pub async fn read_kv(
+        &self,
+        team: &str,
+        service: &str,
+    ) -> Result<Option<BTreeMap<String, SecretString>>, CredentialError> {
+        match &self.vault {
+            None => Ok(None),
+            Some(vault) => Ok(Some(vault.read_kv(&format!("{team}/{service}")).await?)),
+        }
+    }
+
+    /// A new login for the stand's database, from Vault when configured, else a Postgres role with
+    /// `VALID UNTIL`; recorded before it is handed out.
+    pub async fn issue(
+        &self,
+        stand_id: i64,
+        run_id: Option<i64>,
+        purpose: &str,
+        db: &StandDb,
+    ) -> Result<Issued, CredentialError> {
+        let (databases, _) = self.databases()?;
+        let now = Utc::now();
+        let (source, username, password, lease_id, expires_at, max_expires_at) = match &self.vault {
+            Some(vault) => {
+                let login = vault.issue(&db.database).await?;
+                let expires = now + chrono(login.lease_duration);
+                (
+                    "vault",
+                    login.username,
+                    login.password,
+                    Some(login.lease_id),
+                    expires,
+                    now + chrono(self.lifetimes.max),
+                )
+            }
+            None => {
+                let login = databases.issue_login(db, self.lifetimes.max).await?;
+                ("postgres", login.username, login.password, None, login.valid_until, login.valid_until)
+            }
+        };
+        let credential_id: i64 = sqlx::query_scalar(
+            "insert into credentials (stand_id, run_id, purpose, source, username, lease_id, issued_at, expires_at, max_expires_at)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning credential_id",
+        )
+        .bind(stand_id)
+        .bind(run_id)
+        .bind(purpose)
+        .bind(source)
+        .bind(&username)
+        .bind(&lease_id)
+        .bind(now)
+        .bind(expires_at)
+        .bind(max_expires_at)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Issued { credential_id, username, password, expires_at, source })
+    }
+
+    /// The environment a login becomes in the stand's Secret: libpq's variables and one URL.
+    pub fn secret_data(
+        &self,
+        db: &StandDb,
+        issued: &Issued,
+    ) -> Result<BTreeMap<String, SecretString>, CredentialError> {
+        let (_, server) = self.databases()?;
+        let (host, port) = server.host.rsplit_once(':').unwrap_or((server.host.as_str(), "5432"));
+        let url = format!(
+            "postgres://{}:{}@{}/{}",
+            issued.username,
+            issued.password.expose_secret(),
+            server.host,
+            db.database
+        );
+        let plain = |s: &str| SecretString::from(s.to_owned());
+        Ok(BTreeMap::from([
+            ("DATABASE_URL".to_owned(), SecretString::from(url)),
+            ("PGHOST".to_owned(), plain(host)),
+            ("PGPORT".to_owned(), plain(port)),
+            ("PGDATABASE".to_owned(), plain(&db.database)),
+            ("PGUSER".to_owned(), plain(&issued.username)),
+            ("PGPASSWORD".to_owned(), issued.password.clone()),
+            ("DATABASE_EXPIRES_AT".to_owned(), plain(&issued.expires_at.to_rfc3339())),
+        ]))
+    }
+
+    /// Marks the stand's other live app logins as replaced by `current`; the keeper revokes them
+    /// after the grace period.
+    pub async fn supersede_app(&self, stand_id: i64, current: i64) -> Result<u64, CredentialError> {
+        Ok(sqlx::query(
+            "update credentials set superseded_at = now()
+             where stand_id = $1 and purpose = 'app' and credential_id <> $2
+               and revoked_at is null and superseded_at is null",
+        )
+        .bind(stand_id)
+        .bind(current)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// Revokes one recorded credential (a migrate Job's, once the Job has ended).
+    pub async fn revoke(&self, credential_id: i64) -> Result<(), CredentialError> {
+        let row: Option<(String, String, Option<String>)> = sqlx::query_as(
+            "select source, username, lease_id from credentials where credential_id = $1 and revoked_at is null",
+        )
+        .bind(credential_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some((source, username, lease_id)) = row {
+            self.revoke_one(&source, &username, lease_id.as_deref()).await?;
+            self.mark_revoked(credential_id).await?;
+        }
+        Ok(())
+    }
+
+    async fn revoke_one(&self, source: &str, username: &str, lease_id: Option<&str>) -> Result<(), CredentialError> {
+        match (source, lease_id, &self.vault) {
+            ("vault", Some(lease), Some(vault)) => vault.revoke(lease).await?,
+            _ => self.databases()?.0.revoke_login(username).await?,
+        }
+        Ok(())
+    }
+
+    async fn mark_revoked(&self, credential_id: i64) -> Result<(), CredentialError> {
+        sqlx::query("update credentials set revoked_at = now() where credential_id = $1")
+            .bind(credential_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Teardown, first half: every login of the stand revoked, recorded or not, and its Vault role
+    /// deleted. Must come before [`Self::drop_database`].
+    pub async fn revoke_all(&self, stand_id: i64, db: &StandDb) -> Result<Value, CredentialError> {
+        let live: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(
+            "select credential_id, source, username, lease_id from credentials
+             where stand_id = $1 and revoked_at is null order by credential_id",
+        )
+        .bind(stand_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut revoked = 0;
+        for (id, source, username, lease_id) in &live {
+            self.revoke_one(source, username, lease_id.as_deref()).await?;
+            self.mark_revoked(*id).await?;
+            revoked += 1;
+        }
+        let mut detail = json!({ "revoked": revoked });
+        if let Some(vault) = &self.vault {
+            // Leases draftd never recorded (a crash between issue and insert) go too.
+            vault.revoke_role_leases(&db.database).await?;
+            vault.delete_role(&db.database).await?;
+            detail["vault_role_deleted"] = json!(db.database);
+        }
+        if let Some((databases, _)) = &self.databases {
+            let mut stray = 0;
+            for login in databases.logins(db).await? {
+                databases.revoke_login(&login).await?;
+                stray += 1;
+            }
+            detail["unrecorded_logins_revoked"] = json!(stray);
+        }
+        Ok(detail)
+    }
+
+    /// Teardown, second half: the database (ending its sessions) and its owner role.
+    pub async fn drop_database(&self, db: &StandDb) -> Result<Value, CredentialError> {
+        let (databases, _) = self.databases()?;
+        let dropped = databases.drop_stand(db).await?;
+        Ok(json!(dropped))
+    }
+
+    /// One pass of the keeper: revokes replaced logins past their grace, migrate logins left over
+    /// and logins of removed stands; renews Vault leases at half their TTL; replaces logins nearing
+    /// their end of life through `deliver` (which puts the new Secret in place). Failures are
+    /// counted and retried next pass; one stand's trouble never stops the others.
+    pub async fn keep<F, Fut>(&self, deliver: F) -> Result<Kept, CredentialError>
+    where
+        F: Fn(i64, String, BTreeMap<String, SecretString>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let live: Vec<LiveCredential> = sqlx::query_as(
+            "select c.credential_id, c.stand_id, c.purpose, c.source, c.username, c.lease_id, c.issued_at,
+                    c.expires_at, c.max_expires_at, c.superseded_at, s.state as stand_state, s.namespace
+             from credentials c join stands s using (stand_id)
+             where c.revoked_at is null order by c.credential_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let now = Utc::now();
+        let grace = chrono(self.lifetimes.grace);
+        let mut kept = Kept::default();
+        for c in live {
+            let outcome = if c.stand_state == "removed"
+                || c.superseded_at.is_some_and(|at| at + grace <= now)
+                || (c.purpose == "migrate" && c.expires_at <= now)
+                || c.max_expires_at <= now
+            {
+                self.revoke_one(&c.source, &c.username, c.lease_id.as_deref()).await.map(|_| "revoked")
+            } else if c.purpose != "app" || c.superseded_at.is_some() {
+                Ok("")
+            } else if c.max_expires_at - now <= (c.max_expires_at - c.issued_at) / 4 {
+                self.replace(&c, &deliver).await.map(|_| "replaced")
+            } else if c.source == "vault" && c.expires_at - now <= chrono(self.lifetimes.lease) / 2 {
+                self.renew(&c).await.map(|_| "renewed")
+            } else {
+                Ok("")
+            };
+            match outcome {
+                Ok("revoked") => {
+                    self.mark_revoked(c.credential_id).await?;
+                    kept.revoked += 1;
+                }
+                Ok("replaced") => kept.replaced += 1,
+                Ok("renewed") => kept.renewed += 1,
+                Ok(_) => {}
+                Err(e) => {
+                    kept.failed += 1;
+                    tracing::warn!(stand = c.stand_id, credential = c.credential_id, error = %e, "credential upkeep failed");
+                }
+            }
+        }
+        Ok(kept)
+    }
+
+    async fn renew(&self, c: &LiveCredential) -> Result<(), CredentialError> {
+        let (Some(vault), Some(lease)) = (&self.vault, &c.lease_id) else { return Ok(()) };
+        let ttl = vault.renew(lease, self.lifetimes.lease).await?;
+        sqlx::query("update credentials set expires_at = now() + $2 where credential_id = $1")
+            .bind(c.credential_id)
+            .bind(chrono(ttl))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn replace<F, Fut>(&self, c: &LiveCredential, deliver: &F) -> Result<(), CredentialError>
+    where
+        F: Fn(i64, String, BTreeMap<String, SecretString>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let db = stand_db(&c.namespace, None);
+        let issued = self.issue(c.stand_id, None, "app", &db).await?;
+        let data = self.secret_data(&db, &issued)?;
+        if let Err(e) = deliver(c.stand_id, c.namespace.clone(), data).await {
+            // Not handed out: take it back rather than leave a second live login.
+            if let Err(revoke) = self.revoke(issued.credential_id).await {
+                tracing::warn!(credential = issued.credential_id, error = %revoke, "could not revoke an undelivered login");
+            }
+            return Err(CredentialError::Config(format!("the new Secret could not be delivered: {e}")));
+        }
+        self.supersede_app(c.stand_id, issued.credential_id).await?;
+        Ok(())
+    }
+}
+
+/// The stand's database by the naming contract: the namespace with `_` for `-`, owned by a role
+/// of the same name (see `pipeline::plan`).
+pub fn stand_db(namespace: &str, template: Option<String>) -> StandDb {
+    let name = namespace.replace('-', "_");
+    StandDb { database: name.clone(), owner: name, template }
+}

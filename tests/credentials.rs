@@ -1,0 +1,428 @@
+//! Stand databases and credentials against a real OpenBao (scripts/openbao-dev.sh) and a real
+//! Postgres that checks passwords (scripts/pg-passwords.sh): logins from Vault's database engine
+//! work, reach only their own stand's database, stop working when revoked or expired, live on when
+//! renewed, and teardown leaves nothing in Vault or Postgres.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use draftd::config::Config;
+use draftd::credentials::{Lifetimes, StandCredentials, StandServer, stand_db};
+use draftd::database::{Databases, PgDatabases};
+use draftd::vault::{OpenBao, Vault, VaultError};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
+}
+
+/// An OpenBao dev server for one test, stopped when dropped.
+struct Bao {
+    dir: tempfile::TempDir,
+    addr: String,
+    token: String,
+}
+
+impl Bao {
+    fn start() -> Bao {
+        Self::start_with(&[])
+    }
+
+    fn start_with(env: &[(&str, &str)]) -> Bao {
+        let dir = tempfile::Builder::new().prefix("draftd-bao-").tempdir().unwrap();
+        Self::start_in(dir, env)
+    }
+
+    fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Bao {
+        let out = Command::new("bash")
+            .arg(script("openbao-dev.sh"))
+            .arg("start")
+            .arg(dir.path())
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let var = |k: &str| {
+            stdout
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("{k} in {stdout}"))
+                .to_owned()
+        };
+        Bao { addr: var("BAO_ADDR"), token: var("BAO_TOKEN"), dir }
+    }
+
+    fn stop(&self) {
+        let _ = Command::new("bash").arg(script("openbao-dev.sh")).arg("stop").arg(self.dir.path()).status();
+    }
+
+    /// A token file for draftd (the script's own is removed at stop).
+    fn token_file(&self) -> PathBuf {
+        let path = self.dir.path().join("draftd-token");
+        std::fs::write(&path, &self.token).unwrap();
+        path
+    }
+
+    async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let client = reqwest::Client::new();
+        let mut request = client
+            .request(reqwest::Method::from_str(method).unwrap(), format!("{}/v1/{path}", self.addr))
+            .header("X-Vault-Token", &self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for Bao {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A password-checking Postgres for one test, stopped when dropped.
+struct Pg {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl Pg {
+    fn start() -> Pg {
+        let dir = tempfile::Builder::new().prefix("draftd-pgpw-").tempdir().unwrap();
+        let out = Command::new("bash").arg(script("pg-passwords.sh")).arg("start").arg(dir.path()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let url = stdout.trim().strip_prefix("export STANDS_PG_URL=").expect("the start line").to_owned();
+        Pg { dir, url }
+    }
+
+    async fn admin(&self) -> PgPool {
+        PgPoolOptions::new().max_connections(4).connect(&self.url).await.unwrap()
+    }
+
+    async fn connect(&self, user: &str, password: &str, database: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
+        PgConnectOptions::from_str(&self.url)
+            .unwrap()
+            .username(user)
+            .password(password)
+            .database(database)
+            .connect()
+            .await
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg(script("pg-passwords.sh")).arg("stop").arg(self.dir.path()).status();
+    }
+}
+
+fn vault_config(addr: &str, auth: &str, lifetimes: Lifetimes) -> Config {
+    Config::from_toml(&format!(
+        r#"
+        [postgres]
+        admin_url_env = "DRAFTD_TEST_UNUSED"
+        [vault]
+        address = "{addr}"
+        {auth}
+        credential_ttl = "{}s"
+        lease_ttl = "{}s"
+        "#,
+        lifetimes.max.as_secs(),
+        lifetimes.lease.as_secs()
+    ))
+    .unwrap()
+}
+
+fn lifetimes(max: u64, lease: u64) -> Lifetimes {
+    Lifetimes { max: Duration::from_secs(max), lease: Duration::from_secs(lease), grace: Duration::from_secs(1) }
+}
+
+async fn credentials(pool: &PgPool, bao: &Bao, pg: &Pg, lifetimes: Lifetimes) -> StandCredentials {
+    let auth = format!("auth = \"token\"\ntoken_file = \"{}\"", bao.token_file().display());
+    let config = vault_config(&bao.addr, &auth, lifetimes);
+    let vault = OpenBao::from_config(config.vault.as_ref().unwrap()).unwrap();
+    let server = StandServer::parse(&pg.url, None).unwrap();
+    StandCredentials::new(
+        pool.clone(),
+        Some((Arc::new(PgDatabases::new(pg.admin().await)), server)),
+        Some(Arc::new(vault)),
+        lifetimes,
+    )
+}
+
+async fn new_stand(pool: &PgPool, branch: &str) -> (i64, String) {
+    let namespace = format!("draft-{}", branch.replace('/', "-"));
+    let id = sqlx::query_scalar(
+        "insert into stands (project, branch, namespace) values ('shop', $1, $2) returning stand_id",
+    )
+    .bind(branch)
+    .bind(&namespace)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    (id, namespace)
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn vault_logins_reach_only_their_own_stand_and_die_when_revoked(pool: PgPool) {
+    let (bao, pg) = (Bao::start(), Pg::start());
+    let creds = credentials(&pool, &bao, &pg, lifetimes(600, 300)).await;
+    let (a_id, a_ns) = new_stand(&pool, "feature/a").await;
+    let (b_id, b_ns) = new_stand(&pool, "feature/b").await;
+    let (a, b) = (stand_db(&a_ns, None), stand_db(&b_ns, None));
+    let detail = creds.ensure_database(&a).await.unwrap();
+    assert_eq!(detail["vault_role"], json!(a.database));
+    creds.ensure_database(&b).await.unwrap();
+    // Idempotent: the step again changes nothing.
+    let again = creds.ensure_database(&a).await.unwrap();
+    assert_eq!((again["created_database"].clone(), again["created_role"].clone()), (json!(false), json!(false)));
+
+    let la = creds.issue(a_id, None, "app", &a).await.unwrap();
+    let lb = creds.issue(b_id, None, "app", &b).await.unwrap();
+    assert_eq!(la.source, "vault");
+    let mut conn =
+        pg.connect(&la.username, la.password.expose_secret(), &a.database).await.expect("a's login opens a's database");
+    // The login acts as the stand's owner: what migrations create belongs to the owner.
+    sqlx::query("create table tasks (id int)").execute(&mut conn).await.unwrap();
+    let owner: String = sqlx::query_scalar("select tableowner::text from pg_tables where tablename = 'tasks'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(owner, a.owner);
+    conn.close().await.unwrap();
+    let err = pg
+        .connect(&lb.username, lb.password.expose_secret(), &a.database)
+        .await
+        .expect_err("b's login must not open a's database");
+    assert!(err.to_string().contains("permission denied for database"), "{err}");
+
+    let vault = OpenBao::from_config(
+        vault_config(
+            &bao.addr,
+            &format!("auth = \"token\"\ntoken_file = \"{}\"", bao.token_file().display()),
+            lifetimes(600, 300),
+        )
+        .vault
+        .as_ref()
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(vault.leases(&a.database).await.unwrap().len(), 1, "one lease of a's role");
+    creds.revoke(la.credential_id).await.unwrap();
+    let err = pg.connect(&la.username, la.password.expose_secret(), &a.database).await.expect_err("revoked");
+    assert!(err.to_string().contains("password authentication failed"), "{err}");
+    assert!(vault.leases(&a.database).await.unwrap().is_empty(), "the lease is gone from Vault");
+    let revoked: bool = sqlx::query_scalar("select revoked_at is not null from credentials where credential_id = $1")
+        .bind(la.credential_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(revoked);
+    // b is untouched.
+    pg.connect(&lb.username, lb.password.expose_secret(), &b.database)
+        .await
+        .expect("b still works")
+        .close()
+        .await
+        .unwrap();
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_login_expires_with_its_lease_unless_renewed(pool: PgPool) {
+    let (bao, pg) = (Bao::start(), Pg::start());
+    // Leases of 3 s, renewable up to 30 s.
+    let creds = credentials(&pool, &bao, &pg, lifetimes(30, 3)).await;
+    let (id, ns) = new_stand(&pool, "feature/ttl").await;
+    let db = stand_db(&ns, None);
+    creds.ensure_database(&db).await.unwrap();
+    let kept = creds.issue(id, None, "app", &db).await.unwrap();
+    let lapsed = creds.issue(id, None, "migrate", &db).await.unwrap();
+    for login in [&kept, &lapsed] {
+        pg.connect(&login.username, login.password.expose_secret(), &db.database)
+            .await
+            .expect("works at first")
+            .close()
+            .await
+            .unwrap();
+    }
+    // The keeper renews the app login at half its TTL; migrate logins are never renewed.
+    let deliver = |_, _, _| async { Ok::<(), String>(()) };
+    let mut renewed = 0;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        renewed += creds.keep(&deliver).await.unwrap().renewed;
+    }
+    assert!(renewed >= 1, "the app login was renewed");
+    // 5 s in: past the original 3 s TTL.
+    pg.connect(&kept.username, kept.password.expose_secret(), &db.database)
+        .await
+        .expect("renewal keeps the login working past its first TTL")
+        .close()
+        .await
+        .unwrap();
+    let err = pg.connect(&lapsed.username, lapsed.password.expose_secret(), &db.database).await.expect_err("expired");
+    assert!(err.to_string().contains("password authentication failed"), "{err}");
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn teardown_revokes_every_login_then_drops_the_database_leaving_nothing(pool: PgPool) {
+    let (bao, pg) = (Bao::start(), Pg::start());
+    let creds = credentials(&pool, &bao, &pg, lifetimes(600, 300)).await;
+    let (id, ns) = new_stand(&pool, "feature/gone").await;
+    let db = stand_db(&ns, None);
+    creds.ensure_database(&db).await.unwrap();
+    let app = creds.issue(id, None, "app", &db).await.unwrap();
+    creds.issue(id, None, "migrate", &db).await.unwrap();
+    // Issued but never recorded (a crash between issue and insert): teardown finds them anyway.
+    let vault = OpenBao::from_config(
+        vault_config(
+            &bao.addr,
+            &format!("auth = \"token\"\ntoken_file = \"{}\"", bao.token_file().display()),
+            lifetimes(600, 300),
+        )
+        .vault
+        .as_ref()
+        .unwrap(),
+    )
+    .unwrap();
+    vault.issue(&db.database).await.unwrap();
+    let admin = pg.admin().await;
+    PgDatabases::new(admin.clone()).issue_login(&db, Duration::from_secs(600)).await.unwrap();
+    assert_eq!(vault.leases(&db.database).await.unwrap().len(), 3);
+    // A stand whose role name starts with this one's keeps its login.
+    let (other_id, other_ns) = new_stand(&pool, "feature/gone-too").await;
+    let other = stand_db(&other_ns, None);
+    creds.ensure_database(&other).await.unwrap();
+    let other_login = creds.issue(other_id, None, "app", &other).await.unwrap();
+
+    // A session open during teardown is ended too.
+    let open = pg.connect(&app.username, app.password.expose_secret(), &db.database).await.unwrap();
+    let revoked = creds.revoke_all(id, &db).await.unwrap();
+    assert_eq!(revoked["revoked"], json!(2));
+    assert_eq!(revoked["unrecorded_logins_revoked"], json!(1));
+    assert!(vault.leases(&db.database).await.unwrap().is_empty(), "no lease left in Vault");
+    let (status, _) = bao.api("GET", &format!("database/roles/{}", db.database), None).await;
+    assert_eq!(status, 404, "the stand's Vault role is deleted");
+    creds.drop_database(&db).await.unwrap();
+    drop(open);
+
+    let databases: i64 = sqlx::query_scalar("select count(*) from pg_database where datname = $1")
+        .bind(&db.database)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert_eq!(databases, 0, "pg_database");
+    let roles: Vec<String> = sqlx::query_scalar(
+        "select rolname::text from pg_roles where rolname like 'draft%' or rolname like 'v-%' order by 1",
+    )
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert_eq!(roles, [other.database.clone(), other_login.username.clone()], "pg_roles holds only the other stand's");
+    assert_eq!(vault.leases(&other.database).await.unwrap().len(), 1, "the other stand's lease is untouched");
+    let live: Vec<i64> = sqlx::query_scalar("select credential_id from credentials where revoked_at is null")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(live, [other_login.credential_id]);
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn kv_secrets_come_from_the_teams_path_and_a_missing_path_is_named(pool: PgPool) {
+    let (bao, pg) = (Bao::start(), Pg::start());
+    let (status, _) = bao
+        .api("POST", "draft/data/payments/shop", Some(json!({ "data": { "STRIPE_KEY": "sk_test_kv", "RETRIES": 3 } })))
+        .await;
+    assert_eq!(status, 200);
+    let creds = credentials(&pool, &bao, &pg, lifetimes(600, 300)).await;
+    let kv = creds.read_kv("payments", "shop").await.unwrap().unwrap();
+    assert_eq!(kv["STRIPE_KEY"].expose_secret(), "sk_test_kv");
+    assert_eq!(kv["RETRIES"].expose_secret(), "3");
+    let err = creds.read_kv("payments", "billing").await.unwrap_err();
+    assert!(!err.is_transient());
+    assert!(err.to_string().contains("draft/payments/billing"), "{err}");
+}
+
+#[tokio::test]
+async fn an_unreachable_vault_is_a_transient_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "nothing").unwrap();
+    let config = vault_config(
+        &format!("http://127.0.0.1:{port}"),
+        &format!("auth = \"token\"\ntoken_file = \"{}\"", token.display()),
+        lifetimes(600, 300),
+    );
+    let vault = OpenBao::from_config(config.vault.as_ref().unwrap()).unwrap();
+    let err = vault.read_kv("payments/shop").await.unwrap_err();
+    assert!(matches!(err, VaultError::Unavailable(_)), "{err:?}");
+    assert!(err.is_transient());
+    assert_eq!(err.label(), "vault_unavailable");
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn approle_with_the_shipped_policy_runs_a_stands_whole_life(pool: PgPool) {
+    let (bao, pg) = (Bao::start(), Pg::start());
+    let policy =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/vault-policy.hcl")).unwrap();
+    assert_eq!(bao.api("PUT", "sys/policies/acl/draftd", Some(json!({ "policy": policy }))).await.0, 204);
+    assert_eq!(bao.api("POST", "sys/auth/approle", Some(json!({ "type": "approle" }))).await.0, 204);
+    let (status, _) = bao
+        .api("POST", "auth/approle/role/draftd", Some(json!({ "token_policies": ["draftd"], "token_ttl": "10m" })))
+        .await;
+    assert_eq!(status, 204);
+    let role_id = bao.api("GET", "auth/approle/role/draftd/role-id", None).await.1["data"]["role_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let secret_id = bao.api("POST", "auth/approle/role/draftd/secret-id", None).await.1["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let secret_file = bao.dir.path().join("secret-id");
+    std::fs::write(&secret_file, secret_id).unwrap();
+    bao.api("POST", "draft/data/payments/shop", Some(json!({ "data": { "K": "v" } }))).await;
+
+    let auth = format!("auth = \"approle\"\nrole_id = \"{role_id}\"\nsecret_id_file = \"{}\"", secret_file.display());
+    let config = vault_config(&bao.addr, &auth, lifetimes(600, 300));
+    let vault = Arc::new(OpenBao::from_config(config.vault.as_ref().unwrap()).unwrap());
+    let server = StandServer::parse(&pg.url, None).unwrap();
+    let creds = StandCredentials::new(
+        pool.clone(),
+        Some((Arc::new(PgDatabases::new(pg.admin().await)), server)),
+        Some(vault.clone()),
+        lifetimes(600, 300),
+    );
+    let (id, ns) = new_stand(&pool, "feature/approle").await;
+    let db = stand_db(&ns, None);
+    creds.ensure_database(&db).await.unwrap();
+    assert_eq!(creds.read_kv("payments", "shop").await.unwrap().unwrap()["K"].expose_secret(), "v");
+    let login = creds.issue(id, None, "app", &db).await.unwrap();
+    pg.connect(&login.username, login.password.expose_secret(), &db.database).await.unwrap().close().await.unwrap();
+    vault.renew(&creds_lease(&pool, login.credential_id).await, Duration::from_secs(300)).await.unwrap();
+    assert_eq!(vault.leases(&db.database).await.unwrap().len(), 1);
+    creds.revoke_all(id, &db).await.unwrap();
+    creds.drop_database(&db).await.unwrap();
+    assert!(vault.leases(&db.database).await.unwrap().is_empty());
+}
+
+async fn creds_lease(pool: &PgPool, credential_id: i64) -> String {
+    sqlx::query_scalar("select lease_id from credentials where credential_id = $1")
+        .bind(credential_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
