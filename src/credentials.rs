@@ -458,8 +458,8 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
     }
 
     /// One pass of the keeper: revokes replaced logins past their grace, migrate logins left over
-    /// and logins of removed stands; renews Vault leases at half their TTL; replaces logins nearing
-    /// their end of life through `deliver` (which puts the new Secret in place). Failures are
+    /// and logins of removed stands; renews Vault leases at half their TTL (a long migration's too);
+    /// replaces app logins nearing their end of life through `deliver` (which puts the new Secret in place). Failures are
     /// counted and retried next pass; one stand's trouble never stops the others.
     pub async fn keep<F, Fut>(&self, deliver: F) -> Result<Kept, CredentialError>
     where
@@ -484,9 +484,9 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
                 || c.max_expires_at <= now
             {
                 self.revoke_one(&c.source, &c.username, c.lease_id.as_deref()).await.map(|_| "revoked")
-            } else if c.purpose != "app" || c.superseded_at.is_some() {
+            } else if c.superseded_at.is_some() {
                 Ok("")
-            } else if c.max_expires_at - now <= (c.max_expires_at - c.issued_at) / 4 {
+            } else if c.purpose == "app" && c.max_expires_at - now <= (c.max_expires_at - c.issued_at) / 4 {
                 self.replace(&c, &deliver).await.map(|_| "replaced")
             } else if c.source == "vault" && c.expires_at - now <= chrono(self.lifetimes.lease) / 2 {
                 self.renew(&c).await.map(|_| "renewed")

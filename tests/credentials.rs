@@ -242,30 +242,31 @@ async fn vault_logins_reach_only_their_own_stand_and_die_when_revoked(pool: PgPo
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]
 async fn a_login_expires_with_its_lease_unless_renewed(pool: PgPool) {
     let (bao, pg) = (Bao::start(), Pg::start());
-    // Leases of 3 s, renewable up to 30 s.
-    let creds = credentials(&pool, &bao, &pg, lifetimes(30, 3)).await;
+    // Leases of 4 s, renewable up to 30 s.
+    let creds = credentials(&pool, &bao, &pg, lifetimes(30, 4)).await;
     let (id, ns) = new_stand(&pool, "feature/ttl").await;
     let db = stand_db(&ns, None);
     creds.ensure_database(&db).await.unwrap();
     let kept = creds.issue(id, None, "app", &db).await.unwrap();
-    let lapsed = creds.issue(id, None, "migrate", &db).await.unwrap();
-    for login in [&kept, &lapsed] {
-        pg.connect(&login.username, login.password.expose_secret(), &db.database)
+    // A lease nobody renews (issued behind draftd's back, so the keeper does not know it).
+    let lapsed = vault_of(&bao).issue(&db.database).await.unwrap();
+    for (username, password) in [(&kept.username, &kept.password), (&lapsed.username, &lapsed.password)] {
+        pg.connect(username, password.expose_secret(), &db.database)
             .await
             .expect("works at first")
             .close()
             .await
             .unwrap();
     }
-    // The keeper renews the app login at half its TTL; migrate logins are never renewed.
+    // The keeper renews the recorded login at half its TTL.
     let deliver = |_, _, _| async { Ok::<(), String>(()) };
     let mut renewed = 0;
-    for _ in 0..5 {
+    for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(1000)).await;
         renewed += creds.keep(&deliver).await.unwrap().renewed;
     }
     assert!(renewed >= 1, "the app login was renewed");
-    // 5 s in: past the original 3 s TTL.
+    // 6 s in: past the original 4 s TTL.
     pg.connect(&kept.username, kept.password.expose_secret(), &db.database)
         .await
         .expect("renewal keeps the login working past its first TTL")
@@ -425,4 +426,54 @@ async fn creds_lease(pool: &PgPool, credential_id: i64) -> String {
         .fetch_one(pool)
         .await
         .unwrap()
+}
+
+/// Without Vault: Postgres logins with VALID UNTIL, replaced by the keeper before they end (the new
+/// one handed to `deliver`), the replaced one revoked after the grace period.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn without_vault_the_keeper_replaces_logins_before_they_end(pool: PgPool) {
+    let pg = Pg::start();
+    let lifetimes =
+        Lifetimes { max: Duration::from_secs(8), lease: Duration::from_secs(8), grace: Duration::from_secs(1) };
+    let creds: StandCredentials = StandCredentials::new(
+        pool.clone(),
+        Some((Arc::new(PgDatabases::new(pg.admin().await)), StandServer::parse(&pg.url, None).unwrap())),
+        None,
+        lifetimes,
+    );
+    let (id, ns) = new_stand(&pool, "feature/rotate").await;
+    let db = stand_db(&ns, None);
+    creds.ensure_database(&db).await.unwrap();
+    let first = creds.issue(id, None, "app", &db).await.unwrap();
+    assert_eq!(first.source, "postgres");
+    let delivered = std::sync::Mutex::new(Vec::new());
+    let deliver = |stand: i64, namespace: String, data: std::collections::BTreeMap<String, secrecy::SecretString>| {
+        delivered.lock().unwrap().push((stand, namespace, data));
+        async { Ok::<(), String>(()) }
+    };
+    assert_eq!(creds.keep(&deliver).await.unwrap(), Default::default(), "nothing to do at first");
+    // Less than a quarter of its life left (2 s of 8): replaced.
+    let replace_at = first.expires_at - chrono::Duration::milliseconds(1500);
+    tokio::time::sleep((replace_at - chrono::Utc::now()).to_std().unwrap_or_default()).await;
+    let kept = creds.keep(&deliver).await.unwrap();
+    assert_eq!(kept.replaced, 1, "{kept:?}");
+    let (stand, namespace, data) = delivered.lock().unwrap().pop().unwrap();
+    assert_eq!((stand, namespace.as_str()), (id, ns.as_str()));
+    let (user, password) = (data["PGUSER"].expose_secret().to_owned(), data["PGPASSWORD"].expose_secret().to_owned());
+    assert_ne!(user, first.username);
+    pg.connect(&user, &password, &db.database).await.expect("the new login works").close().await.unwrap();
+    // After the grace period the replaced login is revoked; the new one lives on.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(creds.keep(&deliver).await.unwrap().revoked, 1);
+    let roles: Vec<String> =
+        sqlx::query_scalar("select rolname::text from pg_roles where rolname like 'draft_feature_rotate_l%'")
+            .fetch_all(&pg.admin().await)
+            .await
+            .unwrap();
+    assert_eq!(roles, [user], "only the new login is left");
+}
+
+fn vault_of(bao: &Bao) -> OpenBao {
+    let auth = format!("auth = \"token\"\ntoken_file = \"{}\"", bao.token_file().display());
+    OpenBao::from_config(vault_config(&bao.addr, &auth, lifetimes(600, 300)).vault.as_ref().unwrap()).unwrap()
 }
