@@ -150,9 +150,7 @@ fn lifetimes(max: u64, lease: u64) -> Lifetimes {
 }
 
 async fn credentials(pool: &PgPool, bao: &Bao, pg: &Pg, lifetimes: Lifetimes) -> StandCredentials {
-    let auth = format!("auth = \"token\"\ntoken_file = \"{}\"", bao.token_file().display());
-    let config = vault_config(&bao.addr, &auth, lifetimes);
-    let vault = OpenBao::from_config(config.vault.as_ref().unwrap()).unwrap();
+    let vault = vault_of(bao);
     let server = StandServer::parse(&pg.url, None).unwrap();
     StandCredentials::new(
         pool.clone(),
@@ -208,17 +206,7 @@ async fn vault_logins_reach_only_their_own_stand_and_die_when_revoked(pool: PgPo
         .expect_err("b's login must not open a's database");
     assert!(err.to_string().contains("permission denied for database"), "{err}");
 
-    let vault = OpenBao::from_config(
-        vault_config(
-            &bao.addr,
-            &format!("auth = \"token\"\ntoken_file = \"{}\"", bao.token_file().display()),
-            lifetimes(600, 300),
-        )
-        .vault
-        .as_ref()
-        .unwrap(),
-    )
-    .unwrap();
+    let vault = vault_of(&bao);
     assert_eq!(vault.leases(&a.database).await.unwrap().len(), 1, "one lease of a's role");
     creds.revoke(la.credential_id).await.unwrap();
     let err = pg.connect(&la.username, la.password.expose_secret(), &a.database).await.expect_err("revoked");
@@ -287,17 +275,7 @@ async fn teardown_revokes_every_login_then_drops_the_database_leaving_nothing(po
     let app = creds.issue(id, None, "app", &db).await.unwrap();
     creds.issue(id, None, "migrate", &db).await.unwrap();
     // Issued but never recorded (a crash between issue and insert): teardown finds them anyway.
-    let vault = OpenBao::from_config(
-        vault_config(
-            &bao.addr,
-            &format!("auth = \"token\"\ntoken_file = \"{}\"", bao.token_file().display()),
-            lifetimes(600, 300),
-        )
-        .vault
-        .as_ref()
-        .unwrap(),
-    )
-    .unwrap();
+    let vault = vault_of(&bao);
     vault.issue(&db.database).await.unwrap();
     let admin = pg.admin().await;
     PgDatabases::new(admin.clone()).issue_login(&db, Duration::from_secs(600)).await.unwrap();
