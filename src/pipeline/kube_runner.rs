@@ -11,8 +11,8 @@ use sqlx::PgPool;
 
 use super::plan::StandPlan;
 use super::runner::{
-    NO_SECRETS, database_step, drop_database, gather_secrets, mocks_in, project_of, queue_report, revoke_all,
-    same_in_both_modes,
+    NO_SECRETS, database_step, drop_database, gather_secrets, image_step, mocks_in, project_of, queue_report,
+    revoke_all,
 };
 use super::step::{RunContext, StepError, StepName, StepOutcome, StepRunner};
 use crate::cluster::jobs::JobRequest;
@@ -269,7 +269,7 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
                 detail["rolled"] = json!(rolled);
                 Ok(StepOutcome::done(detail))
             }
-            StepName::Image => same_in_both_modes(step, &self.config),
+            StepName::Image => Ok(image_step()),
             StepName::Deploy => {
                 // Rendering first checks the chart and values before anything changes in the cluster,
                 // and names the mocks for the report.
