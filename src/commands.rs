@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::config::{ClusterMode, Config, Projects};
 use crate::credentials::StandCredentials;
+use crate::forge::authorise::{Authorise, ForgeAuthoriser};
 use crate::forge::client::AnyForge;
 use crate::forge::{Command, Trigger};
 use crate::helm::HelmCli;
@@ -92,6 +93,10 @@ fn start_background(
     // Each run in flight uses up to three connections (concurrent steps) and its heartbeat one.
     let workers_pool = store::worker_pool(&config.database_url, config.stands.workers * 4 + 2)?;
     let credentials = StandCredentials::from_config(workers_pool.clone(), &config)?.map(Arc::new);
+    // One set of clients, shared by the reporter and the access check: one token cache and one
+    // rate-limit hold per forge.
+    let forges = AnyForge::from_config(&config).context("forge clients")?;
+    let authoriser: Arc<dyn Authorise> = Arc::new(ForgeAuthoriser::new(workers_pool.clone(), &config, &forges));
     match (config.cluster.mode, kube) {
         (ClusterMode::Kubernetes, Some(client)) => {
             let cluster = Arc::new(crate::cluster::Kubernetes::new(client, config.cluster.clone()));
@@ -101,7 +106,7 @@ fn start_background(
             }
             let steps =
                 KubernetesSteps::new(workers_pool.clone(), config.clone(), helm, cluster).with_credentials(credentials);
-            spawn_engine(steps, workers_pool, &config, state, stop)?;
+            spawn_engine(steps, workers_pool, &config, authoriser, state, stop)?;
         }
         (ClusterMode::Kubernetes, None) => anyhow::bail!("kubernetes mode without a Kubernetes client"),
         (ClusterMode::DryRun, _) => {
@@ -110,10 +115,9 @@ fn start_background(
                 spawn_keeper(c.clone(), |_, _, _| async { Ok(()) }, state, stop);
             }
             let steps = DryRunSteps::new(workers_pool.clone(), config.clone(), helm).with_credentials(credentials);
-            spawn_engine(steps, workers_pool, &config, state, stop)?;
+            spawn_engine(steps, workers_pool, &config, authoriser, state, stop)?;
         }
     }
-    let forges = AnyForge::from_config(&config).context("forge clients")?;
     if forges.is_empty() {
         tracing::info!("no forge token configured: reports stay in the outbox");
     } else {
@@ -203,6 +207,7 @@ fn spawn_engine<R: StepRunner>(
     steps: R,
     pool: sqlx::PgPool,
     config: &Config,
+    authoriser: Arc<dyn Authorise>,
     state: &AppState,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -221,6 +226,7 @@ fn spawn_engine<R: StepRunner>(
     let limits = config.projects.iter().filter_map(|p| Some((p.name.as_str(), p.max_concurrent_runs?)));
     let engine = Engine::new(pool, Arc::new(steps), settings, lease_owner())
         .with_wake(state.wake().clone())
+        .with_authoriser(authoriser)
         .with_project_limits(limits);
     let engine = Arc::new(engine);
     let (state, stop) = (state.clone(), stop.clone());
@@ -421,8 +427,14 @@ pub async fn stands_queue(config: Config, stand: stands::StandRef, command: Comm
     let pool = store::pool(&config.database_url, 2)?;
     let login = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let requested_by = format!("cli:{login}");
-    let req =
-        ManualRequest { command, trigger: Trigger::Cli, requested_by: &requested_by, sha: None, authorised: true };
+    let req = ManualRequest {
+        command,
+        trigger: Trigger::Cli,
+        requested_by: &requested_by,
+        author_id: None,
+        sha: None,
+        authorised: true,
+    };
     let lookup = match &stand {
         stands::StandRef::Id(id) => StandLookup::Id(*id),
         stands::StandRef::Branch { project, branch } => StandLookup::Branch { project, branch },

@@ -529,6 +529,8 @@ pub struct GithubConfig {
     pub token_env: Option<String>,
     pub app_id: Option<u64>,
     pub private_key_file: Option<PathBuf>,
+    /// The App's installation; when unset it is looked up per repository owner.
+    pub installation_id: Option<u64>,
     /// One secret for every GitHub project (a GitHub App's webhook); projects may still set their own.
     pub webhook_secret_env: Option<String>,
 }
@@ -540,6 +542,7 @@ impl Default for GithubConfig {
             token_env: None,
             app_id: None,
             private_key_file: None,
+            installation_id: None,
             webhook_secret_env: None,
         }
     }
@@ -814,6 +817,14 @@ impl Config {
         }
         if let Some(vault) = &self.vault {
             self.validate_vault(vault)?;
+        }
+        match (self.github.app_id, &self.github.private_key_file) {
+            (Some(_), None) => return Err(self.invalid("github.private_key_file", "is needed with github.app_id")),
+            (None, Some(_)) => return Err(self.invalid("github.app_id", "is needed with github.private_key_file")),
+            _ => {}
+        }
+        if self.github.installation_id.is_some() && self.github.app_id.is_none() {
+            return Err(self.invalid("github.installation_id", "only applies to a GitHub App (github.app_id)"));
         }
         if let Some(pg) = &self.postgres
             && (pg.credential_ttl < Duration::from_secs(1) || pg.credential_ttl > Duration::from_secs(3600))

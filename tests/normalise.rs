@@ -113,7 +113,15 @@ fn github_comment_and_check_run_fixtures() {
     ours["requested_action"]["identifier"] = "rerun".into();
     ours["check_run"]["pull_requests"][0]["head"]["ref"] = "feature/x".into();
     match gh("check_run", &ours) {
-        Event::Command { pr_number: 26764, command: Command::Rerun, branch: Some(b), sha: Some(s), author } => {
+        Event::Command {
+            pr_number: 26764,
+            command: Command::Rerun,
+            branch: Some(b),
+            sha: Some(s),
+            author,
+            author_id,
+        } => {
+            assert!(author_id.is_some(), "the sender's id is kept for the access check");
             assert_eq!(b.as_str(), "feature/x");
             assert_eq!(s.as_str(), "5bd5f196a46b8222fb7484f05faba41a73cf34bd");
             assert_eq!(author, "codebytere");
@@ -190,7 +198,8 @@ fn gitlab_note_and_push_fixtures() {
     assert!(ignored(&gl("gitlab-notes", "Note Hook", &cmd)).contains("\"master\" matches none"));
     cmd["merge_request"]["source_branch"] = "feature/notes".into();
     match gl("gitlab-notes", "Note Hook", &cmd) {
-        Event::Command { pr_number: 1, command: Command::Destroy, branch: Some(b), sha: None, author } => {
+        Event::Command { pr_number: 1, command: Command::Destroy, branch: Some(b), sha: None, author, author_id } => {
+            assert!(author_id.is_some(), "the note author's id is kept for GitLab's member API");
             assert_eq!(b.as_str(), "feature/notes");
             assert_eq!(author, "root");
         }

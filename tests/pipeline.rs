@@ -7,6 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use draftd::forge::authorise::{Authorise, Verdict};
 use draftd::pipeline::{Engine, EngineSettings, RunContext, RunEnd, StepError, StepName, StepOutcome, StepRunner};
 use serde_json::json;
 use sqlx::PgPool;
@@ -423,7 +424,7 @@ async fn a_worker_that_lost_its_lease_stops_without_writing(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]
-async fn forge_commands_are_rejected_until_write_access_can_be_checked(pool: PgPool) {
+async fn forge_commands_are_rejected_when_nothing_can_check_write_access(pool: PgPool) {
     let fake = Fake::with_delay(Duration::ZERO);
     let run = queue(&pool, "feature/a", "teardown", "a1").await;
     sqlx::query("update runs set trigger = 'command', requested_by = 'mallory', automatic = false where run_id = $1")
@@ -436,4 +437,49 @@ async fn forge_commands_are_rejected_until_write_access_can_be_checked(pool: PgP
     assert_eq!(state, "rejected");
     assert_eq!(error.unwrap()["label"], "unauthorised");
     assert!(fake.calls().is_empty(), "nothing was executed");
+}
+
+/// Answers from a list, one per call, as the forge's access check would.
+struct Gate(Mutex<VecDeque<Result<Verdict, StepError>>>);
+
+impl Authorise for Gate {
+    fn authorise<'a>(
+        &'a self,
+        _run: &'a RunContext,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Verdict, StepError>> + Send + 'a>> {
+        let next = self.0.lock().unwrap().pop_front().expect("an answer");
+        Box::pin(async move { next })
+    }
+}
+
+async fn command(pool: &PgPool, branch: &str, kind: &str, who: &str) -> i64 {
+    let run = queue(pool, branch, kind, "a1").await;
+    sqlx::query("update runs set trigger = 'check_run', requested_by = $2, automatic = false where run_id = $1")
+        .bind(run)
+        .bind(who)
+        .execute(pool)
+        .await
+        .unwrap();
+    run
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn forge_commands_act_once_the_access_check_allows_them(pool: PgPool) {
+    let fake = Fake::with_delay(Duration::ZERO);
+    let gate = Arc::new(Gate(Mutex::new(VecDeque::from([
+        Err(StepError::transient("forge_unavailable", "GitHub answered 502")),
+        Ok(Verdict::Allowed),
+        Ok(Verdict::Denied { reason: "mallory has read access to acme/shop".into() }),
+    ]))));
+    let engine = Arc::new(Engine::new(pool.clone(), fake.clone(), settings(), "w1").with_authoriser(gate.clone()));
+    let allowed = command(&pool, "feature/a", "deploy", "alice").await;
+    assert_eq!(engine.run_one().await.unwrap(), Some((allowed, RunEnd::Succeeded)), "retried past the outage");
+    assert!(!fake.calls().is_empty(), "the re-run ran");
+    let calls = fake.calls().len();
+    let denied = command(&pool, "feature/b", "deploy", "mallory").await;
+    assert_eq!(engine.run_one().await.unwrap(), Some((denied, RunEnd::Rejected)));
+    let (state, error) = run_state(&pool, denied).await;
+    assert_eq!(state, "rejected");
+    assert_eq!(error.unwrap()["message"], "mallory has read access to acme/shop");
+    assert_eq!(fake.calls().len(), calls, "nothing of the refused run was executed");
 }

@@ -484,7 +484,8 @@ async fn draft_commands_in_comments_queue_runs_with_the_commenter(pool: PgPool) 
         assert!(!r.automatic);
     }
     assert_eq!(manual[0].sha.as_deref(), Some(sha(1).as_str()), "a re-run deploys the stand's head commit");
-    assert_eq!(manual[1].params, json!({ "by_seconds": 86400 }));
+    // The commenter's id rides along for the access check.
+    assert_eq!(manual[1].params, json!({ "by_seconds": 86400, "author_id": 21031067 }));
     // Authorisation comes before a destroy acts, so the stand is not closing yet.
     assert_eq!(stand(&pool, "hello-world", "feature/login").await.unwrap().state, "active");
 

@@ -9,11 +9,14 @@ mod github;
 mod gitlab;
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 use secrecy::{ExposeSecret, SecretString};
 
-pub use self::github::GithubClient;
+pub use self::github::{AppCredentials, GithubClient};
 pub use self::gitlab::GitlabClient;
 use crate::config::{Config, ForgeKind};
 
@@ -37,7 +40,91 @@ pub fn marker(stand_id: i64) -> String {
     format!("<!-- draftd:stand:{stand_id} -->")
 }
 
-/// Reports on PRs/MRs. Implementations must keep exactly one comment per marker and PR.
+/// Where a stand's run stands, as a check: GitHub check run (App) or commit status (token), GitLab
+/// commit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckState {
+    Queued,
+    InProgress,
+    Success,
+    Failure,
+    Cancelled,
+}
+
+/// One state of the `draftd` check of a commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckReport {
+    pub sha: String,
+    pub state: CheckState,
+    /// One line; commit statuses keep its first 140 characters as their description.
+    pub title: String,
+    /// Markdown (check runs only; GitHub keeps at most 65,535 characters).
+    pub summary: String,
+    /// The stand's page: the check's details link, the status's target.
+    pub details_url: Option<String>,
+    /// The PR's branch: GitLab puts the status on this ref (else on the first branch holding the commit).
+    #[serde(default)]
+    pub branch: Option<String>,
+}
+
+/// A deployment's (GitHub) or environment's (GitLab) state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnvironmentState {
+    InProgress,
+    Success,
+    Failure,
+    /// The stand is gone: GitHub deployment status `inactive`, GitLab environment stopped.
+    Inactive,
+}
+
+/// One state of a stand's environment `draft/<branch>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentReport {
+    /// `draft/<branch>`.
+    pub environment: String,
+    pub branch: String,
+    pub sha: String,
+    pub state: EnvironmentState,
+    /// The stand's address (GitHub `environment_url`, GitLab `external_url`).
+    pub url: Option<String>,
+    /// The run's page (GitHub `log_url`).
+    pub log_url: Option<String>,
+    /// One line; cut to 140 characters.
+    pub description: String,
+}
+
+/// What the forge made of an environment report: GitHub's deployment (one per commit) or
+/// GitLab's environment, by id, so the next report updates it without searching.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentRef {
+    pub id: u64,
+    /// The commit the GitHub deployment was made for; a new commit gets a new deployment.
+    pub sha: String,
+}
+
+/// A forge user's access to a repository, as the forge states it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Permission {
+    /// GitHub: `admin`, `write`, `read` or `none` (with the role name when it differs); GitLab: the
+    /// access level's name and number, e.g. `developer (30)`, or `none`.
+    pub level: String,
+    /// May push to the repository: GitHub `write`/`admin` (roles maintain and write included),
+    /// GitLab Developer (30) or above.
+    pub write: bool,
+}
+
+/// Who asked, as the forge's webhook named them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForgeUser<'a> {
+    pub login: &'a str,
+    /// GitLab's numeric user id (the member API takes it); GitHub works by login.
+    pub id: Option<u64>,
+}
+
+/// Reports on PRs/MRs and asks the forge who may do what. Every method is one idempotent
+/// delivery: calling it again with the same arguments leaves the forge as one call would.
 pub trait ForgeClient: Send + Sync + 'static {
     /// Finds the comment of PR/MR `number` in `repo` containing `marker` (listing every page) and
     /// replaces its body with `body`, or posts `body` as a new comment when there is none.
@@ -58,6 +145,50 @@ pub trait ForgeClient: Send + Sync + 'static {
         comment_id: u64,
         body: &str,
     ) -> impl Future<Output = Result<CommentRef, ForgeError>> + Send;
+
+    /// Posts a new comment (a reply to a command). The one method that is not idempotent: a call
+    /// that timed out after the forge took it and is then retried posts the reply twice.
+    fn post_comment(
+        &self,
+        repo: &str,
+        number: u64,
+        body: &str,
+    ) -> impl Future<Output = Result<CommentRef, ForgeError>> + Send;
+
+    /// Sets the `draftd` check of `check.sha`. `previous` is the id an earlier call returned for the
+    /// same commit (a GitHub check run is updated in place). Returns the id to pass next time.
+    fn report_check(
+        &self,
+        repo: &str,
+        check: &CheckReport,
+        previous: Option<u64>,
+    ) -> impl Future<Output = Result<Option<u64>, ForgeError>> + Send;
+
+    /// Records the stand's environment state. `previous` is what an earlier call returned.
+    /// `None` when there was nothing to record (an environment never created cannot be stopped).
+    fn report_environment(
+        &self,
+        repo: &str,
+        env: &EnvironmentReport,
+        previous: Option<&EnvironmentRef>,
+    ) -> impl Future<Output = Result<Option<EnvironmentRef>, ForgeError>> + Send;
+
+    /// Adds (`present`) or removes a label of PR/MR `number`; removing a label it does not have is
+    /// not an error.
+    fn set_label(
+        &self,
+        repo: &str,
+        number: u64,
+        label: &str,
+        present: bool,
+    ) -> impl Future<Output = Result<(), ForgeError>> + Send;
+
+    /// The user's access to `repo`. A user the forge does not know has level `none`.
+    fn permission(
+        &self,
+        repo: &str,
+        user: ForgeUser<'_>,
+    ) -> impl Future<Output = Result<Permission, ForgeError>> + Send;
 }
 
 /// Why a forge call failed. Never carries the token.
@@ -84,6 +215,9 @@ pub enum ForgeError {
     /// Bad input or configuration (a malformed repo name, an unusable URL): retrying cannot help.
     #[error("{}: {message}", .forge.as_str())]
     Invalid { forge: ForgeKind, message: String },
+    /// Not sent: the forge's rate limit asked this client to wait, and the wait is not over.
+    #[error("{} {operation}: not sent, rate limited for another {wait:?}", .forge.as_str())]
+    Held { forge: ForgeKind, operation: &'static str, wait: Duration },
 }
 
 impl ForgeError {
@@ -94,7 +228,7 @@ impl ForgeError {
             ForgeError::Status { status, retry_after, .. } => {
                 *status >= 500 || *status == 408 || *status == 429 || (*status == 403 && retry_after.is_some())
             }
-            ForgeError::Timeout { .. } | ForgeError::Connection { .. } => true,
+            ForgeError::Timeout { .. } | ForgeError::Connection { .. } | ForgeError::Held { .. } => true,
             ForgeError::Response { .. } | ForgeError::Invalid { .. } => false,
         }
     }
@@ -103,6 +237,7 @@ impl ForgeError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             ForgeError::Status { retry_after, .. } => *retry_after,
+            ForgeError::Held { wait, .. } => Some(*wait),
             _ => None,
         }
     }
@@ -120,21 +255,70 @@ impl ForgeError {
     }
 }
 
-/// Removes the token from text that came from a forge or an HTTP library, and bounds its length.
+/// Removes tokens from text that came from a forge or an HTTP library, and bounds its length. Shared
+/// by a client's clones, so a GitHub App's installation tokens are scrubbed as soon as they exist.
 #[derive(Clone)]
-pub(crate) struct Redactor(SecretString);
+pub(crate) struct Redactor(Arc<RwLock<Vec<SecretString>>>);
 
 impl Redactor {
     pub(crate) fn new(token: &SecretString) -> Self {
-        Self(token.clone())
+        Self(Arc::new(RwLock::new(vec![token.clone()])))
+    }
+
+    /// Scrubs `token` too from now on.
+    pub(crate) fn add(&self, token: &SecretString) {
+        let mut tokens = self.0.write().unwrap_or_else(|e| e.into_inner());
+        // Installation tokens are replaced hourly: the newest few are all that can still appear.
+        if tokens.len() > 8 {
+            tokens.remove(1);
+        }
+        tokens.push(token.clone());
     }
 
     pub(crate) fn scrub(&self, text: &str) -> String {
-        let token = self.0.expose_secret();
-        let mut out = if token.is_empty() { text.to_owned() } else { text.replace(token, "[redacted]") };
+        let mut out = text.to_owned();
+        for token in self.0.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            let token = token.expose_secret();
+            if !token.is_empty() {
+                out = out.replace(token, "[redacted]");
+            }
+        }
         crate::text::cut(&mut out, MAX_MESSAGE, "…");
         out
     }
+}
+
+/// A client's rate-limit hold: once a forge says "wait" (`Retry-After`, an exhausted quota, a
+/// secondary limit), every call of that client fails fast with [`ForgeError::Held`] until the time
+/// is up, instead of spending more of the quota (GitHub may ban integrations that keep calling).
+#[derive(Clone, Default)]
+pub(crate) struct Hold(Arc<Mutex<Option<Instant>>>);
+
+impl Hold {
+    pub(crate) fn check(&self, forge: ForgeKind, operation: &'static str) -> Result<(), ForgeError> {
+        let until = *self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match until.and_then(|u| u.checked_duration_since(Instant::now())) {
+            Some(wait) if !wait.is_zero() => Err(ForgeError::Held { forge, operation, wait }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Holds calls for `wait` from now, unless a longer hold is in place.
+    pub(crate) fn hold(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if held.is_none_or(|h| h < until) {
+            *held = Some(until);
+        }
+    }
+}
+
+/// Cuts `text` to `max` characters, marking the cut.
+pub(crate) fn clip(text: &str, max: usize) -> String {
+    let mut out = text.to_owned();
+    // `cut` counts bytes: at most `max` bytes is at most `max` characters, marker included.
+    crate::text::cut(&mut out, max.saturating_sub('…'.len_utf8()), "…");
+    out
 }
 
 /// Parses `Retry-After`: delay-seconds or an HTTP date.
@@ -161,8 +345,9 @@ pub(crate) async fn within<T>(
     }
 }
 
-/// Either real client, so one reporter serves GitHub and GitLab projects alike.
-#[derive(Debug)]
+/// Either real client, so one reporter serves GitHub and GitLab projects alike. Clones share their
+/// connection pool, token cache and rate-limit hold.
+#[derive(Debug, Clone)]
 pub enum AnyForge {
     Github(GithubClient),
     Gitlab(GitlabClient),
@@ -176,8 +361,9 @@ impl AnyForge {
         }
     }
 
-    /// The clients the configuration allows: a forge whose `token_env` is set and names a non-empty
-    /// variable. `Err` names the forge and variable (never the value) when a named variable is unset.
+    /// The clients the configuration allows: GitHub as an App (`app_id` + `private_key_file`) or
+    /// with a token (`token_env`), GitLab with a token. `Err` names the forge and the variable or
+    /// file (never a value) when one is unset, unreadable or unusable.
     /// Call within a Tokio runtime (octocrab's client needs one).
     pub fn from_config(config: &Config) -> Result<Vec<AnyForge>, ForgeError> {
         let mut forges = Vec::new();
@@ -190,9 +376,17 @@ impl AnyForge {
                 }),
             }
         };
-        if let Some(var) = &config.github.token_env {
+        let gh = &config.github;
+        if let (Some(app_id), Some(key_file)) = (gh.app_id, &gh.private_key_file) {
+            let pem = std::fs::read(key_file).map_err(|e| ForgeError::Invalid {
+                forge: ForgeKind::Github,
+                message: format!("private_key_file {}: {e}", key_file.display()),
+            })?;
+            let app = AppCredentials { app_id, private_key_pem: pem, installation_id: gh.installation_id };
+            forges.push(AnyForge::Github(GithubClient::app(&gh.api_url, app, DEFAULT_CALL_TIMEOUT)?));
+        } else if let Some(var) = &gh.token_env {
             let t = token(ForgeKind::Github, var)?;
-            forges.push(AnyForge::Github(GithubClient::new(&config.github.api_url, &t, DEFAULT_CALL_TIMEOUT)?));
+            forges.push(AnyForge::Github(GithubClient::new(&gh.api_url, &t, DEFAULT_CALL_TIMEOUT)?));
         }
         if let Some(var) = &config.gitlab.token_env {
             let t = token(ForgeKind::Gitlab, var)?;
@@ -200,6 +394,16 @@ impl AnyForge {
         }
         Ok(forges)
     }
+}
+
+/// Runs the same call on whichever client this is.
+macro_rules! each {
+    ($self:ident, $c:ident => $call:expr) => {
+        match $self {
+            AnyForge::Github($c) => $call.await,
+            AnyForge::Gitlab($c) => $call.await,
+        }
+    };
 }
 
 impl ForgeClient for AnyForge {
@@ -210,10 +414,7 @@ impl ForgeClient for AnyForge {
         marker: &str,
         body: &str,
     ) -> Result<CommentRef, ForgeError> {
-        match self {
-            AnyForge::Github(c) => c.upsert_sticky_comment(repo, number, marker, body).await,
-            AnyForge::Gitlab(c) => c.upsert_sticky_comment(repo, number, marker, body).await,
-        }
+        each!(self, c => c.upsert_sticky_comment(repo, number, marker, body))
     }
 
     async fn edit_comment(
@@ -223,10 +424,37 @@ impl ForgeClient for AnyForge {
         comment_id: u64,
         body: &str,
     ) -> Result<CommentRef, ForgeError> {
-        match self {
-            AnyForge::Github(c) => c.edit_comment(repo, number, comment_id, body).await,
-            AnyForge::Gitlab(c) => c.edit_comment(repo, number, comment_id, body).await,
-        }
+        each!(self, c => c.edit_comment(repo, number, comment_id, body))
+    }
+
+    async fn post_comment(&self, repo: &str, number: u64, body: &str) -> Result<CommentRef, ForgeError> {
+        each!(self, c => c.post_comment(repo, number, body))
+    }
+
+    async fn report_check(
+        &self,
+        repo: &str,
+        check: &CheckReport,
+        previous: Option<u64>,
+    ) -> Result<Option<u64>, ForgeError> {
+        each!(self, c => c.report_check(repo, check, previous))
+    }
+
+    async fn report_environment(
+        &self,
+        repo: &str,
+        env: &EnvironmentReport,
+        previous: Option<&EnvironmentRef>,
+    ) -> Result<Option<EnvironmentRef>, ForgeError> {
+        each!(self, c => c.report_environment(repo, env, previous))
+    }
+
+    async fn set_label(&self, repo: &str, number: u64, label: &str, present: bool) -> Result<(), ForgeError> {
+        each!(self, c => c.set_label(repo, number, label, present))
+    }
+
+    async fn permission(&self, repo: &str, user: ForgeUser<'_>) -> Result<Permission, ForgeError> {
+        each!(self, c => c.permission(repo, user))
     }
 }
 

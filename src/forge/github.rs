@@ -78,6 +78,8 @@ struct Comment {
 #[derive(Debug, Deserialize)]
 struct User {
     login: String,
+    #[serde(default)]
+    id: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,7 +185,7 @@ fn issue_comment(ev: IssueCommentEvent) -> Result<Event, PayloadError> {
     if ev.issue.pull_request.is_none() {
         return Ok(Event::ignored("comment on an issue, not a pull request"));
     }
-    Ok(command_event(&ev.comment.body, ev.issue.number, None, None, &ev.comment.user.login))
+    Ok(command_event(&ev.comment.body, ev.issue.number, None, None, &ev.comment.user.login, ev.comment.user.id))
 }
 
 fn check_run(ev: CheckRunEvent, gate: &Gate) -> Result<Event, PayloadError> {
@@ -210,5 +212,6 @@ fn check_run(ev: CheckRunEvent, gate: &Gate) -> Result<Event, PayloadError> {
         sha: Some(sha),
         command: super::Command::Rerun,
         author: ev.sender.login,
+        author_id: ev.sender.id,
     })
 }

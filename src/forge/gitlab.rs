@@ -91,6 +91,8 @@ struct NoteMr {
 #[derive(Debug, Deserialize)]
 struct User {
     username: String,
+    #[serde(default)]
+    id: Option<u64>,
 }
 
 /// Normalises one delivery of event `event` (the `X-Gitlab-Event` header) for `project`.
@@ -172,5 +174,5 @@ fn note(ev: NoteEvent, gate: &Gate) -> Result<Event, PayloadError> {
     if let Err(ignored) = gate.admits(&branch, mr.source_project_id != mr.target_project_id) {
         return Ok(ignored);
     }
-    Ok(command_event(&ev.object_attributes.note, mr.iid, Some(branch), None, &ev.user.username))
+    Ok(command_event(&ev.object_attributes.note, mr.iid, Some(branch), None, &ev.user.username, ev.user.id))
 }

@@ -4,11 +4,15 @@
 //! whether a delivery can act at all (branch globs, forks, drafts, the opt-out label) live here too, so
 //! the store only sees events that matter and the HTTP layer only verifies and records.
 
+/// Who may act through the forge: write access, checked per command, audited.
+pub mod authorise;
 /// Reporting back: the `ForgeClient` trait and its GitHub (octocrab) and GitLab (gitlab crate) clients.
 pub mod client;
 pub mod command;
 pub mod github;
 pub mod gitlab;
+/// Checks, environments and labels: what a run's state says on the forge besides the comment.
+pub mod publish;
 /// The sticky comment's Markdown, rendered from a stand, its newest run and its steps.
 pub mod report;
 
@@ -41,6 +45,8 @@ pub enum Event {
         sha: Option<CommitSha>,
         command: Command,
         author: String,
+        /// The forge's numeric id of the author (GitLab's member API takes it).
+        author_id: Option<u64>,
     },
     /// Recorded for audit, acted on never.
     Ignored { reason: String },
@@ -186,11 +192,12 @@ pub(crate) fn command_event(
     branch: Option<BranchName>,
     sha: Option<CommitSha>,
     author: &str,
+    author_id: Option<u64>,
 ) -> Event {
     match command::parse(body) {
         None => Event::ignored("comment is not a /draft command"),
         Some(Err(e)) => Event::ignored(e.to_string()),
-        Some(Ok(command)) => Event::Command { pr_number, branch, sha, command, author: author.to_owned() },
+        Some(Ok(command)) => Event::Command { pr_number, branch, sha, command, author: author.to_owned(), author_id },
     }
 }
 

@@ -11,9 +11,15 @@ use super::client::marker;
 use crate::pipeline::plan;
 use crate::store::stands::{RunSummary, StandDetail};
 
-/// GitHub caps comments at 65,536 characters; a failure's error text is cut well below that.
-const MAX_ERROR_CHARS: usize = 3000;
+/// GitHub caps comments at 65,536 characters (GitLab notes at 1,000,000): a body stays below this,
+/// whatever the diagnostics. Only the diagnostics are ever cut to fit; the status never is.
+pub const MAX_BODY_CHARS: usize = 60_000;
+/// Diagnostics (pod states, log lines) beyond this are cut in the middle: the head says what failed,
+/// the tail holds the last log lines.
+const MAX_DIAGNOSTICS_CHARS: usize = 20_000;
 const MAX_NOTE_CHARS: usize = 200;
+/// Mocks listed by name; more are counted.
+const MAX_MOCKS: usize = 20;
 
 /// The headline of a report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +32,7 @@ pub enum Status {
 }
 
 impl Status {
-    fn headline(self) -> &'static str {
+    pub fn headline(self) -> &'static str {
         match self {
             Status::Ready => "✅ Draft stand ready",
             Status::Failed => "❌ Draft stand failed",
@@ -76,7 +82,17 @@ pub struct ReportView {
     /// The stand's address, once it has one.
     pub url: Option<String>,
     pub sha: Option<String>,
+    /// The newest commit of the PR, as draftd last heard.
+    pub head_sha: Option<String>,
     pub run_number: i32,
+    /// `deploy`, `teardown` or `extend`.
+    pub kind: String,
+    /// A `runs.trigger` (`pushed`, `command`, …) and who asked, for manual runs.
+    pub trigger: String,
+    pub requested_by: Option<String>,
+    /// The stand's and the run's pages on draftd's dashboard (`public_url`).
+    pub stand_link: Option<String>,
+    pub run_link: Option<String>,
     pub status: Status,
     pub steps: Vec<StepLine>,
     /// Integrations replaced by mocks in this stand.
@@ -89,7 +105,13 @@ pub struct ReportView {
 impl ReportView {
     /// A view of `detail`'s newest run (`stands::show` lists runs newest first). The `report` step
     /// itself is left out of the table: it is the one rendering. `None` when the stand has no run.
-    pub fn from_detail(detail: &StandDetail, url: Option<String>, mocks: Vec<String>) -> Option<ReportView> {
+    /// `public_url` is draftd's own address, for links to the stand's pages.
+    pub fn from_detail(
+        detail: &StandDetail,
+        url: Option<String>,
+        mocks: Vec<String>,
+        public_url: Option<&str>,
+    ) -> Option<ReportView> {
         let run: &RunSummary = detail.runs.iter().max_by_key(|r| r.number)?;
         let steps: Vec<StepLine> = run
             .steps
@@ -112,6 +134,8 @@ impl ReportView {
             .filter(|s| s.state == "failed" && s.name != "rollback")
             .chain(run.steps.iter().filter(|s| s.state == "failed"))
             .find_map(|s| s.error.as_ref().map(|e| format!("{}: {}", s.name, error_text(e))));
+        let base = public_url.map(|u| u.trim_end_matches('/')).filter(|u| !u.is_empty());
+        let stand_link = base.map(|b| format!("{b}/stands/{}", detail.stand.stand_id));
         Some(ReportView {
             stand_id: detail.stand.stand_id,
             project: detail.stand.project.clone(),
@@ -119,7 +143,13 @@ impl ReportView {
             namespace: detail.stand.namespace.clone(),
             url,
             sha: run.sha.clone().or_else(|| detail.stand.head_sha.clone()),
+            head_sha: detail.stand.head_sha.clone(),
             run_number: run.number,
+            kind: run.kind.clone(),
+            trigger: run.trigger.clone(),
+            requested_by: run.requested_by.clone(),
+            run_link: stand_link.as_ref().map(|l| format!("{l}/runs/{}", run.number)),
+            stand_link,
             status,
             steps,
             mocks,
@@ -150,7 +180,47 @@ fn step_note(state: &str, detail: &serde_json::Value, error: Option<&serde_json:
     }
 }
 
-/// The comment body for `view`: marker, headline, URL, commit, steps, mocks, expiry, error.
+impl ReportView {
+    /// Smoke ran in this run and passed.
+    pub fn smoke_passed(&self) -> bool {
+        self.steps.iter().any(|s| s.name == "smoke" && s.state == "succeeded")
+    }
+
+    /// The first failed step, for one-line summaries.
+    pub fn failed_step(&self) -> Option<&StepLine> {
+        self.steps
+            .iter()
+            .find(|s| s.state == "failed" && s.name != "rollback")
+            .or_else(|| self.steps.iter().find(|s| s.state == "failed"))
+    }
+}
+
+/// How a run came about, for people: `push`, `/draft rerun by @alice`.
+pub fn trigger_text(trigger: &str, requested_by: Option<&str>) -> String {
+    let what = match trigger {
+        "opened" => "PR opened",
+        "pushed" => "push",
+        "reopened" => "PR reopened",
+        "ready_for_review" => "ready for review",
+        "opt_in" => "opt-out label removed",
+        "closed" => "PR closed",
+        "merged" => "PR merged",
+        "opt_out" => "opt-out label added",
+        "command" => "`/draft` command",
+        "check_run" => "Re-run button",
+        "api" => "API",
+        "cli" => "CLI",
+        other => other,
+    };
+    match requested_by {
+        Some(who) if trigger == "command" || trigger == "check_run" => format!("{what} by @{who}"),
+        Some(who) => format!("{what} ({who})"),
+        None => what.to_owned(),
+    }
+}
+
+/// The comment body for `view`: marker, headline, URL, commit, trigger, steps, mocks, expiry with
+/// how to extend it, links, and for a failure the diagnostics — at most [`MAX_BODY_CHARS`].
 pub fn render(view: &ReportView) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{}", marker(view.stand_id));
@@ -176,16 +246,30 @@ pub fn render(view: &ReportView) -> String {
             },
         ),
     ];
+    facts.push(("Trigger", trigger_text(&view.trigger, view.requested_by.as_deref())));
     if view.status != Status::Removed {
-        let mocks = if view.mocks.is_empty() {
+        let mut mocks = if view.mocks.is_empty() {
             "none".to_owned()
         } else {
-            view.mocks.iter().map(|m| code(m)).collect::<Vec<_>>().join(", ")
+            view.mocks.iter().take(MAX_MOCKS).map(|m| code(m)).collect::<Vec<_>>().join(", ")
         };
+        if view.mocks.len() > MAX_MOCKS {
+            let _ = write!(mocks, " and {} more", view.mocks.len() - MAX_MOCKS);
+        }
         facts.push(("Mocks", mocks));
         if let Some(at) = view.expires_at {
-            facts.push(("Expires", at.format("%Y-%m-%d %H:%M UTC").to_string()));
+            facts.push((
+                "Expires",
+                format!("{} · comment `/draft extend 24h` to keep it longer", at.format("%Y-%m-%d %H:%M UTC")),
+            ));
         }
+    }
+    let links: Vec<String> = [("Dashboard", &view.stand_link), ("Logs", &view.run_link)]
+        .into_iter()
+        .filter_map(|(name, link)| link.as_ref().filter(|l| is_plain_url(l)).map(|l| format!("[{name}]({l})")))
+        .collect();
+    if !links.is_empty() {
+        facts.push(("Links", links.join(" · ")));
     }
     out.push_str("| | |\n| --- | --- |\n");
     for (k, v) in facts {
@@ -202,15 +286,31 @@ pub fn render(view: &ReportView) -> String {
             let _ = writeln!(out, "| {} | {} | {} |", cell(&s.name), cell(&outcome), duration);
         }
     }
-    if view.status == Status::Failed
-        && let Some(error) = &view.error
-    {
-        let text = cut(error.trim(), MAX_ERROR_CHARS);
-        let fence = "`".repeat(longest_run(&text, '`').max(2) + 1);
-        let _ = write!(out, "\n**Error**\n\n{fence}text\n{text}\n{fence}\n");
-        out.push_str("\nComment `/draft rerun` to try again.\n");
+    if view.status == Status::Failed {
+        const RERUN: &str = "\nComment `/draft rerun` to try again.\n";
+        if let Some(error) = &view.error {
+            // What is left of the budget after everything else, with room for the fences.
+            let room = MAX_BODY_CHARS.saturating_sub(out.chars().count() + RERUN.len() + 64).min(MAX_DIAGNOSTICS_CHARS);
+            let text = cut_middle(error.trim(), room);
+            let fence = "`".repeat(longest_run(&text, '`').max(2) + 1);
+            let _ = write!(out, "\n**Diagnostics**\n\n{fence}text\n{text}\n{fence}\n");
+        }
+        out.push_str(RERUN);
     }
     out
+}
+
+/// `text` in at most `max` characters: its head and its tail, with what was cut in between said.
+fn cut_middle(text: &str, max: usize) -> String {
+    let total = text.chars().count();
+    if total <= max {
+        return text.to_owned();
+    }
+    let note = format!("\n… {} characters cut …\n", total - max);
+    let keep = max.saturating_sub(note.chars().count());
+    let head: String = text.chars().take(keep / 3).collect();
+    let tail: String = text.chars().skip(total - (keep - keep / 3)).collect();
+    format!("{head}{note}{tail}")
 }
 
 fn step_icon(state: &str) -> &'static str {
@@ -311,6 +411,38 @@ mod tests {
     }
 
     #[test]
+    fn diagnostics_are_cut_in_the_middle_and_the_body_stays_under_the_limit() {
+        let mut view = ReportView {
+            stand_id: 1,
+            project: "p".into(),
+            branch: "b".into(),
+            namespace: "draft-b".into(),
+            url: None,
+            sha: None,
+            head_sha: None,
+            run_number: 1,
+            kind: "deploy".into(),
+            trigger: "pushed".into(),
+            requested_by: None,
+            stand_link: None,
+            run_link: None,
+            status: Status::Failed,
+            steps: vec![line("verify", "failed", Some(1), Some("rollout_timeout"))],
+            mocks: (0..500).map(|i| format!("mock{i}")).collect(),
+            expires_at: None,
+            error: None,
+        };
+        let log: String = (0..20_000).map(|i| format!("log line {i}\n")).collect();
+        view.error = Some(format!("verify: FIRST LINE\n{log}LAST LINE"));
+        let body = render(&view);
+        assert!(body.chars().count() <= MAX_BODY_CHARS, "{}", body.len());
+        assert!(body.starts_with("<!-- draftd:stand:1 -->\n### ❌ Draft stand failed\n"));
+        assert!(body.contains("FIRST LINE") && body.contains("LAST LINE") && body.contains("characters cut"));
+        assert!(body.contains("and 480 more"));
+        assert!(body.ends_with("Comment `/draft rerun` to try again.\n"));
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(duration(850), "850 ms");
         assert_eq!(duration(12_345), "12.3 s");
@@ -337,7 +469,13 @@ mod tests {
             namespace: "draft-b".into(),
             url: None,
             sha: None,
+            head_sha: None,
             run_number: 1,
+            kind: "deploy".into(),
+            trigger: "opened".into(),
+            requested_by: None,
+            stand_link: None,
+            run_link: None,
             status: Status::Deploying,
             steps: vec![],
             mocks: vec![],
@@ -346,6 +484,9 @@ mod tests {
         };
         let body = render(&view);
         assert!(body.starts_with("<!-- draftd:stand:1 -->\n### ⏳ Draft stand deploying\n"), "{body}");
-        assert!(body.contains("| Expires | 2026-11-27 14:05 UTC |"), "{body}");
+        assert!(
+            body.contains("| Expires | 2026-11-27 14:05 UTC · comment `/draft extend 24h` to keep it longer |"),
+            "{body}"
+        );
     }
 }

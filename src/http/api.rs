@@ -107,7 +107,14 @@ async fn destroy(
 
 async fn queue(_: Caller, state: &AppState, id: i64, command: Command) -> Result<(StatusCode, Json<Value>), ApiError> {
     let mut tx = state.pool().begin().await.map_err(crate::store::StoreError::from)?;
-    let req = ManualRequest { command, trigger: Trigger::Api, requested_by: "api", sha: None, authorised: true };
+    let req = ManualRequest {
+        command,
+        trigger: Trigger::Api,
+        requested_by: "api",
+        author_id: None,
+        sha: None,
+        authorised: true,
+    };
     let outcome = manual::queue(&mut tx, StandLookup::Id(id), &req).await?;
     tx.commit().await.map_err(crate::store::StoreError::from)?;
     match outcome {

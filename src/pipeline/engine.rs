@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use super::step::{StepError, StepErrorKind, StepName, StepRunner, plan};
+use crate::forge::authorise::{Authorise, Verdict, needs_check};
 use crate::store::runs::{self, Advance, ClaimedRun, Overtaken, RunStoreError, StepEnd};
 
 /// Timings and limits of the engine; the defaults suit a cluster, tests shrink them.
@@ -87,7 +88,7 @@ pub enum RunEnd {
     Superseded,
     /// A teardown was queued: this deploy stopped at a step boundary.
     Cancelled,
-    /// Asked for by a forge user whose write access cannot be checked yet: not acted on.
+    /// Asked for by a forge user without write access (or with no way to check it): not acted on.
     Rejected,
     /// Another worker holds the run now; this one stopped without writing anything more.
     LeaseLost,
@@ -134,6 +135,8 @@ pub struct Engine<R> {
     /// Run limits of projects that set one (project → limit), as `runs::claim` reads them.
     project_limits: serde_json::Value,
     wake: Wake,
+    /// Checks forge users' access before their runs act; without one, their runs are refused.
+    authoriser: Option<Arc<dyn Authorise>>,
 }
 
 /// Aborts the heartbeat when the run's future is dropped, as a killed worker's would stop.
@@ -154,7 +157,21 @@ struct Ended {
 
 impl<R: StepRunner> Engine<R> {
     pub fn new(pool: PgPool, runner: Arc<R>, settings: EngineSettings, owner: impl Into<String>) -> Self {
-        Self { pool, runner, settings, owner: owner.into(), project_limits: json!({}), wake: Wake::default() }
+        Self {
+            pool,
+            runner,
+            settings,
+            owner: owner.into(),
+            project_limits: json!({}),
+            wake: Wake::default(),
+            authoriser: None,
+        }
+    }
+
+    /// Lets `/draft` commands and check-run buttons act once the forge confirms write access.
+    pub fn with_authoriser(mut self, authoriser: Arc<dyn Authorise>) -> Self {
+        self.authoriser = Some(authoriser);
+        self
     }
 
     /// Shares a [`Wake`] with whoever queues runs in this process (the webhook handler, the API).
@@ -221,11 +238,20 @@ impl<R: StepRunner> Engine<R> {
     }
 
     async fn drive(&self, run: &ClaimedRun, lost: &watch::Receiver<bool>) -> Result<RunEnd, RunStoreError> {
-        // `/draft` commands and check-run buttons are honoured only from users with write access,
-        // which the forge-reporting issue checks; until then nobody's command may act.
-        if run.requested_by.is_some() && matches!(run.trigger.as_str(), "command" | "check_run") {
-            let error = json!({ "label": "unauthorised", "message": "forge commands wait for the write-access check" });
-            return self.end(run, "rejected", RunEnd::Rejected, Some(error), Vec::new()).await;
+        // `/draft` commands and check-run buttons are honoured only from users with write access.
+        if needs_check(run) {
+            match self.authorise(run, lost).await {
+                Ok(Verdict::Allowed) => {}
+                Ok(Verdict::Denied { reason }) => {
+                    let error = json!({ "label": "unauthorised", "message": reason });
+                    return self.end(run, "rejected", RunEnd::Rejected, Some(error), Vec::new()).await;
+                }
+                Err(Ok(e)) => {
+                    let error = json!({ "kind": e.kind, "label": e.label, "message": e.message });
+                    return self.end(run, "failed", RunEnd::Failed, Some(error), Vec::new()).await;
+                }
+                Err(Err(failure)) => return failure.into_end(),
+            }
         }
         // Resuming: steps recorded as done are never executed again. Steps are only recorded under a
         // claim, so a run claimed for the first time has none to read.
@@ -300,6 +326,38 @@ impl<R: StepRunner> Engine<R> {
             Some((step, e)) => {
                 let error = json!({ "step": step, "kind": e.kind, "label": e.label, "message": e.message });
                 self.end(run, "failed", RunEnd::Failed, Some(error), ended).await
+            }
+        }
+    }
+
+    /// The forge's word on the requester, asked again with backoff while the forge is unreachable.
+    /// `Err(Ok(e))`: no answer could be had; `Err(Err(_))`: the lease was lost meanwhile.
+    async fn authorise(
+        &self,
+        run: &ClaimedRun,
+        lost: &watch::Receiver<bool>,
+    ) -> Result<Verdict, Result<StepError, StepFailure>> {
+        let Some(authoriser) = &self.authoriser else {
+            return Ok(Verdict::Denied { reason: "no forge client is configured to check write access".into() });
+        };
+        let mut attempt = 1;
+        loop {
+            let result = tokio::select! {
+                r = authoriser.authorise(run) => r,
+                _ = lease_lost(lost) => return Err(Err(StepFailure::Lease)),
+            };
+            match result {
+                Ok(v) => return Ok(v),
+                Err(e) if e.kind == StepErrorKind::Transient && attempt < self.settings.max_step_attempts => {
+                    let delay = backoff(&self.settings, attempt);
+                    tracing::info!(attempt, retry_in = ?delay, error = %e, "access check failed, will retry");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = lease_lost(lost) => return Err(Err(StepFailure::Lease)),
+                    }
+                    attempt += 1;
+                }
+                Err(e) => return Err(Ok(e)),
             }
         }
     }

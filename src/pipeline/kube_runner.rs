@@ -312,7 +312,7 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
             StepName::Report => {
                 let deploy = self.detail_of(run, StepName::Deploy).await?;
                 let mocks = serde_json::from_value(deploy["mocks"].clone()).unwrap_or_default();
-                queue_report(&self.pool, run, project, &plan, mocks, None).await
+                queue_report(&self.pool, run, project, &plan, mocks, &self.config.public_url, None).await
             }
         }
     }
@@ -323,7 +323,7 @@ impl<H: Helm, C: Cluster> StepRunner for KubernetesSteps<H, C> {
         let Ok(project) = project_of(&self.config, run) else { return };
         let plan = self.plan(run, project);
         // Best effort, as the trait asks: a report that cannot be queued must not stop the run.
-        if let Err(e) = queue_report(&self.pool, run, project, &plan, Vec::new(), None).await {
+        if let Err(e) = queue_report(&self.pool, run, project, &plan, Vec::new(), &self.config.public_url, None).await {
             tracing::warn!(error = %e, "could not queue the report of a started run");
         }
     }

@@ -14,10 +14,10 @@ use super::plan::StandPlan;
 use super::step::{RunContext, StepError, StepName, StepOutcome, StepRunner};
 use crate::config::{Config, ProjectConfig};
 use crate::credentials::{CredentialError, StandCredentials, redacted, stand_db};
-use crate::forge::client::marker;
+use crate::forge::publish::{TESTED_LABEL, Target, outbound};
 use crate::forge::report::{ReportView, render};
 use crate::helm::Helm;
-use crate::reporter::{CommentPayload, enqueue_comment};
+use crate::reporter::{LabelPayload, Outbound, enqueue};
 use crate::store::stands::{self, StandRef};
 
 pub struct DryRunSteps<H> {
@@ -151,7 +151,7 @@ impl<H: Helm> DryRunSteps<H> {
         };
         // A copy beside the manifests, but never a folder recreated after a teardown removed it.
         let copy = dir.exists().then(|| dir.join("report.md"));
-        queue_report(&self.pool, run, project, plan, mocks, copy.as_deref()).await
+        queue_report(&self.pool, run, project, plan, mocks, &self.config.public_url, copy.as_deref()).await
     }
 }
 
@@ -267,40 +267,69 @@ pub(super) async fn drop_database(
     }
 }
 
-/// Renders the sticky comment from the stand's recorded runs, optionally keeps a copy at `copy_to`,
-/// and queues it in the outbox for the reporter. Shared by both modes' report steps.
+/// Renders the stand's reports from its recorded runs (sticky comment, check, environment, label),
+/// optionally keeps a copy of the comment at `copy_to`, and queues them in the outbox for the
+/// reporter, in one transaction. Shared by both modes' report steps.
 pub(super) async fn queue_report(
     pool: &PgPool,
     run: &RunContext,
     project: &ProjectConfig,
     plan: &StandPlan,
     mocks: Vec<String>,
+    public_url: &str,
     copy_to: Option<&Path>,
 ) -> Result<StepOutcome, StepError> {
     let db = |e: crate::store::StoreError| StepError::transient("database", e.to_string());
+    let sql = |e: sqlx::Error| StepError::transient("database", e.to_string());
     let Some(detail) = stands::show(pool, &StandRef::Id(run.stand_id), 5).await.map_err(db)? else {
         return Err(StepError::permanent("stand_missing", "the stand row is gone"));
     };
-    let Some(view) = ReportView::from_detail(&detail, plan.url.clone(), mocks) else {
+    let Some(view) = ReportView::from_detail(&detail, plan.url.clone(), mocks, Some(public_url)) else {
         return Err(StepError::permanent("no_run", "the stand has no run to report"));
     };
-    let body = render(&view);
     let path = match copy_to {
-        Some(path) => Some(write(path, &body).await?),
+        Some(path) => Some(write(path, &render(&view)).await?),
         None => None,
     };
-    let Some(number) = detail.stand.pr_number else {
-        return Ok(StepOutcome::done(json!({ "rendered": path, "comment": "no pull request known" })));
+    let number = detail.stand.pr_number.map(|n| n as u64);
+    let mut tx = pool.begin().await.map_err(sql)?;
+    let labelled = match number {
+        Some(n) => label_added(&mut tx, run.stand_id, project, n).await.map_err(sql)?,
+        None => false,
     };
-    let payload = CommentPayload {
+    let target = Target { forge: project.forge, repo: &project.repo, number, labelled };
+    let mut queued = Vec::new();
+    for out in outbound(&view, &target) {
+        queued.push(json!({ "kind": out.kind(), "outbox": enqueue(&mut *tx, run.stand_id, Some(run.run_id), &out).await.map_err(db)? }));
+    }
+    tx.commit().await.map_err(sql)?;
+    let comment = if number.is_none() { Some("no pull request known") } else { None };
+    Ok(StepOutcome::done(json!({ "rendered": path, "queued": queued, "comment": comment })))
+}
+
+/// Whether the newest `draft-tested` row of the PR (delivered or on its way) adds the label.
+async fn label_added(
+    tx: &mut sqlx::PgConnection,
+    stand_id: i64,
+    project: &ProjectConfig,
+    number: u64,
+) -> Result<bool, sqlx::Error> {
+    let probe = Outbound::Label(LabelPayload {
         forge: project.forge,
         repo: project.repo.clone(),
-        number: number as u64,
-        marker: marker(run.stand_id),
-        body,
-    };
-    let outbox = enqueue_comment(pool, run.stand_id, Some(run.run_id), &payload).await.map_err(db)?;
-    Ok(StepOutcome::done(json!({ "rendered": path, "outbox": outbox })))
+        number,
+        label: TESTED_LABEL.to_owned(),
+        present: true,
+    });
+    let present: Option<bool> = sqlx::query_scalar(
+        "select (payload->>'present')::boolean from outbox
+         where coalesce_key = $1 and state in ('pending', 'delivered') order by outbox_id desc limit 1",
+    )
+    .bind(probe.coalesce_key(stand_id))
+    .fetch_optional(&mut *tx)
+    .await?
+    .flatten();
+    Ok(present == Some(true))
 }
 
 impl<H: Helm> StepRunner for DryRunSteps<H> {

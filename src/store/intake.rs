@@ -80,8 +80,9 @@ pub async fn record(pool: &PgPool, d: &Delivery<'_>) -> Result<Recorded, StoreEr
         Event::Ignored { reason } => Decision::ignored(None, reason.clone()),
         Event::Deploy { pr, trigger } => deploy(&mut tx, d, pr, *trigger).await?,
         Event::Teardown { pr, trigger } => teardown(&mut tx, d, pr, *trigger).await?,
-        Event::Command { pr_number, branch, sha, command, author } => {
-            manual(&mut tx, d, *pr_number, branch.as_ref(), sha.as_ref().map(|s| s.as_str()), *command, author).await?
+        Event::Command { pr_number, branch, sha, command, author, author_id } => {
+            let sha = sha.as_ref().map(|s| s.as_str());
+            manual(&mut tx, d, *pr_number, branch.as_ref(), sha, *command, (author, *author_id)).await?
         }
     };
     // The delivery row comes last, with its final values: when its id is already recorded, rolling
@@ -296,7 +297,7 @@ async fn manual(
     branch: Option<&BranchName>,
     sha: Option<&str>,
     command: Command,
-    author: &str,
+    (author, author_id): (&str, Option<u64>),
 ) -> Result<Decision, StoreError> {
     let project = d.project.as_str();
     let lookup = match branch {
@@ -304,7 +305,7 @@ async fn manual(
         None => StandLookup::PullRequest { project, number: pr_number },
     };
     let trigger = if branch.is_some() && sha.is_some() { Trigger::CheckRun } else { Trigger::Command };
-    let req = ManualRequest { command, trigger, requested_by: author, sha, authorised: false };
+    let req = ManualRequest { command, trigger, requested_by: author, author_id, sha, authorised: false };
     Ok(match manual::queue(tx, lookup, &req).await? {
         ManualOutcome::Queued { stand, run } => Decision::queued(stand, run),
         ManualOutcome::Refused { stand, reason, .. } => Decision::ignored(stand, reason),

@@ -28,6 +28,8 @@ pub struct ManualRequest<'a> {
     pub command: Command,
     pub trigger: Trigger,
     pub requested_by: &'a str,
+    /// The forge's numeric id of the requester, kept in the run's params for the access check.
+    pub author_id: Option<u64>,
     /// The commit to re-run; the stand's head commit when `None`.
     pub sha: Option<&'a str>,
     /// The requester is known to be allowed (API token, database access). A forge comment is not
@@ -94,11 +96,14 @@ pub async fn queue(
             reason: format!("stand is {}", state.as_str()),
         });
     }
-    let (kind, params) = match req.command {
+    let (kind, mut params) = match req.command {
         Command::Rerun => ("deploy", json!({})),
         Command::Destroy => ("teardown", json!({})),
         Command::Extend { by } => ("extend", json!({ "by_seconds": by.map(|d| d.as_secs()) })),
     };
+    if let Some(id) = req.author_id {
+        params["author_id"] = json!(id);
+    }
     let sha = req.sha.map(str::to_owned).or(head_sha);
     if kind == "deploy" && sha.is_none() {
         return Ok(ManualOutcome::Refused {

@@ -1,17 +1,20 @@
-//! The outbox: what draftd owes the forges (comments now; checks, statuses, deployments later), as
+//! The outbox: what draftd owes the forges (comments, checks, environments, labels, replies), as
 //! rows written with the change that caused them and delivered by the reporter.
 //!
-//! Rows with the same `coalesce_key` describe the same thing on the forge (one sticky comment), so
-//! only the newest matters: [`claim_due`] hands out the newest pending row of each key and marks the
-//! older pending rows `superseded`.
+//! Rows are delivered in order per stand (one stand is one PR/MR at a time): a *stream*. Rows with
+//! the same `coalesce_key` describe the same thing on the forge (the sticky comment, the check of a
+//! commit), so only the newest matters: [`claim_streams`] hands out, for each due stream, the newest
+//! pending row of each key in the order they were written, and marks the older pending rows
+//! `superseded`. A stream waits as a whole: a row that must be tried again later holds back the rows
+//! behind it ([`retry_later`] and [`wait`]), and rows enqueued meanwhile join the back of the queue.
 //!
 //! Claiming happens inside the caller's transaction, and the claimed rows stay locked (`FOR UPDATE`)
 //! until the caller records each outcome in that same transaction and commits. The lock is the
-//! "in flight" mark: another reporter skips a key while any pending row of it is locked, so two
-//! deliveries of one key never overlap and a newer row never overtakes an older one on the forge. A
-//! reporter that dies mid-delivery drops its connection, the lock goes with it, and the row is due
-//! again (delivery is idempotent: the comment is edited in place). The cost is one connection per
-//! reporter pass, held for the pass's forge calls (bounded by their timeouts).
+//! "in flight" mark: another reporter skips a stream while any of its pending rows is locked, so two
+//! deliveries for one PR never overlap and a newer row never overtakes an older one on the forge. A
+//! reporter that dies mid-delivery drops its connection, the lock goes with it, and the rows are due
+//! again (every delivery is idempotent). The cost is one connection per reporter pass, held for the
+//! pass's forge calls (bounded by their timeouts).
 
 use std::time::Duration;
 
@@ -47,8 +50,11 @@ pub async fn enqueue<'e>(
     coalesce_key: &str,
     payload: &Value,
 ) -> Result<i64, StoreError> {
+    // A stream held back by a retry keeps its order: the new row waits behind it.
     Ok(sqlx::query_scalar(
-        "insert into outbox (stand_id, run_id, kind, coalesce_key, payload) values ($1, $2, $3, $4, $5)
+        "insert into outbox (stand_id, run_id, kind, coalesce_key, payload, next_attempt_at)
+         values ($1, $2, $3, $4, $5, greatest(now(), (select max(next_attempt_at) from outbox
+                                                      where stand_id = $1 and state = 'pending')))
          returning outbox_id",
     )
     .bind(stand_id)
@@ -60,19 +66,24 @@ pub async fn enqueue<'e>(
     .await?)
 }
 
-/// Claims, within the caller's transaction `tx`, the newest pending row of up to `limit` keys of
-/// the given kinds that have a due row and no row in flight elsewhere; older pending rows of those
-/// keys become `superseded`. Each claimed row's `attempts` is counted up. Rows stay locked until
-/// `tx` ends: record outcomes with [`delivered`], [`retry_later`] or [`failed`] on `tx`, then commit.
-pub async fn claim_due(tx: &mut PgConnection, kinds: &[&str], limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
+/// Claims, within the caller's transaction `tx`, up to `limit` due streams (stands) of the given
+/// kinds that have no row in flight elsewhere: per stream, the newest pending row of each key, in the
+/// order they were written; older pending rows of those keys become `superseded`. Rows stay locked
+/// until `tx` ends: record each outcome with [`delivered`], [`retry_later`], [`wait`] or [`failed`]
+/// on `tx`, then commit.
+pub async fn claim_streams(
+    tx: &mut PgConnection,
+    kinds: &[&str],
+    limit: i64,
+) -> Result<Vec<Vec<OutboxRow>>, StoreError> {
     let kinds: Vec<String> = kinds.iter().map(|k| (*k).to_owned()).collect();
-    // Every pending row of the due keys, locked unless another reporter holds it.
-    let locked: Vec<(i64, String)> = sqlx::query_as(
-        "select o.outbox_id, o.coalesce_key from outbox o
+    // Every pending row of the due streams, locked unless another reporter holds it.
+    let locked: Vec<(i64, i64, String)> = sqlx::query_as(
+        "select o.outbox_id, o.stand_id, o.coalesce_key from outbox o
          where o.state = 'pending' and o.kind = any($1)
-           and o.coalesce_key in (select coalesce_key from outbox
-                                  where state = 'pending' and kind = any($1) and next_attempt_at <= now()
-                                  group by coalesce_key order by min(next_attempt_at) limit $2)
+           and o.stand_id in (select stand_id from outbox where state = 'pending' and kind = any($1)
+                              group by stand_id having min(next_attempt_at) <= now()
+                              order by min(next_attempt_at) limit $2)
          for update skip locked",
     )
     .bind(&kinds)
@@ -82,27 +93,28 @@ pub async fn claim_due(tx: &mut PgConnection, kinds: &[&str], limit: i64) -> Res
     if locked.is_empty() {
         return Ok(Vec::new());
     }
-    let mut keys: Vec<String> = locked.iter().map(|(_, k)| k.clone()).collect();
-    keys.sort();
-    keys.dedup();
-    // A key is ours only when we hold all its pending rows; otherwise one is in flight elsewhere.
-    let pending: Vec<(String, i64)> = sqlx::query_as(
-        "select coalesce_key, count(*) from outbox where state = 'pending' and coalesce_key = any($1)
-         group by coalesce_key",
+    let mut stands: Vec<i64> = locked.iter().map(|(_, s, _)| *s).collect();
+    stands.sort_unstable();
+    stands.dedup();
+    // A stream is ours only when we hold all its pending rows; otherwise one is in flight elsewhere.
+    let pending: Vec<(i64, i64)> = sqlx::query_as(
+        "select stand_id, count(*) from outbox where state = 'pending' and kind = any($2) and stand_id = any($1)
+         group by stand_id",
     )
-    .bind(&keys)
+    .bind(&stands)
+    .bind(&kinds)
     .fetch_all(&mut *tx)
     .await?;
     let (mut newest, mut older) = (Vec::new(), Vec::new());
-    for (key, count) in pending {
-        let mut ids: Vec<i64> = locked.iter().filter(|(_, k)| *k == key).map(|(id, _)| *id).collect();
-        if ids.len() as i64 != count {
+    for (stand, count) in pending {
+        let mut rows: Vec<&(i64, i64, String)> = locked.iter().filter(|(_, s, _)| *s == stand).collect();
+        if rows.len() as i64 != count {
             continue;
         }
-        ids.sort_unstable();
-        if let Some(last) = ids.pop() {
-            newest.push(last);
-            older.extend(ids);
+        rows.sort_unstable_by_key(|(id, _, _)| std::cmp::Reverse(*id));
+        let mut seen = std::collections::HashSet::new();
+        for (id, _, key) in rows {
+            if seen.insert(key.as_str()) { newest.push(*id) } else { older.push(*id) }
         }
     }
     if !older.is_empty() {
@@ -114,18 +126,24 @@ pub async fn claim_due(tx: &mut PgConnection, kinds: &[&str], limit: i64) -> Res
     if newest.is_empty() {
         return Ok(Vec::new());
     }
-    Ok(sqlx::query_as(
-        "with c as (
-             update outbox set attempts = attempts + 1 where outbox_id = any($1)
-             returning outbox_id, stand_id, run_id, kind, coalesce_key, payload, attempts, created_at
-         )
-         select c.*, (select d.payload from outbox d where d.coalesce_key = c.coalesce_key and d.state = 'delivered'
-                      order by d.outbox_id desc limit 1) as previous
-         from c order by c.outbox_id",
+    let rows: Vec<OutboxRow> = sqlx::query_as(
+        "select c.outbox_id, c.stand_id, c.run_id, c.kind, c.coalesce_key, c.payload, c.attempts + 1 as attempts,
+                c.created_at,
+                (select d.payload from outbox d where d.coalesce_key = c.coalesce_key and d.state = 'delivered'
+                 order by d.outbox_id desc limit 1) as previous
+         from outbox c where c.outbox_id = any($1) order by c.stand_id, c.outbox_id",
     )
     .bind(&newest)
     .fetch_all(&mut *tx)
-    .await?)
+    .await?;
+    let mut streams: Vec<Vec<OutboxRow>> = Vec::new();
+    for row in rows {
+        match streams.last_mut() {
+            Some(s) if s[0].stand_id == row.stand_id => s.push(row),
+            _ => streams.push(vec![row]),
+        }
+    }
+    Ok(streams)
 }
 
 /// Marks a row delivered; `receipt` (an object) is merged into its payload for the key's next
@@ -136,7 +154,7 @@ pub async fn delivered<'e>(
     receipt: Option<&Value>,
 ) -> Result<bool, StoreError> {
     let n = sqlx::query(
-        "update outbox set state = 'delivered', delivered_at = now(), last_error = null,
+        "update outbox set state = 'delivered', delivered_at = now(), last_error = null, attempts = attempts + 1,
                            payload = case when $2::jsonb is null then payload else payload || $2::jsonb end
          where outbox_id = $1 and state = 'pending'",
     )
@@ -148,7 +166,7 @@ pub async fn delivered<'e>(
     Ok(n == 1)
 }
 
-/// Leaves a row pending, due again after `delay`, with the error that held it back.
+/// Leaves a row pending after an attempt, due again after `delay`, with the error that held it back.
 pub async fn retry_later<'e>(
     conn: impl PgExecutor<'e>,
     outbox_id: i64,
@@ -156,7 +174,8 @@ pub async fn retry_later<'e>(
     delay: Duration,
 ) -> Result<bool, StoreError> {
     let n = sqlx::query(
-        "update outbox set next_attempt_at = now() + $3, last_error = $2 where outbox_id = $1 and state = 'pending'",
+        "update outbox set next_attempt_at = now() + $3, last_error = $2, attempts = attempts + 1
+         where outbox_id = $1 and state = 'pending'",
     )
     .bind(outbox_id)
     .bind(error)
@@ -170,12 +189,26 @@ pub async fn retry_later<'e>(
 
 /// Gives a row up: it is never tried again.
 pub async fn failed<'e>(conn: impl PgExecutor<'e>, outbox_id: i64, error: &str) -> Result<bool, StoreError> {
-    let n =
-        sqlx::query("update outbox set state = 'failed', last_error = $2 where outbox_id = $1 and state = 'pending'")
-            .bind(outbox_id)
-            .bind(error)
-            .execute(conn)
-            .await?
-            .rows_affected();
+    let n = sqlx::query(
+        "update outbox set state = 'failed', last_error = $2, attempts = attempts + 1
+             where outbox_id = $1 and state = 'pending'",
+    )
+    .bind(outbox_id)
+    .bind(error)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// Leaves a row that was not tried (a row ahead of it in its stream must be tried again first)
+/// pending, due after `delay`; its attempts and last error stay as they were.
+pub async fn wait<'e>(conn: impl PgExecutor<'e>, outbox_id: i64, delay: Duration) -> Result<bool, StoreError> {
+    let n = sqlx::query("update outbox set next_attempt_at = now() + $2 where outbox_id = $1 and state = 'pending'")
+        .bind(outbox_id)
+        .bind(Duration::from_micros(u64::try_from(delay.as_micros()).unwrap_or(u64::MAX)))
+        .execute(conn)
+        .await?
+        .rows_affected();
     Ok(n == 1)
 }

@@ -1,23 +1,107 @@
-//! GitHub issue comments through octocrab: list (paginated), edit with PATCH, create with POST.
+//! GitHub through octocrab: sticky comments, check runs (or commit statuses), deployments, labels
+//! and collaborator permissions, as a GitHub App (installation tokens) or with a token.
 //!
-//! The typed `issues()` handler is not used for editing: octocrab 0.54's `update_comment` sends
-//! POST where the REST API documents PATCH, so the routes below go through octocrab's generic
-//! `get`/`patch`/`post` with the documented paths and `{"body": …}` bodies. Responses are read into
-//! a two-field struct, so a change in GitHub's user or reaction objects cannot break reporting.
+//! Requests are built with octocrab's `build_request` (its `X-GitHub-Api-Version` header) and sent
+//! with `execute` (its connection pool, base URI and timeouts), but the bearer token and the answer
+//! are handled here: octocrab's typed helpers drop the response headers, and the rate-limit headers
+//! (`retry-after`, `x-ratelimit-remaining`, `x-ratelimit-reset`) are what tell this client to hold
+//! off. Responses are read into small structs of the fields used, so a change in GitHub's user or
+//! repository objects cannot break reporting.
+//!
+//! Check runs can only be created by GitHub Apps: with a token the `draftd` check is a commit status
+//! instead, and re-runs are asked for with `/draft rerun`.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use octocrab::{Octocrab, Page};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue};
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use octocrab::Octocrab;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use serde_json::json;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
 
-use super::{CommentRef, ForgeClient, ForgeError, Redactor, parse_retry_after, within};
+use super::{
+    CheckReport, CheckState, CommentRef, EnvironmentRef, EnvironmentReport, EnvironmentState, ForgeClient, ForgeError,
+    ForgeUser, Hold, Permission, Redactor, clip, parse_retry_after, within,
+};
 use crate::config::ForgeKind;
+use crate::forge::{CHECK_NAME, RERUN_ACTION};
 
 const FORGE: ForgeKind = ForgeKind::Github;
 /// GitHub's maximum page size for issue comments.
-const PER_PAGE: &str = "100";
+const PER_PAGE: usize = 100;
+/// "Wait at least one minute" after a secondary rate limit without `retry-after` (GitHub's docs).
+const SECONDARY_WAIT: Duration = Duration::from_secs(60);
+/// Installation tokens live an hour; a new one is fetched when less than this is left.
+const REFRESH_BEFORE: Duration = Duration::from_secs(300);
+/// GitHub's limits on check run output and on status and deployment descriptions.
+const MAX_SUMMARY: usize = 65_535;
+const MAX_TITLE: usize = 255;
+const MAX_DESCRIPTION: usize = 140;
+
+/// A GitHub App's identity: the app id and its private key (PEM, as GitHub hands it out).
+pub struct AppCredentials {
+    pub app_id: u64,
+    pub private_key_pem: Vec<u8>,
+    /// When unset, the installation is looked up per repository owner.
+    pub installation_id: Option<u64>,
+}
+
+struct App {
+    app_id: u64,
+    key: octocrab::EncodingKey,
+    installation_id: Option<u64>,
+    refresh_before: Duration,
+    /// Installation token per repository owner; the lock makes one fetch serve every waiting call.
+    tokens: tokio::sync::Mutex<HashMap<String, Installation>>,
+}
+
+struct Installation {
+    id: u64,
+    token: SecretString,
+    expires_at: DateTime<Utc>,
+}
+
+#[derive(Clone)]
+enum Auth {
+    Token(SecretString),
+    App(Arc<App>),
+}
+
+/// GitHub (or GitHub Enterprise: `api_url` = `https://host/api/v3`).
+#[derive(Clone)]
+pub struct GithubClient {
+    crab: Octocrab,
+    api_url: String,
+    auth: Auth,
+    redact: Redactor,
+    hold: Hold,
+    timeout: Duration,
+    secondary_wait: Duration,
+}
+
+impl std::fmt::Debug for GithubClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let auth = match &self.auth {
+            Auth::Token(_) => "token".to_owned(),
+            Auth::App(app) => format!("app {}", app.app_id),
+        };
+        f.debug_struct("GithubClient").field("api_url", &self.api_url).field("auth", &auth).finish_non_exhaustive()
+    }
+}
+
+/// What came back, whole.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
 
 #[derive(Debug, Deserialize)]
 struct IssueComment {
@@ -26,25 +110,49 @@ struct IssueComment {
     body: Option<String>,
 }
 
-/// GitHub (or GitHub Enterprise: `api_url` = `https://host/api/v3`) with a token.
-pub struct GithubClient {
-    crab: Octocrab,
-    api_url: String,
-    redact: Redactor,
-    timeout: Duration,
+#[derive(Debug, Deserialize)]
+struct WithId {
+    id: u64,
 }
 
-impl std::fmt::Debug for GithubClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GithubClient").field("api_url", &self.api_url).finish_non_exhaustive()
-    }
+#[derive(Debug, Deserialize)]
+struct AccessToken {
+    token: SecretString,
+    expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CollaboratorPermission {
+    permission: String,
+    #[serde(default)]
+    role_name: Option<String>,
 }
 
 impl GithubClient {
-    /// `api_url` is `[github] api_url`; the token is sent as `Authorization: Bearer …`. Each call
+    /// A client with a token (`[github] token_env`), sent as `Authorization: Bearer …`. Each call
     /// (with its pagination) is bounded by `timeout`. Needs a Tokio runtime.
     pub fn new(api_url: &str, token: &SecretString, timeout: Duration) -> Result<Self, ForgeError> {
-        let redact = Redactor::new(token);
+        Self::build(api_url, Auth::Token(token.clone()), Redactor::new(token), timeout)
+    }
+
+    /// A client acting as a GitHub App installation: a JWT signed with the app's key buys an
+    /// installation token, replaced before it expires.
+    pub fn app(api_url: &str, app: AppCredentials, timeout: Duration) -> Result<Self, ForgeError> {
+        let key = octocrab::EncodingKey::from_rsa_pem(&app.private_key_pem).map_err(|e| ForgeError::Invalid {
+            forge: FORGE,
+            message: format!("private key of app {} is not an RSA key in PEM: {e}", app.app_id),
+        })?;
+        let app = App {
+            app_id: app.app_id,
+            key,
+            installation_id: app.installation_id,
+            refresh_before: REFRESH_BEFORE,
+            tokens: tokio::sync::Mutex::new(HashMap::new()),
+        };
+        Self::build(api_url, Auth::App(Arc::new(app)), Redactor::new(&SecretString::from(String::new())), timeout)
+    }
+
+    fn build(api_url: &str, auth: Auth, redact: Redactor, timeout: Duration) -> Result<Self, ForgeError> {
         let invalid = |e: octocrab::Error| ForgeError::Invalid {
             forge: FORGE,
             message: redact.scrub(&format!("api_url {api_url:?}: {}", chain(&e))),
@@ -52,13 +160,40 @@ impl GithubClient {
         let crab = Octocrab::builder()
             .base_uri(api_url)
             .map_err(invalid)?
-            .personal_token(token.expose_secret().to_owned())
             .set_connect_timeout(Some(Duration::from_secs(10)))
             .set_read_timeout(Some(timeout))
             .set_write_timeout(Some(timeout))
             .build()
             .map_err(invalid)?;
-        Ok(Self { crab, api_url: api_url.to_owned(), redact, timeout })
+        Ok(Self {
+            crab,
+            api_url: api_url.to_owned(),
+            auth,
+            redact,
+            hold: Hold::default(),
+            timeout,
+            secondary_wait: SECONDARY_WAIT,
+        })
+    }
+
+    /// How long to hold off after a secondary rate limit that named no time (tests shorten it).
+    pub fn with_secondary_wait(mut self, wait: Duration) -> Self {
+        self.secondary_wait = wait;
+        self
+    }
+
+    /// Replace installation tokens when less than this is left of their hour (tests lengthen it).
+    pub fn with_token_refresh(mut self, before: Duration) -> Self {
+        if let Auth::App(app) = &mut self.auth
+            && let Some(app) = Arc::get_mut(app)
+        {
+            app.refresh_before = before;
+        }
+        self
+    }
+
+    fn is_app(&self) -> bool {
+        matches!(self.auth, Auth::App(_))
     }
 
     /// `owner/name` → the `/repos/owner/name` prefix of every route, refusing anything that could
@@ -76,63 +211,256 @@ impl GithubClient {
         }
     }
 
-    async fn find(&self, prefix: &str, number: u64, marker: &str) -> Result<Option<u64>, ForgeError> {
-        let op = "list comments";
-        let route = format!("{prefix}/issues/{number}/comments");
-        let mut page: Page<IssueComment> =
-            self.crab.get(&route, Some(&[("per_page", PER_PAGE)])).await.map_err(|e| self.error(op, e))?;
-        loop {
-            if let Some(c) = page.items.iter().find(|c| c.body.as_deref().is_some_and(|b| b.contains(marker))) {
+    /// One request with `token`, read whole. Rate-limit headers of any answer set the hold.
+    async fn send(
+        &self,
+        op: &'static str,
+        method: Method,
+        route: &str,
+        body: Option<&Value>,
+        token: &SecretString,
+    ) -> Result<Answer, ForgeError> {
+        self.hold.check(FORGE, op)?;
+        let builder = http::Request::builder().method(method).uri(route);
+        let mut req = self.crab.build_request(builder, body).map_err(|e| self.error(op, e))?;
+        let mut bearer = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret())).map_err(|_| {
+            ForgeError::Invalid { forge: FORGE, message: "the token is not a valid header value".into() }
+        })?;
+        bearer.set_sensitive(true);
+        req.headers_mut().insert(AUTHORIZATION, bearer);
+        req.headers_mut().insert(ACCEPT, HeaderValue::from_static("application/vnd.github+json"));
+        let response = self.crab.execute(req).await.map_err(|e| self.error(op, e))?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map_err(|e| self.error(op, e))?.to_bytes();
+        let answer = Answer { status: parts.status, headers: parts.headers, body };
+        if answer.status.is_success() && header(&answer.headers, "x-ratelimit-remaining") == Some("0") {
+            // The quota is spent: the next call would be refused, so none is made until the reset.
+            self.hold.hold(reset_wait(&answer.headers));
+        }
+        Ok(answer)
+    }
+
+    /// A call on `repo`'s behalf: with the token, or the installation token of the repo's owner
+    /// (fetched again once when GitHub answers 401, as a revoked token would). Errors for non-2xx.
+    async fn call(
+        &self,
+        op: &'static str,
+        method: Method,
+        repo: &str,
+        route: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer, ForgeError> {
+        let mut answer = self.send(op, method.clone(), route, body, &self.token_for(repo, false).await?).await?;
+        if answer.status == StatusCode::UNAUTHORIZED && self.is_app() {
+            answer = self.send(op, method, route, body, &self.token_for(repo, true).await?).await?;
+        }
+        if answer.status.is_success() { Ok(answer) } else { Err(self.status_error(op, &answer)) }
+    }
+
+    async fn token_for(&self, repo: &str, renew: bool) -> Result<SecretString, ForgeError> {
+        let app = match &self.auth {
+            Auth::Token(t) => return Ok(t.clone()),
+            Auth::App(app) => app,
+        };
+        let owner = repo.split('/').next().unwrap_or(repo).to_owned();
+        let mut tokens = app.tokens.lock().await;
+        if let Some(i) = tokens.get(&owner)
+            && !renew
+            && (i.expires_at - Utc::now()).to_std().is_ok_and(|left| left > app.refresh_before)
+        {
+            return Ok(i.token.clone());
+        }
+        let jwt = octocrab::auth::create_jwt(octocrab::models::AppId(app.app_id), &app.key)
+            .map_err(|e| ForgeError::Invalid { forge: FORGE, message: format!("signing the app's JWT: {e}") })?;
+        let jwt = SecretString::from(jwt);
+        self.redact.add(&jwt);
+        let id = match tokens.get(&owner).map(|i| i.id).or(app.installation_id) {
+            Some(id) => id,
+            None => {
+                let op = "find app installation";
+                let route = format!("{}/installation", self.repo_route(repo)?);
+                let answer = self.send(op, Method::GET, &route, None, &jwt).await?;
+                if !answer.status.is_success() {
+                    return Err(self.status_error(op, &answer));
+                }
+                self.json::<WithId>(op, &answer)?.id
+            }
+        };
+        let op = "create installation token";
+        let route = format!("/app/installations/{id}/access_tokens");
+        let answer = self.send(op, Method::POST, &route, None, &jwt).await?;
+        if !answer.status.is_success() {
+            return Err(self.status_error(op, &answer));
+        }
+        let fresh: AccessToken = self.json(op, &answer)?;
+        self.redact.add(&fresh.token);
+        tracing::debug!(installation = id, expires_at = %fresh.expires_at, "GitHub App installation token fetched");
+        let token = fresh.token.clone();
+        tokens.insert(owner, Installation { id, token: fresh.token, expires_at: fresh.expires_at });
+        Ok(token)
+    }
+
+    fn json<T: DeserializeOwned>(&self, op: &'static str, answer: &Answer) -> Result<T, ForgeError> {
+        serde_json::from_slice(&answer.body).map_err(|e| ForgeError::Response {
+            forge: FORGE,
+            operation: op,
+            message: self.redact.scrub(&format!("HTTP {}: {e}", answer.status.as_u16())),
+        })
+    }
+
+    /// A non-2xx answer. 403 and 429 may be rate limits (GitHub's "Rate limits for the REST API"):
+    /// primary (`x-ratelimit-remaining: 0` until `x-ratelimit-reset`) or secondary (`retry-after`,
+    /// or "at least one minute" when it names no time); either holds every call of this client.
+    fn status_error(&self, operation: &'static str, answer: &Answer) -> ForgeError {
+        let status = answer.status.as_u16();
+        let message = serde_json::from_slice::<Value>(&answer.body)
+            .ok()
+            .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_else(|| {
+                let text = String::from_utf8_lossy(&answer.body).trim().to_owned();
+                if text.is_empty() { answer.status.canonical_reason().unwrap_or("error").to_owned() } else { text }
+            });
+        let headers = &answer.headers;
+        let retry_after = header(headers, "retry-after").and_then(parse_retry_after);
+        let retry_after = if status == 403 || status == 429 {
+            let limited = retry_after
+                .or_else(|| (header(headers, "x-ratelimit-remaining") == Some("0")).then(|| reset_wait(headers)))
+                .or_else(|| message.to_ascii_lowercase().contains("rate limit").then_some(self.secondary_wait))
+                .or_else(|| (status == 429).then_some(self.secondary_wait));
+            if let Some(wait) = limited {
+                self.hold.hold(wait);
+            }
+            limited
+        } else {
+            retry_after
+        };
+        ForgeError::Status { forge: FORGE, operation, status, message: self.redact.scrub(&message), retry_after }
+    }
+
+    /// A failure before any answer: connection, TLS, a request that could not be built.
+    fn error(&self, operation: &'static str, e: octocrab::Error) -> ForgeError {
+        let message = self.redact.scrub(&chain(&e));
+        match e {
+            octocrab::Error::Hyper { .. } | octocrab::Error::Service { .. } => {
+                ForgeError::Connection { forge: FORGE, operation, message }
+            }
+            _ => ForgeError::Invalid { forge: FORGE, message: format!("{operation}: {message}") },
+        }
+    }
+
+    async fn find(&self, repo: &str, prefix: &str, number: u64, marker: &str) -> Result<Option<u64>, ForgeError> {
+        for page in 1.. {
+            let route = format!("{prefix}/issues/{number}/comments?per_page={PER_PAGE}&page={page}");
+            let answer = self.call("list comments", Method::GET, repo, &route, None).await?;
+            let comments: Vec<IssueComment> = self.json("list comments", &answer)?;
+            if let Some(c) = comments.iter().find(|c| c.body.as_deref().is_some_and(|b| b.contains(marker))) {
                 return Ok(Some(c.id));
             }
-            match self.crab.get_page::<IssueComment>(&page.next).await.map_err(|e| self.error(op, e))? {
-                Some(next) => page = next,
-                None => return Ok(None),
+            if comments.len() < PER_PAGE {
+                break;
             }
         }
+        Ok(None)
     }
 
-    async fn patch(&self, prefix: &str, comment_id: u64, body: &str) -> Result<CommentRef, ForgeError> {
-        let c: IssueComment = self
-            .crab
-            .patch(format!("{prefix}/issues/comments/{comment_id}"), Some(&json!({ "body": body })))
-            .await
-            .map_err(|e| self.error("edit comment", e))?;
-        Ok(CommentRef { id: c.id, created: false })
+    async fn patch(&self, repo: &str, prefix: &str, comment_id: u64, body: &str) -> Result<CommentRef, ForgeError> {
+        let op = "edit comment";
+        let route = format!("{prefix}/issues/comments/{comment_id}");
+        let answer = self.call(op, Method::PATCH, repo, &route, Some(&json!({ "body": body }))).await?;
+        Ok(CommentRef { id: self.json::<WithId>(op, &answer)?.id, created: false })
     }
 
-    fn error(&self, operation: &'static str, e: octocrab::Error) -> ForgeError {
-        let scrub = |s: &str| self.redact.scrub(s);
-        match e {
-            octocrab::Error::GitHub { source, .. } => {
-                let headers = source.headers.as_ref();
-                let header = |name: &str| headers.and_then(|h| h.get(name)).and_then(|v| v.to_str().ok());
-                // Primary rate limit: 403 or 429 with x-ratelimit-remaining 0 until x-ratelimit-reset;
-                // secondary: retry-after (GitHub's "Rate limits for the REST API").
-                let retry_after = header("retry-after").and_then(parse_retry_after).or_else(|| {
-                    (header("x-ratelimit-remaining") == Some("0")).then(|| {
-                        let reset = header("x-ratelimit-reset").and_then(|v| v.parse::<i64>().ok());
-                        let wait = reset.map(|r| r - chrono::Utc::now().timestamp()).unwrap_or(60).max(1);
-                        Duration::from_secs(wait as u64)
-                    })
+    async fn create_comment(
+        &self,
+        repo: &str,
+        prefix: &str,
+        number: u64,
+        body: &str,
+    ) -> Result<CommentRef, ForgeError> {
+        let op = "create comment";
+        let route = format!("{prefix}/issues/{number}/comments");
+        let answer = self.call(op, Method::POST, repo, &route, Some(&json!({ "body": body }))).await?;
+        Ok(CommentRef { id: self.json::<WithId>(op, &answer)?.id, created: true })
+    }
+
+    /// The check run's fields for `check` (GitHub "Check runs": create and update take the same).
+    fn check_run_body(check: &CheckReport) -> Value {
+        let mut body = json!({
+            "name": CHECK_NAME,
+            "output": { "title": clip(&check.title, MAX_TITLE), "summary": clip(&check.summary, MAX_SUMMARY) },
+            "actions": [{ "label": "Re-run", "description": "Deploy this draft stand again", "identifier": RERUN_ACTION }],
+        });
+        if let Some(url) = &check.details_url {
+            body["details_url"] = json!(url);
+        }
+        match check.state {
+            CheckState::Queued => body["status"] = json!("queued"),
+            CheckState::InProgress => body["status"] = json!("in_progress"),
+            done => {
+                body["status"] = json!("completed");
+                body["completed_at"] = json!(Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                body["conclusion"] = json!(match done {
+                    CheckState::Success => "success",
+                    CheckState::Failure => "failure",
+                    _ => "cancelled",
                 });
-                ForgeError::Status {
-                    forge: FORGE,
-                    operation,
-                    status: source.status_code.as_u16(),
-                    message: scrub(&source.message),
-                    retry_after,
-                }
             }
-            e @ (octocrab::Error::Hyper { .. } | octocrab::Error::Service { .. }) => {
-                ForgeError::Connection { forge: FORGE, operation, message: scrub(&chain(&e)) }
-            }
-            e
-            @ (octocrab::Error::Serde { .. } | octocrab::Error::Json { .. } | octocrab::Error::InvalidUtf8 { .. }) => {
-                ForgeError::Response { forge: FORGE, operation, message: scrub(&chain(&e)) }
-            }
-            e => ForgeError::Invalid { forge: FORGE, message: scrub(&format!("{operation}: {}", chain(&e))) },
         }
+        body
+    }
+
+    async fn deployment_status(
+        &self,
+        repo: &str,
+        prefix: &str,
+        id: u64,
+        env: &EnvironmentReport,
+    ) -> Result<(), ForgeError> {
+        let state = match env.state {
+            EnvironmentState::InProgress => "in_progress",
+            EnvironmentState::Success => "success",
+            EnvironmentState::Failure => "failure",
+            EnvironmentState::Inactive => "inactive",
+        };
+        let mut body = json!({
+            "state": state,
+            "environment": env.environment,
+            "description": clip(&env.description, MAX_DESCRIPTION),
+            "auto_inactive": true,
+        });
+        if let Some(url) = env.url.as_ref().filter(|_| env.state != EnvironmentState::Inactive) {
+            body["environment_url"] = json!(url);
+        }
+        if let Some(url) = &env.log_url {
+            body["log_url"] = json!(url);
+        }
+        let route = format!("{prefix}/deployments/{id}/statuses");
+        self.call("create deployment status", Method::POST, repo, &route, Some(&body)).await.map(|_| ())
+    }
+
+    async fn create_deployment(&self, repo: &str, prefix: &str, env: &EnvironmentReport) -> Result<u64, ForgeError> {
+        let op = "create deployment";
+        let body = json!({
+            "ref": env.sha,
+            "task": "deploy",
+            "auto_merge": false,
+            // The stand is deployed whatever other checks say; GitHub would otherwise refuse.
+            "required_contexts": [],
+            "environment": env.environment,
+            "description": clip(&env.description, MAX_DESCRIPTION),
+            "transient_environment": true,
+            "production_environment": false,
+        });
+        let answer = self.call(op, Method::POST, repo, &format!("{prefix}/deployments"), Some(&body)).await?;
+        if answer.status != StatusCode::CREATED {
+            // 202 means GitHub merged the default branch instead of deploying (auto_merge): never asked.
+            return Err(ForgeError::Response {
+                forge: FORGE,
+                operation: op,
+                message: format!("HTTP {} where 201 was expected", answer.status.as_u16()),
+            });
+        }
+        Ok(self.json::<WithId>(op, &answer)?.id)
     }
 }
 
@@ -146,15 +474,10 @@ impl ForgeClient for GithubClient {
     ) -> Result<CommentRef, ForgeError> {
         let prefix = self.repo_route(repo)?;
         within(FORGE, "upsert comment", self.timeout, async {
-            if let Some(id) = self.find(&prefix, number, marker).await? {
-                return self.patch(&prefix, id, body).await;
+            if let Some(id) = self.find(repo, &prefix, number, marker).await? {
+                return self.patch(repo, &prefix, id, body).await;
             }
-            let c: IssueComment = self
-                .crab
-                .post(format!("{prefix}/issues/{number}/comments"), Some(&json!({ "body": body })))
-                .await
-                .map_err(|e| self.error("create comment", e))?;
-            Ok(CommentRef { id: c.id, created: true })
+            self.create_comment(repo, &prefix, number, body).await
         })
         .await
     }
@@ -167,8 +490,167 @@ impl ForgeClient for GithubClient {
         body: &str,
     ) -> Result<CommentRef, ForgeError> {
         let prefix = self.repo_route(repo)?;
-        within(FORGE, "edit comment", self.timeout, self.patch(&prefix, comment_id, body)).await
+        within(FORGE, "edit comment", self.timeout, self.patch(repo, &prefix, comment_id, body)).await
     }
+
+    async fn post_comment(&self, repo: &str, number: u64, body: &str) -> Result<CommentRef, ForgeError> {
+        let prefix = self.repo_route(repo)?;
+        within(FORGE, "create comment", self.timeout, self.create_comment(repo, &prefix, number, body)).await
+    }
+
+    async fn report_check(
+        &self,
+        repo: &str,
+        check: &CheckReport,
+        previous: Option<u64>,
+    ) -> Result<Option<u64>, ForgeError> {
+        let prefix = self.repo_route(repo)?;
+        if !is_sha(&check.sha) {
+            return Err(ForgeError::Invalid { forge: FORGE, message: format!("{:?} is not a commit sha", check.sha) });
+        }
+        within(FORGE, "report check", self.timeout, async {
+            if !self.is_app() {
+                let state = match check.state {
+                    CheckState::Queued | CheckState::InProgress => "pending",
+                    CheckState::Success => "success",
+                    CheckState::Failure => "failure",
+                    CheckState::Cancelled => "error",
+                };
+                let mut body = json!({
+                    "state": state,
+                    "description": clip(&check.title, MAX_DESCRIPTION),
+                    "context": CHECK_NAME,
+                });
+                if let Some(url) = &check.details_url {
+                    body["target_url"] = json!(url);
+                }
+                let route = format!("{prefix}/statuses/{}", check.sha);
+                self.call("create commit status", Method::POST, repo, &route, Some(&body)).await?;
+                return Ok(None);
+            }
+            let body = Self::check_run_body(check);
+            if let Some(id) = previous {
+                let op = "update check run";
+                match self.call(op, Method::PATCH, repo, &format!("{prefix}/check-runs/{id}"), Some(&body)).await {
+                    Ok(answer) => return Ok(Some(self.json::<WithId>(op, &answer)?.id)),
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let op = "create check run";
+            let mut body = body;
+            body["head_sha"] = json!(check.sha);
+            let answer = self.call(op, Method::POST, repo, &format!("{prefix}/check-runs"), Some(&body)).await?;
+            Ok(Some(self.json::<WithId>(op, &answer)?.id))
+        })
+        .await
+    }
+
+    async fn report_environment(
+        &self,
+        repo: &str,
+        env: &EnvironmentReport,
+        previous: Option<&EnvironmentRef>,
+    ) -> Result<Option<EnvironmentRef>, ForgeError> {
+        let prefix = self.repo_route(repo)?;
+        within(FORGE, "report deployment", self.timeout, async {
+            if env.state == EnvironmentState::Inactive {
+                let Some(p) = previous else { return Ok(None) };
+                return match self.deployment_status(repo, &prefix, p.id, env).await {
+                    Ok(()) => Ok(Some(p.clone())),
+                    // Deleted by hand: nothing is left to mark inactive.
+                    Err(e) if e.is_not_found() => Ok(None),
+                    Err(e) => Err(e),
+                };
+            }
+            if let Some(p) = previous.filter(|p| p.sha == env.sha) {
+                match self.deployment_status(repo, &prefix, p.id, env).await {
+                    Ok(()) => return Ok(Some(p.clone())),
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let id = self.create_deployment(repo, &prefix, env).await?;
+            self.deployment_status(repo, &prefix, id, env).await?;
+            Ok(Some(EnvironmentRef { id, sha: env.sha.clone() }))
+        })
+        .await
+    }
+
+    async fn set_label(&self, repo: &str, number: u64, label: &str, present: bool) -> Result<(), ForgeError> {
+        let prefix = self.repo_route(repo)?;
+        within(FORGE, "set label", self.timeout, async {
+            if present {
+                let route = format!("{prefix}/issues/{number}/labels");
+                let body = json!({ "labels": [label] });
+                self.call("add label", Method::POST, repo, &route, Some(&body)).await.map(|_| ())
+            } else {
+                let route = format!("{prefix}/issues/{number}/labels/{}", encode_segment(label));
+                match self.call("remove label", Method::DELETE, repo, &route, None).await {
+                    Err(e) if e.is_not_found() => Ok(()),
+                    other => other.map(|_| ()),
+                }
+            }
+        })
+        .await
+    }
+
+    async fn permission(&self, repo: &str, user: ForgeUser<'_>) -> Result<Permission, ForgeError> {
+        let prefix = self.repo_route(repo)?;
+        let login = user.login;
+        let valid = !login.is_empty()
+            && login.trim_end_matches("[bot]").bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !valid {
+            return Err(ForgeError::Invalid { forge: FORGE, message: format!("{login:?} is not a GitHub login") });
+        }
+        let op = "read collaborator permission";
+        within(FORGE, op, self.timeout, async {
+            let route = format!("{prefix}/collaborators/{}/permission", encode_segment(login));
+            match self.call(op, Method::GET, repo, &route, None).await {
+                Ok(answer) => {
+                    let p: CollaboratorPermission = self.json(op, &answer)?;
+                    let write = matches!(p.permission.as_str(), "admin" | "write");
+                    let level = match p.role_name {
+                        Some(role) if role != p.permission => format!("{} ({role})", p.permission),
+                        _ => p.permission,
+                    };
+                    Ok(Permission { level, write })
+                }
+                // Not a collaborator, or no such user.
+                Err(e) if e.is_not_found() => Ok(Permission { level: "none".into(), write: false }),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Until `x-ratelimit-reset` (epoch seconds), at least a second; a minute when it is missing.
+fn reset_wait(headers: &HeaderMap) -> Duration {
+    let reset = header(headers, "x-ratelimit-reset").and_then(|v| v.parse::<i64>().ok());
+    let wait = reset.map(|r| r - Utc::now().timestamp()).unwrap_or(60).max(1);
+    Duration::from_secs(wait as u64)
+}
+
+fn is_sha(s: &str) -> bool {
+    (7..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A path segment: unreserved characters as they are, everything else percent-encoded.
+fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// An error with its causes, `: `-separated (octocrab's own `Display` omits the cause for some variants).
@@ -204,5 +686,32 @@ mod tests {
         let c =
             GithubClient::new("http://127.0.0.1:9", &SecretString::from("ghp_zzz"), Duration::from_secs(1)).unwrap();
         assert!(!format!("{c:?}").contains("ghp_zzz"));
+    }
+
+    #[test]
+    fn segments_are_encoded() {
+        assert_eq!(encode_segment("draft-tested"), "draft-tested");
+        assert_eq!(encode_segment("needs review/2"), "needs%20review%2F2");
+        assert_eq!(encode_segment("dependabot[bot]"), "dependabot%5Bbot%5D");
+    }
+
+    #[test]
+    fn check_run_states() {
+        let mut check = CheckReport {
+            sha: "a".repeat(40),
+            state: CheckState::InProgress,
+            title: "t".into(),
+            summary: "s".repeat(70_000),
+            details_url: None,
+            branch: None,
+        };
+        let b = GithubClient::check_run_body(&check);
+        assert_eq!(b["status"], "in_progress");
+        assert!(b.get("conclusion").is_none());
+        assert!(b["output"]["summary"].as_str().unwrap().len() <= MAX_SUMMARY);
+        assert_eq!(b["actions"][0]["identifier"], RERUN_ACTION);
+        check.state = CheckState::Failure;
+        let b = GithubClient::check_run_body(&check);
+        assert_eq!((b["status"].as_str(), b["conclusion"].as_str()), (Some("completed"), Some("failure")));
     }
 }

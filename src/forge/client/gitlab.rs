@@ -7,25 +7,67 @@
 //! `PRIVATE-TOKEN`. Notes are listed a page at a time (oldest first, 100 per page) with the crate's
 //! plain query path rather than `api::paged`, so listing stops at the page holding the marker and a
 //! 429 keeps its `Retry-After` (the crate's paged path drops it).
+//!
+//! The `draftd` check is a commit status; the stand is an environment `draft/<branch>` with its
+//! URL as external URL, stopped at teardown (the crate has no environment-writing endpoints, so
+//! those are the small [`Raw`] endpoint below, on the same client). Access is checked with the
+//! member API (`members/all`, so inherited group membership counts).
 
 use std::time::Duration;
 
 use ::gitlab::api::endpoint_prelude::{Cow, Endpoint, Method, QueryParams, UrlBase};
+use std::sync::Arc;
+
+use ::gitlab::api::endpoint_prelude::FormParams;
+use ::gitlab::api::projects::environments::Environments;
+use ::gitlab::api::projects::members::{AllProjectMember, AllProjectMembers};
+use ::gitlab::api::projects::merge_requests::EditMergeRequest;
 use ::gitlab::api::projects::merge_requests::notes::{
     CreateMergeRequestNote, EditMergeRequestNote, MergeRequestNotes, NoteOrderBy,
 };
-use ::gitlab::api::{ApiError, AsyncQuery, BodyError, common::SortOrder};
+use ::gitlab::api::projects::repository::commits::{CommitStatusState, CreateCommitStatus};
+use ::gitlab::api::{ApiError, AsyncQuery, BodyError, common::SortOrder, ignore};
 use ::gitlab::{AsyncGitlab, GitlabBuilder, GitlabError, RestError};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
-use super::{CommentRef, ForgeClient, ForgeError, Redactor, within};
+use super::{
+    CheckReport, CheckState, CommentRef, EnvironmentRef, EnvironmentReport, EnvironmentState, ForgeClient, ForgeError,
+    ForgeUser, Hold, Permission, Redactor, clip, within,
+};
 use crate::config::ForgeKind;
+use crate::forge::CHECK_NAME;
 
 const FORGE: ForgeKind = ForgeKind::Gitlab;
 /// GitLab's maximum page size.
 const PER_PAGE: u64 = 100;
+/// Developer: may push, and so may ask for re-runs and teardowns.
+const DEVELOPER: u64 = 30;
+/// How long to hold off after a 429 that named no time.
+const RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
+/// Commit status descriptions are short in GitLab's UI; the same bound as GitHub's.
+const MAX_DESCRIPTION: usize = 140;
+
+#[derive(Debug, Deserialize)]
+struct WithId {
+    id: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct GitlabEnvironment {
+    id: u64,
+    name: String,
+    #[serde(default)]
+    state: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Member {
+    #[serde(default)]
+    username: String,
+    access_level: u64,
+}
 
 #[derive(Debug, Deserialize)]
 struct Note {
@@ -38,14 +80,16 @@ struct Note {
 }
 
 /// GitLab.com or a self-managed instance, with a personal, project or group access token.
+#[derive(Clone)]
 pub struct GitlabClient {
     host: String,
     insecure: bool,
     token: SecretString,
     redact: Redactor,
     timeout: Duration,
+    hold: Hold,
     /// Boxed: the client with its three URLs is large, and `AnyForge` holds either client inline.
-    api: OnceCell<Box<AsyncGitlab>>,
+    api: Arc<OnceCell<Box<AsyncGitlab>>>,
 }
 
 impl std::fmt::Debug for GitlabClient {
@@ -83,6 +127,38 @@ impl<E: Endpoint> Endpoint for PageOf<E> {
     }
 }
 
+/// An endpoint the crate lacks (environment create, edit, stop, delete): method, path under
+/// `/api/v4`, form fields.
+struct Raw {
+    method: Method,
+    path: String,
+    form: Vec<(&'static str, String)>,
+}
+
+impl Endpoint for Raw {
+    fn method(&self) -> Method {
+        self.method.clone()
+    }
+    fn endpoint(&self) -> Cow<'static, str> {
+        self.path.clone().into()
+    }
+    fn body(&self) -> Result<Option<(&'static str, Vec<u8>)>, BodyError> {
+        if self.form.is_empty() {
+            return Ok(None);
+        }
+        let mut params = FormParams::default();
+        for (k, v) in &self.form {
+            params.push(*k, v.as_str());
+        }
+        params.into_body()
+    }
+}
+
+/// `group/project` as one path segment, the way GitLab wants project paths in URLs.
+fn project_segment(repo: &str) -> String {
+    ::gitlab::api::common::path_escaped(repo).to_string()
+}
+
 impl GitlabClient {
     /// `url` is `[gitlab] url`. Each call (with its pagination) is bounded by `timeout`.
     pub fn new(url: &str, token: &SecretString, timeout: Duration) -> Result<Self, ForgeError> {
@@ -103,11 +179,13 @@ impl GitlabClient {
             token: token.clone(),
             redact: Redactor::new(token),
             timeout,
-            api: OnceCell::new(),
+            hold: Hold::default(),
+            api: Arc::new(OnceCell::new()),
         })
     }
 
     async fn api(&self) -> Result<&AsyncGitlab, ForgeError> {
+        self.hold.check(FORGE, "call")?;
         self.api
             .get_or_try_init(|| async {
                 let mut builder = GitlabBuilder::new(self.host.as_str(), self.token.expose_secret());
@@ -169,6 +247,86 @@ impl GitlabClient {
         Ok(CommentRef { id: n.id, created: false })
     }
 
+    /// The project's environment called `name`, if any (`name` filters exactly).
+    async fn environment_named(
+        &self,
+        api: &AsyncGitlab,
+        repo: &str,
+        name: &str,
+    ) -> Result<Option<GitlabEnvironment>, ForgeError> {
+        let op = "find environment";
+        let endpoint = Environments::builder().project(repo).name(name).build().map_err(|e| self.invalid(op, &e))?;
+        let found: Vec<GitlabEnvironment> = endpoint.query_async(api).await.map_err(|e| self.api_error(op, e))?;
+        Ok(found.into_iter().find(|e| e.name == name))
+    }
+
+    async fn raw<T: serde::de::DeserializeOwned + 'static>(
+        &self,
+        api: &AsyncGitlab,
+        op: &'static str,
+        method: Method,
+        path: String,
+        form: Vec<(&'static str, String)>,
+    ) -> Result<T, ForgeError> {
+        Raw { method, path, form }.query_async(api).await.map_err(|e| self.api_error(op, e))
+    }
+
+    /// Creates the environment, or points an existing one at `url`. A stopped environment cannot be
+    /// started through the API, so one left over from an earlier life of the stand is replaced.
+    async fn upsert_environment(
+        &self,
+        api: &AsyncGitlab,
+        repo: &str,
+        env: &EnvironmentReport,
+        previous: Option<&EnvironmentRef>,
+    ) -> Result<u64, ForgeError> {
+        let project = project_segment(repo);
+        let url = env.url.clone().unwrap_or_default();
+        let known = previous.map(|p| p.id);
+        let existing = match known {
+            Some(id) => {
+                let op = "read environment";
+                match self
+                    .raw::<GitlabEnvironment>(
+                        api,
+                        op,
+                        Method::GET,
+                        format!("projects/{project}/environments/{id}"),
+                        vec![],
+                    )
+                    .await
+                {
+                    Ok(e) => Some(e),
+                    Err(e) if e.is_not_found() => self.environment_named(api, repo, &env.environment).await?,
+                    Err(e) => return Err(e),
+                }
+            }
+            None => self.environment_named(api, repo, &env.environment).await?,
+        };
+        if let Some(e) = existing {
+            if e.state != "stopped" {
+                let op = "edit environment";
+                let path = format!("projects/{project}/environments/{}", e.id);
+                let edited: WithId = self.raw(api, op, Method::PUT, path, vec![("external_url", url)]).await?;
+                return Ok(edited.id);
+            }
+            let op = "delete environment";
+            let path = format!("projects/{project}/environments/{}", e.id);
+            ignore(Raw { method: Method::DELETE, path, form: vec![] })
+                .query_async(api)
+                .await
+                .map_err(|e| self.api_error(op, e))?;
+        }
+        let op = "create environment";
+        let form = vec![("name", env.environment.clone()), ("external_url", url), ("tier", "development".to_owned())];
+        let created: WithId = self.raw(api, op, Method::POST, format!("projects/{project}/environments"), form).await?;
+        Ok(created.id)
+    }
+
+    fn is_transition_refusal(e: &ForgeError) -> bool {
+        matches!(e, ForgeError::Status { status: 400, message, .. } if message.contains("Cannot transition status"))
+    }
+
     fn invalid(&self, operation: &'static str, e: &dyn std::fmt::Display) -> ForgeError {
         ForgeError::Invalid { forge: FORGE, message: self.redact.scrub(&format!("{operation}: {e}")) }
     }
@@ -220,11 +378,15 @@ impl GitlabClient {
             ApiError::GitlabWithStatus { status: s, msg } => status(s.as_u16(), msg, None),
             ApiError::GitlabObjectWithStatus { status: s, obj } => status(s.as_u16(), obj.to_string(), None),
             ApiError::GitlabUnrecognizedWithStatus { status: s, obj } => status(s.as_u16(), obj.to_string(), None),
-            ApiError::GitlabRateLimited { retry_after, rl_name, .. } => status(
-                429,
-                format!("rate limited ({})", if rl_name.is_empty() { "unnamed limit" } else { &rl_name }),
-                (!retry_after.is_zero()).then_some(retry_after),
-            ),
+            ApiError::GitlabRateLimited { retry_after, rl_name, .. } => {
+                let wait = if retry_after.is_zero() { RATE_LIMIT_WAIT } else { retry_after };
+                self.hold.hold(wait);
+                status(
+                    429,
+                    format!("rate limited ({})", if rl_name.is_empty() { "unnamed limit" } else { &rl_name }),
+                    Some(wait),
+                )
+            }
             ApiError::MovedPermanently { location } => {
                 status(301, format!("moved permanently to {}", location.as_deref().unwrap_or("?")), None)
             }
@@ -277,6 +439,170 @@ impl ForgeClient for GitlabClient {
         })
         .await
     }
+    async fn post_comment(&self, repo: &str, number: u64, body: &str) -> Result<CommentRef, ForgeError> {
+        let repo = self.repo(repo)?;
+        within(FORGE, "create note", self.timeout, async {
+            let api = self.api().await?;
+            let op = "create note";
+            let endpoint = CreateMergeRequestNote::builder()
+                .project(repo)
+                .merge_request(number)
+                .body(body)
+                .build()
+                .map_err(|e| self.invalid(op, &e))?;
+            let n: Note = endpoint.query_async(api).await.map_err(|e| self.api_error(op, e))?;
+            Ok(CommentRef { id: n.id, created: true })
+        })
+        .await
+    }
+
+    async fn report_check(
+        &self,
+        repo: &str,
+        check: &CheckReport,
+        _previous: Option<u64>,
+    ) -> Result<Option<u64>, ForgeError> {
+        let repo = self.repo(repo)?;
+        let op = "set commit status";
+        within(FORGE, op, self.timeout, async {
+            let api = self.api().await?;
+            let state = match check.state {
+                CheckState::Queued => CommitStatusState::Pending,
+                CheckState::InProgress => CommitStatusState::Running,
+                CheckState::Success => CommitStatusState::Success,
+                CheckState::Failure => CommitStatusState::Failed,
+                CheckState::Cancelled => CommitStatusState::Canceled,
+            };
+            let description = clip(&check.title, MAX_DESCRIPTION);
+            let mut builder = CreateCommitStatus::builder();
+            builder.project(repo).commit(check.sha.as_str()).state(state).name(CHECK_NAME).description(description);
+            if let Some(url) = &check.details_url {
+                builder.target_url(url.as_str());
+            }
+            if let Some(branch) = &check.branch {
+                builder.ref_(branch.as_str());
+            }
+            let endpoint = builder.build().map_err(|e| self.invalid(op, &e))?;
+            let set: Result<WithId, _> = endpoint.query_async(api).await;
+            match set.map_err(|e| self.api_error(op, e)) {
+                Ok(s) => Ok(Some(s.id)),
+                // GitLab refuses to set a status to the state it is in: delivered already.
+                Err(e) if Self::is_transition_refusal(&e) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    async fn report_environment(
+        &self,
+        repo: &str,
+        env: &EnvironmentReport,
+        previous: Option<&EnvironmentRef>,
+    ) -> Result<Option<EnvironmentRef>, ForgeError> {
+        let repo = self.repo(repo)?;
+        within(FORGE, "report environment", self.timeout, async {
+            let api = self.api().await?;
+            if env.state != EnvironmentState::Inactive {
+                let id = self.upsert_environment(api, repo, env, previous).await?;
+                return Ok(Some(EnvironmentRef { id, sha: env.sha.clone() }));
+            }
+            let found = match previous {
+                Some(p) => Some(p.id),
+                None => self.environment_named(api, repo, &env.environment).await?.map(|e| e.id),
+            };
+            let Some(id) = found else { return Ok(None) };
+            let op = "stop environment";
+            let path = format!("projects/{}/environments/{id}/stop", project_segment(repo));
+            match self.raw::<WithId>(api, op, Method::POST, path, vec![]).await {
+                Ok(_) => Ok(Some(EnvironmentRef { id, sha: env.sha.clone() })),
+                Err(e) if e.is_not_found() => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    async fn set_label(&self, repo: &str, number: u64, label: &str, present: bool) -> Result<(), ForgeError> {
+        let repo = self.repo(repo)?;
+        let op = if present { "add label" } else { "remove label" };
+        within(FORGE, op, self.timeout, async {
+            let api = self.api().await?;
+            let mut builder = EditMergeRequest::builder();
+            builder.project(repo).merge_request(number);
+            if present {
+                builder.add_label(label);
+            } else {
+                builder.remove_label(label);
+            }
+            let endpoint = builder.build().map_err(|e| self.invalid(op, &e))?;
+            ignore(endpoint).query_async(api).await.map_err(|e| self.api_error(op, e))
+        })
+        .await
+    }
+
+    async fn permission(&self, repo: &str, user: ForgeUser<'_>) -> Result<Permission, ForgeError> {
+        let repo = self.repo(repo)?;
+        let op = "read member";
+        within(FORGE, op, self.timeout, async {
+            let api = self.api().await?;
+            let member = match user.id {
+                Some(id) => {
+                    let endpoint =
+                        AllProjectMember::builder().project(repo).user(id).build().map_err(|e| self.invalid(op, &e))?;
+                    let found: Result<Member, _> = endpoint.query_async(api).await;
+                    match found.map_err(|e| self.api_error(op, e)) {
+                        Ok(m) => Some(m),
+                        Err(e) if e.is_not_found() => None,
+                        Err(e) => Err(e)?,
+                    }
+                }
+                None => {
+                    // Without the id, the login is searched for and must match exactly.
+                    let endpoint = AllProjectMembers::builder()
+                        .project(repo)
+                        .query(user.login)
+                        .build()
+                        .map_err(|e| self.invalid(op, &e))?;
+                    // The search matches parts of names: read 100 a page until the exact login shows.
+                    let mut exact = None;
+                    for page in 1..=20 {
+                        let found: Vec<Member> = PageOf { inner: endpoint.clone(), page }
+                            .query_async(api)
+                            .await
+                            .map_err(|e| self.api_error(op, e))?;
+                        let last = (found.len() as u64) < PER_PAGE;
+                        exact = found.into_iter().find(|m| m.username == user.login);
+                        if exact.is_some() || last {
+                            break;
+                        }
+                    }
+                    exact
+                }
+            };
+            Ok(match member {
+                Some(m) => Permission { level: access_level_name(m.access_level), write: m.access_level >= DEVELOPER },
+                None => Permission { level: "none".into(), write: false },
+            })
+        })
+        .await
+    }
+}
+
+/// GitLab's access levels by name, as its member API documents them.
+fn access_level_name(level: u64) -> String {
+    let name = match level {
+        0 => "no access",
+        5 => "minimal access",
+        10 => "guest",
+        15 => "planner",
+        20 => "reporter",
+        30 => "developer",
+        40 => "maintainer",
+        50 => "owner",
+        _ => "access",
+    };
+    format!("{name} ({level})")
 }
 
 #[cfg(test)]

@@ -1,0 +1,1 @@
+drop index if exists outbox_pending_by_stand;

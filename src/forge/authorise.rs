@@ -1,0 +1,198 @@
+//! Who may act through the forge: `/draft rerun|extend|destroy` comments and the check run's Re-run
+//! button are honoured only from users with write access to the repository (GitHub: collaborator
+//! permission `write` or `admin`; GitLab: member access level Developer or above). Every decision
+//! is an `audit` row; a refusal also gets a short reply on the PR/MR, and nothing else happens.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde_json::json;
+use sqlx::PgPool;
+
+use super::client::{AnyForge, ForgeClient, ForgeError, ForgeUser, Permission};
+use crate::config::{Config, ForgeKind};
+use crate::pipeline::StepError;
+use crate::reporter::{Outbound, ReplyPayload, enqueue};
+use crate::store::runs::ClaimedRun;
+
+/// What the forge said of a requester.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    /// Not acted on; `reason` is recorded as the run's error.
+    Denied {
+        reason: String,
+    },
+}
+
+/// Decides whether a person's run may act. A transient error (the forge is down) is retried.
+pub trait Authorise: Send + Sync + 'static {
+    fn authorise<'a>(
+        &'a self,
+        run: &'a ClaimedRun,
+    ) -> Pin<Box<dyn Future<Output = Result<Verdict, StepError>> + Send + 'a>>;
+}
+
+/// Runs that need the check: asked for on the forge by a person.
+pub fn needs_check(run: &ClaimedRun) -> bool {
+    run.requested_by.is_some() && matches!(run.trigger.as_str(), "command" | "check_run")
+}
+
+/// The forge-backed check, with the clients the reporter uses.
+pub struct ForgeAuthoriser<F = AnyForge> {
+    pool: PgPool,
+    forges: Vec<(ForgeKind, F)>,
+    /// Project name → (forge, repo).
+    projects: Vec<(String, ForgeKind, String)>,
+}
+
+impl ForgeAuthoriser<AnyForge> {
+    pub fn new(pool: PgPool, config: &Config, forges: &[AnyForge]) -> Self {
+        let forges = forges.iter().map(|f| (f.kind(), f.clone())).collect();
+        Self::with_clients(pool, config, forges)
+    }
+}
+
+impl<F: ForgeClient> ForgeAuthoriser<F> {
+    pub fn with_clients(pool: PgPool, config: &Config, forges: Vec<(ForgeKind, F)>) -> Self {
+        let projects = config.projects.iter().map(|p| (p.name.clone(), p.forge, p.repo.clone())).collect();
+        Self { pool, forges, projects }
+    }
+
+    async fn check(&self, run: &ClaimedRun) -> Result<Verdict, StepError> {
+        let db = |e: sqlx::Error| StepError::transient("database", e.to_string());
+        // A run resumed by another worker was decided once already: neither asked nor answered twice.
+        let decided: Option<(String, Option<String>)> = sqlx::query_as(
+            "select action, detail->>'reason' from audit
+             where run_id = $1 and action in ('command.allowed', 'command.denied') order by audit_id desc limit 1",
+        )
+        .bind(run.run_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        match decided {
+            Some((action, _)) if action == "command.allowed" => return Ok(Verdict::Allowed),
+            Some((_, reason)) => {
+                return Ok(Verdict::Denied { reason: reason.unwrap_or_else(|| "write access was refused".into()) });
+            }
+            None => {}
+        }
+        let login = run.requested_by.as_deref().unwrap_or_default();
+        let Some((_, forge, repo)) = self.projects.iter().find(|(name, _, _)| *name == run.project) else {
+            return Ok(Verdict::Denied { reason: format!("project {:?} is not configured", run.project) });
+        };
+        let Some((_, client)) = self.forges.iter().find(|(k, _)| k == forge) else {
+            return Err(StepError::permanent(
+                "no_forge_client",
+                format!("no {} client is configured to check {login}'s access", forge.as_str()),
+            ));
+        };
+        let user = ForgeUser { login, id: run.params.get("author_id").and_then(|v| v.as_u64()) };
+        let permission = client.permission(repo, user).await.map_err(|e| forge_error(&e))?;
+        let what = command_text(run);
+        let reason = format!("{login} has {} access to {repo}; {what} needs write access", permission.level);
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let action = if permission.write { "command.allowed" } else { "command.denied" };
+        sqlx::query("insert into audit (actor, action, stand_id, run_id, detail) values ($1, $2, $3, $4, $5)")
+            .bind(format!("{}:{login}", forge.as_str()))
+            .bind(action)
+            .bind(run.stand_id)
+            .bind(run.run_id)
+            .bind(json!({ "forge": forge, "repo": repo, "command": what, "trigger": run.trigger,
+                          "permission": permission.level, "kind": run.kind , "reason": (!permission.write).then_some(&reason) }))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let verdict = if permission.write {
+            if run.kind == "teardown" {
+                // Now that it may, the destroy closes the stand, as an authorised one does at once.
+                sqlx::query(
+                    "update stands set state = 'closing', state_reason = $2, updated_at = now()
+                     where stand_id = $1 and state = 'active'",
+                )
+                .bind(run.stand_id)
+                .bind(&run.trigger)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            }
+            Verdict::Allowed
+        } else {
+            let number: Option<i64> = sqlx::query_scalar("select pr_number from stands where stand_id = $1")
+                .bind(run.stand_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?
+                .flatten();
+            if let Some(number) = number {
+                let reply = ReplyPayload {
+                    forge: *forge,
+                    repo: repo.clone(),
+                    number: number as u64,
+                    body: refusal(login, &what, repo, &permission),
+                };
+                enqueue(&mut *tx, run.stand_id, Some(run.run_id), &Outbound::Reply { run: run.run_id, reply })
+                    .await
+                    .map_err(|e| StepError::transient("database", e.to_string()))?;
+            }
+            Verdict::Denied { reason }
+        };
+        tx.commit().await.map_err(db)?;
+        tracing::info!(run = run.run_id, user = login, permission = %permission.level, ?verdict, "forge command checked");
+        Ok(verdict)
+    }
+}
+
+impl<F: ForgeClient> Authorise for ForgeAuthoriser<F> {
+    fn authorise<'a>(
+        &'a self,
+        run: &'a ClaimedRun,
+    ) -> Pin<Box<dyn Future<Output = Result<Verdict, StepError>> + Send + 'a>> {
+        Box::pin(self.check(run))
+    }
+}
+
+fn forge_error(e: &ForgeError) -> StepError {
+    let message = format!("checking the requester's access: {e}");
+    if e.is_transient() {
+        StepError::transient("forge_unavailable", message)
+    } else {
+        StepError::permanent("permission_check_failed", message)
+    }
+}
+
+/// The command as the person gave it.
+fn command_text(run: &ClaimedRun) -> String {
+    if run.trigger == "check_run" {
+        return "the Re-run button".to_owned();
+    }
+    match run.kind.as_str() {
+        "deploy" => "`/draft rerun`".to_owned(),
+        "teardown" => "`/draft destroy`".to_owned(),
+        _ => "`/draft extend`".to_owned(),
+    }
+}
+
+/// The reply to a refused command: who, what, why, and that nothing happened.
+fn refusal(login: &str, what: &str, repo: &str, permission: &Permission) -> String {
+    format!(
+        "@{login} {what} needs write access to `{repo}` (yours: {}), so nothing was done. \
+         Ask someone who can push to the repository.",
+        permission.level
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_says_who_what_and_that_nothing_happened() {
+        let p = Permission { level: "read".into(), write: false };
+        assert_eq!(
+            refusal("mallory", "`/draft destroy`", "acme/shop", &p),
+            "@mallory `/draft destroy` needs write access to `acme/shop` (yours: read), so nothing was done. \
+             Ask someone who can push to the repository."
+        );
+    }
+}
