@@ -14,7 +14,6 @@ use draftd::forge::client::{AnyForge, AppCredentials, CheckReport, CheckState, G
 use draftd::forge::publish::{TESTED_LABEL, Target, outbound};
 use draftd::forge::report::{Status, StepLine};
 use draftd::reporter::{CheckPayload, Outbound, Reporter, ReporterSettings, enqueue};
-use draftd::store::runs::ClaimedRun;
 use forge_fake::github::CheckRun;
 use forge_fake::*;
 use secrecy::SecretString;
@@ -254,15 +253,12 @@ async fn five_rapid_pushes_make_one_comment_and_the_last_state_wins(pool: PgPool
     let fake = Fake::start(ForgeKind::Github).await;
     let r = reporter_with(&pool, token_client(&fake), settings());
     let stand_id = stand(&pool, "feature/login").await;
-    let mut last = Vec::new();
     for n in 1..=5 {
-        last = reports(stand_id, n as i32, &sha(n), Status::Deploying, false);
-        enqueue_all(&pool, stand_id, &last).await;
+        enqueue_all(&pool, stand_id, &reports(stand_id, n as i32, &sha(n), Status::Deploying, false)).await;
     }
     let last_ready = reports(stand_id, 5, &sha(5), Status::Ready, false);
     enqueue_all(&pool, stand_id, &last_ready).await;
     drain_all(&r, &pool, Duration::from_secs(5)).await;
-    let _ = last;
 
     let ours = fake.marked(REPO, PR, &marker(stand_id));
     assert_eq!(ours.len(), 1);
@@ -483,38 +479,6 @@ webhook_secret_env = "GH_SECRET"
     .unwrap()
 }
 
-/// A forge-requested run of `stand_id`, as a worker claims it.
-async fn command_run(pool: &PgPool, stand_id: i64, kind: &str, trigger: &str, login: &str) -> ClaimedRun {
-    let run_id: i64 = sqlx::query_scalar(
-        "insert into runs (stand_id, number, kind, trigger, automatic, epoch, sha, requested_by)
-         values ($1, (select coalesce(max(number), 0) + 1 from runs where stand_id = $1), $2, $3, false, 0, $4, $5)
-         returning run_id",
-    )
-    .bind(stand_id)
-    .bind(kind)
-    .bind(trigger)
-    .bind(sha(1))
-    .bind(login)
-    .fetch_one(pool)
-    .await
-    .unwrap();
-    ClaimedRun {
-        run_id,
-        stand_id,
-        number: 1,
-        kind: kind.into(),
-        trigger: trigger.into(),
-        sha: Some(sha(1)),
-        epoch: 0,
-        requested_by: Some(login.into()),
-        params: json!({}),
-        attempt: 1,
-        project: "shop".into(),
-        branch: "feature/login".into(),
-        namespace: "draft-feature-login".into(),
-    }
-}
-
 #[sqlx::test]
 async fn only_writers_may_rerun_or_destroy_and_every_decision_is_audited(pool: PgPool) {
     let fake = Fake::start(ForgeKind::Github).await;
@@ -525,16 +489,26 @@ async fn only_writers_may_rerun_or_destroy_and_every_decision_is_audited(pool: P
     let authoriser = ForgeAuthoriser::with_clients(pool.clone(), &shop_config(), vec![(ForgeKind::Github, client)]);
     let stand_id = stand(&pool, "feature/login").await;
 
+    let mut runs = Vec::new();
     for (login, trigger, kind, allowed) in [
         ("alice", "command", "deploy", true),
         ("maya", "check_run", "deploy", true),
         ("tom", "command", "teardown", false),
         ("mallory", "check_run", "deploy", false),
     ] {
-        let run = command_run(&pool, stand_id, kind, trigger, login).await;
+        let run = command_run(&pool, stand_id, kind, trigger, login, &sha(1), json!({})).await;
         let verdict = authoriser.authorise(&run).await.unwrap();
         assert_eq!(matches!(verdict, Verdict::Allowed), allowed, "{login}: {verdict:?}");
+        runs.push(run);
     }
+    // A run resumed after its refusal was recorded is refused again without a new audit row or reply.
+    let again = authoriser.authorise(&runs[2]).await.unwrap();
+    assert_eq!(
+        again,
+        Verdict::Denied {
+            reason: "tom has read (triage) access to acme/shop; `/draft destroy` needs write access".into()
+        }
+    );
     let audit: Vec<(String, String, Value)> =
         sqlx::query_as("select actor, action, detail from audit order by audit_id").fetch_all(&pool).await.unwrap();
     let decisions: Vec<(&str, &str, &str)> =
@@ -572,7 +546,7 @@ async fn an_allowed_destroy_closes_the_stand_and_a_github_outage_is_transient(po
     let client = AnyForge::Github(token_client(&fake));
     let authoriser = ForgeAuthoriser::with_clients(pool.clone(), &shop_config(), vec![(ForgeKind::Github, client)]);
     let stand_id = stand(&pool, "feature/login").await;
-    let run = command_run(&pool, stand_id, "teardown", "command", "alice").await;
+    let run = command_run(&pool, stand_id, "teardown", "command", "alice", &sha(1), json!({})).await;
     fake.set_mode(Mode::Down(502));
     let err = authoriser.authorise(&run).await.unwrap_err();
     assert_eq!(err.label, "forge_unavailable", "{err:?}");

@@ -18,7 +18,6 @@ use draftd::forge::client::{
 use draftd::reporter::{
     CheckPayload, CommentPayload, EnvironmentPayload, LabelPayload, Outbound, REPLY_KIND, enqueue as enqueue_out,
 };
-use draftd::store::runs::ClaimedRun;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -414,38 +413,6 @@ webhook_secret_env = "GL_SECRET"
     .expect("config")
 }
 
-async fn command_run(pool: &PgPool, stand_id: i64, number: i32, kind: &str, login: &str, author_id: u64) -> ClaimedRun {
-    let params = json!({ "author_id": author_id });
-    let run_id: i64 = sqlx::query_scalar(
-        "insert into runs (stand_id, number, kind, trigger, automatic, epoch, sha, requested_by, params)
-         values ($1, $2, $3, 'command', false, 0, $4, $5, $6) returning run_id",
-    )
-    .bind(stand_id)
-    .bind(number)
-    .bind(kind)
-    .bind(SHA)
-    .bind(login)
-    .bind(&params)
-    .fetch_one(pool)
-    .await
-    .unwrap();
-    ClaimedRun {
-        run_id,
-        stand_id,
-        number,
-        kind: kind.into(),
-        trigger: "command".into(),
-        sha: Some(SHA.into()),
-        epoch: 0,
-        requested_by: Some(login.into()),
-        params,
-        attempt: 1,
-        project: "shop".into(),
-        branch: "feature/login".into(),
-        namespace: "draft-feature-login".into(),
-    }
-}
-
 async fn audit(pool: &PgPool, run_id: i64) -> Vec<(String, String, Value)> {
     sqlx::query_as("select actor, action, detail from audit where run_id = $1 order by audit_id")
         .bind(run_id)
@@ -463,7 +430,7 @@ async fn authoriser_refuses_a_reporter_with_a_reply_and_lets_a_developer_through
     let stand_id = stand(&pool, "feature/login").await;
 
     // Bob (Reporter) asks for a rerun: refused, audited, answered.
-    let run = command_run(&pool, stand_id, 1, "deploy", "bob", 12).await;
+    let run = command_run(&pool, stand_id, "deploy", "command", "bob", SHA, json!({ "author_id": 12 })).await;
     assert!(needs_check(&run));
     let verdict = auth.authorise(&run).await.unwrap();
     let Verdict::Denied { reason } = verdict else { panic!("bob was let through: {verdict:?}") };
@@ -499,7 +466,7 @@ async fn authoriser_refuses_a_reporter_with_a_reply_and_lets_a_developer_through
     assert_eq!(state, "delivered");
 
     // Alice (Developer) asks for a destroy: allowed, audited, no reply; the stand starts closing.
-    let run2 = command_run(&pool, stand_id, 2, "teardown", "alice", 11).await;
+    let run2 = command_run(&pool, stand_id, "teardown", "command", "alice", SHA, json!({ "author_id": 11 })).await;
     assert_eq!(auth.authorise(&run2).await.unwrap(), Verdict::Allowed);
     let rows = audit(&pool, run2.run_id).await;
     assert_eq!(rows.len(), 1, "{rows:?}");
@@ -532,7 +499,7 @@ async fn authoriser_finds_a_requester_by_username_when_the_webhook_gave_no_id(po
     fake.gl_add_member(GITLAB_REPO, 11, "alice", 30);
     let auth = ForgeAuthoriser::with_clients(pool.clone(), &config(&fake), vec![(ForgeKind::Gitlab, c)]);
     let stand_id = stand(&pool, "feature/login").await;
-    let mut run = command_run(&pool, stand_id, 1, "extend", "alice", 11).await;
+    let mut run = command_run(&pool, stand_id, "extend", "command", "alice", SHA, json!({ "author_id": 11 })).await;
     run.params = json!({});
     assert_eq!(auth.authorise(&run).await.unwrap(), Verdict::Allowed);
     assert_eq!(fake.count("GET", "/members/all"), 1);

@@ -348,6 +348,8 @@ pub(crate) async fn within<T>(
 /// Either real client, so one reporter serves GitHub and GitLab projects alike. Clones share their
 /// connection pool, token cache and rate-limit hold.
 #[derive(Debug, Clone)]
+// One or two per process, made at start and cloned rarely: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyForge {
     Github(GithubClient),
     Gitlab(GitlabClient),

@@ -390,6 +390,30 @@ mod tests {
         StepLine { name: name.into(), state: state.into(), duration_ms: ms, note: note.map(Into::into) }
     }
 
+    /// A view with nothing in it but its status.
+    fn bare(status: Status) -> ReportView {
+        ReportView {
+            stand_id: 1,
+            project: "p".into(),
+            branch: "b".into(),
+            namespace: "draft-b".into(),
+            url: None,
+            sha: None,
+            head_sha: None,
+            run_number: 1,
+            kind: "deploy".into(),
+            trigger: "pushed".into(),
+            requested_by: None,
+            stand_link: None,
+            run_link: None,
+            status,
+            steps: vec![],
+            mocks: vec![],
+            expires_at: None,
+            error: None,
+        }
+    }
+
     #[test]
     fn status_of_a_running_report_step() {
         let all_done: Vec<StepLine> =
@@ -412,26 +436,9 @@ mod tests {
 
     #[test]
     fn diagnostics_are_cut_in_the_middle_and_the_body_stays_under_the_limit() {
-        let mut view = ReportView {
-            stand_id: 1,
-            project: "p".into(),
-            branch: "b".into(),
-            namespace: "draft-b".into(),
-            url: None,
-            sha: None,
-            head_sha: None,
-            run_number: 1,
-            kind: "deploy".into(),
-            trigger: "pushed".into(),
-            requested_by: None,
-            stand_link: None,
-            run_link: None,
-            status: Status::Failed,
-            steps: vec![line("verify", "failed", Some(1), Some("rollout_timeout"))],
-            mocks: (0..500).map(|i| format!("mock{i}")).collect(),
-            expires_at: None,
-            error: None,
-        };
+        let mut view = bare(Status::Failed);
+        view.steps = vec![line("verify", "failed", Some(1), Some("rollout_timeout"))];
+        view.mocks = (0..500).map(|i| format!("mock{i}")).collect();
         let log: String = (0..20_000).map(|i| format!("log line {i}\n")).collect();
         view.error = Some(format!("verify: FIRST LINE\n{log}LAST LINE"));
         let body = render(&view);
@@ -462,26 +469,8 @@ mod tests {
 
     #[test]
     fn expiry_is_shown_in_utc() {
-        let view = ReportView {
-            stand_id: 1,
-            project: "p".into(),
-            branch: "b".into(),
-            namespace: "draft-b".into(),
-            url: None,
-            sha: None,
-            head_sha: None,
-            run_number: 1,
-            kind: "deploy".into(),
-            trigger: "opened".into(),
-            requested_by: None,
-            stand_link: None,
-            run_link: None,
-            status: Status::Deploying,
-            steps: vec![],
-            mocks: vec![],
-            expires_at: Some(Utc.with_ymd_and_hms(2026, 11, 27, 14, 5, 9).unwrap()),
-            error: None,
-        };
+        let mut view = bare(Status::Deploying);
+        view.expires_at = Some(Utc.with_ymd_and_hms(2026, 11, 27, 14, 5, 9).unwrap());
         let body = render(&view);
         assert!(body.starts_with("<!-- draftd:stand:1 -->\n### ⏳ Draft stand deploying\n"), "{body}");
         assert!(

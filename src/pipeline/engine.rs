@@ -241,16 +241,16 @@ impl<R: StepRunner> Engine<R> {
         // `/draft` commands and check-run buttons are honoured only from users with write access.
         if needs_check(run) {
             match self.authorise(run, lost).await {
-                Ok(Verdict::Allowed) => {}
-                Ok(Verdict::Denied { reason }) => {
+                Ok(Ok(Verdict::Allowed)) => {}
+                Ok(Ok(Verdict::Denied { reason })) => {
                     let error = json!({ "label": "unauthorised", "message": reason });
                     return self.end(run, "rejected", RunEnd::Rejected, Some(error), Vec::new()).await;
                 }
-                Err(Ok(e)) => {
+                Ok(Err(e)) => {
                     let error = json!({ "kind": e.kind, "label": e.label, "message": e.message });
                     return self.end(run, "failed", RunEnd::Failed, Some(error), Vec::new()).await;
                 }
-                Err(Err(failure)) => return failure.into_end(),
+                Err(failure) => return failure.into_end(),
             }
         }
         // Resuming: steps recorded as done are never executed again. Steps are only recorded under a
@@ -331,33 +331,33 @@ impl<R: StepRunner> Engine<R> {
     }
 
     /// The forge's word on the requester, asked again with backoff while the forge is unreachable.
-    /// `Err(Ok(e))`: no answer could be had; `Err(Err(_))`: the lease was lost meanwhile.
+    /// `Ok(Err(e))`: no answer could be had; `Err(_)`: the lease was lost meanwhile.
     async fn authorise(
         &self,
         run: &ClaimedRun,
         lost: &watch::Receiver<bool>,
-    ) -> Result<Verdict, Result<StepError, StepFailure>> {
+    ) -> Result<Result<Verdict, StepError>, StepFailure> {
         let Some(authoriser) = &self.authoriser else {
-            return Ok(Verdict::Denied { reason: "no forge client is configured to check write access".into() });
+            return Ok(Ok(Verdict::Denied { reason: "no forge client is configured to check write access".into() }));
         };
         let mut attempt = 1;
         loop {
             let result = tokio::select! {
                 r = authoriser.authorise(run) => r,
-                _ = lease_lost(lost) => return Err(Err(StepFailure::Lease)),
+                _ = lease_lost(lost) => return Err(StepFailure::Lease),
             };
             match result {
-                Ok(v) => return Ok(v),
+                Ok(v) => return Ok(Ok(v)),
                 Err(e) if e.kind == StepErrorKind::Transient && attempt < self.settings.max_step_attempts => {
                     let delay = backoff(&self.settings, attempt);
                     tracing::info!(attempt, retry_in = ?delay, error = %e, "access check failed, will retry");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = lease_lost(lost) => return Err(Err(StepFailure::Lease)),
+                        _ = lease_lost(lost) => return Err(StepFailure::Lease),
                     }
                     attempt += 1;
                 }
-                Err(e) => return Err(Ok(e)),
+                Err(e) => return Ok(Err(e)),
             }
         }
     }

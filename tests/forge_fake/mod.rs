@@ -422,3 +422,44 @@ pub async fn drain(r: &Reporter<AnyForge>, pool: &PgPool, stand_id: i64, deadlin
         tokio::time::sleep(Duration::from_millis(15)).await;
     }
 }
+
+/// A run of `stand_id` asked for on the forge by `login`, inserted and returned as a worker claims it.
+pub async fn command_run(
+    pool: &PgPool,
+    stand_id: i64,
+    kind: &str,
+    trigger: &str,
+    login: &str,
+    sha: &str,
+    params: Value,
+) -> draftd::store::runs::ClaimedRun {
+    let (run_id, number): (i64, i32) = sqlx::query_as(
+        "insert into runs (stand_id, number, kind, trigger, automatic, epoch, sha, requested_by, params)
+         values ($1, (select coalesce(max(number), 0) + 1 from runs where stand_id = $1), $2, $3, false, 0, $4, $5, $6)
+         returning run_id, number",
+    )
+    .bind(stand_id)
+    .bind(kind)
+    .bind(trigger)
+    .bind(sha)
+    .bind(login)
+    .bind(&params)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    draftd::store::runs::ClaimedRun {
+        run_id,
+        stand_id,
+        number,
+        kind: kind.into(),
+        trigger: trigger.into(),
+        sha: Some(sha.into()),
+        epoch: 0,
+        requested_by: Some(login.into()),
+        params,
+        attempt: 1,
+        project: "shop".into(),
+        branch: "feature/login".into(),
+        namespace: "draft-feature-login".into(),
+    }
+}

@@ -57,7 +57,6 @@ struct App {
     app_id: u64,
     key: octocrab::EncodingKey,
     installation_id: Option<u64>,
-    refresh_before: Duration,
     /// Installation token per repository owner; the lock makes one fetch serve every waiting call.
     tokens: tokio::sync::Mutex<HashMap<String, Installation>>,
 }
@@ -84,6 +83,8 @@ pub struct GithubClient {
     hold: Hold,
     timeout: Duration,
     secondary_wait: Duration,
+    /// App only: installation tokens with less than this left are replaced.
+    refresh_before: Duration,
 }
 
 impl std::fmt::Debug for GithubClient {
@@ -146,7 +147,6 @@ impl GithubClient {
             app_id: app.app_id,
             key,
             installation_id: app.installation_id,
-            refresh_before: REFRESH_BEFORE,
             tokens: tokio::sync::Mutex::new(HashMap::new()),
         };
         Self::build(api_url, Auth::App(Arc::new(app)), Redactor::new(&SecretString::from(String::new())), timeout)
@@ -173,6 +173,7 @@ impl GithubClient {
             hold: Hold::default(),
             timeout,
             secondary_wait: SECONDARY_WAIT,
+            refresh_before: REFRESH_BEFORE,
         })
     }
 
@@ -184,11 +185,7 @@ impl GithubClient {
 
     /// Replace installation tokens when less than this is left of their hour (tests lengthen it).
     pub fn with_token_refresh(mut self, before: Duration) -> Self {
-        if let Auth::App(app) = &mut self.auth
-            && let Some(app) = Arc::get_mut(app)
-        {
-            app.refresh_before = before;
-        }
+        self.refresh_before = before;
         self
     }
 
@@ -266,7 +263,7 @@ impl GithubClient {
         let mut tokens = app.tokens.lock().await;
         if let Some(i) = tokens.get(&owner)
             && !renew
-            && (i.expires_at - Utc::now()).to_std().is_ok_and(|left| left > app.refresh_before)
+            && (i.expires_at - Utc::now()).to_std().is_ok_and(|left| left > self.refresh_before)
         {
             return Ok(i.token.clone());
         }

@@ -327,6 +327,18 @@ impl GitlabClient {
         matches!(e, ForgeError::Status { status: 400, message, .. } if message.contains("Cannot transition status"))
     }
 
+    async fn create_note(&self, api: &AsyncGitlab, repo: &str, iid: u64, body: &str) -> Result<CommentRef, ForgeError> {
+        let op = "create note";
+        let endpoint = CreateMergeRequestNote::builder()
+            .project(repo)
+            .merge_request(iid)
+            .body(body)
+            .build()
+            .map_err(|e| self.invalid(op, &e))?;
+        let n: Note = endpoint.query_async(api).await.map_err(|e| self.api_error(op, e))?;
+        Ok(CommentRef { id: n.id, created: true })
+    }
+
     fn invalid(&self, operation: &'static str, e: &dyn std::fmt::Display) -> ForgeError {
         ForgeError::Invalid { forge: FORGE, message: self.redact.scrub(&format!("{operation}: {e}")) }
     }
@@ -412,15 +424,7 @@ impl ForgeClient for GitlabClient {
             if let Some(id) = self.find(api, repo, number, marker).await? {
                 return self.put(api, repo, number, id, body).await;
             }
-            let op = "create note";
-            let endpoint = CreateMergeRequestNote::builder()
-                .project(repo)
-                .merge_request(number)
-                .body(body)
-                .build()
-                .map_err(|e| self.invalid(op, &e))?;
-            let n: Note = endpoint.query_async(api).await.map_err(|e| self.api_error(op, e))?;
-            Ok(CommentRef { id: n.id, created: true })
+            self.create_note(api, repo, number, body).await
         })
         .await
     }
@@ -443,15 +447,7 @@ impl ForgeClient for GitlabClient {
         let repo = self.repo(repo)?;
         within(FORGE, "create note", self.timeout, async {
             let api = self.api().await?;
-            let op = "create note";
-            let endpoint = CreateMergeRequestNote::builder()
-                .project(repo)
-                .merge_request(number)
-                .body(body)
-                .build()
-                .map_err(|e| self.invalid(op, &e))?;
-            let n: Note = endpoint.query_async(api).await.map_err(|e| self.api_error(op, e))?;
-            Ok(CommentRef { id: n.id, created: true })
+            self.create_note(api, repo, number, body).await
         })
         .await
     }
