@@ -38,3 +38,15 @@ path "sys/leases/revoke-prefix/database/creds/*" {
 path "sys/leases/lookup/database/creds/*" {
   capabilities = ["list", "sudo"]
 }
+
+# The reaper's orphan scan: which roles exist under the mount (draftd then reads the draft_* ones,
+# as allowed above, and keeps those on its own connection), and which roles Vault still holds leases
+# of, deleted ones included (their leases are revoked too). Listing the lease directories needs sudo
+# like the lookups above; the glob above matches database/creds/ itself already, and it is named
+# here so the scan's need is plain. tests/orphans_credentials.rs runs the scan with this policy.
+path "database/roles/" {
+  capabilities = ["list"]
+}
+path "sys/leases/lookup/database/creds/" {
+  capabilities = ["list", "sudo"]
+}

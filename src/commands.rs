@@ -18,6 +18,7 @@ use crate::http::{self, AppState};
 use crate::pipeline::kube_runner::KubernetesSteps;
 use crate::pipeline::runner::DryRunSteps;
 use crate::pipeline::{Engine, EngineSettings, Fault, StepRunner};
+use crate::reaper::{Reaper, SweepOutcome};
 use crate::reporter::{Reporter, ReporterSettings};
 use crate::stand::StandState;
 use crate::store::manual::{self, ManualOutcome, ManualRequest, StandLookup};
@@ -97,9 +98,14 @@ fn start_background(
     // rate-limit hold per forge.
     let forges = AnyForge::from_config(&config).context("forge clients")?;
     let authoriser: Arc<dyn Authorise> = Arc::new(ForgeAuthoriser::new(workers_pool.clone(), &config, &forges));
+    let reaper = Reaper::new(workers_pool.clone(), config.clone(), lease_owner())
+        .with_forges(forges.clone())
+        .with_credentials(credentials.clone())
+        .with_wake(state.wake().clone());
     match (config.cluster.mode, kube) {
         (ClusterMode::Kubernetes, Some(client)) => {
             let cluster = Arc::new(crate::cluster::Kubernetes::new(client, config.cluster.clone()));
+            spawn_reaper(reaper.with_cluster(cluster.clone()), &config, state, stop)?;
             if let Some(c) = &credentials {
                 let deliver = deliver_to_cluster(cluster.clone(), workers_pool.clone(), config.clone());
                 spawn_keeper(c.clone(), deliver, state, stop);
@@ -110,6 +116,7 @@ fn start_background(
         }
         (ClusterMode::Kubernetes, None) => anyhow::bail!("kubernetes mode without a Kubernetes client"),
         (ClusterMode::DryRun, _) => {
+            spawn_reaper(reaper, &config, state, stop)?;
             if let Some(c) = &credentials {
                 // Nobody uses a dry-run stand's logins: replaced ones are simply not handed out.
                 spawn_keeper(c.clone(), |_, _, _| async { Ok(()) }, state, stop);
@@ -203,6 +210,28 @@ fn spawn_keeper<F, Fut>(
     });
 }
 
+/// The in-process reaper on `[reaper] schedule`, unless `[reaper] enabled = false` (a CronJob runs
+/// `draftd reap` instead).
+fn spawn_reaper(
+    reaper: Reaper,
+    config: &Config,
+    state: &AppState,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    if !config.reaper.enabled {
+        tracing::info!("in-process reaper off ([reaper] enabled = false)");
+        return Ok(());
+    }
+    let schedule = config.reaper.cron().map_err(|e| anyhow::anyhow!("[reaper] schedule: {e}"))?;
+    let (state, stop) = (state.clone(), stop.clone());
+    tokio::spawn(async move {
+        if wait_migrated(&state, &stop).await {
+            crate::reaper::run(reaper, schedule, stop).await;
+        }
+    });
+    Ok(())
+}
+
 fn spawn_engine<R: StepRunner>(
     steps: R,
     pool: sqlx::PgPool,
@@ -221,13 +250,16 @@ fn spawn_engine<R: StepRunner>(
         lease: config.stands.lease,
         heartbeat: config.stands.lease / 3,
         fault,
+        ttl: config.stands.ttl,
         ..EngineSettings::default()
     };
     let limits = config.projects.iter().filter_map(|p| Some((p.name.as_str(), p.max_concurrent_runs?)));
+    let ttls = config.projects.iter().filter_map(|p| Some((p.name.as_str(), p.ttl?)));
     let engine = Engine::new(pool, Arc::new(steps), settings, lease_owner())
         .with_wake(state.wake().clone())
         .with_authoriser(authoriser)
-        .with_project_limits(limits);
+        .with_project_limits(limits)
+        .with_project_ttls(ttls);
     let engine = Arc::new(engine);
     let (state, stop) = (state.clone(), stop.clone());
     tokio::spawn(async move {
@@ -302,6 +334,79 @@ pub async fn migrate(config: Config) -> anyhow::Result<()> {
         "migrations applied ({} known)",
         store::MIGRATOR.iter().filter(|m| m.migration_type.is_up_migration()).count()
     );
+    Ok(())
+}
+
+/// `draftd reap`: one sweep, for a Kubernetes CronJob. Fails (exit 1) when a part of the sweep
+/// failed, so the Job shows it; another sweep holding the lock is not a failure.
+pub async fn reap(config: Config, json: bool) -> anyhow::Result<()> {
+    let pool = store::pool(&config.database_url, 4)?;
+    let config = Arc::new(config);
+    let credentials = StandCredentials::from_config(pool.clone(), &config)?.map(Arc::new);
+    let forges = AnyForge::from_config(&config).context("forge clients")?;
+    let mut reaper =
+        Reaper::new(pool.clone(), config.clone(), lease_owner()).with_forges(forges).with_credentials(credentials);
+    if config.cluster.mode == ClusterMode::Kubernetes {
+        let client = crate::cluster::client::connect(&config.cluster).await?;
+        reaper = reaper.with_cluster(Arc::new(crate::cluster::Kubernetes::new(client, config.cluster.clone())));
+    }
+    let outcome = reaper.sweep(chrono::Utc::now()).await.context("sweep")?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &outcome)?;
+        writeln!(out)?;
+    }
+    let SweepOutcome::Swept(sweep) = outcome else {
+        if !json {
+            writeln!(out, "another sweep holds the lock: nothing done")?;
+        }
+        return Ok(());
+    };
+    if !json {
+        write_sweep(&mut out, &sweep)?;
+    }
+    if !sweep.errors.is_empty() {
+        bail!("{} part(s) of sweep {} failed: {}", sweep.errors.len(), sweep.sweep_id, sweep.errors.join("; "));
+    }
+    Ok(())
+}
+
+fn write_sweep(out: &mut impl Write, s: &crate::reaper::Sweep) -> std::io::Result<()> {
+    let stands = |q: &[crate::store::lifecycle::QueuedTeardown]| {
+        q.iter().map(|t| t.namespace.as_str()).collect::<Vec<_>>().join(", ")
+    };
+    writeln!(out, "sweep {}", s.sweep_id)?;
+    writeln!(out, "  expired, teardown queued: {} {}", s.expired.len(), stands(&s.expired))?;
+    writeln!(out, "  failed teardowns retried: {} {}", s.retried.len(), stands(&s.retried))?;
+    writeln!(out, "  expiry warnings: {}", s.warned.len())?;
+    for r in &s.resync {
+        match (&r.error, r.listed) {
+            (Some(e), _) => writeln!(out, "  resync {}: not done: {e}", r.project)?,
+            (None, listed) => writeln!(
+                out,
+                "  resync {}: {} open, {} deploy(s) and {} teardown(s) queued, {} looked up ({} failed)",
+                r.project,
+                listed.unwrap_or(0),
+                r.deploys.len(),
+                r.teardowns.len(),
+                r.looked_up,
+                r.lookup_errors
+            )?,
+        }
+    }
+    for o in &s.orphans {
+        let what = if o.removed {
+            "removed"
+        } else if o.sightings >= 2 {
+            "removal failed"
+        } else {
+            "kept until seen again"
+        };
+        writeln!(out, "  orphan {} {} (seen {}x): {what}", o.kind, o.name, o.sightings)?;
+    }
+    for e in &s.errors {
+        writeln!(out, "  error: {e}")?;
+    }
     Ok(())
 }
 

@@ -27,6 +27,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "api",
     "cluster",
     "stands",
+    "reaper",
     "intake",
     "postgres",
     "vault",
@@ -65,6 +66,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     #[serde(default)]
     pub stands: StandsConfig,
+    #[serde(default)]
+    pub reaper: ReaperConfig,
     #[serde(default)]
     pub intake: IntakeConfig,
     pub postgres: Option<PostgresConfig>,
@@ -390,6 +393,81 @@ pub struct StandsConfig {
     /// long enough to ride out a slow database, short enough that a crash costs little.
     #[serde(default = "default_lease", with = "humantime_serde")]
     pub lease: Duration,
+    /// How much `extend` adds when it is not told (`/draft extend`, `stands extend` without `--by`).
+    #[serde(default = "default_extend_by", with = "humantime_serde")]
+    pub extend_by: Duration,
+    /// `extend` never moves a stand's expiry further than this from now: a forgotten stand still goes.
+    #[serde(default = "default_max_expiry", with = "humantime_serde")]
+    pub max_expiry: Duration,
+}
+
+fn default_extend_by() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+fn default_max_expiry() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+/// The sweep that removes what should be gone (DESIGN.md's reaper): expired stands, stands whose
+/// PR was closed while a webhook was lost, and orphans. `serve` runs it on `schedule`; `draftd reap`
+/// runs one sweep, for a Kubernetes CronJob.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReaperConfig {
+    /// Whether `serve` sweeps by itself; off when a CronJob runs `draftd reap` instead (both may
+    /// run: an advisory lock lets one sweep at a time).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Cron expression with seconds (the `cron` crate's: sec min hour day-of-month month day-of-week).
+    #[serde(default = "default_reaper_schedule")]
+    pub schedule: String,
+    /// The sticky comment warns this long before a stand expires.
+    #[serde(default = "default_warn_before", with = "humantime_serde")]
+    pub warn_before: Duration,
+    /// Compare open PRs/MRs on the forge with the stands (missed webhooks).
+    #[serde(default = "default_true")]
+    pub resync: bool,
+    /// Look for namespaces, folders, databases, roles and Vault roles that no live stand owns.
+    #[serde(default = "default_true")]
+    pub orphans: bool,
+    /// PRs/MRs looked up one by one per project and sweep, to confirm they were closed; bounds the
+    /// forge calls a sweep makes when the list of open ones comes back short.
+    #[serde(default = "default_max_lookups")]
+    pub max_lookups: u32,
+}
+
+fn default_reaper_schedule() -> String {
+    "0 */10 * * * *".into()
+}
+
+fn default_warn_before() -> Duration {
+    Duration::from_secs(4 * 3600)
+}
+
+fn default_max_lookups() -> u32 {
+    50
+}
+
+impl Default for ReaperConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            schedule: default_reaper_schedule(),
+            warn_before: default_warn_before(),
+            resync: true,
+            orphans: true,
+            max_lookups: default_max_lookups(),
+        }
+    }
+}
+
+impl ReaperConfig {
+    /// The parsed schedule; [`Config`] validation has checked it parses.
+    pub fn cron(&self) -> Result<cron::Schedule, String> {
+        use std::str::FromStr;
+        cron::Schedule::from_str(&self.schedule).map_err(|e| e.to_string())
+    }
 }
 
 fn default_lease() -> Duration {
@@ -403,6 +481,8 @@ impl Default for StandsConfig {
             max_concurrent_runs: default_max_concurrent_runs(),
             workers: default_workers(),
             lease: default_lease(),
+            extend_by: default_extend_by(),
+            max_expiry: default_max_expiry(),
         }
     }
 }
@@ -702,6 +782,7 @@ impl Config {
             api: ApiConfig::default(),
             cluster: ClusterConfig::default(),
             stands: StandsConfig::default(),
+            reaper: ReaperConfig::default(),
             intake: IntakeConfig::default(),
             postgres: None,
             vault: None,
@@ -805,6 +886,21 @@ impl Config {
         self.validate_cluster()?;
         if self.stands.ttl.is_zero() {
             return Err(self.invalid("stands.ttl", "must be longer than zero"));
+        }
+        if self.stands.extend_by.is_zero() {
+            return Err(self.invalid("stands.extend_by", "must be longer than zero"));
+        }
+        if self.stands.max_expiry < self.stands.extend_by {
+            return Err(self.invalid("stands.max_expiry", "must be at least stands.extend_by"));
+        }
+        if let Err(e) = self.reaper.cron() {
+            return Err(self.invalid(
+                "reaper.schedule",
+                format!(
+                    "{:?} is not a cron expression with seconds, like \"0 */10 * * * *\": {e}",
+                    self.reaper.schedule
+                ),
+            ));
         }
         if self.stands.lease < Duration::from_secs(1) {
             return Err(self.invalid("stands.lease", "must be at least 1s"));

@@ -6,8 +6,13 @@
 //! Credentials are recorded by reference (lease id or login name) in `credentials`, never by value.
 //! Even one issued but not recorded (a crash in between) cannot outlive the stand: teardown revokes
 //! every lease under the stand's Vault role and every login that is a member of its owner role.
+//!
+//! What outlives its stand anyway (a teardown that never ran) the reaper finds with
+//! [`StandCredentials::scan_orphans`]: only databases and roles marked with this installation's
+//! [`InstanceMark`], and Vault roles on draftd's own connection, since the server and Vault may be
+//! shared.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,10 +20,11 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use tokio::sync::OnceCell;
 
 use crate::config::Config;
-use crate::database::{DatabaseError, Databases, PgDatabases, StandDb};
-use crate::vault::{DbRole, DbServer, OpenBao, Vault, VaultError};
+use crate::database::{DatabaseError, Databases, InstanceMark, Marked, PgDatabases, StandDb};
+use crate::vault::{DbRole, DbServer, OpenBao, RoleConnection, Vault, VaultError};
 
 /// Name of the Secret carrying the database login (values/draft.yaml's `secretRefs`).
 pub const DATABASE_SECRET: &str = "app-database";
@@ -155,11 +161,50 @@ pub struct Lifetimes {
     pub grace: Duration,
 }
 
+/// What the orphan scan found, by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrphanKind {
+    /// A marked stand database (with its owner role).
+    Database,
+    /// A marked owner role without a database.
+    Role,
+    /// A marked Postgres-issued login whose stand is gone.
+    Login,
+    /// A Vault role on draftd's connection, or the leases left of a deleted one.
+    VaultRole,
+}
+
+impl OrphanKind {
+    /// As recorded in the `orphans` table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrphanKind::Database => "database",
+            OrphanKind::Role => "role",
+            OrphanKind::Login => "login",
+            OrphanKind::VaultRole => "vault_role",
+        }
+    }
+}
+
+/// A database, role, login or Vault role that no live stand accounts for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct CredentialOrphan {
+    pub kind: OrphanKind,
+    pub name: String,
+}
+
+/// Stand databases and Vault roles are named `draft_<branch-slug>` (the namespace with `_` for
+/// `-`); the policy lets draftd read only those roles.
+const STAND_PREFIX: &str = "draft_";
+
 pub struct StandCredentials<D = PgDatabases, V = OpenBao> {
     pool: PgPool,
     databases: Option<(Arc<D>, StandServer)>,
     vault: Option<Arc<V>>,
     lifetimes: Lifetimes,
+    /// This installation's mark, read from draftd's own database on first use.
+    instance: OnceCell<InstanceMark>,
 }
 
 /// Mask for the dry-run folder and anything else shown: keys, never values.
@@ -238,7 +283,18 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
         vault: Option<Arc<V>>,
         lifetimes: Lifetimes,
     ) -> Self {
-        Self { pool, databases, vault, lifetimes }
+        Self { pool, databases, vault, lifetimes, instance: OnceCell::new() }
+    }
+
+    /// This installation's mark (`instance` in draftd's own database), read once.
+    pub async fn instance_mark(&self) -> Result<&InstanceMark, CredentialError> {
+        self.instance
+            .get_or_try_init(|| async {
+                let id: uuid::Uuid =
+                    sqlx::query_scalar("select instance_id from instance").fetch_one(&self.pool).await?;
+                Ok::<_, CredentialError>(InstanceMark::new(id))
+            })
+            .await
     }
 
     pub fn has_databases(&self) -> bool {
@@ -261,7 +317,7 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
     /// the database engine. Every part is idempotent.
     pub async fn ensure_database(&self, db: &StandDb) -> Result<Value, CredentialError> {
         let (databases, server) = self.databases()?;
-        let ensured = databases.ensure(db).await?;
+        let ensured = databases.ensure_marked(db, Some(self.instance_mark().await?)).await?;
         let mut detail = json!({
             "database": db.database,
             "owner": db.owner,
@@ -321,7 +377,8 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
                 )
             }
             None => {
-                let login = databases.issue_login(db, self.lifetimes.max).await?;
+                let mark = self.instance_mark().await?;
+                let login = databases.issue_marked_login(db, self.lifetimes.max, Some(mark)).await?;
                 ("postgres", login.username, login.password, None, login.valid_until, login.valid_until)
             }
         };
@@ -457,6 +514,76 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
         Ok(json!(dropped))
     }
 
+    /// What no live stand accounts for: databases and owner roles marked by this installation and
+    /// not in `live` (stand database names, `stand_db(namespace).database`), marked logins whose
+    /// owner is not in `live`, and Vault roles on draftd's connection not in `live`, with the
+    /// leases left of deleted `draft_*` roles. Only what is configured is scanned. An owner role
+    /// whose database exists unmarked is left out: it is not all draftd's.
+    pub async fn scan_orphans(&self, live: &HashSet<String>) -> Result<Vec<CredentialOrphan>, CredentialError> {
+        let mut found = BTreeSet::new();
+        if let Some((databases, _)) = &self.databases {
+            let marked = databases.marked(self.instance_mark().await?).await?;
+            found.extend(postgres_orphans(&marked, live));
+        }
+        if let Some(vault) = &self.vault {
+            let roles = vault.list_roles().await?;
+            for role in roles.iter().filter(|r| r.starts_with(STAND_PREFIX) && !live.contains(*r)) {
+                if vault.role_connection(role).await? == RoleConnection::Ours {
+                    found.insert(CredentialOrphan { kind: OrphanKind::VaultRole, name: role.clone() });
+                }
+            }
+            // Leases of a role deleted before they were revoked. No role says whose they were, but
+            // draftd deletes a role only after revoking its leases: what is left is nobody's.
+            for role in vault.lease_roles().await? {
+                if role.starts_with(STAND_PREFIX) && !live.contains(&role) && !roles.contains(&role) {
+                    found.insert(CredentialOrphan { kind: OrphanKind::VaultRole, name: role });
+                }
+            }
+        }
+        Ok(found.into_iter().collect())
+    }
+
+    /// Removes an orphan [`Self::scan_orphans`] found. A database or role is dropped only if it
+    /// still carries this installation's mark (checked right before); a Vault role only if it is
+    /// on draftd's connection or gone (then its leases are revoked). Removing what is gone
+    /// already succeeds.
+    pub async fn remove_orphan(&self, orphan: &CredentialOrphan) -> Result<Value, CredentialError> {
+        let name = orphan.name.as_str();
+        let mut detail = json!({ "kind": orphan.kind.as_str(), "name": name });
+        match orphan.kind {
+            OrphanKind::Database => {
+                let (databases, _) = self.databases()?;
+                let db = StandDb { database: name.to_owned(), owner: name.to_owned(), template: None };
+                let dropped = databases.drop_marked(&db, self.instance_mark().await?).await?;
+                detail["dropped_database"] = json!(dropped.dropped_database);
+                detail["dropped_role"] = json!(dropped.dropped_role);
+            }
+            OrphanKind::Role | OrphanKind::Login => {
+                let (databases, _) = self.databases()?;
+                detail["dropped"] = json!(databases.drop_marked_role(name, self.instance_mark().await?).await?);
+            }
+            OrphanKind::VaultRole => {
+                let vault =
+                    self.vault.as_ref().ok_or_else(|| CredentialError::Config("no [vault] configured".into()))?;
+                let connection = if name.starts_with(STAND_PREFIX) {
+                    vault.role_connection(name).await?
+                } else {
+                    RoleConnection::Other
+                };
+                if connection == RoleConnection::Other {
+                    detail["skipped"] = json!("not a draftd role on draftd's connection");
+                    return Ok(detail);
+                }
+                let leases = vault.leases(name).await?.len();
+                vault.revoke_role_leases(name).await?;
+                vault.delete_role(name).await?;
+                detail["leases_revoked"] = json!(leases);
+                detail["role_deleted"] = json!(connection == RoleConnection::Ours);
+            }
+        }
+        Ok(detail)
+    }
+
     /// One pass of the keeper: revokes replaced logins past their grace, migrate logins left over
     /// and logins of removed stands; renews Vault leases at half their TTL (a long migration's too);
     /// replaces app logins nearing their end of life through `deliver` (which puts the new Secret in place). Failures are
@@ -541,9 +668,82 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
     }
 }
 
+/// The Postgres part of the orphan scan, from what carries the mark.
+fn postgres_orphans(marked: &Marked, live: &HashSet<String>) -> Vec<CredentialOrphan> {
+    let orphan = |kind, name: &String| CredentialOrphan { kind, name: name.clone() };
+    let databases = marked.databases.iter().filter(|d| !live.contains(*d)).map(|d| orphan(OrphanKind::Database, d));
+    let roles = marked.roles.iter().filter_map(|r| {
+        if r.is_login() {
+            // A login whose owner is gone (no membership left) is no live stand's either.
+            (!r.member_of.iter().any(|owner| live.contains(owner))).then(|| orphan(OrphanKind::Login, &r.name))
+        } else {
+            // With a database of its name, the role goes with that database (or stays, unmarked).
+            (!live.contains(&r.name) && !r.has_database).then(|| orphan(OrphanKind::Role, &r.name))
+        }
+    });
+    databases.chain(roles).collect()
+}
+
 /// The stand's database by the naming contract: the namespace with `_` for `-`, owned by a role
 /// of the same name (see `pipeline::plan`).
 pub fn stand_db(namespace: &str, template: Option<String>) -> StandDb {
     let name = namespace.replace('-', "_");
     StandDb { database: name.clone(), owner: name, template }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::database::MarkedRole;
+
+    fn role(name: &str, can_login: bool, member_of: &[&str], has_database: bool) -> MarkedRole {
+        MarkedRole {
+            name: name.into(),
+            can_login,
+            member_of: member_of.iter().map(|s| s.to_string()).collect(),
+            has_database,
+        }
+    }
+
+    #[test]
+    fn only_what_no_live_stand_accounts_for_is_an_orphan() {
+        let live: HashSet<String> = ["draft_live".to_owned()].into();
+        let marked = Marked {
+            databases: vec!["draft_live".into(), "draft_dead".into()],
+            roles: vec![
+                role("draft_live", false, &[], true),
+                role("draft_live_l0000000a", true, &["draft_live"], false),
+                // The dead stand's owner goes with its database.
+                role("draft_dead", false, &[], true),
+                role("draft_dead_l0000000b", true, &["draft_dead"], false),
+                // A revocation that stopped after NOLOGIN: still a login of its owner.
+                role("draft_dead_l0000000c", false, &["draft_dead"], false),
+                // A login whose owner was dropped: nobody's.
+                role("draft_gone_l0000000d", true, &[], false),
+                // An owner whose database was dropped.
+                role("draft_bare", false, &[], false),
+                // An owner whose database exists but is not marked: left alone.
+                role("draft_foreign", false, &[], true),
+            ],
+        };
+        let names = |kind| {
+            postgres_orphans(&marked, &live).into_iter().filter(|o| o.kind == kind).map(|o| o.name).collect::<Vec<_>>()
+        };
+        assert_eq!(names(OrphanKind::Database), ["draft_dead"]);
+        assert_eq!(names(OrphanKind::Role), ["draft_bare"]);
+        assert_eq!(names(OrphanKind::Login), ["draft_dead_l0000000b", "draft_dead_l0000000c", "draft_gone_l0000000d"]);
+    }
+
+    #[test]
+    fn orphan_kinds_are_named_as_recorded() {
+        for (kind, name) in [
+            (OrphanKind::Database, "database"),
+            (OrphanKind::Role, "role"),
+            (OrphanKind::Login, "login"),
+            (OrphanKind::VaultRole, "vault_role"),
+        ] {
+            assert_eq!(kind.as_str(), name);
+            assert_eq!(serde_json::to_value(kind).unwrap(), json!(name));
+        }
+    }
 }

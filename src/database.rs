@@ -4,6 +4,11 @@
 //!
 //! Identifiers cannot be bind parameters in `CREATE DATABASE`/`CREATE ROLE`, so every name goes
 //! through [`quote_ident`]; names come from the naming contract, and are quoted anyway.
+//!
+//! What draftd creates carries its installation's [`InstanceMark`] as a comment, so the reaper's
+//! orphan scan ([`Databases::marked`]) can tell its own databases and roles from those of other
+//! installations (or test runs) on the same server, and the `drop_marked*` methods never drop what
+//! does not carry it.
 
 use std::future::Future;
 
@@ -68,6 +73,60 @@ impl DatabaseError {
     }
 }
 
+/// What draftd writes on the stand databases and roles it creates: `COMMENT ON … IS 'draftd
+/// instance <uuid>'`, the installation's identity from the `instance` table of draftd's own
+/// database. A server may be shared by several installations; only what carries this mark is ever
+/// an orphan candidate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceMark(String);
+
+impl InstanceMark {
+    /// The one place the comment text is built.
+    pub fn new(instance_id: uuid::Uuid) -> Self {
+        Self(format!("draftd instance {instance_id}"))
+    }
+
+    /// The comment as Postgres stores it (`shobj_description`).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// As a SQL literal for `COMMENT ON`, which takes no bind parameters (a UUID needs no escaping;
+    /// quotes are doubled anyway).
+    fn literal(&self) -> String {
+        format!("'{}'", self.0.replace('\'', "''"))
+    }
+}
+
+/// What carries an installation's mark on the server, as the orphan scan sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Marked {
+    /// Marked databases, by name.
+    pub databases: Vec<String>,
+    /// Marked roles: stand owner roles and Postgres-issued logins.
+    pub roles: Vec<MarkedRole>,
+}
+
+/// A marked role: a stand's owner role, or a login issued for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkedRole {
+    pub name: String,
+    /// May log in; owner roles never may (`NOLOGIN`).
+    pub can_login: bool,
+    /// The roles it is a member of: an issued login's stand owner.
+    pub member_of: Vec<String>,
+    /// A database of the same name exists, marked or not.
+    pub has_database: bool,
+}
+
+impl MarkedRole {
+    /// An issued login, also one whose revocation stopped after `NOLOGIN` (it is still a member of
+    /// its owner); an owner role is neither.
+    pub fn is_login(&self) -> bool {
+        self.can_login || !self.member_of.is_empty()
+    }
+}
+
 /// A login for a stand's database, valid until `valid_until`. The password never leaves draftd
 /// except into the stand's Secret.
 #[derive(Clone)]
@@ -89,20 +148,41 @@ impl std::fmt::Debug for Credentials {
 
 /// The stand databases' server, as the pipeline uses it.
 pub trait Databases: Send + Sync + 'static {
+    /// [`Self::ensure_marked`] without a mark.
+    fn ensure(&self, db: &StandDb) -> impl Future<Output = Result<Ensured, DatabaseError>> + Send {
+        self.ensure_marked(db, None)
+    }
+
     /// Creates what is missing of the owner role and the database; what exists is left as it is,
-    /// so re-running the step changes nothing.
-    fn ensure(&self, db: &StandDb) -> impl Future<Output = Result<Ensured, DatabaseError>> + Send;
+    /// so re-running the step changes nothing, except that both get `mark` (so a stand created
+    /// before marking existed is marked on its next deploy).
+    fn ensure_marked(
+        &self,
+        db: &StandDb,
+        mark: Option<&InstanceMark>,
+    ) -> impl Future<Output = Result<Ensured, DatabaseError>> + Send;
 
     /// Drops the database (ending its sessions) and then its owner role. Absent ones are fine.
     /// Credentials granted the owner must be revoked first (Vault issue 3410).
     fn drop_stand(&self, db: &StandDb) -> impl Future<Output = Result<Dropped, DatabaseError>> + Send;
 
-    /// Without Vault: a new login role that acts as the stand's owner, expiring after `ttl`
-    /// (`VALID UNTIL`). draftd issues a fresh one before the old expires and revokes the old.
+    /// [`Self::issue_marked_login`] without a mark.
     fn issue_login(
         &self,
         db: &StandDb,
         ttl: std::time::Duration,
+    ) -> impl Future<Output = Result<Credentials, DatabaseError>> + Send {
+        self.issue_marked_login(db, ttl, None)
+    }
+
+    /// Without Vault: a new login role that acts as the stand's owner, expiring after `ttl`
+    /// (`VALID UNTIL`), created with `mark` in one transaction. draftd issues a fresh one before
+    /// the old expires and revokes the old.
+    fn issue_marked_login(
+        &self,
+        db: &StandDb,
+        ttl: std::time::Duration,
+        mark: Option<&InstanceMark>,
     ) -> impl Future<Output = Result<Credentials, DatabaseError>> + Send;
 
     /// Ends the login's sessions and drops it. Absent is fine.
@@ -110,6 +190,27 @@ pub trait Databases: Send + Sync + 'static {
 
     /// The login roles issued for a stand and not revoked yet.
     fn logins(&self, db: &StandDb) -> impl Future<Output = Result<Vec<String>, DatabaseError>> + Send;
+
+    /// Every database and role on the server that carries `mark`, for the orphan scan.
+    fn marked(&self, mark: &InstanceMark) -> impl Future<Output = Result<Marked, DatabaseError>> + Send;
+
+    /// [`Self::drop_stand`] for an orphan: if the database carries `mark`, the owner's logins (as
+    /// [`Self::logins`]) are revoked and the database dropped (ending its sessions); then the
+    /// owner role as [`Self::drop_marked_role`] does. What is absent or unmarked is left as it is.
+    fn drop_marked(
+        &self,
+        db: &StandDb,
+        mark: &InstanceMark,
+    ) -> impl Future<Output = Result<Dropped, DatabaseError>> + Send;
+
+    /// If the role carries `mark` (checked right before): revokes its logins (members that may log
+    /// in, as at teardown), then ends its sessions and drops it as [`Self::revoke_login`] does.
+    /// `false` when it is absent or not marked, which leaves it alone.
+    fn drop_marked_role(
+        &self,
+        role: &str,
+        mark: &InstanceMark,
+    ) -> impl Future<Output = Result<bool, DatabaseError>> + Send;
 }
 
 /// Login role names: the owner's name (cut to leave room) and a random suffix, within 63 bytes.
@@ -161,10 +262,35 @@ impl PgDatabases {
     async fn exists(&self, query: &str, name: &str) -> Result<bool, DatabaseError> {
         Ok(sqlx::query_scalar::<_, bool>(query).bind(name).fetch_one(&self.admin).await?)
     }
+
+    /// Whether the database (`database` true) or role exists and carries `mark`.
+    async fn carries(&self, database: bool, name: &str, mark: &InstanceMark) -> Result<bool, DatabaseError> {
+        let query = if database {
+            "select exists (select 1 from pg_database
+                            where datname = $1 and shobj_description(oid, 'pg_database') = $2)"
+        } else {
+            "select exists (select 1 from pg_roles where rolname = $1 and shobj_description(oid, 'pg_authid') = $2)"
+        };
+        Ok(sqlx::query_scalar::<_, bool>(query).bind(name).bind(mark.as_str()).fetch_one(&self.admin).await?)
+    }
+
+    /// The members of `owner` that may log in: the logins issued for its stand, by draftd or Vault.
+    async fn logins_of(&self, owner: &str) -> Result<Vec<String>, DatabaseError> {
+        Ok(sqlx::query_scalar(
+            "select r.rolname::text from pg_roles r
+             join pg_auth_members m on m.member = r.oid
+             join pg_roles o on o.oid = m.roleid
+             where o.rolname = $1 and r.rolcanlogin
+             order by 1",
+        )
+        .bind(owner)
+        .fetch_all(&self.admin)
+        .await?)
+    }
 }
 
 impl Databases for PgDatabases {
-    async fn ensure(&self, db: &StandDb) -> Result<Ensured, DatabaseError> {
+    async fn ensure_marked(&self, db: &StandDb, mark: Option<&InstanceMark>) -> Result<Ensured, DatabaseError> {
         let (database, owner) = (quote_ident(&db.database)?, quote_ident(&db.owner)?);
         let mut ensured = Ensured { created_role: false, created_database: false };
         if !self.exists("select exists (select 1 from pg_roles where rolname = $1)", &db.owner).await? {
@@ -201,6 +327,13 @@ impl Databases for PgDatabases {
         sqlx::query(&format!("grant connect, temporary on database {database} to {owner}"))
             .execute(&self.admin)
             .await?;
+        // Marked every time, not only when created: COMMENT replaces the comment, so repeating it
+        // changes nothing, and a stand created before marking existed is marked on its next deploy.
+        if let Some(mark) = mark {
+            let comment = mark.literal();
+            sqlx::query(&format!("comment on role {owner} is {comment}")).execute(&self.admin).await?;
+            sqlx::query(&format!("comment on database {database} is {comment}")).execute(&self.admin).await?;
+        }
         Ok(ensured)
     }
 
@@ -215,7 +348,12 @@ impl Databases for PgDatabases {
         Ok(Dropped { dropped_database: had_database, dropped_role: had_role })
     }
 
-    async fn issue_login(&self, db: &StandDb, ttl: std::time::Duration) -> Result<Credentials, DatabaseError> {
+    async fn issue_marked_login(
+        &self,
+        db: &StandDb,
+        ttl: std::time::Duration,
+        mark: Option<&InstanceMark>,
+    ) -> Result<Credentials, DatabaseError> {
         let owner = quote_ident(&db.owner)?;
         let username = login_name(&db.owner);
         let login = quote_ident(&username)?;
@@ -224,14 +362,21 @@ impl Databases for PgDatabases {
         let valid_until =
             (Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1))).trunc_subsecs(0);
         let until = valid_until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        // One transaction: a login exists with its settings and its mark, or not at all (an
+        // unmarked one of a stand that dies without teardown would be left for good).
+        let mut tx = self.admin.begin().await?;
         // Role options take no bind parameters: the password is ours (an unquoted-safe alphabet)
         // and the timestamp is formatted here, so both are literals by construction.
         sqlx::query(&format!("create role {login} login password '{password}' valid until '{until}' in role {owner}"))
-            .execute(&self.admin)
+            .execute(&mut *tx)
             .await?;
         // Sessions act as the owner, so what migrations create belongs to the owner and the
         // login can be dropped at any time without orphaning objects.
-        sqlx::query(&format!("alter role {login} set role = {owner}")).execute(&self.admin).await?;
+        sqlx::query(&format!("alter role {login} set role = {owner}")).execute(&mut *tx).await?;
+        if let Some(mark) = mark {
+            sqlx::query(&format!("comment on role {login} is {}", mark.literal())).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
         Ok(Credentials { username, password: SecretString::from(password), valid_until })
     }
 
@@ -254,16 +399,59 @@ impl Databases for PgDatabases {
     }
 
     async fn logins(&self, db: &StandDb) -> Result<Vec<String>, DatabaseError> {
-        Ok(sqlx::query_scalar(
-            "select r.rolname::text from pg_roles r
-             join pg_auth_members m on m.member = r.oid
-             join pg_roles o on o.oid = m.roleid
-             where o.rolname = $1 and r.rolcanlogin
+        self.logins_of(&db.owner).await
+    }
+
+    async fn marked(&self, mark: &InstanceMark) -> Result<Marked, DatabaseError> {
+        let databases = sqlx::query_scalar(
+            "select datname::text from pg_database where shobj_description(oid, 'pg_database') = $1 order by 1",
+        )
+        .bind(mark.as_str())
+        .fetch_all(&self.admin)
+        .await?;
+        let rows: Vec<(String, bool, Vec<String>, bool)> = sqlx::query_as(
+            "select r.rolname::text, r.rolcanlogin,
+                    array(select o.rolname::text from pg_auth_members m join pg_roles o on o.oid = m.roleid
+                          where m.member = r.oid order by 1),
+                    exists (select 1 from pg_database d where d.datname = r.rolname)
+             from pg_roles r where shobj_description(r.oid, 'pg_authid') = $1
              order by 1",
         )
-        .bind(&db.owner)
+        .bind(mark.as_str())
         .fetch_all(&self.admin)
-        .await?)
+        .await?;
+        let roles = rows
+            .into_iter()
+            .map(|(name, can_login, member_of, has_database)| MarkedRole { name, can_login, member_of, has_database })
+            .collect();
+        Ok(Marked { databases, roles })
+    }
+
+    async fn drop_marked(&self, db: &StandDb, mark: &InstanceMark) -> Result<Dropped, DatabaseError> {
+        let database = quote_ident(&db.database)?;
+        let mut dropped = Dropped { dropped_database: false, dropped_role: false };
+        if self.carries(true, &db.database, mark).await? {
+            // As at teardown: the logins go first (Vault issue 3410), whoever issued them.
+            for login in self.logins_of(&db.owner).await? {
+                self.revoke_login(&login).await?;
+            }
+            sqlx::query(&format!("drop database if exists {database} with (force)")).execute(&self.admin).await?;
+            dropped.dropped_database = true;
+        }
+        dropped.dropped_role = self.drop_marked_role(&db.owner, mark).await?;
+        Ok(dropped)
+    }
+
+    async fn drop_marked_role(&self, role: &str, mark: &InstanceMark) -> Result<bool, DatabaseError> {
+        quote_ident(role)?;
+        if !self.carries(false, role, mark).await? {
+            return Ok(false);
+        }
+        for login in self.logins_of(role).await? {
+            self.revoke_login(&login).await?;
+        }
+        self.revoke_login(role).await?;
+        Ok(true)
     }
 }
 
@@ -278,5 +466,13 @@ mod tests {
         assert!(quote_ident("").is_err());
         assert!(quote_ident(&"x".repeat(64)).is_err());
         assert!(quote_ident("a\0b").is_err());
+    }
+
+    #[test]
+    fn the_mark_names_the_installation() {
+        let id = uuid::Uuid::parse_str("6f1c2a4e-0b7d-4e2f-9a51-3c8d7e6f5a40").unwrap();
+        let mark = InstanceMark::new(id);
+        assert_eq!(mark.as_str(), "draftd instance 6f1c2a4e-0b7d-4e2f-9a51-3c8d7e6f5a40");
+        assert_eq!(mark.literal(), "'draftd instance 6f1c2a4e-0b7d-4e2f-9a51-3c8d7e6f5a40'");
     }
 }

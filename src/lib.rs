@@ -22,6 +22,8 @@ pub mod http;
 pub mod pipeline;
 /// `draftd plan`: what a run would create for a branch, rendered, without touching anything.
 pub mod plan_cmd;
+/// The sweep: expired stands, failed teardowns, expiry warnings, missed webhooks, orphans.
+pub mod reaper;
 /// Delivers outbox rows (sticky comments) to the forges, with retries and coalescing.
 pub mod reporter;
 /// Domain types: stand keys, slug and namespace naming, stand states.

@@ -29,6 +29,13 @@ enum Command {
     Serve,
     /// Apply draftd's database migrations and exit.
     Migrate,
+    /// One sweep of the reaper, then exit (for a Kubernetes CronJob): teardowns for expired stands
+    /// and closed PRs, expiry warnings, missed webhooks, orphans.
+    Reap {
+        /// The sweep's summary as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what a run would create for a branch, rendered, without touching anything.
     Plan {
         /// The configured project's name.
@@ -100,6 +107,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve => commands::serve(config).await,
             Command::Migrate => commands::migrate(config).await,
+            Command::Reap { json } => commands::reap(config, json).await,
             Command::Plan { project, branch, sha, json } => {
                 draftd::plan_cmd::plan(config, &project, &branch, &sha, json).await
             }

@@ -105,6 +105,17 @@ pub struct DbRole {
     pub max_ttl: Duration,
 }
 
+/// Whose a role under the database mount is, by the connection (`db_name`) it uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleConnection {
+    /// It uses draftd's connection (`[vault] database_connection`): draftd wrote it.
+    Ours,
+    /// It uses another connection: another installation's, or not draftd's at all.
+    Other,
+    /// No such role.
+    Absent,
+}
+
 /// Vault as the pipeline uses it.
 pub trait Vault: Send + Sync + 'static {
     /// The KV v2 secret at `<kv_mount>/<path>`, every value as a string (non-strings as JSON).
@@ -133,6 +144,15 @@ pub trait Vault: Send + Sync + 'static {
 
     /// The ids of the role's leases Vault still holds.
     fn leases(&self, role: &str) -> impl Future<Output = Result<Vec<String>, VaultError>> + Send;
+
+    /// The names of the roles under the database mount, whichever connection they use.
+    fn list_roles(&self) -> impl Future<Output = Result<Vec<String>, VaultError>> + Send;
+
+    /// Whose the role is, by its connection: draftd's, another's, or absent.
+    fn role_connection(&self, role: &str) -> impl Future<Output = Result<RoleConnection, VaultError>> + Send;
+
+    /// The roles Vault holds leases of (`<mount>/creds/<role>/…`), whether the role still exists or not.
+    fn lease_roles(&self) -> impl Future<Output = Result<Vec<String>, VaultError>> + Send;
 }
 
 // The endpoints vaultrs lacks. Paths are relative to /v1, which vaultrs's middleware adds.
@@ -181,6 +201,21 @@ struct KeysResponse {
 struct ListLeasesRequest {
     #[endpoint(skip)]
     prefix: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct RoleResponse {
+    db_name: String,
+}
+
+/// vaultrs's own read of a role expects every statement list; only the connection matters here.
+#[derive(Debug, Endpoint)]
+#[endpoint(path = "{self.mount}/roles/{self.role}", response = "RoleResponse")]
+struct ReadRoleRequest {
+    #[endpoint(skip)]
+    mount: String,
+    #[endpoint(skip)]
+    role: String,
 }
 
 /// How draftd signs in, from `[vault]`; secrets read from the environment or a file at login.
@@ -337,6 +372,23 @@ impl OpenBao {
                 call(self.client().await?).await.map_err(|e| classify(what, e))
             }
             other => other,
+        }
+    }
+
+    /// The keys Vault lists under a lease prefix (leases, or directories ending in `/`); none when
+    /// there is nothing under it.
+    async fn lease_keys(&self, prefix: &str) -> Result<Vec<String>, VaultError> {
+        let listed = self
+            .with_client(&format!("listing the leases under {prefix}"), |c| async move {
+                let request = ListLeasesRequest { prefix: prefix.to_owned() };
+                let response = request.with_middleware(c.middle()).exec(c.http()).await?;
+                Ok(response.wrap::<EndpointResult<KeysResponse>>()?.data)
+            })
+            .await;
+        match listed {
+            Ok(keys) => Ok(keys.map(|k| k.keys).unwrap_or_default()),
+            Err(VaultError::Api { code: 404, .. }) => Ok(Vec::new()),
+            Err(e) => Err(e),
         }
     }
 }
@@ -565,21 +617,41 @@ impl Vault for OpenBao {
 
     async fn leases(&self, role: &str) -> Result<Vec<String>, VaultError> {
         let prefix = lease_prefix(&self.db_mount, role);
+        Ok(self.lease_keys(&prefix).await?.into_iter().map(|k| format!("{prefix}{k}")).collect())
+    }
+
+    async fn list_roles(&self) -> Result<Vec<String>, VaultError> {
+        let what = format!("listing {}/roles", self.db_mount);
         let listed = self
-            .with_client(&format!("listing the leases under {prefix}"), |c| {
-                let prefix = prefix.clone();
-                async move {
-                    let response = ListLeasesRequest { prefix }.with_middleware(c.middle()).exec(c.http()).await?;
-                    Ok(response.wrap::<EndpointResult<KeysResponse>>()?.data)
-                }
-            })
+            .with_client(&what, |c| async move { vaultrs::database::role::list(c.as_ref(), &self.db_mount).await })
             .await;
         match listed {
-            Ok(keys) => {
-                Ok(keys.map(|k| k.keys).unwrap_or_default().into_iter().map(|k| format!("{prefix}{k}")).collect())
-            }
+            Ok(list) => Ok(list.keys),
+            // Vault answers 404 to a list with nothing in it.
             Err(VaultError::Api { code: 404, .. }) => Ok(Vec::new()),
             Err(e) => Err(e),
         }
+    }
+
+    async fn role_connection(&self, role: &str) -> Result<RoleConnection, VaultError> {
+        let what = format!("reading {}/roles/{role}", self.db_mount);
+        let read = self
+            .with_client(&what, |c| async move {
+                let request = ReadRoleRequest { mount: self.db_mount.clone(), role: role.to_owned() };
+                vaultrs::api::exec_with_result(c.as_ref(), request).await
+            })
+            .await;
+        match read {
+            Ok(r) if r.db_name == self.connection => Ok(RoleConnection::Ours),
+            Ok(_) => Ok(RoleConnection::Other),
+            Err(VaultError::Api { code: 404, .. }) => Ok(RoleConnection::Absent),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn lease_roles(&self) -> Result<Vec<String>, VaultError> {
+        let prefix = format!("{}/creds/", self.db_mount);
+        // Each role is a directory there: `draft_x/`.
+        Ok(self.lease_keys(&prefix).await?.into_iter().map(|k| k.trim_end_matches('/').to_owned()).collect())
     }
 }

@@ -367,6 +367,40 @@ async fn teardown_deletes_with_foreground_propagation_and_waits_until_the_namesp
     expect_no_more(cluster, handle).await;
 }
 
+/// After an extend: one merge patch of the annotation (an apply of a partial Namespace would drop
+/// the labels draftd's earlier applies own); nothing for a namespace that is not there or going.
+#[tokio::test]
+async fn extend_moves_the_expiry_annotation_with_a_merge_patch() {
+    use chrono::TimeZone;
+    let at = chrono::Utc.with_ymd_and_hms(2026, 11, 28, 9, 30, 0).unwrap();
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let step = call(&cluster, move |c| async move { c.annotate_expiry("draft-login-form", at).await });
+    let path = "/api/v1/namespaces/draft-login-form";
+    let get = serve(&mut handle, StatusCode::OK, |_| managed(false)).await;
+    assert_eq!((get.method, get.path.as_str()), (Method::GET, path));
+    let patch = serve(&mut handle, StatusCode::OK, |_| managed(false)).await;
+    assert_eq!((patch.method, patch.path.as_str()), (Method::PATCH, path));
+    assert_eq!(patch.content_type.as_deref(), Some("application/merge-patch+json"));
+    assert_eq!(
+        patch.body,
+        json!({ "metadata": { "annotations": { "draftd.io/expires-at": "2026-11-28T09:30:00Z" } } })
+    );
+    assert!(step.await.unwrap().unwrap());
+    expect_no_more(cluster, handle).await;
+
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let step = call(&cluster, move |c| async move { c.annotate_expiry("draft-login-form", at).await });
+    serve(&mut handle, StatusCode::NOT_FOUND, |_| not_found("namespaces", "draft-login-form")).await;
+    assert!(!step.await.unwrap().unwrap(), "never deployed: nothing to annotate");
+    expect_no_more(cluster, handle).await;
+
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let step = call(&cluster, move |c| async move { c.annotate_expiry("draft-login-form", at).await });
+    serve(&mut handle, StatusCode::OK, |_| existing(json!({ "team": "payments" }), false)).await;
+    assert!(matches!(step.await.unwrap().unwrap_err(), ClusterError::NotManaged { .. }));
+    expect_no_more(cluster, handle).await;
+}
+
 #[tokio::test]
 async fn teardown_of_an_absent_namespace_is_done_at_once() {
     let (cluster, mut handle) = mock(ClusterConfig::default());

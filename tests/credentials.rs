@@ -3,92 +3,27 @@
 //! work, reach only their own stand's database, stop working when revoked or expired, live on when
 //! renewed, and teardown leaves nothing in Vault or Postgres.
 
+mod bao;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bao::Bao;
+
 use draftd::config::Config;
 use draftd::credentials::{Lifetimes, StandCredentials, StandServer, stand_db};
 use draftd::database::{Databases, PgDatabases};
 use draftd::vault::{OpenBao, Vault, VaultError};
 use secrecy::ExposeSecret;
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
 fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
-}
-
-/// An OpenBao dev server for one test, stopped when dropped.
-struct Bao {
-    dir: tempfile::TempDir,
-    addr: String,
-    token: String,
-}
-
-impl Bao {
-    fn start() -> Bao {
-        Self::start_with(&[])
-    }
-
-    fn start_with(env: &[(&str, &str)]) -> Bao {
-        let dir = tempfile::Builder::new().prefix("draftd-bao-").tempdir().unwrap();
-        Self::start_in(dir, env)
-    }
-
-    fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Bao {
-        let out = Command::new("bash")
-            .arg(script("openbao-dev.sh"))
-            .arg("start")
-            .arg(dir.path())
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let var = |k: &str| {
-            stdout
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
-                .unwrap_or_else(|| panic!("{k} in {stdout}"))
-                .to_owned()
-        };
-        Bao { addr: var("BAO_ADDR"), token: var("BAO_TOKEN"), dir }
-    }
-
-    fn stop(&self) {
-        let _ = Command::new("bash").arg(script("openbao-dev.sh")).arg("stop").arg(self.dir.path()).status();
-    }
-
-    /// A token file for draftd (the script's own is removed at stop).
-    fn token_file(&self) -> PathBuf {
-        let path = self.dir.path().join("draftd-token");
-        std::fs::write(&path, &self.token).unwrap();
-        path
-    }
-
-    async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let client = reqwest::Client::new();
-        let mut request = client
-            .request(reqwest::Method::from_str(method).unwrap(), format!("{}/v1/{path}", self.addr))
-            .header("X-Vault-Token", &self.token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-}
-
-impl Drop for Bao {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// A password-checking Postgres for one test, stopped when dropped.

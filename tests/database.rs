@@ -3,7 +3,9 @@
 
 use std::str::FromStr;
 
-use draftd::database::{DatabaseError, Databases, Dropped, Ensured, PgDatabases, StandDb};
+use draftd::database::{
+    DatabaseError, Databases, Dropped, Ensured, InstanceMark, Marked, MarkedRole, PgDatabases, StandDb,
+};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
@@ -179,4 +181,61 @@ async fn issued_logins_act_as_the_owner_of_their_stand_only_and_are_revoked_with
     // With the login gone, the stand drops cleanly: the table belongs to the owner.
     assert_eq!(dbs.drop_stand(&a).await.unwrap(), Dropped { dropped_database: true, dropped_role: true });
     dbs.drop_stand(&b).await.unwrap();
+}
+
+#[tokio::test]
+async fn only_what_carries_the_mark_is_listed_and_dropped_as_an_orphan() {
+    let pool = admin().await;
+    let dbs = PgDatabases::new(pool.clone());
+    let mark = InstanceMark::new(uuid::Uuid::new_v4());
+    let (ours, unmarked) = (stand("mine"), stand("unmarked"));
+    assert_eq!(
+        dbs.ensure_marked(&ours, Some(&mark)).await.unwrap(),
+        Ensured { created_role: true, created_database: true }
+    );
+    assert_eq!(
+        dbs.ensure_marked(&ours, Some(&mark)).await.unwrap(),
+        Ensured { created_role: false, created_database: false }
+    );
+    dbs.ensure(&unmarked).await.unwrap();
+    let login = dbs.issue_marked_login(&ours, std::time::Duration::from_secs(3600), Some(&mark)).await.unwrap();
+    dbs.issue_login(&unmarked, std::time::Duration::from_secs(3600)).await.unwrap();
+
+    let marked = dbs.marked(&mark).await.unwrap();
+    assert_eq!(marked.databases, std::slice::from_ref(&ours.database));
+    assert_eq!(
+        marked.roles,
+        [
+            MarkedRole { name: ours.owner.clone(), can_login: false, member_of: vec![], has_database: true },
+            MarkedRole {
+                name: login.username.clone(),
+                can_login: true,
+                member_of: vec![ours.owner.clone()],
+                has_database: false
+            },
+        ]
+    );
+    // Another installation's mark sees none of it.
+    assert_eq!(dbs.marked(&InstanceMark::new(uuid::Uuid::new_v4())).await.unwrap(), Marked::default());
+
+    // Unmarked: left as it is, logins included.
+    assert_eq!(
+        dbs.drop_marked(&unmarked, &mark).await.unwrap(),
+        Dropped { dropped_database: false, dropped_role: false }
+    );
+    assert!(!dbs.drop_marked_role(&unmarked.owner, &mark).await.unwrap());
+    assert_eq!(owner_of(&pool, &unmarked.database).await.as_deref(), Some(unmarked.owner.as_str()));
+    assert_eq!(dbs.logins(&unmarked).await.unwrap().len(), 1);
+
+    // Marked: the logins, the database and its owner.
+    assert_eq!(dbs.drop_marked(&ours, &mark).await.unwrap(), Dropped { dropped_database: true, dropped_role: true });
+    assert!(!role_exists(&pool, &login.username).await);
+    assert_eq!(owner_of(&pool, &ours.database).await, None);
+    assert!(!role_exists(&pool, &ours.owner).await);
+    assert_eq!(dbs.marked(&mark).await.unwrap(), Marked::default());
+
+    for l in dbs.logins(&unmarked).await.unwrap() {
+        dbs.revoke_login(&l).await.unwrap();
+    }
+    dbs.drop_stand(&unmarked).await.unwrap();
 }

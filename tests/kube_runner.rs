@@ -133,6 +133,10 @@ impl Cluster for FakeCluster {
     async fn managed_namespaces(&self) -> Result<Vec<ManagedNamespace>, ClusterError> {
         Ok(Vec::new())
     }
+    async fn annotate_expiry(&self, namespace: &str, at: chrono::DateTime<chrono::Utc>) -> Result<bool, ClusterError> {
+        self.calls.push(format!("annotate_expiry {namespace} {}", draftd::cluster::expiry_annotation(at)));
+        Ok(true)
+    }
 }
 
 #[derive(Default)]

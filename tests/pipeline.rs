@@ -96,6 +96,7 @@ fn settings() -> EngineSettings {
         backoff_base: Duration::from_millis(10),
         backoff_max: Duration::from_millis(40),
         fault: None,
+        ..EngineSettings::default()
     }
 }
 
@@ -270,7 +271,8 @@ async fn a_teardown_cancels_an_in_flight_deploy_then_runs(pool: PgPool) {
     let teardown = queue(&pool, "feature/a", "teardown", "a1").await;
     assert_eq!(first.await.unwrap(), Some((deploy, RunEnd::Cancelled)));
     assert_eq!(e.run_one().await.unwrap(), Some((teardown, RunEnd::Succeeded)));
-    assert_eq!(fake.completed(teardown), vec![StepName::Teardown, StepName::Report]);
+    use StepName::*;
+    assert_eq!(fake.completed(teardown), vec![Cancel, Deactivate, Revoke, Uninstall, Drop, Report]);
 }
 
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]

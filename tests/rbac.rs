@@ -81,6 +81,26 @@ fn the_cluster_wide_role_covers_namespaces_and_binding_the_stand_role_only() {
     assert_eq!(binding["roleRef"]["name"], "draftd", "only draftd is bound cluster-wide");
 }
 
+#[test]
+fn the_reapers_service_account_may_scan_annotate_and_delete_namespaces() {
+    // `draftd reap` (deploy/reaper-cronjob.yaml) runs as the ServiceAccount bound to `draftd`:
+    // list for the orphan scan, get before touching one, delete for orphans it saw twice, and patch
+    // for the `draftd.io/expires-at` annotation an extend moves.
+    let docs = rbac();
+    let account = docs.iter().find(|d| d["kind"] == "ServiceAccount").unwrap();
+    let binding = docs.iter().find(|d| d["kind"] == "ClusterRoleBinding").unwrap();
+    let subject = &binding["subjects"][0];
+    assert_eq!(
+        (&subject["name"], &subject["namespace"]),
+        (&account["metadata"]["name"], &account["metadata"]["namespace"]),
+        "the cluster-wide role is bound to the ServiceAccount the CronJob runs as"
+    );
+    let draftd = role(&docs, binding["roleRef"]["name"].as_str().unwrap());
+    for verb in ["get", "list", "delete", "patch"] {
+        assert!(allows(draftd, "", "namespaces", verb), "the reaper needs namespaces {verb}");
+    }
+}
+
 #[tokio::test]
 async fn the_stand_role_covers_everything_the_chart_and_the_namespace_step_create() {
     let helm_path = root().join(".tools/bin/helm");

@@ -383,6 +383,29 @@ impl Cluster for Kubernetes {
             })
             .collect())
     }
+
+    async fn annotate_expiry(&self, namespace: &str, expires_at: DateTime<Utc>) -> Result<bool, ClusterError> {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let Some(existing) = namespaces.get_opt(namespace).await? else {
+            return Ok(false);
+        };
+        if !is_managed(&existing) {
+            return Err(ClusterError::NotManaged { namespace: namespace.to_owned() });
+        }
+        if existing.metadata.deletion_timestamp.is_some() {
+            return Ok(false);
+        }
+        // A merge patch of the one annotation: applying a partial Namespace would drop the labels
+        // draftd's earlier applies own.
+        let patch = serde_json::json!({
+            "metadata": { "annotations": { EXPIRES_ANNOTATION: super::expiry_annotation(expires_at) } }
+        });
+        match namespaces.patch(namespace, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 /// Probes the stand's Service through the API server proxy, for stands without an Ingress URL:

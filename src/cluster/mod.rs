@@ -199,4 +199,17 @@ pub trait Cluster: Send + Sync + 'static {
 
     /// Every namespace labelled managed-by=draftd.
     fn managed_namespaces(&self) -> impl Future<Output = Result<Vec<ManagedNamespace>, ClusterError>> + Send;
+
+    /// Sets the `draftd.io/expires-at` annotation of a namespace draftd manages (after an extend).
+    /// False when the namespace is not there (never deployed, or already being deleted).
+    fn annotate_expiry(
+        &self,
+        namespace: &str,
+        expires_at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, ClusterError>> + Send;
+}
+
+/// The annotation's value: RFC 3339 in whole seconds, UTC.
+pub fn expiry_annotation(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }

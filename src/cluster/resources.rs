@@ -56,7 +56,7 @@ pub fn namespace(stand: &StandMeta) -> Namespace {
             labels: Some(labels(stand)),
             annotations: Some(BTreeMap::from([(
                 EXPIRES_ANNOTATION.to_owned(),
-                stand.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                super::expiry_annotation(stand.expires_at),
             )])),
             ..ObjectMeta::default()
         },

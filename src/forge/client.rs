@@ -123,6 +123,37 @@ pub struct ForgeUser<'a> {
     pub id: Option<u64>,
 }
 
+/// Where a PR/MR is, as the forge states it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullRequestState {
+    Open,
+    /// Closed without merging (GitLab `locked` counts as open: it is on its way to merged).
+    Closed,
+    Merged,
+}
+
+/// A PR/MR as the forge's API shows it: what resync of missed webhooks compares with its stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullRequestInfo {
+    /// GitHub PR number; GitLab MR iid.
+    pub number: u64,
+    pub state: PullRequestState,
+    /// The source branch (GitHub `head.ref`, GitLab `source_branch`).
+    pub branch: String,
+    /// The head commit (GitHub `head.sha`, GitLab `sha`).
+    pub sha: String,
+    /// GitHub `updated_at`, GitLab `updated_at`: orders it against webhook events.
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// The source is another repository (GitHub head repo differs from the base repo or was deleted;
+    /// GitLab `source_project_id` differs from `target_project_id`).
+    pub fork: bool,
+    /// GitHub `draft`; GitLab `draft` (or the older `work_in_progress`).
+    pub draft: bool,
+    /// Label names.
+    pub labels: Vec<String>,
+}
+
 /// Reports on PRs/MRs and asks the forge who may do what. Every method is one idempotent
 /// delivery: calling it again with the same arguments leaves the forge as one call would.
 pub trait ForgeClient: Send + Sync + 'static {
@@ -189,6 +220,14 @@ pub trait ForgeClient: Send + Sync + 'static {
         repo: &str,
         user: ForgeUser<'_>,
     ) -> impl Future<Output = Result<Permission, ForgeError>> + Send;
+
+    /// Every open PR/MR of `repo`, all pages. A page that fails fails the whole call: a partial
+    /// list is never returned, because resync reads what is missing from it.
+    fn open_pull_requests(&self, repo: &str) -> impl Future<Output = Result<Vec<PullRequestInfo>, ForgeError>> + Send;
+
+    /// One PR/MR, whatever its state: the positive "closed/merged" resync needs before a teardown.
+    fn pull_request(&self, repo: &str, number: u64)
+    -> impl Future<Output = Result<PullRequestInfo, ForgeError>> + Send;
 }
 
 /// Why a forge call failed. Never carries the token.
@@ -457,6 +496,14 @@ impl ForgeClient for AnyForge {
 
     async fn permission(&self, repo: &str, user: ForgeUser<'_>) -> Result<Permission, ForgeError> {
         each!(self, c => c.permission(repo, user))
+    }
+
+    async fn open_pull_requests(&self, repo: &str) -> Result<Vec<PullRequestInfo>, ForgeError> {
+        each!(self, c => c.open_pull_requests(repo))
+    }
+
+    async fn pull_request(&self, repo: &str, number: u64) -> Result<PullRequestInfo, ForgeError> {
+        each!(self, c => c.pull_request(repo, number))
     }
 }
 

@@ -89,6 +89,12 @@ pub enum Trigger {
     Api,
     /// `draftd stands rerun|extend|destroy`.
     Cli,
+    /// The reaper's resync found an open PR/MR whose head commit has no run (a missed webhook).
+    Resync,
+    /// The reaper: no new deploy within the stand's TTL.
+    Expired,
+    /// The reaper: an earlier teardown failed.
+    Retry,
 }
 
 impl Trigger {
@@ -106,6 +112,9 @@ impl Trigger {
             Trigger::CheckRun => "check_run",
             Trigger::Api => "api",
             Trigger::Cli => "cli",
+            Trigger::Resync => "resync",
+            Trigger::Expired => "expired",
+            Trigger::Retry => "retry",
         }
     }
 

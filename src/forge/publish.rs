@@ -161,6 +161,8 @@ mod tests {
                 .collect(),
             mocks: vec![],
             expires_at: None,
+            expiry_warning: false,
+            extended_by: None,
             error: None,
         }
     }

@@ -98,21 +98,31 @@ pub struct ReportView {
     /// Integrations replaced by mocks in this stand.
     pub mocks: Vec<String>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// The stand expires soon (`[reaper] warn_before`): the comment says so at the top.
+    pub expiry_warning: bool,
+    /// Who moved the expiry last, when an extend came after the run shown.
+    pub extended_by: Option<String>,
     /// The failure, in full (cut to a few thousand characters when rendered).
     pub error: Option<String>,
 }
 
 impl ReportView {
-    /// A view of `detail`'s newest run (`stands::show` lists runs newest first). The `report` step
-    /// itself is left out of the table: it is the one rendering. `None` when the stand has no run.
-    /// `public_url` is draftd's own address, for links to the stand's pages.
+    /// A view of `detail`'s newest deploy or teardown run (`stands::show` lists runs newest first):
+    /// an extend changes the expiry shown, not what the stand is. The `report` step itself is left
+    /// out of the table: it is the one rendering. `None` when the stand has no run. `public_url` is
+    /// draftd's own address, for links to the stand's pages.
     pub fn from_detail(
         detail: &StandDetail,
         url: Option<String>,
         mocks: Vec<String>,
         public_url: Option<&str>,
     ) -> Option<ReportView> {
-        let run: &RunSummary = detail.runs.iter().max_by_key(|r| r.number)?;
+        let newest =
+            |extend: bool| detail.runs.iter().filter(|r| (r.kind == "extend") == extend).max_by_key(|r| r.number);
+        let run: &RunSummary = newest(false).or_else(|| newest(true))?;
+        let extended_by = newest(true)
+            .filter(|e| e.number > run.number && (e.state == "succeeded" || e.state == "running"))
+            .map(|e| e.requested_by.clone().unwrap_or_else(|| e.trigger.clone()));
         let steps: Vec<StepLine> = run
             .steps
             .iter()
@@ -154,6 +164,8 @@ impl ReportView {
             steps,
             mocks,
             expires_at: detail.stand.expires_at,
+            expiry_warning: false,
+            extended_by,
             error,
         })
     }
@@ -210,6 +222,9 @@ pub fn trigger_text(trigger: &str, requested_by: Option<&str>) -> String {
         "check_run" => "Re-run button",
         "api" => "API",
         "cli" => "CLI",
+        "expired" => "expired: no new deploy within its time to live",
+        "retry" => "an earlier teardown failed; tried again",
+        "resync" => "found by resync (a webhook was missed)",
         other => other,
     };
     match requested_by {
@@ -226,6 +241,14 @@ pub fn render(view: &ReportView) -> String {
     let _ = writeln!(out, "{}", marker(view.stand_id));
     let _ = writeln!(out, "### {}", view.status.headline());
     out.push('\n');
+    let live = matches!(view.status, Status::Ready | Status::Failed | Status::Deploying);
+    if let Some(at) = view.expires_at.filter(|_| view.expiry_warning && live) {
+        let _ = writeln!(
+            out,
+            "> ⚠️ **This stand will be removed at {}** unless it is extended: comment `/draft extend 24h`, or push a new commit.\n",
+            at.format("%Y-%m-%d %H:%M UTC")
+        );
+    }
     match (&view.url, view.status) {
         (_, Status::Removed) => {}
         (Some(url), _) if is_plain_url(url) => {
@@ -246,7 +269,9 @@ pub fn render(view: &ReportView) -> String {
             },
         ),
     ];
-    facts.push(("Trigger", trigger_text(&view.trigger, view.requested_by.as_deref())));
+    // A teardown's trigger is why the stand went.
+    let label = if view.kind == "teardown" { "Why" } else { "Trigger" };
+    facts.push((label, trigger_text(&view.trigger, view.requested_by.as_deref())));
     if view.status != Status::Removed {
         let mut mocks = if view.mocks.is_empty() {
             "none".to_owned()
@@ -258,9 +283,13 @@ pub fn render(view: &ReportView) -> String {
         }
         facts.push(("Mocks", mocks));
         if let Some(at) = view.expires_at {
+            let by = match &view.extended_by {
+                Some(who) => format!(" (extended by {who})"),
+                None => String::new(),
+            };
             facts.push((
                 "Expires",
-                format!("{} · comment `/draft extend 24h` to keep it longer", at.format("%Y-%m-%d %H:%M UTC")),
+                format!("{}{by} · comment `/draft extend 24h` to keep it longer", at.format("%Y-%m-%d %H:%M UTC")),
             ));
         }
     }
@@ -410,6 +439,8 @@ mod tests {
             steps: vec![],
             mocks: vec![],
             expires_at: None,
+            expiry_warning: false,
+            extended_by: None,
             error: None,
         }
     }
@@ -426,10 +457,12 @@ mod tests {
         let mut failed = all_done.clone();
         failed[4].state = "failed".into();
         assert_eq!(Status::of_run("deploy", "running", &failed), Status::Failed);
-        assert_eq!(
-            Status::of_run("teardown", "running", &[line("teardown", "succeeded", None, None)]),
-            Status::Removed
-        );
+        let torn_down: Vec<StepLine> = ["cancel", "deactivate", "revoke", "uninstall", "drop"]
+            .iter()
+            .map(|n| line(n, if *n == "revoke" { "skipped" } else { "succeeded" }, None, None))
+            .collect();
+        assert_eq!(Status::of_run("teardown", "running", &torn_down), Status::Removed);
+        assert_eq!(Status::of_run("teardown", "running", &torn_down[..4]), Status::Removing);
         assert_eq!(Status::of_run("teardown", "queued", &[]), Status::Removing);
         assert_eq!(Status::of_run("deploy", "queued", &[]), Status::Deploying);
     }

@@ -1,6 +1,6 @@
 //! Workers: claim a run, hold its lease with a heartbeat, drive its steps, end it in one state.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use super::step::{StepError, StepErrorKind, StepName, StepRunner, plan};
 use crate::forge::authorise::{Authorise, Verdict, needs_check};
+use crate::store::lifecycle;
 use crate::store::runs::{self, Advance, ClaimedRun, Overtaken, RunStoreError, StepEnd};
 
 /// Timings and limits of the engine; the defaults suit a cluster, tests shrink them.
@@ -35,6 +36,8 @@ pub struct EngineSettings {
     pub backoff_max: Duration,
     /// Aborts the process at a step boundary or inside a step, for crash tests (`DRAFTD_FAULT`).
     pub fault: Option<Fault>,
+    /// A stand lives this long after its newest deploy started, unless its project says otherwise.
+    pub ttl: Duration,
 }
 
 /// `before:<step>` (the step is recorded as started, then the process dies inside it) or
@@ -75,6 +78,7 @@ impl Default for EngineSettings {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             fault: None,
+            ttl: Duration::from_secs(48 * 3600),
         }
     }
 }
@@ -97,6 +101,8 @@ pub enum RunEnd {
 /// Why a step could not be driven to its end (a step that fails has an end: see [`Ended`]).
 enum StepFailure {
     Lease,
+    /// The stand's teardown was queued while this deploy step ran: it was stopped where it was.
+    Cancelled,
     Store(RunStoreError),
 }
 
@@ -137,6 +143,8 @@ pub struct Engine<R> {
     wake: Wake,
     /// Checks forge users' access before their runs act; without one, their runs are refused.
     authoriser: Option<Arc<dyn Authorise>>,
+    /// Projects whose stands live longer or shorter than `settings.ttl`.
+    project_ttls: HashMap<String, Duration>,
 }
 
 /// Aborts the heartbeat when the run's future is dropped, as a killed worker's would stop.
@@ -165,7 +173,14 @@ impl<R: StepRunner> Engine<R> {
             project_limits: json!({}),
             wake: Wake::default(),
             authoriser: None,
+            project_ttls: HashMap::new(),
         }
+    }
+
+    /// Per-project stand lifetimes, instead of `settings.ttl`.
+    pub fn with_project_ttls<'a>(mut self, ttls: impl IntoIterator<Item = (&'a str, Duration)>) -> Self {
+        self.project_ttls = ttls.into_iter().map(|(p, t)| (p.to_owned(), t)).collect();
+        self
     }
 
     /// Lets `/draft` commands and check-run buttons act once the forge confirms write access.
@@ -222,14 +237,17 @@ impl<R: StepRunner> Engine<R> {
         async {
             tracing::info!(number = run.number, attempt = run.attempt, "run claimed");
             let (lost_tx, lost_rx) = watch::channel(false);
+            let (cancel_tx, cancel_rx) = watch::channel(false);
             let _heartbeat = AbortOnDrop(tokio::spawn(heartbeat(
                 self.pool.clone(),
                 run.run_id,
                 self.owner.clone(),
                 self.settings.clone(),
                 lost_tx,
+                cancel_tx,
             )));
-            let end = self.drive(&run, &lost_rx).await?;
+            let signals = Signals { lost: lost_rx, cancel: cancel_rx };
+            let end = self.drive(&run, &signals).await?;
             tracing::info!(end = ?end, "run ended");
             Ok(Some((run.run_id, end)))
         }
@@ -237,7 +255,8 @@ impl<R: StepRunner> Engine<R> {
         .await
     }
 
-    async fn drive(&self, run: &ClaimedRun, lost: &watch::Receiver<bool>) -> Result<RunEnd, RunStoreError> {
+    async fn drive(&self, run: &ClaimedRun, signals: &Signals) -> Result<RunEnd, RunStoreError> {
+        let lost = &signals.lost;
         // `/draft` commands and check-run buttons are honoured only from users with write access.
         if needs_check(run) {
             match self.authorise(run, lost).await {
@@ -265,6 +284,12 @@ impl<R: StepRunner> Engine<R> {
         } else {
             HashSet::new()
         };
+        if run.kind == "deploy" {
+            // The stand lives a TTL from when its newest deploy started (DESIGN.md's TTL contract);
+            // before the first step, so the namespace step annotates the new expiry.
+            let ttl = self.project_ttls.get(&run.project).copied().unwrap_or(self.settings.ttl);
+            lifecycle::reset_expiry(&self.pool, run.run_id, ttl).await?;
+        }
         if !done.contains(StepName::Report.as_str()) {
             self.runner.started(run).await;
         }
@@ -284,9 +309,11 @@ impl<R: StepRunner> Engine<R> {
                 Err(failure) => return failure.into_end(),
             };
             let left = AtomicUsize::new(pending.len());
-            let results =
-                join_all(pending.iter().zip(attempts).map(|(s, attempt)| self.step(run, *s, attempt, &left, lost)))
-                    .await;
+            let results = join_all(
+                pending.iter().zip(attempts).map(|(s, attempt)| self.step(run, *s, attempt, &left, signals, true)),
+            )
+            .await;
+            let mut cancelled = false;
             for (step, result) in pending.iter().zip(results) {
                 match result {
                     Ok(Ended { record, error }) => {
@@ -295,8 +322,16 @@ impl<R: StepRunner> Engine<R> {
                             failure.get_or_insert((*step, e));
                         }
                     }
+                    Err(StepFailure::Cancelled) => {
+                        cancelled = true;
+                        let detail = json!({ "cancelled": "the stand's teardown was queued" });
+                        ended.push(StepEnd { name: step.as_str(), state: "cancelled", detail, error: None });
+                    }
                     Err(failure) => return failure.into_end(),
                 }
+            }
+            if cancelled {
+                return self.end(run, "cancelled", RunEnd::Cancelled, None, ended).await;
             }
             if failure.is_some() {
                 break;
@@ -308,12 +343,12 @@ impl<R: StepRunner> Engine<R> {
             && !done.contains(StepName::Rollback.as_str())
         {
             // A failed rollback is recorded on its row and in the report; the run fails either way.
-            if let Err(failure) = self.final_step(run, StepName::Rollback, &mut ended, lost).await {
+            if let Err(failure) = self.final_step(run, StepName::Rollback, &mut ended, signals).await {
                 return failure.into_end();
             }
         }
         if !done.contains(StepName::Report.as_str()) {
-            match self.final_step(run, StepName::Report, &mut ended, lost).await {
+            match self.final_step(run, StepName::Report, &mut ended, signals).await {
                 Ok(None) => {}
                 Ok(Some(e)) => {
                     failure.get_or_insert((StepName::Report, e));
@@ -368,12 +403,12 @@ impl<R: StepRunner> Engine<R> {
         run: &ClaimedRun,
         step: StepName,
         ended: &mut Vec<StepEnd>,
-        lost: &watch::Receiver<bool>,
+        signals: &Signals,
     ) -> Result<Option<StepError>, StepFailure> {
         let Advance::Started(attempts) = self.boundary(run, ended, false, &[step]).await? else {
             unreachable!("a boundary that does not check for newer runs is never overtaken")
         };
-        let Ended { record, error } = self.step(run, step, attempts[0], &AtomicUsize::new(1), lost).await?;
+        let Ended { record, error } = self.step(run, step, attempts[0], &AtomicUsize::new(1), signals, false).await?;
         ended.extend(record);
         Ok(error)
     }
@@ -416,23 +451,29 @@ impl<R: StepRunner> Engine<R> {
     }
 
     /// One step from its recorded start to its end: retried with backoff while it fails
-    /// transiently, stopped when the lease is lost. `left` counts the steps of its group still
-    /// running: the last to end returns its end for the next boundary to write with its own
-    /// records; the others write theirs here, as they end.
+    /// transiently, stopped when the lease is lost (or, when `cancellable`, when the stand's
+    /// teardown is queued). `left` counts the steps of its group still running: the last to end
+    /// returns its end for the next boundary to write with its own records; the others write
+    /// theirs here, as they end. A cancelled step leaves its end to the caller.
     async fn step(
         &self,
         run: &ClaimedRun,
         step: StepName,
         mut attempt: i32,
         left: &AtomicUsize,
-        lost: &watch::Receiver<bool>,
+        signals: &Signals,
+        cancellable: bool,
     ) -> Result<Ended, StepFailure> {
         let name = step.as_str();
+        let lost = &signals.lost;
+        let cancel = async { if cancellable { flagged(&signals.cancel).await } else { std::future::pending().await } };
+        tokio::pin!(cancel);
         loop {
             self.fault_point(false, step);
             let result = tokio::select! {
                 r = self.runner.run(step, run) => r,
                 _ = lease_lost(lost) => return Err(StepFailure::Lease),
+                _ = &mut cancel => return Err(StepFailure::Cancelled),
             };
             let (end, error) = match result {
                 Ok(outcome) => {
@@ -448,6 +489,7 @@ impl<R: StepRunner> Engine<R> {
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = lease_lost(lost) => return Err(StepFailure::Lease),
+                        _ = &mut cancel => return Err(StepFailure::Cancelled),
                     }
                     let Advance::Started(attempts) =
                         runs::advance(&self.pool, run, &self.owner, &[], false, &[name]).await?
@@ -479,6 +521,8 @@ impl StepFailure {
     fn into_end(self) -> Result<RunEnd, RunStoreError> {
         match self {
             StepFailure::Lease => Ok(RunEnd::LeaseLost),
+            // Handled by the group that ran the step; a final step is never cancelled.
+            StepFailure::Cancelled => Ok(RunEnd::Cancelled),
             StepFailure::Store(e) => Err(e),
         }
     }
@@ -506,18 +550,43 @@ fn backoff(settings: &EngineSettings, attempt: i32) -> Duration {
 }
 
 async fn lease_lost(lost: &watch::Receiver<bool>) {
-    let mut lost = lost.clone();
-    if lost.wait_for(|l| *l).await.is_err() {
+    flagged(lost).await
+}
+
+/// Resolves once the flag is raised; never, if its sender is gone without raising it.
+async fn flagged(flag: &watch::Receiver<bool>) {
+    let mut flag = flag.clone();
+    if flag.wait_for(|f| *f).await.is_err() {
         std::future::pending::<()>().await;
     }
 }
 
-/// Renews the lease until dropped; flags `lost` when another worker took the run over.
-async fn heartbeat(pool: PgPool, run_id: i64, owner: String, settings: EngineSettings, lost: watch::Sender<bool>) {
+/// What the heartbeat tells the steps of its run.
+struct Signals {
+    /// Another worker holds the run now.
+    lost: watch::Receiver<bool>,
+    /// A deploy's stand is being torn down.
+    cancel: watch::Receiver<bool>,
+}
+
+/// Renews the lease until dropped; flags `lost` when another worker took the run over, and
+/// `cancel` when the run is a deploy of a stand whose teardown was queued.
+async fn heartbeat(
+    pool: PgPool,
+    run_id: i64,
+    owner: String,
+    settings: EngineSettings,
+    lost: watch::Sender<bool>,
+    cancel: watch::Sender<bool>,
+) {
     loop {
         tokio::time::sleep(settings.heartbeat).await;
         match runs::heartbeat(&pool, run_id, &owner, settings.lease).await {
-            Ok(()) => {}
+            Ok(teardown_queued) => {
+                if teardown_queued {
+                    let _ = cancel.send(true);
+                }
+            }
             Err(RunStoreError::LeaseLost(_)) => {
                 let _ = lost.send(true);
                 return;

@@ -9,11 +9,9 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::PgPool;
 
+use super::lifecycle;
 use super::plan::StandPlan;
-use super::runner::{
-    NO_SECRETS, database_step, drop_database, gather_secrets, image_step, mocks_in, project_of, queue_report,
-    revoke_all,
-};
+use super::runner::{NO_SECRETS, database_step, gather_secrets, image_step, mocks_in, project_of};
 use super::step::{RunContext, StepError, StepName, StepOutcome, StepRunner};
 use crate::cluster::jobs::JobRequest;
 use crate::cluster::verify::{self, UrlProber};
@@ -290,29 +288,29 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
             StepName::Smoke if project.smoke.is_empty() => Ok(StepOutcome::skipped("the project has no smoke command")),
             StepName::Smoke => self.job(run, project, &plan, "smoke", &project.smoke).await,
             StepName::Rollback => self.rollback(run, &plan).await,
-            StepName::Teardown => {
+            StepName::Cancel => lifecycle::cancel(&self.pool, run).await,
+            StepName::Deactivate => lifecycle::deactivate(&self.pool, &self.config, run).await,
+            StepName::Revoke => lifecycle::revoke(self.credentials.as_deref(), run).await,
+            StepName::Uninstall => {
+                // The release first, so Helm's hooks and its record go the way Helm knows; then the
+                // namespace with everything left in it (Secrets, volume claims), waited for until gone.
                 self.helm.uninstall(&plan.release.name, &run.namespace).await?;
-                // Logins go before the database (Vault issue 3410), and before the namespace so no
-                // pod still holding one outlives the revocation unnoticed.
-                let revoked = revoke_all(self.credentials.as_deref(), run).await?;
                 let gone = self.cluster.delete_namespace(&run.namespace, self.config.cluster.teardown_wait).await?;
-                let dropped = drop_database(self.credentials.as_deref(), run).await?;
-                sqlx::query("update stands set state = 'removed', updated_at = now() where stand_id = $1")
-                    .bind(run.stand_id)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(db)?;
-                Ok(StepOutcome::done(json!({
-                    "release": plan.release.name,
-                    "namespace": gone,
-                    "credentials": revoked,
-                    "database": dropped,
-                })))
+                Ok(StepOutcome::done(json!({ "release": plan.release.name, "namespace": gone })))
             }
+            StepName::Drop => lifecycle::drop(&self.pool, self.credentials.as_deref(), run).await,
+            StepName::Extend => {
+                let mut outcome = lifecycle::extend(&self.pool, &self.config, run).await?;
+                if let Some(at) = lifecycle::expiry(&self.pool, run.stand_id).await? {
+                    let annotated = self.cluster.annotate_expiry(&run.namespace, at).await?;
+                    outcome.detail["namespace_annotated"] = json!(annotated);
+                }
+                Ok(outcome)
+            }
+            StepName::Teardown => Err(super::runner::retired()),
             StepName::Report => {
-                let deploy = self.detail_of(run, StepName::Deploy).await?;
-                let mocks = serde_json::from_value(deploy["mocks"].clone()).unwrap_or_default();
-                queue_report(&self.pool, run, project, &plan, mocks, &self.config.public_url, None).await
+                lifecycle::queue_report(&self.pool, &self.config, run.stand_id, Some(run.run_id), Utc::now(), None)
+                    .await
             }
         }
     }
@@ -320,10 +318,10 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
 
 impl<H: Helm, C: Cluster> StepRunner for KubernetesSteps<H, C> {
     async fn started(&self, run: &RunContext) {
-        let Ok(project) = project_of(&self.config, run) else { return };
-        let plan = self.plan(run, project);
         // Best effort, as the trait asks: a report that cannot be queued must not stop the run.
-        if let Err(e) = queue_report(&self.pool, run, project, &plan, Vec::new(), &self.config.public_url, None).await {
+        let queued =
+            lifecycle::queue_report(&self.pool, &self.config, run.stand_id, Some(run.run_id), Utc::now(), None).await;
+        if let Err(e) = queued {
             tracing::warn!(error = %e, "could not queue the report of a started run");
         }
     }

@@ -5,6 +5,8 @@
 mod engine;
 /// The step runner of kubernetes mode.
 pub mod kube_runner;
+/// Teardown, extend and report steps both modes share.
+pub mod lifecycle;
 /// What a run would create: names, image, Helm release.
 pub mod plan;
 /// The dry-run step runner.

@@ -6,19 +6,17 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use chrono::Utc;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
+use super::lifecycle;
 use super::plan::StandPlan;
 use super::step::{RunContext, StepError, StepName, StepOutcome, StepRunner};
 use crate::config::{Config, ProjectConfig};
 use crate::credentials::{CredentialError, StandCredentials, redacted, stand_db};
-use crate::forge::publish::{TESTED_LABEL, Target, outbound};
-use crate::forge::report::{ReportView, render};
 use crate::helm::Helm;
-use crate::reporter::{LabelPayload, Outbound, enqueue};
-use crate::store::stands::{self, StandRef};
 
 pub struct DryRunSteps<H> {
     pool: PgPool,
@@ -116,43 +114,42 @@ impl<H: Helm> DryRunSteps<H> {
                 json!({ "dry_run": true, "would_run": project.smoke, "note": "dry-run: no cluster, not run" }),
             ),
             StepName::Rollback => StepOutcome::done(json!({ "dry_run": true, "note": "dry-run: nothing was applied" })),
-            StepName::Teardown => {
-                let revoked = revoke_all(self.credentials.as_deref(), run).await?;
-                match tokio::fs::remove_dir_all(&dir).await {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(StepError::transient("io", format!("removing {}: {e}", dir.display()))),
-                }
-                sqlx::query("update stands set state = 'removed', updated_at = now() where stand_id = $1")
-                    .bind(run.stand_id)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| StepError::transient("database", e.to_string()))?;
-                let dropped = drop_database(self.credentials.as_deref(), run).await?;
-                StepOutcome::done(
-                    json!({ "dry_run": true, "removed": dir, "credentials": revoked, "database": dropped }),
-                )
+            StepName::Cancel => lifecycle::cancel(&self.pool, run).await?,
+            StepName::Deactivate => lifecycle::deactivate(&self.pool, &self.config, run).await?,
+            StepName::Revoke => lifecycle::revoke(self.credentials.as_deref(), run).await?,
+            // The stand's folder stands for its namespace: removed whole, like the namespace would be.
+            StepName::Uninstall => {
+                let existed = remove_folder(&dir).await?;
+                StepOutcome::done(json!({ "dry_run": true, "removed": dir, "existed": existed }))
             }
-            StepName::Report => self.report(run, project, &plan, &dir).await?,
+            StepName::Drop => lifecycle::drop(&self.pool, self.credentials.as_deref(), run).await?,
+            StepName::Extend => lifecycle::extend(&self.pool, &self.config, run).await?,
+            StepName::Teardown => return Err(retired()),
+            StepName::Report => self.report(run, &dir).await?,
         })
     }
 
-    /// The report, with the mocks the rendered manifests deploy and a copy in the stand's folder.
-    async fn report(
-        &self,
-        run: &RunContext,
-        project: &ProjectConfig,
-        plan: &StandPlan,
-        dir: &Path,
-    ) -> Result<StepOutcome, StepError> {
-        let mocks = match tokio::fs::read_to_string(dir.join("manifests.yaml")).await {
-            Ok(m) => mocks_in(&m),
-            Err(_) => Vec::new(),
-        };
+    /// The report, with a copy in the stand's folder.
+    async fn report(&self, run: &RunContext, dir: &Path) -> Result<StepOutcome, StepError> {
         // A copy beside the manifests, but never a folder recreated after a teardown removed it.
         let copy = dir.exists().then(|| dir.join("report.md"));
-        queue_report(&self.pool, run, project, plan, mocks, &self.config.public_url, copy.as_deref()).await
+        lifecycle::queue_report(&self.pool, &self.config, run.stand_id, Some(run.run_id), Utc::now(), copy.as_deref())
+            .await
     }
+}
+
+/// Removes a stand's dry-run folder; false when it was not there.
+pub(crate) async fn remove_folder(dir: &Path) -> Result<bool, StepError> {
+    match tokio::fs::remove_dir_all(dir).await {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(StepError::transient("io", format!("removing {}: {e}", dir.display()))),
+    }
+}
+
+/// The single `teardown` step of runs recorded before teardown had steps of its own; never planned now.
+pub(super) fn retired() -> StepError {
+    StepError::permanent("retired_step", "the single teardown step was replaced by cancel … drop")
 }
 
 /// The run's project; a run of a project removed from the config since it was queued fails for good.
@@ -248,95 +245,9 @@ pub(super) async fn gather_secrets(
     Ok((!gathered.secrets.is_empty()).then_some(gathered))
 }
 
-/// Teardown's first half: every login of the stand revoked, before anything is dropped.
-pub(super) async fn revoke_all(credentials: Option<&StandCredentials>, run: &RunContext) -> Result<Value, StepError> {
-    match credentials {
-        Some(c) if c.has_databases() => Ok(c.revoke_all(run.stand_id, &stand_db(&run.namespace, None)).await?),
-        _ => Ok(Value::Null),
-    }
-}
-
-/// Teardown's second half: the stand's database and owner role.
-pub(super) async fn drop_database(
-    credentials: Option<&StandCredentials>,
-    run: &RunContext,
-) -> Result<Value, StepError> {
-    match credentials {
-        Some(c) if c.has_databases() => Ok(c.drop_database(&stand_db(&run.namespace, None)).await?),
-        _ => Ok(Value::Null),
-    }
-}
-
-/// Renders the stand's reports from its recorded runs (sticky comment, check, environment, label),
-/// optionally keeps a copy of the comment at `copy_to`, and queues them in the outbox for the
-/// reporter, in one transaction. Shared by both modes' report steps.
-pub(super) async fn queue_report(
-    pool: &PgPool,
-    run: &RunContext,
-    project: &ProjectConfig,
-    plan: &StandPlan,
-    mocks: Vec<String>,
-    public_url: &str,
-    copy_to: Option<&Path>,
-) -> Result<StepOutcome, StepError> {
-    let db = |e: crate::store::StoreError| StepError::transient("database", e.to_string());
-    let sql = |e: sqlx::Error| StepError::transient("database", e.to_string());
-    let Some(detail) = stands::show(pool, &StandRef::Id(run.stand_id), 5).await.map_err(db)? else {
-        return Err(StepError::permanent("stand_missing", "the stand row is gone"));
-    };
-    let Some(view) = ReportView::from_detail(&detail, plan.url.clone(), mocks, Some(public_url)) else {
-        return Err(StepError::permanent("no_run", "the stand has no run to report"));
-    };
-    let path = match copy_to {
-        Some(path) => Some(write(path, &render(&view)).await?),
-        None => None,
-    };
-    let number = detail.stand.pr_number.map(|n| n as u64);
-    let mut tx = pool.begin().await.map_err(sql)?;
-    let labelled = match number {
-        Some(n) => label_added(&mut tx, run.stand_id, project, n).await.map_err(sql)?,
-        None => false,
-    };
-    let target = Target { forge: project.forge, repo: &project.repo, number, labelled };
-    let mut queued = Vec::new();
-    for out in outbound(&view, &target) {
-        queued.push(json!({ "kind": out.kind(), "outbox": enqueue(&mut *tx, run.stand_id, Some(run.run_id), &out).await.map_err(db)? }));
-    }
-    tx.commit().await.map_err(sql)?;
-    let comment = if number.is_none() { Some("no pull request known") } else { None };
-    Ok(StepOutcome::done(json!({ "rendered": path, "queued": queued, "comment": comment })))
-}
-
-/// Whether the newest `draft-tested` row of the PR (delivered or on its way) adds the label.
-async fn label_added(
-    tx: &mut sqlx::PgConnection,
-    stand_id: i64,
-    project: &ProjectConfig,
-    number: u64,
-) -> Result<bool, sqlx::Error> {
-    let probe = Outbound::Label(LabelPayload {
-        forge: project.forge,
-        repo: project.repo.clone(),
-        number,
-        label: TESTED_LABEL.to_owned(),
-        present: true,
-    });
-    let present: Option<bool> = sqlx::query_scalar(
-        "select (payload->>'present')::boolean from outbox
-         where coalesce_key = $1 and state in ('pending', 'delivered') order by outbox_id desc limit 1",
-    )
-    .bind(probe.coalesce_key(stand_id))
-    .fetch_optional(&mut *tx)
-    .await?
-    .flatten();
-    Ok(present == Some(true))
-}
-
 impl<H: Helm> StepRunner for DryRunSteps<H> {
     async fn started(&self, run: &RunContext) {
-        let Ok(project) = project_of(&self.config, run) else { return };
-        let plan = self.plan(run, project);
-        if let Err(e) = self.report(run, project, &plan, &self.folder(run)).await {
+        if let Err(e) = self.report(run, &self.folder(run)).await {
             tracing::warn!(error = %e, "could not queue the report of a started run");
         }
     }
@@ -344,7 +255,7 @@ impl<H: Helm> StepRunner for DryRunSteps<H> {
     async fn run(&self, step: StepName, run: &RunContext) -> Result<StepOutcome, StepError> {
         let project = project_of(&self.config, run)?;
         let dir = self.folder(run);
-        if run.kind != "teardown" {
+        if run.kind == "deploy" {
             tokio::fs::create_dir_all(&dir)
                 .await
                 .map_err(|e| StepError::transient("io", format!("creating {}: {e}", dir.display())))?;
@@ -366,7 +277,7 @@ impl<H: Helm> StepRunner for DryRunSteps<H> {
     }
 }
 
-async fn write(path: &Path, text: &str) -> Result<PathBuf, StepError> {
+pub(super) async fn write(path: &Path, text: &str) -> Result<PathBuf, StepError> {
     let io = |e: std::io::Error| StepError::transient("io", format!("writing {}: {e}", path.display()));
     if let Some(parent) = path.parent() {
         tokio::fs::create_dir_all(parent).await.map_err(io)?;

@@ -21,11 +21,24 @@ pub enum StepName {
     Smoke,
     Report,
     Rollback,
+    /// Recorded by teardown runs before the lifecycle issue split teardown into the steps below.
     Teardown,
+    /// Teardown: deploys of the stand still in flight are stopped (they stop themselves, at once).
+    Cancel,
+    /// Teardown: the forge's deployment goes inactive, its environment stops, an open check ends.
+    Deactivate,
+    /// Teardown: every credential of the stand revoked, before anything it opens is removed.
+    Revoke,
+    /// Teardown: the release uninstalled and the namespace (Secrets, volume claims) deleted and gone.
+    Uninstall,
+    /// Teardown: the database and its owner role dropped; the stand becomes a tombstone.
+    Drop,
+    /// Extend: the stand's expiry moved.
+    Extend,
 }
 
 impl StepName {
-    pub const ALL: [StepName; 11] = [
+    pub const ALL: [StepName; 17] = [
         StepName::Namespace,
         StepName::Database,
         StepName::Secrets,
@@ -37,6 +50,12 @@ impl StepName {
         StepName::Report,
         StepName::Rollback,
         StepName::Teardown,
+        StepName::Cancel,
+        StepName::Deactivate,
+        StepName::Revoke,
+        StepName::Uninstall,
+        StepName::Drop,
+        StepName::Extend,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +71,12 @@ impl StepName {
             StepName::Report => "report",
             StepName::Rollback => "rollback",
             StepName::Teardown => "teardown",
+            StepName::Cancel => "cancel",
+            StepName::Deactivate => "deactivate",
+            StepName::Revoke => "revoke",
+            StepName::Uninstall => "uninstall",
+            StepName::Drop => "drop",
+            StepName::Extend => "extend",
         }
     }
 
@@ -69,8 +94,10 @@ pub fn plan(kind: &str) -> &'static [&'static [StepName]] {
         // Secrets puts its Secret in the namespace and issues a login that joins the database's
         // owner role, so it waits for both; the image check needs neither.
         "deploy" => &[&[Namespace, Database], &[Secrets, Image], &[Deploy], &[Migrate], &[Verify], &[Smoke]],
-        "teardown" => &[&[Teardown]],
-        // Moving the expiry is the lifecycle issue's; until then an extend run only reports.
+        // Logins go before the namespace and the database (Vault issue 3410), so no pod still holding
+        // one outlives its revocation unnoticed; the database goes last, once nothing can reach it.
+        "teardown" => &[&[Cancel], &[Deactivate], &[Revoke], &[Uninstall], &[Drop]],
+        "extend" => &[&[Extend]],
         _ => &[],
     }
 }

@@ -36,10 +36,12 @@ pub struct Recorded {
     pub response: Value,
 }
 
-#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 struct StandRow {
     stand_id: i64,
     state: StandState,
+    /// Why it is closing or removed (`stands.state_reason`).
+    reason: Option<String>,
     epoch: i32,
     last_event_at: Option<DateTime<Utc>>,
 }
@@ -222,7 +224,10 @@ async fn deploy(
     if let Some(reason) = stale(&stand, pr) {
         return Ok(Decision::ignored(Some(stand.stand_id), reason));
     }
-    let revive = stand.state != StandState::Active && trigger.revives();
+    // A stand that expired comes back with the next commit: it went for want of pushes, not
+    // because anyone closed it.
+    let expired = stand.reason.as_deref() == Some("expired") && matches!(trigger, Trigger::Pushed | Trigger::Resync);
+    let revive = stand.state != StandState::Active && (trigger.revives() || expired);
     if stand.state != StandState::Active && !revive {
         touch(tx, stand.stand_id, pr, false, None).await?;
         return Ok(Decision::ignored(
@@ -391,7 +396,7 @@ async fn find_or_create(
     branch: &BranchName,
     initial: StandState,
 ) -> Result<StandRow, StoreError> {
-    const SELECT: &str = "select stand_id, state, epoch, last_event_at from stands
+    const SELECT: &str = "select stand_id, state, state_reason as reason, epoch, last_event_at from stands
                           where project = $1 and branch = $2 for update";
     if let Some(row) = sqlx::query_as::<_, StandRow>(SELECT)
         .bind(d.project.as_str())
@@ -409,7 +414,7 @@ async fn find_or_create(
         let created = sqlx::query_as::<_, StandRow>(
             "insert into stands (project, branch, namespace, state) values ($1, $2, $3, $4)
              on conflict do nothing
-             returning stand_id, state, epoch, last_event_at",
+             returning stand_id, state, state_reason as reason, epoch, last_event_at",
         )
         .bind(d.project.as_str())
         .bind(branch.as_str())

@@ -1,6 +1,8 @@
 //! draftd's own database: connection, migrations, and one repository module per concern.
 
 pub mod intake;
+/// Expiry, extension, tombstones, and what the reaper queues and remembers.
+pub mod lifecycle;
 pub mod manual;
 /// What draftd owes the forges: outbox rows, claimed with coalescing and delivered by the reporter.
 pub mod outbox;

@@ -77,19 +77,23 @@ pub async fn claim(
         .await?)
 }
 
-/// Extends the lease; `LeaseLost` when another worker holds the run now.
-pub async fn heartbeat(pool: &PgPool, run_id: i64, owner: &str, lease: Duration) -> Result<(), RunStoreError> {
-    let n = sqlx::query(
+/// Extends the lease; `LeaseLost` when another worker holds the run now. Returns whether the run
+/// is a deploy of a stand whose teardown is queued: the deploy stops at once instead of finishing
+/// a step (a helm upgrade, a smoke Job) only to have it removed.
+pub async fn heartbeat(pool: &PgPool, run_id: i64, owner: &str, lease: Duration) -> Result<bool, RunStoreError> {
+    let row: Option<bool> = sqlx::query_scalar(
         "update runs set lease_expires_at = now() + $3, heartbeat_at = now()
-         where run_id = $1 and lease_owner = $2 and state = 'running'",
+         where run_id = $1 and lease_owner = $2 and state = 'running'
+         returning kind = 'deploy' and exists (
+             select 1 from runs t where t.stand_id = runs.stand_id and t.number > runs.number
+                                    and t.kind = 'teardown' and t.state in ('queued', 'running'))",
     )
     .bind(run_id)
     .bind(owner)
     .bind(lease)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    if n == 1 { Ok(()) } else { Err(RunStoreError::LeaseLost(run_id)) }
+    .fetch_optional(pool)
+    .await?;
+    row.ok_or(RunStoreError::LeaseLost(run_id))
 }
 
 pub async fn steps(pool: &PgPool, run_id: i64) -> Result<Vec<StepRecord>, RunStoreError> {

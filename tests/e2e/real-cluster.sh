@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # End to end against a real cluster: a signed GitHub webhook opens a PR, draftd (kubernetes mode)
 # builds the stand (namespace with quota, limits and network policies; helm release; rollout and 5xx
-# gate through the API server proxy; report), then the PR is closed and the stand torn down. No
-# fakes: the real binary, helm, Postgres and cluster.
+# gate through the API server proxy; report), `stands extend` moves the namespace's
+# draftd.io/expires-at, then the PR is closed and the stand torn down, and `draftd reap` sweeps once
+# (as the reaper CronJob does). No fakes: the real binary, helm, Postgres and cluster.
 #
 #   KUBECONFIG=~/.kube/config tests/e2e/real-cluster.sh
 #
@@ -163,8 +164,32 @@ done
 "$kubectl" -n "$namespace" rollout status deployment --timeout=10s >/dev/null || die "deployments are not rolled out"
 E2E_WEBHOOK_SECRET=x "$draftd" --config "$work/draftd.toml" stands show "e2e/$branch"
 
+say "stand extended by 1h"
+expires() { "$kubectl" get namespace "$namespace" -o 'jsonpath={.metadata.annotations.draftd\.io/expires-at}'; }
+before="$(expires)"
+[ -n "$before" ] || die "namespace $namespace lacks draftd.io/expires-at"
+E2E_WEBHOOK_SECRET=x "$draftd" --config "$work/draftd.toml" stands extend "e2e/$branch" --by 1h
+wait_run extend
+after="$(expires)"
+# The stand's expiry is far from [stands] max_expiry, so the whole hour is added.
+[ $(( $(date -d "$after" +%s) - $(date -d "$before" +%s) )) -eq 3600 ] ||
+    die "draftd.io/expires-at went from $before to $after, not 1h later"
+echo "draftd.io/expires-at: $before -> $after"
+
 say "PR closed"
 post pull_request pull_request.closed.json closed
 wait_run teardown
 "$kubectl" get namespace "$namespace" >/dev/null 2>&1 && die "namespace $namespace is still there after teardown"
+
+# One sweep as the CronJob runs it (deploy/reaper-cronjob.yaml). serve's own reaper may hold the
+# sweep lock at that moment: then `reap` reports busy, which is a success too.
+say "draftd reap (one sweep)"
+E2E_WEBHOOK_SECRET=x "$draftd" --config "$work/draftd.toml" reap --json >"$work/reap.json" ||
+    die "draftd reap failed: $(cat "$work/reap.json")"
+outcome="$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['outcome'])" "$work/reap.json")" ||
+    die "draftd reap --json printed no outcome: $(cat "$work/reap.json")"
+case "$outcome" in
+    swept|busy) echo "reap: $outcome" ;;
+    *) die "draftd reap reported $outcome" ;;
+esac
 say "real-cluster e2e: passed"

@@ -18,7 +18,13 @@ pub struct State {
     /// (repo, login) → `admin`, `maintain`, `write`, `triage` or `read`.
     pub roles: HashMap<(String, String), String>,
     pub app: Option<App>,
+    /// Repositories by GitHub id (`FIRST_REPOSITORY_ID` + index), as pull listings' `Link` headers
+    /// name them (`/repositories/{id}/pulls?…`).
+    pub repositories: Vec<String>,
 }
+
+/// The id of the first repository the fake names (the documented example's `octocat/Hello-World`).
+pub const FIRST_REPOSITORY_ID: u64 = 1_296_269;
 
 #[derive(Debug, Clone)]
 pub struct CheckRun {
@@ -189,6 +195,140 @@ pub fn github_json(c: &Comment, base: &str) -> Value {
     v
 }
 
+/// GitHub's `Link` header for page `page_no` of `pages` (none when there is one page): `url` is
+/// the list's URL with its other query parameters, ending in `?` or `&`.
+fn link_header(url: &str, page_no: usize, pages: usize) -> Vec<(&'static str, String)> {
+    let link = |p: usize, rel: &str| format!("<{url}page={p}>; rel=\"{rel}\"");
+    let mut links = Vec::new();
+    if page_no < pages {
+        links.push(link(page_no + 1, "next"));
+        links.push(link(pages, "last"));
+    }
+    if page_no > 1 {
+        links.push(link(page_no - 1, "prev"));
+        links.push(link(1, "first"));
+    }
+    if links.is_empty() { vec![] } else { vec![("link", links.join(", "))] }
+}
+
+fn repository_id(s: &mut Inner, repo: &str) -> u64 {
+    let i = match s.gh.repositories.iter().position(|r| r == repo) {
+        Some(i) => i,
+        None => {
+            s.gh.repositories.push(repo.to_owned());
+            s.gh.repositories.len() - 1
+        }
+    };
+    FIRST_REPOSITORY_ID + i as u64
+}
+
+/// The documented repository object, renamed to `full_name`.
+fn repository_json(template: &Value, full_name: &str) -> Value {
+    let mut v = template.clone();
+    let (owner, name) = full_name.split_once('/').unwrap();
+    v["full_name"] = json!(full_name);
+    v["name"] = json!(name);
+    v["owner"]["login"] = json!(owner);
+    v["html_url"] = json!(format!("https://github.com/{full_name}"));
+    v["url"] = json!(format!("https://api.github.com/repos/{full_name}"));
+    v["fork"] = json!(false);
+    v
+}
+
+/// A PR as `GET …/pulls/{number}` (`detail`) or an item of `GET …/pulls` shows it.
+pub fn pull_json(p: &Pull, detail: bool) -> Value {
+    let mut v: Value = if detail {
+        serde_json::from_str(include_str!("../fixtures/forge/github/pull.json")).unwrap()
+    } else {
+        let list: Value = serde_json::from_str(include_str!("../fixtures/forge/github/pulls.json")).unwrap();
+        list[0].clone()
+    };
+    let (merged, closed) = (p.state == "merged", p.state == "closed" || p.state == "merged");
+    let at = json!(p.updated_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    v["number"] = json!(p.number);
+    v["url"] = json!(format!("https://api.github.com/repos/{}/pulls/{}", p.repo, p.number));
+    v["html_url"] = json!(format!("https://github.com/{}/pull/{}", p.repo, p.number));
+    v["state"] = json!(if closed { "closed" } else { "open" });
+    v["locked"] = json!(false);
+    v["active_lock_reason"] = Value::Null;
+    v["draft"] = json!(p.draft);
+    v["updated_at"] = at.clone();
+    v["closed_at"] = if closed { at.clone() } else { Value::Null };
+    v["merged_at"] = if merged { at } else { Value::Null };
+    v["merge_commit_sha"] = if merged { v["merge_commit_sha"].clone() } else { Value::Null };
+    let label = v["labels"][0].clone();
+    v["labels"] = p
+        .labels
+        .iter()
+        .map(|name| {
+            let mut l = label.clone();
+            l["name"] = json!(name);
+            l
+        })
+        .collect();
+    let repo = v["base"]["repo"].clone();
+    let owner = p.head_repo.as_deref().unwrap_or("ghost/deleted").split('/').next().unwrap().to_owned();
+    v["head"]["label"] = json!(format!("{owner}:{}", p.branch));
+    v["head"]["ref"] = json!(p.branch);
+    v["head"]["sha"] = json!(p.sha);
+    v["head"]["repo"] = p.head_repo.as_deref().map(|r| repository_json(&repo, r)).unwrap_or(Value::Null);
+    v["base"]["ref"] = json!("main");
+    v["base"]["repo"] = repository_json(&repo, &p.repo);
+    if detail {
+        v["merged"] = json!(merged);
+        v["merged_by"] = if merged { v["merged_by"].clone() } else { Value::Null };
+        v["mergeable"] = if closed { Value::Null } else { json!(true) };
+    }
+    v
+}
+
+/// `GET /repos/{owner}/{repo}/pulls` (or `/repositories/{id}/pulls`, where `Link` points): the
+/// documented query parameters only, `state` `open` by default, `sort` `created` by default,
+/// descending unless `direction=asc`.
+fn list_pulls(s: &mut Inner, method: &Method, path: &str, repo: &str) -> Response {
+    const PARAMS: [&str; 7] = ["state", "head", "base", "sort", "direction", "per_page", "page"];
+    let q = query(path);
+    let valid = |k: &str, ok: &[&str]| q.get(k).is_none_or(|v| ok.contains(&v.as_str()));
+    let unknown: Vec<&String> = q.keys().filter(|k| !PARAMS.contains(&k.as_str())).collect();
+    if !unknown.is_empty()
+        || !valid("state", &["open", "closed", "all"])
+        || !valid("sort", &["created", "updated", "popularity", "long-running"])
+        || !valid("direction", &["asc", "desc"])
+    {
+        s.violations.push(format!("{method} {path}: query not as documented"));
+        return error(422, "Validation Failed");
+    }
+    let state = q.get("state").map(String::as_str).unwrap_or("open");
+    let mut all: Vec<&Pull> = s
+        .pulls
+        .iter()
+        .filter(|p| p.repo == repo)
+        .filter(|p| match state {
+            "open" => p.state == "open" || p.state == "locked",
+            "closed" => p.state == "closed" || p.state == "merged",
+            _ => true,
+        })
+        .collect();
+    match q.get("sort").map(String::as_str) {
+        Some("updated") => all.sort_by_key(|p| p.updated_at),
+        _ => all.sort_by_key(|p| p.number),
+    }
+    // GitHub: `desc` by default when sorting by creation (or not saying), `asc` otherwise.
+    let default_desc = matches!(q.get("sort").map(String::as_str), None | Some("created"));
+    if q.get("direction").map(String::as_str).map_or(default_desc, |d| d == "desc") {
+        all.reverse();
+    }
+    let all: Vec<Pull> = all.into_iter().cloned().collect();
+    let (items, page_no, pages) = page(&all, &q, 30);
+    let others: String = path
+        .split_once('?')
+        .map(|(_, raw)| raw.split('&').filter(|kv| !kv.starts_with("page=")).map(|kv| format!("{kv}&")).collect())
+        .unwrap_or_default();
+    let id = repository_id(s, repo);
+    let headers = link_header(&format!("{}/repositories/{id}/pulls?{others}", s.base), page_no, pages);
+    json_response(200, &Value::Array(items.iter().map(|p| pull_json(p, false)).collect()), &headers)
+}
+
 pub fn route(s: &mut Inner, method: &Method, path: &str, headers: &HeaderMap, body: &[u8]) -> Response {
     let seg: Vec<&str> = path_only(path).trim_start_matches('/').split('/').collect();
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -266,24 +406,27 @@ pub fn route(s: &mut Inner, method: &Method, path: &str, headers: &HeaderMap, bo
             let q = query(path);
             let (items, page_no, pages) = page(&all, &q, 30);
             let per_page = q.get("per_page").cloned().unwrap_or_else(|| "30".into());
-            let link = |p: usize, rel: &str| {
-                format!(
-                    "<{}/repos/{repo}/issues/{number}/comments?per_page={per_page}&page={p}>; rel=\"{rel}\"",
-                    s.base
-                )
-            };
-            let mut links = Vec::new();
-            if page_no < pages {
-                links.push(link(page_no + 1, "next"));
-                links.push(link(pages, "last"));
-            }
-            if page_no > 1 {
-                links.push(link(page_no - 1, "prev"));
-                links.push(link(1, "first"));
-            }
+            let url = format!("{}/repos/{repo}/issues/{number}/comments?per_page={per_page}&", s.base);
             let v = Value::Array(items.iter().map(|c| github_json(c, &s.base)).collect());
-            let headers: Vec<(&str, String)> = if links.is_empty() { vec![] } else { vec![("link", links.join(", "))] };
-            json_response(200, &v, &headers)
+            json_response(200, &v, &link_header(&url, page_no, pages))
+        }
+        ("GET", ["repos", o, r, "pulls"]) => list_pulls(s, method, path, &format!("{o}/{r}")),
+        ("GET", ["repositories", id, "pulls"]) => {
+            let known = id.parse::<u64>().ok().and_then(|id| id.checked_sub(FIRST_REPOSITORY_ID));
+            match known.and_then(|i| s.gh.repositories.get(i as usize)).cloned() {
+                Some(repo) => list_pulls(s, method, path, &repo),
+                None => not_found(),
+            }
+        }
+        ("GET", ["repos", o, r, "pulls", n]) => {
+            if path.contains('?') {
+                s.violations.push(format!("{method} {path}: no query parameters are documented"));
+            }
+            let repo = format!("{o}/{r}");
+            match s.pulls.iter().find(|p| p.repo == repo && n.parse() == Ok(p.number)) {
+                Some(p) => json_response(200, &pull_json(p, true), &[]),
+                None => not_found(),
+            }
         }
         ("POST", ["repos", o, r, "issues", n, "comments"]) => {
             let body = match new_body(s) {

@@ -209,6 +209,43 @@ pub fn merge_request_json(repo: &str, iid: u64, labels: &BTreeSet<String>) -> Va
     v
 }
 
+/// The project id the fake gives every project; a fork's MRs come from `FORK_PROJECT_ID`.
+pub const PROJECT_ID: u64 = 3;
+pub const FORK_PROJECT_ID: u64 = 2;
+
+/// An MR as `GET /projects/:id/merge_requests/:iid` (`detail`) or an item of the list shows it.
+pub fn pull_json(p: &Pull, detail: bool) -> Value {
+    let mut v = if detail {
+        fixture(include_str!("../fixtures/forge/gitlab/merge_request.json"))
+    } else {
+        fixture(include_str!("../fixtures/forge/gitlab/merge_requests.json"))[0].clone()
+    };
+    let at = |t: chrono::DateTime<chrono::Utc>| json!(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    v["id"] = json!(100_000 + p.number);
+    v["iid"] = json!(p.number);
+    v["project_id"] = json!(PROJECT_ID);
+    v["target_project_id"] = json!(PROJECT_ID);
+    let own = p.head_repo.as_deref() == Some(p.repo.as_str());
+    v["source_project_id"] = json!(if own { PROJECT_ID } else { FORK_PROJECT_ID });
+    v["state"] = json!(if p.state == "open" { "opened" } else { p.state.as_str() });
+    v["source_branch"] = json!(p.branch);
+    v["sha"] = json!(p.sha);
+    v["updated_at"] = at(p.updated_at);
+    v["draft"] = json!(p.draft);
+    v["work_in_progress"] = json!(p.draft);
+    v["labels"] = json!(p.labels);
+    let merged = p.state == "merged";
+    v["merged_at"] = if merged { at(p.updated_at) } else { Value::Null };
+    v["closed_at"] = if p.state == "closed" { at(p.updated_at) } else { Value::Null };
+    for who in ["merged_by", "merge_user"] {
+        v[who] = if merged { v[who].clone() } else { Value::Null };
+    }
+    v["detailed_merge_status"] = json!(if p.state == "open" { "mergeable" } else { "not_open" });
+    v["web_url"] = json!(format!("https://gitlab.example.com/{}/-/merge_requests/{}", p.repo, p.number));
+    v["references"]["full"] = json!(format!("{}!{}", p.repo, p.number));
+    v
+}
+
 /// GitLab's answer to a parameter that fails validation (Grape's shape).
 fn param_error(message: impl Into<String>) -> Response {
     json_response(400, &json!({"error": message.into()}), &[])
@@ -674,6 +711,66 @@ pub fn route(s: &mut Inner, method: &Method, path: &str, headers: &HeaderMap, bo
                 Err(r) => return *r,
             };
             environments(s, method, path, repo, rest, f)
+        }
+        ("GET", ["api", "v4", "projects", p, "merge_requests"]) => {
+            let Some(repo) = project(p) else { return not_found() };
+            let allowed = [
+                "state",
+                "order_by",
+                "sort",
+                "page",
+                "per_page",
+                "iids[]",
+                "labels",
+                "milestone",
+                "view",
+                "source_branch",
+                "target_branch",
+                "created_after",
+                "created_before",
+                "updated_after",
+                "updated_before",
+                "wip",
+            ];
+            if let Err(r) = only_query(s, method, path, &allowed) {
+                return *r;
+            }
+            let q = decoded_query(path);
+            let one_of = |k: &str, ok: &[&str]| q.get(k).is_none_or(|v| ok.contains(&v.as_str()));
+            if !one_of("state", &["opened", "closed", "locked", "merged", "all"])
+                || !one_of("order_by", &["created_at", "updated_at", "merged_at", "title"])
+                || !one_of("sort", &["asc", "desc"])
+            {
+                s.violations.push(format!("{method} {path}: a value GitLab does not document"));
+                return param_error("state, order_by or sort does not have a valid value");
+            }
+            let state = match q.get("state").map(String::as_str) {
+                Some("opened") => "open",
+                Some(other) => other,
+                None => "all",
+            };
+            let mut mrs: Vec<&Pull> =
+                s.pulls.iter().filter(|m| m.repo == repo && (state == "all" || m.state == state)).collect();
+            // Default: created_at, newest first; iids stand for creation order.
+            match q.get("order_by").map(String::as_str) {
+                Some("updated_at") => mrs.sort_by_key(|m| m.updated_at),
+                _ => mrs.sort_by_key(|m| m.number),
+            }
+            if q.get("sort").map(String::as_str) != Some("asc") {
+                mrs.reverse();
+            }
+            paged(mrs.into_iter().map(|m| pull_json(m, false)).collect(), &q)
+        }
+        ("GET", ["api", "v4", "projects", p, "merge_requests", n]) => {
+            let Some(repo) = project(p) else { return not_found() };
+            let allowed = ["render_html", "include_diverged_commits_count", "include_rebase_in_progress"];
+            if let Err(r) = only_query(s, method, path, &allowed) {
+                return *r;
+            }
+            match s.pulls.iter().find(|m| m.repo == repo && n.parse() == Ok(m.number)) {
+                Some(m) => json_response(200, &pull_json(m, true), &[]),
+                None => not_found(),
+            }
         }
         ("PUT", ["api", "v4", "projects", p, "merge_requests", n]) => {
             let Some(repo) = project(p) else { return not_found() };

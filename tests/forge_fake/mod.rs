@@ -1,6 +1,7 @@
 //! Local HTTP fakes of GitHub and GitLab for the reporter and forge tests: they check method, path,
 //! auth and version headers and body as the REST documentation states them (tests/fixtures/forge/
-//! SOURCES.md), keep what was written in memory, and can be taken down or rate limited.
+//! SOURCES.md), keep what was written in memory, and can be taken down, slowed, garbled or rate
+//! limited.
 #![allow(dead_code)]
 
 pub mod github;
@@ -40,6 +41,42 @@ pub struct Comment {
     pub system: bool,
 }
 
+/// A PR (GitHub) or MR (GitLab) as the fakes keep it.
+#[derive(Debug, Clone)]
+pub struct Pull {
+    pub repo: String,
+    pub number: u64,
+    /// `open`, `closed` or `merged`; GitLab also `locked` (being merged). Rendered as each forge
+    /// names it (GitLab `opened`; GitHub `closed` with `merged: true` for merged).
+    pub state: String,
+    pub branch: String,
+    pub sha: String,
+    /// Where the branch lives: `repo` itself, a fork (`someone/shop`), or `None` when the fork was
+    /// deleted (GitHub then shows `head.repo: null`).
+    pub head_repo: Option<String>,
+    pub draft: bool,
+    pub labels: Vec<String>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Pull {
+    /// An open PR of `repo` from a branch of the repo itself, updated `number` minutes after a fixed time.
+    pub fn open(repo: &str, number: u64) -> Pull {
+        Pull {
+            repo: repo.into(),
+            number,
+            state: "open".into(),
+            branch: format!("feature/pr-{number}"),
+            sha: format!("{number:040x}"),
+            head_repo: Some(repo.into()),
+            draft: false,
+            labels: vec![],
+            updated_at: chrono::Utc.with_ymd_and_hms(2026, 11, 20, 9, 0, 0).unwrap()
+                + chrono::Duration::minutes(number as i64),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Mode {
     Up,
@@ -52,6 +89,11 @@ pub enum Mode {
     /// GitHub's secondary rate limit: 403 "You have exceeded a secondary rate limit", with
     /// `Retry-After: secs` when given.
     SecondaryLimit(Option<u64>),
+    /// A forge that is slow to answer: the answer waits this many milliseconds, then comes as
+    /// with `Up` (script only: a request that stalls, among others that do not).
+    Stall(u64),
+    /// 200 with a body that is not JSON (a proxy's sign-in page).
+    Garbled,
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +114,8 @@ pub struct Inner {
     /// Each request waits this long before answering (for overlap checks).
     pub delay: Duration,
     pub comments: Vec<Comment>,
+    /// PRs (GitHub) or MRs (GitLab), each fake rendering them in its forge's shape.
+    pub pulls: Vec<Pull>,
     pub next_id: u64,
     pub seen: Vec<Seen>,
     pub violations: Vec<String>,
@@ -99,6 +143,7 @@ impl Fake {
             mode: Mode::Up,
             delay: Duration::ZERO,
             comments: Vec::new(),
+            pulls: Vec::new(),
             next_id: if kind == ForgeKind::Github { 1_000_001 } else { 5001 },
             seen: Vec::new(),
             violations: Vec::new(),
@@ -131,6 +176,17 @@ impl Fake {
         s.next_id += 1;
         s.comments.push(Comment { id, repo: repo.into(), number, body: body.into(), system });
         id
+    }
+    pub fn seed_pull(&self, pull: Pull) {
+        let mut s = self.0.lock().unwrap();
+        s.pulls.retain(|p| !(p.repo == pull.repo && p.number == pull.number));
+        s.pulls.push(pull);
+    }
+    /// Open PRs/MRs 1..=n of `repo`.
+    pub fn seed_open_pulls(&self, repo: &str, n: u64) {
+        for number in 1..=n {
+            self.seed_pull(Pull::open(repo, number));
+        }
     }
     pub fn delete(&self, id: u64) {
         self.0.lock().unwrap().comments.retain(|c| c.id != id);
@@ -171,7 +227,7 @@ pub fn json_response(status: u16, value: &Value, headers: &[(&str, String)]) -> 
 pub fn failure(kind: ForgeKind, mode: Mode) -> Option<Response> {
     let gh = kind == ForgeKind::Github;
     match mode {
-        Mode::Up => None,
+        Mode::Up | Mode::Stall(_) => None,
         Mode::Down(502) => Some(
             (
                 StatusCode::BAD_GATEWAY,
@@ -215,6 +271,10 @@ pub fn failure(kind: ForgeKind, mode: Mode) -> Option<Response> {
             }
             Some(json_response(403, &body, &headers))
         }
+        Mode::Garbled => Some(
+            (StatusCode::OK, [("content-type", "text/html")], "<html><body>Sign in to continue</body></html>")
+                .into_response(),
+        ),
         Mode::Hostile => Some(json_response(502, &json!({"message": format!("upstream rejected token {TOKEN}")}), &[])),
     }
 }
@@ -236,8 +296,13 @@ pub async fn handle(State(fake): State<Fake>, req: Request) -> Response {
         let n = *n;
         s.max_in_flight = s.max_in_flight.max(n);
     }
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
+    // A scripted stall is left in the script: the route takes it as its answer mode (`Up`).
+    let stall = match fake.0.lock().unwrap().script.front() {
+        Some(Mode::Stall(ms)) => Duration::from_millis(*ms),
+        _ => Duration::ZERO,
+    };
+    if !(delay + stall).is_zero() {
+        tokio::time::sleep(delay + stall).await;
     }
     {
         let mut s = fake.0.lock().unwrap();
@@ -297,7 +362,7 @@ pub fn percent_decode(s: &str) -> String {
 }
 
 /// Pages as both APIs do: `per_page` (default 30 on GitHub, 20 on GitLab, at most 100) and `page`.
-pub fn page<'a>(items: &'a [Comment], q: &HashMap<String, String>, default: usize) -> (&'a [Comment], usize, usize) {
+pub fn page<'a, T>(items: &'a [T], q: &HashMap<String, String>, default: usize) -> (&'a [T], usize, usize) {
     let per_page = q.get("per_page").and_then(|v| v.parse().ok()).unwrap_or(default).clamp(1, 100);
     let page: usize = q.get("page").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
     let start = ((page - 1) * per_page).min(items.len());
@@ -382,6 +447,8 @@ pub fn view(stand_id: i64, run: i32, status: Status) -> ReportView {
         ],
         mocks: vec!["payments".into(), "sms".into()],
         expires_at: Some(chrono::Utc.with_ymd_and_hms(2026, 11, 27, 14, 0, 0).unwrap()),
+        expiry_warning: false,
+        extended_by: None,
         error: None,
     }
 }

@@ -1,5 +1,6 @@
-//! GitHub through octocrab: sticky comments, check runs (or commit statuses), deployments, labels
-//! and collaborator permissions, as a GitHub App (installation tokens) or with a token.
+//! GitHub through octocrab: sticky comments, check runs (or commit statuses), deployments, labels,
+//! collaborator permissions and the pull requests resync compares with its stands, as a GitHub App
+//! (installation tokens) or with a token.
 //!
 //! Requests are built with octocrab's `build_request` (its `X-GitHub-Api-Version` header) and sent
 //! with `execute` (its connection pool, base URI and timeouts), but the bearer token and the answer
@@ -7,6 +8,10 @@
 //! (`retry-after`, `x-ratelimit-remaining`, `x-ratelimit-reset`) are what tell this client to hold
 //! off. Responses are read into small structs of the fields used, so a change in GitHub's user or
 //! repository objects cannot break reporting.
+//!
+//! Lists follow pages differently: comments are read a page at a time until the one holding the
+//! marker (or a short page); open pull requests follow the `Link` header's `next`, as GitHub
+//! recommends, and any page that fails fails the whole listing.
 //!
 //! Check runs can only be created by GitHub Apps: with a token the `draftd` check is a commit status
 //! instead, and re-runs are asked for with `/draft rerun`.
@@ -28,13 +33,13 @@ use serde_json::{Value, json};
 
 use super::{
     CheckReport, CheckState, CommentRef, EnvironmentRef, EnvironmentReport, EnvironmentState, ForgeClient, ForgeError,
-    ForgeUser, Hold, Permission, Redactor, clip, parse_retry_after, within,
+    ForgeUser, Hold, Permission, PullRequestInfo, PullRequestState, Redactor, clip, parse_retry_after, within,
 };
 use crate::config::ForgeKind;
 use crate::forge::{CHECK_NAME, RERUN_ACTION};
 
 const FORGE: ForgeKind = ForgeKind::Github;
-/// GitHub's maximum page size for issue comments.
+/// GitHub's maximum page size (issue comments, pull requests).
 const PER_PAGE: usize = 100;
 /// "Wait at least one minute" after a secondary rate limit without `retry-after` (GitHub's docs).
 const SECONDARY_WAIT: Duration = Duration::from_secs(60);
@@ -120,6 +125,78 @@ struct WithId {
 struct AccessToken {
     token: SecretString,
     expires_at: DateTime<Utc>,
+}
+
+/// A pull request as `GET …/pulls` (the "simple" form) and `GET …/pulls/{number}` show it.
+#[derive(Debug, Deserialize)]
+struct PullRequest {
+    number: u64,
+    /// `open` or `closed`.
+    state: String,
+    /// Only in the single-PR answer; `merged_at` says the same in both.
+    #[serde(default)]
+    merged: Option<bool>,
+    #[serde(default)]
+    merged_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    draft: Option<bool>,
+    updated_at: DateTime<Utc>,
+    head: PullRequestEnd,
+    base: PullRequestEnd,
+    #[serde(default)]
+    labels: Vec<PullRequestLabel>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PullRequestEnd {
+    #[serde(rename = "ref")]
+    branch: String,
+    sha: String,
+    /// `null` when the fork the PR came from was deleted.
+    #[serde(default)]
+    repo: Option<RepoName>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RepoName {
+    full_name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct PullRequestLabel {
+    name: String,
+}
+
+impl PullRequest {
+    fn info(self, op: &'static str) -> Result<PullRequestInfo, ForgeError> {
+        let state = match self.state.as_str() {
+            "open" => PullRequestState::Open,
+            "closed" if self.merged == Some(true) || self.merged_at.is_some() => PullRequestState::Merged,
+            "closed" => PullRequestState::Closed,
+            other => {
+                return Err(ForgeError::Response {
+                    forge: FORGE,
+                    operation: op,
+                    message: format!("pull request {} has state {other:?}", self.number),
+                });
+            }
+        };
+        // GitHub names repositories case-insensitively; a deleted fork leaves no head repo.
+        let fork = match (&self.head.repo, &self.base.repo) {
+            (Some(head), Some(base)) => !head.full_name.eq_ignore_ascii_case(&base.full_name),
+            _ => true,
+        };
+        Ok(PullRequestInfo {
+            number: self.number,
+            state,
+            branch: self.head.branch,
+            sha: self.head.sha,
+            updated_at: self.updated_at,
+            fork,
+            draft: self.draft.unwrap_or(false),
+            labels: self.labels.into_iter().map(|l| l.name).collect(),
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -358,6 +435,21 @@ impl GithubClient {
             }
         }
         Ok(None)
+    }
+
+    /// The route of the `next` page an answer's `Link` header names. GitHub's links are absolute
+    /// (and may name the repository by id, `/repositories/{id}/…`): one that leaves `api_url` is
+    /// refused rather than sent the token.
+    fn next_page(&self, op: &'static str, answer: &Answer) -> Result<Option<String>, ForgeError> {
+        let Some(url) = header(&answer.headers, "link").and_then(next_link) else { return Ok(None) };
+        match url.strip_prefix(self.api_url.trim_end_matches('/')) {
+            Some(route) if route.starts_with('/') => Ok(Some(route.to_owned())),
+            _ => Err(ForgeError::Response {
+                forge: FORGE,
+                operation: op,
+                message: self.redact.scrub(&format!("next page {url:?} is not under {:?}", self.api_url)),
+            }),
+        }
     }
 
     async fn patch(&self, repo: &str, prefix: &str, comment_id: u64, body: &str) -> Result<CommentRef, ForgeError> {
@@ -620,10 +712,68 @@ impl ForgeClient for GithubClient {
         })
         .await
     }
+
+    /// `GET /repos/{owner}/{repo}/pulls?state=open`, oldest first, 100 a page, following the
+    /// `Link: <…>; rel="next"` header as GitHub recommends until an answer has none. Oldest first
+    /// so a PR opened meanwhile lands on the last page instead of pushing one already read onto the
+    /// next (read twice, kept once); a PR closed meanwhile can still hide one from this listing,
+    /// which is why resync confirms with [`ForgeClient::pull_request`] before acting on an absence.
+    async fn open_pull_requests(&self, repo: &str) -> Result<Vec<PullRequestInfo>, ForgeError> {
+        let prefix = self.repo_route(repo)?;
+        let op = "list pull requests";
+        within(FORGE, op, self.timeout, async {
+            let mut all = Vec::new();
+            let mut route =
+                Some(format!("{prefix}/pulls?state=open&sort=created&direction=asc&per_page={PER_PAGE}&page=1"));
+            while let Some(r) = route {
+                let answer = self.call(op, Method::GET, repo, &r, None).await?;
+                let page: Vec<PullRequest> = self.json(op, &answer)?;
+                for pr in page {
+                    all.push(pr.info(op)?);
+                }
+                route = self.next_page(op, &answer)?;
+            }
+            all.sort_by_key(|p: &PullRequestInfo| p.number);
+            all.dedup_by_key(|p| p.number);
+            Ok(all)
+        })
+        .await
+    }
+
+    /// `GET /repos/{owner}/{repo}/pulls/{number}`: closed with `merged` (or `merged_at`) is merged.
+    async fn pull_request(&self, repo: &str, number: u64) -> Result<PullRequestInfo, ForgeError> {
+        let prefix = self.repo_route(repo)?;
+        let op = "read pull request";
+        within(FORGE, op, self.timeout, async {
+            let answer = self.call(op, Method::GET, repo, &format!("{prefix}/pulls/{number}"), None).await?;
+            self.json::<PullRequest>(op, &answer)?.info(op)
+        })
+        .await
+    }
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The target of the `rel="next"` link of a `Link` header (RFC 8288: `<url>; rel="next", <url>; …`).
+fn next_link(value: &str) -> Option<&str> {
+    let mut rest = value;
+    while let Some(start) = rest.find('<') {
+        let end = start + rest[start..].find('>')?;
+        let url = &rest[start + 1..end];
+        rest = &rest[end + 1..];
+        // This link's parameters run to the next `<` (URLs may hold commas, parameters may not hold `<`).
+        let params = rest.split('<').next().unwrap_or_default();
+        let next = params
+            .split([';', ','])
+            .filter_map(|p| p.trim().strip_prefix("rel="))
+            .any(|rel| rel.trim_matches('"').split_ascii_whitespace().any(|r| r.eq_ignore_ascii_case("next")));
+        if next {
+            return Some(url);
+        }
+    }
+    None
 }
 
 /// Until `x-ratelimit-reset` (epoch seconds), at least a second; a minute when it is missing.
@@ -690,6 +840,62 @@ mod tests {
         assert_eq!(encode_segment("draft-tested"), "draft-tested");
         assert_eq!(encode_segment("needs review/2"), "needs%20review%2F2");
         assert_eq!(encode_segment("dependabot[bot]"), "dependabot%5Bbot%5D");
+    }
+
+    #[test]
+    fn the_next_link_is_found_among_the_others() {
+        let link = r#"<https://api.github.com/repositories/1296269/pulls?state=open&page=2>; rel="next", <https://api.github.com/repositories/1296269/pulls?state=open&page=5>; rel="last""#;
+        assert_eq!(next_link(link), Some("https://api.github.com/repositories/1296269/pulls?state=open&page=2"));
+        let last = r#"<https://x/r?labels=a,b&page=1>; rel="first", <https://x/r?labels=a,b&page=4>; rel="prev""#;
+        assert_eq!(next_link(last), None);
+        assert_eq!(next_link(r#"<https://x/r?page=3>; rel="next""#), Some("https://x/r?page=3"));
+    }
+
+    #[tokio::test]
+    async fn a_next_page_off_api_url_is_refused() {
+        let c = GithubClient::new("https://ghe.example.com/api/v3/", &SecretString::from("t"), Duration::from_secs(1))
+            .unwrap();
+        let answer = |link: &str| {
+            let mut headers = HeaderMap::new();
+            if !link.is_empty() {
+                headers.insert("link", HeaderValue::from_str(link).unwrap());
+            }
+            Answer { status: StatusCode::OK, headers, body: Bytes::new() }
+        };
+        let next = r#"<https://ghe.example.com/api/v3/repositories/7/pulls?page=2>; rel="next""#;
+        assert_eq!(c.next_page("x", &answer(next)).unwrap().as_deref(), Some("/repositories/7/pulls?page=2"));
+        assert_eq!(c.next_page("x", &answer("")).unwrap(), None);
+        let away = r#"<https://ghe.example.com.evil.net/api/v3/repositories/7/pulls?page=2>; rel="next""#;
+        assert!(matches!(c.next_page("x", &answer(away)), Err(ForgeError::Response { .. })));
+    }
+
+    #[test]
+    fn pull_request_states_forks_and_drafts() {
+        let pr = |state: &str, extra: Value| {
+            let mut v = json!({
+                "number": 5, "state": state, "updated_at": "2026-11-20T09:00:00Z",
+                "head": {"ref": "feature/a", "sha": "ab12", "repo": {"full_name": "Acme/Shop"}},
+                "base": {"ref": "main", "sha": "cd34", "repo": {"full_name": "acme/shop"}},
+                "labels": [{"name": "bug"}],
+            });
+            v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            serde_json::from_value::<PullRequest>(v).unwrap().info("x")
+        };
+        let open = pr("open", json!({"draft": true})).unwrap();
+        assert_eq!((open.state, open.fork, open.draft), (PullRequestState::Open, false, true));
+        assert_eq!(
+            (open.branch.as_str(), open.sha.as_str(), open.labels),
+            ("feature/a", "ab12", vec!["bug".to_owned()])
+        );
+        assert_eq!(pr("closed", json!({"merged": false, "merged_at": null})).unwrap().state, PullRequestState::Closed);
+        assert_eq!(pr("closed", json!({"merged": true})).unwrap().state, PullRequestState::Merged);
+        // The list's simple form has no `merged`: `merged_at` tells.
+        assert_eq!(pr("closed", json!({"merged_at": "2026-11-21T10:00:00Z"})).unwrap().state, PullRequestState::Merged);
+        let gone = pr("closed", json!({"head": {"ref": "x", "sha": "ef56", "repo": null}})).unwrap();
+        assert!(gone.fork, "a deleted fork is a fork");
+        let fork = pr("open", json!({"head": {"ref": "x", "sha": "ef56", "repo": {"full_name": "mallory/shop"}}}));
+        assert!(fork.unwrap().fork);
+        assert!(pr("draft", json!({})).is_err());
     }
 
     #[test]

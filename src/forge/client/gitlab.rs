@@ -1,4 +1,5 @@
-//! GitLab merge request notes through the `gitlab` crate's `api::` endpoints.
+//! GitLab merge request notes, statuses, environments, labels, members and the merge requests
+//! resync compares with its stands, through the `gitlab` crate's `api::` endpoints.
 //!
 //! The crate takes a host, not a URL: `[gitlab] url` `https://gitlab.example.com[/prefix]` becomes
 //! host `gitlab.example.com[/prefix]`, and an `http://` URL (a local fake) switches the builder to
@@ -6,13 +7,15 @@
 //! on first use, not at start, so draftd starts while GitLab is down. The token goes out as
 //! `PRIVATE-TOKEN`. Notes are listed a page at a time (oldest first, 100 per page) with the crate's
 //! plain query path rather than `api::paged`, so listing stops at the page holding the marker and a
-//! 429 keeps its `Retry-After` (the crate's paged path drops it).
+//! 429 keeps its `Retry-After` (the crate's paged path drops it); open merge requests are read the
+//! same way, every page, and any page that fails fails the whole listing.
 //!
 //! The `draftd` check is a commit status; the stand is an environment `draft/<branch>` with its
 //! URL as external URL, stopped at teardown (the crate has no environment-writing endpoints, so
 //! those are the small [`Raw`] endpoint below, on the same client). Access is checked with the
 //! member API (`members/all`, so inherited group membership counts).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ::gitlab::api::endpoint_prelude::{Cow, Endpoint, Method, QueryParams, UrlBase};
@@ -21,9 +24,11 @@ use std::sync::Arc;
 use ::gitlab::api::endpoint_prelude::FormParams;
 use ::gitlab::api::projects::environments::Environments;
 use ::gitlab::api::projects::members::{AllProjectMember, AllProjectMembers};
-use ::gitlab::api::projects::merge_requests::EditMergeRequest;
 use ::gitlab::api::projects::merge_requests::notes::{
     CreateMergeRequestNote, EditMergeRequestNote, MergeRequestNotes, NoteOrderBy,
+};
+use ::gitlab::api::projects::merge_requests::{
+    EditMergeRequest, MergeRequest, MergeRequestOrderBy, MergeRequestState, MergeRequests,
 };
 use ::gitlab::api::projects::repository::commits::{CommitStatusState, CreateCommitStatus};
 use ::gitlab::api::{ApiError, AsyncQuery, BodyError, common::SortOrder, ignore};
@@ -34,7 +39,7 @@ use tokio::sync::OnceCell;
 
 use super::{
     CheckReport, CheckState, CommentRef, EnvironmentRef, EnvironmentReport, EnvironmentState, ForgeClient, ForgeError,
-    ForgeUser, Hold, Permission, Redactor, clip, within,
+    ForgeUser, Hold, Permission, PullRequestInfo, PullRequestState, Redactor, clip, within,
 };
 use crate::config::ForgeKind;
 use crate::forge::CHECK_NAME;
@@ -77,6 +82,58 @@ struct Note {
     /// System notes ("added 1 commit") are GitLab's own; never ours.
     #[serde(default)]
     system: bool,
+}
+
+/// A merge request as `GET /projects/:id/merge_requests[/:iid]` shows it.
+#[derive(Debug, Deserialize)]
+struct GitlabMergeRequest {
+    iid: u64,
+    /// `opened`, `closed`, `locked` (being merged) or `merged`.
+    state: String,
+    source_branch: String,
+    /// The source branch's head; `null` while GitLab has no diff for the MR.
+    #[serde(default)]
+    sha: Option<String>,
+    updated_at: chrono::DateTime<chrono::Utc>,
+    #[serde(default)]
+    source_project_id: Option<u64>,
+    target_project_id: u64,
+    #[serde(default)]
+    draft: Option<bool>,
+    /// What `draft` was called before GitLab 13.x; still sent, deprecated.
+    #[serde(default)]
+    work_in_progress: Option<bool>,
+    /// Names (the default; `with_labels_details` would make them objects).
+    #[serde(default)]
+    labels: Vec<String>,
+}
+
+impl GitlabMergeRequest {
+    fn info(self, op: &'static str) -> Result<PullRequestInfo, ForgeError> {
+        let state = match self.state.as_str() {
+            "opened" | "locked" => PullRequestState::Open,
+            "closed" => PullRequestState::Closed,
+            "merged" => PullRequestState::Merged,
+            other => {
+                return Err(ForgeError::Response {
+                    forge: FORGE,
+                    operation: op,
+                    message: format!("merge request !{} has state {other:?}", self.iid),
+                });
+            }
+        };
+        Ok(PullRequestInfo {
+            number: self.iid,
+            state,
+            branch: self.source_branch,
+            sha: self.sha.unwrap_or_default(),
+            updated_at: self.updated_at,
+            // A deleted source project leaves no id: it was not the target.
+            fork: self.source_project_id != Some(self.target_project_id),
+            draft: self.draft.or(self.work_in_progress).unwrap_or(false),
+            labels: self.labels,
+        })
+    }
 }
 
 /// GitLab.com or a self-managed instance, with a personal, project or group access token.
@@ -206,6 +263,47 @@ impl GitlabClient {
         Ok(repo)
     }
 
+    /// Page `page` (1-based, [`PER_PAGE`] items) of a list endpoint.
+    async fn page<E: Endpoint + Sync, T: serde::de::DeserializeOwned + 'static>(
+        &self,
+        api: &AsyncGitlab,
+        op: &'static str,
+        inner: E,
+        page: u64,
+    ) -> Result<Vec<T>, ForgeError> {
+        PageOf { inner, page }.query_async(api).await.map_err(|e| self.api_error(op, e))
+    }
+
+    /// Every MR of `repo` in `state`, oldest first, page after page until a short one.
+    async fn merge_requests(
+        &self,
+        api: &AsyncGitlab,
+        op: &'static str,
+        repo: &str,
+        state: MergeRequestState,
+        into: &mut BTreeMap<u64, PullRequestInfo>,
+    ) -> Result<(), ForgeError> {
+        let endpoint = MergeRequests::builder()
+            .project(repo)
+            .state(state)
+            .order_by(MergeRequestOrderBy::CreatedAt)
+            .sort(SortOrder::Ascending)
+            .build()
+            .map_err(|e| self.invalid(op, &e))?;
+        for page in 1.. {
+            let mrs: Vec<GitlabMergeRequest> = self.page(api, op, endpoint.clone(), page).await?;
+            let last = (mrs.len() as u64) < PER_PAGE;
+            for mr in mrs {
+                // Read twice when an MR opened meanwhile pushed it onto the next page: kept once.
+                into.entry(mr.iid).or_insert(mr.info(op)?);
+            }
+            if last {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     async fn find(&self, api: &AsyncGitlab, repo: &str, iid: u64, marker: &str) -> Result<Option<u64>, ForgeError> {
         let op = "list notes";
         for page in 1.. {
@@ -216,7 +314,7 @@ impl GitlabClient {
                 .sort(SortOrder::Ascending)
                 .build()
                 .map_err(|e| self.invalid(op, &e))?;
-            let notes: Vec<Note> = PageOf { inner, page }.query_async(api).await.map_err(|e| self.api_error(op, e))?;
+            let notes: Vec<Note> = self.page(api, op, inner, page).await?;
             if let Some(n) = notes.iter().find(|n| !n.system && n.body.contains(marker)) {
                 return Ok(Some(n.id));
             }
@@ -563,10 +661,7 @@ impl ForgeClient for GitlabClient {
                     // The search matches parts of names: read 100 a page until the exact login shows.
                     let mut exact = None;
                     for page in 1..=20 {
-                        let found: Vec<Member> = PageOf { inner: endpoint.clone(), page }
-                            .query_async(api)
-                            .await
-                            .map_err(|e| self.api_error(op, e))?;
+                        let found: Vec<Member> = self.page(api, op, endpoint.clone(), page).await?;
                         let last = (found.len() as u64) < PER_PAGE;
                         exact = found.into_iter().find(|m| m.username == user.login);
                         if exact.is_some() || last {
@@ -580,6 +675,43 @@ impl ForgeClient for GitlabClient {
                 Some(m) => Permission { level: access_level_name(m.access_level), write: m.access_level >= DEVELOPER },
                 None => Permission { level: "none".into(), write: false },
             })
+        })
+        .await
+    }
+
+    /// `GET /projects/:id/merge_requests?state=opened`, then `state=locked` (an MR being merged
+    /// still counts as open), each oldest first, 100 a page, until a page comes back short. Oldest
+    /// first so an MR opened meanwhile lands on the last page; one closed meanwhile can still hide
+    /// another from this listing, which is why resync confirms an absence with
+    /// [`ForgeClient::pull_request`].
+    async fn open_pull_requests(&self, repo: &str) -> Result<Vec<PullRequestInfo>, ForgeError> {
+        let repo = self.repo(repo)?;
+        let op = "list merge requests";
+        within(FORGE, op, self.timeout, async {
+            let api = self.api().await?;
+            let mut all = BTreeMap::new();
+            // Opened first: an MR that turns locked between the two listings is in one of them.
+            for state in [MergeRequestState::Opened, MergeRequestState::Locked] {
+                self.merge_requests(api, op, repo, state, &mut all).await?;
+            }
+            Ok(all.into_values().collect())
+        })
+        .await
+    }
+
+    /// `GET /projects/:id/merge_requests/:iid`.
+    async fn pull_request(&self, repo: &str, number: u64) -> Result<PullRequestInfo, ForgeError> {
+        let repo = self.repo(repo)?;
+        let op = "read merge request";
+        within(FORGE, op, self.timeout, async {
+            let api = self.api().await?;
+            let endpoint = MergeRequest::builder()
+                .project(repo)
+                .merge_request(number)
+                .build()
+                .map_err(|e| self.invalid(op, &e))?;
+            let mr: GitlabMergeRequest = endpoint.query_async(api).await.map_err(|e| self.api_error(op, e))?;
+            mr.info(op)
         })
         .await
     }
@@ -607,6 +739,29 @@ mod tests {
 
     fn client(url: &str) -> Result<GitlabClient, ForgeError> {
         GitlabClient::new(url, &SecretString::from("glpat-zzz"), Duration::from_secs(1))
+    }
+
+    #[test]
+    fn merge_request_states_forks_and_drafts() {
+        let mr = |state: &str, extra: serde_json::Value| {
+            let mut v = serde_json::json!({
+                "iid": 9, "state": state, "source_branch": "feature/a", "sha": "ab12",
+                "updated_at": "2026-11-20T09:00:00.123Z", "source_project_id": 3, "target_project_id": 3,
+                "labels": ["bug"],
+            });
+            v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            serde_json::from_value::<GitlabMergeRequest>(v).unwrap().info("x")
+        };
+        let open = mr("opened", serde_json::json!({"draft": true})).unwrap();
+        assert_eq!((open.number, open.state, open.fork, open.draft), (9, PullRequestState::Open, false, true));
+        assert_eq!(mr("locked", serde_json::json!({})).unwrap().state, PullRequestState::Open);
+        assert_eq!(mr("closed", serde_json::json!({})).unwrap().state, PullRequestState::Closed);
+        assert_eq!(mr("merged", serde_json::json!({})).unwrap().state, PullRequestState::Merged);
+        // Before `draft`, GitLab called it `work_in_progress`.
+        assert!(mr("opened", serde_json::json!({"work_in_progress": true})).unwrap().draft);
+        assert!(mr("opened", serde_json::json!({"source_project_id": 4})).unwrap().fork);
+        assert!(mr("opened", serde_json::json!({"source_project_id": null})).unwrap().fork);
+        assert!(mr("reopened", serde_json::json!({})).is_err());
     }
 
     #[test]

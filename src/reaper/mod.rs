@@ -1,0 +1,235 @@
+//! The reaper (DESIGN.md): one sweep queues teardowns for stands that expired, retries teardowns
+//! that failed, warns on the sticky comment before a stand expires, resyncs stands with the PRs/MRs
+//! the forge lists (missed webhooks), and removes orphans: namespaces, dry-run folders, databases,
+//! roles and Vault roles that no live stand owns.
+//!
+//! `draftd reap` runs one sweep (for a Kubernetes CronJob); `serve` runs them on `[reaper] schedule`.
+//! A Postgres advisory lock lets one sweep run at a time across replicas and CronJob pods.
+//!
+//! Nothing is removed on a doubt: a stand is torn down for its PR only when the forge says, for
+//! that PR, that it is closed or merged (an error, a timeout or a short list never does, Argo CD
+//! issue 11464), and an orphan only when two consecutive scans of its kind found it.
+
+mod orphans;
+mod resync;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::cluster::{Cluster, Kubernetes};
+use crate::config::{Config, Project, Projects};
+use crate::credentials::StandCredentials;
+use crate::forge::client::AnyForge;
+use crate::pipeline::Wake;
+use crate::pipeline::lifecycle::queue_report;
+use crate::store::StoreError;
+use crate::store::lifecycle::{self, QueuedTeardown};
+
+pub use orphans::OrphanReport;
+pub use resync::ProjectResync;
+
+/// One key for every sweeper on the database: 'draftd' in ASCII, then 2 (the claim's is 1).
+const SWEEP_LOCK: i64 = 28273260327363586;
+/// Stands queued for teardown per sweep at most; the next sweep takes the rest.
+const MAX_EXPIRED_PER_SWEEP: i64 = 1000;
+/// Teardowns of one life of a stand, the first included, before the reaper stops retrying.
+const MAX_TEARDOWN_ATTEMPTS: i64 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReapError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for ReapError {
+    fn from(e: sqlx::Error) -> Self {
+        ReapError::Store(StoreError::Db(e))
+    }
+}
+
+/// What one sweep did. Parts that failed are in `errors`; the rest of the sweep went on.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Sweep {
+    pub sweep_id: i64,
+    pub expired: Vec<QueuedTeardown>,
+    pub retried: Vec<QueuedTeardown>,
+    /// Stands whose sticky comment now warns that they expire soon.
+    pub warned: Vec<i64>,
+    pub resync: Vec<ProjectResync>,
+    pub orphans: Vec<OrphanReport>,
+    pub errors: Vec<String>,
+}
+
+impl Sweep {
+    /// Teardowns and deploys this sweep queued: what workers should be woken for.
+    pub fn queued_runs(&self) -> usize {
+        self.expired.len()
+            + self.retried.len()
+            + self.resync.iter().map(|r| r.deploys.len() + r.teardowns.len()).sum::<usize>()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum SweepOutcome {
+    Swept(Sweep),
+    /// Another replica (or CronJob pod) holds the sweep lock: this one did nothing.
+    Busy,
+}
+
+pub struct Reaper<C = Kubernetes> {
+    pool: PgPool,
+    config: Arc<Config>,
+    /// The configured projects, for their branch globs and fork policy (resync filters like intake).
+    projects: Vec<Project>,
+    forges: Vec<AnyForge>,
+    cluster: Option<Arc<C>>,
+    credentials: Option<Arc<StandCredentials>>,
+    holder: String,
+    wake: Option<Wake>,
+}
+
+impl<C: Cluster> Reaper<C> {
+    pub fn new(pool: PgPool, config: Arc<Config>, holder: impl Into<String>) -> Self {
+        // The reaper verifies no webhook: the projects' secrets are not needed, and a CronJob pod
+        // need not be given them.
+        let projects =
+            Projects::resolve_with(&config, |_| Some("unused".into())).map(|p| p.projects).unwrap_or_default();
+        Self {
+            pool,
+            config,
+            projects,
+            forges: Vec::new(),
+            cluster: None,
+            credentials: None,
+            holder: holder.into(),
+            wake: None,
+        }
+    }
+
+    /// The forge clients resync lists PRs/MRs with; without one for a project, it is not resynced.
+    pub fn with_forges(mut self, forges: Vec<AnyForge>) -> Self {
+        self.forges = forges;
+        self
+    }
+
+    /// Kubernetes mode: namespaces are scanned for orphans.
+    pub fn with_cluster(mut self, cluster: Arc<C>) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// Stand databases, roles and Vault roles are scanned for orphans.
+    pub fn with_credentials(mut self, credentials: Option<Arc<StandCredentials>>) -> Self {
+        self.credentials = credentials;
+        self
+    }
+
+    /// Workers in this process start at once on the runs a sweep queues.
+    pub fn with_wake(mut self, wake: Wake) -> Self {
+        self.wake = Some(wake);
+        self
+    }
+
+    /// One sweep at `now`, unless another holds the lock. The lock is held on a connection of its
+    /// own, closed at the end, so a sweeper that dies (or is dropped mid-sweep) never keeps it.
+    pub async fn sweep(&self, now: DateTime<Utc>) -> Result<SweepOutcome, ReapError> {
+        let mut lock = PgConnection::connect_with(&self.pool.connect_options()).await?;
+        let held: bool =
+            sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(SWEEP_LOCK).fetch_one(&mut lock).await?;
+        if !held {
+            lock.close().await.ok();
+            return Ok(SweepOutcome::Busy);
+        }
+        let swept = self.sweep_locked(now).await;
+        // Closing the session releases the lock.
+        lock.close().await.ok();
+        let sweep = swept?;
+        if let Some(wake) = &self.wake {
+            for _ in 0..sweep.queued_runs() {
+                wake.wake();
+            }
+        }
+        Ok(SweepOutcome::Swept(sweep))
+    }
+
+    async fn sweep_locked(&self, now: DateTime<Utc>) -> Result<Sweep, ReapError> {
+        let sweep_id: i64 =
+            sqlx::query_scalar("insert into sweeps (holder, started_at) values ($1, $2) returning sweep_id")
+                .bind(&self.holder)
+                .bind(now)
+                .fetch_one(&self.pool)
+                .await?;
+        let mut sweep = Sweep { sweep_id, ..Sweep::default() };
+        sweep.expired = lifecycle::queue_expired(&self.pool, now, MAX_EXPIRED_PER_SWEEP).await?;
+        sweep.retried = lifecycle::queue_retries(&self.pool, MAX_TEARDOWN_ATTEMPTS).await?;
+        self.warn(now, &mut sweep).await?;
+        if self.config.reaper.resync {
+            for project in &self.projects {
+                let Some(forge) = self.forges.iter().find(|f| f.kind() == project.settings.forge) else { continue };
+                let report = resync::project(&self.pool, &self.config, project, forge).await;
+                if let Some(e) = &report.error {
+                    sweep.errors.push(format!("resync of {}: {e}", project.name.as_str()));
+                }
+                sweep.resync.push(report);
+            }
+        }
+        if self.config.reaper.orphans {
+            let found = orphans::sweep(self, &mut sweep.errors).await?;
+            sweep.orphans = found;
+        }
+        sqlx::query("update sweeps set finished_at = now(), summary = $2 where sweep_id = $1")
+            .bind(sweep_id)
+            .bind(serde_json::to_value(&sweep).unwrap_or_default())
+            .execute(&self.pool)
+            .await?;
+        Ok(sweep)
+    }
+
+    /// Stands that expire within `[reaper] warn_before` get their sticky comment re-rendered with
+    /// the warning, once per expiry (an extend or a deploy moves it, and the next approach warns again).
+    async fn warn(&self, now: DateTime<Utc>, sweep: &mut Sweep) -> Result<(), ReapError> {
+        let warn_before = self.config.reaper.warn_before;
+        for stand in lifecycle::take_warnings(&self.pool, now, warn_before).await? {
+            match queue_report(&self.pool, &self.config, stand, None, now, None).await {
+                Ok(_) => sweep.warned.push(stand),
+                Err(e) => sweep.errors.push(format!("expiry warning of stand {stand}: {e}")),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sweeps on `schedule` until `stop` turns true; each failure is logged and the next sweep tried.
+pub async fn run<C: Cluster>(
+    reaper: Reaper<C>,
+    schedule: cron::Schedule,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let Some(next) = schedule.upcoming(Utc).next() else { return };
+        let wait = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        match reaper.sweep(Utc::now()).await {
+            Ok(SweepOutcome::Swept(s)) => tracing::info!(
+                sweep = s.sweep_id,
+                expired = s.expired.len(),
+                retried = s.retried.len(),
+                warned = s.warned.len(),
+                queued = s.queued_runs(),
+                orphans_removed = s.orphans.iter().filter(|o| o.removed).count(),
+                errors = s.errors.len(),
+                "sweep done"
+            ),
+            Ok(SweepOutcome::Busy) => tracing::debug!("another sweep holds the lock"),
+            Err(e) => tracing::warn!(error = %e, "sweep failed"),
+        }
+    }
+}

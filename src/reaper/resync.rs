@@ -1,0 +1,175 @@
+//! Resync of missed webhooks: the open PRs/MRs the forge lists, compared with the stands.
+//!
+//! What is found goes through intake as a delivery of its own (event `resync`, with an id that
+//! names the PR and commit or state), so it is deduplicated, ordered against webhooks by the PR's
+//! update time, and decided by the same rules as a webhook would be.
+//!
+//! A teardown needs the forge's positive word for that PR: a stand missing from the list is looked
+//! up on its own, and only "closed" or "merged" tears it down. A failed list does nothing at all.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+use crate::config::{Config, Project};
+use crate::forge::client::{AnyForge, ForgeClient, PullRequestInfo, PullRequestState};
+use crate::forge::{Event, Gate, PullRequest, Trigger};
+use crate::stand::{BranchName, CommitSha};
+use crate::store::intake::{self, Delivery};
+
+/// What resync did for one project.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProjectResync {
+    pub project: String,
+    /// Open PRs/MRs listed; `None` when the list failed.
+    pub listed: Option<usize>,
+    /// Runs queued for open PRs whose head commit had none: (PR number, run id).
+    pub deploys: Vec<(u64, i64)>,
+    /// Teardowns queued for PRs the forge says are closed or merged: (PR number, run id).
+    pub teardowns: Vec<(u64, i64)>,
+    /// PRs looked up one by one because the list did not have them.
+    pub looked_up: usize,
+    /// Look-ups that failed (nothing was done for those stands).
+    pub lookup_errors: usize,
+    /// The list failed: nothing was done for this project.
+    pub error: Option<String>,
+}
+
+pub(super) async fn project(pool: &PgPool, config: &Config, project: &Project, forge: &AnyForge) -> ProjectResync {
+    let mut report = ProjectResync { project: project.name.as_str().to_owned(), ..ProjectResync::default() };
+    let repo = &project.settings.repo;
+    let open = match forge.open_pull_requests(repo).await {
+        Ok(open) => open,
+        Err(e) => {
+            report.error = Some(e.to_string());
+            return report;
+        }
+    };
+    report.listed = Some(open.len());
+    for pr in &open {
+        match deploy_missed(pool, project, pr).await {
+            Ok(Some(run)) => report.deploys.push((pr.number, run)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(project = project.name.as_str(), pr = pr.number, error = %e, "resync could not record a PR")
+            }
+        }
+    }
+    let numbers: Vec<i64> = open.iter().map(|p| p.number as i64).collect();
+    let missing: Vec<(String, i64)> = match sqlx::query_as(
+        "select branch, pr_number from stands
+         where project = $1 and state = 'active' and pr_number is not null and not (pr_number = any($2))
+         order by updated_at limit $3",
+    )
+    .bind(project.name.as_str())
+    .bind(&numbers)
+    .bind(i64::from(config.reaper.max_lookups))
+    .fetch_all(pool)
+    .await
+    {
+        Ok(rows) => rows,
+        Err(e) => {
+            report.error = Some(format!("reading the stands: {e}"));
+            return report;
+        }
+    };
+    for (branch, number) in missing {
+        report.looked_up += 1;
+        let info = match forge.pull_request(repo, number as u64).await {
+            Ok(info) => info,
+            Err(e) => {
+                report.lookup_errors += 1;
+                tracing::info!(project = project.name.as_str(), pr = number, error = %e, "resync could not look up a PR; its stand is kept");
+                continue;
+            }
+        };
+        let trigger = match info.state {
+            PullRequestState::Closed => Trigger::Closed,
+            PullRequestState::Merged => Trigger::Merged,
+            PullRequestState::Open => continue,
+        };
+        // The number is the stand's PR: a branch that now differs means the stand moved to another
+        // PR since, and this closed one says nothing about it.
+        if info.branch != branch {
+            continue;
+        }
+        match teardown_missed(pool, project, &info, trigger).await {
+            Ok(Some(run)) => report.teardowns.push((info.number, run)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(project = project.name.as_str(), pr = number, error = %e, "resync could not record a close")
+            }
+        }
+    }
+    report
+}
+
+/// Records an open PR whose head commit has no run, as a push would have; `None` when it has one
+/// or intake ignored it (a filter, a closed or removed stand).
+async fn deploy_missed(pool: &PgPool, project: &Project, pr: &PullRequestInfo) -> Result<Option<i64>, String> {
+    let gate = Gate { project };
+    let Some(normal) = normalise(pr) else { return Ok(None) };
+    if gate.admits(&normal.branch, pr.fork).is_err()
+        || gate.may_deploy(pr.draft, pr.labels.iter().map(String::as_str)).is_err()
+    {
+        return Ok(None);
+    }
+    let known: bool = sqlx::query_scalar(
+        "select exists (select 1 from stands s join runs r on r.stand_id = s.stand_id
+                        where s.project = $1 and s.branch = $2 and r.sha = $3)",
+    )
+    .bind(project.name.as_str())
+    .bind(normal.branch.as_str())
+    .bind(normal.sha.as_str())
+    .fetch_one(pool)
+    .await
+    .map_err(|e| e.to_string())?;
+    if known {
+        return Ok(None);
+    }
+    let id = format!("resync:{}:{}:{}", project.name.as_str(), pr.number, pr.sha);
+    record(pool, project, &id, Event::Deploy { pr: normal, trigger: Trigger::Resync }).await
+}
+
+async fn teardown_missed(
+    pool: &PgPool,
+    project: &Project,
+    info: &PullRequestInfo,
+    trigger: Trigger,
+) -> Result<Option<i64>, String> {
+    let Some(normal) = normalise(info) else { return Ok(None) };
+    let id = format!(
+        "resync:{}:{}:{}:{}",
+        project.name.as_str(),
+        info.number,
+        trigger.as_str(),
+        info.updated_at.timestamp()
+    );
+    record(pool, project, &id, Event::Teardown { pr: normal, trigger }).await
+}
+
+fn normalise(pr: &PullRequestInfo) -> Option<PullRequest> {
+    Some(PullRequest {
+        number: pr.number,
+        branch: BranchName::new(&pr.branch).ok()?,
+        sha: CommitSha::new(&pr.sha).ok()?,
+        updated_at: pr.updated_at,
+    })
+}
+
+async fn record(pool: &PgPool, project: &Project, id: &str, event: Event) -> Result<Option<i64>, String> {
+    let body = serde_json::to_vec(&event).expect("events serialise");
+    let body_sha256 = hex::encode(Sha256::digest(&body));
+    let delivery = Delivery {
+        forge: project.settings.forge,
+        delivery_id: id,
+        project: &project.name,
+        event_name: "resync",
+        body_sha256: &body_sha256,
+        event: &event,
+        strip_branch_prefix: project.settings.strip_branch_prefix,
+    };
+    let recorded = intake::record(pool, &delivery).await.map_err(|e| e.to_string())?;
+    let queued = !recorded.redelivery && recorded.response.get("ignored").is_none();
+    Ok(recorded.run.filter(|_| queued))
+}

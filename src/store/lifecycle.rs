@@ -1,0 +1,207 @@
+//! A stand's life after intake: the expiry a deploy sets and an extend moves, the tombstone a
+//! teardown leaves, and what the reaper queues (teardowns of expired stands, retries of failed
+//! teardowns, expiry warnings) and remembers (orphans seen by its scans).
+//!
+//! The reaper's statements take `now` from the caller, so tests drive them with a clock of their own.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use super::StoreError;
+
+/// A deploy run started: the stand lives `ttl` from the run's first start. An extension that reaches
+/// further is kept: a push must not cut short the time someone asked for.
+pub async fn reset_expiry(pool: &PgPool, run_id: i64, ttl: Duration) -> Result<Option<DateTime<Utc>>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "update stands s set expires_at = greatest(s.expires_at, r.started_at + $2), updated_at = now()
+         from runs r
+         where r.run_id = $1 and s.stand_id = r.stand_id and s.state = 'active'
+         returning s.expires_at",
+    )
+    .bind(run_id)
+    .bind(ttl)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// What an extend run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Extended {
+    pub from: Option<DateTime<Utc>>,
+    pub to: DateTime<Utc>,
+    /// `max_expiry` cut the extension short.
+    pub capped: bool,
+}
+
+/// Moves the stand's expiry `by` from its current expiry (or from now, when that has passed),
+/// never beyond `now + max`. The target is recorded in the run's params in the same statement, so a
+/// resumed run lands on the same time instead of extending twice. `None`: the stand is not active.
+pub async fn extend(pool: &PgPool, run_id: i64, by: Duration, max: Duration) -> Result<Option<Extended>, StoreError> {
+    let row: Option<(Option<DateTime<Utc>>, DateTime<Utc>, bool)> = sqlx::query_as(
+        "with target as (
+             select s.stand_id,
+                    case when r.params ? 'extended_to' then (r.params->>'extended_from')::timestamptz
+                         else s.expires_at end as from_at,
+                    coalesce((r.params->>'extended_to')::timestamptz,
+                             least(greatest(s.expires_at, now()) + $2, now() + $3)) as to_at,
+                    r.params ? 'extended_to' as again,
+                    greatest(s.expires_at, now()) + $2 > now() + $3 as capped
+             from runs r join stands s on s.stand_id = r.stand_id
+             where r.run_id = $1 and s.state = 'active'
+             for update of s
+         ), stand as (
+             update stands set expires_at = target.to_at, expiry_warned_for = null, updated_at = now()
+             from target where stands.stand_id = target.stand_id
+         ), run as (
+             update runs set params = params || jsonb_build_object('extended_from', target.from_at,
+                                                                   'extended_to', target.to_at)
+             from target where runs.run_id = $1 and not target.again
+         )
+         select from_at, to_at, capped from target",
+    )
+    .bind(run_id)
+    .bind(by)
+    .bind(max)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(from, to, capped)| Extended { from, to, capped }))
+}
+
+/// The end of a teardown: the stand becomes a tombstone, so a late webhook cannot bring it back
+/// (only a reopen, or a push after it expired, does). Only in the teardown's own epoch: a stand
+/// revived while it ran stays active, and its queued deploy builds it again.
+pub async fn tombstone(pool: &PgPool, stand_id: i64, epoch: i32) -> Result<bool, StoreError> {
+    let n = sqlx::query(
+        "update stands set state = 'removed', expiry_warned_for = null, updated_at = now()
+         where stand_id = $1 and epoch = $2 and state <> 'removed'",
+    )
+    .bind(stand_id)
+    .bind(epoch)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// A teardown the reaper queued.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct QueuedTeardown {
+    pub stand_id: i64,
+    pub run_id: i64,
+    pub namespace: String,
+}
+
+/// Queues a teardown (trigger `expired`) for every active stand whose expiry has passed and that
+/// has no run queued or running (a queued deploy is a push: it moves the expiry when it starts).
+/// One statement, however many stands expired.
+pub async fn queue_expired(pool: &PgPool, now: DateTime<Utc>, limit: i64) -> Result<Vec<QueuedTeardown>, StoreError> {
+    let sql = queue_teardowns(
+        "select s.stand_id from stands s
+         where s.state = 'active' and s.expires_at <= $1 and not exists (select 1 from runs r
+               where r.stand_id = s.stand_id and r.state in ('queued', 'running'))
+         order by s.expires_at limit $2
+         for update of s skip locked",
+        ", state = 'closing', state_reason = 'expired'",
+        "expired",
+    );
+    Ok(sqlx::query_as(&sql).bind(now).bind(limit).fetch_all(pool).await?)
+}
+
+/// Teardowns that failed are queued again (trigger `retry`), at most `max_attempts` per life of
+/// the stand: a namespace stuck on a finalizer or a database server that was down must not leave
+/// the stand behind, and one that can never go must not be retried forever.
+pub async fn queue_retries(pool: &PgPool, max_attempts: i64) -> Result<Vec<QueuedTeardown>, StoreError> {
+    let sql = queue_teardowns(
+        "select s.stand_id from stands s
+         where s.state = 'closing' and not exists (select 1 from runs r
+               where r.stand_id = s.stand_id and r.state in ('queued', 'running'))
+           and (select count(*) from runs r where r.stand_id = s.stand_id and r.epoch = s.epoch
+                   and r.kind = 'teardown' and r.state = 'failed') between 1 and $1 - 1
+         for update of s skip locked",
+        "",
+        "retry",
+    );
+    Ok(sqlx::query_as(&sql).bind(max_attempts).fetch_all(pool).await?)
+}
+
+/// One statement that queues a teardown run (`trigger`) for each stand `chosen` selects (locked),
+/// numbering it under the stand's row and applying `set` to the stand. The fragments are constants
+/// of this module; values go in as bind parameters.
+fn queue_teardowns(chosen: &str, set: &str, trigger: &str) -> String {
+    format!(
+        "with chosen as ({chosen}),
+         bumped as (
+             update stands s set runs_count = s.runs_count + 1, updated_at = now(){set}
+             from chosen where s.stand_id = chosen.stand_id
+             returning s.stand_id, s.runs_count, s.epoch, s.head_sha, s.namespace
+         ), queued as (
+             insert into runs (stand_id, number, kind, trigger, automatic, epoch, sha)
+             select stand_id, runs_count, 'teardown', '{trigger}', true, epoch, head_sha from bumped
+             returning stand_id, run_id
+         )
+         select q.stand_id, q.run_id, b.namespace from queued q join bumped b using (stand_id)
+         order by q.stand_id"
+    )
+}
+
+/// Active stands that expire within `warn_before` and whose sticky comment has not warned about
+/// this expiry yet; marked as warned in the same statement, so two sweeps never warn twice.
+pub async fn take_warnings(pool: &PgPool, now: DateTime<Utc>, warn_before: Duration) -> Result<Vec<i64>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "update stands set expiry_warned_for = expires_at
+         where state = 'active' and expires_at > $1 and expires_at <= $1 + $2
+           and expiry_warned_for is distinct from expires_at
+         returning stand_id",
+    )
+    .bind(now)
+    .bind(warn_before)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// One orphan a scan found, with how many consecutive successful scans of its kind found it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct Sighting {
+    pub name: String,
+    pub sightings: i32,
+}
+
+/// Records what a successful scan of `kind` found: each thing found again counts one more
+/// sighting, each new one starts at one, and what the scan no longer finds is forgotten (so the
+/// count is of consecutive scans). A failed scan must not call this: it would forget everything.
+pub async fn record_sightings(
+    pool: &PgPool,
+    kind: &str,
+    found: &[(String, serde_json::Value)],
+) -> Result<Vec<Sighting>, StoreError> {
+    let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+    let details: Vec<&serde_json::Value> = found.iter().map(|(_, d)| d).collect();
+    let mut tx = pool.begin().await?;
+    sqlx::query("delete from orphans where kind = $1 and not (name = any($2))")
+        .bind(kind)
+        .bind(&names)
+        .execute(&mut *tx)
+        .await?;
+    let seen: Vec<Sighting> = sqlx::query_as(
+        "insert into orphans (kind, name, detail)
+         select $1, n, d from unnest($2::text[], $3::jsonb[]) as f(n, d)
+         on conflict (kind, name) do update
+             set sightings = orphans.sightings + 1, last_seen_at = now(), detail = excluded.detail
+         returning name, sightings",
+    )
+    .bind(kind)
+    .bind(&names)
+    .bind(&details)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(seen)
+}
+
+/// Forgets an orphan once it is removed.
+pub async fn forget_orphan(pool: &PgPool, kind: &str, name: &str) -> Result<(), StoreError> {
+    sqlx::query("delete from orphans where kind = $1 and name = $2").bind(kind).bind(name).execute(pool).await?;
+    Ok(())
+}
