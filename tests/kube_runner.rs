@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use draftd::cluster::jobs::{JobOutcome, JobRequest};
-use draftd::cluster::verify::{ContainerProblem, Diagnostics, PodProblem, ProbeResult, Prober};
+use draftd::cluster::verify::{ContainerProblem, Diagnostics, PodProblem, Prober};
 use draftd::cluster::{Cluster, ClusterError, ManagedNamespace, NamespaceGone, NamespaceOutcome, StandMeta};
 use draftd::config::Config;
 use draftd::credentials::{Lifetimes, StandCredentials, StandServer};
@@ -40,17 +40,6 @@ struct FakeCluster {
     rollout_fails: Mutex<bool>,
     /// Values of the Secrets applied, by name (tests only: a real cluster keeps them).
     secret_values: Mutex<std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>>,
-}
-
-struct Healthy;
-
-impl Prober for Healthy {
-    async fn probe(&self, _: Duration) -> ProbeResult {
-        ProbeResult::Status(200)
-    }
-    fn target(&self) -> String {
-        "fake".into()
-    }
 }
 
 impl Cluster for FakeCluster {
@@ -124,7 +113,7 @@ impl Cluster for FakeCluster {
     }
     fn service_prober(&self, namespace: &str, service: &str, port: &str, path: &str) -> impl Prober + 'static {
         self.calls.push(format!("probe {namespace} {service}:{port}{path}"));
-        Healthy
+        common::Healthy
     }
     async fn delete_namespace(&self, namespace: &str, _: Duration) -> Result<NamespaceGone, ClusterError> {
         self.calls.push(format!("delete_namespace {namespace}"));

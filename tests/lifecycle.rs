@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use draftd::cluster::jobs::{JobOutcome, JobRequest};
-use draftd::cluster::verify::{Diagnostics, ProbeResult, Prober};
+use draftd::cluster::verify::{Diagnostics, Prober};
 use draftd::cluster::{Cluster, ClusterError, ManagedNamespace, NamespaceGone, NamespaceOutcome, StandMeta};
 use draftd::config::{Config, ForgeKind};
 use draftd::credentials::{Lifetimes, StandCredentials, StandServer};
@@ -80,17 +80,6 @@ impl FakeCluster {
     }
 }
 
-struct Healthy;
-
-impl Prober for Healthy {
-    async fn probe(&self, _: Duration) -> ProbeResult {
-        ProbeResult::Status(200)
-    }
-    fn target(&self) -> String {
-        "fake".into()
-    }
-}
-
 impl Cluster for FakeCluster {
     async fn ensure_namespace(&self, stand: &StandMeta) -> Result<NamespaceOutcome, ClusterError> {
         let ns = ManagedNamespace {
@@ -139,7 +128,7 @@ impl Cluster for FakeCluster {
         })
     }
     fn service_prober(&self, _: &str, _: &str, _: &str, _: &str) -> impl Prober + 'static {
-        Healthy
+        common::Healthy
     }
     async fn managed_namespaces(&self) -> Result<Vec<ManagedNamespace>, ClusterError> {
         Ok(self.namespaces.lock().unwrap().values().cloned().collect())

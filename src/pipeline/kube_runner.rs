@@ -300,11 +300,9 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
             }
             StepName::Drop => lifecycle::drop(&self.pool, self.credentials.as_deref(), run).await,
             StepName::Extend => {
-                let mut outcome = lifecycle::extend(&self.pool, &self.config, run).await?;
-                if let Some(at) = lifecycle::expiry(&self.pool, run.stand_id).await? {
-                    let annotated = self.cluster.annotate_expiry(&run.namespace, at).await?;
-                    outcome.detail["namespace_annotated"] = json!(annotated);
-                }
+                let (mut outcome, at) = lifecycle::extend(&self.pool, &self.config, run).await?;
+                let annotated = self.cluster.annotate_expiry(&run.namespace, at).await?;
+                outcome.detail["namespace_annotated"] = json!(annotated);
                 Ok(outcome)
             }
             StepName::Teardown => Err(super::runner::retired()),

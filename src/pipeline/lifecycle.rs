@@ -126,29 +126,27 @@ pub(super) async fn drop(
 }
 
 /// Extend: the stand's expiry moved by the run's `by` (or `[stands] extend_by`), at most
-/// `[stands] max_expiry` from now.
-pub(super) async fn extend(pool: &PgPool, config: &Config, run: &RunContext) -> Result<StepOutcome, StepError> {
+/// `[stands] max_expiry` from now. Returns the new expiry too, for the namespace annotation.
+pub(super) async fn extend(
+    pool: &PgPool,
+    config: &Config,
+    run: &RunContext,
+) -> Result<(StepOutcome, DateTime<Utc>), StepError> {
     let by = run.params["by_seconds"].as_u64().map(std::time::Duration::from_secs).unwrap_or(config.stands.extend_by);
     match lifecycle::extend(pool, run.run_id, by, config.stands.max_expiry).await.map_err(db)? {
-        Some(e) => Ok(StepOutcome::done(json!({
+        Some(e) => Ok((
+            StepOutcome::done(json!({
             "from": e.from,
             "to": e.to,
             "by": humantime::format_duration(by).to_string(),
             "capped": e.capped.then(|| format!("at most {} from now ([stands] max_expiry)",
                 humantime::format_duration(config.stands.max_expiry))),
             "note": format!("expires {}", e.to.format("%Y-%m-%d %H:%M UTC")),
-        }))),
+            })),
+            e.to,
+        )),
         None => Err(StepError::permanent("stand_not_active", "the stand is no longer active: nothing to extend")),
     }
-}
-
-/// The stand's new expiry, for the namespace annotation (kubernetes mode).
-pub(super) async fn expiry(pool: &PgPool, stand_id: i64) -> Result<Option<DateTime<Utc>>, StepError> {
-    sqlx::query_scalar("select expires_at from stands where stand_id = $1")
-        .bind(stand_id)
-        .fetch_one(pool)
-        .await
-        .map_err(db)
 }
 
 /// Renders the stand's reports from its recorded runs (sticky comment, check, environment, label),

@@ -123,7 +123,7 @@ impl<H: Helm> DryRunSteps<H> {
                 StepOutcome::done(json!({ "dry_run": true, "removed": dir, "existed": existed }))
             }
             StepName::Drop => lifecycle::drop(&self.pool, self.credentials.as_deref(), run).await?,
-            StepName::Extend => lifecycle::extend(&self.pool, &self.config, run).await?,
+            StepName::Extend => lifecycle::extend(&self.pool, &self.config, run).await?.0,
             StepName::Teardown => return Err(retired()),
             StepName::Report => self.report(run, &dir).await?,
         })

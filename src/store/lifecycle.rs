@@ -36,8 +36,8 @@ pub struct Extended {
 }
 
 /// Moves the stand's expiry `by` from its current expiry (or from now, when that has passed),
-/// never beyond `now + max`. The target is recorded in the run's params in the same statement, so a
-/// resumed run lands on the same time instead of extending twice. `None`: the stand is not active.
+/// never beyond `now + max`. The target (and whether it was capped) is recorded in the run's params
+/// in the same statement, so a resumed run lands on the same time instead of extending twice. `None`: the stand is not active.
 pub async fn extend(pool: &PgPool, run_id: i64, by: Duration, max: Duration) -> Result<Option<Extended>, StoreError> {
     let row: Option<(Option<DateTime<Utc>>, DateTime<Utc>, bool)> = sqlx::query_as(
         "with target as (
@@ -47,7 +47,8 @@ pub async fn extend(pool: &PgPool, run_id: i64, by: Duration, max: Duration) -> 
                     coalesce((r.params->>'extended_to')::timestamptz,
                              least(greatest(s.expires_at, now()) + $2, now() + $3)) as to_at,
                     r.params ? 'extended_to' as again,
-                    greatest(s.expires_at, now()) + $2 > now() + $3 as capped
+                    case when r.params ? 'extended_to' then coalesce((r.params->>'extended_capped')::boolean, false)
+                         else greatest(s.expires_at, now()) + $2 > now() + $3 end as capped
              from runs r join stands s on s.stand_id = r.stand_id
              where r.run_id = $1 and s.state = 'active'
              for update of s
@@ -56,7 +57,8 @@ pub async fn extend(pool: &PgPool, run_id: i64, by: Duration, max: Duration) -> 
              from target where stands.stand_id = target.stand_id
          ), run as (
              update runs set params = params || jsonb_build_object('extended_from', target.from_at,
-                                                                   'extended_to', target.to_at)
+                                                                   'extended_to', target.to_at,
+                                                                   'extended_capped', target.capped)
              from target where runs.run_id = $1 and not target.again
          )
          select from_at, to_at, capped from target",

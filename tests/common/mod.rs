@@ -254,3 +254,15 @@ pub async fn queue_run(pool: &PgPool, project: &str, branch: &str, namespace: &s
     .await
     .unwrap()
 }
+
+/// A stand whose every probe answers 200, for fake clusters.
+pub struct Healthy;
+
+impl draftd::cluster::verify::Prober for Healthy {
+    async fn probe(&self, _: std::time::Duration) -> draftd::cluster::verify::ProbeResult {
+        draftd::cluster::verify::ProbeResult::Status(200)
+    }
+    fn target(&self) -> String {
+        "fake".into()
+    }
+}
