@@ -380,6 +380,7 @@ async fn queue_opened(pool: &PgPool, project: &ProjectName, phase: &str, index: 
         body_sha256: &body_sha256,
         event: &event,
         strip_branch_prefix: false,
+        request_id: None,
     };
     let recorded = intake::record(pool, &delivery).await?;
     recorded.run.ok_or_else(|| anyhow!("delivery {index} of {phase} queued no run: {}", recorded.response))

@@ -16,8 +16,10 @@ pub mod database;
 pub mod forge;
 /// The helm CLI (Helm 4): upgrade --install, history, rollback, uninstall, template, lint.
 pub mod helm;
-/// The axum router: webhooks and health.
+/// The axum router: webhooks, API, dashboard, health, metrics.
 pub mod http;
+/// Prometheus metrics: names, the recorder, scrape-time gauges.
+pub mod metrics;
 /// Run orchestration: workers, steps, supersede and cancel.
 pub mod pipeline;
 /// `draftd plan`: what a run would create for a branch, rendered, without touching anything.

@@ -266,6 +266,7 @@ impl World {
             body_sha256: "0",
             event: &event,
             strip_branch_prefix: false,
+            request_id: None,
         };
         intake::record(&self.pool, &delivery).await.unwrap()
     }

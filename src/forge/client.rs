@@ -288,6 +288,24 @@ impl ForgeError {
         }
     }
 
+    /// A stable label for metrics: the kind of failure, with the status class for HTTP errors.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ForgeError::Status { status: 401, .. } => "unauthorized",
+            ForgeError::Status { status: 403, retry_after: Some(_), .. } => "rate_limited",
+            ForgeError::Status { status: 403, .. } => "forbidden",
+            ForgeError::Status { status: 404, .. } => "not_found",
+            ForgeError::Status { status: 429, .. } => "rate_limited",
+            ForgeError::Status { status, .. } if *status >= 500 => "server_error",
+            ForgeError::Status { .. } => "client_error",
+            ForgeError::Timeout { .. } => "timeout",
+            ForgeError::Connection { .. } => "connection",
+            ForgeError::Response { .. } => "bad_response",
+            ForgeError::Invalid { .. } => "invalid",
+            ForgeError::Held { .. } => "held",
+        }
+    }
+
     /// The comment (or the PR, or the repository) does not exist, or the token may not see it.
     pub fn is_not_found(&self) -> bool {
         self.status() == Some(404)
@@ -378,9 +396,29 @@ pub(crate) async fn within<T>(
     after: Duration,
     call: impl Future<Output = Result<T, ForgeError>>,
 ) -> Result<T, ForgeError> {
-    match tokio::time::timeout(after, call).await {
+    let result = match tokio::time::timeout(after, call).await {
         Ok(result) => result,
         Err(_) => Err(ForgeError::Timeout { forge, operation, after }),
+    };
+    count_call(forge, operation, &result);
+    result
+}
+
+/// Every forge operation in the call counter, and the ones a rate limit held back (or that the forge
+/// told to wait) in the rate-limit counter.
+fn count_call<T>(forge: ForgeKind, operation: &'static str, result: &Result<T, ForgeError>) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(e) => e.metric_label(),
+    };
+    metrics::counter!(crate::metrics::FORGE_CALLS, "forge" => forge.as_str(), "operation" => operation, "outcome" => outcome)
+        .increment(1);
+    if let Err(e) = result {
+        if matches!(e, ForgeError::Held { .. }) || (e.retry_after().is_some() && matches!(e.status(), Some(403 | 429)))
+        {
+            metrics::counter!(crate::metrics::FORGE_RATE_LIMIT_WAITS, "forge" => forge.as_str()).increment(1);
+        }
+        crate::metrics::error("forge", outcome);
     }
 }
 

@@ -89,6 +89,8 @@ pub enum Trigger {
     Api,
     /// `draftd stands rerun|extend|destroy`.
     Cli,
+    /// The dashboard's Re-run, Extend and Destroy buttons, behind its login.
+    Dashboard,
     /// The reaper's resync found an open PR/MR whose head commit has no run (a missed webhook).
     Resync,
     /// The reaper: no new deploy within the stand's TTL.
@@ -112,6 +114,7 @@ impl Trigger {
             Trigger::CheckRun => "check_run",
             Trigger::Api => "api",
             Trigger::Cli => "cli",
+            Trigger::Dashboard => "dashboard",
             Trigger::Resync => "resync",
             Trigger::Expired => "expired",
             Trigger::Retry => "retry",

@@ -222,6 +222,7 @@ pub fn trigger_text(trigger: &str, requested_by: Option<&str>) -> String {
         "check_run" => "Re-run button",
         "api" => "API",
         "cli" => "CLI",
+        "dashboard" => "dashboard button",
         "expired" => "expired: no new deploy within its time to live",
         "retry" => "an earlier teardown failed; tried again",
         "resync" => "found by resync (a webhook was missed)",

@@ -1,22 +1,33 @@
 //! `GET /api/v1/stands`, `GET /api/v1/stands/{id}`, `POST /api/v1/stands/{id}/runs`,
-//! `POST /api/v1/stands/{id}/extend`, `DELETE /api/v1/stands/{id}`; bearer token from `[api] token_env`.
+//! `POST /api/v1/stands/{id}/extend`, `DELETE /api/v1/stands/{id}`, `GET /api/v1/metrics/summary`;
+//! bearer token from `[api] token_env`. Each handler carries its OpenAPI description
+//! (`#[utoipa::path]`), which `openapi.rs` collects.
+//!
+//! Malformed paths, queries and bodies are answered through [`ApiError`] like every other refusal,
+//! so a client only ever meets the one documented error body.
 
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use secrecy::ExposeSecret;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use chrono::{SubsecRound, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiError, AppState};
+use super::openapi::ErrorBody;
+use super::{ApiError, AppState, RequestId};
 use crate::forge::{Command, Trigger};
 use crate::stand::StandState;
 use crate::store::manual::{self, ManualOutcome, ManualRequest, StandLookup};
-use crate::store::stands::{self, StandRef};
+use crate::store::stands::{self, StandDetail, StandRef, StandSummary};
+use crate::store::summary::{self, MAX_WINDOW, Summary};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -24,10 +35,14 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/stands/{id}", get(show).delete(destroy))
         .route("/api/v1/stands/{id}/runs", post(rerun))
         .route("/api/v1/stands/{id}/extend", post(extend))
+        .route("/api/v1/metrics/summary", get(metrics_summary))
 }
 
 /// A request that carried the API token.
-pub struct Caller;
+pub struct Caller {
+    /// The request's id, stored with the runs it queues.
+    request: RequestId,
+}
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
@@ -42,52 +57,183 @@ impl FromRequestParts<AppState> for Caller {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(ApiError::Unauthorized("Authorization: Bearer <token> is missing"))?;
-        // Digests, so neither content nor length leaks through timing.
-        let ok: bool =
-            Sha256::digest(given.trim().as_bytes()).ct_eq(&Sha256::digest(token.expose_secret().as_bytes())).into();
-        if ok { Ok(Caller) } else { Err(ApiError::Unauthorized("the API token does not match")) }
+        if token_matches(token, given) {
+            // The router's middleware always sets it; a fresh id keeps a bare handler test working.
+            let request = parts.extensions.get::<RequestId>().cloned().unwrap_or_else(RequestId::new);
+            Ok(Caller { request })
+        } else {
+            Err(ApiError::Unauthorized("the API token does not match"))
+        }
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// Compares digests, so neither the token's content nor its length leaks through timing. The
+/// dashboard's login form checks the same token this way.
+pub(super) fn token_matches(token: &SecretString, given: &str) -> bool {
+    Sha256::digest(given.trim().as_bytes()).ct_eq(&Sha256::digest(token.expose_secret().as_bytes())).into()
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only this project's stands.
     project: Option<String>,
-    state: Option<StandState>,
+    #[param(schema_with = stand_state_schema)]
+    state: Option<String>,
 }
 
-async fn list(_: Caller, State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
-    let rows = stands::list(state.pool(), q.project.as_deref(), q.state.map(StandState::as_str)).await?;
-    Ok(Json(json!({ "stands": rows })))
+/// The states a client may filter by, from the type itself so the document cannot fall behind it.
+fn stand_state_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(StandState::ALL.map(StandState::as_str)))
+        // A parameter with its own schema loses the field's doc comment, so the schema carries it.
+        .description(Some("Only stands in this state"))
+        .build()
 }
 
-async fn show(_: Caller, State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
+#[derive(Debug, Serialize, ToSchema)]
+struct StandList {
+    /// Sorted by project, then branch.
+    stands: Vec<StandSummary>,
+}
+
+/// What a queued command answers: the stand and the run that will carry the command out.
+#[derive(Debug, Serialize, ToSchema)]
+struct Queued {
+    stand: i64,
+    run: i64,
+}
+
+/// Stands, each with the outcome of its newest run.
+#[utoipa::path(
+    get,
+    path = "/api/v1/stands",
+    tag = "stands",
+    params(ListQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The stands that match", body = StandList),
+        (status = 400, description = "`state` is not a stand state (`field`: `state`)", body = ErrorBody),
+        (status = 401, description = "The bearer token is missing or wrong, or the API is disabled", body = ErrorBody),
+        (status = 500, description = "Internal error (logged; `code`: `internal`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable (`code`: `database_unavailable`)", body = ErrorBody),
+    ),
+)]
+async fn list(
+    _: Caller,
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<StandList>, ApiError> {
+    let Query(q) = query.map_err(bad_query)?;
+    let wanted = match q.state.as_deref() {
+        None => None,
+        Some(text) => {
+            Some(StandState::ALL.into_iter().find(|s| s.as_str() == text).ok_or_else(|| ApiError::BadRequest {
+                field: Some("state".into()),
+                message: format!("{text:?} is not a stand state (active, closing, removed)"),
+            })?)
+        }
+    };
+    let stands = stands::list(state.pool(), q.project.as_deref(), wanted.map(StandState::as_str)).await?;
+    Ok(Json(StandList { stands }))
+}
+
+/// A stand with its newest 50 runs (newest first), each with its steps.
+#[utoipa::path(
+    get,
+    path = "/api/v1/stands/{id}",
+    tag = "stands",
+    params(("id" = i64, Path, description = "The stand's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The stand", body = StandDetail),
+        (status = 400, description = "`id` is not an integer (`field`: `id`)", body = ErrorBody),
+        (status = 401, description = "The bearer token is missing or wrong, or the API is disabled", body = ErrorBody),
+        (status = 404, description = "No such stand (`code`: `stand_not_found`)", body = ErrorBody),
+        (status = 500, description = "Internal error (logged; `code`: `internal`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable (`code`: `database_unavailable`)", body = ErrorBody),
+    ),
+)]
+async fn show(
+    _: Caller,
+    State(state): State<AppState>,
+    id: Result<Path<i64>, PathRejection>,
+) -> Result<Json<StandDetail>, ApiError> {
+    let id = stand_id(id)?;
     match stands::show(state.pool(), &StandRef::Id(id), 50).await? {
-        Some(detail) => Ok(Json(serde_json::to_value(detail).expect("stands serialise"))),
+        Some(detail) => Ok(Json(detail)),
         None => Err(ApiError::StandNotFound { message: format!("no stand with id {id}") }),
     }
 }
 
+/// Queues a manual re-run: a deploy of the stand's head commit.
+#[utoipa::path(
+    post,
+    path = "/api/v1/stands/{id}/runs",
+    tag = "stands",
+    params(("id" = i64, Path, description = "The stand's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "The deploy run is queued", body = Queued),
+        (status = 400, description = "`id` is not an integer (`field`: `id`)", body = ErrorBody),
+        (status = 401, description = "The bearer token is missing or wrong, or the API is disabled", body = ErrorBody),
+        (status = 404, description = "No such stand (`code`: `stand_not_found`)", body = ErrorBody),
+        (status = 409, description = "The stand is closing or removed (`code`: `stand_not_active`), or has no commit \
+            to deploy yet (`code`: `no_commit`)", body = ErrorBody),
+        (status = 500, description = "Internal error (logged; `code`: `internal`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable (`code`: `database_unavailable`)", body = ErrorBody),
+    ),
+)]
 async fn rerun(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<i64>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    queue(caller, &state, id, Command::Rerun).await
+    id: Result<Path<i64>, PathRejection>,
+) -> Result<(StatusCode, Json<Queued>), ApiError> {
+    queue(caller, &state, stand_id(id)?, Command::Rerun).await
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ExtendBody {
-    /// A duration like `24h`; the configured default when absent.
+    /// A duration like `24h`; `[stands] extend_by` when absent.
+    #[schema(examples("24h"))]
     by: Option<String>,
 }
 
+/// Queues an extend run: the stand's expiry moves `by` later (from now, if it has passed), never
+/// beyond `[stands] max_expiry` from now.
+#[utoipa::path(
+    post,
+    path = "/api/v1/stands/{id}/extend",
+    tag = "stands",
+    params(("id" = i64, Path, description = "The stand's id")),
+    // Optional, though utoipa can only say so by allowing a JSON null, which the handler refuses;
+    // openapi.rs marks it optional instead.
+    request_body(
+        content = ExtendBody,
+        description = "Optional; without a body (or without `by`) the stand is extended by `[stands] extend_by`",
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "The extend run is queued", body = Queued),
+        (status = 400, description = "`by` is not a duration (`field`: `by`), the body is not the JSON object \
+            described, or `id` is not an integer (`field`: `id`)", body = ErrorBody),
+        (status = 401, description = "The bearer token is missing or wrong, or the API is disabled", body = ErrorBody),
+        (status = 404, description = "No such stand (`code`: `stand_not_found`)", body = ErrorBody),
+        (status = 409, description = "The stand is closing or removed (`code`: `stand_not_active`)", body = ErrorBody),
+        (status = 500, description = "Internal error (logged; `code`: `internal`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable (`code`: `database_unavailable`)", body = ErrorBody),
+    ),
+)]
 async fn extend(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<i64>,
-    body: Option<Json<ExtendBody>>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    id: Result<Path<i64>, PathRejection>,
+    body: Result<Option<Json<ExtendBody>>, JsonRejection>,
+) -> Result<(StatusCode, Json<Queued>), ApiError> {
+    let id = stand_id(id)?;
+    let body = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let by = match body.and_then(|Json(b)| b.by) {
         None => None,
         Some(text) => Some(humantime::parse_duration(&text).ok().filter(|d| !d.is_zero()).ok_or_else(|| {
@@ -97,30 +243,121 @@ async fn extend(
     queue(caller, &state, id, Command::Extend { by }).await
 }
 
+/// Queues the stand's teardown; the stand is `closing` at once and refuses further commands.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/stands/{id}",
+    tag = "stands",
+    params(("id" = i64, Path, description = "The stand's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "The teardown run is queued", body = Queued),
+        (status = 400, description = "`id` is not an integer (`field`: `id`)", body = ErrorBody),
+        (status = 401, description = "The bearer token is missing or wrong, or the API is disabled", body = ErrorBody),
+        (status = 404, description = "No such stand (`code`: `stand_not_found`)", body = ErrorBody),
+        (status = 409, description = "The stand is closing or removed (`code`: `stand_not_active`)", body = ErrorBody),
+        (status = 500, description = "Internal error (logged; `code`: `internal`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable (`code`: `database_unavailable`)", body = ErrorBody),
+    ),
+)]
 async fn destroy(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<i64>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    queue(caller, &state, id, Command::Destroy).await
+    id: Result<Path<i64>, PathRejection>,
+) -> Result<(StatusCode, Json<Queued>), ApiError> {
+    queue(caller, &state, stand_id(id)?, Command::Destroy).await
 }
 
-async fn queue(_: Caller, state: &AppState, id: i64, command: Command) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let mut tx = state.pool().begin().await.map_err(crate::store::StoreError::from)?;
-    let req = ManualRequest {
-        command,
-        trigger: Trigger::Api,
-        requested_by: "api",
-        author_id: None,
-        sha: None,
-        authorised: true,
+async fn queue(
+    caller: Caller,
+    state: &AppState,
+    id: i64,
+    command: Command,
+) -> Result<(StatusCode, Json<Queued>), ApiError> {
+    let (stand, run) = queue_command(state, id, command, Trigger::Api, "api", &caller.request).await?;
+    Ok((StatusCode::ACCEPTED, Json(Queued { stand, run })))
+}
+
+/// A week: long enough to hold a few deploys of a quiet project, short enough to show a change.
+const DEFAULT_WINDOW: Duration = Duration::from_secs(7 * 86_400);
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct SummaryQuery {
+    /// Only this project; otherwise every project that has stands.
+    project: Option<String>,
+    /// How far back from now the figures reach: a duration like `7d`, `36h` or `2weeks`, from 1s to 90d.
+    #[param(default = "7d", example = "30d")]
+    window: Option<String>,
+}
+
+/// Delivery figures per project over `[now - window, now)`: deploy frequency, change failure rate,
+/// mean time to restore and lead time.
+#[utoipa::path(
+    get,
+    path = "/api/v1/metrics/summary",
+    tag = "metrics",
+    params(SummaryQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The figures, one entry per project, sorted by project", body = Summary),
+        (status = 400, description = "`window` is not a duration from 1s to 90d (`field`: `window`)", body = ErrorBody),
+        (status = 401, description = "The bearer token is missing or wrong, or the API is disabled", body = ErrorBody),
+        (status = 500, description = "Internal error (logged; `code`: `internal`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable (`code`: `database_unavailable`)", body = ErrorBody),
+    ),
+)]
+async fn metrics_summary(
+    _: Caller,
+    State(state): State<AppState>,
+    query: Result<Query<SummaryQuery>, QueryRejection>,
+) -> Result<Json<Summary>, ApiError> {
+    let Query(q) = query.map_err(bad_query)?;
+    let window = match q.window.as_deref() {
+        None => DEFAULT_WINDOW,
+        Some(text) => humantime::parse_duration(text)
+            .ok()
+            .filter(|d| (Duration::from_secs(1)..=MAX_WINDOW).contains(d))
+            .ok_or_else(|| ApiError::BadRequest {
+                field: Some("window".into()),
+                message: format!("{text:?} is not a duration from 1s to 90d, like 7d"),
+            })?,
     };
+    // Whole seconds: the bounds are echoed back, and sub-second digits there would only be noise.
+    let now = Utc::now().trunc_subsecs(0);
+    Ok(Json(summary::summary(state.pool(), q.project.as_deref(), window, now).await?))
+}
+
+fn bad_query(e: QueryRejection) -> ApiError {
+    ApiError::bad_request(e.body_text())
+}
+
+fn stand_id(id: Result<Path<i64>, PathRejection>) -> Result<i64, ApiError> {
+    id.map(|Path(id)| id).map_err(|e| ApiError::BadRequest { field: Some("id".into()), message: e.body_text() })
+}
+
+/// Queues a manual command for a stand and wakes the workers: the one path behind the API's
+/// and the dashboard's buttons. Returns (stand id, run id).
+pub(super) async fn queue_command(
+    state: &AppState,
+    id: i64,
+    command: Command,
+    trigger: Trigger,
+    requested_by: &str,
+    request: &RequestId,
+) -> Result<(i64, i64), ApiError> {
+    let mut tx = state.pool().begin().await.map_err(crate::store::StoreError::from)?;
+    let req = ManualRequest { command, trigger, requested_by, author_id: None, sha: None, authorised: true };
     let outcome = manual::queue(&mut tx, StandLookup::Id(id), &req).await?;
+    if let ManualOutcome::Queued { run, .. } = &outcome {
+        // The run's log lines carry the id of the request that queued it.
+        crate::store::runs::set_request_id(&mut tx, *run, &request.0).await.map_err(crate::store::StoreError::from)?;
+    }
     tx.commit().await.map_err(crate::store::StoreError::from)?;
     match outcome {
         ManualOutcome::Queued { stand, run } => {
             state.wake().wake();
-            Ok((StatusCode::ACCEPTED, Json(json!({ "stand": stand, "run": run }))))
+            Ok((stand, run))
         }
         ManualOutcome::Refused { code: "stand_not_found", reason, .. } => {
             Err(ApiError::StandNotFound { message: reason })

@@ -1,8 +1,11 @@
 //! The one place errors become HTTP responses: a JSON body `{"error": {"code", "message", "field"?}}`.
 //! Internal errors are logged with their cause and shown to the client only as "internal error".
+//! Dashboard pages wrap the same errors in [`Page`]: the same status, code and log line, as HTML.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -13,6 +16,9 @@ use crate::store::StoreError;
 pub enum ApiError {
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// Authenticated, but the request itself is not trusted (the dashboard's CSRF checks).
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("{0}")]
     NotFound(String),
     #[error("body is larger than {limit} bytes")]
@@ -47,6 +53,7 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
@@ -59,10 +66,11 @@ impl ApiError {
         }
     }
 
-    /// A stable label for logs and, later, the error metric.
+    /// A stable label for logs and the error metric.
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::BadRequest { .. } => "bad_request",
@@ -72,6 +80,15 @@ impl ApiError {
             ApiError::StandNotFound { .. } => "stand_not_found",
             ApiError::Store(e) if e.is_transient() => "database_unavailable",
             ApiError::Store(_) => "internal",
+        }
+    }
+
+    /// What the client is told: a store error only as internal or unavailable, never its cause.
+    fn client_message(&self) -> String {
+        match self {
+            ApiError::Store(e) if e.is_transient() => "database unavailable, retry later".to_string(),
+            ApiError::Store(_) => "internal error".to_string(),
+            other => other.to_string(),
         }
     }
 }
@@ -85,24 +102,45 @@ impl From<PayloadError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let message = match &self {
-            ApiError::Store(e) => {
-                tracing::error!(error = %e, "request failed");
-                if e.is_transient() {
-                    "database unavailable, retry later".to_string()
-                } else {
-                    "internal error".to_string()
-                }
-            }
-            other => {
-                tracing::info!(code = other.code(), status = status.as_u16(), reason = %other, "request refused");
-                other.to_string()
-            }
-        };
-        let mut error = json!({ "code": self.code(), "message": message });
+        crate::metrics::error("http", self.code());
+        match &self {
+            ApiError::Store(e) => tracing::error!(error = %e, "request failed"),
+            other => tracing::info!(code = other.code(), status = status.as_u16(), reason = %other, "request refused"),
+        }
+        let mut error = json!({ "code": self.code(), "message": self.client_message() });
         if let ApiError::BadRequest { field: Some(f), .. } = &self {
             error["field"] = json!(f);
         }
         (status, Json(json!({ "error": error }))).into_response()
+    }
+}
+
+/// An error on a dashboard page: rendered as an HTML page instead of the API's JSON body.
+#[derive(Debug)]
+pub struct Page(pub ApiError);
+
+impl From<ApiError> for Page {
+    fn from(e: ApiError) -> Self {
+        Page(e)
+    }
+}
+
+impl From<StoreError> for Page {
+    fn from(e: StoreError) -> Self {
+        Page(ApiError::Store(e))
+    }
+}
+
+impl IntoResponse for Page {
+    fn into_response(self) -> Response {
+        let code = self.0.code();
+        let message = self.0.client_message();
+        // Through the API's conversion, so both kinds of errors get the same status, log line and metric;
+        // only the body differs.
+        let (mut parts, _json) = self.0.into_response().into_parts();
+        let html = super::dashboard::error_page(parts.status, code, &message);
+        parts.headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+        parts.headers.remove(CONTENT_LENGTH);
+        Response::from_parts(parts, Body::from(html))
     }
 }

@@ -1,10 +1,16 @@
-//! The HTTP surface: webhooks and health on one listener (the API and dashboard join in later issues).
+//! The HTTP surface on one listener: webhooks, the stand API, the dashboard, health and metrics.
 
 /// The stand API: `/api/v1/stands…`, bearer token.
 mod api;
+/// The dashboard: server-rendered pages, a login form, buttons behind a session cookie and CSRF token.
+mod dashboard;
 mod error;
 /// Health endpoints for Kubernetes probes.
 mod health;
+/// `/metrics`: Prometheus text.
+mod metrics;
+/// `/api/v1/openapi.json`: the API's OpenAPI description.
+mod openapi;
 /// Webhook extractors: verification before anything is read.
 pub mod webhook;
 /// Webhook handlers: normalise, record, answer.
@@ -38,6 +44,8 @@ struct Inner {
     github_secret: Option<SecretString>,
     gitlab_secret: Option<SecretString>,
     api_token: Option<SecretString>,
+    /// Links and cookie settings (the dashboard's session cookie is `Secure` on https).
+    public_url: String,
     max_body_bytes: usize,
     /// Set once migrations are applied; until then webhooks answer 503 and the startup probe fails.
     migrated: AtomicBool,
@@ -56,6 +64,7 @@ impl AppState {
             github_secret,
             gitlab_secret,
             api_token,
+            public_url: config.public_url.clone(),
             max_body_bytes: config.intake.max_body_bytes,
             migrated: AtomicBool::new(false),
             wake: Wake::default(),
@@ -83,8 +92,12 @@ impl AppState {
         self.0.gitlab_secret.as_ref()
     }
 
-    fn api_token(&self) -> Option<&SecretString> {
+    pub(crate) fn api_token(&self) -> Option<&SecretString> {
         self.0.api_token.as_ref()
+    }
+
+    fn public_url(&self) -> &str {
+        &self.0.public_url
     }
 
     fn max_body_bytes(&self) -> usize {
@@ -100,12 +113,54 @@ impl AppState {
     }
 }
 
+/// The request's id: the caller's `x-request-id` when it is a plausible id, else a new UUID. It is
+/// on the request span (so on every log line of the request), in the answer's `x-request-id`, and
+/// stored with what the request queued, so the run's log lines carry it too.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    pub fn new() -> Self {
+        RequestId(uuid::Uuid::new_v4().to_string())
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+async fn request_id(mut req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let given = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).filter(|v| {
+        // Anyone can send the header: only short ids of safe characters are kept.
+        !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    });
+    let id = given.map_or_else(|| RequestId::new().0, str::to_owned);
+    tracing::Span::current().record("request_id", id.as_str());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(req).await;
+    if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
 /// The whole router; tests drive it with `tower::ServiceExt::oneshot`, `serve` binds it.
 pub fn router(state: AppState) -> Router {
+    // Before anything records: counts made without a recorder are lost.
+    crate::metrics::install();
     Router::new()
         .merge(health::router())
         .merge(webhooks::router())
         .merge(api::router())
+        .merge(openapi::router())
+        .merge(dashboard::router())
+        .merge(metrics::router())
+        // Inside the trace layer, so the id lands on its span.
+        .layer(axum::middleware::from_fn(request_id))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<_>| {
@@ -114,6 +169,7 @@ pub fn router(state: AppState) -> Router {
                         "request",
                         method = %req.method(),
                         path = %req.uri().path(),
+                        request_id = tracing::field::Empty,
                         delivery = tracing::field::Empty,
                         project = tracing::field::Empty,
                         stand = tracing::field::Empty,

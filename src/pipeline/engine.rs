@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use super::step::{StepError, StepErrorKind, StepName, StepRunner, plan};
 use crate::forge::authorise::{Authorise, Verdict, needs_check};
+use crate::metrics;
 use crate::store::lifecycle;
 use crate::store::runs::{self, Advance, ClaimedRun, Overtaken, RunStoreError, StepEnd};
 
@@ -233,7 +234,27 @@ impl<R: StepRunner> Engine<R> {
         let Some(run) = claimed else {
             return Ok(None);
         };
-        let span = tracing::info_span!("run", run = run.run_id, stand = run.stand_id, kind = %run.kind);
+        let span = tracing::info_span!(
+            "run",
+            run = run.run_id,
+            stand = run.stand_id,
+            project = %run.project,
+            kind = %run.kind,
+            request_id = tracing::field::Empty,
+            delivery = tracing::field::Empty,
+        );
+        // Which request and delivery asked for the run, so its lines can be matched with theirs.
+        match runs::origin(&self.pool, run.run_id).await {
+            Ok(origin) => {
+                if let Some(id) = &origin.request_id {
+                    span.record("request_id", id.as_str());
+                }
+                if let Some(id) = &origin.delivery {
+                    span.record("delivery", id.as_str());
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, run = run.run_id, "run origin not found"),
+        }
         async {
             tracing::info!(number = run.number, attempt = run.attempt, "run claimed");
             let (lost_tx, lost_rx) = watch::channel(false);
@@ -443,6 +464,7 @@ impl<R: StepRunner> Engine<R> {
                 for step in &ended {
                     self.fault_point_named(true, step.name);
                 }
+                count_run(run, state, error.as_ref());
                 Ok(end)
             }
             Err(RunStoreError::LeaseLost(_)) => Ok(RunEnd::LeaseLost),
@@ -468,6 +490,8 @@ impl<R: StepRunner> Engine<R> {
         let lost = &signals.lost;
         let cancel = async { if cancellable { flagged(&signals.cancel).await } else { std::future::pending().await } };
         tokio::pin!(cancel);
+        // Retries included: the figure is how long the step held the run up.
+        let timer = StepTimer::start(name);
         loop {
             self.fault_point(false, step);
             let result = tokio::select! {
@@ -478,6 +502,9 @@ impl<R: StepRunner> Engine<R> {
             let (end, error) = match result {
                 Ok(outcome) => {
                     let state = if outcome.skipped { "skipped" } else { "succeeded" };
+                    if step == StepName::Verify && !outcome.skipped {
+                        self.observe_time_to_url(run).await;
+                    }
                     (StepEnd { name, state, detail: outcome.detail, error: None }, None)
                 }
                 Err(e) if e.kind == StepErrorKind::Transient && attempt < self.settings.max_step_attempts => {
@@ -505,6 +532,10 @@ impl<R: StepRunner> Engine<R> {
                     (StepEnd { name, state: "failed", detail: json!({}), error: Some(error) }, Some(e))
                 }
             };
+            timer.finish(end.state);
+            if let Some(e) = &error {
+                metrics::error("step", &e.label);
+            }
             if left.fetch_sub(1, Ordering::AcqRel) == 1 {
                 return Ok(Ended { record: Some(end), error });
             }
@@ -513,6 +544,61 @@ impl<R: StepRunner> Engine<R> {
             self.fault_point(true, step);
             return Ok(Ended { record: None, error });
         }
+    }
+}
+
+impl<R> Engine<R> {
+    /// The stand URL answers (verify passed): how long since the event that queued the run. The
+    /// run's `queued_at` is written in the same transaction as the delivery that asked for it.
+    async fn observe_time_to_url(&self, run: &ClaimedRun) {
+        if run.kind != "deploy" {
+            return;
+        }
+        let since: Result<f64, sqlx::Error> = sqlx::query_scalar(
+            "select extract(epoch from clock_timestamp() - queued_at)::float8 from runs where run_id = $1",
+        )
+        .bind(run.run_id)
+        .fetch_one(&self.pool)
+        .await;
+        match since {
+            Ok(secs) => {
+                ::metrics::histogram!(metrics::TIME_TO_URL, "project" => run.project.clone()).record(secs.max(0.0))
+            }
+            // A figure, not a reason to fail the step.
+            Err(e) => tracing::debug!(error = %e, "time to URL not recorded"),
+        }
+    }
+}
+
+/// Records a step's duration under its end state, once.
+struct StepTimer {
+    step: &'static str,
+    started: std::time::Instant,
+}
+
+impl StepTimer {
+    fn start(step: &'static str) -> Self {
+        StepTimer { step, started: std::time::Instant::now() }
+    }
+
+    fn finish(&self, outcome: &'static str) {
+        ::metrics::histogram!(metrics::STEP_DURATION, "step" => self.step, "outcome" => outcome)
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// A finished run in the run and teardown counters, and its failure under its stable label.
+fn count_run(run: &ClaimedRun, outcome: &str, error: Option<&serde_json::Value>) {
+    let (kind, trigger, outcome) = (run.kind.clone(), run.trigger.clone(), outcome.to_owned());
+    if kind == "teardown" {
+        ::metrics::counter!(metrics::TEARDOWNS, "reason" => trigger.clone(), "outcome" => outcome.clone()).increment(1);
+    }
+    ::metrics::counter!(metrics::RUNS, "kind" => kind, "trigger" => trigger, "outcome" => outcome).increment(1);
+    // A step's failure was counted when the step ended; this counts the others (an access check).
+    if let Some(e) = error.filter(|e| e.get("step").is_none())
+        && let Some(label) = e.get("label").and_then(|l| l.as_str())
+    {
+        metrics::error("run", label);
     }
 }
 

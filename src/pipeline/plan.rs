@@ -33,6 +33,16 @@ pub struct StandPlan {
     pub release: Release,
 }
 
+/// A stand's host: the project's `host` pattern with `{stand}` replaced by the namespace.
+pub fn stand_host(pattern: &str, namespace: &str) -> String {
+    pattern.replace("{stand}", namespace)
+}
+
+/// The address reports and the dashboard link to, and verify probes.
+pub fn stand_url(host: &str) -> String {
+    format!("https://{host}")
+}
+
 impl StandPlan {
     pub fn new(
         config: &Config,
@@ -44,8 +54,8 @@ impl StandPlan {
     ) -> Self {
         let image_tag = image_tag(branch, sha);
         let image = project.image.as_ref().map(|repo| format!("{repo}:{image_tag}"));
-        let host = project.host.as_ref().map(|pattern| pattern.replace("{stand}", namespace));
-        let url = host.as_ref().map(|h| format!("https://{h}"));
+        let host = project.host.as_deref().map(|pattern| stand_host(pattern, namespace));
+        let url = host.as_deref().map(stand_url);
         let database = namespace.replace('-', "_");
         let vault_kv_path = match (&config.vault, &project.team, &project.service) {
             (Some(v), Some(team), Some(service)) => Some(format!("{}/{team}/{service}", v.kv_mount)),

@@ -37,7 +37,7 @@ const SWEEP_LOCK: i64 = 28273260327363586;
 /// Stands queued for teardown per sweep at most; the next sweep takes the rest.
 const MAX_EXPIRED_PER_SWEEP: i64 = 1000;
 /// Teardowns of one life of a stand, the first included, before the reaper stops retrying.
-const MAX_TEARDOWN_ATTEMPTS: i64 = 3;
+pub const MAX_TEARDOWN_ATTEMPTS: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReapError {
@@ -138,6 +138,13 @@ impl<C: Cluster> Reaper<C> {
     /// One sweep at `now`, unless another holds the lock. The lock is held on a connection of its
     /// own, closed at the end, so a sweeper that dies (or is dropped mid-sweep) never keeps it.
     pub async fn sweep(&self, now: DateTime<Utc>) -> Result<SweepOutcome, ReapError> {
+        let started = std::time::Instant::now();
+        let outcome = self.sweep_once(now).await;
+        count_sweep(&outcome, started.elapsed());
+        outcome
+    }
+
+    async fn sweep_once(&self, now: DateTime<Utc>) -> Result<SweepOutcome, ReapError> {
         let mut lock = PgConnection::connect_with(&self.pool.connect_options()).await?;
         let held: bool =
             sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(SWEEP_LOCK).fetch_one(&mut lock).await?;
@@ -201,6 +208,31 @@ impl<C: Cluster> Reaper<C> {
             }
         }
         Ok(())
+    }
+}
+
+/// A sweep in the reaper's metrics: its outcome and duration, what it expired and which orphans it removed.
+fn count_sweep(outcome: &Result<SweepOutcome, ReapError>, took: Duration) {
+    use crate::metrics as m;
+    let label = match outcome {
+        Ok(SweepOutcome::Busy) => "busy",
+        Ok(SweepOutcome::Swept(s)) if s.errors.is_empty() => "ok",
+        Ok(SweepOutcome::Swept(_)) => "errors",
+        Err(_) => "failed",
+    };
+    metrics::counter!(m::REAPER_SWEEPS, "outcome" => label).increment(1);
+    if let Ok(SweepOutcome::Swept(s)) = outcome {
+        metrics::histogram!(m::REAPER_SWEEP_DURATION).record(took.as_secs_f64());
+        metrics::counter!(m::REAPER_EXPIRED).increment(s.expired.len() as u64);
+        for orphan in s.orphans.iter().filter(|o| o.removed) {
+            metrics::counter!(m::REAPER_ORPHANS_REMOVED, "kind" => orphan.kind.clone()).increment(1);
+        }
+        for _ in &s.errors {
+            m::error("reaper", "sweep_part_failed");
+        }
+    }
+    if outcome.is_err() {
+        m::error("reaper", "sweep_failed");
     }
 }
 

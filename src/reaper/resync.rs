@@ -168,6 +168,7 @@ async fn record(pool: &PgPool, project: &Project, id: &str, event: Event) -> Res
         body_sha256: &body_sha256,
         event: &event,
         strip_branch_prefix: project.settings.strip_branch_prefix,
+        request_id: None,
     };
     let recorded = intake::record(pool, &delivery).await.map_err(|e| e.to_string())?;
     let queued = !recorded.redelivery && recorded.response.get("ignored").is_none();

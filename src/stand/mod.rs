@@ -20,6 +20,8 @@ pub enum StandState {
 }
 
 impl StandState {
+    pub const ALL: [StandState; 3] = [StandState::Active, StandState::Closing, StandState::Removed];
+
     pub fn as_str(self) -> &'static str {
         match self {
             StandState::Active => "active",

@@ -25,6 +25,8 @@ pub struct Delivery<'a> {
     pub event: &'a Event,
     /// The project's `strip_branch_prefix`, for naming a new stand's namespace.
     pub strip_branch_prefix: bool,
+    /// The HTTP request's id (`x-request-id`), so the run's logs can be matched with the request's.
+    pub request_id: Option<&'a str>,
 }
 
 /// What recording produced: the answer to give, and whether it was recorded just now.
@@ -91,8 +93,9 @@ pub async fn record(pool: &PgPool, d: &Delivery<'_>) -> Result<Recorded, StoreEr
     // back undoes everything above, and a concurrent first delivery is waited for by the insert.
     let inserted: Option<i32> = sqlx::query_scalar(
         "insert into deliveries
-             (forge, delivery_id, project, event, body_sha256, normalized, outcome, reason, stand_id, run_id)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             (forge, delivery_id, project, event, body_sha256, normalized, outcome, reason, stand_id, run_id,
+              request_id)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          on conflict (forge, delivery_id) do nothing
          returning 1",
     )
@@ -106,6 +109,7 @@ pub async fn record(pool: &PgPool, d: &Delivery<'_>) -> Result<Recorded, StoreEr
     .bind(&decision.ignored)
     .bind(decision.stand)
     .bind(decision.run)
+    .bind(d.request_id)
     .fetch_optional(&mut *tx)
     .await?;
     if inserted.is_none() {
@@ -171,10 +175,11 @@ async fn open_new_stand(
              select exists (select 1 from stands where project = $1 and branch = $2) as stand_exists
          ), d as (
              insert into deliveries
-                 (forge, delivery_id, project, event, body_sha256, normalized, outcome, stand_id, run_id)
+                 (forge, delivery_id, project, event, body_sha256, normalized, outcome, stand_id, run_id,
+                  request_id)
              select $7, $8, $1, $9, $10, $11, 'queued',
                     nextval('stands_stand_id_seq'),
-                    nextval('runs_run_id_seq')
+                    nextval('runs_run_id_seq'), $12
              from known where not known.stand_exists
              on conflict (forge, delivery_id) do nothing
              returning stand_id, run_id
@@ -203,6 +208,7 @@ async fn open_new_stand(
     .bind(d.event_name)
     .bind(d.body_sha256)
     .bind(normalized)
+    .bind(d.request_id)
     .fetch_one(pool)
     .await;
     match row {

@@ -4,10 +4,13 @@ pub mod intake;
 /// Expiry, extension, tombstones, and what the reaper queues and remembers.
 pub mod lifecycle;
 pub mod manual;
+/// Figures read at scrape time for `/metrics`.
+pub mod metrics;
 /// What draftd owes the forges: outbox rows, claimed with coalescing and delivered by the reporter.
 pub mod outbox;
 pub mod runs;
 pub mod stands;
+pub mod summary;
 
 use std::str::FromStr;
 use std::time::Duration;

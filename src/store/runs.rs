@@ -77,6 +77,33 @@ pub async fn claim(
         .await?)
 }
 
+/// What asked for a run: the HTTP request and the forge delivery, where there were any.
+#[derive(Debug, Default, sqlx::FromRow)]
+pub struct Origin {
+    pub request_id: Option<String>,
+    pub delivery: Option<String>,
+}
+
+/// Records the id of the HTTP request that queued a run (API, dashboard); a webhook's run finds its
+/// request through its delivery.
+pub async fn set_request_id(tx: &mut sqlx::PgConnection, run_id: i64, request_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("update runs set request_id = $2 where run_id = $1").bind(run_id).bind(request_id).execute(tx).await?;
+    Ok(())
+}
+
+pub async fn origin(pool: &PgPool, run_id: i64) -> Result<Origin, sqlx::Error> {
+    sqlx::query_as(
+        "select coalesce(r.request_id, d.request_id) as request_id, d.delivery_id as delivery
+         from runs r left join lateral (
+             select delivery_id, request_id from deliveries where run_id = r.run_id order by received_at limit 1
+         ) d on true
+         where r.run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_one(pool)
+    .await
+}
+
 /// Extends the lease; `LeaseLost` when another worker holds the run now. Returns whether the run
 /// is a deploy of a stand whose teardown is queued: the deploy stops at once instead of finishing
 /// a step (a helm upgrade, a smoke Job) only to have it removed.

@@ -7,32 +7,36 @@ use sqlx::PgPool;
 use super::StoreError;
 
 /// A stand with the outcome of its newest run.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct StandSummary {
     pub stand_id: i64,
     pub project: String,
     pub branch: String,
     pub namespace: String,
     pub pr_number: Option<i64>,
+    /// `active`, `closing` or `removed`.
     pub state: String,
     pub state_reason: Option<String>,
     pub head_sha: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The newest run's number (runs are numbered per stand).
     pub last_run: Option<i32>,
     pub last_run_kind: Option<String>,
     pub last_run_state: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RunSummary {
     pub run_id: i64,
     pub number: i32,
+    /// `deploy`, `teardown` or `extend`.
     pub kind: String,
     pub trigger: String,
     pub sha: Option<String>,
     pub requested_by: Option<String>,
+    /// `queued`, `running`, `succeeded`, `failed`, `superseded`, `cancelled` or `rejected`.
     pub state: String,
     pub attempt: i32,
     pub queued_at: DateTime<Utc>,
@@ -42,9 +46,10 @@ pub struct RunSummary {
     pub steps: Vec<StepSummary>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct StepSummary {
     pub name: String,
+    /// `pending`, `running`, `succeeded`, `failed`, `skipped` or `cancelled`.
     pub state: String,
     pub attempt: i32,
     pub started_at: Option<DateTime<Utc>>,
@@ -54,7 +59,7 @@ pub struct StepSummary {
 }
 
 /// A stand with its runs, newest first.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StandDetail {
     #[serde(flatten)]
     pub stand: StandSummary,

@@ -79,6 +79,13 @@ pub fn app(pool: PgPool) -> Router {
     router(state)
 }
 
+/// The router over `pool` with another configuration (secrets as [`projects`] resolves them).
+pub fn app_with(pool: PgPool, config: &Config) -> Router {
+    let state = AppState::new(config, projects(config), pool);
+    state.set_migrated();
+    router(state)
+}
+
 pub fn fixture_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/webhooks").join(name)
 }

@@ -1,0 +1,19 @@
+//! `GET /metrics`: Prometheus text. Unauthenticated, like every Prometheus target: it carries counts
+//! and labels (project names, step names), never secrets, branch names or URLs.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use super::{ApiError, AppState};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/metrics", get(scrape))
+}
+
+async fn scrape(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let text = crate::metrics::render(state.pool()).await.map_err(crate::store::StoreError::from)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
+}

@@ -1,0 +1,57 @@
+//! The state figures `/metrics` reports: read from the database at scrape time, in one statement.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Runs waiting for a worker: queued and not held back by a retry backoff.
+    pub queued: i64,
+    pub oldest_queued: Option<Duration>,
+    /// (state, count) for every state that has stands.
+    pub stands: Vec<(String, i64)>,
+    /// Closing stands whose teardowns failed `max_teardowns` times: the reaper stopped retrying them.
+    pub stuck_closing: i64,
+    /// Unix time the newest finished sweep ended.
+    pub last_sweep: Option<f64>,
+}
+
+/// `max_teardowns`: failed teardowns per life after which the reaper stops retrying a stand.
+pub async fn snapshot(pool: &PgPool, max_teardowns: i64) -> Result<Snapshot, sqlx::Error> {
+    let (queued, oldest_secs, stands, stuck_closing, last_sweep): (
+        i64,
+        Option<f64>,
+        serde_json::Value,
+        i64,
+        Option<f64>,
+    ) = sqlx::query_as(
+        "select
+            (select count(*) from runs where state = 'queued' and (not_before is null or not_before <= now())),
+            (select extract(epoch from now() - min(queued_at))::float8 from runs
+              where state = 'queued' and (not_before is null or not_before <= now())),
+            (select coalesce(jsonb_object_agg(state, n), '{}') from
+               (select state, count(*) as n from stands group by state) s),
+            (select count(*) from stands s where s.state = 'closing'
+               and not exists (select 1 from runs r where r.stand_id = s.stand_id and r.state in ('queued', 'running'))
+               and (select count(*) from runs r where r.stand_id = s.stand_id and r.epoch = s.epoch
+                       and r.kind = 'teardown' and r.state = 'failed') >= $1),
+            (select extract(epoch from finished_at)::float8 from sweeps
+              where finished_at is not null order by sweep_id desc limit 1)",
+    )
+    .bind(max_teardowns)
+    .persistent(false)
+    .fetch_one(pool)
+    .await?;
+    let stands = stands
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_i64().unwrap_or(0))).collect())
+        .unwrap_or_default();
+    Ok(Snapshot {
+        queued,
+        oldest_queued: oldest_secs.map(|s| Duration::from_secs_f64(s.max(0.0))),
+        stands,
+        stuck_closing,
+        last_sweep,
+    })
+}
