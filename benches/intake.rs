@@ -45,7 +45,8 @@ const USAGE: &str = "usage: scripts/bench.sh [--deliveries N] [--senders N] [--r
   --senders N     concurrent senders, and raw Postgres connections (default 32)
   --rounds N      draftd rounds; raw rounds run before, between and after them (default 2)
   --warmup N      extra deliveries (and raw transactions) first, not counted (default 500)
-  --keep-log      keep draftd's log file even when the run succeeds";
+  --keep-log      keep draftd's log file even when the run succeeds
+  --draftd PATH   the draftd binary to measure (default: this build's), e.g. an older build for an A/B";
 
 struct Args {
     deliveries: usize,
@@ -53,10 +54,18 @@ struct Args {
     rounds: usize,
     warmup: usize,
     keep_log: bool,
+    draftd: PathBuf,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args { deliveries: 20_000, senders: 32, rounds: 2, warmup: 500, keep_log: false };
+    let mut args = Args {
+        deliveries: 20_000,
+        senders: 32,
+        rounds: 2,
+        warmup: 500,
+        keep_log: false,
+        draftd: PathBuf::from(env!("CARGO_BIN_EXE_draftd")),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -73,6 +82,11 @@ fn parse_args() -> anyhow::Result<Args> {
             "--rounds" => args.rounds = number("--rounds")?,
             "--warmup" => args.warmup = number("--warmup")?,
             "--keep-log" => args.keep_log = true,
+            "--draftd" => {
+                let v =
+                    inline.clone().or_else(|| it.next()).ok_or_else(|| anyhow!("--draftd needs a path\n{USAGE}"))?;
+                args.draftd = PathBuf::from(v);
+            }
             // `cargo bench` passes this to every bench binary.
             "--bench" => {}
             "-h" | "--help" => {
@@ -145,6 +159,7 @@ async fn run(args: &Args, admin_url: &str, db: &str, log_path: &Path) -> anyhow:
         secret: format!("bench-{}", uuid::Uuid::new_v4().simple()),
         log: log_path.to_owned(),
         dir: dir.path().to_owned(),
+        binary: args.draftd.clone(),
     };
     let probe = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(3)).build()?;
 
@@ -312,6 +327,7 @@ struct ServerSpec {
     secret: String,
     log: PathBuf,
     dir: PathBuf,
+    binary: PathBuf,
 }
 
 /// A running `draftd serve`; dropping it stops it (SIGTERM, then SIGKILL after 10 s).
@@ -326,7 +342,7 @@ impl Server {
     fn start(spec: &ServerSpec) -> anyhow::Result<Server> {
         let addr = format!("127.0.0.1:{}", free_port()?);
         let log = File::options().create(true).append(true).open(&spec.log)?;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_draftd"));
+        let mut cmd = Command::new(&spec.binary);
         cmd.arg("serve").arg("--config").arg(&spec.config).current_dir(&spec.dir);
         // Only what the bench sets: no inherited DRAFTD_* overrides, default log level and format.
         for (key, _) in std::env::vars_os() {
@@ -343,7 +359,7 @@ impl Server {
             .stdout(log.try_clone()?)
             .stderr(log);
         let started = Instant::now();
-        let child = cmd.spawn().with_context(|| format!("starting {}", env!("CARGO_BIN_EXE_draftd")))?;
+        let child = cmd.spawn().with_context(|| format!("starting {}", spec.binary.display()))?;
         let pid = child.id();
         Ok(Server { child: Some(child), pid, addr, started })
     }

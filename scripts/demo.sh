@@ -82,3 +82,7 @@ grep -E '^kind:' "$root/stands/draft-feature-login-form/manifests.yaml" | sort |
 echo
 echo "==> the sticky comment as posted to the local fake GitHub"
 if [ -s "$comments" ]; then cat "$comments"; else echo "(no comment arrived; see $log)"; exit 1; fi
+echo
+echo "==> a few of the Prometheus figures at http://127.0.0.1:$port/metrics (the dashboard is at /stands)"
+curl -sS "http://127.0.0.1:$port/metrics" |
+  grep -E '^draftd_(webhook_deliveries_total|runs_total|time_to_url_seconds_count|stands_active|queue_depth)' | sed 's/^/    /'

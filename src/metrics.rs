@@ -56,6 +56,11 @@ const SLOW_BUCKETS: &[f64] = &[0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0
 /// Buckets for intake: the webhook answer is meant to take milliseconds.
 const FAST_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 
+/// Buckets for reaper sweeps: milliseconds for the database part, up to minutes with resync and orphan
+/// scans against slow forges and clusters.
+const SWEEP_BUCKETS: &[f64] =
+    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the process-wide recorder once and returns the handle that renders it. Safe to call
@@ -66,7 +71,7 @@ pub fn install() -> &'static PrometheusHandle {
             .set_buckets_for_metric(Matcher::Full(INTAKE_DURATION.into()), FAST_BUCKETS)
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STEP_DURATION.into()), SLOW_BUCKETS))
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(TIME_TO_URL.into()), SLOW_BUCKETS))
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(REAPER_SWEEP_DURATION.into()), FAST_BUCKETS))
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(REAPER_SWEEP_DURATION.into()), SWEEP_BUCKETS))
             .expect("bucket lists are not empty")
             .build_recorder();
         let handle = recorder.handle();

@@ -7,10 +7,28 @@ use axum::body::Body;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::forge::PayloadError;
 use crate::store::StoreError;
+
+/// The body of every error answer; the OpenAPI document describes it from this type.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct ErrorDetail {
+    /// Stable, for programs: `unauthorized`, `bad_request`, `stand_not_found`, `stand_not_active`, …
+    code: String,
+    /// For people; may change.
+    message: String,
+    /// The request field at fault, on some 400 answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    field: Option<String>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -107,11 +125,13 @@ impl IntoResponse for ApiError {
             ApiError::Store(e) => tracing::error!(error = %e, "request failed"),
             other => tracing::info!(code = other.code(), status = status.as_u16(), reason = %other, "request refused"),
         }
-        let mut error = json!({ "code": self.code(), "message": self.client_message() });
-        if let ApiError::BadRequest { field: Some(f), .. } = &self {
-            error["field"] = json!(f);
-        }
-        (status, Json(json!({ "error": error }))).into_response()
+        let field = match &self {
+            ApiError::BadRequest { field, .. } => field.clone(),
+            _ => None,
+        };
+        let body =
+            ErrorBody { error: ErrorDetail { code: self.code().to_owned(), message: self.client_message(), field } };
+        (status, Json(body)).into_response()
     }
 }
 

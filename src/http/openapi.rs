@@ -16,6 +16,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::AppState;
+use super::error::ErrorBody;
 
 /// The security scheme's name in the document; the operations in `api.rs` name it as a literal.
 const BEARER: &str = "bearer";
@@ -98,26 +99,6 @@ static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(ApiDoc::open
 )]
 async fn document() -> Json<&'static utoipa::openapi::OpenApi> {
     Json(&DOCUMENT)
-}
-
-/// The body of every error answer, as `error.rs` writes it.
-// Never built: error.rs writes the body with `json!`, and this type only describes its shape.
-#[allow(dead_code)]
-#[derive(Serialize, ToSchema)]
-pub(super) struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[allow(dead_code)]
-#[derive(Serialize, ToSchema)]
-pub(super) struct ErrorDetail {
-    /// Stable, for programs: `unauthorized`, `bad_request`, `stand_not_found`, `stand_not_active`, …
-    code: String,
-    /// For people; may change.
-    message: String,
-    /// The request field at fault, on some 400 answers.
-    #[schema(nullable = false)]
-    field: Option<String>,
 }
 
 /// What a webhook delivery answers.
