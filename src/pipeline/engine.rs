@@ -444,7 +444,9 @@ impl<R: StepRunner> Engine<R> {
         next: &[StepName],
     ) -> Result<Advance, StepFailure> {
         let names: Vec<&str> = next.iter().map(|s| s.as_str()).collect();
-        let advance = runs::advance(&self.pool, run, &self.owner, ended, check_overtaken, &names).await?;
+        let advance =
+            durable(&self.settings, || runs::advance(&self.pool, run, &self.owner, ended, check_overtaken, &names))
+                .await?;
         for end in ended.drain(..) {
             self.fault_point_named(true, end.name);
         }
@@ -459,7 +461,11 @@ impl<R: StepRunner> Engine<R> {
         error: Option<serde_json::Value>,
         ended: Vec<StepEnd>,
     ) -> Result<RunEnd, RunStoreError> {
-        match runs::finish_run(&self.pool, run.run_id, &self.owner, state, error.as_ref(), &ended).await {
+        let finished = durable(&self.settings, || {
+            runs::finish_run(&self.pool, run.run_id, &self.owner, state, error.as_ref(), &ended)
+        })
+        .await;
+        match finished {
             Ok(()) => {
                 for step in &ended {
                     self.fault_point_named(true, step.name);
@@ -509,8 +515,19 @@ impl<R: StepRunner> Engine<R> {
                 }
                 Err(e) if e.kind == StepErrorKind::Transient && attempt < self.settings.max_step_attempts => {
                     let error = serde_json::to_value(&e).expect("step errors serialise");
-                    runs::finish_step(&self.pool, run.run_id, &self.owner, name, "running", &json!({}), Some(&error))
-                        .await?;
+                    let no_detail = json!({});
+                    durable(&self.settings, || {
+                        runs::finish_step(
+                            &self.pool,
+                            run.run_id,
+                            &self.owner,
+                            name,
+                            "running",
+                            &no_detail,
+                            Some(&error),
+                        )
+                    })
+                    .await?;
                     let delay = backoff(&self.settings, attempt);
                     tracing::info!(step = name, attempt, retry_in = ?delay, error = %e, "step failed, will retry");
                     tokio::select! {
@@ -518,8 +535,10 @@ impl<R: StepRunner> Engine<R> {
                         _ = lease_lost(lost) => return Err(StepFailure::Lease),
                         _ = &mut cancel => return Err(StepFailure::Cancelled),
                     }
+                    let names = &[name][..];
                     let Advance::Started(attempts) =
-                        runs::advance(&self.pool, run, &self.owner, &[], false, &[name]).await?
+                        durable(&self.settings, || runs::advance(&self.pool, run, &self.owner, &[], false, names))
+                            .await?
                     else {
                         unreachable!("a boundary that does not check for newer runs is never overtaken")
                     };
@@ -539,8 +558,10 @@ impl<R: StepRunner> Engine<R> {
             if left.fetch_sub(1, Ordering::AcqRel) == 1 {
                 return Ok(Ended { record: Some(end), error });
             }
-            runs::finish_step(&self.pool, run.run_id, &self.owner, name, end.state, &end.detail, end.error.as_ref())
-                .await?;
+            durable(&self.settings, || {
+                runs::finish_step(&self.pool, run.run_id, &self.owner, name, end.state, &end.detail, end.error.as_ref())
+            })
+            .await?;
             self.fault_point(true, step);
             return Ok(Ended { record: None, error });
         }
@@ -625,6 +646,31 @@ impl<R> Engine<R> {
         if self.settings.fault == Some(Fault { after, step }) {
             tracing::error!(step = step.as_str(), after, "DRAFTD_FAULT: aborting the process");
             std::process::abort();
+        }
+    }
+}
+
+/// How long a worker keeps retrying a write that met a database restart or outage. The run stays its
+/// own meanwhile unless another worker claims it once the lease has run out (the write then finds the
+/// lease lost): recording a step's end now beats resuming the run later and doing the step again.
+const WRITE_RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// Runs `write` again, with backoff, while it fails on a connection the database cut or cannot give.
+async fn durable<T, Fut>(settings: &EngineSettings, mut write: impl FnMut() -> Fut) -> Result<T, RunStoreError>
+where
+    Fut: Future<Output = Result<T, RunStoreError>>,
+{
+    let deadline = tokio::time::Instant::now() + WRITE_RETRY_FOR;
+    let mut attempt = 1;
+    loop {
+        match write().await {
+            Err(RunStoreError::Store(e)) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+                let delay = backoff(settings, attempt);
+                tracing::warn!(attempt, retry_in = ?delay, error = %e, "recording failed, will retry");
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+            other => return other,
         }
     }
 }
