@@ -390,3 +390,104 @@ fn vault_of(bao: &Bao) -> OpenBao {
     let auth = format!("auth = \"token\"\ntoken_file = \"{}\"", bao.token_file().display());
     OpenBao::from_config(vault_config(&bao.addr, &auth, lifetimes(600, 300)).vault.as_ref().unwrap()).unwrap()
 }
+
+/// A TCP proxy in front of OpenBao that can be cut: while down it drops new connections at once and
+/// ends the open ones, as a Vault restart or a network partition would.
+struct Cut {
+    addr: std::net::SocketAddr,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Cut {
+    async fn start(upstream: &str) -> Cut {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let (flag, cuts) = (up.clone(), cut.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !flag.load(Ordering::SeqCst) {
+                    continue; // dropped: the client sees the connection closed
+                }
+                let (upstream, mut cut) = (upstream.clone(), cuts.subscribe());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Cut { addr, up, cut, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Vault cut off in the middle of a stand's life: the call made meanwhile fails as transient (so
+/// the step retries), the same client works again once Vault is back, and teardown still leaves no
+/// lease, role or login behind.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_vault_outage_mid_life_is_transient_and_teardown_still_leaves_nothing(pool: PgPool) {
+    let (bao, pg) = (Bao::start(), Pg::start());
+    let cut = Cut::start(&bao.addr).await;
+    let auth = format!("auth = \"token\"\ntoken_file = \"{}\"", bao.token_file().display());
+    let through_cut =
+        OpenBao::from_config(vault_config(&cut.url(), &auth, lifetimes(600, 300)).vault.as_ref().unwrap()).unwrap();
+    let server = StandServer::parse(&pg.url, None).unwrap();
+    let creds = StandCredentials::new(
+        pool.clone(),
+        Some((Arc::new(PgDatabases::new(pg.admin().await)), server)),
+        Some(Arc::new(through_cut)),
+        lifetimes(600, 300),
+    );
+    let (id, ns) = new_stand(&pool, "feature/cut").await;
+    let db = stand_db(&ns, None);
+    creds.ensure_database(&db).await.unwrap();
+    creds.issue(id, None, "app", &db).await.unwrap();
+
+    cut.down();
+    let err = creds.issue(id, None, "migrate", &db).await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    cut.restore();
+    let migrate = creds.issue(id, None, "migrate", &db).await.unwrap();
+    let login = pg.connect(&migrate.username, migrate.password.expose_secret(), &db.database).await;
+    assert!(login.is_ok(), "the login issued after the outage works: {login:?}");
+    drop(login);
+
+    creds.revoke_all(id, &db).await.unwrap();
+    creds.drop_database(&db).await.unwrap();
+    assert!(vault_of(&bao).leases(&db.database).await.unwrap().is_empty(), "no lease left in Vault");
+    let live: i64 =
+        sqlx::query_scalar("select count(*) from credentials where revoked_at is null").fetch_one(&pool).await.unwrap();
+    assert_eq!(live, 0, "every recorded credential is revoked");
+    let roles: i64 =
+        sqlx::query_scalar("select count(*) from pg_roles where rolname like 'draft%' or rolname like 'v-%'")
+            .fetch_one(&pg.admin().await)
+            .await
+            .unwrap();
+    assert_eq!(roles, 0, "no role or login left in Postgres");
+}
