@@ -1113,6 +1113,90 @@ async fn killed_and_resumed(fault: &str) {
     db.drop_db().await;
 }
 
+/// Two replicas behind one load balancer; one dies in the middle of a run (after its deploy step).
+/// The survivor takes the dead one's run over once its lease runs out and finishes every run, each
+/// step executed exactly once across both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_one_of_two_replicas_dies_the_other_finishes_every_run() {
+    const BRANCHES: usize = 6;
+    let db = TestDb::create().await;
+    let setup = Setup::new(&db.url);
+    let config = dry_run_config(&setup, "replicas.toml", "workers = 2\nlease = \"1s\"");
+    let client = client();
+    let mut doomed = setup.command_with(&config, &["--log-format", "json", "serve"]);
+    doomed.env("DRAFTD_FAULT", "after:deploy");
+    // One worker: the only run it holds when it dies is the one at the fault point.
+    doomed.env("DRAFTD_STANDS__WORKERS", "1");
+    let mut servers = vec![Setup::serve_command(doomed)];
+    servers.push(Setup::serve_command(setup.command_with(&config, &["--log-format", "json", "serve"])));
+    for server in &mut servers {
+        server.wait_started(&client).await;
+    }
+    let mut runs = Vec::new();
+    for i in 0..BRANCHES {
+        let body = serde_json::to_vec(&github_pr(
+            "opened",
+            &format!("feature/replica-{i}"),
+            &sha(i as u32 + 1),
+            "2019-05-15T15:20:33Z",
+        ))
+        .unwrap();
+        // Sent to whichever replica still answers, as a load balancer would.
+        let delivery = uuid::Uuid::new_v4().to_string();
+        let mut answered = None;
+        for server in &mut servers {
+            if server.proc.exited().is_none() {
+                let res = post_github(&client, server, &setup.github_secret, "pull_request", &delivery, &body).await;
+                answered = Some(res);
+                break;
+            }
+        }
+        let res = answered.expect("a live replica");
+        assert!(res.status == 202 || res.status == 200, "{}", res.body);
+        runs.push(res.body["run"].as_i64().unwrap());
+    }
+
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let open: i64 = sqlx::query_scalar("select count(*) from runs where state in ('queued', 'running')")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        if open == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{open} runs still open; survivor:\n{}", servers[1].output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = servers[0].proc.exited().expect("the doomed replica died at its fault point");
+    assert!(!status.success());
+    servers[1].stop_cleanly();
+
+    let states: Vec<(String, i32)> =
+        sqlx::query_as("select state, attempt from runs where run_id = any($1) order by run_id")
+            .bind(&runs)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert!(states.iter().all(|(s, _)| s == "succeeded"), "{states:?}");
+    let taken_over = states.iter().filter(|(_, attempt)| *attempt == 2).count();
+    assert_eq!(taken_over, 1, "exactly the dead replica's run was claimed again: {states:?}");
+    for entry in std::fs::read_dir(setup.dir.path().join("stands")).unwrap() {
+        let folder = entry.unwrap().path();
+        let mut steps: Vec<String> = executions(&folder).into_iter().map(|(s, _)| s).collect();
+        steps.sort();
+        assert_eq!(
+            steps,
+            ["database", "deploy", "image", "migrate", "namespace", "report", "secrets", "smoke", "verify"],
+            "{}: each step exactly once",
+            folder.display()
+        );
+    }
+    conn.close().await.unwrap();
+    db.drop_db().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_serve_processes_on_one_database_share_runs_and_never_run_one_twice() {
     const BRANCHES: usize = 8;
