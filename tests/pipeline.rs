@@ -417,7 +417,12 @@ async fn a_worker_that_lost_its_lease_stops_without_writing(pool: PgPool) {
     let run = queue(&pool, "feature/a", "deploy", "a1").await;
     let slow = engine(&pool, &fake, "slow");
     let task = tokio::spawn(async move { slow.run_one().await.unwrap() });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Once the deploy step is under way (not a fixed sleep: a loaded machine gets there later).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while step_rows(&pool, run).await.get("deploy").is_none_or(|s| s.0 != "running") {
+        assert!(Instant::now() < deadline, "the deploy step never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // Another worker takes the run over, as it would after a missed lease.
     sqlx::query("update runs set lease_owner = 'thief' where run_id = $1").bind(run).execute(&pool).await.unwrap();
     assert_eq!(task.await.unwrap(), Some((run, RunEnd::LeaseLost)));
