@@ -132,12 +132,18 @@ impl Cluster for FakeCluster {
 struct FakeHelm {
     calls: Arc<Calls>,
     revision: Mutex<u32>,
+    /// The next upgrade applies a revision, then fails this way (a partial apply, a timeout).
+    upgrade_fails: Mutex<Option<HelmError>>,
 }
 
 impl Helm for FakeHelm {
     async fn upgrade_install(&self, release: &Release) -> Result<u32, HelmError> {
         let mut revision = self.revision.lock().unwrap();
         *revision += 1;
+        if let Some(e) = self.upgrade_fails.lock().unwrap().take() {
+            self.calls.push(format!("helm upgrade --install {} (revision {}, failed)", release.name, *revision));
+            return Err(e);
+        }
         self.calls.push(format!("helm upgrade --install {} (revision {})", release.name, *revision));
         Ok(*revision)
     }
@@ -165,6 +171,7 @@ struct World {
     pool: PgPool,
     calls: Arc<Calls>,
     cluster: Arc<FakeCluster>,
+    helm: Arc<FakeHelm>,
     engine: Engine<KubernetesSteps<FakeHelm, FakeCluster>>,
 }
 
@@ -195,11 +202,12 @@ smoke = ["scripts/smoke_draft.sh"]
     let calls = Arc::new(Calls::default());
     let cluster = Arc::new(FakeCluster { calls: calls.clone(), ..FakeCluster::default() });
     let helm = Arc::new(FakeHelm { calls: calls.clone(), ..FakeHelm::default() });
+    let fake_helm = helm.clone();
     let steps =
         KubernetesSteps::new(pool.clone(), Arc::new(config), helm, cluster.clone()).with_credentials(credentials);
     let settings = EngineSettings { max_step_attempts: 1, ..EngineSettings::default() };
     let engine = Engine::new(pool.clone(), Arc::new(steps), settings, "test");
-    World { pool, calls, cluster, engine }
+    World { pool, calls, cluster, helm: fake_helm, engine }
 }
 
 async fn queue(pool: &PgPool, kind: &str, sha: &str) -> i64 {
@@ -269,6 +277,47 @@ async fn a_failed_verify_rolls_back_to_the_last_verified_revision_and_explains_w
     assert!(message.contains("Pod/app-1: BackOff"), "{message}");
     let (state, detail, _) = step_detail(&w.pool, bad, "rollback").await;
     assert_eq!((state.as_str(), &detail["rolled_back_to"]), ("succeeded", &serde_json::json!(1)));
+}
+
+/// helm exits non-zero after applying part of a revision, or is killed at its timeout: the deploy
+/// fails with helm's reason, and the stand goes back to the revision that last passed verify.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_helm_that_fails_mid_apply_or_hangs_rolls_back_to_the_last_verified_revision(pool: PgPool) {
+    let w = world(pool);
+    let good = queue(&w.pool, "deploy", SHA1).await;
+    assert_eq!(w.engine.run_one().await.unwrap(), Some((good, RunEnd::Succeeded)));
+    let failures = [
+        (
+            HelmError::Failed {
+                command: "helm upgrade --install draft-login".into(),
+                code: Some(1),
+                stderr: "Error: UPGRADE FAILED: cannot patch \"app\" with kind Deployment".into(),
+            },
+            "UPGRADE FAILED",
+        ),
+        (
+            HelmError::Timeout {
+                command: "helm upgrade --install draft-login".into(),
+                after: std::time::Duration::from_secs(300),
+            },
+            "timed out",
+        ),
+    ];
+    for (i, (failure, says)) in failures.into_iter().enumerate() {
+        w.calls.take();
+        *w.helm.upgrade_fails.lock().unwrap() = Some(failure);
+        let bad = queue(&w.pool, "deploy", &format!("{:040x}", 0xbad0 + i)).await;
+        assert_eq!(w.engine.run_one().await.unwrap(), Some((bad, RunEnd::Failed)));
+        let calls = w.calls.take();
+        assert_eq!(calls.last().unwrap(), "helm rollback draft-login 1", "{calls:?}");
+        assert!(!calls.iter().any(|c| c.starts_with("run_job")), "no Job runs after a failed deploy: {calls:?}");
+        let (state, _, error) = step_detail(&w.pool, bad, "deploy").await;
+        assert_eq!(state, "failed");
+        let message = error.unwrap()["message"].as_str().unwrap().to_owned();
+        assert!(message.contains(says), "{message}");
+        let (state, detail, _) = step_detail(&w.pool, bad, "rollback").await;
+        assert_eq!((state.as_str(), &detail["rolled_back_to"]), ("succeeded", &serde_json::json!(1)));
+    }
 }
 
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]
