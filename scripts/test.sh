@@ -12,8 +12,34 @@ scripts/install-openbao.sh >/dev/null
 # Debian's chromium and chromedriver for the dashboard's real-browser test (a no-op once installed).
 [ "${DRAFTD_SKIP_BROWSER:-}" = 1 ] || scripts/install-browser.sh >/dev/null
 if [ -z "${CARGO_TARGET_DIR:-}" ] && [ -d /var/tmp/draftd-target ]; then export CARGO_TARGET_DIR=/var/tmp/draftd-target; fi
-if cargo nextest --version >/dev/null 2>&1; then
-  exec cargo nextest run --workspace --no-fail-fast "$@"
-else
-  exec cargo test --workspace --no-fail-fast "$@"
+# Every test's output, passing or failing, is kept in one log, then grepped for every secret the suite
+# uses (tests/secrets.txt, scripts/check-secrets.sh): a secret in any output fails the run.
+# DRAFTD_SECRET_SCAN=0 runs the tests alone, with cargo's usual output.
+if [ "${DRAFTD_SECRET_SCAN:-1}" = 0 ]; then
+  if cargo nextest --version >/dev/null 2>&1; then
+    exec cargo nextest run --workspace --no-fail-fast "$@"
+  else
+    exec cargo test --workspace --no-fail-fast "$@"
+  fi
 fi
+artifacts="${CARGO_TARGET_DIR:-$root/target}/artifacts"
+mkdir -p "$artifacts"
+log="$artifacts/test-output.log"
+if cargo nextest --version >/dev/null 2>&1; then
+  run=(cargo nextest run --workspace --no-fail-fast --success-output final --failure-output final "$@")
+else
+  # Arguments after `--` go to the test binaries; --nocapture joins them.
+  case " $* " in *" -- "*) run=(cargo test --workspace --no-fail-fast "$@" --nocapture) ;;
+    *) run=(cargo test --workspace --no-fail-fast "$@" -- --nocapture) ;;
+  esac
+fi
+set +e
+"${run[@]}" 2>&1 | tee "$log"
+tests=${PIPESTATUS[0]}
+set -e
+echo "test output: $log"
+scan=0
+scripts/check-secrets.sh "$log" || scan=$?
+# The tests' own status first; a clean run still fails when a secret shows.
+[ "$tests" -ne 0 ] && exit "$tests"
+exit "$scan"

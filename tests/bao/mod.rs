@@ -7,6 +7,10 @@ use std::str::FromStr;
 
 use serde_json::Value;
 
+/// The dev servers' root token unless a test sets `BAO_DEV_TOKEN`: fixed and distinctive, so
+/// scripts/check-secrets.sh can find it in the suite's output (tests/secrets.txt lists it).
+pub const BAO_ROOT_TOKEN: &str = "bao-root-test-4d7e19c2a0b8f356";
+
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join("openbao-dev.sh")
 }
@@ -29,8 +33,14 @@ impl Bao {
     }
 
     pub fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Bao {
-        let out =
-            Command::new("bash").arg(script()).arg("start").arg(dir.path()).envs(env.iter().copied()).output().unwrap();
+        let out = Command::new("bash")
+            .arg(script())
+            .arg("start")
+            .arg(dir.path())
+            .env("BAO_DEV_TOKEN", BAO_ROOT_TOKEN)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let stdout = String::from_utf8_lossy(&out.stdout);
         let var = |k: &str| {
