@@ -368,7 +368,7 @@ async fn reset(pool: &PgPool) -> anyhow::Result<()> {
 async fn queue_opened(pool: &PgPool, project: &ProjectName, phase: &str, index: usize) -> anyhow::Result<i64> {
     let branch = BranchName::new(&format!("feature/{phase}-{index}"))?;
     let sha = CommitSha::new(&format!("{:040x}", 0xbe00_0000_u128 + index as u128))?;
-    let pr = PullRequest { number: index as u64 + 1, branch, sha, updated_at: Utc::now() };
+    let pr = PullRequest { number: index as u64 + 1, branch, sha, updated_at: Utc::now(), fork: false };
     let event = Event::Deploy { pr, trigger: Trigger::Opened };
     let delivery_id = uuid::Uuid::new_v4().to_string();
     let body_sha256 = format!("{:064x}", index);

@@ -396,3 +396,40 @@ async fn secrets_and_migrate_get_their_own_logins_and_teardown_drops_them(pool: 
     .unwrap();
     assert_eq!(left, 0, "database, owner and logins are gone");
 }
+
+/// A stand built from a fork's pull request (`forks = "allow"`) gets no secrets and no logins, even
+/// with credentials configured: its secrets and migrate steps are skipped and say why, no Secret is
+/// applied, no login issued, and the deploy still goes ahead.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_fork_stand_gets_no_secrets_and_no_logins(pool: PgPool) {
+    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let admin = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&url).await.unwrap();
+    let lifetimes =
+        Lifetimes { max: Duration::from_secs(600), lease: Duration::from_secs(600), grace: Duration::from_secs(60) };
+    let credentials = StandCredentials::new(
+        pool.clone(),
+        Some((Arc::new(PgDatabases::new(admin.clone())), StandServer::parse(&url, None).unwrap())),
+        None,
+        lifetimes,
+    );
+    let w = world_with(pool, Some(Arc::new(credentials)));
+    let namespace = format!("draft-fork-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let run = common::queue_run(&w.pool, "shop", "feature/from-fork", &namespace, "deploy", SHA1).await;
+    sqlx::query("update stands set fork = true").execute(&w.pool).await.unwrap();
+    assert_eq!(w.engine.run_one().await.unwrap(), Some((run, RunEnd::Succeeded)));
+
+    let calls = w.calls.take();
+    assert!(!calls.iter().any(|c| c.starts_with("apply_secret")), "no Secret for a fork: {calls:?}");
+    assert!(!calls.iter().any(|c| c.starts_with("run_job migrate")), "no migrate Job with a login: {calls:?}");
+    assert!(calls.iter().any(|c| c.starts_with("helm upgrade --install")), "the fork's code is deployed: {calls:?}");
+    for step in ["secrets", "migrate"] {
+        let (state, detail, _) = step_detail(&w.pool, run, step).await;
+        assert_eq!(state, "skipped", "{step}");
+        assert!(detail.to_string().contains("fork"), "{step}: {detail}");
+    }
+    let issued: i64 = sqlx::query_scalar("select count(*) from credentials").fetch_one(&w.pool).await.unwrap();
+    assert_eq!(issued, 0, "no login issued for a fork's stand");
+
+    let teardown = common::queue_run(&w.pool, "shop", "feature/from-fork", &namespace, "teardown", SHA1).await;
+    assert_eq!(w.engine.run_one().await.unwrap(), Some((teardown, RunEnd::Succeeded)));
+}

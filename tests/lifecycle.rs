@@ -251,6 +251,7 @@ impl World {
             branch: BranchName::new(&self.branch).unwrap(),
             sha: CommitSha::new(sha).unwrap(),
             updated_at: at,
+            fork: false,
         };
         let event = match kind {
             "deploy" => Event::Deploy { pr, trigger },

@@ -239,13 +239,11 @@ async fn gitlab_fork_merge_requests_queue_no_run_under_deny(pool: PgPool) {
     nothing_queued(&pool, "GitLab fork").await;
 }
 
-/// Pins today's behaviour under `forks = "allow"` (reported in issue 10): a fork's PR gets a run
-/// like any other, nothing on the run or the stand says it came from a fork, so the secrets step
-/// (pipeline::runner::gather_secrets, which sees only the run and the project) hands it the KV
-/// values and a database login; and a fork branch named like one of the repository's own shares
-/// that branch's stand. When runs learn where their code comes from, this test changes with them.
+/// Under `forks = "allow"` a fork's PR gets a stand marked as a fork (whose runs get no secrets and
+/// no logins: tests/kube_runner.rs), and never the repository's own stand of the same branch name:
+/// while that one lives, the fork can neither take it over, nor push to it, nor close it.
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]
-async fn under_allow_a_fork_run_is_indistinguishable_and_shares_a_same_named_stand(pool: PgPool) {
+async fn under_allow_a_fork_gets_a_stand_of_its_own_marked_as_a_fork(pool: PgPool) {
     let app = app(pool.clone());
     let own = |v: &mut Value| {
         v["repository"]["full_name"] = "Octocoders/Hello-World".into();
@@ -257,20 +255,36 @@ async fn under_allow_a_fork_run_is_indistinguishable_and_shares_a_same_named_sta
     let first = github(&app, "pull_request", &delivery(), &inside).await;
     assert!(first.body["run"].is_i64(), "{}", first.body);
 
-    let mut fork = github_fork("opened", Some("mallory/Hello-World"), T2);
-    own(&mut fork);
-    fork["number"] = 99.into();
-    fork["pull_request"]["number"] = 99.into();
-    let second = github(&app, "pull_request", &delivery(), &fork).await;
-    assert!(second.body["run"].is_i64(), "forks = \"allow\" deploys: {}", second.body);
-    assert_eq!(second.body["stand"], first.body["stand"], "the fork's branch took the repository branch's stand");
-
-    let runs = runs(&pool).await;
-    assert_eq!(runs.len(), 2);
-    let (a, b) = (&runs[0], &runs[1]);
-    assert_eq!((&a.kind, a.automatic, &a.params), (&b.kind, b.automatic, &b.params), "nothing marks the fork's run");
+    for action in ["opened", "synchronize", "closed"] {
+        let mut fork = github_fork(action, Some("mallory/Hello-World"), T2);
+        own(&mut fork);
+        fork["number"] = 99.into();
+        fork["pull_request"]["number"] = 99.into();
+        let res = github(&app, "pull_request", &delivery(), &fork).await;
+        assert!(res.body["run"].is_null(), "{action}: the fork gets no run on the repository's stand: {}", res.body);
+        assert!(res.body["ignored"].as_str().unwrap().contains("belongs to the repository"), "{}", res.body);
+    }
     let stand = stand(&pool, "forks-welcome", "feature/from-fork").await.unwrap();
-    assert_eq!(stand.pr_number, Some(99), "the stand now follows the fork's PR");
+    assert_eq!(
+        stand.pr_number,
+        inside["pull_request"]["number"].as_i64(),
+        "the stand still follows the repository's PR"
+    );
+    assert_eq!(count(&pool, "runs").await, 1);
+
+    // A fork's own branch name: a stand of its own, marked as a fork.
+    let mut fork = github_pr("opened", "feature/only-in-fork", &sha(8), T2);
+    own(&mut fork);
+    fork["pull_request"]["head"]["repo"] = json!({ "full_name": "mallory/Hello-World" });
+    let res = github(&app, "pull_request", &delivery(), &fork).await;
+    assert!(res.body["run"].is_i64(), "forks = \"allow\" deploys a fork's own branch: {}", res.body);
+    let marked: Vec<(String, bool)> =
+        sqlx::query_as("select branch, fork from stands order by stand_id").fetch_all(&pool).await.unwrap();
+    assert_eq!(
+        marked,
+        [("feature/from-fork".to_owned(), false), ("feature/only-in-fork".to_owned(), true)],
+        "only the fork's stand is marked"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

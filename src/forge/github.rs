@@ -163,7 +163,7 @@ fn pull_request(ev: PullRequestEvent, gate: &Gate) -> Result<Event, PayloadError
     if let Err(ignored) = gate.admits(&branch, fork) {
         return Ok(ignored);
     }
-    let pr_ref = PullRequest { number: pr.number, branch, sha, updated_at };
+    let pr_ref = PullRequest { number: pr.number, branch, sha, updated_at, fork };
     if matches!(trigger, Trigger::Closed | Trigger::Merged | Trigger::OptOut) {
         return Ok(Event::Teardown { pr: pr_ref, trigger });
     }

@@ -140,10 +140,11 @@ fn merge_request(ev: MergeRequestEvent, gate: &Gate) -> Result<Event, PayloadErr
     let branch = super::branch("object_attributes.source_branch", &a.source_branch)?;
     let sha = super::sha("object_attributes.last_commit.id", &a.last_commit.id)?;
     let updated_at = super::parse_time("object_attributes.updated_at", &a.updated_at)?;
-    if let Err(ignored) = gate.admits(&branch, a.source_project_id != a.target_project_id) {
+    let fork = a.source_project_id != a.target_project_id;
+    if let Err(ignored) = gate.admits(&branch, fork) {
         return Ok(ignored);
     }
-    let pr = PullRequest { number: a.iid, branch, sha, updated_at };
+    let pr = PullRequest { number: a.iid, branch, sha, updated_at, fork };
     if matches!(trigger, Trigger::Closed | Trigger::Merged | Trigger::OptOut) {
         return Ok(Event::Teardown { pr, trigger });
     }

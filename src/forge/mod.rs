@@ -67,6 +67,10 @@ pub struct PullRequest {
     pub sha: CommitSha,
     /// The payload's own update time: orders events that arrive out of order.
     pub updated_at: DateTime<Utc>,
+    /// From a fork (`forks = "allow"`): its stand gets no secrets or logins, and it never shares a
+    /// stand with the repository's own branch of the same name.
+    #[serde(default)]
+    pub fork: bool,
 }
 
 /// Why a run was queued; stored with the run.

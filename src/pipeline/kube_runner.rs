@@ -11,7 +11,7 @@ use sqlx::PgPool;
 
 use super::lifecycle;
 use super::plan::StandPlan;
-use super::runner::{NO_SECRETS, database_step, gather_secrets, image_step, mocks_in, project_of};
+use super::runner::{FORK_NO_SECRETS, database_step, gather_secrets, image_step, is_fork, mocks_in, project_of};
 use super::step::{RunContext, StepError, StepName, StepOutcome, StepRunner};
 use crate::cluster::jobs::JobRequest;
 use crate::cluster::verify::{self, UrlProber};
@@ -250,8 +250,9 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
             }
             StepName::Database => database_step(self.credentials.as_deref(), run, project).await,
             StepName::Secrets => {
-                let Some(gathered) = gather_secrets(self.credentials.as_deref(), run, project).await? else {
-                    return Ok(StepOutcome::skipped(NO_SECRETS));
+                let gathered = match gather_secrets(&self.pool, self.credentials.as_deref(), run, project).await? {
+                    Ok(gathered) => gathered,
+                    Err(reason) => return Ok(StepOutcome::skipped(reason)),
                 };
                 let stand = self.stand_meta(run, project).await?;
                 let mut all = BTreeMap::new();
@@ -283,6 +284,8 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
             StepName::Migrate if project.migrate.is_empty() => {
                 Ok(StepOutcome::skipped("the project has no migrate command"))
             }
+            // Migrations need a login of their own, and a fork's stand gets none.
+            StepName::Migrate if is_fork(&self.pool, run.stand_id).await? => Ok(StepOutcome::skipped(FORK_NO_SECRETS)),
             StepName::Migrate => self.job(run, project, &plan, "migrate", &project.migrate).await,
             StepName::Verify => self.verify(run, &plan).await,
             StepName::Smoke if project.smoke.is_empty() => Ok(StepOutcome::skipped("the project has no smoke command")),

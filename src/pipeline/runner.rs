@@ -69,8 +69,9 @@ impl<H: Helm> DryRunSteps<H> {
             }
             StepName::Database => return database_step(self.credentials.as_deref(), run, project).await,
             StepName::Secrets => {
-                let Some(gathered) = gather_secrets(self.credentials.as_deref(), run, project).await? else {
-                    return Ok(StepOutcome::skipped(NO_SECRETS));
+                let gathered = match gather_secrets(&self.pool, self.credentials.as_deref(), run, project).await? {
+                    Ok(gathered) => gathered,
+                    Err(reason) => return Ok(StepOutcome::skipped(reason)),
                 };
                 // Keys only: secret values never reach the dry-run folder.
                 let manifest: Vec<Value> = gathered
@@ -214,13 +215,30 @@ impl Gathered {
     }
 }
 
-/// The secrets step's values, `None` when nothing is configured to provide any.
+/// Why a fork's stand gets nothing from the secrets step, nor a login for its migrations.
+pub(super) const FORK_NO_SECRETS: &str =
+    "pull request from a fork: the stand gets no secrets and no logins (its code is not the project's)";
+
+/// Whether the stand was built from a fork's pull request (`forks = "allow"`).
+pub(super) async fn is_fork(pool: &PgPool, stand_id: i64) -> Result<bool, StepError> {
+    sqlx::query_scalar("select fork from stands where stand_id = $1")
+        .bind(stand_id)
+        .fetch_one(pool)
+        .await
+        .map_err(|e| StepError::transient("database", e.to_string()))
+}
+
+/// The secrets step's values, or why there are none (a fork's stand; nothing configured).
 pub(super) async fn gather_secrets(
+    pool: &PgPool,
     credentials: Option<&StandCredentials>,
     run: &RunContext,
     project: &ProjectConfig,
-) -> Result<Option<Gathered>, StepError> {
-    let Some(c) = credentials else { return Ok(None) };
+) -> Result<Result<Gathered, &'static str>, StepError> {
+    if is_fork(pool, run.stand_id).await? {
+        return Ok(Err(FORK_NO_SECRETS));
+    }
+    let Some(c) = credentials else { return Ok(Err(NO_SECRETS)) };
     let mut gathered = Gathered { secrets: Vec::new(), detail: json!({}), credential: None };
     if let (Some(team), Some(service)) = (&project.team, &project.service)
         && let Some(kv) = c.read_kv(team, service).await?
@@ -242,7 +260,7 @@ pub(super) async fn gather_secrets(
         gathered.credential = Some(issued.credential_id);
         gathered.secrets.push((crate::credentials::DATABASE_SECRET, data));
     }
-    Ok((!gathered.secrets.is_empty()).then_some(gathered))
+    Ok(if gathered.secrets.is_empty() { Err(NO_SECRETS) } else { Ok(gathered) })
 }
 
 impl<H: Helm> StepRunner for DryRunSteps<H> {

@@ -154,6 +154,7 @@ fn normalise(pr: &PullRequestInfo) -> Option<PullRequest> {
         branch: BranchName::new(&pr.branch).ok()?,
         sha: CommitSha::new(&pr.sha).ok()?,
         updated_at: pr.updated_at,
+        fork: pr.fork,
     })
 }
 

@@ -46,6 +46,8 @@ struct StandRow {
     reason: Option<String>,
     epoch: i32,
     last_event_at: Option<DateTime<Utc>>,
+    /// Built from a fork's pull request.
+    fork: bool,
 }
 
 /// What the event did, before it is written into the delivery row.
@@ -184,9 +186,9 @@ async fn open_new_stand(
              on conflict (forge, delivery_id) do nothing
              returning stand_id, run_id
          ), s as (
-             insert into stands (stand_id, project, branch, namespace, state, pr_number, head_sha, last_event_at, runs_count)
+             insert into stands (stand_id, project, branch, namespace, state, pr_number, head_sha, last_event_at, runs_count, fork)
              overriding system value
-             select d.stand_id, $1, $2, $3, 'active', $4, $5, $6, 1 from d
+             select d.stand_id, $1, $2, $3, 'active', $4, $5, $6, 1, $13 from d
              on conflict do nothing
              returning stand_id, epoch
          ), r as (
@@ -209,6 +211,7 @@ async fn open_new_stand(
     .bind(d.body_sha256)
     .bind(normalized)
     .bind(d.request_id)
+    .bind(pr.fork)
     .fetch_one(pool)
     .await;
     match row {
@@ -226,7 +229,10 @@ async fn deploy(
     pr: &PullRequest,
     trigger: Trigger,
 ) -> Result<Decision, StoreError> {
-    let stand = find_or_create(tx, d, &pr.branch, StandState::Active).await?;
+    let stand = find_or_create(tx, d, &pr.branch, StandState::Active, pr.fork).await?;
+    if let Some(reason) = not_its_stand(tx, &stand, pr).await? {
+        return Ok(Decision::ignored(Some(stand.stand_id), reason));
+    }
     if let Some(reason) = stale(&stand, pr) {
         return Ok(Decision::ignored(Some(stand.stand_id), reason));
     }
@@ -272,7 +278,10 @@ async fn teardown(
     trigger: Trigger,
 ) -> Result<Decision, StoreError> {
     // A close for a branch draftd never built still leaves a tombstone, so a late push cannot build it.
-    let stand = find_or_create(tx, d, &pr.branch, StandState::Removed).await?;
+    let stand = find_or_create(tx, d, &pr.branch, StandState::Removed, pr.fork).await?;
+    if let Some(reason) = not_its_stand(tx, &stand, pr).await? {
+        return Ok(Decision::ignored(Some(stand.stand_id), reason));
+    }
     if let Some(reason) = stale(&stand, pr) {
         return Ok(Decision::ignored(Some(stand.stand_id), reason));
     }
@@ -396,13 +405,45 @@ async fn touch(
 
 /// Locks the stand of (project, branch), creating it in `initial` state when there is none. A new
 /// stand takes the readable namespace, or the hashed one when another stand already holds that.
+/// A fork's pull request and the repository's own with the same branch name never share a stand:
+/// whichever holds it keeps it while it lives (so a fork can neither take over nor close the
+/// repository's stand); a removed stand goes to whoever comes next. `Some(reason)` when it is not
+/// this pull request's.
+async fn not_its_stand(
+    tx: &mut PgConnection,
+    stand: &StandRow,
+    pr: &PullRequest,
+) -> Result<Option<String>, StoreError> {
+    if stand.fork == pr.fork {
+        return Ok(None);
+    }
+    if stand.state == StandState::Removed {
+        sqlx::query("update stands set fork = $2 where stand_id = $1")
+            .bind(stand.stand_id)
+            .bind(pr.fork)
+            .execute(&mut *tx)
+            .await?;
+        return Ok(None);
+    }
+    Ok(Some(if pr.fork {
+        "the branch's stand belongs to the repository's own pull request; a fork's pull request with the same \
+         branch name gets none while it lives"
+            .to_owned()
+    } else {
+        "the branch's stand belongs to a fork's pull request with the same branch name; this one gets none \
+         while it lives"
+            .to_owned()
+    }))
+}
+
 async fn find_or_create(
     tx: &mut PgConnection,
     d: &Delivery<'_>,
     branch: &BranchName,
     initial: StandState,
+    fork: bool,
 ) -> Result<StandRow, StoreError> {
-    const SELECT: &str = "select stand_id, state, state_reason as reason, epoch, last_event_at from stands
+    const SELECT: &str = "select stand_id, state, state_reason as reason, epoch, last_event_at, fork from stands
                           where project = $1 and branch = $2 for update";
     if let Some(row) = sqlx::query_as::<_, StandRow>(SELECT)
         .bind(d.project.as_str())
@@ -418,14 +459,15 @@ async fn find_or_create(
     ];
     for namespace in &candidates {
         let created = sqlx::query_as::<_, StandRow>(
-            "insert into stands (project, branch, namespace, state) values ($1, $2, $3, $4)
+            "insert into stands (project, branch, namespace, state, fork) values ($1, $2, $3, $4, $5)
              on conflict do nothing
-             returning stand_id, state, state_reason as reason, epoch, last_event_at",
+             returning stand_id, state, state_reason as reason, epoch, last_event_at, fork",
         )
         .bind(d.project.as_str())
         .bind(branch.as_str())
         .bind(namespace.as_str())
         .bind(initial)
+        .bind(fork)
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = created {

@@ -1,0 +1,1 @@
+alter table stands drop column fork;
