@@ -14,9 +14,9 @@ mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,19 +24,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use axum::body::Bytes;
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha2::Sha256;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use support::{drop_database, ms, percentile, with_database};
+use support::{
+    Server, ServerSpec, drop_database, github_signature, ms, percentile, print_log_tail, proc_status_kib, with_database,
+};
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/webhooks/github/pull_request.opened.json");
 const SECRET_ENV: &str = "BENCH_GH_SECRET";
 const DB_POOL_SIZE: u32 = 32;
-const READY_POLL: Duration = Duration::from_millis(5);
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
-const STOP_GRACE: Duration = Duration::from_secs(10);
 const RATIO_GOAL: f64 = 0.5;
 const P99_GOAL_MS: f64 = 50.0;
 
@@ -153,13 +150,17 @@ async fn run(args: &Args, admin_url: &str, db: &str, log_path: &Path) -> anyhow:
             "[[projects]]\nname = \"bench\"\nforge = \"github\"\nrepo = \"Codertocat/Hello-World\"\nwebhook_secret_env = \"{SECRET_ENV}\"\n"
         ),
     )?;
+    let secret = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let spec = ServerSpec {
         config: config_path,
         database_url: with_database(admin_url, db),
-        secret: format!("bench-{}", uuid::Uuid::new_v4().simple()),
         log: log_path.to_owned(),
         dir: dir.path().to_owned(),
         binary: args.draftd.clone(),
+        env: vec![
+            ("DRAFTD_INTAKE__DB_POOL_SIZE".to_owned(), DB_POOL_SIZE.to_string()),
+            (SECRET_ENV.to_owned(), secret.clone()),
+        ],
     };
     let probe = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(3)).build()?;
 
@@ -199,7 +200,7 @@ async fn run(args: &Args, admin_url: &str, db: &str, log_path: &Path) -> anyhow:
     let mut next_index = 0;
     let mut accepted_total = 0;
     if args.warmup > 0 {
-        let deliveries = build_deliveries(&template, &spec.secret, next_index, args.warmup);
+        let deliveries = build_deliveries(&template, &secret, next_index, args.warmup);
         next_index += args.warmup;
         let warm = drive_intake(&url, &clients, deliveries, server.pid).await;
         accepted_total += warm.accepted;
@@ -218,7 +219,7 @@ async fn run(args: &Args, admin_url: &str, db: &str, log_path: &Path) -> anyhow:
         println!("raw round {}: {}", raws.len() + 1, raw.describe());
         raws.push(raw);
 
-        let deliveries = build_deliveries(&template, &spec.secret, next_index, args.deliveries);
+        let deliveries = build_deliveries(&template, &secret, next_index, args.deliveries);
         next_index += args.deliveries;
         let round = drive_intake(&url, &clients, deliveries, server.pid).await;
         accepted_total += round.accepted;
@@ -319,108 +320,6 @@ fn summary(args: &Args, f: &Figures) -> anyhow::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The server process.
-
-struct ServerSpec {
-    config: PathBuf,
-    database_url: String,
-    secret: String,
-    log: PathBuf,
-    dir: PathBuf,
-    binary: PathBuf,
-}
-
-/// A running `draftd serve`; dropping it stops it (SIGTERM, then SIGKILL after 10 s).
-struct Server {
-    child: Option<Child>,
-    pid: u32,
-    addr: String,
-    started: Instant,
-}
-
-impl Server {
-    fn start(spec: &ServerSpec) -> anyhow::Result<Server> {
-        let addr = format!("127.0.0.1:{}", free_port()?);
-        let log = File::options().create(true).append(true).open(&spec.log)?;
-        let mut cmd = Command::new(&spec.binary);
-        cmd.arg("serve").arg("--config").arg(&spec.config).current_dir(&spec.dir);
-        // Only what the bench sets: no inherited DRAFTD_* overrides, default log level and format.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("DRAFTD_") {
-                cmd.env_remove(&key);
-            }
-        }
-        cmd.env_remove("RUST_LOG")
-            .env("DRAFTD_DATABASE_URL", &spec.database_url)
-            .env("DRAFTD_LISTEN", &addr)
-            .env("DRAFTD_INTAKE__DB_POOL_SIZE", DB_POOL_SIZE.to_string())
-            .env(SECRET_ENV, &spec.secret)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let started = Instant::now();
-        let child = cmd.spawn().with_context(|| format!("starting {}", spec.binary.display()))?;
-        let pid = child.id();
-        Ok(Server { child: Some(child), pid, addr, started })
-    }
-
-    /// Polls `/health/ready` every 5 ms; the time from spawn until it answers 200.
-    async fn wait_ready(&mut self, probe: &reqwest::Client) -> anyhow::Result<Duration> {
-        let url = format!("http://{}/health/ready", self.addr);
-        loop {
-            if let Ok(res) = probe.get(&url).send().await
-                && res.status() == reqwest::StatusCode::OK
-            {
-                return Ok(self.started.elapsed());
-            }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("draftd exited before it was ready: {status}");
-            }
-            if self.started.elapsed() > READY_TIMEOUT {
-                bail!("draftd was not ready after {READY_TIMEOUT:?}");
-            }
-            tokio::time::sleep(READY_POLL).await;
-        }
-    }
-
-    /// SIGTERM, wait up to 10 s, then SIGKILL; how long it took to exit.
-    fn stop(&mut self) -> anyhow::Result<Duration> {
-        let Some(mut child) = self.child.take() else { return Ok(Duration::ZERO) };
-        let t0 = Instant::now();
-        if child.try_wait()?.is_some() {
-            return Ok(Duration::ZERO);
-        }
-        let _ = Command::new("kill").arg("-TERM").arg(self.pid.to_string()).status();
-        while t0.elapsed() < STOP_GRACE {
-            if let Some(status) = child.try_wait()? {
-                if !status.success() {
-                    eprintln!("draftd exited with {status} after SIGTERM");
-                }
-                return Ok(t0.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        eprintln!("draftd still running {STOP_GRACE:?} after SIGTERM; killing it");
-        child.kill()?;
-        child.wait()?;
-        Ok(t0.elapsed())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Err(e) = self.stop() {
-            eprintln!("stopping draftd (pid {}): {e:#}", self.pid);
-        }
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
-
-// ---------------------------------------------------------------------------------------------
 // Deliveries through draftd.
 
 struct Delivery {
@@ -437,11 +336,9 @@ fn build_deliveries(template: &Value, secret: &str, first: usize, count: usize) 
             payload["pull_request"]["head"]["ref"] = json!(format!("feature/bench-{i}"));
             payload["pull_request"]["head"]["sha"] = json!(format!("{:040x}", i as u128 * 0x9e37_79b9 + 1));
             let body = serde_json::to_vec(&payload).expect("json serialises");
-            let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-            mac.update(&body);
             Delivery {
                 id: uuid::Uuid::new_v4().to_string(),
-                signature: format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
+                signature: github_signature(secret, &body),
                 body: Bytes::from(body),
             }
         })
@@ -648,15 +545,6 @@ async fn drive_raw(pool: &PgPool, workers: usize, first: usize, count: usize) ->
 // ---------------------------------------------------------------------------------------------
 // Measurements from /proc.
 
-/// A `kB` line of /proc/<pid>/status, e.g. VmRSS or VmHWM.
-fn proc_status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse().ok())
-        .ok_or_else(|| anyhow!("no {key} in /proc/{pid}/status"))
-}
-
 /// utime + stime of a process, in clock ticks.
 fn proc_ticks(pid: &str) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -758,19 +646,5 @@ impl CpuSnapshot {
             machine_busy: if total == 0 { 0.0 } else { busy as f64 / total as f64 },
             cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         }
-    }
-}
-
-fn print_log_tail(path: &Path, lines: usize) {
-    let Ok(mut f) = File::open(path) else { return };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)));
-    let mut bytes = Vec::new();
-    let _ = f.read_to_end(&mut bytes);
-    let text = String::from_utf8_lossy(&bytes);
-    let all: Vec<&str> = text.lines().collect();
-    eprintln!("--- last lines of draftd's log ({}) ---", path.display());
-    for l in &all[all.len().saturating_sub(lines)..] {
-        eprintln!("{l}");
     }
 }

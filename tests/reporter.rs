@@ -287,6 +287,33 @@ async fn rate_limited(pool: PgPool, kind: ForgeKind) {
     assert_eq!(r.pass().await.unwrap().claimed, 0);
 }
 
+/// Once a 429 holds the client, rows of other stands are held too: they wait for the hold to end
+/// without counting an attempt (nothing reached the forge), so a burst of 429s can never exhaust
+/// their attempts or stretch their backoff (found by benches/soak.rs).
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn rows_held_by_another_rows_rate_limit_count_no_attempt(pool: PgPool) {
+    let kind = ForgeKind::Github;
+    let fake = Fake::start(kind).await;
+    let r = reporter(&pool, &fake, kind);
+    let first = stand(&pool, "feature/first").await;
+    let second = stand(&pool, "feature/second").await;
+    fake.set_mode(Mode::RateLimited(120));
+    enqueue(&pool, kind, first, 1).await;
+    r.pass().await.unwrap();
+    enqueue(&pool, kind, second, 1).await;
+    for _ in 0..3 {
+        r.pass().await.unwrap();
+    }
+    let attempts: Vec<i32> =
+        sqlx::query_scalar("select attempts from outbox where state = 'pending' order by attempts")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(attempts, [0, 1], "one row met the 429; the other was held, never sent");
+    let sent = fake.seen().len();
+    assert_eq!(sent, 1, "only one request reached the forge");
+}
+
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]
 async fn github_429_waits_for_retry_after(pool: PgPool) {
     rate_limited(pool, ForgeKind::Github).await;

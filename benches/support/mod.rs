@@ -80,3 +80,166 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
 }
+
+// ---------------------------------------------------------------------------------------------
+// The real `draftd serve` process, for the benches that measure it from outside (intake, soak).
+
+/// How to start `draftd serve`: its config, database, log file, working directory and binary, and
+/// the environment variables the bench sets (secrets by name, settings overridden by `DRAFTD_…`).
+#[allow(dead_code)]
+pub struct ServerSpec {
+    pub config: std::path::PathBuf,
+    pub database_url: String,
+    pub log: std::path::PathBuf,
+    pub dir: std::path::PathBuf,
+    pub binary: std::path::PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+/// A running `draftd serve`; dropping it stops it (SIGTERM, then SIGKILL after 10 s).
+#[allow(dead_code)]
+pub struct Server {
+    child: Option<std::process::Child>,
+    pub pid: u32,
+    pub addr: String,
+    pub started: std::time::Instant,
+}
+
+#[allow(dead_code)]
+const READY_POLL: Duration = Duration::from_millis(5);
+#[allow(dead_code)]
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+#[allow(dead_code)]
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+#[allow(dead_code)]
+impl Server {
+    /// On a free loopback port.
+    pub fn start(spec: &ServerSpec) -> anyhow::Result<Server> {
+        Self::start_at(spec, &format!("127.0.0.1:{}", free_port()?))
+    }
+
+    /// On `addr` (a restarted server takes its predecessor's address, so senders keep their URL).
+    pub fn start_at(spec: &ServerSpec, addr: &str) -> anyhow::Result<Server> {
+        use std::process::{Command, Stdio};
+        let log = std::fs::File::options().create(true).append(true).open(&spec.log)?;
+        let mut cmd = Command::new(&spec.binary);
+        cmd.arg("serve").arg("--config").arg(&spec.config).current_dir(&spec.dir);
+        // Only what the bench sets: no inherited DRAFTD_* overrides, default log level and format.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("DRAFTD_") {
+                cmd.env_remove(&key);
+            }
+        }
+        cmd.env_remove("RUST_LOG").env("DRAFTD_DATABASE_URL", &spec.database_url).env("DRAFTD_LISTEN", addr);
+        for (k, v) in &spec.env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        let started = std::time::Instant::now();
+        let child = cmd.spawn().with_context(|| format!("starting {}", spec.binary.display()))?;
+        let pid = child.id();
+        Ok(Server { child: Some(child), pid, addr: addr.to_owned(), started })
+    }
+
+    /// Polls `/health/ready` every 5 ms; the time from spawn until it answers 200.
+    pub async fn wait_ready(&mut self, probe: &reqwest::Client) -> anyhow::Result<Duration> {
+        let url = format!("http://{}/health/ready", self.addr);
+        loop {
+            if let Ok(res) = probe.get(&url).send().await
+                && res.status() == reqwest::StatusCode::OK
+            {
+                return Ok(self.started.elapsed());
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                anyhow::bail!("draftd exited before it was ready: {status}");
+            }
+            if self.started.elapsed() > READY_TIMEOUT {
+                anyhow::bail!("draftd was not ready after {READY_TIMEOUT:?}");
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would end it, and reaped.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, wait up to 10 s, then SIGKILL; how long it took to exit.
+    pub fn stop(&mut self) -> anyhow::Result<Duration> {
+        let Some(mut child) = self.child.take() else { return Ok(Duration::ZERO) };
+        let t0 = std::time::Instant::now();
+        if child.try_wait()?.is_some() {
+            return Ok(Duration::ZERO);
+        }
+        let _ = std::process::Command::new("kill").arg("-TERM").arg(self.pid.to_string()).status();
+        while t0.elapsed() < STOP_GRACE {
+            if let Some(status) = child.try_wait()? {
+                if !status.success() {
+                    eprintln!("draftd exited with {status} after SIGTERM");
+                }
+                return Ok(t0.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        eprintln!("draftd still running {STOP_GRACE:?} after SIGTERM; killing it");
+        child.kill()?;
+        child.wait()?;
+        Ok(t0.elapsed())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("stopping draftd (pid {}): {e:#}", self.pid);
+        }
+    }
+}
+
+#[allow(dead_code)]
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// `sha256=<hex>`: GitHub's `X-Hub-Signature-256` of `body` with `secret`.
+#[allow(dead_code)]
+pub fn github_signature(secret: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// A `kB` line of /proc/<pid>/status, e.g. VmRSS or VmHWM.
+#[allow(dead_code)]
+pub fn proc_status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no {key} in /proc/{pid}/status"))
+}
+
+/// The last `lines` lines of a log file, on stderr.
+#[allow(dead_code)]
+pub fn print_log_tail(path: &std::path::Path, lines: usize) {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else { return };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)));
+    let mut bytes = Vec::new();
+    let _ = f.read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<&str> = text.lines().collect();
+    eprintln!("--- last lines of draftd's log ({}) ---", path.display());
+    for l in &all[all.len().saturating_sub(lines)..] {
+        eprintln!("{l}");
+    }
+}

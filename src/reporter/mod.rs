@@ -77,7 +77,7 @@ enum Outcome {
     /// Delivered, with what to remember for the key's next row.
     Delivered(Option<Value>),
     Retry(String, Duration),
-    /// Not tried: a row ahead in the stream is being retried after this delay.
+    /// Not tried: a row ahead in the stream is being retried after this delay, or the client is held.
     Waiting(Duration),
     Failed(String),
 }
@@ -196,6 +196,10 @@ impl<F: ForgeClient> Reporter<F> {
         };
         match result {
             Ok(receipt) => Outcome::Delivered(receipt),
+            // Held back by the client (a rate limit another row ran into): nothing reached the forge,
+            // so it is no attempt. Counting it would grow the backoff towards its 5-minute cap and
+            // give rows up after `max_attempts` holds during a burst of 429s (benches/soak.rs).
+            Err(ForgeError::Held { wait, .. }) => Outcome::Waiting(wait),
             Err(e) if e.is_transient() && row.attempts < self.settings.max_attempts => {
                 Outcome::Retry(e.to_string(), self.backoff(row.attempts, e.retry_after()))
             }
