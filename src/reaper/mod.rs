@@ -153,7 +153,10 @@ impl<C: Cluster> Reaper<C> {
             return Ok(SweepOutcome::Busy);
         }
         let swept = self.sweep_locked(now).await;
-        // Closing the session releases the lock.
+        // Released explicitly, so the next sweep finds it free at once: a closed session's backend
+        // lets go of its locks only when it has exited, which a busy server takes its time over.
+        // Closing the session releases it anyway, should the unlock fail.
+        let _ = sqlx::query("select pg_advisory_unlock($1)").bind(SWEEP_LOCK).execute(&mut lock).await;
         lock.close().await.ok();
         let sweep = swept?;
         if let Some(wake) = &self.wake {
