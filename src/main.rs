@@ -85,7 +85,7 @@ enum StandsCommand {
     Extend {
         stand: StandRef,
         /// How much longer, like 24h; the configured default when absent.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = parse_extension)]
         by: Option<std::time::Duration>,
     },
     /// Queue the stand's teardown.
@@ -135,4 +135,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--by`: what `/draft extend` and the API take (at least a second).
+fn parse_extension(text: &str) -> Result<std::time::Duration, String> {
+    draftd::forge::command::extension(text)
+        .ok_or_else(|| format!("{text:?} is not a duration of at least 1s, like 24h"))
 }

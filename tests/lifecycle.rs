@@ -559,6 +559,15 @@ async fn extend_moves_the_expiry_within_the_maximum_and_the_annotation_follows(p
         .await
         .unwrap();
     assert!(detail["capped"].as_str().unwrap().contains("max_expiry"), "{detail}");
+
+    // 300,000 years (humantime takes it; found by fuzzing) lands on the maximum too, rather than
+    // overflowing the database's timestamps.
+    let run = w.manual(Command::Extend { by: Some(humantime::parse_duration("300000years").unwrap()) }).await;
+    w.drain().await;
+    let steps: Vec<(String, String)> = w.steps_of(4).await;
+    assert_eq!(steps[0], ("extend".into(), "succeeded".into()), "run {run}: {steps:?}");
+    let (_, _, _, again, _) = w.stand().await;
+    assert!(again.unwrap() <= Utc::now() + max, "still at most 72h from now");
 }
 
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]

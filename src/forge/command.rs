@@ -49,14 +49,18 @@ pub fn parse(body: &str) -> Option<Result<Command, CommandError>> {
         "extend" => match (arg, extra) {
             (_, Some(x)) => Err(CommandError::Extra("extend", x.to_owned())),
             (None, None) => Ok(Command::Extend { by: None }),
-            (Some(d), None) => humantime::parse_duration(d)
-                .ok()
-                .filter(|d| !d.is_zero())
+            (Some(d), None) => extension(d)
                 .map(|d| Command::Extend { by: Some(d) })
                 .ok_or_else(|| CommandError::BadDuration(d.to_owned())),
         },
         other => Err(CommandError::Unknown(other.chars().take(40).collect())),
     })
+}
+
+/// An extension as `/draft extend`, the API and the CLI take it: a duration like `24h`, at least a
+/// second (runs record whole seconds). Longer than `[stands] max_expiry` is capped when it runs.
+pub fn extension(text: &str) -> Option<std::time::Duration> {
+    humantime::parse_duration(text).ok().filter(|d| d.as_secs() >= 1)
 }
 
 fn no_args(verb: &'static str, arg: Option<&str>) -> Result<(), CommandError> {
@@ -102,6 +106,44 @@ mod tests {
         fn parsing_never_panics(body in "\\PC*") {
             let _ = parse(&body);
             let _ = parse(&format!("/draft {body}"));
+        }
+
+        #[test]
+        fn parsing_never_panics_across_lines(body in any::<String>()) {
+            let _ = parse(&body);
+            let addressed = format!("/draft {body}");
+            prop_assert!(parse(&addressed).is_some(), "{:?}", addressed);
+        }
+
+        #[test]
+        fn only_the_first_non_blank_line_counts(
+            blank in "[ \t\n]{0,5}",
+            first in "\\PC{0,40}",
+            rest in any::<String>(),
+        ) {
+            let body = format!("{blank}{first}\n{rest}");
+            prop_assert_eq!(parse(&body), parse(&first));
+        }
+
+        #[test]
+        fn a_parsed_extend_written_back_parses_to_itself(
+            secs in 1u64..=20 * 365 * 86_400,
+            nanos in 0u32..1_000_000_000,
+        ) {
+            let by = Duration::new(secs, nanos);
+            let text = format!("/draft extend {}", humantime::format_duration(by).to_string().replace(' ', ""));
+            prop_assert_eq!(parse(&text), Some(Ok(Command::Extend { by: Some(by) })));
+        }
+
+        #[test]
+        fn verbs_are_ascii_case_insensitive(
+            verb in prop_oneof!["rerun", "destroy", "extend"],
+            upper in any::<[bool; 7]>(),
+        ) {
+            let verb: String =
+                verb.chars().zip(upper).map(|(c, u)| if u { c.to_ascii_uppercase() } else { c }).collect();
+            let text = format!("/draft {verb}");
+            prop_assert!(matches!(parse(&text), Some(Ok(_))), "{:?}", text);
         }
     }
 }

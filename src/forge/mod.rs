@@ -151,12 +151,17 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, PayloadEr
     if let Ok(value) = serde_json::from_slice(body) {
         return Ok(value);
     }
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e: serde_path_to_error::Error<serde_json::Error>| {
-        let field = e.path().to_string();
-        let field = if field == "." { "(body)".to_string() } else { field };
-        PayloadError::new(field, e.inner().to_string())
-    })
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value =
+        serde_path_to_error::deserialize(&mut de).map_err(|e: serde_path_to_error::Error<serde_json::Error>| {
+            let field = e.path().to_string();
+            let field = if field == "." { "(body)".to_string() } else { field };
+            PayloadError::new(field, e.inner().to_string())
+        })?;
+    // A body that is a whole payload followed by more (found by fuzzing): refused like any bad body,
+    // as the strict parse above does.
+    de.end().map_err(|e| PayloadError::new("(body)", e.to_string()))?;
+    Ok(value)
 }
 
 pub(crate) fn branch(field: &str, name: &str) -> Result<BranchName, PayloadError> {

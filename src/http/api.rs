@@ -236,8 +236,9 @@ async fn extend(
     let body = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let by = match body.and_then(|Json(b)| b.by) {
         None => None,
-        Some(text) => Some(humantime::parse_duration(&text).ok().filter(|d| !d.is_zero()).ok_or_else(|| {
-            ApiError::BadRequest { field: Some("by".into()), message: format!("{text:?} is not a duration like 24h") }
+        Some(text) => Some(crate::forge::command::extension(&text).ok_or_else(|| ApiError::BadRequest {
+            field: Some("by".into()),
+            message: format!("{text:?} is not a duration of at least 1s, like 24h"),
         })?),
     };
     queue(caller, &state, id, Command::Extend { by }).await

@@ -133,7 +133,10 @@ pub(super) async fn extend(
     run: &RunContext,
 ) -> Result<(StepOutcome, DateTime<Utc>), StepError> {
     let by = run.params["by_seconds"].as_u64().map(std::time::Duration::from_secs).unwrap_or(config.stands.extend_by);
-    match lifecycle::extend(pool, run.run_id, by, config.stands.max_expiry).await.map_err(db)? {
+    // Anything past the cap ends at the cap: clamped first, so a huge `by` (300,000 years) cannot
+    // overflow the database's timestamps on its way there (found by fuzzing the duration parser).
+    let reach = by.min(config.stands.max_expiry + std::time::Duration::from_secs(1));
+    match lifecycle::extend(pool, run.run_id, reach, config.stands.max_expiry).await.map_err(db)? {
         Some(e) => Ok((
             StepOutcome::done(json!({
             "from": e.from,

@@ -123,5 +123,17 @@ mod tests {
             prop_assert!(tag.starts_with("draft-"));
             prop_assert!(tag.ends_with(&sha[..7]));
         }
+
+        #[test]
+        fn image_tags_end_with_the_lowercased_short_sha(
+            branch in "\\PC{0,300}",
+            sha in "[0-9a-fA-F]{64}|[0-9a-fA-F]{40}",
+        ) {
+            let tag = image_tag(&branch, &sha);
+            prop_assert!(tag.len() <= MAX_TAG);
+            prop_assert!(tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'));
+            prop_assert!(tag.ends_with(&format!("-{}", sha[..7].to_ascii_lowercase())), "{}", tag);
+            prop_assert_eq!(tag.clone(), image_tag(&branch, &sha));
+        }
     }
 }
