@@ -27,9 +27,7 @@ use axum::body::Bytes;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use support::{
-    Server, ServerSpec, drop_database, github_signature, ms, percentile, print_log_tail, proc_status_kib, with_database,
-};
+use support::{Server, ServerSpec, github_signature, ms, percentile, proc_status_kib, with_database};
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/webhooks/github/pull_request.opened.json");
 const SECRET_ENV: &str = "BENCH_GH_SECRET";
@@ -105,28 +103,13 @@ fn main() -> ExitCode {
 
 /// Creates the database, runs everything, and drops the database however the run ended.
 async fn bench(args: Args) -> anyhow::Result<()> {
-    let (admin_url, db) = support::create_database("draftd_bench", "scripts/bench.sh").await?;
-
-    let log_path = std::env::temp_dir().join(format!("{db}.draftd.log"));
-    let result = tokio::select! {
-        r = run(&args, &admin_url, &db, &log_path) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-    };
-    // Every Server was dropped (and so stopped) with the future above; the database can go now.
-    let dropped = drop_database(&admin_url, &db).await;
-    match &dropped {
-        Ok(()) => println!("dropped database {db}"),
-        Err(e) => eprintln!("could not drop database {db}: {e:#}"),
-    }
-    if result.is_err() {
-        print_log_tail(&log_path, 40);
-        eprintln!("draftd's log is kept at {}", log_path.display());
-    } else if args.keep_log {
-        println!("draftd's log: {}", log_path.display());
-    } else {
-        let _ = std::fs::remove_file(&log_path);
-    }
-    result.and(dropped)
+    support::with_fresh_database(
+        "draftd_bench",
+        "scripts/bench.sh",
+        args.keep_log,
+        |admin_url, db, log_path| async move { run(&args, &admin_url, &db, &log_path).await },
+    )
+    .await
 }
 
 struct Figures {

@@ -50,6 +50,37 @@ pub async fn create_database(prefix: &str, script: &str) -> anyhow::Result<(Stri
     Ok((admin_url, db))
 }
 
+/// A bench around a `draftd serve`: makes its database, runs `run(admin_url, db, log_path)` until it
+/// ends or Ctrl-C (whatever it started is stopped with its future), drops the database however it
+/// ended, and keeps draftd's log on failure or when asked.
+#[allow(dead_code)] // benches/pipeline.rs drives the library, not a server
+pub async fn with_fresh_database<F, Fut>(prefix: &str, script: &str, keep_log: bool, run: F) -> anyhow::Result<()>
+where
+    F: FnOnce(String, String, std::path::PathBuf) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let (admin_url, db) = create_database(prefix, script).await?;
+    let log_path = std::env::temp_dir().join(format!("{db}.draftd.log"));
+    let result = tokio::select! {
+        r = run(admin_url.clone(), db.clone(), log_path.clone()) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    let dropped = drop_database(&admin_url, &db).await;
+    match &dropped {
+        Ok(()) => println!("dropped database {db}"),
+        Err(e) => eprintln!("could not drop database {db}: {e:#}"),
+    }
+    if result.is_err() {
+        print_log_tail(&log_path, 40);
+        eprintln!("draftd's log is kept at {}", log_path.display());
+    } else if keep_log {
+        println!("draftd's log: {}", log_path.display());
+    } else {
+        let _ = std::fs::remove_file(&log_path);
+    }
+    result.and(dropped)
+}
+
 pub async fn drop_database(admin_url: &str, db: &str) -> anyhow::Result<()> {
     let mut admin = PgConnection::connect(admin_url).await?;
     sqlx::query(&format!("drop database if exists {db} with (force)")).execute(&mut admin).await?;
