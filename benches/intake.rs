@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use axum::body::Bytes;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -61,34 +61,16 @@ fn parse_args() -> anyhow::Result<Args> {
         keep_log: false,
         draftd: PathBuf::from(env!("CARGO_BIN_EXE_draftd")),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
-            None => (arg.clone(), None),
-        };
-        let mut number = |name: &str| -> anyhow::Result<usize> {
-            let v = inline.clone().or_else(|| it.next()).ok_or_else(|| anyhow!("{name} needs a value\n{USAGE}"))?;
-            v.parse().map_err(|_| anyhow!("{name}: {v:?} is not a whole number\n{USAGE}"))
-        };
+    let mut flags = support::Flags::new(USAGE);
+    while let Some(flag) = flags.next_flag() {
         match flag.as_str() {
-            "--deliveries" => args.deliveries = number("--deliveries")?,
-            "--senders" => args.senders = number("--senders")?,
-            "--rounds" => args.rounds = number("--rounds")?,
-            "--warmup" => args.warmup = number("--warmup")?,
+            "--deliveries" => args.deliveries = flags.whole(&flag)?,
+            "--senders" => args.senders = flags.whole(&flag)?,
+            "--rounds" => args.rounds = flags.whole(&flag)?,
+            "--warmup" => args.warmup = flags.whole(&flag)?,
             "--keep-log" => args.keep_log = true,
-            "--draftd" => {
-                let v =
-                    inline.clone().or_else(|| it.next()).ok_or_else(|| anyhow!("--draftd needs a path\n{USAGE}"))?;
-                args.draftd = PathBuf::from(v);
-            }
-            // `cargo bench` passes this to every bench binary.
-            "--bench" => {}
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other:?}\n{USAGE}"),
+            "--draftd" => args.draftd = PathBuf::from(flags.value(&flag)?),
+            other => return Err(flags.unknown(other)),
         }
     }
     if args.deliveries == 0 || args.senders == 0 || args.rounds == 0 {

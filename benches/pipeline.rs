@@ -79,33 +79,17 @@ struct Args {
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args { runs: 20, burst: 1000, concurrency: 8, scale: 1.0 };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
-            None => (arg.clone(), None),
-        };
-        let mut value = |name: &str| -> anyhow::Result<String> {
-            inline.clone().or_else(|| it.next()).ok_or_else(|| anyhow!("{name} needs a value\n{USAGE}"))
-        };
-        let whole = |name: &str, v: String| -> anyhow::Result<usize> {
-            v.parse().map_err(|_| anyhow!("{name}: {v:?} is not a whole number\n{USAGE}"))
-        };
+    let mut flags = support::Flags::new(USAGE);
+    while let Some(flag) = flags.next_flag() {
         match flag.as_str() {
-            "--runs" => args.runs = whole("--runs", value("--runs")?)?,
-            "--burst" => args.burst = whole("--burst", value("--burst")?)?,
-            "--concurrency" => args.concurrency = whole("--concurrency", value("--concurrency")?)?,
+            "--runs" => args.runs = flags.whole(&flag)?,
+            "--burst" => args.burst = flags.whole(&flag)?,
+            "--concurrency" => args.concurrency = flags.whole(&flag)?,
             "--step-ms-scale" => {
-                let v = value("--step-ms-scale")?;
+                let v = flags.value(&flag)?;
                 args.scale = v.parse().map_err(|_| anyhow!("--step-ms-scale: {v:?} is not a number\n{USAGE}"))?;
             }
-            // `cargo bench` passes this to every bench binary.
-            "--bench" => {}
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other:?}\n{USAGE}"),
+            other => return Err(flags.unknown(other)),
         }
     }
     if args.runs == 0 || args.burst == 0 || args.concurrency == 0 {

@@ -79,29 +79,17 @@ fn parse_args() -> anyhow::Result<Args> {
         drain_timeout: Duration::from_secs(600),
         keep_log: false,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
-            None => (arg.clone(), None),
-        };
-        let mut value = |name: &str| -> anyhow::Result<String> {
-            inline.clone().or_else(|| it.next()).ok_or_else(|| anyhow!("{name} needs a value\n{USAGE}"))
-        };
-        let number = |name: &str, v: String| -> anyhow::Result<usize> {
-            v.parse().map_err(|_| anyhow!("{name}: {v:?} is not a whole number\n{USAGE}"))
-        };
+    let mut flags = support::Flags::new(USAGE);
+    while let Some(flag) = flags.next_flag() {
         match flag.as_str() {
-            "--deliveries" => args.deliveries = number("--deliveries", value("--deliveries")?)?,
-            "--stands" => args.stands = number("--stands", value("--stands")?)?,
-            "--senders" => args.senders = number("--senders", value("--senders")?)?,
-            "--kills" => args.kills = number("--kills", value("--kills")?)?,
-            "--seed" => args.seed = number("--seed", value("--seed")?)? as u64,
-            "--drain-timeout" => {
-                args.drain_timeout = Duration::from_secs(number("--drain-timeout", value("--drain-timeout")?)? as u64)
-            }
+            "--deliveries" => args.deliveries = flags.whole(&flag)?,
+            "--stands" => args.stands = flags.whole(&flag)?,
+            "--senders" => args.senders = flags.whole(&flag)?,
+            "--kills" => args.kills = flags.whole(&flag)?,
+            "--seed" => args.seed = flags.whole(&flag)?,
+            "--drain-timeout" => args.drain_timeout = Duration::from_secs(flags.whole(&flag)?),
             "--forge-errors" => {
-                let v = value("--forge-errors")?;
+                let v = flags.value(&flag)?;
                 args.forge_errors = v
                     .parse()
                     .ok()
@@ -109,13 +97,7 @@ fn parse_args() -> anyhow::Result<Args> {
                     .ok_or_else(|| anyhow!("--forge-errors: {v:?} is not a fraction in [0, 1)\n{USAGE}"))?;
             }
             "--keep-log" => args.keep_log = true,
-            // `cargo bench` passes this to every bench binary.
-            "--bench" => {}
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other:?}\n{USAGE}"),
+            other => return Err(flags.unknown(other)),
         }
     }
     if args.stands == 0 || args.senders == 0 {

@@ -1,4 +1,5 @@
-//! What both bench binaries need: a process entry point, a throwaway database, and the statistics.
+//! What the bench binaries need: a process entry point, command-line flags, a throwaway database, a
+//! `draftd serve` process, and the statistics.
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -6,6 +7,59 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::{Connection, PgConnection};
+
+/// A bench binary's command line: `--flag value` or `--flag=value`. `--bench`, which `cargo bench`
+/// passes to every bench binary, is skipped; `-h`/`--help` prints the usage and exits.
+pub struct Flags {
+    args: std::iter::Skip<std::env::Args>,
+    usage: &'static str,
+    /// The `=value` part of the current flag, when it came that way.
+    inline: Option<String>,
+}
+
+impl Flags {
+    pub fn new(usage: &'static str) -> Self {
+        Flags { args: std::env::args().skip(1), usage, inline: None }
+    }
+
+    /// The next flag; `None` once there are no more.
+    pub fn next_flag(&mut self) -> Option<String> {
+        loop {
+            let arg = self.args.next()?;
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
+                None => (arg, None),
+            };
+            self.inline = inline;
+            match flag.as_str() {
+                "--bench" => continue,
+                "-h" | "--help" => {
+                    println!("{}", self.usage);
+                    std::process::exit(0);
+                }
+                _ => return Some(flag),
+            }
+        }
+    }
+
+    /// The current flag's value.
+    pub fn value(&mut self, name: &str) -> anyhow::Result<String> {
+        // `cargo bench` appends `--bench`: after a flag with no value, it is no value either.
+        let next = self.inline.take().or_else(|| self.args.next().filter(|a| a != "--bench"));
+        next.ok_or_else(|| anyhow::anyhow!("{name} needs a value\n{}", self.usage))
+    }
+
+    /// The current flag's value as a whole number.
+    pub fn whole<T: std::str::FromStr>(&mut self, name: &str) -> anyhow::Result<T> {
+        let v = self.value(name)?;
+        v.parse().map_err(|_| anyhow::anyhow!("{name}: {v:?} is not a whole number\n{}", self.usage))
+    }
+
+    /// The error for a flag the bench does not know.
+    pub fn unknown(&self, flag: &str) -> anyhow::Error {
+        anyhow::anyhow!("unknown argument {flag:?}\n{}", self.usage)
+    }
+}
 
 /// Parses the arguments (exit 2 on bad ones), runs `bench` on a fresh tokio runtime, exits 1 on failure.
 pub fn main_with<A, Fut>(parse: fn() -> anyhow::Result<A>, bench: fn(A) -> Fut) -> ExitCode
