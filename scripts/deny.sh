@@ -14,7 +14,10 @@ if ! cargo deny --version >/dev/null 2>&1; then
 fi
 echo "deny: $(cargo deny --version)"
 
-# Licenses, bans and sources need only Cargo.lock and the crates' manifests: no network.
+# Licenses, bans and sources need only Cargo.lock and the crates' manifests, no network once every
+# crate of the lock is in cargo's cache. A build fetches only this platform's crates: `cargo fetch`
+# brings the others (Windows, Android, wasm…) that cargo-deny's metadata also reads.
+cargo fetch --locked --quiet
 cargo deny --offline --locked check --hide-inclusion-graph --show-stats licenses bans sources
 
 db_url="https://github.com/rustsec/advisory-db"
