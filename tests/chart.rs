@@ -359,8 +359,29 @@ fn the_charts_rbac_is_deploy_rbac_yaml_rule_for_rule() {
     assert_eq!(kinds(&docs), kinds(&documented), "the same cluster-scoped objects");
     for role in documented.iter().filter(|d| d["kind"] == "ClusterRole") {
         let name = role["metadata"]["name"].as_str().unwrap();
-        assert_eq!(named(&docs, "ClusterRole", name)["rules"], role["rules"], "ClusterRole {name}'s rules");
+        let rendered = named(&docs, "ClusterRole", name);
+        assert_eq!(rendered["rules"], role["rules"], "ClusterRole {name}'s rules");
+        assert_eq!(rendered["aggregationRule"], role["aggregationRule"], "ClusterRole {name}'s aggregation");
+        let aggregate = |r: &Value| r["metadata"]["labels"]["draftd.io/aggregate-to"].clone();
+        assert_eq!(aggregate(rendered), aggregate(role), "ClusterRole {name}'s aggregation label");
     }
+    for kind in ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] {
+        let policy = |docs: &[Value]| {
+            let mut spec = one(docs, kind)["spec"].clone();
+            // The user name and the policy's name follow the release's; the rest is the same.
+            spec["matchConditions"] = Value::Null;
+            spec["policyName"] = Value::Null;
+            spec
+        };
+        assert_eq!(policy(&docs), policy(&documented), "{kind}");
+    }
+    assert!(
+        one(&docs, "ValidatingAdmissionPolicy")["spec"]["matchConditions"][0]["expression"]
+            .as_str()
+            .unwrap()
+            .contains("'system:serviceaccount:draftd:draftd'"),
+        "the policy fences in the chart's own ServiceAccount"
+    );
     let binding = documented.iter().find(|d| d["kind"] == "ClusterRoleBinding").unwrap();
     let rendered = one(&docs, "ClusterRoleBinding");
     assert_eq!(rendered["roleRef"], binding["roleRef"]);
@@ -380,10 +401,15 @@ fn the_charts_rbac_is_deploy_rbac_yaml_rule_for_rule() {
     let bind = wide["rules"].as_array().unwrap().iter().find(|r| r["verbs"] == json!(["bind"])).unwrap();
     assert_eq!(bind["resourceNames"], json!([stand_role]), "draftd may bind its own stand role only");
     let stand = named(&docs, "ClusterRole", stand_role);
-    assert_eq!(stand["rules"], named(&documented, "ClusterRole", "draftd-stand")["rules"]);
+    let selector = &stand["aggregationRule"]["clusterRoleSelectors"][0]["matchLabels"]["draftd.io/aggregate-to"];
+    assert_eq!(selector, stand_role, "the stand role aggregates its own base");
+    let base = named(&docs, "ClusterRole", &format!("{stand_role}-base"));
+    assert_eq!(base["metadata"]["labels"]["draftd.io/aggregate-to"], stand_role);
+    assert_eq!(base["rules"], named(&documented, "ClusterRole", "draftd-stand-base")["rules"]);
 
     let docs = render(&["--set", "rbac.create=false"]);
     assert!(of_kind(&docs, "ClusterRole").is_empty() && of_kind(&docs, "ClusterRoleBinding").is_empty());
+    assert!(of_kind(&docs, "ValidatingAdmissionPolicy").is_empty());
     let serve = only_container(deployment_pod(&docs));
     assert_eq!(literal_env(serve, "DRAFTD_CLUSTER__STAND_ROLE"), None, "the config's stand_role stands");
 }
@@ -642,7 +668,7 @@ fn through_api_type<T: serde::de::DeserializeOwned + serde::Serialize>(doc: &Val
 
 #[test]
 fn every_object_is_valid_for_the_kubernetes_api() {
-    use k8s_openapi::api::{apps, batch, core, networking, rbac};
+    use k8s_openapi::api::{admissionregistration, apps, batch, core, networking, rbac};
     for docs in [render(&[]), render_all()] {
         for doc in &docs {
             let kind = doc["kind"].as_str().unwrap();
@@ -654,6 +680,12 @@ fn every_object_is_valid_for_the_kubernetes_api() {
                 "ConfigMap" => through_api_type::<core::v1::ConfigMap>(doc),
                 "ClusterRole" => through_api_type::<rbac::v1::ClusterRole>(doc),
                 "ClusterRoleBinding" => through_api_type::<rbac::v1::ClusterRoleBinding>(doc),
+                "ValidatingAdmissionPolicy" => {
+                    through_api_type::<admissionregistration::v1::ValidatingAdmissionPolicy>(doc)
+                }
+                "ValidatingAdmissionPolicyBinding" => {
+                    through_api_type::<admissionregistration::v1::ValidatingAdmissionPolicyBinding>(doc)
+                }
                 "Ingress" => through_api_type::<networking::v1::Ingress>(doc),
                 // A prometheus-operator CRD: no type here; its fields are checked above.
                 "ServiceMonitor" => continue,

@@ -30,9 +30,26 @@ fn role<'a>(docs: &'a [Value], name: &str) -> &'a Value {
     docs.iter().find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == name).expect(name)
 }
 
-/// Whether `role` allows `verb` on `resource` in `group`.
-fn allows(role: &Value, group: &str, resource: &str, verb: &str) -> bool {
-    role["rules"].as_array().unwrap().iter().any(|rule| {
+/// The rules a role grants: its own, or for an aggregated role those of every ClusterRole its
+/// selectors match (what the controller manager copies into it).
+fn rules_of<'a>(docs: &'a [Value], role: &'a Value) -> Vec<&'a Value> {
+    let Some(selectors) = role["aggregationRule"]["clusterRoleSelectors"].as_array() else {
+        return role["rules"].as_array().unwrap().iter().collect();
+    };
+    let matches = |labels: &Value| {
+        selectors
+            .iter()
+            .any(|s| s["matchLabels"].as_object().unwrap().iter().all(|(k, v)| labels.get(k).is_some_and(|l| l == v)))
+    };
+    docs.iter()
+        .filter(|d| d["kind"] == "ClusterRole" && matches(&d["metadata"]["labels"]))
+        .flat_map(|d| d["rules"].as_array().unwrap().iter())
+        .collect()
+}
+
+/// Whether `role` (see [`rules_of`]) allows `verb` on `resource` in `group`.
+fn allows(docs: &[Value], role: &Value, group: &str, resource: &str, verb: &str) -> bool {
+    rules_of(docs, role).into_iter().any(|rule| {
         let has = |key: &str, want: &str| rule[key].as_array().is_some_and(|v| v.iter().any(|x| x == want));
         has("apiGroups", group) && has("resources", resource) && has("verbs", verb)
     })
@@ -63,9 +80,11 @@ fn the_cluster_wide_role_covers_namespaces_and_binding_the_stand_role_only() {
     let docs = rbac();
     let draftd = role(&docs, "draftd");
     for verb in ["get", "list", "create", "patch", "delete"] {
-        assert!(allows(draftd, "", "namespaces", verb), "namespaces {verb}");
+        assert!(allows(&docs, draftd, "", "namespaces", verb), "namespaces {verb}");
     }
-    assert!(allows(draftd, "rbac.authorization.k8s.io", "rolebindings", "create"));
+    for verb in ["create", "delete"] {
+        assert!(allows(&docs, draftd, "rbac.authorization.k8s.io", "rolebindings", verb), "rolebindings {verb}");
+    }
     let rules = draftd["rules"].as_array().unwrap();
     for rule in rules {
         for key in ["apiGroups", "resources", "verbs"] {
@@ -97,7 +116,7 @@ fn the_reapers_service_account_may_scan_annotate_and_delete_namespaces() {
     );
     let draftd = role(&docs, binding["roleRef"]["name"].as_str().unwrap());
     for verb in ["get", "list", "delete", "patch"] {
-        assert!(allows(draftd, "", "namespaces", verb), "the reaper needs namespaces {verb}");
+        assert!(allows(&docs, draftd, "", "namespaces", verb), "the reaper needs namespaces {verb}");
     }
 }
 
@@ -132,11 +151,51 @@ async fn the_stand_role_covers_everything_the_chart_and_the_namespace_step_creat
     for kind in &kinds {
         let (group, resource) = resource_of(kind);
         for verb in ["get", "list", "create", "update", "patch", "delete"] {
-            assert!(allows(stand, group, resource, verb), "draftd-stand cannot {verb} {kind} ({group}/{resource})");
+            assert!(
+                allows(&docs, stand, group, resource, verb),
+                "draftd-stand cannot {verb} {kind} ({group}/{resource})"
+            );
         }
     }
     for (group, resource) in [("", "pods"), ("", "pods/log"), ("", "events"), ("apps", "replicasets")] {
-        assert!(allows(stand, group, resource, "list"), "diagnostics need {resource}");
+        assert!(allows(&docs, stand, group, resource, "list"), "diagnostics need {resource}");
     }
-    assert!(allows(stand, "", "services/proxy", "get"), "verify probes through the API server proxy");
+    assert!(allows(&docs, stand, "", "services/proxy", "get"), "verify probes through the API server proxy");
+    assert!(stand["rules"].as_array().unwrap().is_empty(), "draftd-stand's rules come from aggregation only");
+}
+
+#[test]
+fn an_admission_policy_keeps_draftds_service_account_to_its_own_namespaces() {
+    let docs = rbac();
+    let policy = docs.iter().find(|d| d["kind"] == "ValidatingAdmissionPolicy").expect("the policy");
+    let name = policy["metadata"]["name"].as_str().unwrap();
+    let binding = docs.iter().find(|d| d["kind"] == "ValidatingAdmissionPolicyBinding").expect("its binding");
+    assert_eq!(binding["spec"]["policyName"], name);
+    assert_eq!(binding["spec"]["validationActions"], serde_json::json!(["Deny"]));
+    let account = docs.iter().find(|d| d["kind"] == "ServiceAccount").unwrap();
+    let user = format!(
+        "system:serviceaccount:{}:{}",
+        account["metadata"]["namespace"].as_str().unwrap(),
+        account["metadata"]["name"].as_str().unwrap()
+    );
+    let condition = policy["spec"]["matchConditions"][0]["expression"].as_str().unwrap();
+    assert!(condition.contains(&format!("'{user}'")), "the policy applies to draftd's ServiceAccount: {condition}");
+    let resources: BTreeSet<&str> = policy["spec"]["matchConstraints"]["resourceRules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["resources"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()))
+        .collect();
+    assert_eq!(resources, BTreeSet::from(["namespaces", "rolebindings"]), "what the cluster-wide role may change");
+    // What the policy does is shown against the real API server (tests/k8s.rs); here only that every
+    // resource the cluster-wide role may change is covered.
+    let draftd = role(&docs, "draftd");
+    for rule in draftd["rules"].as_array().unwrap() {
+        let verbs = rule["verbs"].as_array().unwrap();
+        if verbs.iter().any(|v| ["create", "patch", "update", "delete"].contains(&v.as_str().unwrap())) {
+            for r in rule["resources"].as_array().unwrap() {
+                assert!(resources.contains(r.as_str().unwrap()), "{r} is changed by draftd but not fenced in");
+            }
+        }
+    }
 }
