@@ -12,15 +12,26 @@ scripts/install-openbao.sh >/dev/null
 # Debian's chromium and chromedriver for the dashboard's real-browser test (a no-op once installed).
 [ "${DRAFTD_SKIP_BROWSER:-}" = 1 ] || scripts/install-browser.sh >/dev/null
 if [ -z "${CARGO_TARGET_DIR:-}" ] && [ -d /var/tmp/draftd-target ]; then export CARGO_TARGET_DIR=/var/tmp/draftd-target; fi
+# A real Kubernetes control plane for the Kubernetes-mode suite (tests/k8s.rs), one for the whole run,
+# built once from Go modules (scripts/install-k8s.sh) and stopped when the tests end. draftd runs
+# against it as its own ServiceAccount. DRAFTD_K8S_DIR set: use the one already running there;
+# DRAFTD_SKIP_K8S=1: skip that suite, saying so.
+if [ "${DRAFTD_SKIP_K8S:-}" != 1 ] && [ -z "${DRAFTD_K8S_DIR:-}" ]; then
+  export DRAFTD_K8S_DIR="$root/.k8s"
+  trap 'scripts/k8s-up.sh stop "$DRAFTD_K8S_DIR" >/dev/null 2>&1 || true' EXIT
+  scripts/k8s-up.sh start "$DRAFTD_K8S_DIR" >/dev/null
+fi
 # Every test's output, passing or failing, is kept in one log, then grepped for every secret the suite
 # uses (tests/secrets.txt, scripts/check-secrets.sh): a secret in any output fails the run.
 # DRAFTD_SECRET_SCAN=0 runs the tests alone, with cargo's usual output.
 if [ "${DRAFTD_SECRET_SCAN:-1}" = 0 ]; then
+  # No exec: the trap above stops the control plane afterwards.
   if cargo nextest --version >/dev/null 2>&1; then
-    exec cargo nextest run --workspace --no-fail-fast "$@"
+    cargo nextest run --workspace --no-fail-fast "$@"
   else
-    exec cargo test --workspace --no-fail-fast "$@"
+    cargo test --workspace --no-fail-fast "$@"
   fi
+  exit
 fi
 artifacts="${CARGO_TARGET_DIR:-$root/target}/artifacts"
 mkdir -p "$artifacts"

@@ -104,7 +104,11 @@ fn start_background(
         .with_wake(state.wake().clone());
     match (config.cluster.mode, kube) {
         (ClusterMode::Kubernetes, Some(client)) => {
-            let cluster = Arc::new(crate::cluster::Kubernetes::new(client, config.cluster.clone()));
+            let mut cluster = crate::cluster::Kubernetes::new(client, config.cluster.clone());
+            if let Some(host) = credentials.as_ref().and_then(|c| c.database_host()) {
+                cluster = cluster.with_database_host(host);
+            }
+            let cluster = Arc::new(cluster);
             spawn_reaper(reaper.with_cluster(cluster.clone()), &config, state, stop)?;
             if let Some(c) = &credentials {
                 let deliver = deliver_to_cluster(cluster.clone(), workers_pool.clone(), config.clone());

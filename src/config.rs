@@ -5,7 +5,7 @@
 //! environment variable) in every error. Secrets are never in the file: the file names the
 //! environment variable that holds each one, and [`Projects::resolve`] reads them when `serve` starts.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -124,13 +124,32 @@ pub struct ClusterConfig {
     /// One helm command may take this long before it is killed and counted a transient failure.
     #[serde(default = "default_helm_timeout", with = "humantime_serde")]
     pub helm_timeout: Duration,
-    /// The ingress controller's namespace: the only one whose pods may open connections to a stand.
+    /// Revisions helm keeps per stand release (`--history-max`); older ones are pruned, and a pruned
+    /// revision is no rollback target any more.
+    #[serde(default = "default_helm_history_max")]
+    pub helm_history_max: u32,
+    /// The ingress controller's namespace, whose pods may open connections to a stand; empty for none
+    /// (then list the controller in `ingress_from`).
     #[serde(default = "default_ingress_namespace")]
     pub ingress_namespace: String,
-    /// Where a stand's pods may connect outside their namespace besides cluster DNS, as CIDRs: the
-    /// stand database's host, a registry mirror. Everything else is denied.
+    /// Who else may connect to a stand's pods: an ingress controller in kube-system or on the host
+    /// network (by `cidr`), the API server for verify's proxy probe on multi-node clusters.
+    #[serde(default)]
+    pub ingress_from: Vec<NetworkPeer>,
+    /// Where a stand's pods may connect outside their namespace besides cluster DNS, as CIDRs of
+    /// hosts outside the cluster (all ports). Everything else is denied.
     #[serde(default)]
     pub egress_cidrs: Vec<String>,
+    /// Where else a stand's pods may connect: in-cluster services by namespace (and pod labels), and
+    /// external hosts by `cidr`, on the given ports. The stand database of `[postgres] host` is
+    /// added by itself when it is an in-cluster Service name or an IP address.
+    #[serde(default)]
+    pub egress_to: Vec<NetworkPeer>,
+    /// Where a stand's pods may send DNS queries (UDP and TCP 53): by default the cluster's kube-dns
+    /// pods. NodeLocal DNSCache listens on a link-local address on each node: add its `cidr`
+    /// (169.254.20.10/32 by default) beside kube-dns.
+    #[serde(default = "default_dns_to")]
+    pub dns_to: Vec<NetworkPeer>,
     #[serde(default)]
     pub quota: QuotaConfig,
     #[serde(default)]
@@ -169,6 +188,11 @@ pub struct VerifyConfig {
     pub probe_window: Duration,
     #[serde(default = "default_probe_timeout", with = "humantime_serde")]
     pub probe_timeout: Duration,
+    /// `host:port` of the ingress controller: stands with a host are probed there in plain HTTP with
+    /// their host as the Host header, instead of at their public URL (before DNS or a certificate
+    /// exist, or where draftd cannot resolve stand hosts). E.g.
+    /// `ingress-nginx-controller.ingress-nginx.svc:80`.
+    pub ingress_address: Option<String>,
 }
 
 impl Default for VerifyConfig {
@@ -179,6 +203,7 @@ impl Default for VerifyConfig {
             probes: default_probes(),
             probe_window: default_probe_window(),
             probe_timeout: default_probe_timeout(),
+            ingress_address: None,
         }
     }
 }
@@ -332,6 +357,27 @@ fn is_quantity(s: &str) -> bool {
         && ["", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"].contains(&suffix)
 }
 
+/// A peer names a namespace or an address range, never both or neither; labels and ports are valid.
+fn check_peer(peer: &NetworkPeer) -> Result<(), String> {
+    match (&peer.namespace, &peer.cidr) {
+        (Some(ns), None) if crate::stand::is_dns_label(ns) => {}
+        (Some(ns), None) => return Err(format!("namespace {ns:?} is not a namespace name")),
+        (None, Some(cidr)) if !is_cidr(cidr) => return Err(format!("{cidr:?} is not a CIDR")),
+        (None, Some(_)) if !peer.pods.is_empty() => {
+            return Err("`pods` selects pods within a `namespace`; a `cidr` takes no pod labels".into());
+        }
+        (None, Some(_)) => {}
+        _ => return Err("set exactly one of `namespace` (with optional `pods` labels) or `cidr`".into()),
+    }
+    if let Some((k, v)) = peer.pods.iter().find(|(k, v)| k.is_empty() || k.len() > 317 || v.len() > 63) {
+        return Err(format!("{k:?} = {v:?} is not a label selector"));
+    }
+    if peer.ports.contains(&0) {
+        return Err("ports run from 1 to 65535".into());
+    }
+    Ok(())
+}
+
 /// `address/prefix`, IPv4 or IPv6, as a NetworkPolicy's ipBlock takes it.
 fn is_cidr(s: &str) -> bool {
     let Some((addr, prefix)) = s.split_once('/') else { return false };
@@ -347,6 +393,31 @@ fn default_ingress_namespace() -> String {
     "ingress-nginx".into()
 }
 
+fn default_dns_to() -> Vec<NetworkPeer> {
+    vec![NetworkPeer {
+        namespace: Some("kube-system".into()),
+        pods: BTreeMap::from([("k8s-app".into(), "kube-dns".into())]),
+        ..NetworkPeer::default()
+    }]
+}
+
+/// One peer of a stand's NetworkPolicies: a namespace (all its pods, or those with `pods` labels),
+/// or an address range outside the pod network (`cidr`: host-network pods, nodes, the API server,
+/// hosts outside the cluster). Service addresses are translated to pod addresses before policies
+/// apply, so an in-cluster Service is named by its namespace and pods, never by a `cidr`, and
+/// `ports` are the pods' ports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPeer {
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub pods: BTreeMap<String, String>,
+    pub cidr: Option<String>,
+    /// TCP ports; empty for all.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+}
+
 impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
@@ -356,8 +427,12 @@ impl Default for ClusterConfig {
             context: None,
             helm_path: None,
             helm_timeout: default_helm_timeout(),
+            helm_history_max: default_helm_history_max(),
             ingress_namespace: default_ingress_namespace(),
+            ingress_from: Vec::new(),
             egress_cidrs: Vec::new(),
+            egress_to: Vec::new(),
+            dns_to: default_dns_to(),
             quota: QuotaConfig::default(),
             limits: LimitsConfig::default(),
             service_account: None,
@@ -367,6 +442,10 @@ impl Default for ClusterConfig {
             teardown_wait: default_teardown_wait(),
         }
     }
+}
+
+fn default_helm_history_max() -> u32 {
+    10
 }
 
 fn default_helm_timeout() -> Duration {
@@ -807,13 +886,24 @@ impl Config {
     /// Values that would otherwise be refused by the API server in the middle of a run.
     fn validate_cluster(&self) -> Result<(), ConfigError> {
         let c = &self.cluster;
-        if !crate::stand::is_dns_label(&c.ingress_namespace) {
-            return Err(self.invalid("cluster.ingress_namespace", "must be a namespace name (a DNS label)"));
+        if !c.ingress_namespace.is_empty() && !crate::stand::is_dns_label(&c.ingress_namespace) {
+            return Err(self.invalid("cluster.ingress_namespace", "must be a namespace name (a DNS label), or empty"));
         }
         for (i, cidr) in c.egress_cidrs.iter().enumerate() {
             if !is_cidr(cidr) {
                 return Err(self.invalid(format!("cluster.egress_cidrs[{i}]"), format!("{cidr:?} is not a CIDR")));
             }
+        }
+        for (key, peers) in [("ingress_from", &c.ingress_from), ("egress_to", &c.egress_to), ("dns_to", &c.dns_to)] {
+            for (i, peer) in peers.iter().enumerate() {
+                check_peer(peer).map_err(|m| self.invalid(format!("cluster.{key}[{i}]"), m))?;
+            }
+        }
+        if !c.verify.probe_path.starts_with('/') {
+            return Err(self.invalid(
+                "cluster.verify.probe_path",
+                format!("{:?} must start with `/` (it is appended to the stand's URL)", c.verify.probe_path),
+            ));
         }
         if let Some(sa) = &c.service_account {
             let valid = sa.split_once('/').is_some_and(|(ns, name)| {
@@ -1175,6 +1265,12 @@ webhook_secret_env = "SHOP_SECRET"
             ("[cluster]\negress_cidrs = [\"10.0.0.0/33\"]\n", "cluster.egress_cidrs[0]"),
             ("[cluster]\ningress_namespace = \"Ingress_NGINX\"\n", "cluster.ingress_namespace"),
             ("[cluster]\nservice_account = \"draftd\"\n", "cluster.service_account"),
+            ("[[cluster.egress_to]]\nnamespace = \"db\"\ncidr = \"10.0.0.0/8\"\n", "cluster.egress_to[0]"),
+            ("[[cluster.egress_to]]\nports = [5432]\n", "cluster.egress_to[0]"),
+            ("[[cluster.ingress_from]]\ncidr = \"10.0.0.0/8\"\npods = { app = \"x\" }\n", "cluster.ingress_from[0]"),
+            ("[[cluster.dns_to]]\ncidr = \"169.254.20.10\"\n", "cluster.dns_to[0]"),
+            ("[[cluster.egress_to]]\nnamespace = \"DB\"\n", "cluster.egress_to[0]"),
+            ("[cluster.verify]\nprobe_path = \"health\"\n", "cluster.verify.probe_path"),
         ];
         for (text, key) in cases {
             Jail::expect_with(|jail| {
@@ -1192,6 +1288,15 @@ webhook_secret_env = "SHOP_SECRET"
             assert_eq!(c.cluster.egress_cidrs.len(), 2);
             assert_eq!(c.cluster.quota.requests_cpu, "1.5");
             assert_eq!(c.cluster.quota.requests_memory, "4Gi", "unset keys keep their defaults");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            let text = "[cluster]\ningress_namespace = \"\"\n[[cluster.egress_to]]\nnamespace = \"db\"\npods = { app = \"pg\" }\nports = [5432]\n[[cluster.dns_to]]\ncidr = \"169.254.20.10/32\"\n";
+            jail.create_file("draftd.toml", text)?;
+            let c = load(jail).unwrap();
+            assert_eq!(c.cluster.egress_to[0].pods["app"], "pg");
+            assert_eq!(c.cluster.dns_to.len(), 1, "dns_to replaces the kube-dns default");
+            assert_eq!(ClusterConfig::default().dns_to[0].namespace.as_deref(), Some("kube-system"));
             Ok(())
         });
     }

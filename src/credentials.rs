@@ -297,6 +297,11 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
             .await
     }
 
+    /// `host:port` at which stands reach their database server, when there is one.
+    pub fn database_host(&self) -> Option<&str> {
+        self.databases.as_ref().map(|(_, server)| server.host.as_str())
+    }
+
     pub fn has_databases(&self) -> bool {
         self.databases.is_some()
     }

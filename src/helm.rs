@@ -89,6 +89,27 @@ impl Revision {
     pub fn is_pending(&self) -> bool {
         self.status.starts_with("pending-")
     }
+    /// A revision helm can roll back to: it was applied in full (the live one, or one it replaced).
+    pub fn is_complete(&self) -> bool {
+        matches!(self.status.as_str(), "deployed" | "superseded")
+    }
+    /// When helm made it, when helm says.
+    pub fn updated_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        chrono::DateTime::parse_from_rfc3339(&self.updated).ok().map(|t| t.with_timezone(&chrono::Utc))
+    }
+    /// Whether this is the revision recorded as `revision` made at `updated`. Revision numbers restart
+    /// when a release is uninstalled and installed again, so the time tells the two lives apart; a
+    /// time missing on either side leaves the number alone to decide.
+    pub fn is(&self, revision: u32, updated: &str) -> bool {
+        if self.revision != revision {
+            return false;
+        }
+        let recorded = chrono::DateTime::parse_from_rfc3339(updated).ok();
+        match (self.updated_at(), recorded) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        }
+    }
 }
 
 /// A failed helm command. Its text never holds a `--set-string` value.
@@ -136,6 +157,9 @@ const TRANSIENT_MARKERS: &[&str] = &[
     "too many requests",
     "the object has been modified",
     "unexpected eof",
+    // A ResourceQuota just created has no status until the quota controller computes it; until then the
+    // API server refuses pods and workloads it would count ("status unknown for quota").
+    "status unknown for quota",
 ];
 
 /// Helm refuses to touch a release with an unfinished operation (see [`Revision::is_pending`]).
@@ -298,6 +322,15 @@ pub fn template_argv(release: &Release, kube_version: Option<&str>) -> Argv {
     argv
 }
 
+/// What helm is told with `--timeout` for operations that change a release, when draftd kills it after
+/// `limit` (`[cluster] helm_timeout`): less, so helm gives up by itself and records the revision
+/// `failed`. Killed by draftd instead, it would leave the release `pending-*`, locked against every
+/// later upgrade.
+pub fn operation_timeout(limit: Duration) -> Duration {
+    let margin = (limit / 10).max(Duration::from_secs(5));
+    limit.saturating_sub(margin).max(Duration::from_secs(1))
+}
+
 /// The release name of the stand in `namespace`: the namespace itself when it fits Helm's 53 characters,
 /// else its first 46 characters and `-` + 6 hex characters of its SHA-256 (stable, and distinct for
 /// namespaces that share a beginning).
@@ -381,24 +414,54 @@ pub struct HelmCli {
     pub context: Option<String>,
     /// `--kube-version` for `template` and `lint` (the cluster's version in dry-run); else helm's default.
     pub kube_version: Option<String>,
+    /// `--history-max` of upgrades; `None` leaves helm's default (10).
+    pub history_max: Option<u32>,
 }
 
 impl HelmCli {
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
+    fn timeout_flag(&self, argv: &mut Argv) {
+        argv.arg("--timeout").arg(format!("{}s", operation_timeout(self.timeout).as_secs()));
+    }
+
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into(), timeout: Self::DEFAULT_TIMEOUT, kubeconfig: None, context: None, kube_version: None }
+        Self {
+            path: path.into(),
+            timeout: Self::DEFAULT_TIMEOUT,
+            kubeconfig: None,
+            context: None,
+            kube_version: None,
+            history_max: None,
+        }
     }
 
     /// From `[cluster]`: the binary found by [`HelmCli::locate`], `helm_timeout`, `kubeconfig`, `context`.
     pub fn from_config(cluster: &ClusterConfig, project_root: &Path) -> Result<Self, HelmError> {
-        Ok(Self {
-            path: Self::locate(cluster.helm_path.as_deref(), project_root)?,
+        Ok(Self::with_path(Self::locate(cluster.helm_path.as_deref(), project_root)?, cluster))
+    }
+
+    /// `[cluster]`'s settings with `path` as the binary, found or not (`draftd plan` only shows commands).
+    pub fn with_path(path: impl Into<PathBuf>, cluster: &ClusterConfig) -> Self {
+        Self {
+            path: path.into(),
             timeout: cluster.helm_timeout,
             kubeconfig: cluster.kubeconfig.clone(),
             context: cluster.context.clone(),
             kube_version: None,
-        })
+            history_max: Some(cluster.helm_history_max),
+        }
+    }
+
+    /// The `upgrade --install` command exactly as [`Helm::upgrade_install`] runs it.
+    pub fn upgrade_install_command(&self, release: &Release) -> Argv {
+        let mut argv = upgrade_install_argv(release);
+        if let Some(max) = self.history_max {
+            argv.arg("--history-max").arg(max.to_string());
+        }
+        self.timeout_flag(&mut argv);
+        self.cluster_flags(&mut argv);
+        argv
     }
 
     /// The helm binary to run: `config_path` (`[cluster] helm_path`) when set — a bare name is looked up on
@@ -497,8 +560,7 @@ fn is_not_found(err: &HelmError) -> bool {
 
 impl Helm for HelmCli {
     async fn upgrade_install(&self, release: &Release) -> Result<u32, HelmError> {
-        let mut argv = upgrade_install_argv(release);
-        self.cluster_flags(&mut argv);
+        let argv = self.upgrade_install_command(release);
         let out = self.run(&argv, &set_values(release)).await?;
         parse_release_revision(&String::from_utf8_lossy(&out.stdout)).map_err(|m| parse_error(&argv, m))
     }
@@ -523,6 +585,7 @@ impl Helm for HelmCli {
     async fn rollback(&self, name: &str, namespace: &str, revision: u32) -> Result<(), HelmError> {
         let mut argv = Argv::new();
         argv.arg("rollback").arg(name).arg(revision.to_string()).arg("--namespace").arg(namespace);
+        self.timeout_flag(&mut argv);
         self.cluster_flags(&mut argv);
         self.run(&argv, &[]).await.map(drop)
     }
@@ -530,6 +593,7 @@ impl Helm for HelmCli {
     async fn uninstall(&self, name: &str, namespace: &str) -> Result<(), HelmError> {
         let mut argv = Argv::new();
         argv.arg("uninstall").arg(name).arg("--namespace").arg(namespace).arg("--ignore-not-found");
+        self.timeout_flag(&mut argv);
         self.cluster_flags(&mut argv);
         match self.run(&argv, &[]).await {
             Err(e) if !is_not_found(&e) => Err(e),

@@ -11,7 +11,7 @@ use anyhow::{Context, anyhow};
 use serde::Serialize;
 
 use crate::config::{ClusterMode, Config, ProjectConfig, branch_globs};
-use crate::helm::{self, Argv, Helm, HelmCli};
+use crate::helm::{self, Helm, HelmCli};
 use crate::pipeline::plan::StandPlan;
 use crate::stand::{BranchName, CommitSha, Namespace, ProjectName};
 
@@ -71,8 +71,7 @@ pub fn build(config: &Config, project: &str, branch: &str, sha: &str) -> anyhow:
         }
     };
 
-    let mut argv = helm::upgrade_install_argv(&plan.release);
-    cluster_flags(&mut argv, config);
+    let argv = helm::HelmCli::with_path("helm", &config.cluster).upgrade_install_command(&plan.release);
     Ok(PlanReport {
         release: plan.release.name.clone(),
         plan,
@@ -129,16 +128,6 @@ fn find_project<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a Projec
     }
     let names: Vec<&str> = config.projects.iter().map(|p| p.name.as_str()).collect();
     Err(anyhow!("unknown project {name:?}; projects configured in {source}: {}", names.join(", ")))
-}
-
-/// The flags `HelmCli::upgrade_install` adds for the cluster, so the command shown is the one run.
-fn cluster_flags(argv: &mut Argv, config: &Config) {
-    if let Some(k) = &config.cluster.kubeconfig {
-        argv.arg("--kubeconfig").arg(k);
-    }
-    if let Some(c) = &config.cluster.context {
-        argv.arg("--kube-context").arg(c);
-    }
 }
 
 /// The human-readable form.

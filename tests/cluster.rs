@@ -500,7 +500,7 @@ async fn the_orphan_scan_finds_draftd_namespaces_without_a_live_stand(pool: sqlx
     let reused = stand("feature/reused", "draft-reused", "active", now + chrono::Duration::hours(5)).await;
 
     let ns = |name: &str, stand: Option<i64>, terminating: bool| {
-        let mut labels = json!({ "app.kubernetes.io/managed-by": "draftd" });
+        let mut labels = json!({ "app.kubernetes.io/managed-by": "draftd", "draftd.io/project": "shop" });
         if let Some(id) = stand {
             labels["draftd.io/stand"] = json!(id.to_string());
         }
@@ -518,11 +518,14 @@ async fn the_orphan_scan_finds_draftd_namespaces_without_a_live_stand(pool: sqlx
         ns("draft-reused", Some(reused + 100), false),
         ns("draft-unknown", Some(999), false),
         ns("draft-leaving", Some(998), true),
+        // Another installation's project in the same cluster: never this one's orphan.
+        json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "draft-theirs", "labels": {
+            "app.kubernetes.io/managed-by": "draftd", "draftd.io/project": "theirs", "draftd.io/stand": "5" } } }),
     ]);
     let (cluster, mut handle) = mock(ClusterConfig::default());
     let scan = tokio::spawn({
         let (cluster, pool) = (cluster.clone(), pool.clone());
-        async move { orphans::scan(&cluster, &pool, now).await }
+        async move { orphans::scan(&cluster, &pool, now, &["shop"]).await }
     });
     let list = serve(
         &mut handle,

@@ -119,6 +119,10 @@ impl Cluster for FakeCluster {
         self.calls.push(format!("delete_namespace {namespace}"));
         Ok(NamespaceGone::Deleted)
     }
+    async fn discard_pending_revision(&self, ns: &str, release: &str, revision: u32) -> Result<bool, ClusterError> {
+        self.calls.push(format!("discard_pending_revision {ns} {release} {revision}"));
+        Ok(true)
+    }
     async fn managed_namespaces(&self) -> Result<Vec<ManagedNamespace>, ClusterError> {
         Ok(Vec::new())
     }
@@ -131,35 +135,45 @@ impl Cluster for FakeCluster {
 #[derive(Default)]
 struct FakeHelm {
     calls: Arc<Calls>,
-    revision: Mutex<u32>,
+    /// The release's history as helm keeps it (one release per test).
+    history: common::FakeHistory,
     /// The next upgrade applies a revision, then fails this way (a partial apply, a timeout).
     upgrade_fails: Mutex<Option<HelmError>>,
+    /// The next rollback fails this way.
+    rollback_fails: Mutex<Option<HelmError>>,
 }
 
 impl Helm for FakeHelm {
     async fn upgrade_install(&self, release: &Release) -> Result<u32, HelmError> {
-        let mut revision = self.revision.lock().unwrap();
-        *revision += 1;
         if let Some(e) = self.upgrade_fails.lock().unwrap().take() {
-            self.calls.push(format!("helm upgrade --install {} (revision {}, failed)", release.name, *revision));
+            // Killed at its timeout, helm leaves the revision pending; failing by itself, failed.
+            let status = if matches!(e, HelmError::Timeout { .. }) { "pending-upgrade" } else { "failed" };
+            let revision = self.history.add(status);
+            self.calls.push(format!("helm upgrade --install {} (revision {revision}, failed)", release.name));
             return Err(e);
         }
-        self.calls.push(format!("helm upgrade --install {} (revision {})", release.name, *revision));
-        Ok(*revision)
+        let revision = self.history.add("deployed");
+        self.calls.push(format!("helm upgrade --install {} (revision {revision})", release.name));
+        Ok(revision)
     }
     async fn template(&self, release: &Release) -> Result<String, HelmError> {
         self.calls.push(format!("helm template {}", release.name));
         Ok(format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {}-mock-payments\n", release.name))
     }
     async fn history(&self, _: &str, _: &str) -> Result<Vec<Revision>, HelmError> {
-        Ok(Vec::new())
+        Ok(self.history.get())
     }
     async fn rollback(&self, name: &str, _: &str, revision: u32) -> Result<(), HelmError> {
         self.calls.push(format!("helm rollback {name} {revision}"));
+        if let Some(e) = self.rollback_fails.lock().unwrap().take() {
+            return Err(e);
+        }
+        self.history.add("deployed");
         Ok(())
     }
     async fn uninstall(&self, name: &str, _: &str) -> Result<(), HelmError> {
         self.calls.push(format!("helm uninstall {name}"));
+        self.history.clear();
         Ok(())
     }
     async fn lint(&self, _: &Path, _: &[PathBuf]) -> Result<String, HelmError> {
@@ -239,10 +253,10 @@ async fn a_deploy_creates_the_namespace_installs_runs_jobs_and_verifies_through_
             "ensure_namespace draft-login stand 1".to_owned(),
             format!("helm template {release}"),
             format!("helm upgrade --install {release} (revision 1)"),
-            format!("run_job migrate-r1 {image} [\"bin/migrate\"] STAND_URL=http://{release}"),
+            format!("run_job migrate-r1 {image} [\"bin/migrate\"] STAND_URL=http://{release}.draft-login.svc"),
             format!("wait_rollout draft-login {release}"),
             format!("probe draft-login {release}:http/health/ready"),
-            format!("run_job smoke-r1 {image} [\"scripts/smoke_draft.sh\"] STAND_URL=http://{release}"),
+            format!("run_job smoke-r1 {image} [\"scripts/smoke_draft.sh\"] STAND_URL=http://{release}.draft-login.svc"),
         ]
     );
     let (state, detail, _) = step_detail(&w.pool, run, "verify").await;
@@ -432,4 +446,45 @@ async fn a_fork_stand_gets_no_secrets_and_no_logins(pool: PgPool) {
 
     let teardown = common::queue_run(&w.pool, "shop", "feature/from-fork", &namespace, "teardown", SHA1).await;
     assert_eq!(w.engine.run_one().await.unwrap(), Some((teardown, RunEnd::Succeeded)));
+}
+
+/// helm killed at draftd's limit leaves the release pending-upgrade: the next deploy clears it with
+/// a rollback to the last complete revision first, or, when helm's rollback cannot follow the half-
+/// applied revision, by discarding that revision's record; then it upgrades.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_release_left_pending_is_cleared_before_the_next_upgrade(pool: PgPool) {
+    let w = world(pool);
+    let good = queue(&w.pool, "deploy", SHA1).await;
+    assert_eq!(w.engine.run_one().await.unwrap(), Some((good, RunEnd::Succeeded)));
+    for (i, rollback_fails) in [false, true].into_iter().enumerate() {
+        w.helm.history.add("pending-upgrade");
+        let pending = w.helm.history.get().last().unwrap().revision;
+        if rollback_fails {
+            *w.helm.rollback_fails.lock().unwrap() = Some(HelmError::Failed {
+                command: "helm rollback draft-login".into(),
+                code: Some(1),
+                stderr: "Error: original object Ingress with the name \"draft-login\" not found".into(),
+            });
+        }
+        w.calls.take();
+        let run = queue(&w.pool, "deploy", &format!("{:040x}", 0xfeed0 + i)).await;
+        assert_eq!(w.engine.run_one().await.unwrap(), Some((run, RunEnd::Succeeded)));
+        let calls = w.calls.take();
+        let upgrade = calls.iter().position(|c| c.starts_with("helm upgrade")).unwrap();
+        let rollback = calls.iter().position(|c| c.starts_with("helm rollback draft-login")).unwrap();
+        assert!(rollback < upgrade, "cleared before the upgrade: {calls:?}");
+        let recovered = step_detail(&w.pool, run, "deploy").await.1["recovered"].clone();
+        assert_eq!(recovered["found"], format!("revision {pending} was left pending-upgrade"));
+        if rollback_fails {
+            assert!(
+                calls.contains(&format!("discard_pending_revision draft-login draft-login {pending}")),
+                "{calls:?}"
+            );
+            assert_eq!(recovered["discarded"], pending);
+            assert!(recovered["rollback_failed"].as_str().unwrap().contains("original object"));
+        } else {
+            assert!(!calls.iter().any(|c| c.starts_with("discard")), "{calls:?}");
+            assert!(recovered["rolled_back_to"].is_number(), "{recovered}");
+        }
+    }
 }

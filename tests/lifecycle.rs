@@ -75,7 +75,13 @@ impl FakeCluster {
     }
     /// A namespace draftd labelled, whatever its database says.
     pub fn plant(&self, namespace: &str, stand_id: Option<i64>) {
-        let ns = ManagedNamespace { name: namespace.into(), stand_id, expires_at: None, terminating: false };
+        let ns = ManagedNamespace {
+            name: namespace.into(),
+            project: Some("shop".into()),
+            stand_id,
+            expires_at: None,
+            terminating: false,
+        };
         self.namespaces.lock().unwrap().insert(namespace.into(), ns);
     }
 }
@@ -84,6 +90,7 @@ impl Cluster for FakeCluster {
     async fn ensure_namespace(&self, stand: &StandMeta) -> Result<NamespaceOutcome, ClusterError> {
         let ns = ManagedNamespace {
             name: stand.namespace.clone(),
+            project: Some(stand.project.clone()),
             stand_id: Some(stand.stand_id),
             expires_at: Some(stand.expires_at),
             terminating: false,
@@ -129,6 +136,9 @@ impl Cluster for FakeCluster {
     }
     fn service_prober(&self, _: &str, _: &str, _: &str, _: &str) -> impl Prober + 'static {
         common::Healthy
+    }
+    async fn discard_pending_revision(&self, _: &str, _: &str, _: u32) -> Result<bool, ClusterError> {
+        Ok(false)
     }
     async fn managed_namespaces(&self) -> Result<Vec<ManagedNamespace>, ClusterError> {
         Ok(self.namespaces.lock().unwrap().values().cloned().collect())

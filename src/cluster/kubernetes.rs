@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use secrecy::SecretString;
@@ -32,11 +32,27 @@ pub struct Kubernetes {
     config: ClusterConfig,
     /// How often a wait (for a namespace to go, a rollout to finish) looks again.
     poll: Duration,
+    /// Where stand pods reach their database, let out by the namespace's policy.
+    database: Option<crate::config::NetworkPeer>,
 }
 
 impl Kubernetes {
     pub fn new(client: Client, config: ClusterConfig) -> Self {
-        Self { client, config, poll: Duration::from_secs(2) }
+        Self { client, config, poll: Duration::from_secs(2), database: None }
+    }
+
+    /// The stand database's `host:port` as pods see it: its namespace or address is let out by each
+    /// stand's NetworkPolicy (see [`resources::database_peer`]).
+    pub fn with_database_host(mut self, host: &str) -> Self {
+        self.database = resources::database_peer(host);
+        if self.database.is_none() {
+            tracing::warn!(
+                host,
+                "the stand database is neither an in-cluster Service name nor an IP address: stand pods \
+                 reach it only if [cluster] egress_to lists its address range"
+            );
+        }
+        self
     }
 
     /// Tests poll a mocked API server quickly.
@@ -121,7 +137,7 @@ impl Cluster for Kubernetes {
             self.apply(ns, &resources::resource_quota(stand, &self.config.quota)).await?,
             self.apply(ns, &resources::limit_range(stand, &self.config.limits)).await?,
             self.apply(ns, &resources::deny_all_policy(stand)).await?,
-            self.apply(ns, &resources::allow_policy(stand, &self.config)).await?,
+            self.apply(ns, &resources::allow_policy(stand, &self.config, self.database.as_ref())).await?,
             self.apply(ns, &resources::service_account(stand)).await?,
         ]);
         Ok(NamespaceOutcome { created: existing.is_none(), applied })
@@ -364,6 +380,28 @@ impl Cluster for Kubernetes {
         ServiceProxyProber::new(self.client.clone(), namespace, service, port, path)
     }
 
+    async fn discard_pending_revision(
+        &self,
+        namespace: &str,
+        release: &str,
+        revision: u32,
+    ) -> Result<bool, ClusterError> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        // Helm 4's default storage: one Secret per revision, labelled owner=helm, name, version, status.
+        let name = format!("sh.helm.release.v1.{release}.v{revision}");
+        let Some(record) = secrets.get_opt(&name).await? else { return Ok(false) };
+        let labels = record.labels();
+        let unfinished = labels.get("status").is_some_and(|s| s.starts_with("pending-"));
+        if labels.get("owner").map(String::as_str) != Some("helm") || !unfinished {
+            return Ok(false);
+        }
+        match secrets.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn managed_namespaces(&self) -> Result<Vec<ManagedNamespace>, ClusterError> {
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
@@ -373,6 +411,7 @@ impl Cluster for Kubernetes {
             .into_iter()
             .map(|ns| ManagedNamespace {
                 stand_id: ns.labels().get(STAND_LABEL).and_then(|v| v.parse().ok()),
+                project: ns.labels().get(super::PROJECT_LABEL).cloned(),
                 expires_at: ns
                     .annotations()
                     .get(EXPIRES_ANNOTATION)

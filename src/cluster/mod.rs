@@ -6,6 +6,8 @@
 
 /// Connecting: in-cluster, or a kubeconfig and context.
 pub mod client;
+/// Whether a rendered release fits the namespace's LimitRange.
+pub mod fit;
 /// The migrate and smoke Jobs.
 pub mod jobs;
 /// The real implementation, through kube-rs.
@@ -70,6 +72,8 @@ pub enum NamespaceGone {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ManagedNamespace {
     pub name: String,
+    /// From the `draftd.io/project` label.
+    pub project: Option<String>,
     /// From the `draftd.io/stand` label; `None` when it is missing or not a number.
     pub stand_id: Option<i64>,
     pub expires_at: Option<DateTime<Utc>>,
@@ -196,6 +200,16 @@ pub trait Cluster: Send + Sync + 'static {
 
     /// Probes a Service of the stand through the API server proxy (for stands without a URL).
     fn service_prober(&self, namespace: &str, service: &str, port: &str, path: &str) -> impl verify::Prober + 'static;
+
+    /// Deletes helm's own record (its storage Secret) of `revision` of `release`, only while that
+    /// revision is unfinished (`pending-*`): what is left to do when `helm rollback` cannot clear an
+    /// operation helm never finished. False when there was no such record.
+    fn discard_pending_revision(
+        &self,
+        namespace: &str,
+        release: &str,
+        revision: u32,
+    ) -> impl Future<Output = Result<bool, ClusterError>> + Send;
 
     /// Every namespace labelled managed-by=draftd.
     fn managed_namespaces(&self) -> impl Future<Output = Result<Vec<ManagedNamespace>, ClusterError>> + Send;

@@ -71,8 +71,17 @@ pub fn classify(namespaces: &[ManagedNamespace], stands: &[StandRow], now: DateT
 }
 
 /// Lists draftd's namespaces, reads their stands, and returns the orphans.
-pub async fn scan<C: Cluster>(cluster: &C, pool: &PgPool, now: DateTime<Utc>) -> Result<Vec<Orphan>, ScanError> {
-    let namespaces = cluster.managed_namespaces().await?;
+/// Only namespaces of `projects` (this configuration's) are candidates: a namespace labelled for a
+/// project draftd does not serve belongs to another installation sharing the cluster, whose stands
+/// this database knows nothing of.
+pub async fn scan<C: Cluster>(
+    cluster: &C,
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    projects: &[&str],
+) -> Result<Vec<Orphan>, ScanError> {
+    let mut namespaces = cluster.managed_namespaces().await?;
+    namespaces.retain(|n| n.project.as_deref().is_some_and(|p| projects.contains(&p)));
     let names: Vec<&str> = namespaces.iter().map(|n| n.name.as_str()).collect();
     let stands: Vec<StandRow> = sqlx::query_as(
         "select s.namespace, s.stand_id, s.state, s.expires_at,

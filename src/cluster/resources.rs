@@ -20,7 +20,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use super::{EXPIRES_ANNOTATION, MANAGED_BY, PROJECT_LABEL, STAND_LABEL, StandMeta};
-use crate::config::{ClusterConfig, LimitsConfig, QuotaConfig};
+use crate::config::{ClusterConfig, LimitsConfig, NetworkPeer, QuotaConfig};
 
 pub const QUOTA_NAME: &str = "draftd-quota";
 pub const LIMITS_NAME: &str = "draftd-limits";
@@ -133,16 +133,62 @@ pub fn deny_all_policy(stand: &StandMeta) -> NetworkPolicy {
     }
 }
 
-/// In: from the stand's own pods and the ingress controller. Out: to the stand's own pods, cluster
-/// DNS, and the configured CIDRs (the stand database's host, say).
-pub fn allow_policy(stand: &StandMeta, cluster: &ClusterConfig) -> NetworkPolicy {
-    let dns = NetworkPolicyPeer {
-        pod_selector: Some(LabelSelector {
-            match_labels: Some(BTreeMap::from([("k8s-app".to_owned(), "kube-dns".to_owned())])),
-            ..LabelSelector::default()
-        }),
-        ..namespace_peer("kube-system")
+/// A configured peer as the policy names it.
+fn peer(p: &NetworkPeer) -> NetworkPolicyPeer {
+    match (&p.namespace, &p.cidr) {
+        (_, Some(cidr)) => {
+            NetworkPolicyPeer { ip_block: Some(IPBlock { cidr: cidr.clone(), except: None }), ..Default::default() }
+        }
+        (namespace, None) => NetworkPolicyPeer {
+            pod_selector: (!p.pods.is_empty())
+                .then(|| LabelSelector { match_labels: Some(p.pods.clone()), ..LabelSelector::default() }),
+            ..namespace_peer(namespace.as_deref().unwrap_or_default())
+        },
+    }
+}
+
+fn tcp_ports(ports: &[u16]) -> Option<Vec<NetworkPolicyPort>> {
+    let ports: Vec<_> = ports
+        .iter()
+        .map(|p| NetworkPolicyPort {
+            port: Some(IntOrString::Int(i32::from(*p))),
+            protocol: Some("TCP".to_owned()),
+            ..NetworkPolicyPort::default()
+        })
+        .collect();
+    (!ports.is_empty()).then_some(ports)
+}
+
+/// Where a stand's pods reach the stand database (`[postgres] host`, or the admin URL's host), as a
+/// peer: an in-cluster Service name `<service>.<namespace>.svc[.<cluster domain>]` becomes its
+/// namespace (Service addresses are translated to pod addresses before policies apply, so no ipBlock
+/// can match one), an IP address becomes that one address. Any other name is outside what a policy
+/// can express: `egress_to` with the database's `cidr` then.
+pub fn database_peer(host: &str) -> Option<NetworkPeer> {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) if !name.ends_with(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            (name, port.parse().ok()?)
+        }
+        _ => (host, 5432),
     };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+        let bits = if ip.is_ipv4() { 32 } else { 128 };
+        return Some(NetworkPeer { cidr: Some(format!("{ip}/{bits}")), ports: vec![port], ..NetworkPeer::default() });
+    }
+    let labels: Vec<&str> = name.trim_end_matches('.').split('.').collect();
+    match labels.as_slice() {
+        [_service, namespace, "svc", ..] if crate::stand::is_dns_label(namespace) => {
+            Some(NetworkPeer { namespace: Some((*namespace).to_owned()), ports: vec![port], ..NetworkPeer::default() })
+        }
+        _ => None,
+    }
+}
+
+/// In: from the stand's own pods, the ingress controller's namespace and `ingress_from`. Out: to the
+/// stand's own pods, DNS (`dns_to`), `egress_cidrs`, `egress_to` and the stand database (`database`,
+/// see [`database_peer`]).
+pub fn allow_policy(stand: &StandMeta, cluster: &ClusterConfig, database: Option<&NetworkPeer>) -> NetworkPolicy {
     let dns_ports = ["UDP", "TCP"]
         .iter()
         .map(|protocol| NetworkPolicyPort {
@@ -153,7 +199,7 @@ pub fn allow_policy(stand: &StandMeta, cluster: &ClusterConfig) -> NetworkPolicy
         .collect();
     let mut egress = vec![
         NetworkPolicyEgressRule { to: Some(vec![same_namespace_peer()]), ..NetworkPolicyEgressRule::default() },
-        NetworkPolicyEgressRule { to: Some(vec![dns]), ports: Some(dns_ports) },
+        NetworkPolicyEgressRule { to: Some(cluster.dns_to.iter().map(peer).collect()), ports: Some(dns_ports) },
     ];
     if !cluster.egress_cidrs.is_empty() {
         let to = cluster
@@ -166,15 +212,27 @@ pub fn allow_policy(stand: &StandMeta, cluster: &ClusterConfig) -> NetworkPolicy
             .collect();
         egress.push(NetworkPolicyEgressRule { to: Some(to), ..NetworkPolicyEgressRule::default() });
     }
+    // One rule per peer: each has its own ports.
+    for p in cluster.egress_to.iter().chain(database) {
+        egress.push(NetworkPolicyEgressRule { to: Some(vec![peer(p)]), ports: tcp_ports(&p.ports) });
+    }
+    let mut ingress = vec![NetworkPolicyIngressRule {
+        from: Some(
+            std::iter::once(same_namespace_peer())
+                .chain((!cluster.ingress_namespace.is_empty()).then(|| namespace_peer(&cluster.ingress_namespace)))
+                .collect(),
+        ),
+        ..NetworkPolicyIngressRule::default()
+    }];
+    for p in &cluster.ingress_from {
+        ingress.push(NetworkPolicyIngressRule { from: Some(vec![peer(p)]), ports: tcp_ports(&p.ports) });
+    }
     NetworkPolicy {
         metadata: meta(stand, ALLOW_NAME),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(LabelSelector::default()),
             policy_types: Some(vec!["Ingress".to_owned(), "Egress".to_owned()]),
-            ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(vec![same_namespace_peer(), namespace_peer(&cluster.ingress_namespace)]),
-                ..NetworkPolicyIngressRule::default()
-            }]),
+            ingress: Some(ingress),
             egress: Some(egress),
         }),
     }
@@ -234,4 +292,75 @@ pub fn secrets_checksum(data: &BTreeMap<String, SecretString>) -> String {
         hash.update([0]);
     }
     hex::encode(hash.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stand() -> StandMeta {
+        StandMeta {
+            namespace: "draft-x".into(),
+            stand_id: 1,
+            project: "shop".into(),
+            expires_at: chrono::Utc::now(),
+            service_account_token: false,
+        }
+    }
+
+    fn spec(cluster: &ClusterConfig, database: Option<&NetworkPeer>) -> serde_json::Value {
+        serde_json::to_value(allow_policy(&stand(), cluster, database).spec).unwrap()
+    }
+
+    #[test]
+    fn the_stand_database_is_let_out_by_namespace_or_address_never_by_a_service_ip() {
+        let peer = database_peer("pg.db.svc:5432").unwrap();
+        assert_eq!((peer.namespace.as_deref(), peer.ports.as_slice()), (Some("db"), &[5432][..]));
+        let peer = database_peer("pg.db.svc.cluster.local").unwrap();
+        assert_eq!((peer.namespace.as_deref(), peer.ports.as_slice()), (Some("db"), &[5432][..]));
+        let peer = database_peer("10.1.2.3:6432").unwrap();
+        assert_eq!((peer.cidr.as_deref(), peer.ports.as_slice()), (Some("10.1.2.3/32"), &[6432][..]));
+        assert_eq!(database_peer("[fd00::5]:5432").unwrap().cidr.as_deref(), Some("fd00::5/128"));
+        assert_eq!(database_peer("db.example.com:5432"), None, "an outside name cannot be a policy peer");
+
+        let with = spec(&ClusterConfig::default(), database_peer("pg.db.svc:5432").as_ref());
+        let rule = with["egress"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(rule["to"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "db");
+        assert_eq!(rule["ports"], serde_json::json!([{ "port": 5432, "protocol": "TCP" }]));
+        let without = spec(&ClusterConfig::default(), None);
+        assert_eq!(without["egress"].as_array().unwrap().len(), 2, "own namespace and DNS only: {without}");
+    }
+
+    #[test]
+    fn dns_and_ingress_peers_are_configurable() {
+        let cluster = ClusterConfig {
+            ingress_namespace: String::new(),
+            ingress_from: vec![NetworkPeer {
+                namespace: Some("kube-system".into()),
+                pods: [("app.kubernetes.io/name".to_owned(), "traefik".to_owned())].into(),
+                ..NetworkPeer::default()
+            }],
+            dns_to: vec![
+                NetworkPeer { cidr: Some("169.254.20.10/32".into()), ..NetworkPeer::default() },
+                NetworkPeer {
+                    namespace: Some("kube-system".into()),
+                    pods: [("k8s-app".to_owned(), "kube-dns".to_owned())].into(),
+                    ..NetworkPeer::default()
+                },
+            ],
+            ..ClusterConfig::default()
+        };
+        let spec = spec(&cluster, None);
+        let dns = &spec["egress"][1];
+        assert_eq!(dns["to"][0]["ipBlock"]["cidr"], "169.254.20.10/32", "NodeLocal DNSCache: {dns}");
+        assert_eq!(dns["to"][1]["podSelector"]["matchLabels"]["k8s-app"], "kube-dns");
+        assert_eq!(dns["ports"].as_array().unwrap().len(), 2, "UDP and TCP 53");
+        let ingress = spec["ingress"].as_array().unwrap();
+        assert_eq!(ingress[0]["from"].as_array().unwrap().len(), 1, "no ingress namespace: own pods only");
+        assert_eq!(
+            ingress[1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+            "kube-system"
+        );
+        assert_eq!(ingress[1]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "traefik");
+    }
 }

@@ -114,6 +114,8 @@ pub async fn gate<P: Prober>(
 pub struct UrlProber {
     client: reqwest::Client,
     url: String,
+    /// The Host header, when the URL names the ingress controller's address instead of the stand.
+    host: Option<String>,
 }
 
 impl UrlProber {
@@ -123,13 +125,26 @@ impl UrlProber {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("a client without custom TLS settings builds");
-        Self { client, url: url.into() }
+        Self { client, url: url.into(), host: None }
+    }
+
+    /// Through the ingress controller at `address` (`host:port`), in plain HTTP with the stand's
+    /// `host` as the Host header: what the controller routes on, before the stand's DNS name or
+    /// certificate exist, or where draftd cannot resolve it.
+    pub fn through(address: &str, host: &str, path: &str) -> Self {
+        let mut prober = Self::new(format!("http://{address}{path}"));
+        prober.host = Some(host.to_owned());
+        prober
     }
 }
 
 impl Prober for UrlProber {
     async fn probe(&self, timeout: Duration) -> ProbeResult {
-        match self.client.get(&self.url).timeout(timeout).send().await {
+        let mut request = self.client.get(&self.url).timeout(timeout);
+        if let Some(host) = &self.host {
+            request = request.header(reqwest::header::HOST, host);
+        }
+        match request.send().await {
             Ok(response) => ProbeResult::Status(response.status().as_u16()),
             Err(e) if e.is_timeout() => ProbeResult::Timeout,
             Err(_) => ProbeResult::Unreachable,
@@ -137,7 +152,10 @@ impl Prober for UrlProber {
     }
 
     fn target(&self) -> String {
-        self.url.clone()
+        match &self.host {
+            Some(host) => format!("{} (Host: {host})", self.url),
+            None => self.url.clone(),
+        }
     }
 }
 

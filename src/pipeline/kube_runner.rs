@@ -70,9 +70,11 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
         StandPlan::new(&self.config, project, run.stand_id, &run.namespace, &run.branch, sha)
     }
 
-    /// The URL jobs and probes reach the app at: the stand's own, else its Service inside the cluster.
-    fn app_url(plan: &StandPlan) -> String {
-        plan.url.clone().unwrap_or_else(|| format!("http://{}", plan.release.name))
+    /// Where the migrate and smoke Jobs reach the app: its Service inside the namespace (the chart's
+    /// Service is named after the release, port 80). Never the public URL: the namespace's own egress
+    /// policy keeps pods from the ingress controller, and the public host may have no certificate yet.
+    fn service_url(plan: &StandPlan) -> String {
+        format!("http://{}.{}.svc", plan.release.name, plan.release.namespace)
     }
 
     async fn stand_meta(&self, run: &RunContext, project: &ProjectConfig) -> Result<StandMeta, StepError> {
@@ -122,11 +124,15 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
             run_number: run.number,
             image,
             command: command.to_vec(),
-            env: BTreeMap::from([("STAND_URL".to_owned(), Self::app_url(plan))]),
+            env: BTreeMap::from([("STAND_URL".to_owned(), Self::service_url(plan))]),
             secrets: Vec::new(),
             deadline: self.config.cluster.job_deadline,
             keep_for: JOB_KEEP,
         };
+        if let Some(url) = &plan.url {
+            // As the chart's own smoke Job has it: for checks of what users see (links, redirects).
+            request.env.insert("PUBLIC_URL".to_owned(), url.clone());
+        }
         let stand = self.stand_meta(run, project).await?;
         // Migrations get a login of their own, never the admin URL, revoked as soon as the Job ends.
         let own_login = match &self.credentials {
@@ -179,12 +185,16 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
         let checked = match self.cluster.wait_rollout(ns, release, v.rollout_timeout).await {
             Err(e) => Err(StepError::from(e)),
             Ok(workloads) => {
-                let gate = match &plan.url {
-                    Some(url) => {
+                let gate = match (&plan.url, &plan.host, &v.ingress_address) {
+                    (Some(_), Some(host), Some(address)) => {
+                        let prober = UrlProber::through(address, host, &v.probe_path);
+                        verify::gate(&prober, v.probes, v.probe_window, v.probe_timeout).await
+                    }
+                    (Some(url), _, _) => {
                         let prober = UrlProber::new(format!("{}{}", url.trim_end_matches('/'), v.probe_path));
                         verify::gate(&prober, v.probes, v.probe_window, v.probe_timeout).await
                     }
-                    None => {
+                    (None, _, _) => {
                         let prober = self.cluster.service_prober(ns, release, "http", &v.probe_path);
                         verify::gate(&prober, v.probes, v.probe_window, v.probe_timeout).await
                     }
@@ -195,8 +205,13 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
         match checked {
             Ok((workloads, probes)) => {
                 // The revision that passed: what a later failed deploy rolls back to.
-                let revision = self.detail_of(run, StepName::Deploy).await?["revision"].clone();
-                Ok(StepOutcome::done(json!({ "revision": revision, "workloads": workloads, "probes": probes })))
+                let deploy = self.detail_of(run, StepName::Deploy).await?;
+                Ok(StepOutcome::done(json!({
+                    "revision": deploy["revision"],
+                    "updated": deploy["updated"],
+                    "workloads": workloads,
+                    "probes": probes,
+                })))
             }
             Err(mut e) => {
                 match self.cluster.diagnose(ns).await {
@@ -213,29 +228,88 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
         }
     }
 
-    /// Back to the last revision that passed verify, or uninstalled when none did.
-    async fn rollback(&self, run: &RunContext, plan: &StandPlan) -> Result<StepOutcome, StepError> {
-        let good: Option<i32> = sqlx::query_scalar(
-            "select (s.detail->>'revision')::int from steps s join runs r on r.run_id = s.run_id
-             where r.stand_id = $1 and s.name = 'verify' and s.state = 'succeeded'
-               and jsonb_typeof(s.detail->'revision') = 'number'
-             order by r.number desc limit 1",
+    /// Revisions that passed verify in earlier runs of the stand, newest first, as `(revision, updated)`.
+    /// This run's is left out, so a smoke test that fails after verify passed never rolls back to the
+    /// revision it just failed.
+    async fn verified_revisions(&self, run: &RunContext) -> Result<Vec<(u32, String)>, StepError> {
+        let rows: Vec<(i32, String)> = sqlx::query_as(
+            "select (s.detail->>'revision')::int, coalesce(s.detail->>'updated', '')
+             from steps s join runs r on r.run_id = s.run_id
+             where r.stand_id = $1 and r.run_id <> $2 and s.name = 'verify'
+               and s.state = 'succeeded' and jsonb_typeof(s.detail->'revision') = 'number'
+             order by r.number desc",
         )
         .bind(run.stand_id)
-        .fetch_optional(&self.pool)
+        .bind(run.run_id)
+        .fetch_all(&self.pool)
         .await
         .map_err(db)?;
+        Ok(rows.into_iter().filter_map(|(r, u)| u32::try_from(r).ok().map(|r| (r, u))).collect())
+    }
+
+    /// DESIGN.md's rollback target: the newest revision of the live release, as `helm history` shows
+    /// it now, that passed verify in an earlier run. A revision pruned by `--history-max`, or one of
+    /// an earlier life of the release (numbers restart after an uninstall), is no target. Without
+    /// one the release is uninstalled.
+    async fn rollback(&self, run: &RunContext, plan: &StandPlan) -> Result<StepOutcome, StepError> {
         let (name, ns) = (&plan.release.name, &run.namespace);
-        match good {
-            Some(revision) => {
-                self.helm.rollback(name, ns, revision as u32).await?;
-                Ok(StepOutcome::done(json!({ "rolled_back_to": revision })))
-            }
-            None => {
-                self.helm.uninstall(name, ns).await?;
-                Ok(StepOutcome::done(
-                    json!({ "uninstalled": true, "reason": "no revision of this stand passed verify" }),
-                ))
+        let verified = self.verified_revisions(run).await?;
+        let history = self.helm.history(name, ns).await?;
+        let target = verified
+            .iter()
+            .find_map(|(revision, updated)| history.iter().find(|r| r.is_complete() && r.is(*revision, updated)));
+        let Some(target) = target else {
+            self.helm.uninstall(name, ns).await?;
+            let reason = if history.is_empty() {
+                "the release has no revisions"
+            } else {
+                "no revision of the live release passed verify in an earlier run"
+            };
+            return Ok(StepOutcome::done(json!({ "uninstalled": true, "reason": reason })));
+        };
+        if history.last().is_some_and(|last| last.revision == target.revision && last.is_deployed()) {
+            // Nothing was applied since (the deploy failed before helm made a revision).
+            return Ok(StepOutcome::done(json!({
+                "rolled_back_to": target.revision,
+                "already_deployed": true,
+                "revision": target.revision,
+                "updated": target.updated,
+            })));
+        }
+        self.helm.rollback(name, ns, target.revision).await?;
+        let now = self.helm.history(name, ns).await?;
+        let made = now.last().filter(|r| r.is_deployed());
+        Ok(StepOutcome::done(json!({
+            "rolled_back_to": target.revision,
+            "revision": made.map(|r| r.revision),
+            "updated": made.map(|r| r.updated.clone()),
+        })))
+    }
+
+    /// Clears an operation on the release that never finished (helm killed, or draftd with it), which
+    /// would refuse every later upgrade with "another operation is in progress": back to the last
+    /// complete revision, or uninstalled when there was none. No helm of this stand can still be at
+    /// work: draftd's helm runs in draftd's own process group and container and dies with it, its own
+    /// `--timeout` ends it before draftd's, and the run's lease means the worker that started it is gone.
+    async fn recover_pending(&self, plan: &StandPlan) -> Result<Option<serde_json::Value>, StepError> {
+        let (name, ns) = (&plan.release.name, &plan.release.namespace);
+        let history = self.helm.history(name, ns).await?;
+        let Some(pending) = history.last().filter(|r| r.is_pending()) else { return Ok(None) };
+        let found = format!("revision {} was left {}", pending.revision, pending.status);
+        let Some(good) = history.iter().rev().find(|r| r.is_complete()) else {
+            self.helm.uninstall(name, ns).await?;
+            return Ok(Some(json!({ "found": found, "uninstalled": true })));
+        };
+        match self.helm.rollback(name, ns, good.revision).await {
+            Ok(()) => Ok(Some(json!({ "found": found, "rolled_back_to": good.revision }))),
+            // A half-applied operation can leave the cluster where helm's rollback cannot follow
+            // ("original object … not found"). Without the unfinished revision's record the release
+            // is back at its last complete revision, and the upgrade that follows reconciles the
+            // objects (creating what is missing, adopting what the killed operation created).
+            Err(e) => {
+                tracing::warn!(release = %name, error = %e, "rollback of an unfinished operation failed; discarding its record");
+                self.cluster.discard_pending_revision(ns, name, pending.revision).await?;
+                Ok(Some(json!({ "found": found, "rollback_failed": e.to_string(), "discarded": pending.revision })))
             }
         }
     }
@@ -272,14 +346,37 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
             StepName::Deploy => {
                 // Rendering first checks the chart and values before anything changes in the cluster,
                 // and names the mocks for the report.
-                let mocks = mocks_in(&self.helm.template(&plan.release).await?);
+                let manifests = self.helm.template(&plan.release).await?;
+                let misfits = crate::cluster::fit::misfits(&manifests, &self.config.cluster.limits);
+                if !misfits.is_empty() {
+                    let lines: Vec<String> = misfits.iter().map(|m| format!("- {m}")).collect();
+                    return Err(StepError::permanent(
+                        "limits_refused",
+                        format!(
+                            "the namespace's LimitRange ([cluster.limits]) would refuse these pods, so nothing was \
+                             deployed:\n{}",
+                            lines.join("\n")
+                        ),
+                    ));
+                }
+                let mocks = mocks_in(&manifests);
+                let recovered = self.recover_pending(&plan).await?;
                 let revision = self.helm.upgrade_install(&plan.release).await?;
-                Ok(StepOutcome::done(json!({
+                // When helm made it: with the number, what tells this revision from one of the same
+                // number after the release is uninstalled and installed again (see `rollback`).
+                let history = self.helm.history(&plan.release.name, &run.namespace).await?;
+                let updated = history.iter().find(|r| r.revision == revision).map(|r| r.updated.clone());
+                let mut detail = json!({
                     "release": plan.release.name,
                     "revision": revision,
+                    "updated": updated.unwrap_or_default(),
                     "image_tag": plan.image_tag,
                     "mocks": mocks,
-                })))
+                });
+                if let Some(recovered) = recovered {
+                    detail["recovered"] = recovered;
+                }
+                Ok(StepOutcome::done(detail))
             }
             StepName::Migrate if project.migrate.is_empty() => {
                 Ok(StepOutcome::skipped("the project has no migrate command"))

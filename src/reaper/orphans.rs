@@ -111,7 +111,8 @@ pub(super) async fn sweep<C: Cluster>(
 /// Managed namespaces no live stand accounts for. Expired stands are left to the expiry path,
 /// which tears them down with a report.
 async fn namespaces<C: Cluster>(cluster: &C, reaper: &Reaper<C>) -> Result<Vec<(String, Value)>, String> {
-    let found = scan(cluster, &reaper.pool, chrono::Utc::now()).await.map_err(|e| e.to_string())?;
+    let projects: Vec<&str> = reaper.config.projects.iter().map(|p| p.name.as_str()).collect();
+    let found = scan(cluster, &reaper.pool, chrono::Utc::now(), &projects).await.map_err(|e| e.to_string())?;
     Ok(found
         .into_iter()
         .filter(|o| !matches!(o.reason, OrphanReason::Expired { .. }))

@@ -239,7 +239,7 @@ pub async fn stand(pool: &PgPool, project: &str, branch: &str) -> Option<Stand> 
 /// engine tests that start from a queued run; returns its id.
 pub async fn queue_run(pool: &PgPool, project: &str, branch: &str, namespace: &str, kind: &str, sha: &str) -> i64 {
     let stand: i64 = sqlx::query_scalar(
-        "insert into stands (project, branch, namespace) values ($1, $2, $3)
+        "insert into stands (project, branch, namespace, runs_count) values ($1, $2, $3, 1)
          on conflict (project, branch) do update set runs_count = stands.runs_count + 1
          returning stand_id",
     )
@@ -271,5 +271,38 @@ impl draftd::cluster::verify::Prober for Healthy {
     }
     fn target(&self) -> String {
         "fake".into()
+    }
+}
+
+/// A Helm release's history as helm keeps it, for fakes of the `Helm` trait: a new revision supersedes
+/// the deployed one, and revision numbers start again after an uninstall.
+#[derive(Default)]
+pub struct FakeHistory(std::sync::Mutex<Vec<draftd::helm::Revision>>);
+
+impl FakeHistory {
+    /// Adds the next revision with `status`; returns its number.
+    pub fn add(&self, status: &str) -> u32 {
+        let mut revisions = self.0.lock().unwrap();
+        if status == "deployed" {
+            for r in revisions.iter_mut().filter(|r| r.status == "deployed") {
+                r.status = "superseded".into();
+            }
+        }
+        let revision = revisions.last().map_or(1, |r| r.revision + 1);
+        revisions.push(draftd::helm::Revision {
+            revision,
+            status: status.into(),
+            chart: "stand-0.1.0".into(),
+            app_version: "0.0.0".into(),
+            description: String::new(),
+            updated: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        });
+        revision
+    }
+    pub fn get(&self) -> Vec<draftd::helm::Revision> {
+        self.0.lock().unwrap().clone()
+    }
+    pub fn clear(&self) {
+        self.0.lock().unwrap().clear();
     }
 }

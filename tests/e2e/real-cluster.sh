@@ -161,7 +161,14 @@ for object in resourcequota/draftd-quota limitrange/draftd-limits networkpolicy/
 done
 [ "$("$kubectl" -n "$namespace" get serviceaccount default -o 'jsonpath={.automountServiceAccountToken}')" = false ] ||
     die "the default ServiceAccount mounts an API token"
-"$kubectl" -n "$namespace" rollout status deployment --timeout=10s >/dev/null || die "deployments are not rolled out"
+# `rollout status` takes one workload at a time (without a name it refuses to run): the app and
+# each of its mocks.
+deployments="$("$kubectl" -n "$namespace" get deployments -o name)"
+[ -n "$deployments" ] || die "the release has no Deployments"
+for deployment in $deployments; do
+    "$kubectl" -n "$namespace" rollout status "$deployment" --timeout=10s >/dev/null ||
+        die "$deployment is not rolled out"
+done
 E2E_WEBHOOK_SECRET=x "$draftd" --config "$work/draftd.toml" stands show "e2e/$branch"
 
 say "stand extended by 1h"
