@@ -819,6 +819,157 @@ async fn the_service_is_probed_through_the_api_server_proxy() {
     assert_eq!(probes.await.unwrap(), (ProbeResult::Status(200), ProbeResult::Status(503)));
 }
 
+/// Takes the next request, asserts it is the proxy GET, and answers with `status`, a content type
+/// and a raw body.
+async fn answer_proxy(handle: &mut Handle, status: StatusCode, content_type: &str, body: &str) {
+    let (request, send) = handle.next_request().await.expect("the prober sent a request");
+    assert_eq!(request.method(), Method::GET);
+    assert_eq!(
+        request.uri().path(),
+        "/api/v1/namespaces/draft-login-form/services/draft-login-form:http/proxy/health/ready"
+    );
+    send.send_response(
+        Response::builder()
+            .status(status)
+            .header("content-type", content_type)
+            .body(Body::from(body.as_bytes().to_vec()))
+            .unwrap(),
+    );
+}
+
+/// One probe through a mocked API server answering `status`, `content_type`, `body`.
+async fn probe_once(status: StatusCode, content_type: &str, body: Value) -> ProbeResult {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let prober = draftd::cluster::ServiceProxyProber::new(
+        kube::Client::new(service, "default"),
+        "draft-login-form",
+        "draft-login-form",
+        "http",
+        "/health/ready",
+    );
+    let probe = tokio::spawn(async move { prober.probe(Duration::from_secs(2)).await });
+    let body = if let Some(text) = body.as_str() { text.to_owned() } else { body.to_string() };
+    answer_proxy(&mut handle, status, content_type, &body).await;
+    probe.await.unwrap()
+}
+
+fn api_status(code: u16, reason: &str, message: &str, details: Value) -> Value {
+    json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+            "reason": reason, "details": details, "code": code })
+}
+
+fn refused(result: ProbeResult) -> String {
+    match result {
+        ProbeResult::Refused(why) => why,
+        other => panic!("expected the API server's own answer to be told apart, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_api_servers_own_errors_are_not_counted_as_the_apps_answers() {
+    let json_type = "application/json";
+    // No such Service: before, a "healthy 4xx app".
+    let why = refused(
+        probe_once(
+            StatusCode::NOT_FOUND,
+            json_type,
+            api_status(
+                404,
+                "NotFound",
+                "services \"draft-login-form\" not found",
+                json!({ "name": "draft-login-form", "kind": "services" }),
+            ),
+        )
+        .await,
+    );
+    assert!(why.contains("Service draft-login-form:http in draft-login-form"), "{why}");
+    assert!(why.contains("404 NotFound") && why.contains("services \"draft-login-form\" not found"), "{why}");
+    assert!(why.contains("no Service draft-login-form"), "{why}");
+
+    // No right to proxy.
+    let why = refused(
+        probe_once(
+            StatusCode::FORBIDDEN,
+            json_type,
+            api_status(
+                403,
+                "Forbidden",
+                "services \"draft-login-form\" is forbidden: User \"system:serviceaccount:draftd:draftd\" cannot get resource \"services/proxy\" in API group \"\" in the namespace \"draft-login-form\"",
+                json!({ "name": "draft-login-form", "kind": "services" }),
+            ),
+        )
+        .await,
+    );
+    assert!(why.contains("403 Forbidden") && why.contains("services/proxy"), "{why}");
+
+    // No ready pod behind the Service.
+    let why = refused(
+        probe_once(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json_type,
+            api_status(503, "ServiceUnavailable", "no endpoints available for service \"draft-login-form\"", json!({})),
+        )
+        .await,
+    );
+    assert!(why.contains("no endpoints available") && why.contains("no ready pod"), "{why}");
+
+    // The pod cannot be dialled: draftd-default-deny keeps the API server out.
+    for message in [
+        "error trying to reach service: dial tcp 10.244.1.7:8080: i/o timeout",
+        "error trying to reach service: proxy error from 127.0.0.1:6443 while dialing 10.42.1.78:8080, code 502: 502 Bad Gateway",
+    ] {
+        let why = refused(
+            probe_once(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json_type,
+                api_status(503, "ServiceUnavailable", message, json!({})),
+            )
+            .await,
+        );
+        assert!(why.contains(message), "{why}");
+        assert!(why.contains("draftd-default-deny"), "{why}");
+        assert!(why.contains("[[cluster.ingress_from]]") && why.contains("cidr = "), "{why}");
+        assert!(why.contains("`host`"), "{why}");
+    }
+
+    // The app's own answers pass through as they are, JSON or not.
+    let own = json!({ "error": "not found" });
+    assert_eq!(probe_once(StatusCode::NOT_FOUND, json_type, own).await, ProbeResult::Status(404));
+    assert_eq!(
+        probe_once(StatusCode::UNAUTHORIZED, "text/html; charset=utf-8", json!("<h1>sign in</h1>")).await,
+        ProbeResult::Status(401)
+    );
+    assert_eq!(
+        probe_once(StatusCode::SERVICE_UNAVAILABLE, "text/plain", json!("warming up")).await,
+        ProbeResult::Status(503)
+    );
+}
+
+#[tokio::test]
+async fn the_gate_fails_when_the_api_server_answers_for_a_missing_service() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let prober = draftd::cluster::ServiceProxyProber::new(
+        kube::Client::new(service, "default"),
+        "draft-login-form",
+        "draft-login-form",
+        "http",
+        "/health/ready",
+    );
+    let gate =
+        tokio::spawn(async move { verify::gate(&prober, 3, Duration::from_millis(20), Duration::from_secs(2)).await });
+    let status = api_status(
+        404,
+        "NotFound",
+        "services \"draft-login-form\" not found",
+        json!({ "name": "draft-login-form", "kind": "services" }),
+    );
+    answer_proxy(&mut handle, StatusCode::NOT_FOUND, "application/json", &status.to_string()).await;
+    let err = gate.await.unwrap().unwrap_err();
+    assert_eq!(err.attempt, 1, "the first such answer fails the gate");
+    assert!(err.outcome.starts_with("did not reach the app: Service draft-login-form:http"), "{}", err.outcome);
+    assert!(handle.next_request().await.is_none(), "no further probe");
+}
+
 // ---------------------------------------------------------------------------------------------------
 // migrate and smoke Jobs
 

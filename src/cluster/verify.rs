@@ -47,13 +47,18 @@ pub const LOG_TAIL_LINES: i64 = 50;
 pub const MAX_EVENTS: usize = 20;
 
 /// What one probe of the stand saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeResult {
+    /// The app's own answer.
     Status(u16),
     /// No answer within the probe's timeout.
     Timeout,
     /// Refused or reset: nothing is listening yet, or it crashed.
     Unreachable,
+    /// Something between draftd and the app answered in the app's place (the API server proxy:
+    /// no such Service, no right to proxy, no ready endpoint, the pod not reachable), so the app
+    /// was never asked; says who refused, what they said and what to do about it.
+    Refused(String),
 }
 
 /// One way to reach the stand: its Ingress URL, or its Service through the API server proxy.
@@ -82,7 +87,8 @@ pub struct GateFailure {
 }
 
 /// Probes `probes` times spread evenly over `window`; the first 5xx, timeout or refusal fails the
-/// gate. 4xx passes: an app may answer 401 or 404 on `/` and still be healthy.
+/// gate. The app's 4xx passes: an app may answer 401 or 404 on `/` and still be healthy; an answer
+/// the app never gave ([`ProbeResult::Refused`]) fails, whatever its code.
 pub async fn gate<P: Prober>(
     prober: &P,
     probes: u32,
@@ -104,6 +110,7 @@ pub async fn gate<P: Prober>(
             ProbeResult::Status(code) => format!("answered {code}"),
             ProbeResult::Timeout => format!("did not answer within {timeout:?}"),
             ProbeResult::Unreachable => "could not connect".to_owned(),
+            ProbeResult::Refused(reason) => format!("did not reach the app: {reason}"),
         };
         return Err(GateFailure { target: prober.target(), attempt, probes, outcome, elapsed: started.elapsed() });
     }
