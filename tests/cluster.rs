@@ -345,7 +345,7 @@ fn fast(cluster: Kubernetes) -> Kubernetes {
 }
 
 #[tokio::test]
-async fn teardown_deletes_with_foreground_propagation_and_waits_until_the_namespace_is_gone() {
+async fn teardown_deletes_with_background_propagation_and_waits_until_the_namespace_is_gone() {
     let (cluster, mut handle) = mock(ClusterConfig::default());
     let cluster = fast(cluster);
     let step =
@@ -358,7 +358,9 @@ async fn teardown_deletes_with_foreground_propagation_and_waits_until_the_namesp
     assert_eq!((get.method, get.path.as_str()), (Method::GET, path));
     let delete = serve(&mut handle, StatusCode::OK, |_| managed(true)).await;
     assert_eq!((delete.method, delete.path.as_str()), (Method::DELETE, path));
-    assert_eq!(delete.body["propagationPolicy"], "Foreground", "{}", delete.body);
+    // Not Foreground: its foregroundDeletion finalizer can leave a namespace stuck (kubernetes#111251);
+    // the namespace controller deletes the content either way.
+    assert_eq!(delete.body["propagationPolicy"], "Background", "{}", delete.body);
     let still = serve(&mut handle, StatusCode::OK, |_| managed(true)).await;
     assert_eq!((still.method, still.path.as_str()), (Method::GET, path));
     let gone = serve(&mut handle, StatusCode::NOT_FOUND, |_| not_found("namespaces", "draft-login-form")).await;

@@ -136,7 +136,10 @@ impl Cluster for Kubernetes {
             return Err(ClusterError::NotManaged { namespace: namespace.to_owned() });
         }
         if existing.metadata.deletion_timestamp.is_none() {
-            match namespaces.delete(namespace, &DeleteParams::foreground()).await {
+            // Background: the namespace controller deletes the content anyway, and foreground
+            // would add the foregroundDeletion finalizer, which can leave the namespace stuck
+            // (kubernetes/kubernetes#111251).
+            match namespaces.delete(namespace, &DeleteParams::background()).await {
                 Ok(_) => {}
                 // Gone between the read and the delete: what teardown wanted.
                 Err(kube::Error::Api(status)) if status.code == 404 => return Ok(NamespaceGone::Deleted),

@@ -146,9 +146,11 @@ pub trait Cluster: Send + Sync + 'static {
         stand: &StandMeta,
     ) -> impl Future<Output = Result<NamespaceOutcome, ClusterError>> + Send;
 
-    /// Deletes a namespace draftd manages, with foreground propagation so its Secrets, volume
-    /// claims and everything else go first, and waits up to `wait` for it to be gone. Refuses a
-    /// namespace without draftd's label.
+    /// Deletes a namespace draftd manages and waits up to `wait` for it to be gone; the namespace
+    /// controller deletes everything inside (Secrets, volume claims, …) before the namespace goes.
+    /// Background propagation: foreground would add the `foregroundDeletion` finalizer, which can
+    /// leave a namespace stuck terminating (kubernetes/kubernetes#111251). Refuses a namespace
+    /// without draftd's label.
     fn delete_namespace(
         &self,
         namespace: &str,
