@@ -178,12 +178,12 @@ async fn with_a_service_account_configured_the_stand_role_is_bound_first() {
     let step = call(&cluster, |c| async move { c.ensure_namespace(&stand()).await });
     serve(&mut handle, StatusCode::NOT_FOUND, |_| not_found("namespaces", "draft-login-form")).await;
     expect_apply(&mut handle, "/api/v1/namespaces/draft-login-form", "Namespace").await;
-    let binding = expect_apply(
-        &mut handle,
-        "/apis/rbac.authorization.k8s.io/v1/namespaces/draft-login-form/rolebindings/draftd",
-        "RoleBinding",
-    )
-    .await;
+    // Read first: a binding whose roleRef differs cannot be updated, only replaced.
+    let read =
+        serve(&mut handle, StatusCode::NOT_FOUND, |_| not_found("rolebindings.rbac.authorization.k8s.io", "draftd"))
+            .await;
+    assert_eq!((read.method, read.path.as_str()), (Method::GET, BINDING));
+    let binding = expect_apply(&mut handle, BINDING, "RoleBinding").await;
     assert_eq!(
         binding["roleRef"],
         json!({ "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "draftd-stand" })
@@ -192,6 +192,140 @@ async fn with_a_service_account_configured_the_stand_role_is_bound_first() {
     expect_namespace_contents(&mut handle).await;
     let outcome = step.await.unwrap().unwrap();
     assert_eq!(outcome.applied[0], "RoleBinding/draftd");
+    expect_no_more(cluster, handle).await;
+}
+
+const BINDING: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces/draft-login-form/rolebindings/draftd";
+const QUOTA: &str = "/api/v1/namespaces/draft-login-form/resourcequotas/draftd-quota";
+
+/// The RoleBinding as the API server returns it, with `role` bound and at `resource_version`.
+fn binding(role: &str, resource_version: &str) -> Value {
+    json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": { "name": "draftd", "namespace": "draft-login-form", "resourceVersion": resource_version,
+                          "uid": "0b9e4f4e-5a43-4cf2-9d0e-3f1c2a7d6b11",
+                          "labels": { "app.kubernetes.io/managed-by": "draftd", "draftd.io/stand": "7", "draftd.io/project": "shop" } },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role },
+            "subjects": [{ "kind": "ServiceAccount", "name": "draftd", "namespace": "draftd" }] })
+}
+
+/// The 403 an apply gets while the authorizer has not caught up with the new RoleBinding.
+fn forbidden_quota() -> Value {
+    json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "Forbidden", "code": 403,
+            "details": { "name": "draftd-quota", "kind": "resourcequotas" },
+            "message": "resourcequotas \"draftd-quota\" is forbidden: User \"system:serviceaccount:draftd:draftd\" cannot patch resource \"resourcequotas\" in API group \"\" in the namespace \"draft-login-form\"" })
+}
+
+/// The namespace step of a stand with a service account configured, up to its RoleBinding: the
+/// namespace is new, the binding is read (absent) and applied.
+async fn new_namespace_up_to_the_binding(handle: &mut Handle) {
+    serve(handle, StatusCode::NOT_FOUND, |_| not_found("namespaces", "draft-login-form")).await;
+    expect_apply(handle, "/api/v1/namespaces/draft-login-form", "Namespace").await;
+    serve(handle, StatusCode::NOT_FOUND, |_| not_found("rolebindings.rbac.authorization.k8s.io", "draftd")).await;
+    expect_apply(handle, BINDING, "RoleBinding").await;
+}
+
+fn with_service_account() -> ClusterConfig {
+    ClusterConfig { service_account: Some("draftd/draftd".into()), ..ClusterConfig::default() }
+}
+
+#[tokio::test]
+async fn forbidden_right_after_the_role_binding_is_created_is_retried_until_rbac_catches_up() {
+    let (cluster, mut handle) = mock(with_service_account());
+    let cluster = fast(cluster);
+    let step = call(&cluster, |c| async move { c.ensure_namespace(&stand()).await });
+    new_namespace_up_to_the_binding(&mut handle).await;
+    for _ in 0..2 {
+        let refused = serve(&mut handle, StatusCode::FORBIDDEN, |_| forbidden_quota()).await;
+        assert_eq!((refused.method, refused.path.as_str()), (Method::PATCH, QUOTA));
+    }
+    expect_namespace_contents(&mut handle).await;
+    let outcome = step.await.unwrap().unwrap();
+    assert_eq!(outcome.applied.len(), 6, "{:?}", outcome.applied);
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn forbidden_that_outlasts_rbac_propagation_is_permanent() {
+    let (cluster, mut handle) = mock(with_service_account());
+    let cluster = fast(cluster);
+    let step = call(&cluster, |c| async move { c.ensure_namespace(&stand()).await });
+    new_namespace_up_to_the_binding(&mut handle).await;
+    // The first attempt and seven retries (about 10 s at the real 2 s poll), then it stands.
+    for _ in 0..8 {
+        let refused = serve(&mut handle, StatusCode::FORBIDDEN, |_| forbidden_quota()).await;
+        assert_eq!((refused.method, refused.path.as_str()), (Method::PATCH, QUOTA));
+    }
+    let err = step.await.unwrap().unwrap_err();
+    assert!(!err.is_transient(), "{err:?}");
+    assert_eq!(err.label(), "kubernetes_forbidden");
+    assert!(err.to_string().contains("cannot patch resource"), "{err}");
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn forbidden_with_an_unchanged_role_binding_is_not_retried() {
+    let (cluster, mut handle) = mock(with_service_account());
+    let cluster = fast(cluster);
+    let step = call(&cluster, |c| async move { c.ensure_namespace(&stand()).await });
+    let labels = json!({ "app.kubernetes.io/managed-by": "draftd", "draftd.io/stand": "7" });
+    serve(&mut handle, StatusCode::OK, |_| existing(labels, false)).await;
+    expect_apply(&mut handle, "/api/v1/namespaces/draft-login-form", "Namespace").await;
+    serve(&mut handle, StatusCode::OK, |_| binding("draftd-stand", "41")).await;
+    // An apply that changes nothing keeps the resourceVersion: the authorizer knew it all along.
+    let applied = serve(&mut handle, StatusCode::OK, |_| binding("draftd-stand", "41")).await;
+    assert_eq!((applied.method, applied.path.as_str()), (Method::PATCH, BINDING));
+    serve(&mut handle, StatusCode::FORBIDDEN, |_| forbidden_quota()).await;
+    let err = step.await.unwrap().unwrap_err();
+    assert_eq!(err.label(), "kubernetes_forbidden");
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn a_changed_stand_role_replaces_the_role_binding_whose_role_ref_cannot_change() {
+    let (cluster, mut handle) = mock(with_service_account());
+    let cluster = fast(cluster);
+    let step = call(&cluster, |c| async move { c.ensure_namespace(&stand()).await });
+    let labels = json!({ "app.kubernetes.io/managed-by": "draftd", "draftd.io/stand": "7" });
+    serve(&mut handle, StatusCode::OK, |_| existing(labels, false)).await;
+    expect_apply(&mut handle, "/api/v1/namespaces/draft-login-form", "Namespace").await;
+    let read = serve(&mut handle, StatusCode::OK, |_| binding("draftd-stand-v1", "41")).await;
+    assert_eq!((read.method, read.path.as_str()), (Method::GET, BINDING));
+    // An apply would be refused with 422 "cannot change roleRef": the binding goes first.
+    let delete = serve(&mut handle, StatusCode::OK, |_| {
+        json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                "details": { "name": "draftd", "group": "rbac.authorization.k8s.io", "kind": "rolebindings",
+                             "uid": "0b9e4f4e-5a43-4cf2-9d0e-3f1c2a7d6b11" } })
+    })
+    .await;
+    assert_eq!((delete.method, delete.path.as_str()), (Method::DELETE, BINDING));
+    let created = serve(&mut handle, StatusCode::CREATED, |_| binding("draftd-stand", "57")).await;
+    assert_eq!((created.method, created.path.as_str()), (Method::PATCH, BINDING));
+    assert_eq!(created.content_type.as_deref(), Some("application/apply-patch+yaml"));
+    assert_eq!(created.body["roleRef"]["name"], "draftd-stand");
+    // The new binding may not be known to the authorizer yet: a 403 now is retried.
+    serve(&mut handle, StatusCode::FORBIDDEN, |_| forbidden_quota()).await;
+    expect_namespace_contents(&mut handle).await;
+    let outcome = step.await.unwrap().unwrap();
+    assert_eq!(outcome.applied[0], "RoleBinding/draftd");
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn a_quota_whose_status_is_not_computed_yet_refuses_for_a_moment_only() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let work =
+        call(&cluster, |c| async move { c.apply_secret(&stand(), "draft-login-form-db", &credentials("p-1")).await });
+    // What the quota admission plugin answers until the quota controller has computed the new
+    // ResourceQuota's first status.
+    serve(&mut handle, StatusCode::FORBIDDEN, |_| {
+        json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "Forbidden", "code": 403,
+                "details": { "name": "draft-login-form-db", "kind": "secrets" },
+                "message": "secrets \"draft-login-form-db\" is forbidden: status unknown for quota: draftd-quota, resources: count/secrets" })
+    })
+    .await;
+    let err = work.await.unwrap().unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert_eq!(err.label(), "kubernetes_quota_pending");
     expect_no_more(cluster, handle).await;
 }
 

@@ -11,6 +11,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use secrecy::SecretString;
@@ -30,9 +31,16 @@ use crate::config::ClusterConfig;
 pub struct Kubernetes {
     client: Client,
     config: ClusterConfig,
-    /// How often a wait (for a namespace to go, a rollout to finish) looks again.
+    /// How often a wait (for a namespace to go, a rollout to finish) looks again. The other waits
+    /// are multiples of it, so tests that poll fast wait little.
     poll: Duration,
 }
+
+/// Retries of an apply refused with 403 right after the RoleBinding that grants draftd its rights
+/// in the namespace was created or changed: each API server's authorizer learns of a new binding
+/// from its own cache, a moment later. The waits double from an eighth of the poll up to the poll:
+/// about 10 s in all at the 2 s poll, then the 403 stands.
+const RBAC_RETRIES: u32 = 7;
 
 impl Kubernetes {
     pub fn new(client: Client, config: ClusterConfig) -> Self {
@@ -59,6 +67,55 @@ impl Kubernetes {
         let name = object.name_any();
         api.patch(&name, &Self::apply_params(), &Patch::Apply(object)).await?;
         Ok(format!("{}/{name}", K::kind(&())))
+    }
+
+    /// [`Self::apply`], retrying a 403 for a while when `binding_new` says draftd's RoleBinding
+    /// in the namespace was just created or changed (see [`RBAC_RETRIES`]).
+    async fn apply_bound<K>(&self, namespace: &str, object: &K, binding_new: bool) -> Result<String, ClusterError>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
+    {
+        let mut retries = 0;
+        loop {
+            match self.apply(namespace, object).await {
+                Err(ClusterError::Api(kube::Error::Api(status)))
+                    if binding_new && status.code == 403 && retries < RBAC_RETRIES =>
+                {
+                    retries += 1;
+                    let wait = (self.poll / 8 * 2u32.pow(retries - 1)).min(self.poll);
+                    tracing::debug!(namespace, object = %object.name_any(), ?wait, message = %status.message,
+                        "forbidden right after the RoleBinding changed; trying again");
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Binds `[cluster] stand_role` to draftd's ServiceAccount in the namespace. Returns the
+    /// record and whether the binding is new or changed (so the authorizer may not know it yet).
+    async fn bind_stand_role(&self, stand: &StandMeta, service_account: &str) -> Result<(String, bool), ClusterError> {
+        let wanted = resources::role_binding(stand, service_account, &self.config.stand_role);
+        let api: Api<RoleBinding> = Api::namespaced(self.client.clone(), &stand.namespace);
+        let mut existing = api.get_opt(resources::ROLE_BINDING_NAME).await?;
+        if let Some(current) = &existing
+            && current.role_ref != wanted.role_ref
+        {
+            // Kubernetes refuses to change a binding's roleRef (422 "cannot change roleRef"), so
+            // after `stand_role` changed the binding is replaced: deleted, then created anew.
+            tracing::info!(namespace = %stand.namespace, from = %current.role_ref.name, to = %wanted.role_ref.name,
+                "the stand role changed; replacing the RoleBinding");
+            match api.delete(resources::ROLE_BINDING_NAME, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            existing = None;
+        }
+        let applied = api.patch(resources::ROLE_BINDING_NAME, &Self::apply_params(), &Patch::Apply(&wanted)).await?;
+        // An apply that changed nothing leaves the resourceVersion as it was.
+        let changed = existing.is_none_or(|e| e.metadata.resource_version != applied.metadata.resource_version);
+        Ok((format!("RoleBinding/{}", resources::ROLE_BINDING_NAME), changed))
     }
 }
 
@@ -114,15 +171,18 @@ impl Cluster for Kubernetes {
         let ns = stand.namespace.as_str();
         let mut applied = Vec::new();
         // First: under deploy/rbac.yaml, draftd's rights inside the namespace come from this binding.
+        let mut binding_new = false;
         if let Some(sa) = &self.config.service_account {
-            applied.push(self.apply(ns, &resources::role_binding(stand, sa, &self.config.stand_role)).await?);
+            let (record, changed) = self.bind_stand_role(stand, sa).await?;
+            applied.push(record);
+            binding_new = changed;
         }
         applied.extend([
-            self.apply(ns, &resources::resource_quota(stand, &self.config.quota)).await?,
-            self.apply(ns, &resources::limit_range(stand, &self.config.limits)).await?,
-            self.apply(ns, &resources::deny_all_policy(stand)).await?,
-            self.apply(ns, &resources::allow_policy(stand, &self.config)).await?,
-            self.apply(ns, &resources::service_account(stand)).await?,
+            self.apply_bound(ns, &resources::resource_quota(stand, &self.config.quota), binding_new).await?,
+            self.apply_bound(ns, &resources::limit_range(stand, &self.config.limits), binding_new).await?,
+            self.apply_bound(ns, &resources::deny_all_policy(stand), binding_new).await?,
+            self.apply_bound(ns, &resources::allow_policy(stand, &self.config), binding_new).await?,
+            self.apply_bound(ns, &resources::service_account(stand), binding_new).await?,
         ]);
         Ok(NamespaceOutcome { created: existing.is_none(), applied })
     }

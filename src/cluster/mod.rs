@@ -112,7 +112,7 @@ impl ClusterError {
     pub fn is_transient(&self) -> bool {
         match self {
             ClusterError::Api(kube::Error::Api(status)) => {
-                status.code == 409 || status.code == 429 || status.code >= 500
+                status.code == 409 || status.code == 429 || status.code >= 500 || quota_status_unknown(status)
             }
             ClusterError::Api(kube::Error::HyperError(_) | kube::Error::Service(_)) => true,
             ClusterError::Terminating { .. } | ClusterError::DeletionBlocked { .. } => true,
@@ -131,10 +131,18 @@ impl ClusterError {
             ClusterError::RolloutFailed { .. } => "rollout_failed",
             ClusterError::JobTimeout { .. } => "job_timeout",
             ClusterError::Config(_) => "kubernetes_config",
+            ClusterError::Api(kube::Error::Api(status)) if quota_status_unknown(status) => "kubernetes_quota_pending",
             ClusterError::Api(kube::Error::Api(status)) if status.code == 403 => "kubernetes_forbidden",
             ClusterError::Api(_) => "kubernetes_api",
         }
     }
+}
+
+/// A 403 that is not a refusal: the quota admission plugin refuses objects a ResourceQuota counts
+/// until the quota controller has computed that quota's first status ("status unknown for quota:
+/// draftd-quota"), which on a new namespace takes a moment. The same request passes shortly after.
+fn quota_status_unknown(status: &kube::core::Status) -> bool {
+    status.code == 403 && status.message.contains("status unknown for quota")
 }
 
 /// The cluster as the pipeline's steps use it.
