@@ -771,6 +771,113 @@ async fn a_deployment_past_its_progress_deadline_fails_at_once() {
     expect_no_more(cluster, handle).await;
 }
 
+#[tokio::test]
+async fn a_stale_progress_deadline_of_the_previous_revision_does_not_fail_a_new_rollout() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let cluster = fast(cluster);
+    let wait = call(&cluster, |c| async move {
+        c.wait_rollout("draft-login-form", "draft-login-form", Duration::from_secs(30)).await
+    });
+    // Right after `helm upgrade`: generation 2 not yet observed, the condition still revision 1's.
+    let stale = json!({ "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 0,
+        "conditions": [{ "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                         "message": "ReplicaSet \"app-5d4\" has timed out progressing." }] });
+    rollout_round(&mut handle, json!([deployment("app", 2, stale)])).await;
+    let done = json!({ "observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1,
+        "conditions": [{ "type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
+                         "message": "ReplicaSet \"app-7f9\" has successfully progressed." }] });
+    rollout_round(&mut handle, json!([deployment("app", 2, done)])).await;
+    assert_eq!(wait.await.unwrap().unwrap(), ["Deployment/app"]);
+    expect_no_more(cluster, handle).await;
+}
+
+fn statefulset(name: &str, replicas: i32, strategy: Value, status: Value) -> Value {
+    json!({ "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": { "name": name, "namespace": "draft-login-form", "generation": 3 },
+            "spec": { "replicas": replicas, "serviceName": name, "updateStrategy": strategy,
+                      "selector": { "matchLabels": { "app": name } },
+                      "template": { "metadata": { "labels": { "app": name } }, "spec": { "containers": [] } } },
+            "status": status })
+}
+
+#[tokio::test]
+async fn statefulsets_updated_on_delete_or_up_to_a_partition_are_done_when_their_pods_are() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let cluster = fast(cluster);
+    let wait = call(&cluster, |c| async move {
+        c.wait_rollout("draft-login-form", "draft-login-form", Duration::from_millis(300)).await
+    });
+    // OnDelete: the new revision waits for someone to delete the pods; both pods are ready.
+    let on_delete = statefulset(
+        "cache",
+        2,
+        json!({ "type": "OnDelete" }),
+        json!({ "observedGeneration": 3, "replicas": 2, "readyReplicas": 2, "currentReplicas": 2, "updatedReplicas": 0,
+                "currentRevision": "cache-6c9f", "updateRevision": "cache-7d8e" }),
+    );
+    // Partition 2 of 3: only pod 2 is updated, on purpose; all three ready.
+    let partitioned = statefulset(
+        "db",
+        3,
+        json!({ "type": "RollingUpdate", "rollingUpdate": { "partition": 2 } }),
+        json!({ "observedGeneration": 3, "replicas": 3, "readyReplicas": 3, "currentReplicas": 2, "updatedReplicas": 1,
+                "currentRevision": "db-5b7c", "updateRevision": "db-8a1f" }),
+    );
+    let statefulsets = json!([on_delete, partitioned]);
+    let responder = tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let body = if request.uri().path().ends_with("/deployments") {
+                list("Deployment", json!([]))
+            } else {
+                list("StatefulSet", statefulsets.clone())
+            };
+            send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&body).unwrap())).unwrap());
+        }
+    });
+    let result = wait.await.unwrap();
+    drop(cluster);
+    responder.await.unwrap();
+    assert_eq!(result.unwrap(), ["StatefulSet/cache", "StatefulSet/db"]);
+}
+
+#[test]
+fn a_partitioned_statefulset_waits_for_the_pods_above_its_partition() {
+    let sts = |updated: i32, ready: i32| -> k8s_openapi::api::apps::v1::StatefulSet {
+        serde_json::from_value(statefulset(
+            "db",
+            3,
+            json!({ "type": "RollingUpdate", "rollingUpdate": { "partition": 1 } }),
+            json!({ "observedGeneration": 3, "replicas": 3, "readyReplicas": ready, "updatedReplicas": updated,
+                    "currentRevision": "db-5b7c", "updateRevision": "db-8a1f" }),
+        ))
+        .unwrap()
+    };
+    use verify::RolloutState;
+    assert_eq!(
+        verify::statefulset_state(&sts(1, 3)),
+        RolloutState::Progressing("1 of 2 pods updated (partition 1)".into())
+    );
+    assert_eq!(verify::statefulset_state(&sts(2, 2)), RolloutState::Progressing("2 of 3 pods ready".into()));
+    assert_eq!(verify::statefulset_state(&sts(2, 3)), RolloutState::Done);
+}
+
+#[tokio::test]
+async fn a_release_without_labelled_workloads_fails_verify_instead_of_passing_unchecked() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let wait = call(&cluster, |c| async move {
+        c.wait_rollout("draft-login-form", "draft-login-form", Duration::from_secs(30)).await
+    });
+    rollout_round(&mut handle, json!([])).await;
+    let err = wait.await.unwrap().unwrap_err();
+    assert!(matches!(err, ClusterError::NoWorkloads { .. }), "{err:?}");
+    assert!(!err.is_transient());
+    assert_eq!(err.label(), "rollout_no_workloads");
+    let text = err.to_string();
+    assert!(text.contains("app.kubernetes.io/instance=draft-login-form"), "{text}");
+    assert!(text.contains("app.kubernetes.io/instance: {{ .Release.Name }}"), "{text}");
+    expect_no_more(cluster, handle).await;
+}
+
 fn pod(name: &str, phase: &str, ready: bool, containers: Value) -> Value {
     json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name, "namespace": "draft-login-form" },
             "status": { "phase": phase,

@@ -280,6 +280,11 @@ impl Cluster for Kubernetes {
             for s in statefulsets.list(&params).await?.items {
                 states.push((format!("StatefulSet/{}", s.name_any()), verify::statefulset_state(&s)));
             }
+            // Helm has created the release's objects by the time verify runs: none now means the
+            // chart's workloads lack the label, and nothing would be checked.
+            if states.is_empty() {
+                return Err(ClusterError::NoWorkloads { namespace: namespace.to_owned(), selector });
+            }
             let mut pending = Vec::new();
             for (workload, state) in &states {
                 match state {

@@ -100,6 +100,12 @@ pub enum ClusterError {
     RolloutFailed { workload: String, message: String },
     #[error("job {job} did not finish within {waited:?}")]
     JobTimeout { job: String, waited: Duration },
+    /// The release has no Deployment or StatefulSet draftd can find, so there is nothing whose
+    /// rollout verify could check; passing would vouch for a stand nobody looked at.
+    #[error(
+        "no Deployment or StatefulSet in namespace {namespace} matches the label selector {selector}, so verify cannot check any rollout: label the chart's workloads (metadata.labels) with Helm's standard `app.kubernetes.io/instance: {{{{ .Release.Name }}}}`"
+    )]
+    NoWorkloads { namespace: String, selector: String },
     #[error("no Kubernetes configuration: {0}")]
     Config(String),
     #[error("Kubernetes API: {0}")]
@@ -130,6 +136,7 @@ impl ClusterError {
             ClusterError::RolloutTimeout { .. } => "rollout_timeout",
             ClusterError::RolloutFailed { .. } => "rollout_failed",
             ClusterError::JobTimeout { .. } => "job_timeout",
+            ClusterError::NoWorkloads { .. } => "rollout_no_workloads",
             ClusterError::Config(_) => "kubernetes_config",
             ClusterError::Api(kube::Error::Api(status)) if quota_status_unknown(status) => "kubernetes_quota_pending",
             ClusterError::Api(kube::Error::Api(status)) if status.code == 403 => "kubernetes_forbidden",
@@ -185,7 +192,8 @@ pub trait Cluster: Send + Sync + 'static {
 
     /// Waits until every Deployment and StatefulSet of the Helm release has rolled out (the new
     /// spec observed, all replicas updated and available, no old ones left), at most `timeout`.
-    /// Returns the workloads, as `Kind/name`.
+    /// Returns the workloads, as `Kind/name`. A release without any (none carries the label
+    /// `app.kubernetes.io/instance=<release>`) is an error, not a success.
     fn wait_rollout(
         &self,
         namespace: &str,

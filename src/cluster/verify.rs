@@ -166,15 +166,18 @@ pub enum RolloutState {
 pub fn deployment_state(d: &Deployment) -> RolloutState {
     let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let Some(status) = &d.status else { return RolloutState::Progressing("no status yet".into()) };
+    // The generation first: until the controller has seen the new spec, the conditions are those
+    // of the previous revision, and right after `helm upgrade` an old ProgressDeadlineExceeded
+    // would fail the new rollout before it started.
+    let generation = d.metadata.generation.unwrap_or(0);
+    if status.observed_generation.unwrap_or(0) < generation {
+        return RolloutState::Progressing("waiting for the controller to see the new spec".into());
+    }
     if let Some(c) = status.conditions.iter().flatten().find(|c| c.type_ == "Progressing")
         && c.status == "False"
         && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
     {
         return RolloutState::Failed(c.message.clone().unwrap_or_else(|| "progress deadline exceeded".into()));
-    }
-    let generation = d.metadata.generation.unwrap_or(0);
-    if status.observed_generation.unwrap_or(0) < generation {
-        return RolloutState::Progressing("waiting for the controller to see the new spec".into());
     }
     let updated = status.updated_replicas.unwrap_or(0);
     let total = status.replicas.unwrap_or(0);
@@ -190,19 +193,38 @@ pub fn deployment_state(d: &Deployment) -> RolloutState {
     }
 }
 
+/// As kubectl's StatefulSetStatusViewer, plus OnDelete: the spec observed, then by update strategy.
 pub fn statefulset_state(s: &StatefulSet) -> RolloutState {
-    let want = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let spec = s.spec.as_ref();
+    let want = spec.and_then(|s| s.replicas).unwrap_or(1);
     let Some(status) = &s.status else { return RolloutState::Progressing("no status yet".into()) };
-    if status.observed_generation.unwrap_or(0) < s.metadata.generation.unwrap_or(0) {
+    let observed = status.observed_generation.unwrap_or(0);
+    if observed == 0 || observed < s.metadata.generation.unwrap_or(0) {
         return RolloutState::Progressing("waiting for the controller to see the new spec".into());
     }
     let ready = status.ready_replicas.unwrap_or(0);
     let updated = status.updated_replicas.unwrap_or(0);
-    if updated < want {
-        RolloutState::Progressing(format!("{updated} of {want} pods updated"))
+    let strategy = spec.and_then(|s| s.update_strategy.as_ref());
+    if strategy.and_then(|u| u.type_.as_deref()) == Some("OnDelete") {
+        // The controller replaces a pod only when someone deletes it: no pod is ever "updated" by
+        // waiting, so the rollout is as done as it gets once the wanted pods are ready.
+        return if ready < want {
+            RolloutState::Progressing(format!("{ready} of {want} pods ready"))
+        } else {
+            RolloutState::Done
+        };
+    }
+    // With a partition, only the pods with an ordinal at or above it are updated; the rest stay
+    // on the old revision on purpose, so the revisions never match.
+    let partition = strategy.and_then(|u| u.rolling_update.as_ref()).and_then(|r| r.partition).unwrap_or(0);
+    let partition = partition.clamp(0, want.max(0));
+    let to_update = want - partition;
+    if updated < to_update {
+        let of = if partition > 0 { format!(" (partition {partition})") } else { String::new() };
+        RolloutState::Progressing(format!("{updated} of {to_update} pods updated{of}"))
     } else if ready < want {
         RolloutState::Progressing(format!("{ready} of {want} pods ready"))
-    } else if status.update_revision.is_some() && status.current_revision != status.update_revision {
+    } else if partition == 0 && status.update_revision.is_some() && status.current_revision != status.update_revision {
         RolloutState::Progressing("revision update in progress".into())
     } else {
         RolloutState::Done
