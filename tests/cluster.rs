@@ -1231,21 +1231,51 @@ fn smoke_request() -> JobRequest {
     }
 }
 
+const JOB: &str = "/apis/batch/v1/namespaces/draft-login-form/jobs/smoke-r3";
+const JOB_UID: &str = "5f1b7c2e-9a44-4d1e-8c0a-2b6f3e9d7a15";
+
 fn job_status(conditions: Value) -> Value {
-    json!({ "apiVersion": "batch/v1", "kind": "Job", "metadata": { "name": "smoke-r3", "namespace": "draft-login-form" },
+    json!({ "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": { "name": "smoke-r3", "namespace": "draft-login-form", "uid": JOB_UID },
             "spec": { "template": { "spec": { "containers": [] } } }, "status": { "conditions": conditions } })
 }
 
-async fn expect_job_pod_and_log(handle: &mut Handle, exit_code: i32, log: &str) {
-    let pods = list(
-        "Pod",
-        json!([{ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "smoke-r3-x7k2p" },
-                 "status": { "phase": "Failed", "containerStatuses": [
-                     container("smoke", false, 0, json!({ "terminated": { "exitCode": exit_code } }), json!({})) ] } }]),
+/// A pod of the Job, as its controller makes them: the controller-uid label and owner reference.
+fn job_pod(phase: &str, state: Value) -> Value {
+    json!({ "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": "smoke-r3-x7k2p", "namespace": "draft-login-form",
+                          "creationTimestamp": "2026-11-25T10:00:00Z",
+                          "labels": { "batch.kubernetes.io/controller-uid": JOB_UID, "batch.kubernetes.io/job-name": "smoke-r3",
+                                      "controller-uid": JOB_UID, "job-name": "smoke-r3" },
+                          "ownerReferences": [{ "apiVersion": "batch/v1", "kind": "Job", "name": "smoke-r3", "uid": JOB_UID,
+                                                "controller": true, "blockOwnerDeletion": true }] },
+            "status": { "phase": phase, "containerStatuses": [container("smoke", false, 0, state, json!({}))] } })
+}
+
+/// Asserts the list of the Job's pods, selected by its UID, and answers with `pods`.
+async fn expect_job_pods(handle: &mut Handle, pods: Value) {
+    let listed = serve(handle, StatusCode::OK, |_| list("Pod", pods)).await;
+    assert_eq!((listed.method, listed.path.as_str()), (Method::GET, "/api/v1/namespaces/draft-login-form/pods"));
+    assert_eq!(
+        listed.query.get("labelSelector").map(String::as_str),
+        Some(format!("batch.kubernetes.io/controller-uid={JOB_UID}").as_str()),
+        "by the Job's UID, never by its name"
     );
-    let listed = serve(handle, StatusCode::OK, |_| pods).await;
-    assert_eq!(listed.path, "/api/v1/namespaces/draft-login-form/pods");
-    assert_eq!(listed.query.get("labelSelector").map(String::as_str), Some("job-name=smoke-r3"));
+}
+
+/// Asserts the list of the Job's events, by its UID, and answers with `events`.
+async fn expect_job_events(handle: &mut Handle, events: Value) {
+    let listed = serve(handle, StatusCode::OK, |_| list("Event", events)).await;
+    assert_eq!((listed.method, listed.path.as_str()), (Method::GET, "/api/v1/namespaces/draft-login-form/events"));
+    assert_eq!(
+        listed.query.get("fieldSelector").map(String::as_str),
+        Some(format!("involvedObject.uid={JOB_UID}").as_str())
+    );
+}
+
+async fn expect_job_pod_and_log(handle: &mut Handle, exit_code: i32, log: &str) {
+    let terminated = json!({ "terminated": { "exitCode": exit_code, "reason": if exit_code == 0 { "Completed" } else { "Error" } } });
+    expect_job_pods(handle, json!([job_pod(if exit_code == 0 { "Succeeded" } else { "Failed" }, terminated)])).await;
     let (request, send) = handle.next_request().await.unwrap();
     assert_eq!(request.uri().path(), "/api/v1/namespaces/draft-login-form/pods/smoke-r3-x7k2p/log");
     let query: HashMap<String, String> =
@@ -1255,19 +1285,42 @@ async fn expect_job_pod_and_log(handle: &mut Handle, exit_code: i32, log: &str) 
     send.send_response(Response::builder().body(Body::from(log.as_bytes().to_vec())).unwrap());
 }
 
+/// Once draftd has read the outcome: the TTL, set then by a merge patch of the one field.
+async fn expect_ttl(handle: &mut Handle, answer: Value) {
+    let patch = serve(handle, StatusCode::OK, |_| answer).await;
+    assert_eq!((patch.method, patch.path.as_str()), (Method::PATCH, JOB));
+    assert_eq!(patch.content_type.as_deref(), Some("application/merge-patch+json"));
+    assert_eq!(patch.body, json!({ "spec": { "ttlSecondsAfterFinished": 3600 } }));
+}
+
+/// The Job is new: read (absent), applied and answered as the API server does, with its UID.
+async fn expect_job_created(handle: &mut Handle) -> Value {
+    let get = serve(handle, StatusCode::NOT_FOUND, |_| not_found("jobs.batch", "smoke-r3")).await;
+    assert_eq!((get.method, get.path.as_str()), (Method::GET, JOB));
+    let applied = serve(handle, StatusCode::CREATED, |seen| {
+        let mut job = seen.body.clone();
+        job["metadata"]["uid"] = json!(JOB_UID);
+        job
+    })
+    .await;
+    assert_eq!((applied.method, applied.path.as_str()), (Method::PATCH, JOB));
+    assert_eq!(applied.query.get("fieldManager").map(String::as_str), Some("draftd"));
+    assert_eq!(applied.content_type.as_deref(), Some("application/apply-patch+yaml"));
+    applied.body
+}
+
 #[tokio::test]
 async fn a_smoke_job_runs_once_and_brings_back_its_exit_code_and_log() {
     let (cluster, mut handle) = mock(ClusterConfig::default());
     let cluster = fast(cluster);
     let run = call(&cluster, |c| async move { c.run_job(&stand(), &smoke_request()).await });
-    let path = "/apis/batch/v1/namespaces/draft-login-form/jobs/smoke-r3";
-    let get = serve(&mut handle, StatusCode::NOT_FOUND, |_| not_found("jobs.batch", "smoke-r3")).await;
-    assert_eq!((get.method, get.path.as_str()), (Method::GET, path));
-    let job = expect_apply(&mut handle, path, "Job").await;
+    let job = expect_job_created(&mut handle).await;
+    assert_eq!(job["kind"], "Job");
+    assert_eq!(job["metadata"]["labels"]["app.kubernetes.io/managed-by"], "draftd");
     let spec = &job["spec"];
     assert_eq!(spec["backoffLimit"], 0);
     assert_eq!(spec["activeDeadlineSeconds"], 600);
-    assert_eq!(spec["ttlSecondsAfterFinished"], 3600);
+    assert!(spec.get("ttlSecondsAfterFinished").is_none(), "no TTL until draftd has read the outcome: {spec}");
     let pod = &spec["template"]["spec"];
     assert_eq!(pod["restartPolicy"], "Never");
     assert_eq!(pod["automountServiceAccountToken"], false);
@@ -1278,11 +1331,17 @@ async fn a_smoke_job_runs_once_and_brings_back_its_exit_code_and_log() {
     assert_eq!(c["envFrom"], json!([{ "secretRef": { "name": "draft-login-form-db", "optional": false } }]));
     assert_eq!(spec["template"]["metadata"]["labels"]["draftd.io/job"], "smoke");
 
-    let running = serve(&mut handle, StatusCode::OK, |_| job_status(json!([]))).await;
-    assert_eq!((running.method, running.path.as_str()), (Method::GET, path));
+    // Running: its pod is looked at while waiting.
+    expect_job_pods(
+        &mut handle,
+        json!([job_pod("Running", json!({ "running": { "startedAt": "2026-11-25T10:00:05Z" } }))]),
+    )
+    .await;
     let failed = json!([{ "type": "Failed", "status": "True", "reason": "BackoffLimitExceeded" }]);
-    serve(&mut handle, StatusCode::OK, |_| job_status(failed)).await;
+    let again = serve(&mut handle, StatusCode::OK, |_| job_status(failed.clone())).await;
+    assert_eq!((again.method, again.path.as_str()), (Method::GET, JOB));
     expect_job_pod_and_log(&mut handle, 1, "login: ok\ncreate task: HTTP 500\n").await;
+    expect_ttl(&mut handle, job_status(failed)).await;
 
     let outcome = run.await.unwrap().unwrap();
     assert!(!outcome.succeeded);
@@ -1293,19 +1352,198 @@ async fn a_smoke_job_runs_once_and_brings_back_its_exit_code_and_log() {
 }
 
 #[tokio::test]
+async fn the_job_pod_meets_the_restricted_pod_security_profile() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let run = call(&cluster, |c| async move { c.run_job(&stand(), &smoke_request()).await });
+    let job = expect_job_created(&mut handle).await;
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"], json!({ "runAsNonRoot": true, "seccompProfile": { "type": "RuntimeDefault" } }));
+    assert_eq!(
+        pod["containers"][0]["securityContext"],
+        json!({ "allowPrivilegeEscalation": false, "capabilities": { "drop": ["ALL"] }, "runAsNonRoot": true,
+                "seccompProfile": { "type": "RuntimeDefault" } })
+    );
+    assert!(pod["containers"][0]["securityContext"].get("runAsUser").is_none(), "the image decides who it runs as");
+    drop(handle);
+    assert!(run.await.unwrap().is_err(), "the mock went away");
+}
+
+#[tokio::test]
 async fn a_resumed_run_collects_the_job_its_earlier_attempt_started() {
     let (cluster, mut handle) = mock(ClusterConfig::default());
     let run = call(&cluster, |c| async move { c.run_job(&stand(), &smoke_request()).await });
     let complete = json!([{ "type": "Complete", "status": "True" }]);
     let found = serve(&mut handle, StatusCode::OK, |_| job_status(complete.clone())).await;
-    assert_eq!(found.method, Method::GET);
-    // No apply: the Job exists. Its status is read, then its pod and log.
-    let again = serve(&mut handle, StatusCode::OK, |_| job_status(complete)).await;
-    assert_eq!(again.method, Method::GET);
+    assert_eq!((found.method, found.path.as_str()), (Method::GET, JOB));
+    // No apply: the Job exists and has finished. Its pod and log are read, then its TTL set.
     expect_job_pod_and_log(&mut handle, 0, "all smoke checks passed\n").await;
+    expect_ttl(&mut handle, job_status(complete)).await;
     let outcome = run.await.unwrap().unwrap();
     assert!(outcome.succeeded);
     assert_eq!((outcome.reason.as_str(), outcome.exit_code), ("Complete", Some(0)));
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn a_job_gone_before_its_ttl_could_be_set_still_reports_its_outcome() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let run = call(&cluster, |c| async move { c.run_job(&stand(), &smoke_request()).await });
+    let complete = json!([{ "type": "Complete", "status": "True" }]);
+    serve(&mut handle, StatusCode::OK, |_| job_status(complete)).await;
+    expect_job_pod_and_log(&mut handle, 0, "ok\n").await;
+    let patch = serve(&mut handle, StatusCode::NOT_FOUND, |_| not_found("jobs.batch", "smoke-r3")).await;
+    assert_eq!(patch.method, Method::PATCH);
+    assert!(run.await.unwrap().unwrap().succeeded);
+    expect_no_more(cluster, handle).await;
+}
+
+/// Asserts the Job's deletion, with background propagation so its pods go too.
+async fn expect_job_deleted(handle: &mut Handle) {
+    let delete = serve(handle, StatusCode::OK, |_| job_status(json!([]))).await;
+    assert_eq!((delete.method, delete.path.as_str()), (Method::DELETE, JOB));
+    assert_eq!(delete.body["propagationPolicy"], "Background", "{}", delete.body);
+}
+
+#[tokio::test]
+async fn a_job_whose_container_config_is_refused_is_deleted_at_once_with_the_reason() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let cluster = fast(cluster);
+    let run = call(&cluster, |c| async move { c.run_job(&stand(), &smoke_request()).await });
+    expect_job_created(&mut handle).await;
+    // The image runs as root, which runAsNonRoot refuses: waiting 10 minutes changes nothing.
+    let refused = json!({ "waiting": { "reason": "CreateContainerConfigError",
+                                       "message": "container has runAsNonRoot and image will run as root (pod: \"smoke-r3-x7k2p_draft-login-form(5f1b)\", container: smoke)" } });
+    expect_job_pods(&mut handle, json!([job_pod("Pending", refused)])).await;
+    expect_job_deleted(&mut handle).await;
+    let err = run.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, ClusterError::JobNotStarted { reason, .. } if reason == "CreateContainerConfigError"),
+        "{err:?}"
+    );
+    assert!(!err.is_transient());
+    assert_eq!(err.label(), "job_not_started");
+    let text = err.to_string();
+    assert!(text.contains("smoke-r3") && text.contains("runAsNonRoot and image will run as root"), "{text}");
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn a_job_pod_forbidden_by_admission_is_found_in_the_jobs_events_and_deleted() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let cluster = fast(cluster);
+    let run = call(&cluster, |c| async move { c.run_job(&stand(), &smoke_request()).await });
+    expect_job_created(&mut handle).await;
+    // No pod: the Job controller could not create it, and said so in an event on the Job.
+    expect_job_pods(&mut handle, json!([])).await;
+    let message = "Error creating: pods \"smoke-r3-x7k2p\" is forbidden: violates PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false";
+    expect_job_events(
+        &mut handle,
+        json!([{ "apiVersion": "v1", "kind": "Event", "metadata": { "name": "smoke-r3.18a2", "namespace": "draft-login-form" },
+                 "involvedObject": { "apiVersion": "batch/v1", "kind": "Job", "name": "smoke-r3", "namespace": "draft-login-form", "uid": JOB_UID },
+                 "reason": "FailedCreate", "type": "Warning", "count": 3, "message": message,
+                 "source": { "component": "job-controller" }, "lastTimestamp": "2026-11-25T10:00:09Z" }]),
+    )
+    .await;
+    expect_job_deleted(&mut handle).await;
+    let err = run.await.unwrap().unwrap_err();
+    assert!(matches!(&err, ClusterError::JobNotStarted { reason, .. } if reason == "FailedCreate"), "{err:?}");
+    assert!(err.to_string().contains("violates PodSecurity"), "{err}");
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn a_job_whose_image_cannot_be_pulled_is_given_up_after_a_grace_not_its_deadline() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let cluster = fast(cluster);
+    let run = call(&cluster, |c| async move { c.run_job(&stand(), &smoke_request()).await });
+    expect_job_created(&mut handle).await;
+    let backoff = job_pod(
+        "Pending",
+        json!({ "waiting": { "reason": "ImagePullBackOff",
+                             "message": "Back-off pulling image \"registry.example.com/shop:draft-login-form-abc1234\"" } }),
+    );
+    // The pull keeps failing: the Job is read and its pod listed each poll until the grace is over.
+    let responder = tokio::spawn(async move {
+        let mut pod_lists = 0;
+        loop {
+            let (request, send) = handle.next_request().await.expect("the Job is deleted in the end");
+            let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+            let body = match (&method, path.as_str()) {
+                (&Method::GET, "/api/v1/namespaces/draft-login-form/pods") => {
+                    pod_lists += 1;
+                    list("Pod", json!([backoff.clone()]))
+                }
+                (&Method::GET, JOB) => job_status(json!([])),
+                (&Method::DELETE, JOB) => {
+                    let bytes = request.into_body().collect().await.unwrap().to_bytes();
+                    let body: Value = serde_json::from_slice(&bytes).unwrap();
+                    assert_eq!(body["propagationPolicy"], "Background", "{body}");
+                    send.send_response(
+                        Response::builder()
+                            .body(Body::from(serde_json::to_vec(&job_status(json!([]))).unwrap()))
+                            .unwrap(),
+                    );
+                    return (pod_lists, handle);
+                }
+                other => panic!("unexpected request {other:?}"),
+            };
+            send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&body).unwrap())).unwrap());
+        }
+    });
+    let err = run.await.unwrap().unwrap_err();
+    let (pod_lists, handle) = responder.await.unwrap();
+    assert!(pod_lists >= 2, "a failing pull gets a grace: {pod_lists} looks");
+    assert!(matches!(&err, ClusterError::JobNotStarted { reason, .. } if reason == "ImagePullBackOff"), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("Back-off pulling image") && text.contains("smoke-r3-x7k2p"), "{text}");
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn a_job_past_its_deadline_says_what_its_pod_was_doing() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let cluster = fast(cluster);
+    let run = call(&cluster, |c| async move { c.run_job(&stand(), &smoke_request()).await });
+    serve(&mut handle, StatusCode::OK, |_| job_status(json!([]))).await;
+    expect_job_pods(
+        &mut handle,
+        json!([job_pod("Running", json!({ "running": { "startedAt": "2026-11-25T10:00:05Z" } }))]),
+    )
+    .await;
+    let deadline = json!([{ "type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                            "message": "Job was active longer than specified deadline" }]);
+    serve(&mut handle, StatusCode::OK, |_| job_status(deadline.clone())).await;
+    // The Job controller has deleted the pod by now: what it was doing is what draftd saw last.
+    expect_job_pods(&mut handle, json!([])).await;
+    expect_ttl(&mut handle, job_status(deadline)).await;
+    let outcome = run.await.unwrap().unwrap();
+    assert!(!outcome.succeeded);
+    assert_eq!(
+        outcome.reason,
+        "DeadlineExceeded: pod smoke-r3-x7k2p (Running): smoke running since 2026-11-25T10:00:05Z"
+    );
+    assert_eq!((outcome.exit_code, outcome.log_tail), (None, None));
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn a_job_past_its_deadline_without_a_pod_quotes_the_jobs_events() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let run = call(&cluster, |c| async move { c.run_job(&stand(), &smoke_request()).await });
+    let deadline = json!([{ "type": "Failed", "status": "True", "reason": "DeadlineExceeded" }]);
+    serve(&mut handle, StatusCode::OK, |_| job_status(deadline.clone())).await;
+    expect_job_pods(&mut handle, json!([])).await;
+    let message = "Error creating: pods \"smoke-r3-x7k2p\" is forbidden: exceeded quota: draftd-quota, requested: requests.memory=512Mi, used: requests.memory=4Gi, limited: requests.memory=4Gi";
+    expect_job_events(
+        &mut handle,
+        json!([{ "apiVersion": "v1", "kind": "Event", "metadata": { "name": "smoke-r3.18a2", "namespace": "draft-login-form" },
+                 "involvedObject": { "kind": "Job", "name": "smoke-r3", "uid": JOB_UID },
+                 "reason": "FailedCreate", "type": "Warning", "message": message }]),
+    )
+    .await;
+    expect_ttl(&mut handle, job_status(deadline)).await;
+    let outcome = run.await.unwrap().unwrap();
+    assert_eq!(outcome.reason, format!("DeadlineExceeded: no pod was created: FailedCreate: {message}"));
     expect_no_more(cluster, handle).await;
 }
 

@@ -41,6 +41,13 @@ pub struct Kubernetes {
 /// from its own cache, a moment later. The waits double from an eighth of the poll up to the poll:
 /// about 10 s in all at the 2 s poll, then the 403 stands.
 const RBAC_RETRIES: u32 = 7;
+/// How long a Job's image pull may keep failing, in polls (30 s at the 2 s poll): a registry
+/// hiccup passes in that time, a missing image or a refused login does not.
+const PULL_GRACE_POLLS: u32 = 15;
+/// How long a Job's pod may stay unschedulable or uncreated for want of quota, in polls (3 min at
+/// the 2 s poll): enough for a cluster autoscaler to add a node, or a rollout's surge pods to go
+/// and free the quota; far less than the Job's deadline.
+const CAPACITY_GRACE_POLLS: u32 = 90;
 
 impl Kubernetes {
     pub fn new(client: Client, config: ClusterConfig) -> Self {
@@ -116,6 +123,36 @@ impl Kubernetes {
         // An apply that changed nothing leaves the resourceVersion as it was.
         let changed = existing.is_none_or(|e| e.metadata.resource_version != applied.metadata.resource_version);
         Ok((format!("RoleBinding/{}", resources::ROLE_BINDING_NAME), changed))
+    }
+
+    /// The pods of the Job with this UID, by the label its controller sets and the owner reference.
+    async fn job_pods(&self, namespace: &str, job_uid: &str) -> Result<Vec<Pod>, ClusterError> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let selector = format!("{}={job_uid}", jobs::CONTROLLER_UID_LABEL);
+        let listed = pods.list(&ListParams::default().labels(&selector)).await?.items;
+        Ok(listed.into_iter().filter(|p| jobs::owned_by(p, job_uid)).collect())
+    }
+
+    /// The events about the Job with this UID (the Job controller's FailedCreate, say).
+    async fn job_events(&self, namespace: &str, job_uid: &str) -> Result<Vec<Event>, ClusterError> {
+        if job_uid.is_empty() {
+            // Every Job the API server returns has a UID; without one, the selector would match
+            // the events of objects that have none rather than this Job's.
+            return Ok(Vec::new());
+        }
+        let events: Api<Event> = Api::namespaced(self.client.clone(), namespace);
+        let fields = format!("involvedObject.uid={job_uid}");
+        Ok(events.list(&ListParams::default().fields(&fields)).await?.items)
+    }
+
+    /// Deletes a Job and, by background propagation, its pods.
+    async fn delete_job(&self, namespace: &str, name: &str) -> Result<(), ClusterError> {
+        let api: Api<Job> = Api::namespaced(self.client.clone(), namespace);
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -388,29 +425,61 @@ impl Cluster for Kubernetes {
         let ns = stand.namespace.as_str();
         let name = request.name();
         let api: Api<Job> = Api::namespaced(self.client.clone(), ns);
-        // An earlier attempt of this run may have started it: apply is a no-op then, and the wait
-        // below picks up its result instead of running the command twice.
-        if api.get_opt(&name).await?.is_none() {
-            self.apply(ns, &jobs::job(stand, request)).await?;
-        }
+        // An earlier attempt of this run may have started it: its result is picked up instead of
+        // running the command twice. (It carries no TTL until draftd has read how it ended, so
+        // it is still there however late the run resumes.)
+        let mut current = match api.get_opt(&name).await? {
+            Some(job) => job,
+            None => api.patch(&name, &Self::apply_params(), &Patch::Apply(&jobs::job(stand, request))).await?,
+        };
+        // Every lookup of pods is by this UID: a Job of the same name from before, or a pod
+        // someone labelled by hand, is not this Job's.
+        let uid = current.uid().unwrap_or_default();
         // The Job's own deadline ends it; the extra minute covers scheduling and status updates.
         let wait = request.deadline + Duration::from_secs(60);
         let started = Instant::now();
+        let mut watch = jobs::StartWatch::new(self.poll * PULL_GRACE_POLLS, self.poll * CAPACITY_GRACE_POLLS);
+        // What the pod was doing at the last look: the Job controller deletes the pod of a Job
+        // past its deadline, so at the end it may be gone.
+        let mut last_seen: Option<String> = None;
         let (succeeded, reason) = loop {
-            let current = api.get(&name).await?;
             if let Some(end) = jobs::finished(&current) {
                 break end;
             }
+            let pods = self.job_pods(ns, &uid).await?;
+            let events = if pods.is_empty() { self.job_events(ns, &uid).await? } else { Vec::new() };
+            if let Some(stuck) = watch.check(&pods, &events, Instant::now()) {
+                // It would only wait out its deadline: delete it (its pods with it) and say why.
+                self.delete_job(ns, &name).await?;
+                return Err(ClusterError::JobNotStarted { job: name, reason: stuck.reason, details: stuck.details });
+            }
+            last_seen = jobs::newest_pod(pods).map(|p| jobs::describe_pod(&p)).or(last_seen);
             if started.elapsed() >= wait {
                 return Err(ClusterError::JobTimeout { job: name, waited: wait });
             }
             tokio::time::sleep(self.poll.min(wait.saturating_sub(started.elapsed()))).await;
+            current = api.get(&name).await?;
         };
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        let selector = format!("job-name={name}");
-        let pod = pods.list(&ListParams::default().labels(&selector)).await?.items.into_iter().next();
+        let pod = jobs::newest_pod(self.job_pods(ns, &uid).await?);
+        let mut reason = reason;
+        if reason == "DeadlineExceeded" {
+            let state = match (&pod, last_seen) {
+                (Some(pod), _) => jobs::describe_pod(pod),
+                (None, Some(seen)) => seen,
+                (None, None) => {
+                    let events = jobs::describe_events(&self.job_events(ns, &uid).await?);
+                    if events.is_empty() {
+                        "no pod was created".to_owned()
+                    } else {
+                        format!("no pod was created: {}", events.join("; "))
+                    }
+                }
+            };
+            reason = format!("{reason}: {state}");
+        }
         let (exit_code, log_tail) = match pod {
-            Some(pod) => {
+            Some(pod) if jobs::has_run(&pod, &request.purpose) => {
                 let params = LogParams {
                     container: Some(request.purpose.clone()),
                     tail_lines: Some(jobs::JOB_LOG_LINES),
@@ -422,9 +491,19 @@ impl Cluster for Kubernetes {
                 };
                 (jobs::exit_code(&pod, &request.purpose), Some(log))
             }
-            // Deadline exceeded before a pod started, or the pod was already collected.
-            None => (None, None),
+            // Its container never ran (deadline exceeded before it started), or the pod was
+            // already collected: no log to read.
+            _ => (None, None),
         };
+        // Now that its end and log are read, the Job may go after `keep_for`. A merge patch of
+        // the one mutable field; failing it only leaves the Job until teardown.
+        let ttl = serde_json::json!({ "spec": { "ttlSecondsAfterFinished": jobs::ttl_seconds(request.keep_for) } });
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
+        match api.patch(&name, &params, &Patch::Merge(&ttl)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => tracing::warn!(job = %name, namespace = ns, error = %e, "could not set the finished Job's TTL"),
+        }
         Ok(JobOutcome { job: name, succeeded, reason, exit_code, log_tail })
     }
 

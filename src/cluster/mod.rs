@@ -100,6 +100,11 @@ pub enum ClusterError {
     RolloutFailed { workload: String, message: String },
     #[error("job {job} did not finish within {waited:?}")]
     JobTimeout { job: String, waited: Duration },
+    /// The Job's pod cannot start for a reason waiting will not cure (its image cannot be pulled,
+    /// its container config is refused, the quota or an admission policy refuses the pod, no node
+    /// fits it); draftd deleted the Job instead of waiting out its deadline.
+    #[error("job {job} cannot start ({reason}), so it was deleted instead of waiting for its deadline: {details}")]
+    JobNotStarted { job: String, reason: String, details: String },
     /// The release has no Deployment or StatefulSet draftd can find, so there is nothing whose
     /// rollout verify could check; passing would vouch for a stand nobody looked at.
     #[error(
@@ -136,6 +141,7 @@ impl ClusterError {
             ClusterError::RolloutTimeout { .. } => "rollout_timeout",
             ClusterError::RolloutFailed { .. } => "rollout_failed",
             ClusterError::JobTimeout { .. } => "job_timeout",
+            ClusterError::JobNotStarted { .. } => "job_not_started",
             ClusterError::NoWorkloads { .. } => "rollout_no_workloads",
             ClusterError::Config(_) => "kubernetes_config",
             ClusterError::Api(kube::Error::Api(status)) if quota_status_unknown(status) => "kubernetes_quota_pending",
@@ -205,7 +211,9 @@ pub trait Cluster: Send + Sync + 'static {
     fn diagnose(&self, namespace: &str) -> impl Future<Output = Result<verify::Diagnostics, ClusterError>> + Send;
 
     /// Runs a Job to its end (or finds the one an earlier attempt of the run started) and returns
-    /// how it ended, with the end of its log. Waits at most the request's deadline plus a minute.
+    /// how it ended, with the end of its log. Waits at most the request's deadline plus a minute;
+    /// a Job whose pod cannot start is deleted early ([`ClusterError::JobNotStarted`]). The Job
+    /// is kept `keep_for` after draftd has read how it ended.
     fn run_job(
         &self,
         stand: &StandMeta,
