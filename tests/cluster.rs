@@ -178,12 +178,12 @@ async fn with_a_service_account_configured_the_stand_role_is_bound_first() {
     let step = call(&cluster, |c| async move { c.ensure_namespace(&stand()).await });
     serve(&mut handle, StatusCode::NOT_FOUND, |_| not_found("namespaces", "draft-login-form")).await;
     expect_apply(&mut handle, "/api/v1/namespaces/draft-login-form", "Namespace").await;
-    let binding = expect_apply(
-        &mut handle,
-        "/apis/rbac.authorization.k8s.io/v1/namespaces/draft-login-form/rolebindings/draftd",
-        "RoleBinding",
-    )
-    .await;
+    // Read first: a binding whose roleRef differs cannot be updated, only replaced.
+    let read =
+        serve(&mut handle, StatusCode::NOT_FOUND, |_| not_found("rolebindings.rbac.authorization.k8s.io", "draftd"))
+            .await;
+    assert_eq!((read.method, read.path.as_str()), (Method::GET, BINDING));
+    let binding = expect_apply(&mut handle, BINDING, "RoleBinding").await;
     assert_eq!(
         binding["roleRef"],
         json!({ "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "draftd-stand" })
@@ -192,6 +192,140 @@ async fn with_a_service_account_configured_the_stand_role_is_bound_first() {
     expect_namespace_contents(&mut handle).await;
     let outcome = step.await.unwrap().unwrap();
     assert_eq!(outcome.applied[0], "RoleBinding/draftd");
+    expect_no_more(cluster, handle).await;
+}
+
+const BINDING: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces/draft-login-form/rolebindings/draftd";
+const QUOTA: &str = "/api/v1/namespaces/draft-login-form/resourcequotas/draftd-quota";
+
+/// The RoleBinding as the API server returns it, with `role` bound and at `resource_version`.
+fn binding(role: &str, resource_version: &str) -> Value {
+    json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": { "name": "draftd", "namespace": "draft-login-form", "resourceVersion": resource_version,
+                          "uid": "0b9e4f4e-5a43-4cf2-9d0e-3f1c2a7d6b11",
+                          "labels": { "app.kubernetes.io/managed-by": "draftd", "draftd.io/stand": "7", "draftd.io/project": "shop" } },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role },
+            "subjects": [{ "kind": "ServiceAccount", "name": "draftd", "namespace": "draftd" }] })
+}
+
+/// The 403 an apply gets while the authorizer has not caught up with the new RoleBinding.
+fn forbidden_quota() -> Value {
+    json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "Forbidden", "code": 403,
+            "details": { "name": "draftd-quota", "kind": "resourcequotas" },
+            "message": "resourcequotas \"draftd-quota\" is forbidden: User \"system:serviceaccount:draftd:draftd\" cannot patch resource \"resourcequotas\" in API group \"\" in the namespace \"draft-login-form\"" })
+}
+
+/// The namespace step of a stand with a service account configured, up to its RoleBinding: the
+/// namespace is new, the binding is read (absent) and applied.
+async fn new_namespace_up_to_the_binding(handle: &mut Handle) {
+    serve(handle, StatusCode::NOT_FOUND, |_| not_found("namespaces", "draft-login-form")).await;
+    expect_apply(handle, "/api/v1/namespaces/draft-login-form", "Namespace").await;
+    serve(handle, StatusCode::NOT_FOUND, |_| not_found("rolebindings.rbac.authorization.k8s.io", "draftd")).await;
+    expect_apply(handle, BINDING, "RoleBinding").await;
+}
+
+fn with_service_account() -> ClusterConfig {
+    ClusterConfig { service_account: Some("draftd/draftd".into()), ..ClusterConfig::default() }
+}
+
+#[tokio::test]
+async fn forbidden_right_after_the_role_binding_is_created_is_retried_until_rbac_catches_up() {
+    let (cluster, mut handle) = mock(with_service_account());
+    let cluster = fast(cluster);
+    let step = call(&cluster, |c| async move { c.ensure_namespace(&stand()).await });
+    new_namespace_up_to_the_binding(&mut handle).await;
+    for _ in 0..2 {
+        let refused = serve(&mut handle, StatusCode::FORBIDDEN, |_| forbidden_quota()).await;
+        assert_eq!((refused.method, refused.path.as_str()), (Method::PATCH, QUOTA));
+    }
+    expect_namespace_contents(&mut handle).await;
+    let outcome = step.await.unwrap().unwrap();
+    assert_eq!(outcome.applied.len(), 6, "{:?}", outcome.applied);
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn forbidden_that_outlasts_rbac_propagation_is_permanent() {
+    let (cluster, mut handle) = mock(with_service_account());
+    let cluster = fast(cluster);
+    let step = call(&cluster, |c| async move { c.ensure_namespace(&stand()).await });
+    new_namespace_up_to_the_binding(&mut handle).await;
+    // The first attempt and seven retries (about 10 s at the real 2 s poll), then it stands.
+    for _ in 0..8 {
+        let refused = serve(&mut handle, StatusCode::FORBIDDEN, |_| forbidden_quota()).await;
+        assert_eq!((refused.method, refused.path.as_str()), (Method::PATCH, QUOTA));
+    }
+    let err = step.await.unwrap().unwrap_err();
+    assert!(!err.is_transient(), "{err:?}");
+    assert_eq!(err.label(), "kubernetes_forbidden");
+    assert!(err.to_string().contains("cannot patch resource"), "{err}");
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn forbidden_with_an_unchanged_role_binding_is_not_retried() {
+    let (cluster, mut handle) = mock(with_service_account());
+    let cluster = fast(cluster);
+    let step = call(&cluster, |c| async move { c.ensure_namespace(&stand()).await });
+    let labels = json!({ "app.kubernetes.io/managed-by": "draftd", "draftd.io/stand": "7" });
+    serve(&mut handle, StatusCode::OK, |_| existing(labels, false)).await;
+    expect_apply(&mut handle, "/api/v1/namespaces/draft-login-form", "Namespace").await;
+    serve(&mut handle, StatusCode::OK, |_| binding("draftd-stand", "41")).await;
+    // An apply that changes nothing keeps the resourceVersion: the authorizer knew it all along.
+    let applied = serve(&mut handle, StatusCode::OK, |_| binding("draftd-stand", "41")).await;
+    assert_eq!((applied.method, applied.path.as_str()), (Method::PATCH, BINDING));
+    serve(&mut handle, StatusCode::FORBIDDEN, |_| forbidden_quota()).await;
+    let err = step.await.unwrap().unwrap_err();
+    assert_eq!(err.label(), "kubernetes_forbidden");
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn a_changed_stand_role_replaces_the_role_binding_whose_role_ref_cannot_change() {
+    let (cluster, mut handle) = mock(with_service_account());
+    let cluster = fast(cluster);
+    let step = call(&cluster, |c| async move { c.ensure_namespace(&stand()).await });
+    let labels = json!({ "app.kubernetes.io/managed-by": "draftd", "draftd.io/stand": "7" });
+    serve(&mut handle, StatusCode::OK, |_| existing(labels, false)).await;
+    expect_apply(&mut handle, "/api/v1/namespaces/draft-login-form", "Namespace").await;
+    let read = serve(&mut handle, StatusCode::OK, |_| binding("draftd-stand-v1", "41")).await;
+    assert_eq!((read.method, read.path.as_str()), (Method::GET, BINDING));
+    // An apply would be refused with 422 "cannot change roleRef": the binding goes first.
+    let delete = serve(&mut handle, StatusCode::OK, |_| {
+        json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                "details": { "name": "draftd", "group": "rbac.authorization.k8s.io", "kind": "rolebindings",
+                             "uid": "0b9e4f4e-5a43-4cf2-9d0e-3f1c2a7d6b11" } })
+    })
+    .await;
+    assert_eq!((delete.method, delete.path.as_str()), (Method::DELETE, BINDING));
+    let created = serve(&mut handle, StatusCode::CREATED, |_| binding("draftd-stand", "57")).await;
+    assert_eq!((created.method, created.path.as_str()), (Method::PATCH, BINDING));
+    assert_eq!(created.content_type.as_deref(), Some("application/apply-patch+yaml"));
+    assert_eq!(created.body["roleRef"]["name"], "draftd-stand");
+    // The new binding may not be known to the authorizer yet: a 403 now is retried.
+    serve(&mut handle, StatusCode::FORBIDDEN, |_| forbidden_quota()).await;
+    expect_namespace_contents(&mut handle).await;
+    let outcome = step.await.unwrap().unwrap();
+    assert_eq!(outcome.applied[0], "RoleBinding/draftd");
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn a_quota_whose_status_is_not_computed_yet_refuses_for_a_moment_only() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let work =
+        call(&cluster, |c| async move { c.apply_secret(&stand(), "draft-login-form-db", &credentials("p-1")).await });
+    // What the quota admission plugin answers until the quota controller has computed the new
+    // ResourceQuota's first status.
+    serve(&mut handle, StatusCode::FORBIDDEN, |_| {
+        json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "Forbidden", "code": 403,
+                "details": { "name": "draft-login-form-db", "kind": "secrets" },
+                "message": "secrets \"draft-login-form-db\" is forbidden: status unknown for quota: draftd-quota, resources: count/secrets" })
+    })
+    .await;
+    let err = work.await.unwrap().unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert_eq!(err.label(), "kubernetes_quota_pending");
     expect_no_more(cluster, handle).await;
 }
 
@@ -345,7 +479,7 @@ fn fast(cluster: Kubernetes) -> Kubernetes {
 }
 
 #[tokio::test]
-async fn teardown_deletes_with_foreground_propagation_and_waits_until_the_namespace_is_gone() {
+async fn teardown_deletes_with_background_propagation_and_waits_until_the_namespace_is_gone() {
     let (cluster, mut handle) = mock(ClusterConfig::default());
     let cluster = fast(cluster);
     let step =
@@ -358,7 +492,9 @@ async fn teardown_deletes_with_foreground_propagation_and_waits_until_the_namesp
     assert_eq!((get.method, get.path.as_str()), (Method::GET, path));
     let delete = serve(&mut handle, StatusCode::OK, |_| managed(true)).await;
     assert_eq!((delete.method, delete.path.as_str()), (Method::DELETE, path));
-    assert_eq!(delete.body["propagationPolicy"], "Foreground", "{}", delete.body);
+    // Not Foreground: its foregroundDeletion finalizer can leave a namespace stuck (kubernetes#111251);
+    // the namespace controller deletes the content either way.
+    assert_eq!(delete.body["propagationPolicy"], "Background", "{}", delete.body);
     let still = serve(&mut handle, StatusCode::OK, |_| managed(true)).await;
     assert_eq!((still.method, still.path.as_str()), (Method::GET, path));
     let gone = serve(&mut handle, StatusCode::NOT_FOUND, |_| not_found("namespaces", "draft-login-form")).await;
@@ -638,6 +774,113 @@ async fn a_deployment_past_its_progress_deadline_fails_at_once() {
     expect_no_more(cluster, handle).await;
 }
 
+#[tokio::test]
+async fn a_stale_progress_deadline_of_the_previous_revision_does_not_fail_a_new_rollout() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let cluster = fast(cluster);
+    let wait = call(&cluster, |c| async move {
+        c.wait_rollout("draft-login-form", "draft-login-form", Duration::from_secs(30)).await
+    });
+    // Right after `helm upgrade`: generation 2 not yet observed, the condition still revision 1's.
+    let stale = json!({ "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 0,
+        "conditions": [{ "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                         "message": "ReplicaSet \"app-5d4\" has timed out progressing." }] });
+    rollout_round(&mut handle, json!([deployment("app", 2, stale)])).await;
+    let done = json!({ "observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1,
+        "conditions": [{ "type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
+                         "message": "ReplicaSet \"app-7f9\" has successfully progressed." }] });
+    rollout_round(&mut handle, json!([deployment("app", 2, done)])).await;
+    assert_eq!(wait.await.unwrap().unwrap(), ["Deployment/app"]);
+    expect_no_more(cluster, handle).await;
+}
+
+fn statefulset(name: &str, replicas: i32, strategy: Value, status: Value) -> Value {
+    json!({ "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": { "name": name, "namespace": "draft-login-form", "generation": 3 },
+            "spec": { "replicas": replicas, "serviceName": name, "updateStrategy": strategy,
+                      "selector": { "matchLabels": { "app": name } },
+                      "template": { "metadata": { "labels": { "app": name } }, "spec": { "containers": [] } } },
+            "status": status })
+}
+
+#[tokio::test]
+async fn statefulsets_updated_on_delete_or_up_to_a_partition_are_done_when_their_pods_are() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let cluster = fast(cluster);
+    let wait = call(&cluster, |c| async move {
+        c.wait_rollout("draft-login-form", "draft-login-form", Duration::from_millis(300)).await
+    });
+    // OnDelete: the new revision waits for someone to delete the pods; both pods are ready.
+    let on_delete = statefulset(
+        "cache",
+        2,
+        json!({ "type": "OnDelete" }),
+        json!({ "observedGeneration": 3, "replicas": 2, "readyReplicas": 2, "currentReplicas": 2, "updatedReplicas": 0,
+                "currentRevision": "cache-6c9f", "updateRevision": "cache-7d8e" }),
+    );
+    // Partition 2 of 3: only pod 2 is updated, on purpose; all three ready.
+    let partitioned = statefulset(
+        "db",
+        3,
+        json!({ "type": "RollingUpdate", "rollingUpdate": { "partition": 2 } }),
+        json!({ "observedGeneration": 3, "replicas": 3, "readyReplicas": 3, "currentReplicas": 2, "updatedReplicas": 1,
+                "currentRevision": "db-5b7c", "updateRevision": "db-8a1f" }),
+    );
+    let statefulsets = json!([on_delete, partitioned]);
+    let responder = tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let body = if request.uri().path().ends_with("/deployments") {
+                list("Deployment", json!([]))
+            } else {
+                list("StatefulSet", statefulsets.clone())
+            };
+            send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&body).unwrap())).unwrap());
+        }
+    });
+    let result = wait.await.unwrap();
+    drop(cluster);
+    responder.await.unwrap();
+    assert_eq!(result.unwrap(), ["StatefulSet/cache", "StatefulSet/db"]);
+}
+
+#[test]
+fn a_partitioned_statefulset_waits_for_the_pods_above_its_partition() {
+    let sts = |updated: i32, ready: i32| -> k8s_openapi::api::apps::v1::StatefulSet {
+        serde_json::from_value(statefulset(
+            "db",
+            3,
+            json!({ "type": "RollingUpdate", "rollingUpdate": { "partition": 1 } }),
+            json!({ "observedGeneration": 3, "replicas": 3, "readyReplicas": ready, "updatedReplicas": updated,
+                    "currentRevision": "db-5b7c", "updateRevision": "db-8a1f" }),
+        ))
+        .unwrap()
+    };
+    use verify::RolloutState;
+    assert_eq!(
+        verify::statefulset_state(&sts(1, 3)),
+        RolloutState::Progressing("1 of 2 pods updated (partition 1)".into())
+    );
+    assert_eq!(verify::statefulset_state(&sts(2, 2)), RolloutState::Progressing("2 of 3 pods ready".into()));
+    assert_eq!(verify::statefulset_state(&sts(2, 3)), RolloutState::Done);
+}
+
+#[tokio::test]
+async fn a_release_without_labelled_workloads_fails_verify_instead_of_passing_unchecked() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let wait = call(&cluster, |c| async move {
+        c.wait_rollout("draft-login-form", "draft-login-form", Duration::from_secs(30)).await
+    });
+    rollout_round(&mut handle, json!([])).await;
+    let err = wait.await.unwrap().unwrap_err();
+    assert!(matches!(err, ClusterError::NoWorkloads { .. }), "{err:?}");
+    assert!(!err.is_transient());
+    assert_eq!(err.label(), "rollout_no_workloads");
+    let text = err.to_string();
+    assert!(text.contains("app.kubernetes.io/instance=draft-login-form"), "{text}");
+    assert!(text.contains("app.kubernetes.io/instance: {{ .Release.Name }}"), "{text}");
+    expect_no_more(cluster, handle).await;
+}
+
 fn pod(name: &str, phase: &str, ready: bool, containers: Value) -> Value {
     json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name, "namespace": "draft-login-form" },
             "status": { "phase": phase,
@@ -822,6 +1065,157 @@ async fn the_service_is_probed_through_the_api_server_proxy() {
     assert_eq!(probes.await.unwrap(), (ProbeResult::Status(200), ProbeResult::Status(503)));
 }
 
+/// Takes the next request, asserts it is the proxy GET, and answers with `status`, a content type
+/// and a raw body.
+async fn answer_proxy(handle: &mut Handle, status: StatusCode, content_type: &str, body: &str) {
+    let (request, send) = handle.next_request().await.expect("the prober sent a request");
+    assert_eq!(request.method(), Method::GET);
+    assert_eq!(
+        request.uri().path(),
+        "/api/v1/namespaces/draft-login-form/services/draft-login-form:http/proxy/health/ready"
+    );
+    send.send_response(
+        Response::builder()
+            .status(status)
+            .header("content-type", content_type)
+            .body(Body::from(body.as_bytes().to_vec()))
+            .unwrap(),
+    );
+}
+
+/// One probe through a mocked API server answering `status`, `content_type`, `body`.
+async fn probe_once(status: StatusCode, content_type: &str, body: Value) -> ProbeResult {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let prober = draftd::cluster::ServiceProxyProber::new(
+        kube::Client::new(service, "default"),
+        "draft-login-form",
+        "draft-login-form",
+        "http",
+        "/health/ready",
+    );
+    let probe = tokio::spawn(async move { prober.probe(Duration::from_secs(2)).await });
+    let body = if let Some(text) = body.as_str() { text.to_owned() } else { body.to_string() };
+    answer_proxy(&mut handle, status, content_type, &body).await;
+    probe.await.unwrap()
+}
+
+fn api_status(code: u16, reason: &str, message: &str, details: Value) -> Value {
+    json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+            "reason": reason, "details": details, "code": code })
+}
+
+fn refused(result: ProbeResult) -> String {
+    match result {
+        ProbeResult::Refused(why) => why,
+        other => panic!("expected the API server's own answer to be told apart, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_api_servers_own_errors_are_not_counted_as_the_apps_answers() {
+    let json_type = "application/json";
+    // No such Service: before, a "healthy 4xx app".
+    let why = refused(
+        probe_once(
+            StatusCode::NOT_FOUND,
+            json_type,
+            api_status(
+                404,
+                "NotFound",
+                "services \"draft-login-form\" not found",
+                json!({ "name": "draft-login-form", "kind": "services" }),
+            ),
+        )
+        .await,
+    );
+    assert!(why.contains("Service draft-login-form:http in draft-login-form"), "{why}");
+    assert!(why.contains("404 NotFound") && why.contains("services \"draft-login-form\" not found"), "{why}");
+    assert!(why.contains("no Service draft-login-form"), "{why}");
+
+    // No right to proxy.
+    let why = refused(
+        probe_once(
+            StatusCode::FORBIDDEN,
+            json_type,
+            api_status(
+                403,
+                "Forbidden",
+                "services \"draft-login-form\" is forbidden: User \"system:serviceaccount:draftd:draftd\" cannot get resource \"services/proxy\" in API group \"\" in the namespace \"draft-login-form\"",
+                json!({ "name": "draft-login-form", "kind": "services" }),
+            ),
+        )
+        .await,
+    );
+    assert!(why.contains("403 Forbidden") && why.contains("services/proxy"), "{why}");
+
+    // No ready pod behind the Service.
+    let why = refused(
+        probe_once(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json_type,
+            api_status(503, "ServiceUnavailable", "no endpoints available for service \"draft-login-form\"", json!({})),
+        )
+        .await,
+    );
+    assert!(why.contains("no endpoints available") && why.contains("no ready pod"), "{why}");
+
+    // The pod cannot be dialled: draftd-default-deny keeps the API server out.
+    for message in [
+        "error trying to reach service: dial tcp 10.244.1.7:8080: i/o timeout",
+        "error trying to reach service: proxy error from 127.0.0.1:6443 while dialing 10.42.1.78:8080, code 502: 502 Bad Gateway",
+    ] {
+        let why = refused(
+            probe_once(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json_type,
+                api_status(503, "ServiceUnavailable", message, json!({})),
+            )
+            .await,
+        );
+        assert!(why.contains(message), "{why}");
+        assert!(why.contains("draftd-default-deny"), "{why}");
+        assert!(why.contains("[[cluster.ingress_from]]") && why.contains("cidr = "), "{why}");
+        assert!(why.contains("`host`"), "{why}");
+    }
+
+    // The app's own answers pass through as they are, JSON or not.
+    let own = json!({ "error": "not found" });
+    assert_eq!(probe_once(StatusCode::NOT_FOUND, json_type, own).await, ProbeResult::Status(404));
+    assert_eq!(
+        probe_once(StatusCode::UNAUTHORIZED, "text/html; charset=utf-8", json!("<h1>sign in</h1>")).await,
+        ProbeResult::Status(401)
+    );
+    assert_eq!(
+        probe_once(StatusCode::SERVICE_UNAVAILABLE, "text/plain", json!("warming up")).await,
+        ProbeResult::Status(503)
+    );
+}
+
+#[tokio::test]
+async fn the_gate_fails_when_the_api_server_answers_for_a_missing_service() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let prober = draftd::cluster::ServiceProxyProber::new(
+        kube::Client::new(service, "default"),
+        "draft-login-form",
+        "draft-login-form",
+        "http",
+        "/health/ready",
+    );
+    let gate =
+        tokio::spawn(async move { verify::gate(&prober, 3, Duration::from_millis(20), Duration::from_secs(2)).await });
+    let status = api_status(
+        404,
+        "NotFound",
+        "services \"draft-login-form\" not found",
+        json!({ "name": "draft-login-form", "kind": "services" }),
+    );
+    answer_proxy(&mut handle, StatusCode::NOT_FOUND, "application/json", &status.to_string()).await;
+    let err = gate.await.unwrap().unwrap_err();
+    assert_eq!(err.attempt, 1, "the first such answer fails the gate");
+    assert!(err.outcome.starts_with("did not reach the app: Service draft-login-form:http"), "{}", err.outcome);
+    assert!(handle.next_request().await.is_none(), "no further probe");
+}
+
 // ---------------------------------------------------------------------------------------------------
 // migrate and smoke Jobs
 
@@ -840,21 +1234,51 @@ fn smoke_request() -> JobRequest {
     }
 }
 
+const JOB: &str = "/apis/batch/v1/namespaces/draft-login-form/jobs/smoke-r3";
+const JOB_UID: &str = "5f1b7c2e-9a44-4d1e-8c0a-2b6f3e9d7a15";
+
 fn job_status(conditions: Value) -> Value {
-    json!({ "apiVersion": "batch/v1", "kind": "Job", "metadata": { "name": "smoke-r3", "namespace": "draft-login-form" },
+    json!({ "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": { "name": "smoke-r3", "namespace": "draft-login-form", "uid": JOB_UID },
             "spec": { "template": { "spec": { "containers": [] } } }, "status": { "conditions": conditions } })
 }
 
-async fn expect_job_pod_and_log(handle: &mut Handle, exit_code: i32, log: &str) {
-    let pods = list(
-        "Pod",
-        json!([{ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "smoke-r3-x7k2p" },
-                 "status": { "phase": "Failed", "containerStatuses": [
-                     container("smoke", false, 0, json!({ "terminated": { "exitCode": exit_code } }), json!({})) ] } }]),
+/// A pod of the Job, as its controller makes them: the controller-uid label and owner reference.
+fn job_pod(phase: &str, state: Value) -> Value {
+    json!({ "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": "smoke-r3-x7k2p", "namespace": "draft-login-form",
+                          "creationTimestamp": "2026-11-25T10:00:00Z",
+                          "labels": { "batch.kubernetes.io/controller-uid": JOB_UID, "batch.kubernetes.io/job-name": "smoke-r3",
+                                      "controller-uid": JOB_UID, "job-name": "smoke-r3" },
+                          "ownerReferences": [{ "apiVersion": "batch/v1", "kind": "Job", "name": "smoke-r3", "uid": JOB_UID,
+                                                "controller": true, "blockOwnerDeletion": true }] },
+            "status": { "phase": phase, "containerStatuses": [container("smoke", false, 0, state, json!({}))] } })
+}
+
+/// Asserts the list of the Job's pods, selected by its UID, and answers with `pods`.
+async fn expect_job_pods(handle: &mut Handle, pods: Value) {
+    let listed = serve(handle, StatusCode::OK, |_| list("Pod", pods)).await;
+    assert_eq!((listed.method, listed.path.as_str()), (Method::GET, "/api/v1/namespaces/draft-login-form/pods"));
+    assert_eq!(
+        listed.query.get("labelSelector").map(String::as_str),
+        Some(format!("batch.kubernetes.io/controller-uid={JOB_UID}").as_str()),
+        "by the Job's UID, never by its name"
     );
-    let listed = serve(handle, StatusCode::OK, |_| pods).await;
-    assert_eq!(listed.path, "/api/v1/namespaces/draft-login-form/pods");
-    assert_eq!(listed.query.get("labelSelector").map(String::as_str), Some("job-name=smoke-r3"));
+}
+
+/// Asserts the list of the Job's events, by its UID, and answers with `events`.
+async fn expect_job_events(handle: &mut Handle, events: Value) {
+    let listed = serve(handle, StatusCode::OK, |_| list("Event", events)).await;
+    assert_eq!((listed.method, listed.path.as_str()), (Method::GET, "/api/v1/namespaces/draft-login-form/events"));
+    assert_eq!(
+        listed.query.get("fieldSelector").map(String::as_str),
+        Some(format!("involvedObject.uid={JOB_UID}").as_str())
+    );
+}
+
+async fn expect_job_pod_and_log(handle: &mut Handle, exit_code: i32, log: &str) {
+    let terminated = json!({ "terminated": { "exitCode": exit_code, "reason": if exit_code == 0 { "Completed" } else { "Error" } } });
+    expect_job_pods(handle, json!([job_pod(if exit_code == 0 { "Succeeded" } else { "Failed" }, terminated)])).await;
     let (request, send) = handle.next_request().await.unwrap();
     assert_eq!(request.uri().path(), "/api/v1/namespaces/draft-login-form/pods/smoke-r3-x7k2p/log");
     let query: HashMap<String, String> =
@@ -864,19 +1288,42 @@ async fn expect_job_pod_and_log(handle: &mut Handle, exit_code: i32, log: &str) 
     send.send_response(Response::builder().body(Body::from(log.as_bytes().to_vec())).unwrap());
 }
 
+/// Once draftd has read the outcome: the TTL, set then by a merge patch of the one field.
+async fn expect_ttl(handle: &mut Handle, answer: Value) {
+    let patch = serve(handle, StatusCode::OK, |_| answer).await;
+    assert_eq!((patch.method, patch.path.as_str()), (Method::PATCH, JOB));
+    assert_eq!(patch.content_type.as_deref(), Some("application/merge-patch+json"));
+    assert_eq!(patch.body, json!({ "spec": { "ttlSecondsAfterFinished": 3600 } }));
+}
+
+/// The Job is new: read (absent), applied and answered as the API server does, with its UID.
+async fn expect_job_created(handle: &mut Handle) -> Value {
+    let get = serve(handle, StatusCode::NOT_FOUND, |_| not_found("jobs.batch", "smoke-r3")).await;
+    assert_eq!((get.method, get.path.as_str()), (Method::GET, JOB));
+    let applied = serve(handle, StatusCode::CREATED, |seen| {
+        let mut job = seen.body.clone();
+        job["metadata"]["uid"] = json!(JOB_UID);
+        job
+    })
+    .await;
+    assert_eq!((applied.method, applied.path.as_str()), (Method::PATCH, JOB));
+    assert_eq!(applied.query.get("fieldManager").map(String::as_str), Some("draftd"));
+    assert_eq!(applied.content_type.as_deref(), Some("application/apply-patch+yaml"));
+    applied.body
+}
+
 #[tokio::test]
 async fn a_smoke_job_runs_once_and_brings_back_its_exit_code_and_log() {
     let (cluster, mut handle) = mock(ClusterConfig::default());
     let cluster = fast(cluster);
     let run = call(&cluster, |c| async move { c.run_job(&stand(), &smoke_request()).await });
-    let path = "/apis/batch/v1/namespaces/draft-login-form/jobs/smoke-r3";
-    let get = serve(&mut handle, StatusCode::NOT_FOUND, |_| not_found("jobs.batch", "smoke-r3")).await;
-    assert_eq!((get.method, get.path.as_str()), (Method::GET, path));
-    let job = expect_apply(&mut handle, path, "Job").await;
+    let job = expect_job_created(&mut handle).await;
+    assert_eq!(job["kind"], "Job");
+    assert_eq!(job["metadata"]["labels"]["app.kubernetes.io/managed-by"], "draftd");
     let spec = &job["spec"];
     assert_eq!(spec["backoffLimit"], 0);
     assert_eq!(spec["activeDeadlineSeconds"], 600);
-    assert_eq!(spec["ttlSecondsAfterFinished"], 3600);
+    assert!(spec.get("ttlSecondsAfterFinished").is_none(), "no TTL until draftd has read the outcome: {spec}");
     let pod = &spec["template"]["spec"];
     assert_eq!(pod["restartPolicy"], "Never");
     assert_eq!(pod["automountServiceAccountToken"], false);
@@ -887,11 +1334,17 @@ async fn a_smoke_job_runs_once_and_brings_back_its_exit_code_and_log() {
     assert_eq!(c["envFrom"], json!([{ "secretRef": { "name": "draft-login-form-db", "optional": false } }]));
     assert_eq!(spec["template"]["metadata"]["labels"]["draftd.io/job"], "smoke");
 
-    let running = serve(&mut handle, StatusCode::OK, |_| job_status(json!([]))).await;
-    assert_eq!((running.method, running.path.as_str()), (Method::GET, path));
+    // Running: its pod is looked at while waiting.
+    expect_job_pods(
+        &mut handle,
+        json!([job_pod("Running", json!({ "running": { "startedAt": "2026-11-25T10:00:05Z" } }))]),
+    )
+    .await;
     let failed = json!([{ "type": "Failed", "status": "True", "reason": "BackoffLimitExceeded" }]);
-    serve(&mut handle, StatusCode::OK, |_| job_status(failed)).await;
+    let again = serve(&mut handle, StatusCode::OK, |_| job_status(failed.clone())).await;
+    assert_eq!((again.method, again.path.as_str()), (Method::GET, JOB));
     expect_job_pod_and_log(&mut handle, 1, "login: ok\ncreate task: HTTP 500\n").await;
+    expect_ttl(&mut handle, job_status(failed)).await;
 
     let outcome = run.await.unwrap().unwrap();
     assert!(!outcome.succeeded);
@@ -902,19 +1355,198 @@ async fn a_smoke_job_runs_once_and_brings_back_its_exit_code_and_log() {
 }
 
 #[tokio::test]
+async fn the_job_pod_meets_the_restricted_pod_security_profile() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let run = call(&cluster, |c| async move { c.run_job(&stand(), &smoke_request()).await });
+    let job = expect_job_created(&mut handle).await;
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"], json!({ "runAsNonRoot": true, "seccompProfile": { "type": "RuntimeDefault" } }));
+    assert_eq!(
+        pod["containers"][0]["securityContext"],
+        json!({ "allowPrivilegeEscalation": false, "capabilities": { "drop": ["ALL"] }, "runAsNonRoot": true,
+                "seccompProfile": { "type": "RuntimeDefault" } })
+    );
+    assert!(pod["containers"][0]["securityContext"].get("runAsUser").is_none(), "the image decides who it runs as");
+    drop(handle);
+    assert!(run.await.unwrap().is_err(), "the mock went away");
+}
+
+#[tokio::test]
 async fn a_resumed_run_collects_the_job_its_earlier_attempt_started() {
     let (cluster, mut handle) = mock(ClusterConfig::default());
     let run = call(&cluster, |c| async move { c.run_job(&stand(), &smoke_request()).await });
     let complete = json!([{ "type": "Complete", "status": "True" }]);
     let found = serve(&mut handle, StatusCode::OK, |_| job_status(complete.clone())).await;
-    assert_eq!(found.method, Method::GET);
-    // No apply: the Job exists. Its status is read, then its pod and log.
-    let again = serve(&mut handle, StatusCode::OK, |_| job_status(complete)).await;
-    assert_eq!(again.method, Method::GET);
+    assert_eq!((found.method, found.path.as_str()), (Method::GET, JOB));
+    // No apply: the Job exists and has finished. Its pod and log are read, then its TTL set.
     expect_job_pod_and_log(&mut handle, 0, "all smoke checks passed\n").await;
+    expect_ttl(&mut handle, job_status(complete)).await;
     let outcome = run.await.unwrap().unwrap();
     assert!(outcome.succeeded);
     assert_eq!((outcome.reason.as_str(), outcome.exit_code), ("Complete", Some(0)));
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn a_job_gone_before_its_ttl_could_be_set_still_reports_its_outcome() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let run = call(&cluster, |c| async move { c.run_job(&stand(), &smoke_request()).await });
+    let complete = json!([{ "type": "Complete", "status": "True" }]);
+    serve(&mut handle, StatusCode::OK, |_| job_status(complete)).await;
+    expect_job_pod_and_log(&mut handle, 0, "ok\n").await;
+    let patch = serve(&mut handle, StatusCode::NOT_FOUND, |_| not_found("jobs.batch", "smoke-r3")).await;
+    assert_eq!(patch.method, Method::PATCH);
+    assert!(run.await.unwrap().unwrap().succeeded);
+    expect_no_more(cluster, handle).await;
+}
+
+/// Asserts the Job's deletion, with background propagation so its pods go too.
+async fn expect_job_deleted(handle: &mut Handle) {
+    let delete = serve(handle, StatusCode::OK, |_| job_status(json!([]))).await;
+    assert_eq!((delete.method, delete.path.as_str()), (Method::DELETE, JOB));
+    assert_eq!(delete.body["propagationPolicy"], "Background", "{}", delete.body);
+}
+
+#[tokio::test]
+async fn a_job_whose_container_config_is_refused_is_deleted_at_once_with_the_reason() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let cluster = fast(cluster);
+    let run = call(&cluster, |c| async move { c.run_job(&stand(), &smoke_request()).await });
+    expect_job_created(&mut handle).await;
+    // The image runs as root, which runAsNonRoot refuses: waiting 10 minutes changes nothing.
+    let refused = json!({ "waiting": { "reason": "CreateContainerConfigError",
+                                       "message": "container has runAsNonRoot and image will run as root (pod: \"smoke-r3-x7k2p_draft-login-form(5f1b)\", container: smoke)" } });
+    expect_job_pods(&mut handle, json!([job_pod("Pending", refused)])).await;
+    expect_job_deleted(&mut handle).await;
+    let err = run.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, ClusterError::JobNotStarted { reason, .. } if reason == "CreateContainerConfigError"),
+        "{err:?}"
+    );
+    assert!(!err.is_transient());
+    assert_eq!(err.label(), "job_not_started");
+    let text = err.to_string();
+    assert!(text.contains("smoke-r3") && text.contains("runAsNonRoot and image will run as root"), "{text}");
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn a_job_pod_forbidden_by_admission_is_found_in_the_jobs_events_and_deleted() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let cluster = fast(cluster);
+    let run = call(&cluster, |c| async move { c.run_job(&stand(), &smoke_request()).await });
+    expect_job_created(&mut handle).await;
+    // No pod: the Job controller could not create it, and said so in an event on the Job.
+    expect_job_pods(&mut handle, json!([])).await;
+    let message = "Error creating: pods \"smoke-r3-x7k2p\" is forbidden: violates PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false";
+    expect_job_events(
+        &mut handle,
+        json!([{ "apiVersion": "v1", "kind": "Event", "metadata": { "name": "smoke-r3.18a2", "namespace": "draft-login-form" },
+                 "involvedObject": { "apiVersion": "batch/v1", "kind": "Job", "name": "smoke-r3", "namespace": "draft-login-form", "uid": JOB_UID },
+                 "reason": "FailedCreate", "type": "Warning", "count": 3, "message": message,
+                 "source": { "component": "job-controller" }, "lastTimestamp": "2026-11-25T10:00:09Z" }]),
+    )
+    .await;
+    expect_job_deleted(&mut handle).await;
+    let err = run.await.unwrap().unwrap_err();
+    assert!(matches!(&err, ClusterError::JobNotStarted { reason, .. } if reason == "FailedCreate"), "{err:?}");
+    assert!(err.to_string().contains("violates PodSecurity"), "{err}");
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn a_job_whose_image_cannot_be_pulled_is_given_up_after_a_grace_not_its_deadline() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let cluster = fast(cluster);
+    let run = call(&cluster, |c| async move { c.run_job(&stand(), &smoke_request()).await });
+    expect_job_created(&mut handle).await;
+    let backoff = job_pod(
+        "Pending",
+        json!({ "waiting": { "reason": "ImagePullBackOff",
+                             "message": "Back-off pulling image \"registry.example.com/shop:draft-login-form-abc1234\"" } }),
+    );
+    // The pull keeps failing: the Job is read and its pod listed each poll until the grace is over.
+    let responder = tokio::spawn(async move {
+        let mut pod_lists = 0;
+        loop {
+            let (request, send) = handle.next_request().await.expect("the Job is deleted in the end");
+            let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+            let body = match (&method, path.as_str()) {
+                (&Method::GET, "/api/v1/namespaces/draft-login-form/pods") => {
+                    pod_lists += 1;
+                    list("Pod", json!([backoff.clone()]))
+                }
+                (&Method::GET, JOB) => job_status(json!([])),
+                (&Method::DELETE, JOB) => {
+                    let bytes = request.into_body().collect().await.unwrap().to_bytes();
+                    let body: Value = serde_json::from_slice(&bytes).unwrap();
+                    assert_eq!(body["propagationPolicy"], "Background", "{body}");
+                    send.send_response(
+                        Response::builder()
+                            .body(Body::from(serde_json::to_vec(&job_status(json!([]))).unwrap()))
+                            .unwrap(),
+                    );
+                    return (pod_lists, handle);
+                }
+                other => panic!("unexpected request {other:?}"),
+            };
+            send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&body).unwrap())).unwrap());
+        }
+    });
+    let err = run.await.unwrap().unwrap_err();
+    let (pod_lists, handle) = responder.await.unwrap();
+    assert!(pod_lists >= 2, "a failing pull gets a grace: {pod_lists} looks");
+    assert!(matches!(&err, ClusterError::JobNotStarted { reason, .. } if reason == "ImagePullBackOff"), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("Back-off pulling image") && text.contains("smoke-r3-x7k2p"), "{text}");
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn a_job_past_its_deadline_says_what_its_pod_was_doing() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let cluster = fast(cluster);
+    let run = call(&cluster, |c| async move { c.run_job(&stand(), &smoke_request()).await });
+    serve(&mut handle, StatusCode::OK, |_| job_status(json!([]))).await;
+    expect_job_pods(
+        &mut handle,
+        json!([job_pod("Running", json!({ "running": { "startedAt": "2026-11-25T10:00:05Z" } }))]),
+    )
+    .await;
+    let deadline = json!([{ "type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                            "message": "Job was active longer than specified deadline" }]);
+    serve(&mut handle, StatusCode::OK, |_| job_status(deadline.clone())).await;
+    // The Job controller has deleted the pod by now: what it was doing is what draftd saw last.
+    expect_job_pods(&mut handle, json!([])).await;
+    expect_ttl(&mut handle, job_status(deadline)).await;
+    let outcome = run.await.unwrap().unwrap();
+    assert!(!outcome.succeeded);
+    assert_eq!(
+        outcome.reason,
+        "DeadlineExceeded: pod smoke-r3-x7k2p (Running): smoke running since 2026-11-25T10:00:05Z"
+    );
+    assert_eq!((outcome.exit_code, outcome.log_tail), (None, None));
+    expect_no_more(cluster, handle).await;
+}
+
+#[tokio::test]
+async fn a_job_past_its_deadline_without_a_pod_quotes_the_jobs_events() {
+    let (cluster, mut handle) = mock(ClusterConfig::default());
+    let run = call(&cluster, |c| async move { c.run_job(&stand(), &smoke_request()).await });
+    let deadline = json!([{ "type": "Failed", "status": "True", "reason": "DeadlineExceeded" }]);
+    serve(&mut handle, StatusCode::OK, |_| job_status(deadline.clone())).await;
+    expect_job_pods(&mut handle, json!([])).await;
+    let message = "Error creating: pods \"smoke-r3-x7k2p\" is forbidden: exceeded quota: draftd-quota, requested: requests.memory=512Mi, used: requests.memory=4Gi, limited: requests.memory=4Gi";
+    expect_job_events(
+        &mut handle,
+        json!([{ "apiVersion": "v1", "kind": "Event", "metadata": { "name": "smoke-r3.18a2", "namespace": "draft-login-form" },
+                 "involvedObject": { "kind": "Job", "name": "smoke-r3", "uid": JOB_UID },
+                 "reason": "FailedCreate", "type": "Warning", "message": message }]),
+    )
+    .await;
+    expect_ttl(&mut handle, job_status(deadline)).await;
+    let outcome = run.await.unwrap().unwrap();
+    assert_eq!(outcome.reason, format!("DeadlineExceeded: no pod was created: FailedCreate: {message}"));
     expect_no_more(cluster, handle).await;
 }
 

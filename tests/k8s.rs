@@ -98,6 +98,10 @@ const SHA1: &str = "1111111aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const SHA2: &str = "2222222bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 const SHA3: &str = "3333333ccccccccccccccccccccccccccccccccc";
 
+fn sha(n: u32) -> String {
+    format!("{n:07x}{}", "d".repeat(33))
+}
+
 impl World {
     async fn new(pool: PgPool, dir: PathBuf, name: &str) -> World {
         let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
@@ -393,12 +397,12 @@ async fn a_reopened_pr_and_a_pruned_history_never_roll_back_to_the_wrong_revisio
     let mut config = w.config("");
     config.cluster.helm_history_max = 3;
     let engine = w.engine(config).await;
-    let (run, end) = w.run(&engine, "deploy", SHA1).await;
+    let (run, end) = w.run(&engine, "deploy", &sha(4)).await;
     assert_eq!(end, RunEnd::Succeeded, "{}", w.steps(run).await);
     w.app.status.store(500, Ordering::SeqCst);
-    let (run, _) = w.run(&engine, "deploy", SHA2).await;
+    let (run, _) = w.run(&engine, "deploy", &sha(5)).await;
     assert_eq!(w.step(run, "rollback").await.1["rolled_back_to"], 1, "1 is still in the history");
-    let (run, _) = w.run(&engine, "deploy", SHA3).await;
+    let (run, _) = w.run(&engine, "deploy", &sha(6)).await;
     let (_, rollback, _) = w.step(run, "rollback").await;
     let history = w.history().await;
     assert!(!history.iter().any(|r| r.revision == 1), "pruned: {history:?}");
@@ -413,7 +417,7 @@ async fn a_release_left_pending_by_a_killed_helm_is_recovered_by_the_next_run(po
     let Some(dir) = control_plane() else { return };
     let w = World::new(pool, dir, "pending").await;
     let engine = w.engine(w.config("")).await;
-    let (run, end) = w.run(&engine, "deploy", SHA1).await;
+    let (run, end) = w.run(&engine, "deploy", &sha(4)).await;
     assert_eq!(end, RunEnd::Succeeded, "{}", w.steps(run).await);
 
     // An upgrade that waits for pods that can never be scheduled, killed while it waits.

@@ -11,6 +11,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret};
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use secrecy::SecretString;
@@ -30,11 +31,25 @@ use crate::config::ClusterConfig;
 pub struct Kubernetes {
     client: Client,
     config: ClusterConfig,
-    /// How often a wait (for a namespace to go, a rollout to finish) looks again.
+    /// How often a wait (for a namespace to go, a rollout to finish) looks again. The other waits
+    /// are multiples of it, so tests that poll fast wait little.
     poll: Duration,
     /// Where stand pods reach their database, let out by the namespace's policy.
     database: Option<crate::config::NetworkPeer>,
 }
+
+/// Retries of an apply refused with 403 right after the RoleBinding that grants draftd its rights
+/// in the namespace was created or changed: each API server's authorizer learns of a new binding
+/// from its own cache, a moment later. The waits double from an eighth of the poll up to the poll:
+/// about 10 s in all at the 2 s poll, then the 403 stands.
+const RBAC_RETRIES: u32 = 7;
+/// How long a Job's image pull may keep failing, in polls (30 s at the 2 s poll): a registry
+/// hiccup passes in that time, a missing image or a refused login does not.
+const PULL_GRACE_POLLS: u32 = 15;
+/// How long a Job's pod may stay unschedulable or uncreated for want of quota, in polls (3 min at
+/// the 2 s poll): enough for a cluster autoscaler to add a node, or a rollout's surge pods to go
+/// and free the quota; far less than the Job's deadline.
+const CAPACITY_GRACE_POLLS: u32 = 90;
 
 impl Kubernetes {
     pub fn new(client: Client, config: ClusterConfig) -> Self {
@@ -75,6 +90,85 @@ impl Kubernetes {
         let name = object.name_any();
         api.patch(&name, &Self::apply_params(), &Patch::Apply(object)).await?;
         Ok(format!("{}/{name}", K::kind(&())))
+    }
+
+    /// [`Self::apply`], retrying a 403 for a while when `binding_new` says draftd's RoleBinding
+    /// in the namespace was just created or changed (see [`RBAC_RETRIES`]).
+    async fn apply_bound<K>(&self, namespace: &str, object: &K, binding_new: bool) -> Result<String, ClusterError>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
+    {
+        let mut retries = 0;
+        loop {
+            match self.apply(namespace, object).await {
+                Err(ClusterError::Api(kube::Error::Api(status)))
+                    if binding_new && status.code == 403 && retries < RBAC_RETRIES =>
+                {
+                    retries += 1;
+                    let wait = (self.poll / 8 * 2u32.pow(retries - 1)).min(self.poll);
+                    tracing::debug!(namespace, object = %object.name_any(), ?wait, message = %status.message,
+                        "forbidden right after the RoleBinding changed; trying again");
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Binds `[cluster] stand_role` to draftd's ServiceAccount in the namespace. Returns the
+    /// record and whether the binding is new or changed (so the authorizer may not know it yet).
+    async fn bind_stand_role(&self, stand: &StandMeta, service_account: &str) -> Result<(String, bool), ClusterError> {
+        let wanted = resources::role_binding(stand, service_account, &self.config.stand_role);
+        let api: Api<RoleBinding> = Api::namespaced(self.client.clone(), &stand.namespace);
+        let mut existing = api.get_opt(resources::ROLE_BINDING_NAME).await?;
+        if let Some(current) = &existing
+            && current.role_ref != wanted.role_ref
+        {
+            // Kubernetes refuses to change a binding's roleRef (422 "cannot change roleRef"), so
+            // after `stand_role` changed the binding is replaced: deleted, then created anew.
+            tracing::info!(namespace = %stand.namespace, from = %current.role_ref.name, to = %wanted.role_ref.name,
+                "the stand role changed; replacing the RoleBinding");
+            match api.delete(resources::ROLE_BINDING_NAME, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            existing = None;
+        }
+        let applied = api.patch(resources::ROLE_BINDING_NAME, &Self::apply_params(), &Patch::Apply(&wanted)).await?;
+        // An apply that changed nothing leaves the resourceVersion as it was.
+        let changed = existing.is_none_or(|e| e.metadata.resource_version != applied.metadata.resource_version);
+        Ok((format!("RoleBinding/{}", resources::ROLE_BINDING_NAME), changed))
+    }
+
+    /// The pods of the Job with this UID, by the label its controller sets and the owner reference.
+    async fn job_pods(&self, namespace: &str, job_uid: &str) -> Result<Vec<Pod>, ClusterError> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let selector = format!("{}={job_uid}", jobs::CONTROLLER_UID_LABEL);
+        let listed = pods.list(&ListParams::default().labels(&selector)).await?.items;
+        Ok(listed.into_iter().filter(|p| jobs::owned_by(p, job_uid)).collect())
+    }
+
+    /// The events about the Job with this UID (the Job controller's FailedCreate, say).
+    async fn job_events(&self, namespace: &str, job_uid: &str) -> Result<Vec<Event>, ClusterError> {
+        if job_uid.is_empty() {
+            // Every Job the API server returns has a UID; without one, the selector would match
+            // the events of objects that have none rather than this Job's.
+            return Ok(Vec::new());
+        }
+        let events: Api<Event> = Api::namespaced(self.client.clone(), namespace);
+        let fields = format!("involvedObject.uid={job_uid}");
+        Ok(events.list(&ListParams::default().fields(&fields)).await?.items)
+    }
+
+    /// Deletes a Job and, by background propagation, its pods.
+    async fn delete_job(&self, namespace: &str, name: &str) -> Result<(), ClusterError> {
+        let api: Api<Job> = Api::namespaced(self.client.clone(), namespace);
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -130,15 +224,19 @@ impl Cluster for Kubernetes {
         let ns = stand.namespace.as_str();
         let mut applied = Vec::new();
         // First: under deploy/rbac.yaml, draftd's rights inside the namespace come from this binding.
+        let mut binding_new = false;
         if let Some(sa) = &self.config.service_account {
-            applied.push(self.apply(ns, &resources::role_binding(stand, sa, &self.config.stand_role)).await?);
+            let (record, changed) = self.bind_stand_role(stand, sa).await?;
+            applied.push(record);
+            binding_new = changed;
         }
         applied.extend([
-            self.apply(ns, &resources::resource_quota(stand, &self.config.quota)).await?,
-            self.apply(ns, &resources::limit_range(stand, &self.config.limits)).await?,
-            self.apply(ns, &resources::deny_all_policy(stand)).await?,
-            self.apply(ns, &resources::allow_policy(stand, &self.config, self.database.as_ref())).await?,
-            self.apply(ns, &resources::service_account(stand)).await?,
+            self.apply_bound(ns, &resources::resource_quota(stand, &self.config.quota), binding_new).await?,
+            self.apply_bound(ns, &resources::limit_range(stand, &self.config.limits), binding_new).await?,
+            self.apply_bound(ns, &resources::deny_all_policy(stand), binding_new).await?,
+            self.apply_bound(ns, &resources::allow_policy(stand, &self.config, self.database.as_ref()), binding_new)
+                .await?,
+            self.apply_bound(ns, &resources::service_account(stand), binding_new).await?,
         ]);
         Ok(NamespaceOutcome { created: existing.is_none(), applied })
     }
@@ -152,7 +250,10 @@ impl Cluster for Kubernetes {
             return Err(ClusterError::NotManaged { namespace: namespace.to_owned() });
         }
         if existing.metadata.deletion_timestamp.is_none() {
-            match namespaces.delete(namespace, &DeleteParams::foreground()).await {
+            // Background: the namespace controller deletes the content anyway, and foreground
+            // would add the foregroundDeletion finalizer, which can leave the namespace stuck
+            // (kubernetes/kubernetes#111251).
+            match namespaces.delete(namespace, &DeleteParams::background()).await {
                 Ok(_) => {}
                 // Gone between the read and the delete: what teardown wanted.
                 Err(kube::Error::Api(status)) if status.code == 404 => return Ok(NamespaceGone::Deleted),
@@ -232,6 +333,11 @@ impl Cluster for Kubernetes {
             }
             for s in statefulsets.list(&params).await?.items {
                 states.push((format!("StatefulSet/{}", s.name_any()), verify::statefulset_state(&s)));
+            }
+            // Helm has created the release's objects by the time verify runs: none now means the
+            // chart's workloads lack the label, and nothing would be checked.
+            if states.is_empty() {
+                return Err(ClusterError::NoWorkloads { namespace: namespace.to_owned(), selector });
             }
             let mut pending = Vec::new();
             for (workload, state) in &states {
@@ -336,29 +442,61 @@ impl Cluster for Kubernetes {
         let ns = stand.namespace.as_str();
         let name = request.name();
         let api: Api<Job> = Api::namespaced(self.client.clone(), ns);
-        // An earlier attempt of this run may have started it: apply is a no-op then, and the wait
-        // below picks up its result instead of running the command twice.
-        if api.get_opt(&name).await?.is_none() {
-            self.apply(ns, &jobs::job(stand, request)).await?;
-        }
+        // An earlier attempt of this run may have started it: its result is picked up instead of
+        // running the command twice. (It carries no TTL until draftd has read how it ended, so
+        // it is still there however late the run resumes.)
+        let mut current = match api.get_opt(&name).await? {
+            Some(job) => job,
+            None => api.patch(&name, &Self::apply_params(), &Patch::Apply(&jobs::job(stand, request))).await?,
+        };
+        // Every lookup of pods is by this UID: a Job of the same name from before, or a pod
+        // someone labelled by hand, is not this Job's.
+        let uid = current.uid().unwrap_or_default();
         // The Job's own deadline ends it; the extra minute covers scheduling and status updates.
         let wait = request.deadline + Duration::from_secs(60);
         let started = Instant::now();
+        let mut watch = jobs::StartWatch::new(self.poll * PULL_GRACE_POLLS, self.poll * CAPACITY_GRACE_POLLS);
+        // What the pod was doing at the last look: the Job controller deletes the pod of a Job
+        // past its deadline, so at the end it may be gone.
+        let mut last_seen: Option<String> = None;
         let (succeeded, reason) = loop {
-            let current = api.get(&name).await?;
             if let Some(end) = jobs::finished(&current) {
                 break end;
             }
+            let pods = self.job_pods(ns, &uid).await?;
+            let events = if pods.is_empty() { self.job_events(ns, &uid).await? } else { Vec::new() };
+            if let Some(stuck) = watch.check(&pods, &events, Instant::now()) {
+                // It would only wait out its deadline: delete it (its pods with it) and say why.
+                self.delete_job(ns, &name).await?;
+                return Err(ClusterError::JobNotStarted { job: name, reason: stuck.reason, details: stuck.details });
+            }
+            last_seen = jobs::newest_pod(pods).map(|p| jobs::describe_pod(&p)).or(last_seen);
             if started.elapsed() >= wait {
                 return Err(ClusterError::JobTimeout { job: name, waited: wait });
             }
             tokio::time::sleep(self.poll.min(wait.saturating_sub(started.elapsed()))).await;
+            current = api.get(&name).await?;
         };
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        let selector = format!("job-name={name}");
-        let pod = pods.list(&ListParams::default().labels(&selector)).await?.items.into_iter().next();
+        let pod = jobs::newest_pod(self.job_pods(ns, &uid).await?);
+        let mut reason = reason;
+        if reason == "DeadlineExceeded" {
+            let state = match (&pod, last_seen) {
+                (Some(pod), _) => jobs::describe_pod(pod),
+                (None, Some(seen)) => seen,
+                (None, None) => {
+                    let events = jobs::describe_events(&self.job_events(ns, &uid).await?);
+                    if events.is_empty() {
+                        "no pod was created".to_owned()
+                    } else {
+                        format!("no pod was created: {}", events.join("; "))
+                    }
+                }
+            };
+            reason = format!("{reason}: {state}");
+        }
         let (exit_code, log_tail) = match pod {
-            Some(pod) => {
+            Some(pod) if jobs::has_run(&pod, &request.purpose) => {
                 let params = LogParams {
                     container: Some(request.purpose.clone()),
                     tail_lines: Some(jobs::JOB_LOG_LINES),
@@ -370,9 +508,19 @@ impl Cluster for Kubernetes {
                 };
                 (jobs::exit_code(&pod, &request.purpose), Some(log))
             }
-            // Deadline exceeded before a pod started, or the pod was already collected.
-            None => (None, None),
+            // Its container never ran (deadline exceeded before it started), or the pod was
+            // already collected: no log to read.
+            _ => (None, None),
         };
+        // Now that its end and log are read, the Job may go after `keep_for`. A merge patch of
+        // the one mutable field; failing it only leaves the Job until teardown.
+        let ttl = serde_json::json!({ "spec": { "ttlSecondsAfterFinished": jobs::ttl_seconds(request.keep_for) } });
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
+        match api.patch(&name, &params, &Patch::Merge(&ttl)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => tracing::warn!(job = %name, namespace = ns, error = %e, "could not set the finished Job's TTL"),
+        }
         Ok(JobOutcome { job: name, succeeded, reason, exit_code, log_tail })
     }
 
@@ -449,25 +597,112 @@ impl Cluster for Kubernetes {
 
 /// Probes the stand's Service through the API server proxy, for stands without an Ingress URL:
 /// needs no route into the cluster, only draftd's credentials (`services/proxy` get).
+///
+/// The proxy passes the app's answers through verbatim, but answers in its place when it cannot
+/// ask the app: no such Service (404), no right to proxy (403), no ready endpoint (503), the pod
+/// not reachable (502/503, "error trying to reach service"). Those come as the API server's own
+/// `Status` objects, and are told apart from the app's answers ([`verify::ProbeResult::Refused`]).
 pub struct ServiceProxyProber {
     client: Client,
+    namespace: String,
+    service: String,
+    port: String,
     path: String,
 }
+
+/// The most of an error answer read to tell whether it is the API server's: a Status is small.
+const MAX_STATUS_BYTES: usize = 64 * 1024;
 
 impl ServiceProxyProber {
     /// `port` is the Service port's number or name (`http`); `path` the app's, e.g. `/health/ready`.
     pub fn new(client: Client, namespace: &str, service: &str, port: &str, path: &str) -> Self {
         let path = format!("/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy{path}");
-        Self { client, path }
+        Self { client, namespace: namespace.to_owned(), service: service.to_owned(), port: port.to_owned(), path }
+    }
+
+    /// `Some(why)` when an answer is the API server's own error rather than the app's: a JSON
+    /// `Status` of `apiVersion: v1` with an error code.
+    fn refusal(&self, code: u16, content_type: Option<&str>, body: &[u8]) -> Option<String> {
+        if code < 400 || !content_type.is_some_and(|t| t.trim_start().starts_with("application/json")) {
+            return None;
+        }
+        let status: serde_json::Value = serde_json::from_slice(body).ok()?;
+        if status["kind"] != "Status" || status["apiVersion"] != "v1" {
+            return None;
+        }
+        let reason = status["reason"].as_str().unwrap_or("");
+        let message = status["message"].as_str().unwrap_or("").trim();
+        let (service, ns, port) = (&self.service, &self.namespace, &self.port);
+        let said = match (reason, message) {
+            ("", "") => format!("the API server answered {code} in the app's place"),
+            (reason, "") | ("", reason) => format!("the API server answered {code} in the app's place ({reason})"),
+            (reason, message) => format!("the API server answered {code} {reason} in the app's place: {message}"),
+        };
+        let lower = message.to_lowercase();
+        let hint = if code == 404 {
+            format!(
+                "there is no Service {service} in namespace {ns}; verify probes the Service named after the release, \
+                 on its port `{port}`: name the chart's Service so, or set the project's `host` to probe its URL"
+            )
+        } else if code == 403 {
+            format!(
+                "draftd may not proxy to Services in {ns}: it needs `get` on `services/proxy` there (deploy/rbac.yaml's \
+                 draftd-stand role, bound by [cluster] service_account and stand_role)"
+            )
+        } else if lower.contains("no endpoints available") {
+            format!(
+                "no ready pod backs Service {service} on port `{port}` (none is ready, or the Service has no such port)"
+            )
+        } else if code == 502
+            || lower.contains("error trying to reach service")
+            || lower.contains("dial tcp")
+            || lower.contains("while dialing")
+        {
+            format!(
+                "the API server could not reach the pod behind Service {service}: the NetworkPolicy {} blocks the API \
+                 server unless its addresses are allowed in ([[cluster.ingress_from]] with cidr = \"<API server address>/32\"), \
+                 or the project sets a `host` so verify probes the stand's URL instead",
+                resources::DENY_ALL_NAME
+            )
+        } else {
+            String::new()
+        };
+        let target = format!("Service {service}:{port} in {ns}");
+        Some(if hint.is_empty() { format!("{target}: {said}") } else { format!("{target}: {said}; {hint}") })
     }
 }
 
 impl verify::Prober for ServiceProxyProber {
     async fn probe(&self, timeout: Duration) -> verify::ProbeResult {
-        let request = axum::http::Request::get(&self.path).body(Vec::new()).expect("a GET with a valid path");
-        match tokio::time::timeout(timeout, self.client.send(request.map(kube::client::Body::from))).await {
-            // The proxy passes the app's status through, and answers 503 itself when no pod is ready.
-            Ok(Ok(response)) => verify::ProbeResult::Status(response.status().as_u16()),
+        use http_body_util::BodyExt;
+        let request = match axum::http::Request::get(&self.path).body(Vec::new()) {
+            Ok(request) => request,
+            Err(e) => return verify::ProbeResult::Refused(format!("{} is not a valid request path: {e}", self.path)),
+        };
+        let answer = async {
+            let response = self.client.send(request.map(kube::client::Body::from)).await?;
+            let code = response.status().as_u16();
+            let content_type = response
+                .headers()
+                .get(axum::http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            if code < 400 {
+                return Ok(verify::ProbeResult::Status(code));
+            }
+            // Only error answers are read, and only so far: a body too long to be a Status, or
+            // one that breaks off, is the app's.
+            let body = match http_body_util::Limited::new(response.into_body(), MAX_STATUS_BYTES).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(_) => return Ok(verify::ProbeResult::Status(code)),
+            };
+            Ok::<_, kube::Error>(match self.refusal(code, content_type.as_deref(), &body) {
+                Some(why) => verify::ProbeResult::Refused(why),
+                None => verify::ProbeResult::Status(code),
+            })
+        };
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(result)) => result,
             Ok(Err(_)) => verify::ProbeResult::Unreachable,
             Err(_) => verify::ProbeResult::Timeout,
         }

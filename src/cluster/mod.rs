@@ -104,6 +104,17 @@ pub enum ClusterError {
     RolloutFailed { workload: String, message: String },
     #[error("job {job} did not finish within {waited:?}")]
     JobTimeout { job: String, waited: Duration },
+    /// The Job's pod cannot start for a reason waiting will not cure (its image cannot be pulled,
+    /// its container config is refused, the quota or an admission policy refuses the pod, no node
+    /// fits it); draftd deleted the Job instead of waiting out its deadline.
+    #[error("job {job} cannot start ({reason}), so it was deleted instead of waiting for its deadline: {details}")]
+    JobNotStarted { job: String, reason: String, details: String },
+    /// The release has no Deployment or StatefulSet draftd can find, so there is nothing whose
+    /// rollout verify could check; passing would vouch for a stand nobody looked at.
+    #[error(
+        "no Deployment or StatefulSet in namespace {namespace} matches the label selector {selector}, so verify cannot check any rollout: label the chart's workloads (metadata.labels) with Helm's standard `app.kubernetes.io/instance: {{{{ .Release.Name }}}}`"
+    )]
+    NoWorkloads { namespace: String, selector: String },
     #[error("no Kubernetes configuration: {0}")]
     Config(String),
     #[error("Kubernetes API: {0}")]
@@ -116,7 +127,7 @@ impl ClusterError {
     pub fn is_transient(&self) -> bool {
         match self {
             ClusterError::Api(kube::Error::Api(status)) => {
-                status.code == 409 || status.code == 429 || status.code >= 500
+                status.code == 409 || status.code == 429 || status.code >= 500 || quota_status_unknown(status)
             }
             ClusterError::Api(kube::Error::HyperError(_) | kube::Error::Service(_)) => true,
             ClusterError::Terminating { .. } | ClusterError::DeletionBlocked { .. } => true,
@@ -134,11 +145,21 @@ impl ClusterError {
             ClusterError::RolloutTimeout { .. } => "rollout_timeout",
             ClusterError::RolloutFailed { .. } => "rollout_failed",
             ClusterError::JobTimeout { .. } => "job_timeout",
+            ClusterError::JobNotStarted { .. } => "job_not_started",
+            ClusterError::NoWorkloads { .. } => "rollout_no_workloads",
             ClusterError::Config(_) => "kubernetes_config",
+            ClusterError::Api(kube::Error::Api(status)) if quota_status_unknown(status) => "kubernetes_quota_pending",
             ClusterError::Api(kube::Error::Api(status)) if status.code == 403 => "kubernetes_forbidden",
             ClusterError::Api(_) => "kubernetes_api",
         }
     }
+}
+
+/// A 403 that is not a refusal: the quota admission plugin refuses objects a ResourceQuota counts
+/// until the quota controller has computed that quota's first status ("status unknown for quota:
+/// draftd-quota"), which on a new namespace takes a moment. The same request passes shortly after.
+fn quota_status_unknown(status: &kube::core::Status) -> bool {
+    status.code == 403 && status.message.contains("status unknown for quota")
 }
 
 /// The cluster as the pipeline's steps use it.
@@ -150,9 +171,11 @@ pub trait Cluster: Send + Sync + 'static {
         stand: &StandMeta,
     ) -> impl Future<Output = Result<NamespaceOutcome, ClusterError>> + Send;
 
-    /// Deletes a namespace draftd manages, with foreground propagation so its Secrets, volume
-    /// claims and everything else go first, and waits up to `wait` for it to be gone. Refuses a
-    /// namespace without draftd's label.
+    /// Deletes a namespace draftd manages and waits up to `wait` for it to be gone; the namespace
+    /// controller deletes everything inside (Secrets, volume claims, …) before the namespace goes.
+    /// Background propagation: foreground would add the `foregroundDeletion` finalizer, which can
+    /// leave a namespace stuck terminating (kubernetes/kubernetes#111251). Refuses a namespace
+    /// without draftd's label.
     fn delete_namespace(
         &self,
         namespace: &str,
@@ -179,7 +202,8 @@ pub trait Cluster: Send + Sync + 'static {
 
     /// Waits until every Deployment and StatefulSet of the Helm release has rolled out (the new
     /// spec observed, all replicas updated and available, no old ones left), at most `timeout`.
-    /// Returns the workloads, as `Kind/name`.
+    /// Returns the workloads, as `Kind/name`. A release without any (none carries the label
+    /// `app.kubernetes.io/instance=<release>`) is an error, not a success.
     fn wait_rollout(
         &self,
         namespace: &str,
@@ -191,7 +215,9 @@ pub trait Cluster: Send + Sync + 'static {
     fn diagnose(&self, namespace: &str) -> impl Future<Output = Result<verify::Diagnostics, ClusterError>> + Send;
 
     /// Runs a Job to its end (or finds the one an earlier attempt of the run started) and returns
-    /// how it ended, with the end of its log. Waits at most the request's deadline plus a minute.
+    /// how it ended, with the end of its log. Waits at most the request's deadline plus a minute;
+    /// a Job whose pod cannot start is deleted early ([`ClusterError::JobNotStarted`]). The Job
+    /// is kept `keep_for` after draftd has read how it ended.
     fn run_job(
         &self,
         stand: &StandMeta,

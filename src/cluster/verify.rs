@@ -47,13 +47,18 @@ pub const LOG_TAIL_LINES: i64 = 50;
 pub const MAX_EVENTS: usize = 20;
 
 /// What one probe of the stand saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeResult {
+    /// The app's own answer.
     Status(u16),
     /// No answer within the probe's timeout.
     Timeout,
     /// Refused or reset: nothing is listening yet, or it crashed.
     Unreachable,
+    /// Something between draftd and the app answered in the app's place (the API server proxy:
+    /// no such Service, no right to proxy, no ready endpoint, the pod not reachable), so the app
+    /// was never asked; says who refused, what they said and what to do about it.
+    Refused(String),
 }
 
 /// One way to reach the stand: its Ingress URL, or its Service through the API server proxy.
@@ -82,7 +87,8 @@ pub struct GateFailure {
 }
 
 /// Probes `probes` times spread evenly over `window`; the first 5xx, timeout or refusal fails the
-/// gate. 4xx passes: an app may answer 401 or 404 on `/` and still be healthy.
+/// gate. The app's 4xx passes: an app may answer 401 or 404 on `/` and still be healthy; an answer
+/// the app never gave ([`ProbeResult::Refused`]) fails, whatever its code.
 pub async fn gate<P: Prober>(
     prober: &P,
     probes: u32,
@@ -104,6 +110,7 @@ pub async fn gate<P: Prober>(
             ProbeResult::Status(code) => format!("answered {code}"),
             ProbeResult::Timeout => format!("did not answer within {timeout:?}"),
             ProbeResult::Unreachable => "could not connect".to_owned(),
+            ProbeResult::Refused(reason) => format!("did not reach the app: {reason}"),
         };
         return Err(GateFailure { target: prober.target(), attempt, probes, outcome, elapsed: started.elapsed() });
     }
@@ -177,15 +184,18 @@ pub enum RolloutState {
 pub fn deployment_state(d: &Deployment) -> RolloutState {
     let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let Some(status) = &d.status else { return RolloutState::Progressing("no status yet".into()) };
+    // The generation first: until the controller has seen the new spec, the conditions are those
+    // of the previous revision, and right after `helm upgrade` an old ProgressDeadlineExceeded
+    // would fail the new rollout before it started.
+    let generation = d.metadata.generation.unwrap_or(0);
+    if status.observed_generation.unwrap_or(0) < generation {
+        return RolloutState::Progressing("waiting for the controller to see the new spec".into());
+    }
     if let Some(c) = status.conditions.iter().flatten().find(|c| c.type_ == "Progressing")
         && c.status == "False"
         && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
     {
         return RolloutState::Failed(c.message.clone().unwrap_or_else(|| "progress deadline exceeded".into()));
-    }
-    let generation = d.metadata.generation.unwrap_or(0);
-    if status.observed_generation.unwrap_or(0) < generation {
-        return RolloutState::Progressing("waiting for the controller to see the new spec".into());
     }
     let updated = status.updated_replicas.unwrap_or(0);
     let total = status.replicas.unwrap_or(0);
@@ -201,19 +211,38 @@ pub fn deployment_state(d: &Deployment) -> RolloutState {
     }
 }
 
+/// As kubectl's StatefulSetStatusViewer, plus OnDelete: the spec observed, then by update strategy.
 pub fn statefulset_state(s: &StatefulSet) -> RolloutState {
-    let want = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let spec = s.spec.as_ref();
+    let want = spec.and_then(|s| s.replicas).unwrap_or(1);
     let Some(status) = &s.status else { return RolloutState::Progressing("no status yet".into()) };
-    if status.observed_generation.unwrap_or(0) < s.metadata.generation.unwrap_or(0) {
+    let observed = status.observed_generation.unwrap_or(0);
+    if observed == 0 || observed < s.metadata.generation.unwrap_or(0) {
         return RolloutState::Progressing("waiting for the controller to see the new spec".into());
     }
     let ready = status.ready_replicas.unwrap_or(0);
     let updated = status.updated_replicas.unwrap_or(0);
-    if updated < want {
-        RolloutState::Progressing(format!("{updated} of {want} pods updated"))
+    let strategy = spec.and_then(|s| s.update_strategy.as_ref());
+    if strategy.and_then(|u| u.type_.as_deref()) == Some("OnDelete") {
+        // The controller replaces a pod only when someone deletes it: no pod is ever "updated" by
+        // waiting, so the rollout is as done as it gets once the wanted pods are ready.
+        return if ready < want {
+            RolloutState::Progressing(format!("{ready} of {want} pods ready"))
+        } else {
+            RolloutState::Done
+        };
+    }
+    // With a partition, only the pods with an ordinal at or above it are updated; the rest stay
+    // on the old revision on purpose, so the revisions never match.
+    let partition = strategy.and_then(|u| u.rolling_update.as_ref()).and_then(|r| r.partition).unwrap_or(0);
+    let partition = partition.clamp(0, want.max(0));
+    let to_update = want - partition;
+    if updated < to_update {
+        let of = if partition > 0 { format!(" (partition {partition})") } else { String::new() };
+        RolloutState::Progressing(format!("{updated} of {to_update} pods updated{of}"))
     } else if ready < want {
         RolloutState::Progressing(format!("{ready} of {want} pods ready"))
-    } else if status.update_revision.is_some() && status.current_revision != status.update_revision {
+    } else if partition == 0 && status.update_revision.is_some() && status.current_revision != status.update_revision {
         RolloutState::Progressing("revision update in progress".into())
     } else {
         RolloutState::Done
