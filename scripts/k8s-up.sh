@@ -40,7 +40,10 @@ dir="$(cd "$dir" && pwd)"
 components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 service_cidr="10.96.0.0/12"
 service_ip="10.96.0.1" # the `kubernetes` Service's ClusterIP: the first address of service_cidr
-pod_cidr="10.244.0.0/16"
+# Every address a component could dial is on loopback: the API server dials pod IPs for its Service
+# proxy and node addresses for pods/log, and this machine may reach nothing beyond 127.0.0.0/8. Nothing
+# listens there, so such calls are refused at once (as a blocked or log-less pod would be).
+pod_cidr="127.244.0.0/16"
 nodes=(kwok-node-0 kwok-node-1)
 ready_timeout=60
 
@@ -362,10 +365,13 @@ start_servers() {
 
   # --endpoint-reconciler-type=none: the `kubernetes` Service may not have a loopback endpoint
   # (the API server would log a validation error every 10 s); nothing in this cluster uses it.
+  # --kubelet-preferred-address-types=InternalIP: pods/log goes to a node's loopback address (and is
+  # refused at once) instead of resolving the node's name through the machine's DNS.
   launch kube-apiserver \
     --etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
     --bind-address=127.0.0.1 \
     --advertise-address=127.0.0.1 \
+    --kubelet-preferred-address-types=InternalIP \
     --secure-port="$APISERVER_PORT" \
     --cert-dir="$pki" \
     --tls-cert-file="$pki/apiserver.crt" \
@@ -472,11 +478,11 @@ metadata:
     kubernetes.io/hostname: ${nodes[i]}
     kubernetes.io/os: linux
 spec:
-  podCIDR: 10.244.$i.0/24
-  podCIDRs: [10.244.$i.0/24]
+  podCIDR: 127.244.$i.0/24
+  podCIDRs: [127.244.$i.0/24]
 status:
   addresses:
-    - {type: InternalIP, address: 10.255.0.$((10 + i))}
+    - {type: InternalIP, address: 127.255.0.$((10 + i))}
     - {type: Hostname, address: ${nodes[i]}}
   allocatable: {cpu: "32", memory: 256Gi, pods: "110", ephemeral-storage: 1Ti}
   capacity: {cpu: "32", memory: 256Gi, pods: "110", ephemeral-storage: 1Ti}

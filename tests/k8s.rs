@@ -606,3 +606,55 @@ async fn the_reaper_tears_down_an_expired_stand_and_removes_orphans_of_its_own_p
     assert!(namespaces.get_opt(&theirs).await.unwrap().is_some());
     namespaces.delete(&theirs, &Default::default()).await.unwrap();
 }
+
+/// A stand without a host is probed through the API server's Service proxy. The API server here
+/// cannot reach a pod (kwok's pods have loopback addresses, which no Endpoints may hold, as a
+/// NetworkPolicy-blocked API server on a multi-node cluster cannot reach one): what it answers in
+/// the app's place is never counted a healthy app (the old gate passed its 404 as "a 4xx app").
+/// The shapes of those answers are pinned request by request in tests/cluster.rs.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn the_api_servers_own_answer_through_its_proxy_is_not_taken_for_the_app(pool: PgPool) {
+    let Some(dir) = control_plane() else { return };
+    let w = World::new(pool, dir, "proxy").await;
+    let mut config = w.config("");
+    config.projects[0].host = None;
+    let engine = w.engine(config).await;
+    let (run, end) = w.run(&engine, "deploy", SHA1).await;
+    assert_eq!(end, RunEnd::Failed, "{}", w.steps(run).await);
+    let (state, _, error) = w.step(run, "verify").await;
+    assert_eq!(state, "failed");
+    let message = error.unwrap()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains(&format!("services/{}:http/proxy", w.release())), "names the Service: {message}");
+    assert!(w.app.hosts.lock().unwrap().is_empty(), "nothing was probed at a URL");
+}
+
+/// A chart whose container requests more than the LimitRange's default limit and sets no limit of
+/// its own is refused before anything is applied, with the container and the fix named, and the
+/// API server itself refuses such a pod in the stand's namespace: the check says what it would.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_release_the_limit_range_would_refuse_is_stopped_before_helm_applies_it(pool: PgPool) {
+    let Some(dir) = control_plane() else { return };
+    let w = World::new(pool, dir, "limits").await;
+    let values = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(values.path(), "resources:\n  requests:\n    memory: 1Gi\n  limits: null\n").unwrap();
+    let mut config = w.config("");
+    config.projects[0].values.push(values.path().to_owned());
+    let engine = w.engine(config).await;
+    let (run, end) = w.run(&engine, "deploy", SHA1).await;
+    assert_eq!(end, RunEnd::Failed, "{}", w.steps(run).await);
+    let (state, _, error) = w.step(run, "deploy").await;
+    assert_eq!(state, "failed");
+    let error = error.unwrap();
+    assert_eq!(error["label"], "limits_refused");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains(&format!("container app of Deployment/{}: memory request 1Gi", w.release())), "{message}");
+    assert!(w.history().await.is_empty(), "nothing was applied");
+
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": { "name": "too-big" },
+        "spec": { "containers": [{ "name": "app", "image": "x", "resources": { "requests": { "memory": "1Gi" } } }] },
+    }))
+    .unwrap();
+    let refused = w.api::<k8s_openapi::api::core::v1::Pod>().create(&PostParams::default(), &pod).await.unwrap_err();
+    assert!(refused.to_string().contains("must be less than or equal to memory limit"), "{refused}");
+}
