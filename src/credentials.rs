@@ -442,7 +442,8 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
         .rows_affected())
     }
 
-    /// Revokes one recorded credential (a migrate Job's, once the Job has ended).
+    /// Revokes one recorded credential at once, ending its sessions: a migrate Job's once the Job
+    /// has ended (a session still open as it serves no running migration).
     pub async fn revoke(&self, credential_id: i64) -> Result<(), CredentialError> {
         let row: Option<(String, String, Option<String>)> = sqlx::query_as(
             "select source, username, lease_id from credentials where credential_id = $1 and revoked_at is null",
@@ -457,10 +458,20 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
         Ok(())
     }
 
+    /// Ends the login's sessions and drops it, then (for Vault's) revokes its lease. draftd does the
+    /// Postgres part of a Vault login itself: Vault's revocation statements run as the admin too,
+    /// but cannot take the login's rights first (a GRANT fails once the login is gone, which would
+    /// make the lease unrevocable), and logins issued before their creation statements granted them
+    /// to the admin would fail there; after draftd, Vault finds nothing to end and nothing to drop.
     async fn revoke_one(&self, source: &str, username: &str, lease_id: Option<&str>) -> Result<(), CredentialError> {
+        let databases = self.databases.as_ref().map(|(d, _)| d);
+        if let Some(databases) = databases {
+            databases.revoke_login(username).await?;
+        }
         match (source, lease_id, &self.vault) {
             ("vault", Some(lease), Some(vault)) => vault.revoke(lease).await?,
-            _ => self.databases()?.0.revoke_login(username).await?,
+            _ if databases.is_some() => {}
+            _ => return Err(CredentialError::Config("no [postgres] configured".into())),
         }
         Ok(())
     }
@@ -474,7 +485,9 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
     }
 
     /// Teardown, first half: every login of the stand revoked, recorded or not, and its Vault role
-    /// deleted. Must come before [`Self::drop_database`].
+    /// deleted. Must come before [`Self::drop_database`]. Sessions end at once, although the
+    /// stand's pods may still be serving: the stand is going, its namespace with them, and a login
+    /// left for them would outlive the teardown.
     pub async fn revoke_all(&self, stand_id: i64, db: &StandDb) -> Result<Value, CredentialError> {
         let live: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(
             "select credential_id, source, username, lease_id from credentials
@@ -490,12 +503,8 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
             revoked += 1;
         }
         let mut detail = json!({ "revoked": revoked });
-        if let Some(vault) = &self.vault {
-            // Leases draftd never recorded (a crash between issue and insert) go too.
-            vault.revoke_role_leases(&db.database).await?;
-            vault.delete_role(&db.database).await?;
-            detail["vault_role_deleted"] = json!(db.database);
-        }
+        // Logins draftd never recorded (a crash between issue and insert), Vault's too: before
+        // their leases, for the reason in revoke_one.
         if let Some((databases, _)) = &self.databases {
             let mut stray = 0;
             for login in databases.logins(db).await? {
@@ -503,6 +512,11 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
                 stray += 1;
             }
             detail["unrecorded_logins_revoked"] = json!(stray);
+        }
+        if let Some(vault) = &self.vault {
+            vault.revoke_role_leases(&db.database).await?;
+            vault.delete_role(&db.database).await?;
+            detail["vault_role_deleted"] = json!(db.database);
         }
         Ok(detail)
     }

@@ -46,6 +46,22 @@ impl Pg {
         PgPoolOptions::new().max_connections(4).connect(&self.url).await.unwrap()
     }
 
+    /// Makes a stand database admin as the README asks for it (LOGIN CREATEDB CREATEROLE, nothing
+    /// else; the cluster's own `postgres` is a superuser) and returns its URL.
+    async fn createrole_admin(&self) -> String {
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        let admin = self.admin().await;
+        sqlx::query(&format!("create role stands_admin login createdb createrole password '{password}'"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let mut url = url::Url::parse(&self.url).unwrap();
+        url.set_username("stands_admin").unwrap();
+        url.set_password(Some(&password)).unwrap();
+        url.to_string()
+    }
+
     async fn connect(&self, user: &str, password: &str, database: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
         PgConnectOptions::from_str(&self.url)
             .unwrap()
@@ -85,12 +101,16 @@ fn lifetimes(max: u64, lease: u64) -> Lifetimes {
 }
 
 async fn credentials(pool: &PgPool, bao: &Bao, pg: &Pg, lifetimes: Lifetimes) -> StandCredentials {
-    let vault = vault_of(bao);
-    let server = StandServer::parse(&pg.url, None).unwrap();
+    credentials_as(pool, Some(bao), &pg.url, lifetimes).await
+}
+
+/// draftd with `admin_url` as `[postgres]`'s admin URL (Vault's connection uses it too).
+async fn credentials_as(pool: &PgPool, bao: Option<&Bao>, admin_url: &str, lifetimes: Lifetimes) -> StandCredentials {
+    let admin = PgPoolOptions::new().max_connections(4).connect(admin_url).await.unwrap();
     StandCredentials::new(
         pool.clone(),
-        Some((Arc::new(PgDatabases::new(pg.admin().await)), server)),
-        Some(Arc::new(vault)),
+        Some((Arc::new(PgDatabases::new(admin)), StandServer::parse(admin_url, None).unwrap())),
+        bao.map(|b| Arc::new(vault_of(b))),
         lifetimes,
     )
 }
@@ -200,10 +220,13 @@ async fn a_login_expires_with_its_lease_unless_renewed(pool: PgPool) {
     assert!(err.to_string().contains("password authentication failed"), "{err}");
 }
 
+/// With an admin that has only CREATEDB and CREATEROLE, as draftd's and Vault's connection: every
+/// login goes, recorded or not, Vault's or draftd's, and so do the sessions open as them.
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]
 async fn teardown_revokes_every_login_then_drops_the_database_leaving_nothing(pool: PgPool) {
     let (bao, pg) = (Bao::start(), Pg::start());
-    let creds = credentials(&pool, &bao, &pg, lifetimes(600, 300)).await;
+    let admin_url = pg.createrole_admin().await;
+    let creds = credentials_as(&pool, Some(&bao), &admin_url, lifetimes(600, 300)).await;
     let (id, ns) = new_stand(&pool, "feature/gone").await;
     let db = stand_db(&ns, None);
     creds.ensure_database(&db).await.unwrap();
@@ -211,9 +234,10 @@ async fn teardown_revokes_every_login_then_drops_the_database_leaving_nothing(po
     creds.issue(id, None, "migrate", &db).await.unwrap();
     // Issued but never recorded (a crash between issue and insert): teardown finds them anyway.
     let vault = vault_of(&bao);
-    vault.issue(&db.database).await.unwrap();
+    let stray = vault.issue(&db.database).await.unwrap();
     let admin = pg.admin().await;
-    PgDatabases::new(admin.clone()).issue_login(&db, Duration::from_secs(600)).await.unwrap();
+    let stands_admin = PgPoolOptions::new().max_connections(1).connect(&admin_url).await.unwrap();
+    PgDatabases::new(stands_admin).issue_login(&db, Duration::from_secs(600)).await.unwrap();
     assert_eq!(vault.leases(&db.database).await.unwrap().len(), 3);
     // A stand whose role name starts with this one's keeps its login.
     let (other_id, other_ns) = new_stand(&pool, "feature/gone-too").await;
@@ -221,16 +245,19 @@ async fn teardown_revokes_every_login_then_drops_the_database_leaving_nothing(po
     creds.ensure_database(&other).await.unwrap();
     let other_login = creds.issue(other_id, None, "app", &other).await.unwrap();
 
-    // A session open during teardown is ended too.
-    let open = pg.connect(&app.username, app.password.expose_secret(), &db.database).await.unwrap();
+    // Sessions open during teardown (its pods are still there) are ended too.
+    let mut open = pg.connect(&app.username, app.password.expose_secret(), &db.database).await.unwrap();
+    let mut stray_open = pg.connect(&stray.username, stray.password.expose_secret(), &db.database).await.unwrap();
     let revoked = creds.revoke_all(id, &db).await.unwrap();
     assert_eq!(revoked["revoked"], json!(2));
-    assert_eq!(revoked["unrecorded_logins_revoked"], json!(1));
+    // Vault's unrecorded login and draftd's.
+    assert_eq!(revoked["unrecorded_logins_revoked"], json!(2));
+    assert!(sqlx::query("select 1").execute(&mut open).await.is_err(), "the app's session was ended");
+    assert!(sqlx::query("select 1").execute(&mut stray_open).await.is_err(), "the unrecorded login's too");
     assert!(vault.leases(&db.database).await.unwrap().is_empty(), "no lease left in Vault");
     let (status, _) = bao.api("GET", &format!("database/roles/{}", db.database), None).await;
     assert_eq!(status, 404, "the stand's Vault role is deleted");
     creds.drop_database(&db).await.unwrap();
-    drop(open);
 
     let databases: i64 = sqlx::query_scalar("select count(*) from pg_database where datname = $1")
         .bind(&db.database)
@@ -251,6 +278,36 @@ async fn teardown_revokes_every_login_then_drops_the_database_leaving_nothing(po
         .await
         .unwrap();
     assert_eq!(live, [other_login.credential_id]);
+}
+
+/// Vault ends a lease on its own when nobody renews it, with its revocation statements, as the
+/// admin: the login's creation made the CREATEROLE admin a member, so it may end the sessions.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn vault_ends_an_expired_leases_open_session_under_a_createrole_admin(pool: PgPool) {
+    let (bao, pg) = (Bao::start(), Pg::start());
+    let admin_url = pg.createrole_admin().await;
+    let creds = credentials_as(&pool, Some(&bao), &admin_url, lifetimes(30, 2)).await;
+    let (_, ns) = new_stand(&pool, "feature/lapse").await;
+    let db = stand_db(&ns, None);
+    creds.ensure_database(&db).await.unwrap();
+    let lapsing = vault_of(&bao).issue(&db.database).await.unwrap();
+    let mut open = pg.connect(&lapsing.username, lapsing.password.expose_secret(), &db.database).await.unwrap();
+    let admin = pg.admin().await;
+    let mut gone = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_roles where rolname = $1)")
+            .bind(&lapsing.username)
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+        if !exists {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "Vault revoked the lapsed lease's login");
+    assert!(sqlx::query("select 1").execute(&mut open).await.is_err(), "and ended its session first");
 }
 
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]
