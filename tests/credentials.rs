@@ -62,6 +62,24 @@ impl Pg {
         url.to_string()
     }
 
+    /// Waits until `user` has no session left on the server (a closed connection's backend exits
+    /// a moment after the client is gone).
+    async fn wait_sessions_gone(&self, user: &str) {
+        let admin = self.admin().await;
+        for _ in 0..100 {
+            let n: i64 = sqlx::query_scalar("select count(*) from pg_stat_activity where usename = $1")
+                .bind(user)
+                .fetch_one(&admin)
+                .await
+                .unwrap();
+            if n == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{user}'s sessions did not end");
+    }
+
     async fn connect(&self, user: &str, password: &str, database: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
         PgConnectOptions::from_str(&self.url)
             .unwrap()
@@ -405,12 +423,7 @@ async fn without_vault_the_keeper_replaces_logins_before_they_end(pool: PgPool) 
     let pg = Pg::start();
     let lifetimes =
         Lifetimes { max: Duration::from_secs(8), lease: Duration::from_secs(8), grace: Duration::from_secs(1) };
-    let creds: StandCredentials = StandCredentials::new(
-        pool.clone(),
-        Some((Arc::new(PgDatabases::new(pg.admin().await)), StandServer::parse(&pg.url, None).unwrap())),
-        None,
-        lifetimes,
-    );
+    let creds = credentials_as(&pool, None, &pg.createrole_admin().await, lifetimes).await;
     let (id, ns) = new_stand(&pool, "feature/rotate").await;
     let db = stand_db(&ns, None);
     creds.ensure_database(&db).await.unwrap();
@@ -431,16 +444,65 @@ async fn without_vault_the_keeper_replaces_logins_before_they_end(pool: PgPool) 
     assert_eq!((stand, namespace.as_str()), (id, ns.as_str()));
     let (user, password) = (data["PGUSER"].expose_secret().to_owned(), data["PGPASSWORD"].expose_secret().to_owned());
     assert_ne!(user, first.username);
-    pg.connect(&user, &password, &db.database).await.expect("the new login works").close().await.unwrap();
-    // After the grace period the replaced login is revoked; the new one lives on.
+    let mut rolled = pg.connect(&user, &password, &db.database).await.expect("the new login works");
+    // After the grace period the replaced login, no longer used, is revoked; the new one and its
+    // sessions live on.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(creds.keep(&deliver).await.unwrap().revoked, 1);
+    sqlx::query("select 1").execute(&mut rolled).await.expect("the new login's session is untouched");
     let roles: Vec<String> =
         sqlx::query_scalar("select rolname::text from pg_roles where rolname like 'draft_feature_rotate_l%'")
             .fetch_all(&pg.admin().await)
             .await
             .unwrap();
     assert_eq!(roles, [user], "only the new login is left");
+}
+
+/// A replaced login is what the stand's pods use until they have rolled onto the new Secret (a
+/// deploy's secrets step replaces it before the deploy step rolls them): past its grace period it
+/// stays while a session still uses it, goes once none does, and at its end goes whatever uses it.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_replaced_login_still_in_use_is_kept_until_unused_or_its_end(pool: PgPool) {
+    let pg = Pg::start();
+    let lifetimes =
+        Lifetimes { max: Duration::from_secs(600), lease: Duration::from_secs(600), grace: Duration::from_secs(1) };
+    let creds = credentials_as(&pool, None, &pg.createrole_admin().await, lifetimes).await;
+    let deliver = |_, _, _| async { Ok::<(), String>(()) };
+    let (id, ns) = new_stand(&pool, "feature/rolling").await;
+    let db = stand_db(&ns, None);
+    creds.ensure_database(&db).await.unwrap();
+    let old = creds.issue(id, None, "app", &db).await.unwrap();
+    let mut old_pod = pg.connect(&old.username, old.password.expose_secret(), &db.database).await.unwrap();
+    // A redeploy: the new login's Secret is in place, the pods not rolled yet.
+    let new = creds.issue(id, None, "app", &db).await.unwrap();
+    assert_eq!(creds.supersede_app(id, new.credential_id).await.unwrap(), 1);
+    let mut new_pod = pg.connect(&new.username, new.password.expose_secret(), &db.database).await.unwrap();
+
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let kept = creds.keep(&deliver).await.unwrap();
+    assert_eq!((kept.in_use, kept.revoked), (1, 0), "{kept:?}");
+    sqlx::query("select 1").execute(&mut old_pod).await.expect("the old pod still serves");
+
+    // The old pod is gone: so is its login, at the next pass.
+    old_pod.close().await.unwrap();
+    pg.wait_sessions_gone(&old.username).await;
+    let kept = creds.keep(&deliver).await.unwrap();
+    assert_eq!((kept.in_use, kept.revoked), (0, 1), "{kept:?}");
+    let err = pg.connect(&old.username, old.password.expose_secret(), &db.database).await.expect_err("revoked");
+    assert!(err.to_string().contains("password authentication failed"), "{err}");
+    sqlx::query("select 1").execute(&mut new_pod).await.expect("the new login's session is untouched");
+
+    // Replaced again, and still used when its life ends: revoked then, its session with it.
+    let newest = creds.issue(id, None, "app", &db).await.unwrap();
+    creds.supersede_app(id, newest.credential_id).await.unwrap();
+    sqlx::query("update credentials set max_expires_at = now() where credential_id = $1")
+        .bind(new.credential_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let kept = creds.keep(&deliver).await.unwrap();
+    assert_eq!((kept.in_use, kept.revoked), (0, 1), "{kept:?}");
+    assert!(sqlx::query("select 1").execute(&mut new_pod).await.is_err(), "the session of a login at its end is ended");
 }
 
 fn vault_of(bao: &Bao) -> OpenBao {
