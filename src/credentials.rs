@@ -130,7 +130,20 @@ pub struct Kept {
     pub renewed: usize,
     pub replaced: usize,
     pub revoked: usize,
+    /// Replaced logins past their grace period left alone because sessions still use them.
+    pub in_use: usize,
     pub failed: usize,
+}
+
+/// What the keeper does with one live credential in a pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upkeep {
+    Nothing,
+    /// Replaced and past its grace period, but still used: revoked once unused, or at its end.
+    InUse,
+    Revoke,
+    Replace,
+    Renew,
 }
 
 /// A live credential as the keeper sees it.
@@ -447,7 +460,17 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
         .rows_affected())
     }
 
-    /// Revokes one recorded credential (a migrate Job's, once the Job has ended).
+    /// Marks one credential replaced: the keeper revokes it like any replaced login.
+    async fn supersede(&self, credential_id: i64) -> Result<(), CredentialError> {
+        sqlx::query("update credentials set superseded_at = now() where credential_id = $1 and superseded_at is null")
+            .bind(credential_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Revokes one recorded credential at once, ending its sessions: a migrate Job's once the Job
+    /// has ended (a session still open as it serves no running migration).
     pub async fn revoke(&self, credential_id: i64) -> Result<(), CredentialError> {
         let row: Option<(String, String, Option<String>)> = sqlx::query_as(
             "select source, username, lease_id from credentials where credential_id = $1 and revoked_at is null",
@@ -462,10 +485,20 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
         Ok(())
     }
 
+    /// Ends the login's sessions and drops it, then (for Vault's) revokes its lease. draftd does the
+    /// Postgres part of a Vault login itself: Vault's revocation statements run as the admin too,
+    /// but cannot take the login's rights first (a GRANT fails once the login is gone, which would
+    /// make the lease unrevocable), and logins issued before their creation statements granted them
+    /// to the admin would fail there; after draftd, Vault finds nothing to end and nothing to drop.
     async fn revoke_one(&self, source: &str, username: &str, lease_id: Option<&str>) -> Result<(), CredentialError> {
+        let databases = self.databases.as_ref().map(|(d, _)| d);
+        if let Some(databases) = databases {
+            databases.revoke_login(username).await?;
+        }
         match (source, lease_id, &self.vault) {
             ("vault", Some(lease), Some(vault)) => vault.revoke(lease).await?,
-            _ => self.databases()?.0.revoke_login(username).await?,
+            _ if databases.is_some() => {}
+            _ => return Err(CredentialError::Config("no [postgres] configured".into())),
         }
         Ok(())
     }
@@ -479,7 +512,9 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
     }
 
     /// Teardown, first half: every login of the stand revoked, recorded or not, and its Vault role
-    /// deleted. Must come before [`Self::drop_database`].
+    /// deleted. Must come before [`Self::drop_database`]. Sessions end at once, although the
+    /// stand's pods may still be serving: the stand is going, its namespace with them, and a login
+    /// left for them would outlive the teardown.
     pub async fn revoke_all(&self, stand_id: i64, db: &StandDb) -> Result<Value, CredentialError> {
         let live: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(
             "select credential_id, source, username, lease_id from credentials
@@ -495,12 +530,8 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
             revoked += 1;
         }
         let mut detail = json!({ "revoked": revoked });
-        if let Some(vault) = &self.vault {
-            // Leases draftd never recorded (a crash between issue and insert) go too.
-            vault.revoke_role_leases(&db.database).await?;
-            vault.delete_role(&db.database).await?;
-            detail["vault_role_deleted"] = json!(db.database);
-        }
+        // Logins draftd never recorded (a crash between issue and insert), Vault's too: before
+        // their leases, for the reason in revoke_one.
         if let Some((databases, _)) = &self.databases {
             let mut stray = 0;
             for login in databases.logins(db).await? {
@@ -508,6 +539,11 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
                 stray += 1;
             }
             detail["unrecorded_logins_revoked"] = json!(stray);
+        }
+        if let Some(vault) = &self.vault {
+            vault.revoke_role_leases(&db.database).await?;
+            vault.delete_role(&db.database).await?;
+            detail["vault_role_deleted"] = json!(db.database);
         }
         Ok(detail)
     }
@@ -589,10 +625,12 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
         Ok(detail)
     }
 
-    /// One pass of the keeper: revokes replaced logins past their grace, migrate logins left over
-    /// and logins of removed stands; renews Vault leases at half their TTL (a long migration's too);
-    /// replaces app logins nearing their end of life through `deliver` (which puts the new Secret in place). Failures are
-    /// counted and retried next pass; one stand's trouble never stops the others.
+    /// One pass of the keeper: revokes replaced logins past their grace once no session uses them,
+    /// migrate logins left over, logins at their end and logins of removed stands; renews Vault
+    /// leases at half their TTL (a long migration's too, and a replaced login's while it is used);
+    /// replaces app logins nearing their end of life through `deliver` (which puts the new Secret
+    /// in place and starts rolling the pods onto it). Failures are counted and retried next pass;
+    /// one stand's trouble never stops the others.
     pub async fn keep<F, Fut>(&self, deliver: F) -> Result<Kept, CredentialError>
     where
         F: Fn(i64, String, BTreeMap<String, SecretString>) -> Fut,
@@ -607,32 +645,32 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
         .fetch_all(&self.pool)
         .await?;
         let now = Utc::now();
-        let grace = chrono(self.lifetimes.grace);
         let mut kept = Kept::default();
         for c in live {
-            let outcome = if c.stand_state == "removed"
-                || c.superseded_at.is_some_and(|at| at + grace <= now)
-                || (c.purpose == "migrate" && c.expires_at <= now)
-                || c.max_expires_at <= now
-            {
-                self.revoke_one(&c.source, &c.username, c.lease_id.as_deref()).await.map(|_| "revoked")
-            } else if c.superseded_at.is_some() {
-                Ok("")
-            } else if c.purpose == "app" && c.max_expires_at - now <= (c.max_expires_at - c.issued_at) / 4 {
-                self.replace(&c, &deliver).await.map(|_| "replaced")
-            } else if c.source == "vault" && c.expires_at - now <= chrono(self.lifetimes.lease) / 2 {
-                self.renew(&c).await.map(|_| "renewed")
-            } else {
-                Ok("")
+            let outcome = match self.upkeep_of(&c, now).await {
+                Ok(Upkeep::Revoke) => {
+                    self.revoke_one(&c.source, &c.username, c.lease_id.as_deref()).await.map(|_| Upkeep::Revoke)
+                }
+                Ok(Upkeep::Replace) => self.replace(&c, &deliver).await.map(|_| Upkeep::Replace),
+                Ok(Upkeep::Renew) => self.renew(&c).await.map(|_| Upkeep::Renew),
+                other => other,
             };
             match outcome {
-                Ok("revoked") => {
+                Ok(Upkeep::Revoke) => {
                     self.mark_revoked(c.credential_id).await?;
                     kept.revoked += 1;
                 }
-                Ok("replaced") => kept.replaced += 1,
-                Ok("renewed") => kept.renewed += 1,
-                Ok(_) => {}
+                Ok(Upkeep::Replace) => kept.replaced += 1,
+                Ok(Upkeep::Renew) => kept.renewed += 1,
+                Ok(Upkeep::InUse) => {
+                    kept.in_use += 1;
+                    tracing::info!(
+                        stand = c.stand_id,
+                        credential = c.credential_id,
+                        "a replaced login is still in use: kept until unused or its end"
+                    );
+                }
+                Ok(Upkeep::Nothing) => {}
                 Err(e) => {
                     kept.failed += 1;
                     tracing::warn!(stand = c.stand_id, credential = c.credential_id, error = %e, "credential upkeep failed");
@@ -640,6 +678,20 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
             }
         }
         Ok(kept)
+    }
+
+    /// [`upkeep`], asking the server whether the login is in use only when the answer decides.
+    async fn upkeep_of(&self, c: &LiveCredential, now: DateTime<Utc>) -> Result<Upkeep, CredentialError> {
+        let (if_used, if_unused) = (upkeep(c, now, &self.lifetimes, true), upkeep(c, now, &self.lifetimes, false));
+        if if_used == if_unused {
+            return Ok(if_used);
+        }
+        let in_use = match &self.databases {
+            Some((databases, _)) => databases.sessions(&c.username).await? > 0,
+            // No server to ask ([postgres] taken out of the configuration): gone after the grace period.
+            None => false,
+        };
+        Ok(if in_use { if_used } else { if_unused })
     }
 
     async fn renew(&self, c: &LiveCredential) -> Result<(), CredentialError> {
@@ -662,14 +714,50 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
         let issued = self.issue(c.stand_id, None, "app", &db).await?;
         let data = self.secret_data(&db, &issued)?;
         if let Err(e) = deliver(c.stand_id, c.namespace.clone(), data).await {
-            // Not handed out: take it back rather than leave a second live login.
-            if let Err(revoke) = self.revoke(issued.credential_id).await {
-                tracing::warn!(credential = issued.credential_id, error = %revoke, "could not revoke an undelivered login");
+            // Maybe handed out after all (the Secret written, the roll failed: a pod that restarts
+            // takes it), so not revoked here: replaced at once, it goes after the grace period as
+            // soon as nothing uses it, or at its end. The next pass tries a new one.
+            if let Err(supersede) = self.supersede(issued.credential_id).await {
+                tracing::warn!(credential = issued.credential_id, error = %supersede, "could not retire an undelivered login");
             }
             return Err(CredentialError::Config(format!("the new Secret could not be delivered: {e}")));
         }
         self.supersede_app(c.stand_id, issued.credential_id).await?;
         Ok(())
+    }
+}
+
+/// What the keeper does with `c` now; `in_use`: whether a session of the login is open (asked only
+/// when the answer decides: a replaced login past its grace period).
+///
+/// A replaced login is still the one the stand's pods use until they have rolled onto the new
+/// Secret: delivering it only starts the rollout, and a deploy's secrets step replaces the login
+/// before the image and deploy steps, which can take long or fail. Revoking it while they still
+/// use it would end their sessions mid-request and refuse their reconnections. So after the grace
+/// period it goes once unused (the old pods gone), and at its end (`max_expires_at`, within the
+/// 1 h the design allows) whatever still uses it: by then its password no longer opens a session
+/// anyway. Those ends, and a removed stand's logins, are revoked with their sessions.
+fn upkeep(c: &LiveCredential, now: DateTime<Utc>, lifetimes: &Lifetimes, in_use: bool) -> Upkeep {
+    let lease_half_gone = c.source == "vault" && c.expires_at - now <= chrono(lifetimes.lease) / 2;
+    if c.stand_state == "removed" || c.max_expires_at <= now || (c.purpose == "migrate" && c.expires_at <= now) {
+        Upkeep::Revoke
+    } else if let Some(at) = c.superseded_at {
+        if at + chrono(lifetimes.grace) > now {
+            // Vault would end it at its lease's end, grace or not.
+            if lease_half_gone { Upkeep::Renew } else { Upkeep::Nothing }
+        } else if !in_use {
+            Upkeep::Revoke
+        } else if lease_half_gone {
+            Upkeep::Renew
+        } else {
+            Upkeep::InUse
+        }
+    } else if c.purpose == "app" && c.max_expires_at - now <= (c.max_expires_at - c.issued_at) / 4 {
+        Upkeep::Replace
+    } else if lease_half_gone {
+        Upkeep::Renew
+    } else {
+        Upkeep::Nothing
     }
 }
 
@@ -737,6 +825,94 @@ mod tests {
         assert_eq!(names(OrphanKind::Database), ["draft_dead"]);
         assert_eq!(names(OrphanKind::Role), ["draft_bare"]);
         assert_eq!(names(OrphanKind::Login), ["draft_dead_l0000000b", "draft_dead_l0000000c", "draft_gone_l0000000d"]);
+    }
+
+    /// A live credential issued `age` minutes ago for `life` minutes, its lease ending in `lease_left`.
+    fn live(purpose: &str, source: &str, age: i64, life: i64, lease_left: i64, now: DateTime<Utc>) -> LiveCredential {
+        let minutes = chrono::Duration::minutes;
+        LiveCredential {
+            credential_id: 1,
+            stand_id: 1,
+            purpose: purpose.into(),
+            source: source.into(),
+            username: "draft_x_l00000001".into(),
+            lease_id: (source == "vault").then(|| "database/creds/draft_x/1".into()),
+            issued_at: now - minutes(age),
+            expires_at: now + minutes(lease_left),
+            max_expires_at: now - minutes(age) + minutes(life),
+            superseded_at: None,
+            stand_state: "active".into(),
+            namespace: "draft-x".into(),
+        }
+    }
+
+    #[test]
+    fn the_keeper_revokes_a_replaced_login_only_once_unused_or_at_its_end() {
+        let now = Utc::now();
+        let lifetimes = Lifetimes {
+            max: Duration::from_secs(3600),
+            lease: Duration::from_secs(1200),
+            grace: Duration::from_secs(300),
+        };
+        let minutes = chrono::Duration::minutes;
+        let replaced = |mut c: LiveCredential, ago: i64| {
+            c.superseded_at = Some(now - minutes(ago));
+            c
+        };
+        let removed = |mut c: LiveCredential| {
+            c.stand_state = "removed".into();
+            c
+        };
+        use Upkeep::*;
+        let cases = [
+            ("fresh", live("app", "postgres", 5, 60, 55, now), true, Nothing),
+            ("a quarter of its life left", live("app", "postgres", 46, 60, 14, now), true, Replace),
+            ("at its end, even in use", live("app", "postgres", 60, 60, 0, now), true, Revoke),
+            ("replaced, within the grace period", replaced(live("app", "postgres", 30, 60, 30, now), 2), true, Nothing),
+            (
+                "replaced, past the grace period, unused",
+                replaced(live("app", "postgres", 30, 60, 30, now), 6),
+                false,
+                Revoke,
+            ),
+            (
+                "replaced, past the grace period, in use",
+                replaced(live("app", "postgres", 30, 60, 30, now), 6),
+                true,
+                InUse,
+            ),
+            ("replaced, in use, at its end", replaced(live("app", "postgres", 61, 60, 0, now), 30), true, Revoke),
+            (
+                "replaced and near its end: not replaced again",
+                replaced(live("app", "postgres", 50, 60, 10, now), 2),
+                true,
+                Nothing,
+            ),
+            (
+                "Vault, replaced, in use, lease half gone",
+                replaced(live("app", "vault", 30, 60, 5, now), 6),
+                true,
+                Renew,
+            ),
+            (
+                "Vault, replaced, in grace, lease half gone",
+                replaced(live("app", "vault", 30, 60, 5, now), 2),
+                true,
+                Renew,
+            ),
+            ("Vault, lease half gone", live("app", "vault", 15, 60, 9, now), true, Renew),
+            ("a stand removed", removed(live("app", "postgres", 5, 60, 55, now)), true, Revoke),
+            ("a migrate login past its lease", live("migrate", "vault", 25, 60, -1, now), true, Revoke),
+            (
+                "a migrate login in its last quarter: never replaced",
+                live("migrate", "postgres", 50, 60, 10, now),
+                true,
+                Nothing,
+            ),
+        ];
+        for (what, c, in_use, expected) in cases {
+            assert_eq!(upkeep(&c, now, &lifetimes, in_use), expected, "{what}");
+        }
     }
 
     #[test]

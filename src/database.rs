@@ -5,6 +5,10 @@
 //! Identifiers cannot be bind parameters in `CREATE DATABASE`/`CREATE ROLE`, so every name goes
 //! through [`quote_ident`]; names come from the naming contract, and are quoted anyway.
 //!
+//! The admin role needs only LOGIN, CREATEDB and CREATEROLE (and INHERIT, Postgres's default): where
+//! it must act with a stand role's rights (own its database; end a login's sessions) it makes itself
+//! a member of that role first (`PgDatabases::act_as`), which CREATEROLE allows.
+//!
 //! What draftd creates carries its installation's [`InstanceMark`] as a comment, so the reaper's
 //! orphan scan ([`Databases::marked`]) can tell its own databases and roles from those of other
 //! installations (or test runs) on the same server, and the `drop_marked*` methods never drop what
@@ -50,6 +54,16 @@ pub enum DatabaseError {
     TemplateMissing { template: String },
     #[error("{0:?} is not a valid database or role name (1-63 bytes, no NUL)")]
     BadName(String),
+    /// The admin role needs `role`'s rights (to own a stand's database, or to end a login's
+    /// sessions) and could not take them itself; `fix` names the statement that gives them.
+    #[error("the stand database admin role {admin:?} cannot act as role {role:?} to {purpose}: {fix}")]
+    AdminLacksRole { admin: String, role: String, purpose: &'static str, fix: String },
+    /// A revoked login's sessions were told to end and some still run: the login is kept (NOLOGIN,
+    /// so nothing new starts) for the next attempt, rather than dropped under them.
+    #[error(
+        "{sessions} session(s) of login {login:?} had not ended {waited:?} after being terminated; it is kept and revoked again on the next attempt"
+    )]
+    SessionsRemain { login: String, sessions: i64, waited: std::time::Duration },
     #[error("stand database server: {0}")]
     Db(#[from] sqlx::Error),
 }
@@ -57,7 +71,7 @@ pub enum DatabaseError {
 impl DatabaseError {
     pub fn is_transient(&self) -> bool {
         match self {
-            DatabaseError::TemplateInUse { .. } => true,
+            DatabaseError::TemplateInUse { .. } | DatabaseError::SessionsRemain { .. } => true,
             DatabaseError::Db(e) => !matches!(e, sqlx::Error::Database(_)),
             _ => false,
         }
@@ -68,6 +82,8 @@ impl DatabaseError {
             DatabaseError::TemplateInUse { .. } => "template_in_use",
             DatabaseError::TemplateMissing { .. } => "template_missing",
             DatabaseError::BadName(_) => "bad_database_name",
+            DatabaseError::AdminLacksRole { .. } => "stand_database_admin_rights",
+            DatabaseError::SessionsRemain { .. } => "stand_login_sessions_remain",
             DatabaseError::Db(_) => "stand_database",
         }
     }
@@ -185,8 +201,12 @@ pub trait Databases: Send + Sync + 'static {
         mark: Option<&InstanceMark>,
     ) -> impl Future<Output = Result<Credentials, DatabaseError>> + Send;
 
-    /// Ends the login's sessions and drops it. Absent is fine.
+    /// Ends the login's sessions and drops it. Absent is fine. Never drops it while one of its
+    /// sessions still runs: [`DatabaseError::AdminLacksRole`] or [`DatabaseError::SessionsRemain`].
     fn revoke_login(&self, username: &str) -> impl Future<Output = Result<(), DatabaseError>> + Send;
+
+    /// How many sessions the login has open now, on any database of the server.
+    fn sessions(&self, username: &str) -> impl Future<Output = Result<i64, DatabaseError>> + Send;
 
     /// The login roles issued for a stand and not revoked yet.
     fn logins(&self, db: &StandDb) -> impl Future<Output = Result<Vec<String>, DatabaseError>> + Send;
@@ -244,6 +264,11 @@ const DUPLICATE_OBJECT: &str = "42710";
 const OBJECT_IN_USE: &str = "55006";
 const INVALID_CATALOG_NAME: &str = "3D000";
 const UNDEFINED_OBJECT: &str = "42704";
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
+
+/// How long a revocation waits for the sessions it terminated to end: `pg_terminate_backend` only
+/// signals them, and a backend busy in a long statement notices at its next interrupt check.
+const SESSIONS_END_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn sqlstate(e: &sqlx::Error) -> Option<String> {
     e.as_database_error().and_then(|d| d.code()).map(|c| c.into_owned())
@@ -275,17 +300,69 @@ impl PgDatabases {
     }
 
     /// The members of `owner` that may log in: the logins issued for its stand, by draftd or Vault.
+    /// Not the admin role, which is a member of every owner it made ([`Self::act_as`]) and may log
+    /// in, nor any other role that may create roles (another installation's admin): revoking
+    /// those would lock draftd, or someone else, out of the server.
     async fn logins_of(&self, owner: &str) -> Result<Vec<String>, DatabaseError> {
         Ok(sqlx::query_scalar(
             "select r.rolname::text from pg_roles r
              join pg_auth_members m on m.member = r.oid
              join pg_roles o on o.oid = m.roleid
              where o.rolname = $1 and r.rolcanlogin
+               and r.rolname <> current_user and not r.rolsuper and not r.rolcreaterole
              order by 1",
         )
         .bind(owner)
         .fetch_all(&self.admin)
         .await?)
+    }
+
+    /// Makes the admin role able to act with `role`'s rights, for `purpose`: Postgres lets only
+    /// members of a database's owner create it for that owner or drop it, and only superusers,
+    /// members of a role and members of `pg_signal_backend` end that role's sessions
+    /// (`pg_terminate_backend` refuses anyone else with an error). A CREATEROLE-only admin is none
+    /// of these, but may make itself a member: on Postgres 15 of any role that is not a superuser,
+    /// on 16 and later of the roles it created (it holds ADMIN OPTION on them). So draftd grants
+    /// itself membership in a stand's owner and, when their sessions must end, its logins, rather
+    /// than ask for `pg_signal_backend`, which would let it end any role's sessions on a server that
+    /// may be shared, and which on 16 and later only a superuser may grant. Nothing happens when
+    /// the admin has the rights already (a superuser always has).
+    async fn act_as(&self, role: &str, purpose: &'static str) -> Result<(), DatabaseError> {
+        let quoted = quote_ident(role)?;
+        let has_rights = "select pg_has_role(current_user, $1, 'usage')";
+        if sqlx::query_scalar::<_, bool>(has_rights).bind(role).fetch_one(&self.admin).await? {
+            return Ok(());
+        }
+        let (admin, v16): (String, bool) =
+            sqlx::query_as("select current_user::text, current_setting('server_version_num')::int >= 160000")
+                .fetch_one(&self.admin)
+                .await?;
+        // From 16 each membership carries its own INHERIT, which defaults to the member's
+        // attribute: asked for explicitly, the admin gets the role's rights even if NOINHERIT.
+        let inherit = if v16 { " with inherit true" } else { "" };
+        let lacks =
+            |fix: String| DatabaseError::AdminLacksRole { admin: admin.clone(), role: role.to_owned(), purpose, fix };
+        match sqlx::query(&format!("grant {quoted} to current_user{inherit}")).execute(&self.admin).await {
+            Ok(_) => {}
+            Err(e) if sqlstate(&e).as_deref() == Some(INSUFFICIENT_PRIVILEGE) => {
+                return Err(lacks(format!(
+                    "it may not make itself a member of that role (on Postgres 16 and later CREATEROLE \
+                     covers only the roles it created); as a superuser, run GRANT {quoted} TO {}{}",
+                    quote_ident(&admin)?,
+                    inherit.to_uppercase()
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if !sqlx::query_scalar::<_, bool>(has_rights).bind(role).fetch_one(&self.admin).await? {
+            // Postgres 15: membership without INHERIT gives no rights, and the grant has no option
+            // to ask for them.
+            return Err(lacks(format!(
+                "it is NOINHERIT, so the roles it is a member of lend it no rights; run ALTER ROLE {} INHERIT",
+                quote_ident(&admin)?
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -301,6 +378,9 @@ impl Databases for PgDatabases {
                 Err(e) => return Err(e.into()),
             }
         }
+        // Creating a database for the owner, and later revoking CONNECT on it, commenting on it and
+        // dropping it, all take the owner's rights.
+        self.act_as(&db.owner, "create and own the stand's database").await?;
         if !self.exists("select exists (select 1 from pg_database where datname = $1)", &db.database).await? {
             let template = match &db.template {
                 Some(t) => format!(" template {}", quote_ident(t)?),
@@ -341,9 +421,15 @@ impl Databases for PgDatabases {
         let (database, owner) = (quote_ident(&db.database)?, quote_ident(&db.owner)?);
         let had_database =
             self.exists("select exists (select 1 from pg_database where datname = $1)", &db.database).await?;
-        // FORCE ends the stand's sessions (its pods may still be connected while the namespace goes).
-        sqlx::query(&format!("drop database if exists {database} with (force)")).execute(&self.admin).await?;
         let had_role = self.exists("select exists (select 1 from pg_roles where rolname = $1)", &db.owner).await?;
+        if had_database && had_role {
+            // Only the owner drops a database: a stand made before the admin took the owner's
+            // rights at creation takes them now.
+            self.act_as(&db.owner, "drop the stand's database").await?;
+        }
+        // FORCE ends what is still connected (the stand's logins are revoked, with their sessions,
+        // before this; its pods may still be there while the namespace goes).
+        sqlx::query(&format!("drop database if exists {database} with (force)")).execute(&self.admin).await?;
         sqlx::query(&format!("drop role if exists {owner}")).execute(&self.admin).await?;
         Ok(Dropped { dropped_database: had_database, dropped_role: had_role })
     }
@@ -382,20 +468,54 @@ impl Databases for PgDatabases {
 
     async fn revoke_login(&self, username: &str) -> Result<(), DatabaseError> {
         let login = quote_ident(username)?;
-        // NOLOGIN first, so no new session starts between ending the old ones and the drop.
+        // NOLOGIN first, committed on its own: a session ended below cannot come back as this
+        // login (an app's pool reconnects at once) while the rest runs.
         match sqlx::query(&format!("alter role {login} nologin")).execute(&self.admin).await {
             Ok(_) => {}
-            Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some(UNDEFINED_OBJECT) => {
-                return Ok(());
-            }
+            Err(e) if sqlstate(&e).as_deref() == Some(UNDEFINED_OBJECT) => return Ok(()),
             Err(e) => return Err(e.into()),
         }
-        sqlx::query("select pg_terminate_backend(pid) from pg_stat_activity where usename = $1")
-            .bind(username)
-            .execute(&self.admin)
-            .await?;
+        // Ended before the drop, and the drop only once they are gone: DROP ROLE does not wait for
+        // a role's sessions, and those of a dropped role run on with no name, where no later
+        // revocation (which finds sessions by name) would ever see them.
+        if self.sessions(username).await? > 0 {
+            match self.act_as(username, "end its sessions before dropping it").await {
+                // Dropped meanwhile by someone else: nothing of it left to revoke.
+                Err(DatabaseError::Db(e)) if sqlstate(&e).as_deref() == Some(UNDEFINED_OBJECT) => return Ok(()),
+                other => other?,
+            }
+            sqlx::query("select pg_terminate_backend(pid) from pg_stat_activity where usename = $1")
+                .bind(username)
+                .execute(&self.admin)
+                .await?;
+            // pg_terminate_backend only signals. Each count is its own statement, so it sees the
+            // server as it is now (a transaction keeps its first view of pg_stat_activity).
+            let started = std::time::Instant::now();
+            loop {
+                let sessions = self.sessions(username).await?;
+                if sessions == 0 {
+                    break;
+                }
+                if started.elapsed() >= SESSIONS_END_WITHIN {
+                    return Err(DatabaseError::SessionsRemain {
+                        login: username.to_owned(),
+                        sessions,
+                        waited: SESSIONS_END_WITHIN,
+                    });
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
         sqlx::query(&format!("drop role if exists {login}")).execute(&self.admin).await?;
         Ok(())
+    }
+
+    async fn sessions(&self, username: &str) -> Result<i64, DatabaseError> {
+        // Every role sees every session's pid and user here, only not what others run.
+        Ok(sqlx::query_scalar("select count(*) from pg_stat_activity where usename = $1")
+            .bind(username)
+            .fetch_one(&self.admin)
+            .await?)
     }
 
     async fn logins(&self, db: &StandDb) -> Result<Vec<String>, DatabaseError> {

@@ -520,6 +520,11 @@ impl Vault for OpenBao {
                 "CREATE ROLE \"{{{{name}}}}\" WITH LOGIN PASSWORD '{{{{password}}}}' VALID UNTIL '{{{{expiration}}}}' IN ROLE {owner};"
             ),
             format!("ALTER ROLE \"{{{{name}}}}\" SET role = {owner};"),
+            // The admin (Vault's connection user) a member of the login: the revocation statements
+            // below end its sessions, and Postgres lets only members of a role (superusers, and
+            // pg_signal_backend) do that. CREATEROLE allows this grant (see database.rs's act_as).
+            // draftd revokes logins itself first; this is for the leases Vault ends on its own.
+            "GRANT \"{{name}}\" TO CURRENT_USER;".to_owned(),
         ];
         // Vault splits statements at semicolons, so no DO blocks: end the login's sessions, then drop
         // it; IF EXISTS keeps a revocation that was interrupted halfway repeatable.

@@ -46,6 +46,40 @@ impl Pg {
         PgPoolOptions::new().max_connections(4).connect(&self.url).await.unwrap()
     }
 
+    /// Makes a stand database admin as the README asks for it (LOGIN CREATEDB CREATEROLE, nothing
+    /// else; the cluster's own `postgres` is a superuser) and returns its URL.
+    async fn createrole_admin(&self) -> String {
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        let admin = self.admin().await;
+        sqlx::query(&format!("create role stands_admin login createdb createrole password '{password}'"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let mut url = url::Url::parse(&self.url).unwrap();
+        url.set_username("stands_admin").unwrap();
+        url.set_password(Some(&password)).unwrap();
+        url.to_string()
+    }
+
+    /// Waits until `user` has no session left on the server (a closed connection's backend exits
+    /// a moment after the client is gone).
+    async fn wait_sessions_gone(&self, user: &str) {
+        let admin = self.admin().await;
+        for _ in 0..100 {
+            let n: i64 = sqlx::query_scalar("select count(*) from pg_stat_activity where usename = $1")
+                .bind(user)
+                .fetch_one(&admin)
+                .await
+                .unwrap();
+            if n == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{user}'s sessions did not end");
+    }
+
     async fn connect(&self, user: &str, password: &str, database: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
         PgConnectOptions::from_str(&self.url)
             .unwrap()
@@ -85,12 +119,16 @@ fn lifetimes(max: u64, lease: u64) -> Lifetimes {
 }
 
 async fn credentials(pool: &PgPool, bao: &Bao, pg: &Pg, lifetimes: Lifetimes) -> StandCredentials {
-    let vault = vault_of(bao);
-    let server = StandServer::parse(&pg.url, None).unwrap();
+    credentials_as(pool, Some(bao), &pg.url, lifetimes).await
+}
+
+/// draftd with `admin_url` as `[postgres]`'s admin URL (Vault's connection uses it too).
+async fn credentials_as(pool: &PgPool, bao: Option<&Bao>, admin_url: &str, lifetimes: Lifetimes) -> StandCredentials {
+    let admin = PgPoolOptions::new().max_connections(4).connect(admin_url).await.unwrap();
     StandCredentials::new(
         pool.clone(),
-        Some((Arc::new(PgDatabases::new(pg.admin().await)), server)),
-        Some(Arc::new(vault)),
+        Some((Arc::new(PgDatabases::new(admin)), StandServer::parse(admin_url, None).unwrap())),
+        bao.map(|b| Arc::new(vault_of(b))),
         lifetimes,
     )
 }
@@ -200,10 +238,13 @@ async fn a_login_expires_with_its_lease_unless_renewed(pool: PgPool) {
     assert!(err.to_string().contains("password authentication failed"), "{err}");
 }
 
+/// With an admin that has only CREATEDB and CREATEROLE, as draftd's and Vault's connection: every
+/// login goes, recorded or not, Vault's or draftd's, and so do the sessions open as them.
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]
 async fn teardown_revokes_every_login_then_drops_the_database_leaving_nothing(pool: PgPool) {
     let (bao, pg) = (Bao::start(), Pg::start());
-    let creds = credentials(&pool, &bao, &pg, lifetimes(600, 300)).await;
+    let admin_url = pg.createrole_admin().await;
+    let creds = credentials_as(&pool, Some(&bao), &admin_url, lifetimes(600, 300)).await;
     let (id, ns) = new_stand(&pool, "feature/gone").await;
     let db = stand_db(&ns, None);
     creds.ensure_database(&db).await.unwrap();
@@ -211,9 +252,10 @@ async fn teardown_revokes_every_login_then_drops_the_database_leaving_nothing(po
     creds.issue(id, None, "migrate", &db).await.unwrap();
     // Issued but never recorded (a crash between issue and insert): teardown finds them anyway.
     let vault = vault_of(&bao);
-    vault.issue(&db.database).await.unwrap();
+    let stray = vault.issue(&db.database).await.unwrap();
     let admin = pg.admin().await;
-    PgDatabases::new(admin.clone()).issue_login(&db, Duration::from_secs(600)).await.unwrap();
+    let stands_admin = PgPoolOptions::new().max_connections(1).connect(&admin_url).await.unwrap();
+    PgDatabases::new(stands_admin).issue_login(&db, Duration::from_secs(600)).await.unwrap();
     assert_eq!(vault.leases(&db.database).await.unwrap().len(), 3);
     // A stand whose role name starts with this one's keeps its login.
     let (other_id, other_ns) = new_stand(&pool, "feature/gone-too").await;
@@ -221,16 +263,19 @@ async fn teardown_revokes_every_login_then_drops_the_database_leaving_nothing(po
     creds.ensure_database(&other).await.unwrap();
     let other_login = creds.issue(other_id, None, "app", &other).await.unwrap();
 
-    // A session open during teardown is ended too.
-    let open = pg.connect(&app.username, app.password.expose_secret(), &db.database).await.unwrap();
+    // Sessions open during teardown (its pods are still there) are ended too.
+    let mut open = pg.connect(&app.username, app.password.expose_secret(), &db.database).await.unwrap();
+    let mut stray_open = pg.connect(&stray.username, stray.password.expose_secret(), &db.database).await.unwrap();
     let revoked = creds.revoke_all(id, &db).await.unwrap();
     assert_eq!(revoked["revoked"], json!(2));
-    assert_eq!(revoked["unrecorded_logins_revoked"], json!(1));
+    // Vault's unrecorded login and draftd's.
+    assert_eq!(revoked["unrecorded_logins_revoked"], json!(2));
+    assert!(sqlx::query("select 1").execute(&mut open).await.is_err(), "the app's session was ended");
+    assert!(sqlx::query("select 1").execute(&mut stray_open).await.is_err(), "the unrecorded login's too");
     assert!(vault.leases(&db.database).await.unwrap().is_empty(), "no lease left in Vault");
     let (status, _) = bao.api("GET", &format!("database/roles/{}", db.database), None).await;
     assert_eq!(status, 404, "the stand's Vault role is deleted");
     creds.drop_database(&db).await.unwrap();
-    drop(open);
 
     let databases: i64 = sqlx::query_scalar("select count(*) from pg_database where datname = $1")
         .bind(&db.database)
@@ -251,6 +296,36 @@ async fn teardown_revokes_every_login_then_drops_the_database_leaving_nothing(po
         .await
         .unwrap();
     assert_eq!(live, [other_login.credential_id]);
+}
+
+/// Vault ends a lease on its own when nobody renews it, with its revocation statements, as the
+/// admin: the login's creation made the CREATEROLE admin a member, so it may end the sessions.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn vault_ends_an_expired_leases_open_session_under_a_createrole_admin(pool: PgPool) {
+    let (bao, pg) = (Bao::start(), Pg::start());
+    let admin_url = pg.createrole_admin().await;
+    let creds = credentials_as(&pool, Some(&bao), &admin_url, lifetimes(30, 2)).await;
+    let (_, ns) = new_stand(&pool, "feature/lapse").await;
+    let db = stand_db(&ns, None);
+    creds.ensure_database(&db).await.unwrap();
+    let lapsing = vault_of(&bao).issue(&db.database).await.unwrap();
+    let mut open = pg.connect(&lapsing.username, lapsing.password.expose_secret(), &db.database).await.unwrap();
+    let admin = pg.admin().await;
+    let mut gone = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_roles where rolname = $1)")
+            .bind(&lapsing.username)
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+        if !exists {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "Vault revoked the lapsed lease's login");
+    assert!(sqlx::query("select 1").execute(&mut open).await.is_err(), "and ended its session first");
 }
 
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]
@@ -348,12 +423,7 @@ async fn without_vault_the_keeper_replaces_logins_before_they_end(pool: PgPool) 
     let pg = Pg::start();
     let lifetimes =
         Lifetimes { max: Duration::from_secs(8), lease: Duration::from_secs(8), grace: Duration::from_secs(1) };
-    let creds: StandCredentials = StandCredentials::new(
-        pool.clone(),
-        Some((Arc::new(PgDatabases::new(pg.admin().await)), StandServer::parse(&pg.url, None).unwrap())),
-        None,
-        lifetimes,
-    );
+    let creds = credentials_as(&pool, None, &pg.createrole_admin().await, lifetimes).await;
     let (id, ns) = new_stand(&pool, "feature/rotate").await;
     let db = stand_db(&ns, None);
     creds.ensure_database(&db).await.unwrap();
@@ -374,16 +444,65 @@ async fn without_vault_the_keeper_replaces_logins_before_they_end(pool: PgPool) 
     assert_eq!((stand, namespace.as_str()), (id, ns.as_str()));
     let (user, password) = (data["PGUSER"].expose_secret().to_owned(), data["PGPASSWORD"].expose_secret().to_owned());
     assert_ne!(user, first.username);
-    pg.connect(&user, &password, &db.database).await.expect("the new login works").close().await.unwrap();
-    // After the grace period the replaced login is revoked; the new one lives on.
+    let mut rolled = pg.connect(&user, &password, &db.database).await.expect("the new login works");
+    // After the grace period the replaced login, no longer used, is revoked; the new one and its
+    // sessions live on.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(creds.keep(&deliver).await.unwrap().revoked, 1);
+    sqlx::query("select 1").execute(&mut rolled).await.expect("the new login's session is untouched");
     let roles: Vec<String> =
         sqlx::query_scalar("select rolname::text from pg_roles where rolname like 'draft_feature_rotate_l%'")
             .fetch_all(&pg.admin().await)
             .await
             .unwrap();
     assert_eq!(roles, [user], "only the new login is left");
+}
+
+/// A replaced login is what the stand's pods use until they have rolled onto the new Secret (a
+/// deploy's secrets step replaces it before the deploy step rolls them): past its grace period it
+/// stays while a session still uses it, goes once none does, and at its end goes whatever uses it.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_replaced_login_still_in_use_is_kept_until_unused_or_its_end(pool: PgPool) {
+    let pg = Pg::start();
+    let lifetimes =
+        Lifetimes { max: Duration::from_secs(600), lease: Duration::from_secs(600), grace: Duration::from_secs(1) };
+    let creds = credentials_as(&pool, None, &pg.createrole_admin().await, lifetimes).await;
+    let deliver = |_, _, _| async { Ok::<(), String>(()) };
+    let (id, ns) = new_stand(&pool, "feature/rolling").await;
+    let db = stand_db(&ns, None);
+    creds.ensure_database(&db).await.unwrap();
+    let old = creds.issue(id, None, "app", &db).await.unwrap();
+    let mut old_pod = pg.connect(&old.username, old.password.expose_secret(), &db.database).await.unwrap();
+    // A redeploy: the new login's Secret is in place, the pods not rolled yet.
+    let new = creds.issue(id, None, "app", &db).await.unwrap();
+    assert_eq!(creds.supersede_app(id, new.credential_id).await.unwrap(), 1);
+    let mut new_pod = pg.connect(&new.username, new.password.expose_secret(), &db.database).await.unwrap();
+
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let kept = creds.keep(&deliver).await.unwrap();
+    assert_eq!((kept.in_use, kept.revoked), (1, 0), "{kept:?}");
+    sqlx::query("select 1").execute(&mut old_pod).await.expect("the old pod still serves");
+
+    // The old pod is gone: so is its login, at the next pass.
+    old_pod.close().await.unwrap();
+    pg.wait_sessions_gone(&old.username).await;
+    let kept = creds.keep(&deliver).await.unwrap();
+    assert_eq!((kept.in_use, kept.revoked), (0, 1), "{kept:?}");
+    let err = pg.connect(&old.username, old.password.expose_secret(), &db.database).await.expect_err("revoked");
+    assert!(err.to_string().contains("password authentication failed"), "{err}");
+    sqlx::query("select 1").execute(&mut new_pod).await.expect("the new login's session is untouched");
+
+    // Replaced again, and still used when its life ends: revoked then, its session with it.
+    let newest = creds.issue(id, None, "app", &db).await.unwrap();
+    creds.supersede_app(id, newest.credential_id).await.unwrap();
+    sqlx::query("update credentials set max_expires_at = now() where credential_id = $1")
+        .bind(new.credential_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let kept = creds.keep(&deliver).await.unwrap();
+    assert_eq!((kept.in_use, kept.revoked), (0, 1), "{kept:?}");
+    assert!(sqlx::query("select 1").execute(&mut new_pod).await.is_err(), "the session of a login at its end is ended");
 }
 
 fn vault_of(bao: &Bao) -> OpenBao {

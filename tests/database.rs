@@ -239,3 +239,120 @@ async fn only_what_carries_the_mark_is_listed_and_dropped_as_an_orphan() {
     }
     dbs.drop_stand(&unmarked).await.unwrap();
 }
+
+/// A stand database admin as the README asks for it (LOGIN CREATEDB CREATEROLE, nothing else;
+/// `extra` adds role options), made by the suite's superuser and dropped when the test ends.
+struct Admin {
+    name: String,
+}
+
+impl Admin {
+    async fn create(superuser: &PgPool, extra: &str) -> Admin {
+        let name = format!("draftd_t_admin_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        sqlx::query(&format!("create role \"{name}\" login createdb createrole {extra}"))
+            .execute(superuser)
+            .await
+            .unwrap();
+        Admin { name }
+    }
+
+    async fn pool(&self) -> PgPool {
+        let options = PgConnectOptions::from_str(&admin_url()).unwrap().username(&self.name);
+        PgPoolOptions::new().max_connections(2).connect_with(options).await.unwrap()
+    }
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime, which cannot be blocked on: a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let mut conn = PgConnectOptions::from_str(&admin_url()).unwrap().connect().await.unwrap();
+                sqlx::query(&format!("drop role if exists \"{name}\"")).execute(&mut conn).await.unwrap();
+            })
+        })
+        .join();
+    }
+}
+
+async fn sessions_of(pool: &PgPool, role: &str) -> i64 {
+    sqlx::query_scalar("select count(*) from pg_stat_activity where usename = $1")
+        .bind(role)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Postgres ends another role's session only for superusers, members of that role or of
+/// pg_signal_backend; a CREATEDB CREATEROLE admin is none of them until draftd makes it a member.
+#[tokio::test]
+async fn a_createrole_only_admin_makes_a_stand_and_revoking_a_login_ends_its_open_session() {
+    let pool = admin().await;
+    let admin_role = Admin::create(&pool, "").await;
+    let dbs = PgDatabases::new(admin_role.pool().await);
+    let s = stand("nosu");
+    assert_eq!(
+        dbs.ensure(&s).await.expect("CREATEDB and CREATEROLE are enough for a stand's database"),
+        Ensured { created_role: true, created_database: true }
+    );
+    assert_eq!(owner_of(&pool, &s.database).await.as_deref(), Some(s.owner.as_str()));
+    let login = dbs.issue_login(&s, std::time::Duration::from_secs(3600)).await.unwrap();
+    // The admin is now a member of the owner, and may log in: it is still no login of the stand's.
+    assert_eq!(dbs.logins(&s).await.unwrap(), std::slice::from_ref(&login.username));
+
+    // A pod's session, open while the login is revoked.
+    let mut session = connect_with(&login, &s.database).await.expect("the login reaches its stand's database");
+    sqlx::query("create table tasks (id int)").execute(&mut session).await.unwrap();
+    assert_eq!(dbs.sessions(&login.username).await.unwrap(), 1, "the admin sees the login's session");
+
+    dbs.revoke_login(&login.username).await.expect("revoked by the CREATEROLE admin");
+    let err = sqlx::query("select 1").execute(&mut session).await.expect_err("the open session was ended");
+    assert!(!err.to_string().contains("permission denied"), "{err}");
+    assert_eq!(sessions_of(&pool, &login.username).await, 0);
+    assert!(!role_exists(&pool, &login.username).await, "the login is dropped");
+    assert!(dbs.logins(&s).await.unwrap().is_empty());
+    assert!(role_exists(&pool, &admin_role.name).await, "the admin itself is left alone");
+    dbs.revoke_login(&login.username).await.expect("revoking twice is fine");
+
+    // Teardown by the same admin: the database (it owns it through the owner role) and the owner.
+    assert_eq!(dbs.drop_stand(&s).await.unwrap(), Dropped { dropped_database: true, dropped_role: true });
+    assert_eq!(owner_of(&pool, &s.database).await, None);
+    assert!(!role_exists(&pool, &s.owner).await);
+}
+
+/// An admin that cannot take a login's rights (here NOINHERIT, on Postgres 15; on 16 and later one
+/// that did not create the login) gets an error naming the statement that fixes it, and the login
+/// is not dropped under its open session, which would leave that session running unseen.
+#[tokio::test]
+async fn an_admin_that_cannot_end_a_logins_sessions_is_told_what_to_run_and_the_login_stays() {
+    let pool = admin().await;
+    let superuser = PgDatabases::new(pool.clone());
+    let s = stand("noinh");
+    superuser.ensure(&s).await.unwrap();
+    let login = superuser.issue_login(&s, std::time::Duration::from_secs(3600)).await.unwrap();
+    let mut session = connect_with(&login, &s.database).await.unwrap();
+
+    let admin_role = Admin::create(&pool, "noinherit").await;
+    let dbs = PgDatabases::new(admin_role.pool().await);
+    let err = dbs.revoke_login(&login.username).await.expect_err("it may not end the session");
+    assert!(matches!(&err, DatabaseError::AdminLacksRole { role, .. } if *role == login.username), "{err:?}");
+    assert!(!err.is_transient());
+    let shown = err.to_string();
+    let version: i32 =
+        sqlx::query_scalar("select current_setting('server_version_num')::int").fetch_one(&pool).await.unwrap();
+    if version < 160000 {
+        assert!(shown.contains(&format!("ALTER ROLE \"{}\" INHERIT", admin_role.name)), "{shown}");
+    }
+    sqlx::query("select 1").execute(&mut session).await.expect("the session still runs, in plain sight");
+    assert!(role_exists(&pool, &login.username).await, "the login is not dropped under its session");
+    assert_eq!(dbs.logins(&s).await.unwrap(), Vec::<String>::new(), "NOLOGIN: it cannot open new sessions");
+
+    // Fixed as the error says, the same revocation goes through.
+    sqlx::query(&format!("alter role \"{}\" inherit", admin_role.name)).execute(&pool).await.unwrap();
+    dbs.revoke_login(&login.username).await.unwrap();
+    assert!(sqlx::query("select 1").execute(&mut session).await.is_err(), "the open session was ended");
+    assert!(!role_exists(&pool, &login.username).await);
+    superuser.drop_stand(&s).await.unwrap();
+}
