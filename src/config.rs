@@ -128,6 +128,9 @@ pub struct ClusterConfig {
     /// revision is no rollback target any more.
     #[serde(default = "default_helm_history_max")]
     pub helm_history_max: u32,
+    /// The Pod Security Standard stand namespaces enforce (`baseline` or `restricted`); unset leaves
+    /// the cluster's default. draftd's own Jobs meet `restricted`, and so does charts/stand.
+    pub pod_security: Option<PodSecurity>,
     /// The ingress controller's namespace, whose pods may open connections to a stand; empty for none
     /// (then list the controller in `ingress_from`).
     #[serde(default = "default_ingress_namespace")]
@@ -393,6 +396,25 @@ fn default_ingress_namespace() -> String {
     "ingress-nginx".into()
 }
 
+/// A level of the Pod Security Standards, as the `pod-security.kubernetes.io/*` labels take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PodSecurity {
+    Privileged,
+    Baseline,
+    Restricted,
+}
+
+impl PodSecurity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodSecurity::Privileged => "privileged",
+            PodSecurity::Baseline => "baseline",
+            PodSecurity::Restricted => "restricted",
+        }
+    }
+}
+
 fn default_dns_to() -> Vec<NetworkPeer> {
     vec![NetworkPeer {
         namespace: Some("kube-system".into()),
@@ -428,6 +450,7 @@ impl Default for ClusterConfig {
             helm_path: None,
             helm_timeout: default_helm_timeout(),
             helm_history_max: default_helm_history_max(),
+            pod_security: None,
             ingress_namespace: default_ingress_namespace(),
             ingress_from: Vec::new(),
             egress_cidrs: Vec::new(),

@@ -562,3 +562,44 @@ async fn a_hung_helm_is_killed_at_the_timeout() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// WireMock is a JVM: heap, metaspace, code cache and direct memory each take their own room, plus
+/// threads and the JVM itself. With the chart's defaults and with values/draft.yaml every pool is
+/// capped and the caps fit the container's memory limit with room to spare; a limit at the heap's
+/// size (192Mi for a 128m heap, as draft.yaml once had) gets the mock OOM-killed under load.
+#[tokio::test]
+async fn the_mocks_jvm_fits_its_memory_limit() {
+    fn mib(flag: &str, opts: &str) -> Option<f64> {
+        let value = opts.split_whitespace().find_map(|o| o.strip_prefix(flag))?;
+        let (number, unit) = value.split_at(value.len() - 1);
+        let n: f64 = number.parse().ok()?;
+        Some(match unit {
+            "m" | "M" => n,
+            "g" | "G" => n * 1024.0,
+            "k" | "K" => n / 1024.0,
+            _ => return None,
+        })
+    }
+    for values in [vec![], vec![draft_values()]] {
+        let docs = render(&stand_release(NAMESPACE, values.clone())).await;
+        let mut mocks = 0;
+        for (name, pod) in pod_specs(&docs) {
+            let Some(c) = pod["containers"].as_array().unwrap().iter().find(|c| c["name"] == "wiremock") else {
+                continue;
+            };
+            mocks += 1;
+            let opts = env_value(c, "JAVA_OPTS").unwrap_or_else(|| panic!("{name}: JAVA_OPTS"));
+            let caps: Vec<f64> =
+                ["-Xmx", "-XX:MaxMetaspaceSize=", "-XX:ReservedCodeCacheSize=", "-XX:MaxDirectMemorySize="]
+                    .iter()
+                    .map(|flag| mib(flag, opts).unwrap_or_else(|| panic!("{name}: {flag} is not capped in {opts:?}")))
+                    .collect();
+            let limit = c["resources"]["limits"]["memory"].as_str().unwrap();
+            let limit = limit.strip_suffix("Mi").map(|n| n.parse::<f64>().unwrap()).expect("a limit in Mi");
+            // Thread stacks, GC structures and the JVM's own memory: at least 48Mi beyond the caps.
+            let needed = caps.iter().sum::<f64>() + 48.0;
+            assert!(limit >= needed, "{name} ({values:?}): limit {limit}Mi, JVM caps {caps:?} need {needed}Mi");
+        }
+        assert!(values.is_empty() || mocks == 3, "draft.yaml turns the three mocks on: {mocks}");
+    }
+}

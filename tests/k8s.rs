@@ -138,6 +138,7 @@ impl World {
             r#"
 [cluster]
 mode = "kubernetes"
+pod_security = "restricted"
 kubeconfig = "{dir}/draftd.kubeconfig"
 service_account = "draftd/draftd"
 helm_path = "{root}/.tools/bin/helm"
@@ -263,6 +264,8 @@ async fn an_opened_pr_gets_its_whole_stand(pool: PgPool) {
     let namespace = Api::<Namespace>::all(w.admin.clone()).get(&w.namespace).await.unwrap();
     let l = labels(&namespace.metadata);
     assert_eq!(l["app.kubernetes.io/managed-by"], "draftd");
+    // Enforced by the API server's Pod Security admission: the chart's pods and draftd's Jobs got in.
+    assert_eq!(l["pod-security.kubernetes.io/enforce"], "restricted");
     assert_eq!(l["draftd.io/stand"], "1");
     assert_eq!(l["draftd.io/project"], w.project.as_str());
     let expires = namespace.metadata.annotations.as_ref().unwrap()["draftd.io/expires-at"].clone();
@@ -323,6 +326,13 @@ async fn an_opened_pr_gets_its_whole_stand(pool: PgPool) {
     }
     let (_, migrate, _) = w.step(run, "migrate").await;
     assert_eq!(migrate["job"], "migrate-r1");
+    // The namespace really enforces "restricted": a pod without its settings is refused.
+    let loose: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": { "name": "loose" }, "spec": { "containers": [{ "name": "c", "image": "x" }] },
+    }))
+    .unwrap();
+    let refused = w.api::<k8s_openapi::api::core::v1::Pod>().create(&PostParams::default(), &loose).await.unwrap_err();
+    assert!(refused.to_string().contains("violates PodSecurity \"restricted"), "{refused}");
 }
 
 /// A push whose revision fails verify rolls back to the last verified revision (as `helm history`

@@ -220,7 +220,13 @@ impl Cluster for Kubernetes {
                 return Err(ClusterError::Terminating { namespace: stand.namespace.clone() });
             }
         }
-        namespaces.patch(&stand.namespace, &Self::apply_params(), &Patch::Apply(resources::namespace(stand))).await?;
+        namespaces
+            .patch(
+                &stand.namespace,
+                &Self::apply_params(),
+                &Patch::Apply(resources::namespace(stand, self.config.pod_security)),
+            )
+            .await?;
         let ns = stand.namespace.as_str();
         let mut applied = Vec::new();
         // First: under deploy/rbac.yaml, draftd's rights inside the namespace come from this binding.

@@ -20,7 +20,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use super::{EXPIRES_ANNOTATION, MANAGED_BY, PROJECT_LABEL, STAND_LABEL, StandMeta};
-use crate::config::{ClusterConfig, LimitsConfig, NetworkPeer, QuotaConfig};
+use crate::config::{ClusterConfig, LimitsConfig, NetworkPeer, PodSecurity, QuotaConfig};
 
 pub const QUOTA_NAME: &str = "draftd-quota";
 pub const LIMITS_NAME: &str = "draftd-limits";
@@ -49,11 +49,19 @@ fn meta(stand: &StandMeta, name: &str) -> ObjectMeta {
     }
 }
 
-pub fn namespace(stand: &StandMeta) -> Namespace {
+/// The namespace; with `pod_security`, labelled for Pod Security admission to enforce that level
+/// (and warn and audit at it), so nothing in the stand runs with more than the cluster allows.
+pub fn namespace(stand: &StandMeta, pod_security: Option<PodSecurity>) -> Namespace {
+    let mut labels = labels(stand);
+    if let Some(level) = pod_security {
+        for mode in ["enforce", "warn", "audit"] {
+            labels.insert(format!("pod-security.kubernetes.io/{mode}"), level.as_str().to_owned());
+        }
+    }
     Namespace {
         metadata: ObjectMeta {
             name: Some(stand.namespace.clone()),
-            labels: Some(labels(stand)),
+            labels: Some(labels),
             annotations: Some(BTreeMap::from([(
                 EXPIRES_ANNOTATION.to_owned(),
                 super::expiry_annotation(stand.expires_at),

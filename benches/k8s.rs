@@ -1,0 +1,258 @@
+//! Webhook to verified stand on the local Kubernetes control plane (scripts/k8s-up.sh): the real
+//! `draftd serve` in kubernetes mode as its own ServiceAccount, the real helm and Postgres, kwok for
+//! kubelets. For each of N stands, one after another: a signed `pull_request` opened delivery, then
+//! the time until the run's verify step has passed, split by step; then the close and the time until
+//! the teardown run has finished (the namespace gone, as teardown waits for it).
+//!
+//! Run by `scripts/bench-k8s.sh [--stands N]`. Reported: webhook → verified p50/p95, each step's
+//! p50, and draftd's own share: the total less helm's time (the deploy step) and the rollout's (the
+//! verify step less its probe window). The probe window is set short (2 probes over 1 s) so the
+//! figure is draftd's and the cluster's, not a configured wait.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use support::{Server, ServerSpec, github_signature, ms, percentile, with_database, with_fresh_database};
+
+const USAGE: &str = "usage: scripts/bench-k8s.sh [--stands N]\n  --stands N   stands made and torn down, one after another (default 20)";
+const SECRET: &str = "bench-k8s-webhook-secret";
+const PROBE_WINDOW: Duration = Duration::from_secs(1);
+const WAIT: Duration = Duration::from_secs(180);
+
+struct Args {
+    stands: usize,
+}
+
+fn parse() -> anyhow::Result<Args> {
+    let mut flags = support::Flags::new(USAGE);
+    let mut args = Args { stands: 20 };
+    while let Some(flag) = flags.next_flag() {
+        match flag.as_str() {
+            "--stands" => args.stands = flags.whole("--stands")?,
+            other => return Err(flags.unknown(other)),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    support::main_with(parse, bench)
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The stand's app as the ingress would serve it: 200 on every path.
+async fn app() -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?.to_string();
+    tokio::spawn(async move { axum::serve(listener, axum::Router::new().fallback(|| async { "ok" })).await });
+    Ok(address)
+}
+
+async fn bench(args: Args) -> anyhow::Result<()> {
+    let dir = PathBuf::from(std::env::var("DRAFTD_K8S_DIR").context("DRAFTD_K8S_DIR (scripts/bench-k8s.sh sets it)")?);
+    with_fresh_database("bench_k8s", "scripts/bench-k8s.sh", false, |admin_url, db, log| async move {
+        let work = tempfile::tempdir()?;
+        let config = work.path().join("draftd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[stands]
+workers = 4
+
+[cluster]
+mode = "kubernetes"
+kubeconfig = "{dir}/draftd.kubeconfig"
+service_account = "draftd/draftd"
+helm_path = "{root}/.tools/bin/helm"
+
+[cluster.verify]
+probes = 2
+probe_window = "{window}s"
+ingress_address = "{app}"
+
+[postgres]
+admin_url_env = "BENCH_STANDS_PG_URL"
+
+[[projects]]
+name = "bench"
+forge = "github"
+repo = "Codertocat/Hello-World"
+webhook_secret_env = "BENCH_WEBHOOK_SECRET"
+image = "registry.example.com/acme/shop"
+host = "{{stand}}.draft.test"
+migrate = ["bin/migrate"]
+smoke = ["bin/smoke"]
+"#,
+                dir = dir.display(),
+                root = root().display(),
+                window = PROBE_WINDOW.as_secs(),
+                app = app().await?,
+            ),
+        )?;
+        let spec = ServerSpec {
+            config,
+            database_url: with_database(&admin_url, &db),
+            log,
+            dir: root(),
+            binary: PathBuf::from(env!("CARGO_BIN_EXE_draftd")),
+            env: vec![
+                ("BENCH_WEBHOOK_SECRET".into(), SECRET.into()),
+                ("BENCH_STANDS_PG_URL".into(), admin_url.clone()),
+            ],
+        };
+        let mut server = Server::start(&spec)?;
+        let client = reqwest::Client::new();
+        server.wait_ready(&client).await?;
+        let pool = PgPool::connect(&with_database(&admin_url, &db)).await?;
+        let result = measure(&args, &server, &client, &pool).await;
+        server.stop()?;
+        result
+    })
+    .await
+}
+
+fn delivery(action: &str, n: usize) -> anyhow::Result<Vec<u8>> {
+    let path = root().join(format!("tests/fixtures/webhooks/github/pull_request.{action}.json"));
+    let mut payload: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let number = n as u64 + 1;
+    payload["number"] = json!(number);
+    let pr = &mut payload["pull_request"];
+    pr["number"] = json!(number);
+    pr["head"]["ref"] = json!(format!("feature/bench-{n}"));
+    pr["head"]["sha"] = json!(format!("{:040x}", 0xbe4c0000_u64 + n as u64));
+    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    pr["updated_at"] = json!(at);
+    if action == "closed" {
+        pr["closed_at"] = json!(at);
+    }
+    Ok(serde_json::to_vec(&payload)?)
+}
+
+async fn send(client: &reqwest::Client, server: &Server, action: &str, n: usize) -> anyhow::Result<()> {
+    let body = delivery(action, n)?;
+    let res = client
+        .post(format!("http://{}/webhooks/github", server.addr))
+        .header("content-type", "application/json")
+        .header("x-github-event", "pull_request")
+        .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
+        .header("x-hub-signature-256", github_signature(SECRET, &body))
+        .body(body)
+        .send()
+        .await?;
+    if !res.status().is_success() {
+        bail!("the {action} delivery of stand {n} was answered {}: {}", res.status(), res.text().await?);
+    }
+    Ok(())
+}
+
+/// The newest run of stand `n` of `kind`, once it has ended: its state, and each step's duration.
+async fn ended(pool: &PgPool, n: usize, kind: &str) -> anyhow::Result<Option<(String, BTreeMap<String, Duration>)>> {
+    let run: Option<(i64, String)> = sqlx::query_as(
+        "select r.run_id, r.state from runs r join stands s using (stand_id)
+         where s.branch = $1 and r.kind = $2 and r.state in ('succeeded', 'failed', 'cancelled')
+         order by r.number desc limit 1",
+    )
+    .bind(format!("feature/bench-{n}"))
+    .bind(kind)
+    .fetch_optional(pool)
+    .await?;
+    let Some((run, state)) = run else { return Ok(None) };
+    let steps: Vec<(String, f64)> = sqlx::query_as(
+        "select name, extract(epoch from finished_at - started_at)::float8 from steps
+         where run_id = $1 and finished_at is not null and started_at is not null",
+    )
+    .bind(run)
+    .fetch_all(pool)
+    .await?;
+    Ok(Some((state, steps.into_iter().map(|(n, s)| (n, Duration::from_secs_f64(s.max(0.0)))).collect())))
+}
+
+async fn wait_for(pool: &PgPool, n: usize, kind: &str) -> anyhow::Result<BTreeMap<String, Duration>> {
+    let started = Instant::now();
+    loop {
+        if let Some((state, steps)) = ended(pool, n, kind).await? {
+            if state != "succeeded" {
+                bail!("the {kind} run of stand {n} ended {state}; see draftd's log");
+            }
+            return Ok(steps);
+        }
+        if started.elapsed() > WAIT {
+            bail!("the {kind} run of stand {n} did not end within {WAIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Time from the delivery until the verify step of stand `n`'s deploy run has passed.
+async fn wait_verified(pool: &PgPool, n: usize) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let passed: bool = sqlx::query_scalar(
+            "select exists (select 1 from steps st join runs r using (run_id) join stands s using (stand_id)
+                            where s.branch = $1 and st.name = 'verify' and st.state = 'succeeded')",
+        )
+        .bind(format!("feature/bench-{n}"))
+        .fetch_one(pool)
+        .await?;
+        if passed {
+            return Ok(());
+        }
+        if started.elapsed() > WAIT {
+            bail!("stand {n} was not verified within {WAIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn measure(args: &Args, server: &Server, client: &reqwest::Client, pool: &PgPool) -> anyhow::Result<()> {
+    let mut totals = Vec::new();
+    let mut own = Vec::new();
+    let mut teardowns = Vec::new();
+    let mut by_step: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+    for n in 0..args.stands {
+        let t0 = Instant::now();
+        send(client, server, "opened", n).await?;
+        wait_verified(pool, n).await?;
+        let total = t0.elapsed();
+        let steps = wait_for(pool, n, "deploy").await?;
+        let helm = steps.get("deploy").copied().unwrap_or_default();
+        let rollout = steps.get("verify").copied().unwrap_or_default().saturating_sub(PROBE_WINDOW);
+        totals.push(total);
+        own.push(total.saturating_sub(helm + rollout));
+        for (name, d) in steps {
+            by_step.entry(name).or_default().push(d);
+        }
+        let t1 = Instant::now();
+        send(client, server, "closed", n).await?;
+        wait_for(pool, n, "teardown").await?;
+        teardowns.push(t1.elapsed());
+        println!("stand {n}: verified after {:.0} ms, torn down in {:.0} ms", ms(total), ms(teardowns[n]));
+    }
+    for v in [&mut totals, &mut own, &mut teardowns] {
+        v.sort();
+    }
+    let row = |what: &str, v: &[Duration]| {
+        println!("{what:<40} p50 {:>8.0} ms   p95 {:>8.0} ms", ms(percentile(v, 50.0)), ms(percentile(v, 95.0)))
+    };
+    println!("\n{} stands, one at a time (probe window {PROBE_WINDOW:?} included in verify)", args.stands);
+    row("webhook -> verified stand", &totals);
+    row("  draftd's own share (less helm, rollout)", &own);
+    for (name, mut v) in by_step {
+        v.sort();
+        row(&format!("  step {name}"), &v);
+    }
+    row("close -> teardown finished", &teardowns);
+    Ok(())
+}
