@@ -22,21 +22,23 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use support::{Server, ServerSpec, github_signature, ms, percentile, with_database, with_fresh_database};
 
-const USAGE: &str = "usage: scripts/bench-k8s.sh [--stands N]\n  --stands N   stands made and torn down, one after another (default 20)";
+const USAGE: &str = "usage: scripts/bench-k8s.sh [--stands N] [--draftd PATH]\n  --stands N     stands made and torn down, one after another (default 20)\n  --draftd PATH  another draftd binary to measure (an A/B across a change)";
 const SECRET: &str = "bench-k8s-webhook-secret";
 const PROBE_WINDOW: Duration = Duration::from_secs(1);
 const WAIT: Duration = Duration::from_secs(180);
 
 struct Args {
     stands: usize,
+    draftd: PathBuf,
 }
 
 fn parse() -> anyhow::Result<Args> {
     let mut flags = support::Flags::new(USAGE);
-    let mut args = Args { stands: 20 };
+    let mut args = Args { stands: 20, draftd: PathBuf::from(env!("CARGO_BIN_EXE_draftd")) };
     while let Some(flag) = flags.next_flag() {
         match flag.as_str() {
             "--stands" => args.stands = flags.whole("--stands")?,
+            "--draftd" => args.draftd = PathBuf::from(flags.value("--draftd")?),
             other => return Err(flags.unknown(other)),
         }
     }
@@ -106,7 +108,7 @@ smoke = ["bin/smoke"]
             database_url: with_database(&admin_url, &db),
             log,
             dir: root(),
-            binary: PathBuf::from(env!("CARGO_BIN_EXE_draftd")),
+            binary: args.draftd.clone(),
             env: vec![
                 ("BENCH_WEBHOOK_SECRET".into(), SECRET.into()),
                 ("BENCH_STANDS_PG_URL".into(), admin_url.clone()),
@@ -244,7 +246,7 @@ async fn measure(args: &Args, server: &Server, client: &reqwest::Client, pool: &
         v.sort();
     }
     let row = |what: &str, v: &[Duration]| {
-        println!("{what:<40} p50 {:>8.0} ms   p95 {:>8.0} ms", ms(percentile(v, 50.0)), ms(percentile(v, 95.0)))
+        println!("{what:<40} p50 {:>8.0} ms   p95 {:>8.0} ms", ms(percentile(v, 0.50)), ms(percentile(v, 0.95)))
     };
     println!("\n{} stands, one at a time (probe window {PROBE_WINDOW:?} included in verify)", args.stands);
     row("webhook -> verified stand", &totals);

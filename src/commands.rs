@@ -34,7 +34,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // In kubernetes mode, a configuration that cannot reach a cluster is an error now, not a failure
     // of the first run.
     let kube = match config.cluster.mode {
-        ClusterMode::Kubernetes => Some(crate::cluster::client::connect(&config.cluster).await?),
+        ClusterMode::Kubernetes => {
+            let client = crate::cluster::client::connect(&config.cluster).await?;
+            let probes = crate::cluster::client::connect_for_probes(&config.cluster).await?;
+            Some(crate::cluster::Kubernetes::new(client, config.cluster.clone()).with_probe_client(probes))
+        }
         ClusterMode::DryRun => None,
     };
     let pool = store::pool(&config.database_url, config.intake.db_pool_size)?;
@@ -80,7 +84,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 /// resumed by the next worker whose claim finds its lease expired.
 fn start_background(
     config: &Config,
-    kube: Option<kube::Client>,
+    kube: Option<crate::cluster::Kubernetes>,
     pool: &sqlx::PgPool,
     state: &AppState,
     stop: &tokio::sync::watch::Receiver<bool>,
@@ -103,8 +107,7 @@ fn start_background(
         .with_credentials(credentials.clone())
         .with_wake(state.wake().clone());
     match (config.cluster.mode, kube) {
-        (ClusterMode::Kubernetes, Some(client)) => {
-            let mut cluster = crate::cluster::Kubernetes::new(client, config.cluster.clone());
+        (ClusterMode::Kubernetes, Some(mut cluster)) => {
             if let Some(host) = credentials.as_ref().and_then(|c| c.database_host()) {
                 cluster = cluster.with_database_host(host);
             }

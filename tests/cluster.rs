@@ -224,6 +224,13 @@ async fn new_namespace_up_to_the_binding(handle: &mut Handle) {
     expect_apply(handle, BINDING, "RoleBinding").await;
 }
 
+/// The namespace step finds the stand's own namespace and applies it again.
+async fn own_namespace_applied_again(handle: &mut Handle) {
+    let labels = json!({ "app.kubernetes.io/managed-by": "draftd", "draftd.io/stand": "7" });
+    serve(handle, StatusCode::OK, |_| existing(labels, false)).await;
+    expect_apply(handle, "/api/v1/namespaces/draft-login-form", "Namespace").await;
+}
+
 fn with_service_account() -> ClusterConfig {
     ClusterConfig { service_account: Some("draftd/draftd".into()), ..ClusterConfig::default() }
 }
@@ -267,9 +274,7 @@ async fn forbidden_with_an_unchanged_role_binding_is_not_retried() {
     let (cluster, mut handle) = mock(with_service_account());
     let cluster = fast(cluster);
     let step = call(&cluster, |c| async move { c.ensure_namespace(&stand()).await });
-    let labels = json!({ "app.kubernetes.io/managed-by": "draftd", "draftd.io/stand": "7" });
-    serve(&mut handle, StatusCode::OK, |_| existing(labels, false)).await;
-    expect_apply(&mut handle, "/api/v1/namespaces/draft-login-form", "Namespace").await;
+    own_namespace_applied_again(&mut handle).await;
     serve(&mut handle, StatusCode::OK, |_| binding("draftd-stand", "41")).await;
     // An apply that changes nothing keeps the resourceVersion: the authorizer knew it all along.
     let applied = serve(&mut handle, StatusCode::OK, |_| binding("draftd-stand", "41")).await;
@@ -285,9 +290,7 @@ async fn a_changed_stand_role_replaces_the_role_binding_whose_role_ref_cannot_ch
     let (cluster, mut handle) = mock(with_service_account());
     let cluster = fast(cluster);
     let step = call(&cluster, |c| async move { c.ensure_namespace(&stand()).await });
-    let labels = json!({ "app.kubernetes.io/managed-by": "draftd", "draftd.io/stand": "7" });
-    serve(&mut handle, StatusCode::OK, |_| existing(labels, false)).await;
-    expect_apply(&mut handle, "/api/v1/namespaces/draft-login-form", "Namespace").await;
+    own_namespace_applied_again(&mut handle).await;
     let read = serve(&mut handle, StatusCode::OK, |_| binding("draftd-stand-v1", "41")).await;
     assert_eq!((read.method, read.path.as_str()), (Method::GET, BINDING));
     // An apply would be refused with 422 "cannot change roleRef": the binding goes first.
@@ -382,9 +385,7 @@ async fn the_stands_own_namespace_is_applied_again_and_a_token_mounted_when_aske
     let (cluster, mut handle) = mock(ClusterConfig::default());
     let meta = StandMeta { service_account_token: true, ..stand() };
     let step = call(&cluster, |c| async move { c.ensure_namespace(&meta).await });
-    let labels = json!({ "app.kubernetes.io/managed-by": "draftd", "draftd.io/stand": "7" });
-    serve(&mut handle, StatusCode::OK, |_| existing(labels, false)).await;
-    expect_apply(&mut handle, "/api/v1/namespaces/draft-login-form", "Namespace").await;
+    own_namespace_applied_again(&mut handle).await;
     let objects = expect_namespace_contents(&mut handle).await;
     let outcome = step.await.unwrap().unwrap();
     assert!(!outcome.created);

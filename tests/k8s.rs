@@ -174,7 +174,8 @@ smoke = ["bin/smoke"]
     /// An engine of draftd authenticated as its ServiceAccount, with `config`.
     async fn engine(&self, config: Config) -> Engine<KubernetesSteps<HelmCli, Kubernetes>> {
         let client = draftd::cluster::client::connect(&config.cluster).await.unwrap();
-        let mut cluster = Kubernetes::new(client, config.cluster.clone());
+        let probes = draftd::cluster::client::connect_for_probes(&config.cluster).await.unwrap();
+        let mut cluster = Kubernetes::new(client, config.cluster.clone()).with_probe_client(probes);
         if let Some(host) = self.credentials.database_host() {
             cluster = cluster.with_database_host(host);
         }
@@ -635,6 +636,9 @@ async fn the_api_servers_own_answer_through_its_proxy_is_not_taken_for_the_app(p
     assert_eq!(state, "failed");
     let message = error.unwrap()["message"].as_str().unwrap().to_owned();
     assert!(message.contains(&format!("services/{}:http/proxy", w.release())), "names the Service: {message}");
+    // What the API server said, at once: not retried by the client until the probe timed out.
+    assert!(message.contains("no endpoints available"), "{message}");
+    assert!(!message.contains("did not answer within"), "{message}");
     assert!(w.app.hosts.lock().unwrap().is_empty(), "nothing was probed at a URL");
 }
 

@@ -41,3 +41,13 @@ pub async fn connect(cluster: &ClusterConfig) -> Result<Client, ClusterError> {
     tracing::info!(api_server = %config.cluster_url, "kubernetes client configured");
     Client::try_from(config).map_err(|e| ClusterError::Config(format!("building the Kubernetes client: {e}")))
 }
+
+/// A client for verify's probes through the API server proxy. kube's default client retries 429,
+/// 503 and 504 answers by itself, up to 15 times: the API server's own "no endpoints available"
+/// (503) would be retried until the probe's timeout, and reported as an app that never answered
+/// instead of what the API server said.
+pub async fn connect_for_probes(cluster: &ClusterConfig) -> Result<Client, ClusterError> {
+    let mut config = config(cluster).await?;
+    config.default_retry = false;
+    Client::try_from(config).map_err(|e| ClusterError::Config(format!("building the Kubernetes client: {e}")))
+}

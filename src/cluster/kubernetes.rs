@@ -36,6 +36,9 @@ pub struct Kubernetes {
     poll: Duration,
     /// Where stand pods reach their database, let out by the namespace's policy.
     database: Option<crate::config::NetworkPeer>,
+    /// For the API server proxy probe: one that passes the API server's answers on as they come
+    /// (see [`super::client::connect_for_probes`]); the main client when unset.
+    probe_client: Option<Client>,
 }
 
 /// Retries of an apply refused with 403 right after the RoleBinding that grants draftd its rights
@@ -53,7 +56,21 @@ const CAPACITY_GRACE_POLLS: u32 = 90;
 
 impl Kubernetes {
     pub fn new(client: Client, config: ClusterConfig) -> Self {
-        Self { client, config, poll: Duration::from_secs(2), database: None }
+        Self { client, config, poll: Duration::from_secs(2), database: None, probe_client: None }
+    }
+
+    /// How long a wait sleeps before its look number `round` (from 0): an eighth of the poll at
+    /// first, doubling up to the poll. Most Jobs end and most rollouts finish within a second or two,
+    /// which a fixed 2 s poll would round up to 2 or 4; a long wait still costs the API server one
+    /// request per poll.
+    fn pause(&self, round: u32) -> Duration {
+        (self.poll / 8).saturating_mul(2u32.saturating_pow(round.min(16))).min(self.poll)
+    }
+
+    /// The client verify's API server proxy probes use.
+    pub fn with_probe_client(mut self, client: Client) -> Self {
+        self.probe_client = Some(client);
+        self
     }
 
     /// The stand database's `host:port` as pods see it: its namespace or address is let out by each
@@ -267,6 +284,7 @@ impl Cluster for Kubernetes {
             }
         }
         let started = Instant::now();
+        let mut round = 0;
         loop {
             let Some(current) = namespaces.get_opt(namespace).await? else {
                 return Ok(NamespaceGone::Deleted);
@@ -278,7 +296,8 @@ impl Cluster for Kubernetes {
                     blockers: blockers(&current),
                 });
             }
-            tokio::time::sleep(self.poll.min(wait.saturating_sub(started.elapsed()))).await;
+            round += 1;
+            tokio::time::sleep(self.pause(round - 1).min(wait.saturating_sub(started.elapsed()))).await;
         }
     }
 
@@ -332,6 +351,7 @@ impl Cluster for Kubernetes {
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
         let statefulsets: Api<StatefulSet> = Api::namespaced(self.client.clone(), namespace);
         let started = Instant::now();
+        let mut round = 0;
         loop {
             let mut states = Vec::new();
             for d in deployments.list(&params).await?.items {
@@ -366,7 +386,8 @@ impl Cluster for Kubernetes {
             if started.elapsed() >= timeout {
                 return Err(ClusterError::RolloutTimeout { waited: timeout, pending });
             }
-            tokio::time::sleep(self.poll.min(timeout.saturating_sub(started.elapsed()))).await;
+            round += 1;
+            tokio::time::sleep(self.pause(round - 1).min(timeout.saturating_sub(started.elapsed()))).await;
         }
     }
 
@@ -461,6 +482,7 @@ impl Cluster for Kubernetes {
         // The Job's own deadline ends it; the extra minute covers scheduling and status updates.
         let wait = request.deadline + Duration::from_secs(60);
         let started = Instant::now();
+        let mut round = 0;
         let mut watch = jobs::StartWatch::new(self.poll * PULL_GRACE_POLLS, self.poll * CAPACITY_GRACE_POLLS);
         // What the pod was doing at the last look: the Job controller deletes the pod of a Job
         // past its deadline, so at the end it may be gone.
@@ -480,7 +502,8 @@ impl Cluster for Kubernetes {
             if started.elapsed() >= wait {
                 return Err(ClusterError::JobTimeout { job: name, waited: wait });
             }
-            tokio::time::sleep(self.poll.min(wait.saturating_sub(started.elapsed()))).await;
+            round += 1;
+            tokio::time::sleep(self.pause(round - 1).min(wait.saturating_sub(started.elapsed()))).await;
             current = api.get(&name).await?;
         };
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
@@ -531,7 +554,8 @@ impl Cluster for Kubernetes {
     }
 
     fn service_prober(&self, namespace: &str, service: &str, port: &str, path: &str) -> impl verify::Prober + 'static {
-        ServiceProxyProber::new(self.client.clone(), namespace, service, port, path)
+        let client = self.probe_client.as_ref().unwrap_or(&self.client).clone();
+        ServiceProxyProber::new(client, namespace, service, port, path)
     }
 
     async fn discard_pending_revision(
