@@ -327,6 +327,7 @@ async fn an_opened_pr_gets_its_whole_stand(pool: PgPool) {
     }
     let (_, migrate, _) = w.step(run, "migrate").await;
     assert_eq!(migrate["job"], "migrate-r1");
+    assert!(migrate["ran_seconds"].as_f64().is_some_and(|s| s >= 0.0), "the Job's own run time: {migrate}");
     // The namespace really enforces "restricted": a pod without its settings is refused.
     let loose: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
         "metadata": { "name": "loose" }, "spec": { "containers": [{ "name": "c", "image": "x" }] },

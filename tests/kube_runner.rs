@@ -37,6 +37,8 @@ impl Calls {
 #[derive(Default)]
 struct FakeCluster {
     calls: Arc<Calls>,
+    /// The next Job's wait fails this way (the API server gone mid-wait, say).
+    job_fails: Mutex<Option<ClusterError>>,
     rollout_fails: Mutex<bool>,
     /// Values of the Secrets applied, by name (tests only: a real cluster keeps them).
     secret_values: Mutex<std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>>,
@@ -96,6 +98,9 @@ impl Cluster for FakeCluster {
         if let Some(user) = request.secrets.first().and_then(|s| self.secret_values.lock().unwrap().get(s).cloned()) {
             self.calls.push(format!("job login {}", user.get("PGUSER").map(String::as_str).unwrap_or("?")));
         }
+        if let Some(e) = self.job_fails.lock().unwrap().take() {
+            return Err(e);
+        }
         self.calls.push(format!(
             "run_job {} {} {:?} {}{secrets}",
             request.name(),
@@ -109,6 +114,7 @@ impl Cluster for FakeCluster {
             reason: "Complete".into(),
             exit_code: Some(0),
             log_tail: Some("ok\n".into()),
+            ran_for: None,
         })
     }
     fn service_prober(&self, namespace: &str, service: &str, port: &str, path: &str) -> impl Prober + 'static {
@@ -357,8 +363,9 @@ async fn teardown_uninstalls_deletes_the_namespace_and_marks_the_stand_removed(p
 /// Stand databases on the machine's Postgres (DATABASE_URL), logins without Vault: the secrets step
 /// puts the app's login in its Secret, migrate gets a login of its own that is gone once the Job
 /// ends, and teardown drops database and roles.
-#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
-async fn secrets_and_migrate_get_their_own_logins_and_teardown_drops_them(pool: PgPool) {
+/// Stand databases and logins on the machine's Postgres (DATABASE_URL), without Vault; and an admin
+/// connection to look at them.
+async fn pg_credentials(pool: &PgPool) -> (StandCredentials, PgPool) {
     let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
     let admin = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&url).await.unwrap();
     let lifetimes =
@@ -369,6 +376,54 @@ async fn secrets_and_migrate_get_their_own_logins_and_teardown_drops_them(pool: 
         None,
         lifetimes,
     );
+    (credentials, admin)
+}
+
+async fn logins_of(admin: &PgPool, database: &str) -> Vec<String> {
+    sqlx::query_scalar("select rolname::text from pg_roles where rolname like $1 || '%' order by 1")
+        .bind(database)
+        .fetch_all(admin)
+        .await
+        .unwrap()
+}
+
+/// A transient error while waiting for the migrate Job says nothing of the Job, which may still be
+/// migrating with its login: the login stays (the retried step waits for the same Job, the keeper
+/// ends it at its expiry). A Job known to be over has its login revoked at once.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn the_migrate_login_outlives_a_transient_error_and_goes_once_the_job_is_over(pool: PgPool) {
+    let (credentials, admin) = pg_credentials(&pool).await;
+    let w = world_with(pool, Some(Arc::new(credentials)));
+    let namespace = format!("draft-kr-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let database = namespace.replace('-', "_");
+    *w.cluster.job_fails.lock().unwrap() = Some(ClusterError::Terminating { namespace: namespace.clone() });
+    let run = common::queue_run(&w.pool, "shop", "feature/login", &namespace, "deploy", SHA1).await;
+    assert_eq!(w.engine.run_one().await.unwrap(), Some((run, RunEnd::Failed)), "one attempt per step here");
+    let live_migrate_logins = || async {
+        let names: Vec<String> =
+            sqlx::query_scalar("select username from credentials where purpose = 'migrate' and revoked_at is null")
+                .fetch_all(&w.pool)
+                .await
+                .unwrap();
+        let roles = logins_of(&admin, &database).await;
+        assert!(names.iter().all(|n| roles.contains(n)), "{names:?} are roles: {roles:?}");
+        names.len()
+    };
+    assert_eq!(live_migrate_logins().await, 1, "the Job may still be migrating with it");
+
+    *w.cluster.job_fails.lock().unwrap() =
+        Some(ClusterError::JobTimeout { job: "migrate-r2".into(), waited: Duration::from_secs(60) });
+    let run = common::queue_run(&w.pool, "shop", "feature/login", &namespace, "deploy", SHA2).await;
+    assert_eq!(w.engine.run_one().await.unwrap(), Some((run, RunEnd::Failed)));
+    assert_eq!(live_migrate_logins().await, 1, "the timed-out Job's own login went at once");
+    let teardown = common::queue_run(&w.pool, "shop", "feature/login", &namespace, "teardown", SHA1).await;
+    assert_eq!(w.engine.run_one().await.unwrap(), Some((teardown, RunEnd::Succeeded)));
+    assert!(logins_of(&admin, &database).await.is_empty());
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn secrets_and_migrate_get_their_own_logins_and_teardown_drops_them(pool: PgPool) {
+    let (credentials, admin) = pg_credentials(&pool).await;
     let w = world_with(pool, Some(Arc::new(credentials)));
     // A namespace of its own: the server is shared with other tests.
     let namespace = format!("draft-kr-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
@@ -387,12 +442,7 @@ async fn secrets_and_migrate_get_their_own_logins_and_teardown_drops_them(pool: 
     let job_login = calls.iter().find_map(|c| c.strip_prefix("job login ")).unwrap().to_owned();
     assert_ne!(job_login, app["PGUSER"], "migrate has a login of its own");
 
-    let roles: Vec<String> =
-        sqlx::query_scalar("select rolname::text from pg_roles where rolname like $1 || '%' order by 1")
-            .bind(&database)
-            .fetch_all(&admin)
-            .await
-            .unwrap();
+    let roles = logins_of(&admin, &database).await;
     assert_eq!(roles, [database.clone(), app["PGUSER"].clone()], "the migrate login is gone once its Job ended");
     let (_, detail, _) = step_detail(&w.pool, run, "secrets").await;
     assert_eq!(detail["app-database"]["username"], app["PGUSER"].as_str());

@@ -132,6 +132,7 @@ impl Cluster for FakeCluster {
             reason: "Complete".into(),
             exit_code: Some(0),
             log_tail: None,
+            ran_for: None,
         })
     }
     fn service_prober(&self, _: &str, _: &str, _: &str, _: &str) -> impl Prober + 'static {

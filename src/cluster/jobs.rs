@@ -56,6 +56,21 @@ pub struct JobOutcome {
     pub exit_code: Option<i32>,
     /// The end of its log (bounded), for the report.
     pub log_tail: Option<String>,
+    /// How long it ran as Kubernetes counts it (`status.startTime` to its end), when known: what
+    /// of the step's time was the command's own, and what was draftd's and the cluster's.
+    pub ran_for: Option<Duration>,
+}
+
+/// From the Job's `status.startTime` to `completionTime` (set on success) or the time of its
+/// Failed condition.
+pub fn ran_for(job: &Job) -> Option<Duration> {
+    let status = job.status.as_ref()?;
+    let start = status.start_time.as_ref()?.0;
+    let end = status.completion_time.as_ref().map(|t| t.0).or_else(|| {
+        let failed = status.conditions.iter().flatten().find(|c| c.type_ == "Failed" && c.status == "True")?;
+        failed.last_transition_time.as_ref().map(|t| t.0)
+    })?;
+    Duration::try_from(end.duration_since(start)).ok()
 }
 
 /// The label the Job controller puts on its pods, with the Job's UID (Kubernetes ≥ 1.27): unlike

@@ -550,7 +550,7 @@ impl Cluster for Kubernetes {
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(e) => tracing::warn!(job = %name, namespace = ns, error = %e, "could not set the finished Job's TTL"),
         }
-        Ok(JobOutcome { job: name, succeeded, reason, exit_code, log_tail })
+        Ok(JobOutcome { job: name, succeeded, reason, exit_code, log_tail, ran_for: jobs::ran_for(&current) })
     }
 
     fn service_prober(&self, namespace: &str, service: &str, port: &str, path: &str) -> impl verify::Prober + 'static {

@@ -154,7 +154,11 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
             _ => None,
         };
         let outcome = self.cluster.run_job(&stand, &request).await;
-        if let Some((c, id)) = own_login
+        // Revoked once the Job is known to be over. A transient error (the API server unreachable
+        // mid-wait) says nothing of the Job, which may still be migrating with this login: the
+        // retried step waits for that same Job, and the keeper revokes the login at its end anyway.
+        let over = outcome.as_ref().map_or_else(|e| !e.is_transient(), |_| true);
+        if let Some((c, id)) = own_login.filter(|_| over)
             && let Err(e) = c.revoke(id).await
         {
             // The keeper revokes it at its expiry if this fails.
@@ -164,6 +168,7 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
         if outcome.succeeded {
             return Ok(StepOutcome::done(json!({
                 "job": outcome.job,
+                "ran_seconds": outcome.ran_for.map(|d| d.as_secs_f64()),
                 "exit_code": outcome.exit_code,
                 "log_tail": outcome.log_tail.as_deref().map(|l| last_lines(l, QUOTED_LINES)),
             })));
