@@ -61,7 +61,7 @@ impl fmt::Debug for Release {
 }
 
 /// One line of `helm history -o json` (Helm's own field names).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revision {
     pub revision: u32,
     /// `deployed`, `superseded`, `failed`, `pending-install`, `pending-upgrade`, `pending-rollback`,
@@ -344,11 +344,24 @@ pub fn release_name(namespace: &str) -> String {
     format!("{}-{hash}", head.trim_end_matches(['-', '.']))
 }
 
-/// The revision number in the release JSON `helm upgrade --install -o json` prints.
-pub fn parse_release_revision(stdout: &str) -> Result<u32, String> {
+/// The revision the release JSON `helm upgrade --install -o json` prints describes, as `helm history`
+/// would list it: its `info.last_deployed` is history's `updated`, so no history call is needed to
+/// tell this revision from a same-numbered one of another life of the release.
+pub fn parse_release_revision(stdout: &str) -> Result<Revision, String> {
+    #[derive(Deserialize, Default)]
+    struct Info {
+        #[serde(default)]
+        status: String,
+        #[serde(default)]
+        description: String,
+        #[serde(default)]
+        last_deployed: String,
+    }
     #[derive(Deserialize)]
     struct ReleaseJson {
         version: u32,
+        #[serde(default)]
+        info: Option<Info>,
     }
     // Be lenient about a line printed before the JSON (Helm 3 printed "Release … does not exist.
     // Installing it now." to stdout).
@@ -357,10 +370,18 @@ pub fn parse_release_revision(stdout: &str) -> Result<u32, String> {
         false => stdout.find("\n{").map_or(stdout, |i| &stdout[i + 1..]),
     };
     let release: ReleaseJson = serde_json::from_str(json).map_err(json_error)?;
-    match release.version {
-        0 => Err("the release JSON has no version".into()),
-        v => Ok(v),
+    if release.version == 0 {
+        return Err("the release JSON has no version".into());
     }
+    let info = release.info.unwrap_or_default();
+    Ok(Revision {
+        revision: release.version,
+        status: info.status,
+        chart: String::new(),
+        app_version: String::new(),
+        description: info.description,
+        updated: info.last_deployed,
+    })
 }
 
 /// The revisions in `helm history -o json` output, oldest first.
@@ -383,8 +404,8 @@ fn json_error(e: serde_json::Error) -> String {
 
 /// What draftd does with Helm. Implemented by [`HelmCli`]; tests may fake it.
 pub trait Helm: Send + Sync + 'static {
-    /// `helm upgrade --install`; the new revision number.
-    fn upgrade_install(&self, release: &Release) -> impl Future<Output = Result<u32, HelmError>> + Send;
+    /// `helm upgrade --install`; the new revision (its number, status and time).
+    fn upgrade_install(&self, release: &Release) -> impl Future<Output = Result<Revision, HelmError>> + Send;
     /// The rendered manifests (multi-document YAML), nothing applied.
     fn template(&self, release: &Release) -> impl Future<Output = Result<String, HelmError>> + Send;
     /// The release's revisions, oldest first; empty when there is no such release.
@@ -559,7 +580,7 @@ fn is_not_found(err: &HelmError) -> bool {
 }
 
 impl Helm for HelmCli {
-    async fn upgrade_install(&self, release: &Release) -> Result<u32, HelmError> {
+    async fn upgrade_install(&self, release: &Release) -> Result<Revision, HelmError> {
         let argv = self.upgrade_install_command(release);
         let out = self.run(&argv, &set_values(release)).await?;
         parse_release_revision(&String::from_utf8_lossy(&out.stdout)).map_err(|m| parse_error(&argv, m))

@@ -337,12 +337,19 @@ fn recorded_history_parses() {
 #[test]
 fn release_json_gives_the_revision() {
     let json = r#"{"name":"draft-x","info":{"status":"deployed"},"config":{"token":"s3cr3t"},"version":7,"namespace":"draft-x"}"#;
-    assert_eq!(parse_release_revision(json), Ok(7));
+    assert_eq!(parse_release_revision(json).map(|r| (r.revision, r.status)), Ok((7, "deployed".to_owned())));
     let chatty = format!("Release \"draft-x\" does not exist. Installing it now.\n{json}\n");
-    assert_eq!(parse_release_revision(&chatty), Ok(7));
+    assert_eq!(parse_release_revision(&chatty).map(|r| r.revision), Ok(7));
     let err = parse_release_revision(r#"{"config":{"token":"s3cr3t"},"version":"seven"}"#).unwrap_err();
     assert!(!err.contains("s3cr3t") && !err.contains("seven"), "{err}");
     assert!(parse_release_revision("not json").is_err());
+    // As Helm 4 prints it: info.last_deployed is the revision's `updated` in `helm history`.
+    let made = parse_release_revision(
+        r#"{"name":"r1","info":{"first_deployed":"2026-12-06T18:33:37.063311877Z","last_deployed":"2026-12-06T18:33:37.329841538Z","description":"Upgrade complete","status":"deployed"},"version":2}"#,
+    )
+    .unwrap();
+    assert_eq!(made.updated, "2026-12-06T18:33:37.329841538Z");
+    assert!(made.is(2, "2026-12-06T18:33:37.329841538Z") && !made.is(2, "2026-12-06T18:33:37.063311877Z"));
 }
 
 // (d) argv and names
@@ -520,7 +527,7 @@ async fn upgrade_install_reads_the_revision_and_passes_cluster_flags() {
     cli.kubeconfig = Some("/etc/draftd/kubeconfig".into());
     cli.context = Some("drafts".into());
     let release = stand_release("draft-x", vec![draft_values()]);
-    assert_eq!(cli.upgrade_install(&release).await.unwrap(), 3);
+    assert_eq!(cli.upgrade_install(&release).await.unwrap().revision, 3);
     let args = logged_args(dir.path());
     assert_eq!(args[..4], ["upgrade", "--install", "draft-x", chart().to_str().unwrap()]);
     assert_eq!(args[args.len() - 4..], ["--kubeconfig", "/etc/draftd/kubeconfig", "--kube-context", "drafts"]);

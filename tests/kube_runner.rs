@@ -150,17 +150,17 @@ struct FakeHelm {
 }
 
 impl Helm for FakeHelm {
-    async fn upgrade_install(&self, release: &Release) -> Result<u32, HelmError> {
+    async fn upgrade_install(&self, release: &Release) -> Result<Revision, HelmError> {
         if let Some(e) = self.upgrade_fails.lock().unwrap().take() {
             // Killed at its timeout, helm leaves the revision pending; failing by itself, failed.
             let status = if matches!(e, HelmError::Timeout { .. }) { "pending-upgrade" } else { "failed" };
-            let revision = self.history.add(status);
-            self.calls.push(format!("helm upgrade --install {} (revision {revision}, failed)", release.name));
+            let made = self.history.add(status);
+            self.calls.push(format!("helm upgrade --install {} (revision {}, failed)", release.name, made.revision));
             return Err(e);
         }
-        let revision = self.history.add("deployed");
-        self.calls.push(format!("helm upgrade --install {} (revision {revision})", release.name));
-        Ok(revision)
+        let made = self.history.add("deployed");
+        self.calls.push(format!("helm upgrade --install {} (revision {})", release.name, made.revision));
+        Ok(made)
     }
     async fn template(&self, release: &Release) -> Result<String, HelmError> {
         self.calls.push(format!("helm template {}", release.name));

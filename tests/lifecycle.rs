@@ -164,7 +164,7 @@ pub struct FakeHelm {
 }
 
 impl Helm for FakeHelm {
-    async fn upgrade_install(&self, release: &Release) -> Result<u32, HelmError> {
+    async fn upgrade_install(&self, release: &Release) -> Result<Revision, HelmError> {
         self.upgrading.notify_one();
         let stall = *self.stall.lock().unwrap();
         if let Some(stall) = stall {
@@ -173,7 +173,7 @@ impl Helm for FakeHelm {
         let mut releases = self.releases.lock().unwrap();
         let revision = releases.entry(release.name.clone()).or_insert(0);
         *revision += 1;
-        Ok(*revision)
+        Ok(Revision { revision: *revision, status: "deployed".into(), ..Revision::default() })
     }
     async fn template(&self, release: &Release) -> Result<String, HelmError> {
         Ok(format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {}-mock-payments\n", release.name))

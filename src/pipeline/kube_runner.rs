@@ -366,15 +366,13 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
                 }
                 let mocks = mocks_in(&manifests);
                 let recovered = self.recover_pending(&plan).await?;
-                let revision = self.helm.upgrade_install(&plan.release).await?;
+                let made = self.helm.upgrade_install(&plan.release).await?;
                 // When helm made it: with the number, what tells this revision from one of the same
                 // number after the release is uninstalled and installed again (see `rollback`).
-                let history = self.helm.history(&plan.release.name, &run.namespace).await?;
-                let updated = history.iter().find(|r| r.revision == revision).map(|r| r.updated.clone());
                 let mut detail = json!({
                     "release": plan.release.name,
-                    "revision": revision,
-                    "updated": updated.unwrap_or_default(),
+                    "revision": made.revision,
+                    "updated": made.updated,
                     "image_tag": plan.image_tag,
                     "mocks": mocks,
                 });

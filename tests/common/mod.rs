@@ -280,8 +280,8 @@ impl draftd::cluster::verify::Prober for Healthy {
 pub struct FakeHistory(std::sync::Mutex<Vec<draftd::helm::Revision>>);
 
 impl FakeHistory {
-    /// Adds the next revision with `status`; returns its number.
-    pub fn add(&self, status: &str) -> u32 {
+    /// Adds the next revision with `status`; returns it.
+    pub fn add(&self, status: &str) -> draftd::helm::Revision {
         let mut revisions = self.0.lock().unwrap();
         if status == "deployed" {
             for r in revisions.iter_mut().filter(|r| r.status == "deployed") {
@@ -297,7 +297,7 @@ impl FakeHistory {
             description: String::new(),
             updated: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
         });
-        revision
+        revisions[revisions.len() - 1].clone()
     }
     pub fn get(&self) -> Vec<draftd::helm::Revision> {
         self.0.lock().unwrap().clone()
