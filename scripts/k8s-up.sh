@@ -205,6 +205,8 @@ draftd_token_ok() {
 draftd_identity() {
   kc get namespace draftd >/dev/null 2>&1 || kc create namespace draftd >/dev/null
   kc apply -f "$root/deploy/rbac.yaml" >/dev/null
+  # The build namespace and draftd's rights there (deploy/build.yaml), for the image step's builds.
+  kc apply -f "$root/deploy/build.yaml" >/dev/null
   wait_for 20 "ServiceAccount draftd/draftd" "$dir/logs/kube-apiserver.log" kc get serviceaccount draftd -n draftd
   local token
   token="$(kc create token draftd -n draftd --duration=24h)"

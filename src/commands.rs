@@ -15,6 +15,7 @@ use crate::forge::client::AnyForge;
 use crate::forge::{Command, Trigger};
 use crate::helm::HelmCli;
 use crate::http::{self, AppState};
+use crate::pipeline::image::Registries;
 use crate::pipeline::kube_runner::KubernetesSteps;
 use crate::pipeline::runner::DryRunSteps;
 use crate::pipeline::{Engine, EngineSettings, Fault, StepRunner};
@@ -102,6 +103,8 @@ fn start_background(
     // rate-limit hold per forge.
     let forges = AnyForge::from_config(&config).context("forge clients")?;
     let authoriser: Arc<dyn Authorise> = Arc::new(ForgeAuthoriser::new(workers_pool.clone(), &config, &forges));
+    // The image step's registries: a bad CA file or reference stops the start, not the first run.
+    let registries = Some(Arc::new(Registries::from_config(&config).context("registry clients")?));
     let reaper = Reaper::new(workers_pool.clone(), config.clone(), lease_owner())
         .with_forges(forges.clone())
         .with_credentials(credentials.clone())
@@ -117,8 +120,10 @@ fn start_background(
                 let deliver = deliver_to_cluster(cluster.clone(), workers_pool.clone(), config.clone());
                 spawn_keeper(c.clone(), deliver, state, stop);
             }
-            let steps =
-                KubernetesSteps::new(workers_pool.clone(), config.clone(), helm, cluster).with_credentials(credentials);
+            let steps = KubernetesSteps::new(workers_pool.clone(), config.clone(), helm, cluster)
+                .with_credentials(credentials)
+                .with_registries(registries)
+                .with_forges(Arc::new(forges.clone()));
             spawn_engine(steps, workers_pool, &config, authoriser, state, stop)?;
         }
         (ClusterMode::Kubernetes, None) => anyhow::bail!("kubernetes mode without a Kubernetes client"),
@@ -128,7 +133,9 @@ fn start_background(
                 // Nobody uses a dry-run stand's logins: replaced ones are simply not handed out.
                 spawn_keeper(c.clone(), |_, _, _| async { Ok(()) }, state, stop);
             }
-            let steps = DryRunSteps::new(workers_pool.clone(), config.clone(), helm).with_credentials(credentials);
+            let steps = DryRunSteps::new(workers_pool.clone(), config.clone(), helm)
+                .with_credentials(credentials)
+                .with_registries(registries);
             spawn_engine(steps, workers_pool, &config, authoriser, state, stop)?;
         }
     }

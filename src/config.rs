@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::stand::ProjectName;
 
+mod registry;
+pub use registry::{BuildConfig, ProjectBuild, RegistryConfig};
+
 /// Top-level keys; environment variables naming anything else (like `DRAFTD_CONFIG` or
 /// `DRAFTD_API_TOKEN`, which are not settings) are not read as settings.
 const TOP_LEVEL_KEYS: &[&str] = &[
@@ -33,6 +36,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "vault",
     "github",
     "gitlab",
+    "registry",
+    "build",
     "projects",
 ];
 
@@ -76,6 +81,11 @@ pub struct Config {
     pub github: GithubConfig,
     #[serde(default)]
     pub gitlab: GitlabConfig,
+    /// The registry of the projects' images: the image step waits for each stand's tag there.
+    /// Without it (and without a project's own `registry`) the image is not checked.
+    pub registry: Option<RegistryConfig>,
+    #[serde(default)]
+    pub build: BuildConfig,
     #[serde(default)]
     pub projects: Vec<ProjectConfig>,
     /// Where the file came from, for error messages; not a setting.
@@ -824,6 +834,19 @@ pub struct ProjectConfig {
     pub migrate: Vec<String>,
     #[serde(default)]
     pub smoke: Vec<String>,
+    /// This project's own registry settings, in place of `[registry]` (another registry, other
+    /// credentials, another wait).
+    pub registry: Option<RegistryConfig>,
+    /// Build the stand's image in the cluster when CI did not push it; off by default.
+    pub build: Option<ProjectBuild>,
+}
+
+impl ProjectConfig {
+    /// The registry settings of this project's image: its own, else `[registry]`; `None` when the
+    /// image is not checked.
+    pub fn registry<'a>(&'a self, config: &'a Config) -> Option<&'a RegistryConfig> {
+        self.registry.as_ref().or(config.registry.as_ref())
+    }
 }
 
 fn default_chart() -> PathBuf {
@@ -890,6 +913,8 @@ impl Config {
             vault: None,
             github: GithubConfig::default(),
             gitlab: GitlabConfig::default(),
+            registry: None,
+            build: BuildConfig::default(),
             projects: Vec::new(),
             source: None,
         }
@@ -1027,6 +1052,12 @@ impl Config {
         if let Some(vault) = &self.vault {
             self.validate_vault(vault)?;
         }
+        if let Some((key, message)) = self.registry.as_ref().and_then(|r| r.problem()) {
+            return Err(self.invalid(format!("registry.{key}"), message));
+        }
+        if !crate::stand::is_dns_label(&self.build.namespace) {
+            return Err(self.invalid("build.namespace", "must be a namespace name (a DNS label)"));
+        }
         match (self.github.app_id, &self.github.private_key_file) {
             (Some(_), None) => return Err(self.invalid("github.private_key_file", "is needed with github.app_id")),
             (None, Some(_)) => return Err(self.invalid("github.app_id", "is needed with github.private_key_file")),
@@ -1083,6 +1114,30 @@ impl Config {
                     key("webhook_secret_env"),
                     format!("is required unless [{}] webhook_secret_env is set", p.forge.as_str()),
                 ));
+            }
+            if let Some((k, message)) = p.registry.as_ref().and_then(|r| r.problem()) {
+                return Err(self.invalid(key(&format!("registry.{k}")), message));
+            }
+            if let Some(image) = &p.image
+                && let Err(e) = crate::registry::ImageRef::parse(image, "latest")
+            {
+                return Err(self.invalid(key("image"), e.to_string()));
+            }
+            if let Some(build) = &p.build {
+                if p.image.is_none() || p.registry(self).is_none() {
+                    return Err(self.invalid(
+                        key("build"),
+                        "needs the project's image and a registry ([registry] or the project's own) to push to",
+                    ));
+                }
+                for (k, path) in [("context", &build.context), ("dockerfile", &build.dockerfile)] {
+                    if path.starts_with('/') || path.split('/').any(|part| part == "..") || path.contains(['#', ':']) {
+                        return Err(self.invalid(
+                            key(&format!("build.{k}")),
+                            format!("{path:?} must be a relative path inside the repository"),
+                        ));
+                    }
+                }
             }
         }
         Ok(())

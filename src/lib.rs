@@ -26,6 +26,8 @@ pub mod pipeline;
 pub mod plan_cmd;
 /// The sweep: expired stands, failed teardowns, expiry warnings, missed webhooks, orphans.
 pub mod reaper;
+/// OCI registries: whether a stand's image tag is there, its digest, the stand's pull Secret.
+pub mod registry;
 /// Delivers outbox rows (sticky comments) to the forges, with retries and coalescing.
 pub mod reporter;
 /// Domain types: stand keys, slug and namespace naming, stand states.

@@ -6,6 +6,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use serde::Serialize;
@@ -31,12 +32,84 @@ pub struct PlanReport {
     pub cluster_mode: ClusterMode,
     /// Why the KV path is absent, when it is.
     pub vault_note: Option<String>,
+    /// What the image step would do: check the registry (and for how long), build, or nothing.
+    pub image_step: ImagePlan,
     pub warnings: Vec<String>,
     /// `helm upgrade --install …` as a run would call it, `--set-string` values shown as `***`.
     pub helm_command: String,
     /// `helm template` output; `None` when helm could not render (see `helm_error`).
     pub manifests: Option<String>,
     pub helm_error: Option<String>,
+}
+
+/// The image step as a run would take it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImagePlan {
+    /// `registry/repository:tag`, when the project names its image.
+    pub image: Option<String>,
+    /// The registry the step would look in; `None`: the step is skipped (see `note`).
+    pub registry: Option<String>,
+    /// How long it would wait for CI's image before failing, or before building.
+    pub wait_seconds: Option<u64>,
+    /// Whether a build would run when the image is not there (`always`: without waiting first).
+    pub build: Option<&'static str>,
+    /// The build's source and destination, when one would run.
+    pub build_detail: Option<serde_json::Value>,
+    pub note: String,
+}
+
+fn image_plan(config: &Config, project: &ProjectConfig, plan: &StandPlan) -> ImagePlan {
+    let settings = project.registry(config);
+    let image = project.image.as_ref().and_then(|repo| crate::registry::ImageRef::parse(repo, &plan.image_tag).ok());
+    let Some((settings, image)) = settings.zip(image) else {
+        let note = if project.image.is_none() {
+            "skipped: the project names no image"
+        } else {
+            "skipped: no [registry] configured, so the image is not checked"
+        };
+        return ImagePlan {
+            image: plan.image.clone(),
+            registry: None,
+            wait_seconds: None,
+            build: None,
+            build_detail: None,
+            note: note.to_owned(),
+        };
+    };
+    let (wait, build, note) = match &project.build {
+        None => (
+            settings.wait,
+            None,
+            format!("waits for {} in the registry; fails the run if it is not there", image.tagged()),
+        ),
+        Some(b) if b.always => {
+            (Duration::ZERO, Some("always"), "builds it in the cluster unless the tag is already there".to_owned())
+        }
+        Some(b) => (
+            b.wait_for_ci.unwrap_or(settings.wait),
+            Some("when missing"),
+            "waits for CI's image, then builds it in the cluster".to_owned(),
+        ),
+    };
+    let build_detail = project.build.as_ref().map(|b| {
+        crate::pipeline::image::build_detail(
+            &crate::pipeline::image::BuildRequest {
+                image: image.clone(),
+                build: b.clone(),
+                repo: project.repo.clone(),
+                sha: plan.sha.clone(),
+            },
+            &config.build.cache_tag,
+        )
+    });
+    ImagePlan {
+        image: Some(image.tagged()),
+        registry: Some(image.registry().to_owned()),
+        wait_seconds: Some(wait.as_secs()),
+        build,
+        build_detail,
+        note,
+    }
 }
 
 /// Validates the arguments and computes the plan, without rendering (`manifests` is `None`).
@@ -71,8 +144,10 @@ pub fn build(config: &Config, project: &str, branch: &str, sha: &str) -> anyhow:
         }
     };
 
+    let image_step = image_plan(config, project_cfg, &plan);
     let argv = helm::HelmCli::with_path("helm", &config.cluster).upgrade_install_command(&plan.release);
     Ok(PlanReport {
+        image_step,
         release: plan.release.name.clone(),
         plan,
         namespace_if_taken,
@@ -144,6 +219,28 @@ pub fn write_text(out: &mut impl Write, r: &PlanReport) -> std::io::Result<()> {
     match &p.image {
         Some(image) => writeln!(out, "image:          {image}")?,
         None => writeln!(out, "image tag:      {} (the project sets no image repository)", p.image_tag)?,
+    }
+    let i = &r.image_step;
+    match (&i.registry, i.wait_seconds) {
+        (Some(registry), Some(wait)) => writeln!(
+            out,
+            "image step:     {} (registry {registry}, up to {}; the deploy pins the digest found)",
+            i.note,
+            humantime::format_duration(Duration::from_secs(wait))
+        )?,
+        _ => writeln!(out, "image step:     {}", i.note)?,
+    }
+    if let Some(b) = &i.build_detail {
+        writeln!(
+            out,
+            "image build:    {} ({} at {}, context {}, {}; cache {})",
+            i.build.unwrap_or_default(),
+            b["repo"].as_str().unwrap_or_default(),
+            b["sha"].as_str().unwrap_or_default(),
+            b["context"].as_str().unwrap_or_default(),
+            b["dockerfile"].as_str().unwrap_or_default(),
+            b["cache"].as_str().unwrap_or_default()
+        )?;
     }
     match (&p.host, &p.url) {
         (Some(host), Some(url)) => writeln!(out, "host:           {host}\nurl:            {url}")?,

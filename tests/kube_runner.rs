@@ -60,6 +60,18 @@ impl Cluster for FakeCluster {
         self.secret_values.lock().unwrap().insert(name.to_owned(), values);
         Ok("checksum".into())
     }
+    async fn apply_pull_secret(&self, _: &StandMeta, _: &SecretString) -> Result<(), ClusterError> {
+        self.calls.push("apply_pull_secret".to_owned());
+        Ok(())
+    }
+    // No registry is configured here, so no build is ever asked for.
+    async fn run_build(
+        &self,
+        _: &StandMeta,
+        build: &draftd::cluster::build::BuildJob,
+    ) -> Result<JobOutcome, ClusterError> {
+        unreachable!("no project of this suite builds: {}", build.name)
+    }
     async fn roll_on_secrets(&self, _: &str, _: &str, _: &str) -> Result<Vec<String>, ClusterError> {
         Ok(Vec::new())
     }

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
@@ -18,6 +18,7 @@ use secrecy::SecretString;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::build::{self, BuildJob};
 use super::jobs::{self, JobOutcome, JobRequest};
 use super::resources;
 use super::verify::{self, Diagnostics, LogSource, RolloutState};
@@ -26,6 +27,10 @@ use super::{
     NamespaceOutcome, STAND_LABEL, StandMeta,
 };
 use crate::config::ClusterConfig;
+
+/// The field manager of the `default` ServiceAccount's pull Secrets (see
+/// [`resources::service_account_pull_secrets`]).
+const PULL_SECRETS_FIELD_MANAGER: &str = "draftd-registry";
 
 #[derive(Clone)]
 pub struct Kubernetes {
@@ -96,6 +101,102 @@ impl Kubernetes {
     fn apply_params() -> PatchParams {
         // Force: draftd's fields are draftd's, even if someone edited them by hand meanwhile.
         PatchParams::apply(FIELD_MANAGER).force()
+    }
+
+    /// Runs `job` (its container `container`) in `ns` to its end, or finds the one an earlier
+    /// attempt started: what [`Cluster::run_job`] and [`Cluster::run_build`] share.
+    async fn run_job_object(
+        &self,
+        ns: &str,
+        job: &Job,
+        container: &str,
+        deadline: Duration,
+        keep_for: Duration,
+    ) -> Result<JobOutcome, ClusterError> {
+        let name = job.name_any();
+        let api: Api<Job> = Api::namespaced(self.client.clone(), ns);
+        // An earlier attempt of this run may have started it: its result is picked up instead of
+        // running the command twice. (It carries no TTL until draftd has read how it ended, so
+        // it is still there however late the run resumes.)
+        let mut current = match api.get_opt(&name).await? {
+            Some(job) => job,
+            None => api.patch(&name, &Self::apply_params(), &Patch::Apply(job)).await?,
+        };
+        // Every lookup of pods is by this UID: a Job of the same name from before, or a pod
+        // someone labelled by hand, is not this Job's.
+        let uid = current.uid().unwrap_or_default();
+        // The Job's own deadline ends it; the extra minute covers scheduling and status updates.
+        let wait = deadline + Duration::from_secs(60);
+        let started = Instant::now();
+        let mut round = 0;
+        let mut watch = jobs::StartWatch::new(self.poll * PULL_GRACE_POLLS, self.poll * CAPACITY_GRACE_POLLS);
+        // What the pod was doing at the last look: the Job controller deletes the pod of a Job
+        // past its deadline, so at the end it may be gone.
+        let mut last_seen: Option<String> = None;
+        let (succeeded, reason) = loop {
+            if let Some(end) = jobs::finished(&current) {
+                break end;
+            }
+            let pods = self.job_pods(ns, &uid).await?;
+            let events = if pods.is_empty() { self.job_events(ns, &uid).await? } else { Vec::new() };
+            if let Some(stuck) = watch.check(&pods, &events, Instant::now()) {
+                // It would only wait out its deadline: delete it (its pods with it) and say why.
+                self.delete_job(ns, &name).await?;
+                return Err(ClusterError::JobNotStarted { job: name, reason: stuck.reason, details: stuck.details });
+            }
+            last_seen = jobs::newest_pod(pods).map(|p| jobs::describe_pod(&p)).or(last_seen);
+            if started.elapsed() >= wait {
+                return Err(ClusterError::JobTimeout { job: name, waited: wait });
+            }
+            round += 1;
+            tokio::time::sleep(self.pause(round - 1).min(wait.saturating_sub(started.elapsed()))).await;
+            current = api.get(&name).await?;
+        };
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let pod = jobs::newest_pod(self.job_pods(ns, &uid).await?);
+        let mut reason = reason;
+        if reason == "DeadlineExceeded" {
+            let state = match (&pod, last_seen) {
+                (Some(pod), _) => jobs::describe_pod(pod),
+                (None, Some(seen)) => seen,
+                (None, None) => {
+                    let events = jobs::describe_events(&self.job_events(ns, &uid).await?);
+                    if events.is_empty() {
+                        "no pod was created".to_owned()
+                    } else {
+                        format!("no pod was created: {}", events.join("; "))
+                    }
+                }
+            };
+            reason = format!("{reason}: {state}");
+        }
+        let (exit_code, log_tail) = match pod {
+            Some(pod) if jobs::has_run(&pod, container) => {
+                let params = LogParams {
+                    container: Some(container.to_owned()),
+                    tail_lines: Some(jobs::JOB_LOG_LINES),
+                    ..LogParams::default()
+                };
+                let log = match pods.logs(&pod.name_any(), &params).await {
+                    Ok(log) => log,
+                    Err(e) => format!("(log unavailable: {e})"),
+                };
+                (jobs::exit_code(&pod, container), Some(log))
+            }
+            // Its container never ran (deadline exceeded before it started), or the pod was
+            // already collected: no log to read.
+            _ => (None, None),
+        };
+        // Now that its end and log are read, the Job may go after `keep_for`. A merge patch of
+        // the one mutable field; failing it only leaves the Job until teardown.
+        let ttl = serde_json::json!({ "spec": { "ttlSecondsAfterFinished": jobs::ttl_seconds(keep_for) } });
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
+        match api.patch(&name, &params, &Patch::Merge(&ttl)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => tracing::warn!(job = %name, namespace = ns, error = %e, "could not set the finished Job's TTL"),
+        }
+        Ok(JobOutcome { job: name, succeeded, reason, exit_code, log_tail, ran_for: jobs::ran_for(&current) })
     }
 
     /// Server-side applies a namespaced object; returns `Kind/name` for the step's record.
@@ -311,6 +412,15 @@ impl Cluster for Kubernetes {
         Ok(resources::secrets_checksum(data))
     }
 
+    async fn apply_pull_secret(&self, stand: &StandMeta, dockerconfigjson: &SecretString) -> Result<(), ClusterError> {
+        self.apply(&stand.namespace, &resources::pull_secret(stand, dockerconfigjson)).await?;
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &stand.namespace);
+        let params = PatchParams::apply(PULL_SECRETS_FIELD_MANAGER).force();
+        let account = resources::service_account_pull_secrets(stand);
+        accounts.patch(resources::SERVICE_ACCOUNT_NAME, &params, &Patch::Apply(&account)).await?;
+        Ok(())
+    }
+
     async fn roll_on_secrets(
         &self,
         namespace: &str,
@@ -466,91 +576,34 @@ impl Cluster for Kubernetes {
     }
 
     async fn run_job(&self, stand: &StandMeta, request: &JobRequest) -> Result<JobOutcome, ClusterError> {
-        let ns = stand.namespace.as_str();
-        let name = request.name();
-        let api: Api<Job> = Api::namespaced(self.client.clone(), ns);
-        // An earlier attempt of this run may have started it: its result is picked up instead of
-        // running the command twice. (It carries no TTL until draftd has read how it ended, so
-        // it is still there however late the run resumes.)
-        let mut current = match api.get_opt(&name).await? {
+        let job = jobs::job(stand, request);
+        self.run_job_object(&stand.namespace, &job, &request.purpose, request.deadline, request.keep_for).await
+    }
+
+    async fn run_build(&self, stand: &StandMeta, build: &BuildJob) -> Result<JobOutcome, ClusterError> {
+        let ns = build.namespace.as_str();
+        let job = build::job(stand, build);
+        let jobs_api: Api<Job> = Api::namespaced(self.client.clone(), ns);
+        let name = job.name_any();
+        // The Job first, then its Secret owned by it, so the two go together (Kubernetes' garbage
+        // collector removes the Secret once the Job's TTL removes the Job). The pod waits for the
+        // Secret's volume meanwhile.
+        let existing = jobs_api.get_opt(&name).await?;
+        let created = match existing {
             Some(job) => job,
-            None => api.patch(&name, &Self::apply_params(), &Patch::Apply(&jobs::job(stand, request))).await?,
-        };
-        // Every lookup of pods is by this UID: a Job of the same name from before, or a pod
-        // someone labelled by hand, is not this Job's.
-        let uid = current.uid().unwrap_or_default();
-        // The Job's own deadline ends it; the extra minute covers scheduling and status updates.
-        let wait = request.deadline + Duration::from_secs(60);
-        let started = Instant::now();
-        let mut round = 0;
-        let mut watch = jobs::StartWatch::new(self.poll * PULL_GRACE_POLLS, self.poll * CAPACITY_GRACE_POLLS);
-        // What the pod was doing at the last look: the Job controller deletes the pod of a Job
-        // past its deadline, so at the end it may be gone.
-        let mut last_seen: Option<String> = None;
-        let (succeeded, reason) = loop {
-            if let Some(end) = jobs::finished(&current) {
-                break end;
-            }
-            let pods = self.job_pods(ns, &uid).await?;
-            let events = if pods.is_empty() { self.job_events(ns, &uid).await? } else { Vec::new() };
-            if let Some(stuck) = watch.check(&pods, &events, Instant::now()) {
-                // It would only wait out its deadline: delete it (its pods with it) and say why.
-                self.delete_job(ns, &name).await?;
-                return Err(ClusterError::JobNotStarted { job: name, reason: stuck.reason, details: stuck.details });
-            }
-            last_seen = jobs::newest_pod(pods).map(|p| jobs::describe_pod(&p)).or(last_seen);
-            if started.elapsed() >= wait {
-                return Err(ClusterError::JobTimeout { job: name, waited: wait });
-            }
-            round += 1;
-            tokio::time::sleep(self.pause(round - 1).min(wait.saturating_sub(started.elapsed()))).await;
-            current = api.get(&name).await?;
-        };
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        let pod = jobs::newest_pod(self.job_pods(ns, &uid).await?);
-        let mut reason = reason;
-        if reason == "DeadlineExceeded" {
-            let state = match (&pod, last_seen) {
-                (Some(pod), _) => jobs::describe_pod(pod),
-                (None, Some(seen)) => seen,
-                (None, None) => {
-                    let events = jobs::describe_events(&self.job_events(ns, &uid).await?);
-                    if events.is_empty() {
-                        "no pod was created".to_owned()
-                    } else {
-                        format!("no pod was created: {}", events.join("; "))
-                    }
+            None => match jobs_api.patch(&name, &Self::apply_params(), &Patch::Apply(&job)).await {
+                Ok(job) => job,
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    return Err(ClusterError::BuildNamespaceMissing { namespace: ns.to_owned() });
                 }
-            };
-            reason = format!("{reason}: {state}");
-        }
-        let (exit_code, log_tail) = match pod {
-            Some(pod) if jobs::has_run(&pod, &request.purpose) => {
-                let params = LogParams {
-                    container: Some(request.purpose.clone()),
-                    tail_lines: Some(jobs::JOB_LOG_LINES),
-                    ..LogParams::default()
-                };
-                let log = match pods.logs(&pod.name_any(), &params).await {
-                    Ok(log) => log,
-                    Err(e) => format!("(log unavailable: {e})"),
-                };
-                (jobs::exit_code(&pod, &request.purpose), Some(log))
-            }
-            // Its container never ran (deadline exceeded before it started), or the pod was
-            // already collected: no log to read.
-            _ => (None, None),
+                Err(e) => return Err(e.into()),
+            },
         };
-        // Now that its end and log are read, the Job may go after `keep_for`. A merge patch of
-        // the one mutable field; failing it only leaves the Job until teardown.
-        let ttl = serde_json::json!({ "spec": { "ttlSecondsAfterFinished": jobs::ttl_seconds(request.keep_for) } });
-        let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
-        match api.patch(&name, &params, &Patch::Merge(&ttl)).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(e) => tracing::warn!(job = %name, namespace = ns, error = %e, "could not set the finished Job's TTL"),
+        if jobs::finished(&created).is_none() {
+            let secret = build::secret(stand, build, &created);
+            self.apply(ns, &secret).await?;
         }
-        Ok(JobOutcome { job: name, succeeded, reason, exit_code, log_tail, ran_for: jobs::ran_for(&current) })
+        self.run_job_object(ns, &job, build::CONTAINER, build.deadline, build.keep_for).await
     }
 
     fn service_prober(&self, namespace: &str, service: &str, port: &str, path: &str) -> impl verify::Prober + 'static {

@@ -4,6 +4,8 @@
 //! The pipeline sees only the [`Cluster`] trait; [`Kubernetes`] is the kube-rs implementation, and
 //! tests drive it through a mocked API server that checks every request.
 
+/// The BuildKit Job that builds a stand's image when CI did not.
+pub mod build;
 /// Connecting: in-cluster, or a kubeconfig and context.
 pub mod client;
 /// Whether a rendered release fits the namespace's LimitRange.
@@ -115,6 +117,10 @@ pub enum ClusterError {
         "no Deployment or StatefulSet in namespace {namespace} matches the label selector {selector}, so verify cannot check any rollout: label the chart's workloads (metadata.labels) with Helm's standard `app.kubernetes.io/instance: {{{{ .Release.Name }}}}`"
     )]
     NoWorkloads { namespace: String, selector: String },
+    #[error(
+        "the build namespace {namespace} does not exist: apply deploy/build.yaml (its namespace, quota, network policy and draftd's rights there) or set [build] namespace"
+    )]
+    BuildNamespaceMissing { namespace: String },
     #[error("no Kubernetes configuration: {0}")]
     Config(String),
     #[error("Kubernetes API: {0}")]
@@ -147,6 +153,7 @@ impl ClusterError {
             ClusterError::JobTimeout { .. } => "job_timeout",
             ClusterError::JobNotStarted { .. } => "job_not_started",
             ClusterError::NoWorkloads { .. } => "rollout_no_workloads",
+            ClusterError::BuildNamespaceMissing { .. } => "build_namespace_missing",
             ClusterError::Config(_) => "kubernetes_config",
             ClusterError::Api(kube::Error::Api(status)) if quota_status_unknown(status) => "kubernetes_quota_pending",
             ClusterError::Api(kube::Error::Api(status)) if status.code == 403 => "kubernetes_forbidden",
@@ -191,6 +198,15 @@ pub trait Cluster: Send + Sync + 'static {
         data: &BTreeMap<String, SecretString>,
     ) -> impl Future<Output = Result<String, ClusterError>> + Send;
 
+    /// Puts the image pull Secret in the stand's namespace and names it on the namespace's `default`
+    /// ServiceAccount, which every pod of the stand (the app's, its Jobs') runs as unless its
+    /// chart says otherwise.
+    fn apply_pull_secret(
+        &self,
+        stand: &StandMeta,
+        dockerconfigjson: &SecretString,
+    ) -> impl Future<Output = Result<(), ClusterError>> + Send;
+
     /// Sets the secrets checksum on the pod template of each Deployment of the release whose
     /// checksum differs, which rolls it; returns the Deployments rolled.
     fn roll_on_secrets(
@@ -222,6 +238,15 @@ pub trait Cluster: Send + Sync + 'static {
         &self,
         stand: &StandMeta,
         request: &jobs::JobRequest,
+    ) -> impl Future<Output = Result<jobs::JobOutcome, ClusterError>> + Send;
+
+    /// Runs a BuildKit Job that builds the stand's image and pushes it (see [`build`]) in the build
+    /// namespace, or finds the one an earlier attempt started; returns how it ended, like
+    /// [`Cluster::run_job`].
+    fn run_build(
+        &self,
+        stand: &StandMeta,
+        build: &build::BuildJob,
     ) -> impl Future<Output = Result<jobs::JobOutcome, ClusterError>> + Send;
 
     /// Probes a Service of the stand through the API server proxy (for stands without a URL).

@@ -290,6 +290,38 @@ pub fn secret(stand: &StandMeta, name: &str, data: &BTreeMap<String, SecretStrin
     }
 }
 
+/// The stand's image pull Secret: one registry's login, as the kubelet reads it.
+pub const PULL_SECRET_NAME: &str = "draftd-registry";
+
+/// A `kubernetes.io/dockerconfigjson` Secret holding `dockerconfigjson`.
+pub fn pull_secret(stand: &StandMeta, dockerconfigjson: &SecretString) -> Secret {
+    Secret {
+        metadata: meta(stand, PULL_SECRET_NAME),
+        type_: Some("kubernetes.io/dockerconfigjson".to_owned()),
+        data: Some(BTreeMap::from([(
+            ".dockerconfigjson".to_owned(),
+            ByteString(dockerconfigjson.expose_secret().as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+/// Only the `default` ServiceAccount's pull Secrets: applied by a field manager of its own, so the
+/// namespace step's apply of the same account neither removes them nor fights over them.
+pub fn service_account_pull_secrets(stand: &StandMeta) -> ServiceAccount {
+    ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some(SERVICE_ACCOUNT_NAME.to_owned()),
+            namespace: Some(stand.namespace.clone()),
+            ..ObjectMeta::default()
+        },
+        image_pull_secrets: Some(vec![k8s_openapi::api::core::v1::LocalObjectReference {
+            name: PULL_SECRET_NAME.to_owned(),
+        }]),
+        ..ServiceAccount::default()
+    }
+}
+
 /// SHA-256 over the sorted keys and values, hex: changes exactly when some value does.
 pub fn secrets_checksum(data: &BTreeMap<String, SecretString>) -> String {
     let mut hash = Sha256::new();

@@ -128,6 +128,10 @@ fn title(view: &ReportView) -> String {
             None => "Failed".to_owned(),
         },
         _ => {
+            // A step that waits says what for: "waiting for image registry/app:draft-x-abc1234".
+            if let Some(note) = view.steps.iter().find(|s| s.state == "running").and_then(|s| s.note.as_ref()) {
+                return format!("Deploying: {note}");
+            }
             let done = view.steps.iter().filter(|s| s.state == "succeeded" || s.state == "skipped").count();
             format!("Deploying: {done} of {} steps done", view.steps.len().max(done))
         }

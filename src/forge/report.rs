@@ -184,6 +184,21 @@ fn step_note(state: &str, detail: &serde_json::Value, error: Option<&serde_json:
         "skipped" => detail.get("skipped").and_then(|r| r.as_str()).map(str::to_owned),
         // A step that succeeded without doing everything it would (dry-run mode) says so.
         "succeeded" => detail.get("note").and_then(|r| r.as_str()).map(str::to_owned),
+        // What a running step waits for (the image step: the tag in the registry, or its build).
+        "running" => {
+            let text = |key: &str| detail.get(key).and_then(|v| v.as_str());
+            match (text("waiting_for"), text("building")) {
+                (Some(image), _) => Some(match detail.get("wait_seconds").and_then(|w| w.as_u64()) {
+                    Some(secs) => format!(
+                        "waiting for image {image} (up to {})",
+                        humantime::format_duration(std::time::Duration::from_secs(secs))
+                    ),
+                    None => format!("waiting for image {image}"),
+                }),
+                (None, Some(image)) => Some(format!("building image {image} in the cluster")),
+                _ => None,
+            }
+        }
         "failed" => error.map(|e| match e.get("label").and_then(|l| l.as_str()) {
             Some(label) => label.to_owned(),
             None => error_text(e),

@@ -104,6 +104,8 @@ enum StepFailure {
     Lease,
     /// The stand's teardown was queued while this deploy step ran: it was stopped where it was.
     Cancelled,
+    /// A newer deploy of the stand was queued while a step that only waits (the image step) ran.
+    Superseded,
     Store(RunStoreError),
 }
 
@@ -334,7 +336,7 @@ impl<R: StepRunner> Engine<R> {
                 pending.iter().zip(attempts).map(|(s, attempt)| self.step(run, *s, attempt, &left, signals, true)),
             )
             .await;
-            let mut cancelled = false;
+            let (mut cancelled, mut superseded) = (false, false);
             for (step, result) in pending.iter().zip(results) {
                 match result {
                     Ok(Ended { record, error }) => {
@@ -348,11 +350,19 @@ impl<R: StepRunner> Engine<R> {
                         let detail = json!({ "cancelled": "the stand's teardown was queued" });
                         ended.push(StepEnd { name: step.as_str(), state: "cancelled", detail, error: None });
                     }
+                    Err(StepFailure::Superseded) => {
+                        superseded = true;
+                        let detail = json!({ "cancelled": "a newer push was queued while this run waited" });
+                        ended.push(StepEnd { name: step.as_str(), state: "cancelled", detail, error: None });
+                    }
                     Err(failure) => return failure.into_end(),
                 }
             }
             if cancelled {
                 return self.end(run, "cancelled", RunEnd::Cancelled, None, ended).await;
+            }
+            if superseded {
+                return self.end(run, "superseded", RunEnd::Superseded, None, ended).await;
             }
             if failure.is_some() {
                 break;
@@ -496,6 +506,16 @@ impl<R: StepRunner> Engine<R> {
         let lost = &signals.lost;
         let cancel = async { if cancellable { flagged(&signals.cancel).await } else { std::future::pending().await } };
         tokio::pin!(cancel);
+        // A step that only waits gives way to a newer deploy at once, not at its end: the newer
+        // commit's image is what the PR needs, and the old wait could hold the stand for minutes.
+        let overtaken = async {
+            if cancellable && run.kind == "deploy" && step.gives_way_while_running() {
+                newer_deploy(&self.pool, run, self.settings.poll).await
+            } else {
+                std::future::pending().await
+            }
+        };
+        tokio::pin!(overtaken);
         // Retries included: the figure is how long the step held the run up.
         let timer = StepTimer::start(name);
         loop {
@@ -504,6 +524,7 @@ impl<R: StepRunner> Engine<R> {
                 r = self.runner.run(step, run) => r,
                 _ = lease_lost(lost) => return Err(StepFailure::Lease),
                 _ = &mut cancel => return Err(StepFailure::Cancelled),
+                _ = &mut overtaken => return Err(StepFailure::Superseded),
             };
             let (end, error) = match result {
                 Ok(outcome) => {
@@ -630,6 +651,7 @@ impl StepFailure {
             StepFailure::Lease => Ok(RunEnd::LeaseLost),
             // Handled by the group that ran the step; a final step is never cancelled.
             StepFailure::Cancelled => Ok(RunEnd::Cancelled),
+            StepFailure::Superseded => Ok(RunEnd::Superseded),
             StepFailure::Store(e) => Err(e),
         }
     }
@@ -690,6 +712,19 @@ async fn flagged(flag: &watch::Receiver<bool>) {
     let mut flag = flag.clone();
     if flag.wait_for(|f| *f).await.is_err() {
         std::future::pending::<()>().await;
+    }
+}
+
+/// Returns once a newer deploy or teardown of `run`'s stand is queued or running, looking every
+/// `poll` (as idle workers look for runs queued elsewhere). A failed look is tried again.
+async fn newer_deploy(pool: &PgPool, run: &ClaimedRun, poll: Duration) {
+    loop {
+        tokio::time::sleep(poll).await;
+        match runs::overtaken_by(pool, run).await {
+            Ok(Some(_)) => return,
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "could not look for newer runs"),
+        }
     }
 }
 

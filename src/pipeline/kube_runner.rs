@@ -9,16 +9,20 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::PgPool;
 
+use super::image::{BuildRequest, Builder, Built, ImageStep, Registries, pull_login};
 use super::lifecycle;
 use super::plan::StandPlan;
-use super::runner::{FORK_NO_SECRETS, database_step, gather_secrets, image_step, is_fork, mocks_in, project_of};
+use super::runner::{FORK_NO_SECRETS, database_step, gather_secrets, is_fork, mocks_in, project_of};
 use super::step::{RunContext, StepError, StepName, StepOutcome, StepRunner};
+use crate::cluster::build::{BuildJob, GitAuth};
 use crate::cluster::jobs::JobRequest;
 use crate::cluster::verify::{self, UrlProber};
 use crate::cluster::{Cluster, ClusterError, StandMeta};
-use crate::config::{Config, ProjectConfig};
+use crate::config::{Config, ForgeKind, ProjectConfig};
 use crate::credentials::{StandCredentials, stand_db};
+use crate::forge::client::AnyForge;
 use crate::helm::Helm;
+use crate::registry::Registry as _;
 
 /// Finished Jobs stay this long for `kubectl logs`, then Kubernetes removes them.
 const JOB_KEEP: Duration = Duration::from_secs(3600);
@@ -33,6 +37,9 @@ pub struct KubernetesSteps<H, C> {
     helm: Arc<H>,
     cluster: Arc<C>,
     credentials: Option<Arc<StandCredentials>>,
+    registries: Option<Arc<Registries>>,
+    /// The forges, for the read-only token a build fetches the repository with.
+    forges: Arc<Vec<AnyForge>>,
 }
 
 impl From<ClusterError> for StepError {
@@ -56,7 +63,63 @@ fn last_lines(text: &str, n: usize) -> String {
 
 impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
     pub fn new(pool: PgPool, config: Arc<Config>, helm: Arc<H>, cluster: Arc<C>) -> Self {
-        Self { pool, config, helm, cluster, credentials: None }
+        Self { pool, config, helm, cluster, credentials: None, registries: None, forges: Arc::new(Vec::new()) }
+    }
+
+    /// The registries the image step looks in.
+    pub fn with_registries(mut self, registries: Option<Arc<Registries>>) -> Self {
+        self.registries = registries;
+        self
+    }
+
+    /// The forge clients; a build of a private repository needs its forge's read-only token.
+    pub fn with_forges(mut self, forges: Arc<Vec<AnyForge>>) -> Self {
+        self.forges = forges;
+        self
+    }
+
+    /// Where BuildKit fetches the repository from: the forge's web host over HTTPS.
+    fn git_url(&self, project: &ProjectConfig) -> String {
+        match project.forge {
+            ForgeKind::Github => {
+                let api = self.config.github.api_url.trim_end_matches('/');
+                // github.com's API lives on api.github.com; GitHub Enterprise's under /api/v3.
+                let web = if api == "https://api.github.com" {
+                    "https://github.com".to_owned()
+                } else {
+                    api.trim_end_matches("/api/v3").to_owned()
+                };
+                format!("{web}/{}.git", project.repo)
+            }
+            ForgeKind::Gitlab => format!("{}/{}.git", self.config.gitlab.url.trim_end_matches('/'), project.repo),
+        }
+    }
+
+    /// A token that can only read the project's repository and expires within the hour.
+    async fn read_only_token(&self, project: &ProjectConfig) -> Result<GitAuth, StepError> {
+        let unsupported = || {
+            StepError::permanent(
+                "build_no_token",
+                format!(
+                    "building {} needs a token that can only read the repository and expires within the hour: \
+                     configure draftd as a GitHub App ([github] app_id), or set the project's build.public = true \
+                     for a public repository{}",
+                    project.repo,
+                    if project.forge == ForgeKind::Gitlab { " (GitLab: not supported yet)" } else { "" }
+                ),
+            )
+        };
+        let github = self.forges.iter().find_map(|f| match f {
+            AnyForge::Github(g) if project.forge == ForgeKind::Github => Some(g),
+            _ => None,
+        });
+        let Some(github) = github else { return Err(unsupported()) };
+        match github.read_only_token(&project.repo).await {
+            Ok(Some((token, _expires))) => Ok(GitAuth::Token(token)),
+            Ok(None) => Err(unsupported()),
+            Err(e) if e.is_transient() => Err(StepError::transient("forge_token", e.to_string())),
+            Err(e) => Err(StepError::permanent("forge_token", e.to_string())),
+        }
     }
 
     /// The stand databases and credentials of `[postgres]` and `[vault]`.
@@ -321,6 +384,12 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
 
     async fn step(&self, step: StepName, run: &RunContext, project: &ProjectConfig) -> Result<StepOutcome, StepError> {
         let plan = self.plan(run, project);
+        // What runs from deploy on is the image the image step found, by digest.
+        let plan = if matches!(step, StepName::Deploy | StepName::Migrate | StepName::Smoke) {
+            super::image::pinned(&self.pool, run, plan).await?
+        } else {
+            plan
+        };
         match step {
             StepName::Namespace => {
                 let stand = self.stand_meta(run, project).await?;
@@ -347,7 +416,27 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
                 detail["rolled"] = json!(rolled);
                 Ok(StepOutcome::done(detail))
             }
-            StepName::Image => Ok(image_step()),
+            StepName::Image => {
+                let step = ImageStep {
+                    pool: &self.pool,
+                    config: &self.config,
+                    registries: self.registries.as_deref(),
+                    builder: Some(self),
+                };
+                let mut outcome = step.run(run, project, &plan).await?;
+                if outcome.detail.get("digest").is_some()
+                    && let Some((image, json)) = pull_login(self.registries.as_deref(), &self.config, project, &plan)?
+                {
+                    let stand = self.stand_meta(run, project).await?;
+                    self.cluster.apply_pull_secret(&stand, &json).await?;
+                    outcome.detail["pull_secret"] = json!({
+                        "name": crate::cluster::resources::PULL_SECRET_NAME,
+                        "registry": image.registry(),
+                        "service_account": crate::cluster::resources::SERVICE_ACCOUNT_NAME,
+                    });
+                }
+                Ok(outcome)
+            }
             StepName::Deploy => {
                 // Rendering first checks the chart and values before anything changes in the cluster,
                 // and names the mocks for the report.
@@ -374,6 +463,7 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
                     "revision": made.revision,
                     "updated": made.updated,
                     "image_tag": plan.image_tag,
+                    "image": plan.image,
                     "mocks": mocks,
                 });
                 if let Some(recovered) = recovered {
@@ -414,6 +504,49 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
                     .await
             }
         }
+    }
+}
+
+impl<H: Helm, C: Cluster> Builder for KubernetesSteps<H, C> {
+    async fn build(&self, run: &RunContext, request: &BuildRequest) -> Result<Built, StepError> {
+        let project = project_of(&self.config, run)?;
+        let stand = self.stand_meta(run, project).await?;
+        let settings = project.registry(&self.config);
+        let registry = self.registries.as_deref().and_then(|r| r.for_project(&project.name));
+        let registry_auth = match registry {
+            Some(r) => r.login_json(&request.image)?,
+            None => None,
+        };
+        let git_auth = if request.build.public { None } else { Some(self.read_only_token(project).await?) };
+        let b = &self.config.build;
+        let job = BuildJob {
+            namespace: b.namespace.clone(),
+            name: BuildJob::name_for(run.stand_id, &request.sha),
+            buildkit_image: b.buildkit_image.clone(),
+            git_url: self.git_url(project),
+            sha: request.sha.clone(),
+            context: request.build.context.clone(),
+            dockerfile: request.build.dockerfile.clone(),
+            build_args: request.build.args.clone(),
+            target: request.build.target.clone(),
+            git_auth,
+            push: request.image.tagged(),
+            cache: format!("{}/{}:{}", request.image.registry(), request.image.repository(), b.cache_tag),
+            insecure_registry: settings.is_some_and(|s| s.insecure),
+            registry_auth,
+            cpu: b.cpu.clone(),
+            memory: b.memory.clone(),
+            deadline: b.deadline,
+            keep_for: b.keep_for,
+        };
+        let outcome = self.cluster.run_build(&stand, &job).await?;
+        Ok(Built {
+            job: format!("{}/{}", job.namespace, outcome.job),
+            succeeded: outcome.succeeded,
+            reason: outcome.reason,
+            ran_seconds: outcome.ran_for.map(|d| d.as_secs_f64()),
+            log_tail: outcome.log_tail.as_deref().map(|l| last_lines(l, QUOTED_LINES)),
+        })
     }
 }
 

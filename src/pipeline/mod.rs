@@ -3,6 +3,8 @@
 //! newer runs of the same stand at step boundaries.
 
 mod engine;
+/// The image step: the stand's tag waited for in the registry, built when CI did not.
+pub mod image;
 /// The step runner of kubernetes mode.
 pub mod kube_runner;
 /// Teardown, extend and report steps both modes share.

@@ -20,8 +20,11 @@ pub struct StandPlan {
     pub namespace: String,
     /// `draft-<branch-slug>-<sha7>`.
     pub image_tag: String,
-    /// The full reference when the project names its image repository.
+    /// The full reference when the project names its image repository: `repo:tag`, or
+    /// `repo@digest` once the image step found it (see [`StandPlan::pin`]).
     pub image: Option<String>,
+    /// The manifest digest the image step found under the tag.
+    pub digest: Option<String>,
     pub host: Option<String>,
     pub url: Option<String>,
     /// The stand's own database, and the role that owns it (Postgres keeps the two apart, so one name).
@@ -85,6 +88,7 @@ impl StandPlan {
             namespace: namespace.to_string(),
             image_tag,
             image,
+            digest: None,
             host,
             url,
             role: database.clone(),
@@ -92,6 +96,19 @@ impl StandPlan {
             vault_kv_path,
             release,
         }
+    }
+}
+
+impl StandPlan {
+    /// Runs the manifest `digest` instead of whatever the tag names by then: what the image step
+    /// checked is what the deploy and its Jobs run. The chart gets `image.digest` (and keeps
+    /// `image.tag` for its labels).
+    pub fn pin(&mut self, digest: &str) {
+        self.digest = Some(digest.to_owned());
+        if let Some(repo) = self.release.set.get("image.repository") {
+            self.image = Some(format!("{repo}@{digest}"));
+        }
+        self.release.set.insert("image.digest".to_owned(), digest.to_owned());
     }
 }
 

@@ -11,6 +11,7 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
+use super::image::{ImageStep, NoBuilder, Registries, pull_login};
 use super::lifecycle;
 use super::plan::StandPlan;
 use super::step::{RunContext, StepError, StepName, StepOutcome, StepRunner};
@@ -23,11 +24,18 @@ pub struct DryRunSteps<H> {
     config: Arc<Config>,
     helm: Arc<H>,
     credentials: Option<Arc<StandCredentials>>,
+    registries: Option<Arc<Registries>>,
 }
 
 impl<H: Helm> DryRunSteps<H> {
     pub fn new(pool: PgPool, config: Arc<Config>, helm: Arc<H>) -> Self {
-        Self { pool, config, helm, credentials: None }
+        Self { pool, config, helm, credentials: None, registries: None }
+    }
+
+    /// The registries the image step looks in (real in both modes).
+    pub fn with_registries(mut self, registries: Option<Arc<Registries>>) -> Self {
+        self.registries = registries;
+        self
     }
 
     /// The stand databases and credentials of `[postgres]` and `[vault]` (real in both modes).
@@ -88,14 +96,36 @@ impl<H: Helm> DryRunSteps<H> {
                     json!("dry-run: credentials issued for real, Secrets rendered with redacted values, not applied");
                 StepOutcome::done(detail)
             }
-            StepName::Image => image_step(),
+            StepName::Image => {
+                let step = ImageStep {
+                    pool: &self.pool,
+                    config: &self.config,
+                    registries: self.registries.as_deref(),
+                    builder: None::<&NoBuilder>,
+                };
+                let mut outcome = step.run(run, project, &plan).await?;
+                if outcome.detail.get("digest").is_some()
+                    && let Some((image, _)) = pull_login(self.registries.as_deref(), &self.config, project, &plan)?
+                {
+                    outcome.detail["pull_secret"] = json!({
+                        "name": crate::cluster::resources::PULL_SECRET_NAME,
+                        "type": "kubernetes.io/dockerconfigjson",
+                        "registry": image.registry(),
+                        "values": "redacted",
+                        "note": "dry-run: not applied",
+                    });
+                }
+                outcome
+            }
             StepName::Deploy => {
+                let plan = super::image::pinned(&self.pool, run, plan).await?;
                 let manifests = self.helm.template(&plan.release).await?;
                 let path = write(&dir.join("manifests.yaml"), &manifests).await?;
                 StepOutcome::done(json!({
                     "dry_run": true,
                     "release": plan.release.name,
                     "image_tag": plan.image_tag,
+                    "image": plan.image,
                     "rendered": path,
                     "mocks": mocks_in(&manifests),
                     "note": "dry-run: helm template, nothing installed",
@@ -160,12 +190,6 @@ pub(super) fn project_of<'a>(config: &'a Config, run: &RunContext) -> Result<&'a
         .iter()
         .find(|p| p.name == run.project)
         .ok_or_else(|| StepError::permanent("project_unknown", format!("project {:?} is not configured", run.project)))
-}
-
-/// The image step, the same in both modes (DESIGN.md): checked when a registry is configured, which
-/// no issue has added yet, so skipped with the reason.
-pub(super) fn image_step() -> StepOutcome {
-    StepOutcome::skipped("no [registry] configured: the image is not checked")
 }
 
 impl From<CredentialError> for StepError {

@@ -80,6 +80,12 @@ impl StepName {
         }
     }
 
+    /// Steps that only wait for something outside (the image in the registry) and change nothing
+    /// while they wait: stopped at once when a newer deploy of the stand is queued.
+    pub fn gives_way_while_running(self) -> bool {
+        matches!(self, StepName::Image)
+    }
+
     /// A failure at or after `deploy` leaves a release that may be unhealthy: roll it back.
     pub fn needs_rollback_on_failure(self) -> bool {
         matches!(self, StepName::Deploy | StepName::Migrate | StepName::Verify | StepName::Smoke)

@@ -286,6 +286,20 @@ pub async fn finish_run(
     if finished == 1 && recorded == ended.len() as i64 { Ok(()) } else { Err(RunStoreError::LeaseLost(run_id)) }
 }
 
+/// Whether a newer deploy or teardown of `run`'s stand is queued or running, as [`advance`] sees it.
+pub async fn overtaken_by(pool: &PgPool, run: &ClaimedRun) -> Result<Option<Overtaken>, RunStoreError> {
+    let kind: Option<String> = sqlx::query_scalar(
+        "select kind from runs
+         where stand_id = $1 and number > $2 and kind in ('deploy', 'teardown') and state in ('queued', 'running')
+         order by (kind = 'teardown') desc, number desc limit 1",
+    )
+    .bind(run.stand_id)
+    .bind(run.number)
+    .fetch_optional(pool)
+    .await?;
+    Ok(kind.map(|k| if k == "teardown" { Overtaken::ByTeardown } else { Overtaken::ByDeploy }))
+}
+
 /// What a newer run of the same stand means for this one at a step boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overtaken {

@@ -1,6 +1,9 @@
 //! Shared test harness: real fixtures, signing, an app over a per-test database, and request helpers.
 #![allow(dead_code)]
 
+/// A real OCI registry (docker-registry) on loopback, with htpasswd or token auth.
+pub mod registry;
+
 use std::path::PathBuf;
 
 use axum::Router;

@@ -14,7 +14,12 @@ Called with (dict "root" $ "suffix" "mock-payments"); "stand.fullname" is the ap
 
 {{/* The app's image reference. */}}
 {{- define "stand.image" -}}
+{{- if .Values.image.digest -}}
+{{- /* draftd pins the digest its image step found: what was checked is what runs. */ -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion | toString) -}}
+{{- end -}}
 {{- end -}}
 
 {{/*

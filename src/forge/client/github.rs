@@ -270,6 +270,42 @@ impl GithubClient {
         matches!(self.auth, Auth::App(_))
     }
 
+    /// A token that can only read `repo`'s contents and expires within the hour (GitHub's installation
+    /// tokens last one hour), for a build to fetch the repository: an installation token narrowed to
+    /// the one repository and `contents: read` ("Create an installation access token for an app").
+    /// `None` with a personal token, which cannot be narrowed.
+    pub async fn read_only_token(&self, repo: &str) -> Result<Option<(SecretString, DateTime<Utc>)>, ForgeError> {
+        let app = match &self.auth {
+            Auth::Token(_) => return Ok(None),
+            Auth::App(app) => app,
+        };
+        let route = self.repo_route(repo)?;
+        let name = repo.split_once('/').map(|(_, n)| n).unwrap_or(repo);
+        // The installation of the repository's owner, found (and cached) as for every other call.
+        self.token_for(repo, false).await?;
+        let owner = repo.split('/').next().unwrap_or(repo);
+        let id = match app.tokens.lock().await.get(owner).map(|i| i.id).or(app.installation_id) {
+            Some(id) => id,
+            None => {
+                return Err(ForgeError::Invalid { forge: FORGE, message: format!("no app installation for {route}") });
+            }
+        };
+        let jwt = octocrab::auth::create_jwt(octocrab::models::AppId(app.app_id), &app.key)
+            .map_err(|e| ForgeError::Invalid { forge: FORGE, message: format!("signing the app's JWT: {e}") })?;
+        let jwt = SecretString::from(jwt);
+        self.redact.add(&jwt);
+        let op = "create read-only installation token";
+        let body = serde_json::json!({ "repositories": [name], "permissions": { "contents": "read" } });
+        let answer =
+            self.send(op, Method::POST, &format!("/app/installations/{id}/access_tokens"), Some(&body), &jwt).await?;
+        if !answer.status.is_success() {
+            return Err(self.status_error(op, &answer));
+        }
+        let fresh: AccessToken = self.json(op, &answer)?;
+        self.redact.add(&fresh.token);
+        Ok(Some((fresh.token, fresh.expires_at)))
+    }
+
     /// `owner/name` → the `/repos/owner/name` prefix of every route, refusing anything that could
     /// change the path (GitHub names are ASCII letters, digits, `.`, `-`, `_`).
     fn repo_route(&self, repo: &str) -> Result<String, ForgeError> {

@@ -1,0 +1,207 @@
+//! `[registry]` (and a project's own `registry` table), `[build]` and a project's `build`: how the
+//! image step reaches the registry of a project's `image`, and how draftd builds an image CI did not.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How draftd reaches the registry named by a project's `image`. The registry host and repository
+/// come from `image` itself (`registry.example.com/acme/shop`); this says how to talk to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// How long the image step waits for `draft-<branch>-<sha7>` to appear before the run fails.
+    #[serde(default = "default_wait", with = "humantime_serde")]
+    pub wait: Duration,
+    /// The first pause between two looks at the registry; doubled after each miss up to `poll_max`.
+    #[serde(default = "default_poll", with = "humantime_serde")]
+    pub poll: Duration,
+    #[serde(default = "default_poll_max", with = "humantime_serde")]
+    pub poll_max: Duration,
+    /// Basic credentials: the user, with the password from `password_env` or `password_file`. Sent
+    /// to the registry itself, or to its token service when it answers with a Bearer challenge (the
+    /// distribution spec's token flow, as Docker Hub, GHCR, GitLab, Harbor and Quay use it).
+    pub username: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// A Docker `config.json`, as a `kubernetes.io/dockerconfigjson` Secret holds it (mount one):
+    /// the entry for the image's registry is used. Read at each login, so a rotated file (ECR's
+    /// 12-hour tokens) is picked up without a restart.
+    pub docker_config: Option<PathBuf>,
+    /// Plain HTTP instead of HTTPS: only for registries on loopback or inside the cluster.
+    #[serde(default)]
+    pub insecure: bool,
+    /// PEM certificates trusted besides the system's, for a registry with a private CA.
+    pub ca_file: Option<PathBuf>,
+    /// Give each stand's namespace an image pull Secret with these credentials (for the image's
+    /// registry only), used by its default ServiceAccount. Only when there are credentials.
+    #[serde(default = "default_true")]
+    pub pull_secret: bool,
+    /// Bound on one request to the registry or its token service.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            wait: default_wait(),
+            poll: default_poll(),
+            poll_max: default_poll_max(),
+            username: None,
+            password_env: None,
+            password_file: None,
+            docker_config: None,
+            insecure: false,
+            ca_file: None,
+            pull_secret: true,
+            request_timeout: default_request_timeout(),
+        }
+    }
+}
+
+impl RegistryConfig {
+    pub fn has_credentials(&self) -> bool {
+        self.username.is_some() || self.docker_config.is_some()
+    }
+
+    /// What is wrong with it, as `(key, message)`; keys are relative to the table.
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        if self.wait.is_zero() {
+            return Some(("wait", "must be longer than zero".into()));
+        }
+        if self.poll.is_zero() || self.poll_max < self.poll {
+            return Some(("poll", "must be longer than zero and at most poll_max".into()));
+        }
+        if self.request_timeout.is_zero() {
+            return Some(("request_timeout", "must be longer than zero".into()));
+        }
+        match (&self.username, self.password_env.is_some() || self.password_file.is_some()) {
+            (Some(_), false) => return Some(("password_env", "is needed with username (or password_file)".into())),
+            (None, true) => return Some(("username", "is needed with password_env or password_file".into())),
+            _ => {}
+        }
+        if self.username.is_some() && self.docker_config.is_some() {
+            return Some(("docker_config", "cannot be combined with username: pick one kind of credentials".into()));
+        }
+        None
+    }
+}
+
+fn default_wait() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_poll() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_poll_max() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_true() -> bool {
+    true
+}
+
+/// A project's `build = { context = ".", dockerfile = "Dockerfile" }`: draftd builds the stand's
+/// image with BuildKit in the cluster when CI did not push it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectBuild {
+    /// The build context: a folder of the repository at the commit.
+    #[serde(default = "default_context")]
+    pub context: String,
+    /// The Dockerfile, relative to the context.
+    #[serde(default = "default_dockerfile")]
+    pub dockerfile: String,
+    /// Build at once, without first waiting for CI's image.
+    #[serde(default)]
+    pub always: bool,
+    /// How long the image step waits for CI's image before building; default `[registry] wait`
+    /// when `always` is off. Short values suit repositories whose CI never pushes draft images.
+    #[serde(default, with = "humantime_serde")]
+    pub wait_for_ci: Option<Duration>,
+    /// `--opt build-arg:K=V` for the Dockerfile frontend. Never secrets: they are visible in the Job.
+    #[serde(default)]
+    pub args: std::collections::BTreeMap<String, String>,
+    /// Dockerfile build target stage.
+    pub target: Option<String>,
+    /// The repository is public: BuildKit fetches it without a token. Otherwise draftd gives the
+    /// build a token that can only read this repository and expires within the hour, which needs
+    /// a GitHub App (`[github] app_id`).
+    #[serde(default)]
+    pub public: bool,
+}
+
+fn default_context() -> String {
+    ".".into()
+}
+fn default_dockerfile() -> String {
+    "Dockerfile".into()
+}
+
+/// `[build]`: where and how draftd's BuildKit Jobs run. The namespace itself, its quota (how many
+/// builds at once) and its network policy are deployed with draftd (deploy/build.yaml).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildConfig {
+    /// The namespace of every build Job, with its own quota and network policy; never a stand's.
+    #[serde(default = "default_build_namespace")]
+    pub namespace: String,
+    /// Rootless BuildKit; pinned, as everything that runs code of pull requests should be.
+    #[serde(default = "default_buildkit_image")]
+    pub buildkit_image: String,
+    /// A build that has not pushed within this fails the run.
+    #[serde(default = "default_build_deadline", with = "humantime_serde")]
+    pub deadline: Duration,
+    /// The tag of the project's repository that holds the build cache (`--export-cache` /
+    /// `--import-cache type=registry`).
+    #[serde(default = "default_cache_tag")]
+    pub cache_tag: String,
+    /// Requests and limits of one build pod.
+    #[serde(default = "default_build_cpu")]
+    pub cpu: String,
+    #[serde(default = "default_build_memory")]
+    pub memory: String,
+    /// Finished build Jobs (and their logs) are kept this long.
+    #[serde(default = "default_build_keep", with = "humantime_serde")]
+    pub keep_for: Duration,
+}
+
+impl Default for BuildConfig {
+    fn default() -> Self {
+        Self {
+            namespace: default_build_namespace(),
+            buildkit_image: default_buildkit_image(),
+            deadline: default_build_deadline(),
+            cache_tag: default_cache_tag(),
+            cpu: default_build_cpu(),
+            memory: default_build_memory(),
+            keep_for: default_build_keep(),
+        }
+    }
+}
+
+fn default_build_namespace() -> String {
+    "draftd-build".into()
+}
+fn default_buildkit_image() -> String {
+    "moby/buildkit:v0.25.2-rootless".into()
+}
+fn default_build_deadline() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn default_cache_tag() -> String {
+    "draft-buildcache".into()
+}
+fn default_build_cpu() -> String {
+    "1".into()
+}
+fn default_build_memory() -> String {
+    "2Gi".into()
+}
+fn default_build_keep() -> Duration {
+    Duration::from_secs(3600)
+}
