@@ -20,6 +20,7 @@ use draftd::config::Config;
 use draftd::credentials::{Lifetimes, StandCredentials, StandServer};
 use draftd::database::PgDatabases;
 use draftd::helm::{Helm, HelmCli, Revision};
+use draftd::pipeline::image::Registries;
 use draftd::pipeline::kube_runner::KubernetesSteps;
 use draftd::pipeline::{Engine, EngineSettings, RunEnd};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -31,6 +32,8 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
 use sqlx::PgPool;
+
+use common::registry::{Registry as TestRegistry, RegistryAuth};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -134,7 +137,11 @@ impl World {
 
     /// draftd's configuration for this test; `extra` goes into the project's table.
     fn config(&self, extra: &str) -> Config {
-        let toml = format!(
+        Config::from_toml(&self.config_text(extra)).unwrap()
+    }
+
+    fn config_text(&self, extra: &str) -> String {
+        format!(
             r#"
 [cluster]
 mode = "kubernetes"
@@ -167,8 +174,22 @@ smoke = ["bin/smoke"]
             root = root().display(),
             app = self.app.address,
             project = self.project,
+        )
+    }
+
+    /// [`Self::config`] with the project's image in `registry` (htpasswd login from a file), checked
+    /// by the image step with fast looks; `extra` goes into the project's table.
+    fn config_with_registry(&self, registry: &TestRegistry, extra: &str) -> Config {
+        let (user, password) = registry.auth().credentials().expect("a registry with a login");
+        let file = std::env::temp_dir().join(format!("{}-registry-password", self.project));
+        std::fs::write(&file, password).unwrap();
+        let table = format!(
+            "registry = {{ insecure = true, wait = \"30s\", poll = \"100ms\", poll_max = \"500ms\", username = \"{user}\", password_file = \"{}\" }}\n{extra}",
+            file.display()
         );
-        Config::from_toml(&toml).unwrap()
+        let toml = self.config_text(&table);
+        Config::from_toml(&toml.replace("registry.example.com/acme/shop", &format!("{}/acme/shop", registry.host())))
+            .unwrap()
     }
 
     /// An engine of draftd authenticated as its ServiceAccount, with `config`.
@@ -180,8 +201,10 @@ smoke = ["bin/smoke"]
             cluster = cluster.with_database_host(host);
         }
         let helm = HelmCli::from_config(&config.cluster, &root()).unwrap();
+        let registries = Some(Arc::new(Registries::from_config(&config).unwrap()));
         let steps = KubernetesSteps::new(self.pool.clone(), Arc::new(config), Arc::new(helm), Arc::new(cluster))
-            .with_credentials(Some(self.credentials.clone()));
+            .with_credentials(Some(self.credentials.clone()))
+            .with_registries(registries);
         let settings = EngineSettings {
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(2),
@@ -672,4 +695,176 @@ async fn a_release_the_limit_range_would_refuse_is_stopped_before_helm_applies_i
     .unwrap();
     let refused = w.api::<k8s_openapi::api::core::v1::Pod>().create(&PostParams::default(), &pod).await.unwrap_err();
     assert!(refused.to_string().contains("must be less than or equal to memory limit"), "{refused}");
+}
+
+/// The admin's view of the build namespace (deploy/build.yaml, applied by scripts/k8s-up.sh).
+fn build_api<K>(w: &World) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    Api::namespaced(w.admin.clone(), "draftd-build")
+}
+
+/// CI pushed the image: the image step finds it in a registry that wants a login, the stand's pods
+/// and Jobs run it by digest, and the namespace's default ServiceAccount pulls with a Secret that
+/// holds that one registry's login.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn the_image_ci_pushed_runs_by_digest_pulled_with_the_stands_own_secret(pool: PgPool) {
+    let Some(dir) = control_plane() else { return };
+    if !common::registry::available() {
+        return;
+    }
+    let w = World::new(pool, dir, "image").await;
+    let registry = TestRegistry::start(RegistryAuth::htpasswd()).await;
+    let tag = draftd::pipeline::plan::image_tag("feature/k8s", SHA1);
+    let digest = registry.push_image("acme/shop", &tag, "linux/amd64").await;
+    let engine = w.engine(w.config_with_registry(&registry, "")).await;
+    let (run, end) = w.run(&engine, "deploy", SHA1).await;
+    assert_eq!(end, RunEnd::Succeeded, "{}", w.steps(run).await);
+
+    let pinned = format!("{}/acme/shop@{digest}", registry.host());
+    let (_, image, _) = w.step(run, "image").await;
+    assert_eq!(image["pinned"], pinned.as_str());
+    let app = w.api::<Deployment>().get(&w.release()).await.unwrap();
+    let spec = app.spec.unwrap().template;
+    assert_eq!(spec.spec.unwrap().containers[0].image.as_deref(), Some(pinned.as_str()), "the app runs the digest");
+    let pod_labels = spec.metadata.unwrap().labels.unwrap();
+    assert_eq!(pod_labels.get("app.kubernetes.io/version"), Some(&tag), "the tag stays in the labels");
+    for job in ["migrate-r1", "smoke-r1"] {
+        let job = w.api::<Job>().get(job).await.unwrap();
+        assert_eq!(job.spec.unwrap().template.spec.unwrap().containers[0].image.as_deref(), Some(pinned.as_str()));
+    }
+
+    let secret = w.api::<Secret>().get("draftd-registry").await.unwrap();
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/dockerconfigjson"));
+    let config: Value = serde_json::from_slice(&secret.data.unwrap()[".dockerconfigjson"].0).unwrap();
+    let auths = config["auths"].as_object().unwrap();
+    assert_eq!(auths.keys().collect::<Vec<_>>(), [&registry.host()], "that one registry's login");
+    assert_eq!(labels(&secret.metadata)["draftd.io/stand"], "1");
+    let account = w.api::<ServiceAccount>().get("default").await.unwrap();
+    let pulls: Vec<String> = account.image_pull_secrets.unwrap().into_iter().map(|r| r.name).collect();
+    assert_eq!(pulls, ["draftd-registry"]);
+    assert_eq!(account.automount_service_account_token, Some(false), "the namespace step's fields stay");
+
+    // A second deploy applies the namespace's account again: the pull Secret stays named on it.
+    let digest2 =
+        registry.push_image("acme/shop", &draftd::pipeline::plan::image_tag("feature/k8s", SHA2), "linux/amd64").await;
+    let (run2, end) = w.run(&engine, "deploy", SHA2).await;
+    assert_eq!(end, RunEnd::Succeeded, "{}", w.steps(run2).await);
+    assert_eq!(w.step(run2, "image").await.1["digest"], digest2.as_str());
+    let account = w.api::<ServiceAccount>().get("default").await.unwrap();
+    assert_eq!(account.image_pull_secrets.map(|p| p.len()), Some(1));
+}
+
+/// CI pushed nothing and the project builds: a rootless BuildKit Job in the build namespace, as
+/// the API server stores it, fetching the commit and pushing the stand's tag with a registry cache;
+/// its registry login in a Secret the Job owns. kwok completes the Job; the test pushes the image
+/// as BuildKit would, and the stand runs it by digest. A failing build fails the run before deploy.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_missing_image_is_built_by_a_buildkit_job_and_a_failed_build_deploys_nothing(pool: PgPool) {
+    let Some(dir) = control_plane() else { return };
+    if !common::registry::available() {
+        return;
+    }
+    let w = World::new(pool, dir, "build").await;
+    let registry = TestRegistry::start(RegistryAuth::htpasswd()).await;
+    let config = w.config_with_registry(
+        &registry,
+        r#"build = { context = "./web", dockerfile = "Dockerfile.draft", always = true, public = true, args = { MODE = "draft" } }"#,
+    );
+    let engine = Arc::new(w.engine(config).await);
+    let run = w.queue("deploy", SHA1).await;
+    let driving = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.run_one().await.unwrap().expect("a run to claim") })
+    };
+    let name = draftd::cluster::build::BuildJob::name_for(&w.namespace, SHA1);
+    let started = Instant::now();
+    let job = loop {
+        if let Some(job) = build_api::<Job>(&w).get_opt(&name).await.unwrap() {
+            break job;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no build Job {name}: {}", w.steps(run).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let tag = draftd::pipeline::plan::image_tag("feature/k8s", SHA1);
+    let pushed = format!("{}/acme/shop:{tag}", registry.host());
+    let spec = job.spec.clone().unwrap();
+    assert_eq!(spec.backoff_limit, Some(0));
+    let pod = spec.template.spec.unwrap();
+    let container = &pod.containers[0];
+    assert_eq!(container.command.as_deref(), Some(&["buildctl-daemonless.sh".to_owned()][..]));
+    let args = container.args.clone().unwrap();
+    let context = format!("--opt=context=https://github.com/acme/{}.git#{SHA1}:web", w.project);
+    for wanted in [
+        context.as_str(),
+        "--opt=filename=Dockerfile.draft",
+        "--opt=build-arg:MODE=draft",
+        &format!("--output=type=image,name={pushed},push=true,registry.insecure=true"),
+        &format!(
+            "--export-cache=type=registry,ref={}/acme/shop:draft-buildcache,mode=max,registry.insecure=true",
+            registry.host()
+        ),
+    ] {
+        assert!(args.iter().any(|a| a == wanted), "{wanted} not in {args:?}");
+    }
+    assert!(!args.iter().any(|a| a.contains("GIT_AUTH")), "a public repository is fetched without a token");
+    let security = pod.security_context.unwrap();
+    assert_eq!(security.seccomp_profile.unwrap().type_, "Unconfined", "rootless BuildKit's documented profile");
+    assert_eq!(security.run_as_user, Some(1000));
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    assert!(container.resources.as_ref().unwrap().limits.as_ref().unwrap().contains_key("memory"));
+    assert_eq!(labels(&job.metadata)["draftd.io/stand"], "1");
+    // The registry login goes in a Secret the Job owns, so both go together.
+    let started = Instant::now();
+    let secret = loop {
+        if let Some(secret) = build_api::<Secret>(&w).get_opt(&name).await.unwrap() {
+            break secret;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no build Secret");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), Some(owner.uid.as_str())), ("Job", job.metadata.uid.as_deref()));
+    let data = secret.data.unwrap();
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["config.json"]);
+
+    // What BuildKit would have pushed.
+    let digest = registry.push_image("acme/shop", &tag, "linux/amd64").await;
+    let (claimed, end) = tokio::time::timeout(Duration::from_secs(120), driving).await.unwrap().unwrap();
+    assert_eq!((claimed, end), (run, RunEnd::Succeeded), "{}", w.steps(run).await);
+    let (_, image, _) = w.step(run, "image").await;
+    assert_eq!(image["digest"], digest.as_str());
+    assert_eq!(image["built"]["job"], format!("draftd-build/{name}"));
+    let app = w.api::<Deployment>().get(&w.release()).await.unwrap();
+    let running = app.spec.unwrap().template.spec.unwrap().containers[0].image.clone();
+    assert_eq!(running, Some(format!("{}/acme/shop@{digest}", registry.host())));
+
+    // A build that fails (kwok fails Jobs whose arguments hold the word draftd-e2e-fail): the run
+    // fails at the image step with the Job named, and the release stays at the first revision.
+    let failing = w.config_with_registry(
+        &registry,
+        r#"build = { always = true, public = true, args = { MODE = "draftd-e2e-fail" } }"#,
+    );
+    let engine = w.engine(failing).await;
+    let (run2, end) = w.run(&engine, "deploy", SHA2).await;
+    assert_eq!(end, RunEnd::Failed, "{}", w.steps(run2).await);
+    let (state, _, error) = w.step(run2, "image").await;
+    assert_eq!(state, "failed");
+    let error = error.unwrap();
+    assert_eq!(error["label"], "build_failed", "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains(&draftd::cluster::build::BuildJob::name_for(&w.namespace, SHA2)), "{message}");
+    assert!(message.contains("nothing was deployed"), "{message}");
+    assert_eq!(w.history().await.len(), 1, "no new revision");
+
+    // The PR closes: the stand's builds go with it.
+    let (run3, end) = w.run(&engine, "teardown", SHA2).await;
+    assert_eq!(end, RunEnd::Succeeded, "{}", w.steps(run3).await);
+    let (_, uninstall, _) = w.step(run3, "uninstall").await;
+    assert_eq!(uninstall["builds_deleted"].as_array().map(Vec::len), Some(2), "{uninstall}");
+    let selector = format!("draftd.io/stand=1,draftd.io/project={}", w.project);
+    let left = build_api::<Job>(&w).list(&ListParams::default().labels(&selector)).await.unwrap().items;
+    let left: Vec<_> = left.into_iter().filter(|j| j.metadata.deletion_timestamp.is_none()).collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -64,6 +64,9 @@ impl Cluster for FakeCluster {
         self.calls.push("apply_pull_secret".to_owned());
         Ok(())
     }
+    async fn delete_builds(&self, _: &str, _: &StandMeta) -> Result<Vec<String>, ClusterError> {
+        Ok(Vec::new())
+    }
     // No registry is configured here, so no build is ever asked for.
     async fn run_build(
         &self,

@@ -119,6 +119,9 @@ impl Cluster for FakeCluster {
     async fn apply_pull_secret(&self, _: &StandMeta, _: &SecretString) -> Result<(), ClusterError> {
         Ok(())
     }
+    async fn delete_builds(&self, _: &str, _: &StandMeta) -> Result<Vec<String>, ClusterError> {
+        Ok(Vec::new())
+    }
     // No registry is configured here, so no build is ever asked for.
     async fn run_build(
         &self,

@@ -56,7 +56,8 @@ impl std::fmt::Debug for GitAuth {
 #[derive(Debug, Clone)]
 pub struct BuildJob {
     pub namespace: String,
-    /// `build-s<stand>-<sha7>`: a resumed or retried run finds the build its earlier attempt started.
+    /// `build-<sha7>-<namespace>` (see [`BuildJob::name_for`]): a resumed or retried run finds the
+    /// build its earlier attempt started.
     pub name: String,
     pub buildkit_image: String,
     /// The repository over HTTPS (`https://github.com/acme/shop.git`).
@@ -82,10 +83,18 @@ pub struct BuildJob {
 }
 
 impl BuildJob {
-    /// `build-s<stand>-<sha7>`.
-    pub fn name_for(stand_id: i64, sha: &str) -> String {
+    /// `build-<sha7>-<namespace>`: one build per stand and commit, whichever draftd database the
+    /// stand is in (the build namespace is shared). Cut to 63 characters (the `job-name` label's
+    /// limit) with a hash of the whole name at the end when longer.
+    pub fn name_for(namespace: &str, sha: &str) -> String {
+        use sha2::Digest as _;
         let short: String = sha.chars().filter(|c| c.is_ascii_hexdigit()).take(7).collect::<String>().to_lowercase();
-        format!("build-s{stand_id}-{short}")
+        let name = format!("build-{short}-{namespace}");
+        if name.len() <= 63 {
+            return name;
+        }
+        let hash = hex::encode(sha2::Sha256::digest(name.as_bytes()));
+        format!("{}-{}", name[..56].trim_end_matches('-'), &hash[..6])
     }
 
     fn git_host(&self) -> &str {
@@ -227,6 +236,10 @@ pub fn job(stand: &StandMeta, build: &BuildJob) -> Job {
         spec: Some(JobSpec {
             // Once: a failed build is reported with its log, not retried behind the user's back.
             backoff_limit: Some(0),
+            // From the start, unlike the stand's own Jobs: a build whose run gave way to a newer
+            // push is never read, and must not stay. A retried step that finds it gone builds
+            // again, from the registry cache.
+            ttl_seconds_after_finished: Some(super::jobs::ttl_seconds(build.keep_for)),
             active_deadline_seconds: Some(build.deadline.as_secs().max(1) as i64),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta { labels: Some(labels), ..ObjectMeta::default() }),
@@ -317,7 +330,7 @@ mod tests {
     fn build() -> BuildJob {
         BuildJob {
             namespace: "draftd-build".into(),
-            name: BuildJob::name_for(7, "ABCDEF0123456789"),
+            name: BuildJob::name_for("draft-x", "ABCDEF0123456789"),
             buildkit_image: "moby/buildkit:rootless".into(),
             git_url: "https://github.com/acme/shop.git".into(),
             sha: "abcdef0123456789".into(),
@@ -340,7 +353,9 @@ mod tests {
     #[test]
     fn buildctl_gets_the_commit_the_token_for_the_forge_only_and_the_cache() {
         let b = build();
-        assert_eq!(b.name, "build-s7-abcdef0");
+        assert_eq!(b.name, "build-abcdef0-draft-x");
+        let long = BuildJob::name_for(&format!("draft-{}", "a".repeat(57)), "abcdef0");
+        assert_eq!(long.len(), 63, "{long}");
         let args = b.args();
         assert!(args.contains(&"--opt=context=https://github.com/acme/shop.git#abcdef0123456789:web".to_owned()));
         assert!(args.contains(&"--secret=id=GIT_AUTH_TOKEN.github.com,src=/run/draftd/git-token".to_owned()));

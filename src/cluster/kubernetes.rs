@@ -580,6 +580,27 @@ impl Cluster for Kubernetes {
         self.run_job_object(&stand.namespace, &job, &request.purpose, request.deadline, request.keep_for).await
     }
 
+    async fn delete_builds(&self, build_namespace: &str, stand: &StandMeta) -> Result<Vec<String>, ClusterError> {
+        let api: Api<Job> = Api::namespaced(self.client.clone(), build_namespace);
+        let selector =
+            format!("{STAND_LABEL}={},draftd.io/project={},draftd.io/job=build", stand.stand_id, stand.project);
+        let found = match api.list(&ListParams::default().labels(&selector)).await {
+            Ok(list) => list.items,
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut deleted = Vec::new();
+        for job in found {
+            let name = job.name_any();
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => deleted.push(format!("{build_namespace}/{name}")),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(deleted)
+    }
+
     async fn run_build(&self, stand: &StandMeta, build: &BuildJob) -> Result<JobOutcome, ClusterError> {
         let ns = build.namespace.as_str();
         let job = build::job(stand, build);

@@ -249,6 +249,15 @@ pub trait Cluster: Send + Sync + 'static {
         build: &build::BuildJob,
     ) -> impl Future<Output = Result<jobs::JobOutcome, ClusterError>> + Send;
 
+    /// Deletes the stand's build Jobs still in the build namespace (their pods and Secrets go with
+    /// them): a teardown leaves no build of the stand running. Returns the Jobs deleted; a build
+    /// namespace that does not exist has none.
+    fn delete_builds(
+        &self,
+        build_namespace: &str,
+        stand: &StandMeta,
+    ) -> impl Future<Output = Result<Vec<String>, ClusterError>> + Send;
+
     /// Probes a Service of the stand through the API server proxy (for stands without a URL).
     fn service_prober(&self, namespace: &str, service: &str, port: &str, path: &str) -> impl verify::Prober + 'static;
 

@@ -489,7 +489,14 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
                 // namespace with everything left in it (Secrets, volume claims), waited for until gone.
                 self.helm.uninstall(&plan.release.name, &run.namespace).await?;
                 let gone = self.cluster.delete_namespace(&run.namespace, self.config.cluster.teardown_wait).await?;
-                Ok(StepOutcome::done(json!({ "release": plan.release.name, "namespace": gone })))
+                let mut detail = json!({ "release": plan.release.name, "namespace": gone });
+                // A build still running for the stand (its run gave way, or the PR closed mid-build).
+                if project.build.is_some() {
+                    let stand = self.stand_meta(run, project).await?;
+                    let builds = self.cluster.delete_builds(&self.config.build.namespace, &stand).await?;
+                    detail["builds_deleted"] = json!(builds);
+                }
+                Ok(StepOutcome::done(detail))
             }
             StepName::Drop => lifecycle::drop(&self.pool, self.credentials.as_deref(), run).await,
             StepName::Extend => {
@@ -521,7 +528,7 @@ impl<H: Helm, C: Cluster> Builder for KubernetesSteps<H, C> {
         let b = &self.config.build;
         let job = BuildJob {
             namespace: b.namespace.clone(),
-            name: BuildJob::name_for(run.stand_id, &request.sha),
+            name: BuildJob::name_for(&run.namespace, &request.sha),
             buildkit_image: b.buildkit_image.clone(),
             git_url: self.git_url(project),
             sha: request.sha.clone(),
