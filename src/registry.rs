@@ -46,6 +46,10 @@ impl ImageRef {
         if image.contains('@') {
             return Err(bad("names a digest; give the repository only"));
         }
+        // A colon after the last slash is a tag (one before it is the registry's port).
+        if image.rsplit('/').next().is_some_and(|last| last.contains(':')) {
+            return Err(bad("names a tag; give the repository only (draftd adds the stand's tag)"));
+        }
         let reference: Reference = format!("{image}:{tag}").parse().map_err(|e| bad(&format!("{e}")))?;
         if reference.tag() != Some(tag) {
             return Err(bad("names a tag; give the repository only"));

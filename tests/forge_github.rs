@@ -563,3 +563,26 @@ async fn an_allowed_destroy_closes_the_stand_and_a_github_outage_is_transient(po
     assert_eq!(authoriser.authorise(&run).await.unwrap(), Verdict::Allowed);
     assert_eq!(fake.seen().len(), before);
 }
+
+/// A build fetches the repository with a token narrowed to that one repository and to reading its
+/// contents ("Create an installation access token for an app"), not the installation's own token;
+/// with a personal token there is nothing to narrow, and no token is made.
+#[tokio::test]
+async fn a_build_gets_a_token_that_can_only_read_its_repository() {
+    let (fake, app) = app_fake(Duration::from_secs(3600)).await;
+    let client = app_client(&fake, app);
+    let (token, expires) = client.read_only_token(REPO).await.unwrap().expect("an App can narrow a token");
+    use secrecy::ExposeSecret as _;
+    assert!(token.expose_secret().starts_with("ghs_"));
+    assert!(expires > chrono::Utc::now() && expires <= chrono::Utc::now() + chrono::Duration::hours(1));
+    let narrowings = fake.gh_state(|g| g.app.as_ref().unwrap().narrowings.clone());
+    let name = REPO.split_once('/').unwrap().1;
+    assert_eq!(
+        narrowings.last().cloned().flatten(),
+        Some(json!({ "repositories": [name], "permissions": { "contents": "read" } })),
+        "{narrowings:?}"
+    );
+    assert_eq!(narrowings.iter().filter(|n| n.is_none()).count(), 1, "the client's own token stays as it was");
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+    assert!(token_client(&fake).read_only_token(REPO).await.unwrap().is_none());
+}

@@ -282,3 +282,58 @@ fn missing_helm_prints_the_plan_then_fails() {
     assert!(v["manifests"].is_null());
     assert!(v["helm_error"].as_str().unwrap().contains("helm not found"), "{v}");
 }
+
+/// The image step in the plan: the reference it would look for, how long, and whether a build
+/// would run, with the build's source and destination; without a registry, that it is skipped.
+#[test]
+fn the_plan_shows_the_image_step_and_whether_a_build_would_run() {
+    let toml = r#"
+[registry]
+wait = "10m"
+
+[[projects]]
+name = "shop"
+forge = "github"
+repo = "acme/shop"
+webhook_secret_env = "X"
+image = "registry.example.com/acme/shop"
+build = { context = "web", dockerfile = "Dockerfile.draft" }
+
+[[projects]]
+name = "blog"
+forge = "github"
+repo = "acme/blog"
+webhook_secret_env = "X"
+image = "registry.example.com/acme/blog"
+registry = { wait = "2m" }
+build = { always = true, public = true }
+
+[[projects]]
+name = "docs"
+forge = "github"
+repo = "acme/docs"
+webhook_secret_env = "X"
+"#;
+    let config = draftd::config::Config::from_toml(toml).unwrap();
+    let shop = draftd::plan_cmd::build(&config, "shop", "feature/login", SHA).unwrap();
+    let image = serde_json::to_value(&shop.image_step).unwrap();
+    assert_eq!(image["image"], "registry.example.com/acme/shop:draft-feature-login-0123456");
+    assert_eq!(image["wait_seconds"], 600);
+    assert_eq!(image["build"], "when missing");
+    assert_eq!(image["build_detail"]["cache"], "registry.example.com/acme/shop:draft-buildcache");
+    assert_eq!(image["build_detail"]["context"], "web");
+    let mut text = Vec::new();
+    draftd::plan_cmd::write_text(&mut text, &shop).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.contains("image step:     waits for CI's image, then builds it in the cluster"), "{text}");
+    assert!(text.contains("image build:    when missing (acme/shop at 0123456789"), "{text}");
+
+    let blog = draftd::plan_cmd::build(&config, "blog", "feature/login", SHA).unwrap();
+    assert_eq!((blog.image_step.build, blog.image_step.wait_seconds), (Some("always"), Some(0)));
+    let docs = draftd::plan_cmd::build(&config, "docs", "feature/login", SHA).unwrap();
+    assert_eq!(docs.image_step.note, "skipped: the project names no image");
+    // A build needs somewhere to push.
+    let no_registry = toml.replace("[registry]\nwait = \"10m\"\n", "");
+    let err = draftd::config::Config::from_toml(&no_registry).unwrap_err().to_string();
+    assert!(err.contains("projects[0].build") && err.contains("registry"), "{err}");
+}

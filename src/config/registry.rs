@@ -205,3 +205,33 @@ fn default_build_memory() -> String {
 fn default_build_keep() -> Duration {
     Duration::from_secs(3600)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn error(registry: &str) -> String {
+        let toml = format!("[registry]\n{registry}\n");
+        Config::from_toml(&toml).map(|_| String::new()).unwrap_or_else(|e| e.to_string())
+    }
+
+    #[test]
+    fn credentials_come_whole_and_of_one_kind() {
+        assert!(error("username = \"robot\"").contains("registry.password_env"));
+        assert!(error("password_env = \"P\"").contains("registry.username"));
+        assert!(error("username = \"r\"\npassword_env = \"P\"\ndocker_config = \"/c.json\"").contains("docker_config"));
+        assert!(error("poll = \"20s\"\npoll_max = \"10s\"").contains("registry.poll"));
+        assert!(error("wait = \"0s\"").contains("registry.wait"));
+        assert_eq!(error("username = \"r\"\npassword_file = \"/p\"\nwait = \"5m\""), "");
+        let config = Config::from_toml("[registry]\n").unwrap();
+        let r = config.registry.unwrap();
+        assert_eq!((r.wait.as_secs(), r.poll.as_secs(), r.poll_max.as_secs(), r.pull_secret), (900, 2, 15, true));
+    }
+
+    #[test]
+    fn a_project_image_must_name_a_repository() {
+        let toml = "[[projects]]\nname = \"s\"\nforge = \"github\"\nrepo = \"a/s\"\nwebhook_secret_env = \"X\"\nimage = \"r.example.com/a/s:1.0\"\n";
+        let e = Config::from_toml(toml).unwrap_err().to_string();
+        assert!(e.contains("projects[0].image") && e.contains("names a tag"), "{e}");
+    }
+}

@@ -63,6 +63,8 @@ pub struct App {
     pub jwts_seen: usize,
     /// Installation lookups (`GET /repos/{o}/{r}/installation`).
     pub lookups: usize,
+    /// The body each issued token was asked with (`None`: the installation's whole reach).
+    pub narrowings: Vec<Option<Value>>,
 }
 
 impl Fake {
@@ -70,8 +72,16 @@ impl Fake {
         self.0.lock().unwrap().gh.roles.insert((repo.into(), login.into()), role.into());
     }
     pub fn gh_app(&self, app_id: u64, public_pem: Vec<u8>, ttl: Duration) {
-        self.0.lock().unwrap().gh.app =
-            Some(App { app_id, public_pem, installation_id: 4242, ttl, issued: vec![], jwts_seen: 0, lookups: 0 });
+        self.0.lock().unwrap().gh.app = Some(App {
+            app_id,
+            public_pem,
+            installation_id: 4242,
+            ttl,
+            issued: vec![],
+            jwts_seen: 0,
+            lookups: 0,
+            narrowings: vec![],
+        });
     }
     pub fn gh_state<T>(&self, f: impl FnOnce(&State) -> T) -> T {
         f(&self.0.lock().unwrap().gh)
@@ -152,8 +162,30 @@ fn jwt_route(seg: &[&str]) -> bool {
 }
 
 /// GitHub's App endpoints.
-fn app_route(s: &mut Inner, method: &Method, seg: &[&str]) -> Response {
+fn app_route(s: &mut Inner, method: &Method, seg: &[&str], body: &[u8]) -> Response {
     let base = s.base.clone();
+    // "Create an installation access token for an app": an optional body narrowing the token to
+    // `repositories` (names) or `repository_ids`, and to `permissions` (name → read|write), no wider
+    // than the installation's own; anything else is refused with 422.
+    let mut narrowed: Option<Value> = None;
+    if matches!((method.as_str(), seg), ("POST", ["app", "installations", _, "access_tokens"])) && !body.is_empty() {
+        let allowed = ["repositories", "repository_ids", "permissions"];
+        let v = match fields(s, "create installation token", body, &allowed, &[]) {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let names_ok = v.get("repositories").is_none_or(|r| {
+            r.as_array().is_some_and(|a| a.iter().all(|n| n.as_str().is_some_and(|n| !n.contains('/'))))
+        });
+        let permissions_ok = v
+            .get("permissions")
+            .is_none_or(|p| p.as_object().is_some_and(|o| o.values().all(|l| l == "read" || l == "write")));
+        if !names_ok || !permissions_ok {
+            s.violations.push(format!("create installation token: malformed narrowing {v}"));
+            return error(422, "Invalid request.");
+        }
+        narrowed = Some(v);
+    }
     let app = s.gh.app.as_mut().unwrap();
     match (method.as_str(), seg) {
         ("GET", ["repos", o, r, "installation"]) => {
@@ -172,10 +204,14 @@ fn app_route(s: &mut Inner, method: &Method, seg: &[&str]) -> Response {
             let token = format!("ghs_fakeinstallationtoken{n:04}");
             let expires = chrono::Utc::now() + chrono::Duration::from_std(app.ttl).unwrap();
             app.issued.push((token.clone(), expires));
+            app.narrowings.push(narrowed.clone());
             let mut v: Value =
                 serde_json::from_str(include_str!("../fixtures/forge/github/installation_token.json")).unwrap();
             v["token"] = json!(token);
             v["expires_at"] = json!(expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            if let Some(p) = narrowed.as_ref().and_then(|n| n.get("permissions")) {
+                v["permissions"] = p.clone();
+            }
             json_response(201, &v, &[])
         }
         _ => {
@@ -366,7 +402,7 @@ pub fn route(s: &mut Inner, method: &Method, path: &str, headers: &HeaderMap, bo
         );
     }
     if s.gh.app.is_some() && jwt_route(&seg) {
-        return app_route(s, method, &seg);
+        return app_route(s, method, &seg, body);
     }
     let mode = s.script.pop_front().unwrap_or(s.mode);
     if let Some(r) = failure(s.kind, mode) {
