@@ -17,6 +17,18 @@
 #   E2E_IMAGE_REPO   repository of the app image (default localhost/draftd-e2e-app)
 #   E2E_TIMEOUT      seconds to wait for each stage (default 600)
 #   E2E_KEEP=1       leave the stand and draftd's database behind for inspection
+#
+# The image step and an in-cluster build (BuildKit really runs here, unlike on the local control
+# plane), when E2E_REGISTRY is set: a registry that this machine, the nodes and the cluster's pods all
+# reach under that same host:port over plain HTTP (e.g. a registry on the host's LAN address, with
+# the nodes' containerd told it is insecure). The stand's image is then not loaded but built by
+# draftd from a public repository at a commit, pushed there, and run by digest:
+#   E2E_REGISTRY        host:port of that registry
+#   E2E_REGISTRY_CIDR   its address as a CIDR, let out of the build namespace's network policy
+#   E2E_BUILD_REPO      owner/name of a public GitHub repository with a Dockerfile whose image
+#                       serves HTTP on port 5678, like hashicorp/http-echo (default)
+#   E2E_BUILD_SHA       the commit to build (40 hex digits; required with E2E_REGISTRY)
+#   E2E_BUILD_CONTEXT   the folder of the repository to build (default .)
 set -euo pipefail
 
 if [ -z "${KUBECONFIG:-}" ]; then
@@ -43,6 +55,13 @@ draftd="$CARGO_TARGET_DIR/debug/draftd"
 run_id="$(date +%s)-$$"
 branch="feature/e2e-$run_id"
 sha="$(printf '%s' "$run_id" | sha1sum | cut -c1-40)"
+build_repo="${E2E_BUILD_REPO:-hashicorp/http-echo}"
+if [ -n "${E2E_REGISTRY:-}" ]; then
+    [[ "${E2E_BUILD_SHA:-}" =~ ^[0-9a-f]{40}$ ]] || die "E2E_REGISTRY needs E2E_BUILD_SHA, a commit of $build_repo"
+    sha="$E2E_BUILD_SHA"
+    repo="$E2E_REGISTRY/draftd-e2e-app"
+    E2E_LOAD=none
+fi
 namespace="draft-feature-e2e-$run_id"
 tag="draft-feature-e2e-$run_id-${sha:0:7}"
 
@@ -78,12 +97,31 @@ probe_window = "10s"
 [[projects]]
 name = "e2e"
 forge = "github"
-repo = "Codertocat/Hello-World"
+repo = "${E2E_REGISTRY:+$build_repo}${E2E_REGISTRY:-Codertocat/Hello-World}"
 webhook_secret_env = "E2E_WEBHOOK_SECRET"
 image = "$repo"
 chart = "$root/charts/stand"
 values = ["$root/values/draft.yaml", "$root/tests/e2e/values.yaml"]
 TOML
+if [ -n "${E2E_REGISTRY:-}" ]; then
+    # Built by draftd at once (no CI here), fetched without a token (a public repository).
+    cat >>"$work/draftd.toml" <<TOML
+build = { always = true, public = true, context = "${E2E_BUILD_CONTEXT:-.}" }
+registry = { insecure = true, wait = "2m" }
+TOML
+    "$kubectl" apply -f "$root/deploy/build.yaml" >/dev/null
+    if [ -n "${E2E_REGISTRY_CIDR:-}" ]; then
+        "$kubectl" apply -f - >/dev/null <<YAML
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: draftd-e2e-registry, namespace: draftd-build}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress: [{to: [{ipBlock: {cidr: "$E2E_REGISTRY_CIDR"}}]}]
+YAML
+    fi
+fi
 
 serve_pid=""
 cleanup() {
@@ -116,13 +154,15 @@ curl -fsS "http://127.0.0.1:$port/health/startup" >/dev/null || die "draftd did 
 # post EVENT FIXTURE ACTION: a recorded GitHub payload for our branch and sha, signed like GitHub.
 post() {
     python3 - "$root/tests/fixtures/webhooks/github/$2" "$3" "$branch" "$sha" >"$work/body.json" <<'PY'
-import json, sys
+import json, os, sys
 path, action, branch, sha = sys.argv[1:]
 body = json.load(open(path))
 body["action"] = action
 body["pull_request"]["head"]["ref"] = branch
 body["pull_request"]["head"]["sha"] = sha
 body["pull_request"]["state"] = "closed" if action == "closed" else "open"
+if os.environ.get("E2E_REGISTRY"):
+    body["repository"]["full_name"] = os.environ.get("E2E_BUILD_REPO", "hashicorp/http-echo")
 json.dump(body, sys.stdout)
 PY
     signature="sha256=$(openssl dgst -sha256 -hmac "$secret" -r <"$work/body.json" | cut -d' ' -f1)"
@@ -170,6 +210,12 @@ for deployment in $deployments; do
         die "$deployment is not rolled out"
 done
 E2E_WEBHOOK_SECRET=x "$draftd" --config "$work/draftd.toml" stands show "e2e/$branch"
+if [ -n "${E2E_REGISTRY:-}" ]; then
+    say "the image was built in the cluster and runs by digest"
+    app_image="$("$kubectl" -n "$namespace" get deployments -o jsonpath='{.items[*].spec.template.spec.containers[0].image}')"
+    [[ " $app_image " == *" $repo@sha256:"* ]] || die "no Deployment runs $repo@sha256:…: $app_image"
+    "$kubectl" -n draftd-build get jobs -l "draftd.io/job=build" -o wide || die "no build Job"
+fi
 
 say "stand extended by 1h"
 expires() { "$kubectl" get namespace "$namespace" -o 'jsonpath={.metadata.annotations.draftd\.io/expires-at}'; }
