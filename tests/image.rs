@@ -140,15 +140,32 @@ async fn the_step_waits_for_the_tag_then_the_deploy_runs_its_digest(pool: PgPool
     let tagged = format!("{}/{REPO}:{}", s.registry.host(), s.tag(SHA1));
     assert_eq!(waiting["waiting_for"], tagged.as_str());
     assert_eq!(waiting["wait_seconds"], 60);
-    // The check and the comment say what the run waits for, with the tag.
-    let checks: Vec<Value> =
-        sqlx::query_scalar("select payload from outbox where run_id = $1 and kind = 'check' order by outbox_id")
-            .bind(run)
-            .fetch_all(&s.pool)
-            .await
-            .unwrap();
-    let title = checks.last().map(|c| c["title"].as_str().unwrap_or_default().to_owned()).unwrap_or_default();
-    assert!(title.contains(&format!("waiting for image {tagged}")), "{title}");
+    // The check and the comment say what the run waits for, with the tag (queued right after the
+    // step records it).
+    let started = Instant::now();
+    loop {
+        let checks: Vec<Value> =
+            sqlx::query_scalar("select payload from outbox where run_id = $1 and kind = 'check' order by outbox_id")
+                .bind(run)
+                .fetch_all(&s.pool)
+                .await
+                .unwrap();
+        let title = checks.last().and_then(|c| c["title"].as_str()).unwrap_or_default().to_owned();
+        if title.contains(&format!("waiting for image {tagged}")) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the check never said it was waiting: {title}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let comments: Vec<Value> = sqlx::query_scalar("select payload from outbox where run_id = $1 and kind = 'check'")
+        .bind(run)
+        .fetch_all(&s.pool)
+        .await
+        .unwrap();
+    assert!(
+        comments.iter().any(|c| c["summary"].as_str().unwrap_or_default().contains("waiting for image")),
+        "the report's steps table says it too"
+    );
     assert!(!driving.is_finished(), "still waiting while nothing is pushed");
 
     let digest = s.registry.push_image(REPO, &s.tag(SHA1), "linux/amd64").await;
