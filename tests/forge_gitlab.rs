@@ -572,3 +572,28 @@ async fn the_fake_answers_as_gitlab_does_to_what_draftd_must_not_send() {
     let violations = fake.violations();
     assert_eq!(violations.len(), 6, "the 403 and the taken name are GitLab rules, not mistakes: {violations:#?}");
 }
+
+/// A build of a private GitLab project fetches it with a deploy token that can only read the
+/// repository and expires within the hour, revoked once the build is over.
+#[tokio::test]
+async fn a_build_gets_a_deploy_token_that_can_only_read_the_repository_for_an_hour() {
+    let (fake, forge) = gitlab().await;
+    let AnyForge::Gitlab(client) = forge else { unreachable!() };
+    let (id, user, token, expires) = client.read_only_token(GITLAB_REPO, "draftd-build-1-1").await.unwrap();
+    use secrecy::ExposeSecret as _;
+    let made = fake.gl_deploy_tokens(GITLAB_REPO);
+    assert_eq!(made.len(), 1);
+    assert_eq!(
+        (made[0].id, made[0].username.as_str(), made[0].token.as_str()),
+        (id, user.as_str(), token.expose_secret())
+    );
+    assert_eq!(made[0].scopes, ["read_repository"]);
+    let left = made[0].expires_at.unwrap() - chrono::Utc::now();
+    assert!(left > chrono::Duration::minutes(58) && left <= chrono::Duration::hours(1), "{left}");
+    assert!(expires <= chrono::Utc::now() + chrono::Duration::hours(1));
+    client.revoke_deploy_token(GITLAB_REPO, id).await.unwrap();
+    assert!(fake.gl_deploy_tokens(GITLAB_REPO)[0].revoked);
+    // Revoking again (a retried step) is not an error.
+    client.revoke_deploy_token(GITLAB_REPO, id).await.unwrap();
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+}

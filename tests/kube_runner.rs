@@ -4,6 +4,7 @@
 //! and teardown.
 
 mod common;
+mod forge_fake;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -42,6 +43,8 @@ struct FakeCluster {
     rollout_fails: Mutex<bool>,
     /// Values of the Secrets applied, by name (tests only: a real cluster keeps them).
     secret_values: Mutex<std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>>,
+    /// Every build asked for; each one "succeeds" (the test pushes the image).
+    builds: Mutex<Vec<draftd::cluster::build::BuildJob>>,
 }
 
 impl Cluster for FakeCluster {
@@ -67,13 +70,21 @@ impl Cluster for FakeCluster {
     async fn delete_builds(&self, _: &str, _: &StandMeta) -> Result<Vec<String>, ClusterError> {
         Ok(Vec::new())
     }
-    // No registry is configured here, so no build is ever asked for.
     async fn run_build(
         &self,
         _: &StandMeta,
         build: &draftd::cluster::build::BuildJob,
     ) -> Result<JobOutcome, ClusterError> {
-        unreachable!("no project of this suite builds: {}", build.name)
+        self.calls.push(format!("run_build {}", build.name));
+        self.builds.lock().unwrap().push(build.clone());
+        Ok(JobOutcome {
+            job: build.name.clone(),
+            succeeded: true,
+            reason: "Complete".into(),
+            exit_code: Some(0),
+            log_tail: Some("#9 pushing layers done".into()),
+            ran_for: Some(Duration::from_secs(1)),
+        })
     }
     async fn roll_on_secrets(&self, _: &str, _: &str, _: &str) -> Result<Vec<String>, ClusterError> {
         Ok(Vec::new())
@@ -552,4 +563,89 @@ async fn a_release_left_pending_is_cleared_before_the_next_upgrade(pool: PgPool)
             assert!(recovered["rolled_back_to"].is_number(), "{recovered}");
         }
     }
+}
+
+/// A private GitLab project's build: the repository is fetched with a deploy token that can only
+/// read it, handed to BuildKit as its own Authorization header for the GitLab host only, and revoked
+/// once the build is over; the registry and the forge are real enough (a docker-registry, the fake
+/// GitLab); the cluster is the fake that records the build.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_private_gitlab_project_builds_with_a_deploy_token_revoked_after_the_build(pool: PgPool) {
+    if !common::registry::available() {
+        return;
+    }
+    use draftd::cluster::build::GitAuth;
+    let registry = common::registry::Registry::start(common::registry::RegistryAuth::None).await;
+    let fake = forge_fake::Fake::start(draftd::config::ForgeKind::Gitlab).await;
+    let forge = forge_fake::client(draftd::config::ForgeKind::Gitlab, &fake.url(), forge_fake::TOKEN);
+    let config = Config::from_toml(&format!(
+        r#"
+[cluster]
+mode = "kubernetes"
+
+[cluster.verify]
+probe_window = "10ms"
+
+[gitlab]
+url = "{gitlab}"
+
+[[projects]]
+name = "shop"
+forge = "gitlab"
+repo = "{repo}"
+webhook_secret_env = "SHOP_SECRET"
+image = "{host}/acme/shop"
+registry = {{ insecure = true, wait = "20s", poll = "50ms", poll_max = "200ms" }}
+build = {{ always = true }}
+"#,
+        gitlab = fake.url(),
+        repo = forge_fake::GITLAB_REPO,
+        host = registry.host(),
+    ))
+    .unwrap();
+    let registries = Arc::new(draftd::pipeline::image::Registries::from_config(&config).unwrap());
+    let cluster = Arc::new(FakeCluster::default());
+    let steps = KubernetesSteps::new(pool.clone(), Arc::new(config), Arc::new(FakeHelm::default()), cluster.clone())
+        .with_registries(Some(registries))
+        .with_forges(Arc::new(vec![forge]));
+    let engine = Engine::new(pool.clone(), Arc::new(steps), EngineSettings::default(), "test");
+    let run = queue(&pool, "deploy", SHA1).await;
+    // BuildKit's push, once draftd has asked for the build.
+    let tag = draftd::pipeline::plan::image_tag("feature/login", SHA1);
+    let pusher = {
+        let (cluster, registry) = (cluster.clone(), &registry);
+        async move {
+            while cluster.builds.lock().unwrap().is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            registry.push_image("acme/shop", &tag, "linux/amd64").await
+        }
+    };
+    let (ran, digest) = tokio::join!(engine.run_one(), pusher);
+    let steps: Vec<(String, String, Option<Value>)> =
+        sqlx::query_as("select name, state, error from steps where run_id = $1")
+            .bind(run)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(ran.unwrap().unwrap(), (run, RunEnd::Succeeded), "{steps:?}");
+    let (_, image, _) = step_detail(&pool, run, "image").await;
+    assert_eq!(image["digest"], digest.as_str());
+
+    let build = cluster.builds.lock().unwrap()[0].clone();
+    assert_eq!(build.git_url, format!("{}/{}.git", fake.url(), forge_fake::GITLAB_REPO));
+    let tokens = fake.gl_deploy_tokens(forge_fake::GITLAB_REPO);
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(tokens[0].scopes, ["read_repository"]);
+    assert!(tokens[0].revoked, "revoked once the build was over");
+    let Some(GitAuth::Header(header)) = &build.git_auth else { panic!("a GitLab build sends a header") };
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", tokens[0].username, tokens[0].token));
+    assert_eq!(header.expose_secret(), format!("basic {basic}"));
+    let host = fake.url().trim_start_matches("http://").split(['/', ':']).next().unwrap().to_owned();
+    assert!(
+        build.args().iter().any(|a| a == &format!("--secret=id=GIT_AUTH_HEADER.{host},src=/run/draftd/git-header"))
+    );
+    assert!(!build.args().iter().any(|a| a.contains(&tokens[0].token)), "the token is never an argument");
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
 }

@@ -95,31 +95,54 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
         }
     }
 
-    /// A token that can only read the project's repository and expires within the hour.
-    async fn read_only_token(&self, project: &ProjectConfig) -> Result<GitAuth, StepError> {
+    /// A token that can only read the project's repository and expires within the hour: a GitHub
+    /// App installation token narrowed to the repository's contents, or a GitLab deploy token with
+    /// `read_repository` (whose id is returned, to revoke it once the build is over).
+    async fn read_only_token(
+        &self,
+        run: &RunContext,
+        project: &ProjectConfig,
+    ) -> Result<(GitAuth, Option<u64>), StepError> {
         let unsupported = || {
             StepError::permanent(
                 "build_no_token",
                 format!(
                     "building {} needs a token that can only read the repository and expires within the hour: \
-                     configure draftd as a GitHub App ([github] app_id), or set the project's build.public = true \
-                     for a public repository{}",
+                     configure draftd as a GitHub App ([github] app_id) or give its GitLab token the Maintainer \
+                     role (for a deploy token), or set the project's build.public = true for a public repository",
                     project.repo,
-                    if project.forge == ForgeKind::Gitlab { " (GitLab: not supported yet)" } else { "" }
                 ),
             )
         };
-        let github = self.forges.iter().find_map(|f| match f {
-            AnyForge::Github(g) if project.forge == ForgeKind::Github => Some(g),
-            _ => None,
-        });
-        let Some(github) = github else { return Err(unsupported()) };
-        match github.read_only_token(&project.repo).await {
-            Ok(Some((token, _expires))) => Ok(GitAuth::Token(token)),
-            Ok(None) => Err(unsupported()),
-            Err(e) if e.is_transient() => Err(StepError::transient("forge_token", e.to_string())),
-            Err(e) => Err(StepError::permanent("forge_token", e.to_string())),
+        let forge_error = |e: crate::forge::client::ForgeError| {
+            if e.is_transient() {
+                StepError::transient("forge_token", e.to_string())
+            } else {
+                StepError::permanent("forge_token", e.to_string())
+            }
+        };
+        for forge in self.forges.iter() {
+            match (forge, project.forge) {
+                (AnyForge::Github(github), ForgeKind::Github) => {
+                    return match github.read_only_token(&project.repo).await.map_err(forge_error)? {
+                        Some((token, _expires)) => Ok((GitAuth::Token(token), None)),
+                        None => Err(unsupported()),
+                    };
+                }
+                (AnyForge::Gitlab(gitlab), ForgeKind::Gitlab) => {
+                    let name = format!("draftd-build-{}-{}", run.stand_id, run.number);
+                    let (id, user, token, _expires) =
+                        gitlab.read_only_token(&project.repo, &name).await.map_err(forge_error)?;
+                    use base64::Engine as _;
+                    use secrecy::ExposeSecret as _;
+                    let basic =
+                        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", token.expose_secret()));
+                    return Ok((GitAuth::Header(secrecy::SecretString::from(format!("basic {basic}"))), Some(id)));
+                }
+                _ => {}
+            }
         }
+        Err(unsupported())
     }
 
     /// The stand databases and credentials of `[postgres]` and `[vault]`.
@@ -524,7 +547,12 @@ impl<H: Helm, C: Cluster> Builder for KubernetesSteps<H, C> {
             Some(r) => r.login_json(&request.image)?,
             None => None,
         };
-        let git_auth = if request.build.public { None } else { Some(self.read_only_token(project).await?) };
+        let (git_auth, deploy_token) = if request.build.public {
+            (None, None)
+        } else {
+            let (auth, id) = self.read_only_token(run, project).await?;
+            (Some(auth), id)
+        };
         let b = &self.config.build;
         let job = BuildJob {
             namespace: b.namespace.clone(),
@@ -546,7 +574,17 @@ impl<H: Helm, C: Cluster> Builder for KubernetesSteps<H, C> {
             deadline: b.deadline,
             keep_for: b.keep_for,
         };
-        let outcome = self.cluster.run_build(&stand, &job).await?;
+        let outcome = self.cluster.run_build(&stand, &job).await;
+        // A GitLab deploy token goes as soon as the build is known to be over (it expires within
+        // the hour anyway); a transient error says nothing of the build, which may still be fetching.
+        let over = outcome.as_ref().map_or_else(|e| !e.is_transient(), |_| true);
+        if let (Some(id), true) = (deploy_token, over)
+            && let Some(AnyForge::Gitlab(gitlab)) = self.forges.iter().find(|f| matches!(f, AnyForge::Gitlab(_)))
+            && let Err(e) = gitlab.revoke_deploy_token(&project.repo, id).await
+        {
+            tracing::warn!(deploy_token = id, error = %e, "could not revoke the build's deploy token; it expires within the hour");
+        }
+        let outcome = outcome?;
         Ok(Built {
             job: format!("{}/{}", job.namespace, outcome.job),
             succeeded: outcome.succeeded,

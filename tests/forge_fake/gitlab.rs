@@ -32,6 +32,21 @@ pub struct State {
     pub project_labels: HashMap<String, BTreeSet<String>>,
     /// (repo, user id) → effective membership.
     pub members: HashMap<(String, u64), Member>,
+    /// Project deploy tokens made so far, revoked ones included.
+    pub deploy_tokens: Vec<DeployToken>,
+}
+
+/// A project deploy token as GitLab keeps it.
+#[derive(Debug, Clone)]
+pub struct DeployToken {
+    pub id: u64,
+    pub repo: String,
+    pub name: String,
+    pub username: String,
+    pub scopes: Vec<String>,
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub token: String,
+    pub revoked: bool,
 }
 
 impl Default for State {
@@ -44,6 +59,7 @@ impl Default for State {
             labels: HashMap::new(),
             project_labels: HashMap::new(),
             members: HashMap::new(),
+            deploy_tokens: Vec::new(),
         }
     }
 }
@@ -88,6 +104,10 @@ pub struct Member {
 }
 
 impl Fake {
+    /// The deploy tokens of `repo` made so far, revoked ones included.
+    pub fn gl_deploy_tokens(&self, repo: &str) -> Vec<DeployToken> {
+        self.0.lock().unwrap().gl.deploy_tokens.iter().filter(|t| t.repo == repo).cloned().collect()
+    }
     /// Every state set on `sha`'s statuses (any name), in order.
     pub fn gl_statuses(&self, repo: &str, sha: &str) -> Vec<String> {
         let s = self.0.lock().unwrap();
@@ -703,6 +723,71 @@ pub fn route(s: &mut Inner, method: &Method, path: &str, headers: &HeaderMap, bo
                 return *r;
             }
             set_status(s, repo, sha, &f)
+        }
+        // "Create a project deploy token": name and scopes required, expires_at an ISO 8601 time
+        // (none: it never expires), username optional (GitLab makes one up).
+        ("POST", ["api", "v4", "projects", p, "deploy_tokens"]) => {
+            let Some(repo) = project(p) else { return not_found() };
+            let f = match fields(s, method, path, headers, body) {
+                Ok(f) => f,
+                Err(r) => return *r,
+            };
+            if let Err(r) = only(s, method, path, &f, &["name", "scopes[]", "expires_at", "username"]) {
+                return *r;
+            }
+            let Some(name) = f.get("name").filter(|n| !n.is_empty()) else { return param_error("name is missing") };
+            const SCOPES: [&str; 5] = [
+                "read_repository",
+                "read_registry",
+                "write_registry",
+                "read_package_registry",
+                "write_package_registry",
+            ];
+            let Some(scope) = f.get("scopes[]").filter(|sc| SCOPES.contains(&sc.as_str())) else {
+                return param_error("scopes does not have a valid value");
+            };
+            let expires_at = match f.get("expires_at") {
+                None => None,
+                Some(t) => match chrono::DateTime::parse_from_rfc3339(t) {
+                    Ok(t) => Some(t.with_timezone(&chrono::Utc)),
+                    Err(_) => return param_error("expires_at is invalid"),
+                },
+            };
+            let id = s.next_id;
+            s.next_id += 1;
+            let t = DeployToken {
+                id,
+                repo,
+                name: name.clone(),
+                username: f.get("username").cloned().unwrap_or_else(|| format!("gitlab+deploy-token-{id}")),
+                scopes: vec![scope.clone()],
+                expires_at,
+                token: format!("gldt-fakedeploytoken{id:06}"),
+                revoked: false,
+            };
+            s.gl.deploy_tokens.push(t.clone());
+            let v = json!({
+                "id": t.id,
+                "name": t.name,
+                "username": t.username,
+                "expires_at": t.expires_at.map(|e| e.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                "token": t.token,
+                "revoked": false,
+                "expired": false,
+                "scopes": t.scopes,
+            });
+            json_response(201, &v, &[])
+        }
+        ("DELETE", ["api", "v4", "projects", p, "deploy_tokens", id]) => {
+            let Some(repo) = project(p) else { return not_found() };
+            let id: u64 = id.parse().unwrap_or(0);
+            match s.gl.deploy_tokens.iter_mut().find(|t| t.id == id && t.repo == repo && !t.revoked) {
+                Some(t) => {
+                    t.revoked = true;
+                    StatusCode::NO_CONTENT.into_response()
+                }
+                None => not_found(),
+            }
         }
         (_, ["api", "v4", "projects", p, "environments", rest @ ..]) => {
             let Some(repo) = project(p) else { return not_found() };
