@@ -61,7 +61,7 @@ use draftd::store::{self, MIGRATOR};
 use registry::{DOCKER_REGISTRY, Registry as TestRegistry, RegistryAuth};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use support::{drop_database, ms, percentile};
+use support::{ms, percentile};
 use tokio::sync::watch;
 
 const USAGE: &str = "usage: scripts/bench-image.sh [--waits N] [--concurrency N] [--spread F] [--stands K] [--minute D] [--steady D] [--only latency|requests] [--out PATH]
@@ -202,20 +202,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     if !helm.is_file() {
         bail!("{} is missing: run scripts/install-tools.sh (scripts/bench-image.sh does)", helm.display());
     }
-    let (admin_url, db) = support::create_database("draftd_benchimage", "scripts/bench-image.sh").await?;
-    let url = support::with_database(&admin_url, &db);
-    let result = tokio::select! {
-        r = run(&args, &url) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-    };
-    // The engine, its runs and the registries went with the future above; `with (force)` ends any
-    // connection left.
-    let dropped = drop_database(&admin_url, &db).await;
-    match &dropped {
-        Ok(()) => println!("dropped database {db}"),
-        Err(e) => eprintln!("could not drop database {db}: {e:#}"),
-    }
-    result.and(dropped)
+    support::in_fresh_database(
+        "draftd_benchimage",
+        "scripts/bench-image.sh",
+        |url| async move { run(&args, &url).await },
+    )
+    .await
 }
 
 /// The auth modes of part 2.

@@ -40,7 +40,7 @@ use draftd::store::{self, MIGRATOR};
 use serde_json::json;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use support::{drop_database, ms, percentile, with_database};
+use support::{ms, percentile};
 use tokio::sync::{mpsc, watch};
 
 const RATIO_GOAL_SINGLE: f64 = 1.05;
@@ -107,20 +107,12 @@ fn main() -> ExitCode {
 
 /// Creates the database, runs everything, and drops the database however the run ended.
 async fn bench(args: Args) -> anyhow::Result<()> {
-    let (admin_url, db) = support::create_database("draftd_benchpipe", "scripts/bench-pipeline.sh").await?;
-
-    let url = with_database(&admin_url, &db);
-    let result = tokio::select! {
-        r = run(&args, &url) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-    };
-    // Every engine and pool was dropped with the future above; `with (force)` ends any stragglers.
-    let dropped = drop_database(&admin_url, &db).await;
-    match &dropped {
-        Ok(()) => println!("dropped database {db}"),
-        Err(e) => eprintln!("could not drop database {db}: {e:#}"),
-    }
-    result.and(dropped)
+    support::in_fresh_database(
+        "draftd_benchpipe",
+        "scripts/bench-pipeline.sh",
+        |url| async move { run(&args, &url).await },
+    )
+    .await
 }
 
 async fn run(args: &Args, url: &str) -> anyhow::Result<()> {

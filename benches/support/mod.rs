@@ -135,6 +135,28 @@ where
     result.and(dropped)
 }
 
+/// A bench that drives the library itself: makes its database, runs `run(url)` until it ends or
+/// Ctrl-C (the engines and pools it made go with its future), and drops the database however it
+/// ended (`with (force)` ends any connection left).
+#[allow(dead_code)] // the benches around a `draftd serve` use with_fresh_database
+pub async fn in_fresh_database<F, Fut>(prefix: &str, script: &str, run: F) -> anyhow::Result<()>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let (admin_url, db) = create_database(prefix, script).await?;
+    let result = tokio::select! {
+        r = run(with_database(&admin_url, &db)) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    let dropped = drop_database(&admin_url, &db).await;
+    match &dropped {
+        Ok(()) => println!("dropped database {db}"),
+        Err(e) => eprintln!("could not drop database {db}: {e:#}"),
+    }
+    result.and(dropped)
+}
+
 pub async fn drop_database(admin_url: &str, db: &str) -> anyhow::Result<()> {
     let mut admin = PgConnection::connect(admin_url).await?;
     sqlx::query(&format!("drop database if exists {db} with (force)")).execute(&mut admin).await?;
