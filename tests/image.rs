@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::registry::{REGISTRY_PASSWORD, REGISTRY_USER, Registry as TestRegistry, RegistryAuth, available};
+use common::registry::{REGISTRY_PASSWORD, Registry as TestRegistry, RegistryAuth, available};
 use draftd::config::{Config, RegistryConfig};
 use draftd::helm::HelmCli;
 use draftd::pipeline::image::Registries;
@@ -315,7 +315,6 @@ async fn the_token_flow_finds_indexes_and_manifests_and_logs_in_again_when_a_tok
     assert_eq!(refused.label(), "registry_refused", "{refused}");
     assert!(!refused.is_transient());
     assert!(!refused.to_string().contains("not-the-password"));
-    let _ = REGISTRY_USER;
 }
 
 /// htpasswd: Basic on every look; no login at all is refused for good.

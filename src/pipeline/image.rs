@@ -139,7 +139,7 @@ impl<R: Registry, B: Builder> ImageStep<'_, R, B> {
             None => settings.wait,
         };
         let since = self.waiting_since(run).await?;
-        let waited = self.wait(run, registry.as_ref(), &image, &mut wait, first, since, "waiting_for").await?;
+        let waited = self.wait(run, registry.as_ref(), &image, &mut wait, first, since, true).await?;
         let last_error = match waited {
             Waited::Found(manifest) => return Ok(found(&image, &manifest, &wait, None)),
             Waited::Missing { last_error } => last_error,
@@ -177,7 +177,7 @@ impl<R: Registry, B: Builder> ImageStep<'_, R, B> {
                 ),
             ));
         }
-        match self.wait(run, registry.as_ref(), &image, &mut wait, AFTER_BUILD, None, "built").await? {
+        match self.wait(run, registry.as_ref(), &image, &mut wait, AFTER_BUILD, None, false).await? {
             Waited::Found(manifest) => Ok(found(&image, &manifest, &wait, Some(&built))),
             Waited::Missing { last_error } => Err(StepError::permanent(
                 "image_missing",
@@ -194,7 +194,8 @@ impl<R: Registry, B: Builder> ImageStep<'_, R, B> {
 
     /// Looks until the image is there or `limit` has passed since `since` (a resumed run goes on
     /// with the wait it had, rather than starting a new one), pausing `poll`, doubled after each
-    /// miss up to `poll_max`, with jitter. The first miss is told to the PR ("waiting for image").
+    /// miss up to `poll_max`, with jitter. With `announce`, the first miss is told to the PR
+    /// ("waiting for image"); a look after a build has already said "building".
     #[allow(clippy::too_many_arguments)]
     async fn wait(
         &self,
@@ -204,7 +205,7 @@ impl<R: Registry, B: Builder> ImageStep<'_, R, B> {
         wait: &mut Wait<'_>,
         limit: Duration,
         since: Option<DateTime<Utc>>,
-        what: &str,
+        announce: bool,
     ) -> Result<Waited, StepError> {
         let already = since.and_then(|s| (Utc::now() - s).to_std().ok()).unwrap_or_default();
         let began = Instant::now();
@@ -227,7 +228,7 @@ impl<R: Registry, B: Builder> ImageStep<'_, R, B> {
             if now >= deadline {
                 return Ok(Waited::Missing { last_error });
             }
-            if !announced && what == "waiting_for" {
+            if announce && !announced {
                 announced = true;
                 let since = since.unwrap_or_else(Utc::now);
                 let detail = json!({
