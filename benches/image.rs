@@ -488,6 +488,7 @@ impl Ctx {
             event: &event,
             strip_branch_prefix: false,
             request_id: None,
+            origin: draftd::store::intake::Origin::Webhook,
         };
         let recorded = intake::record(&self.pool, &delivery).await?;
         let run =

@@ -357,6 +357,7 @@ async fn queue_opened(pool: &PgPool, project: &ProjectName, phase: &str, index: 
         event: &event,
         strip_branch_prefix: false,
         request_id: None,
+        origin: draftd::store::intake::Origin::Webhook,
     };
     let recorded = intake::record(pool, &delivery).await?;
     recorded.run.ok_or_else(|| anyhow!("delivery {index} of {phase} queued no run: {}", recorded.response))

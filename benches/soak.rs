@@ -16,18 +16,19 @@
 #[path = "support/mod.rs"]
 mod support;
 
+// The tests' fake GitHub (tests/forge_fake), answering a share of calls with faults at random.
+#[path = "../tests/forge_fake/mod.rs"]
+mod forge_fake;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -125,185 +126,6 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         |admin_url, db, log_path| async move { run(&args, &admin_url, &db, &log_path).await },
     )
     .await
-}
-
-// ---------------------------------------------------------------------------------------------
-// The fake GitHub.
-
-/// What draftd's GitHub client calls with a token (src/forge/client/github.rs): issue comments
-/// (list, create, edit), commit statuses, deployments and their statuses, labels, collaborator
-/// permission. Comments are kept; everything else is answered and counted.
-struct Forge {
-    token: String,
-    fault_rate: f64,
-    rng: Mutex<fastrand::Rng>,
-    /// comment id → (PR number, body)
-    comments: Mutex<BTreeMap<u64, (u64, String)>>,
-    next_id: AtomicU64,
-    requests: AtomicU64,
-    /// Status (500, 502, 429) → count of fault answers.
-    faults: Mutex<BTreeMap<u16, u64>>,
-    /// Calls per route kind, and routes it does not know.
-    calls: Mutex<BTreeMap<String, u64>>,
-    unknown: Mutex<Vec<String>>,
-    unauthorised: AtomicU64,
-}
-
-impl Forge {
-    fn answer(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Response {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        let bearer = headers.get("authorization").and_then(|v| v.to_str().ok());
-        if bearer != Some(format!("Bearer {}", self.token).as_str()) {
-            self.unauthorised.fetch_add(1, Ordering::Relaxed);
-            return reply(StatusCode::UNAUTHORIZED, json!({ "message": "Bad credentials" }));
-        }
-        let fault = {
-            let mut rng = self.rng.lock().unwrap();
-            (rng.f64() < self.fault_rate).then(|| [500u16, 502, 429][rng.usize(..3)])
-        };
-        if let Some(status) = fault {
-            *self.faults.lock().unwrap().entry(status).or_default() += 1;
-            let code = StatusCode::from_u16(status).expect("valid status");
-            if status == 429 {
-                let mut r = reply(code, json!({ "message": "You have exceeded a secondary rate limit." }));
-                r.headers_mut().insert("retry-after", "1".parse().expect("header value"));
-                return r;
-            }
-            return reply(code, json!({ "message": "Server Error" }));
-        }
-        let path = uri.path();
-        let query: HashMap<String, String> = uri
-            .query()
-            .unwrap_or_default()
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
-        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let rest: &[&str] = match segs.as_slice() {
-            ["repos", _owner, _repo, rest @ ..] => rest,
-            _ => &[],
-        };
-        let json_body = || serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
-        let count = |what: &str| *self.calls.lock().unwrap().entry(what.to_owned()).or_default() += 1;
-        let new_id = || self.next_id.fetch_add(1, Ordering::Relaxed);
-        match (method.as_str(), rest) {
-            ("GET", ["issues", n, "comments"]) => {
-                count("list comments");
-                let Ok(n) = n.parse::<u64>() else { return not_found() };
-                let per_page: usize = query.get("per_page").and_then(|v| v.parse().ok()).unwrap_or(30);
-                let page: usize = query.get("page").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
-                let list: Vec<Value> = self
-                    .comments
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|(_, (pr, _))| *pr == n)
-                    .skip((page - 1) * per_page)
-                    .take(per_page)
-                    .map(|(id, (_, body))| json!({ "id": id, "body": body }))
-                    .collect();
-                reply(StatusCode::OK, Value::Array(list))
-            }
-            ("POST", ["issues", n, "comments"]) => {
-                count("create comment");
-                let Ok(n) = n.parse::<u64>() else { return not_found() };
-                let text = json_body()["body"].as_str().unwrap_or_default().to_owned();
-                let id = new_id();
-                self.comments.lock().unwrap().insert(id, (n, text.clone()));
-                reply(StatusCode::CREATED, json!({ "id": id, "body": text }))
-            }
-            ("PATCH", ["issues", "comments", id]) => {
-                count("edit comment");
-                let Ok(id) = id.parse::<u64>() else { return not_found() };
-                let text = json_body()["body"].as_str().unwrap_or_default().to_owned();
-                let mut comments = self.comments.lock().unwrap();
-                let Some(c) = comments.get_mut(&id) else { return not_found() };
-                c.1 = text.clone();
-                reply(StatusCode::OK, json!({ "id": id, "body": text }))
-            }
-            ("POST", ["statuses", _sha]) => {
-                count("create commit status");
-                reply(StatusCode::CREATED, json!({ "id": new_id(), "state": json_body()["state"] }))
-            }
-            ("POST", ["deployments"]) => {
-                count("create deployment");
-                reply(StatusCode::CREATED, json!({ "id": new_id() }))
-            }
-            ("POST", ["deployments", _id, "statuses"]) => {
-                count("create deployment status");
-                reply(StatusCode::CREATED, json!({ "id": new_id(), "state": json_body()["state"] }))
-            }
-            ("POST", ["issues", _n, "labels"]) => {
-                count("add label");
-                reply(StatusCode::OK, json!([{ "name": "draft-tested" }]))
-            }
-            ("DELETE", ["issues", _n, "labels", _label]) => {
-                count("remove label");
-                reply(StatusCode::OK, json!([]))
-            }
-            ("GET", ["collaborators", _login, "permission"]) => {
-                count("read collaborator permission");
-                reply(StatusCode::OK, json!({ "permission": "write", "role_name": "write" }))
-            }
-            _ => {
-                let mut unknown = self.unknown.lock().unwrap();
-                if unknown.len() < 20 {
-                    unknown.push(format!("{method} {path}"));
-                }
-                not_found()
-            }
-        }
-    }
-
-    /// PR number → bodies of its comments.
-    fn comments_by_pr(&self) -> HashMap<u64, Vec<String>> {
-        let mut out: HashMap<u64, Vec<String>> = HashMap::new();
-        for (pr, body) in self.comments.lock().unwrap().values() {
-            out.entry(*pr).or_default().push(body.clone());
-        }
-        out
-    }
-}
-
-fn reply(status: StatusCode, body: Value) -> Response {
-    (status, axum::Json(body)).into_response()
-}
-
-fn not_found() -> Response {
-    reply(StatusCode::NOT_FOUND, json!({ "message": "Not Found" }))
-}
-
-async fn forge_handler(
-    State(forge): State<Arc<Forge>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    forge.answer(&method, &uri, &headers, &body)
-}
-
-/// Serves the fake on a loopback port until the returned task is aborted.
-async fn start_forge(forge: Arc<Forge>) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
-    let app = axum::Router::new().fallback(forge_handler).with_state(forge);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?.to_string();
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            eprintln!("fake GitHub stopped: {e}");
-        }
-    });
-    Ok((addr, task))
-}
-
-/// Aborts the fake GitHub's task when dropped, on every exit path.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -635,22 +457,11 @@ async fn run(args: &Args, admin_url: &str, db: &str, log_path: &Path) -> anyhow:
     let stands_dir = dir.path().join("stands");
     std::fs::create_dir_all(&stands_dir)?;
     let secret = format!("soak-{}", uuid::Uuid::new_v4().simple());
-    let token = format!("soak-token-{}", uuid::Uuid::new_v4().simple());
+    let token = forge_fake::TOKEN.to_owned();
 
-    let forge = Arc::new(Forge {
-        token: token.clone(),
-        fault_rate: args.forge_errors,
-        rng: Mutex::new(fastrand::Rng::with_seed(args.seed ^ 0x5eed)),
-        comments: Mutex::new(BTreeMap::new()),
-        next_id: AtomicU64::new(1000),
-        requests: AtomicU64::new(0),
-        faults: Mutex::new(BTreeMap::new()),
-        calls: Mutex::new(BTreeMap::new()),
-        unknown: Mutex::new(Vec::new()),
-        unauthorised: AtomicU64::new(0),
-    });
-    let (forge_addr, forge_task) = start_forge(forge.clone()).await?;
-    let _forge_guard = AbortOnDrop(forge_task);
+    let forge = forge_fake::Fake::start(draftd::config::ForgeKind::Github).await;
+    forge.fail_at_random(args.forge_errors, args.seed ^ 0x5eed);
+    let forge_addr = forge.url().trim_start_matches("http://").to_owned();
 
     let config = dir.path().join("draftd.toml");
     std::fs::write(
@@ -673,6 +484,8 @@ enabled = false
 [github]
 api_url = "http://{forge_addr}"
 token_env = "{TOKEN_ENV}"
+# The bench is about deliveries surviving kills, not GitHub's pacing (benches/forge_pacing.rs).
+write_gap = "0s"
 
 [[projects]]
 name = "soak"
@@ -900,21 +713,26 @@ branches = ["feature/**"]
     line("  retried sends answered 200 (first attempt was recorded)", checks.retried_200.to_string());
     line("  automatic deploys per (stand, sha), most", checks.max_auto_per_sha.to_string());
     line("  deploy runs (each a distinct commit of its stand)", checks.deploy_runs.to_string());
+    let seen = forge.seen();
+    let violations = forge.violations();
     line(
         "fake GitHub",
         format!(
-            "{} requests, faults {}, unknown routes {}, unauthorised {}",
-            forge.requests.load(Ordering::Relaxed),
-            forge.faults.lock().unwrap().iter().map(|(k, v)| format!("{k} x{v}")).collect::<Vec<_>>().join(", "),
-            forge.unknown.lock().unwrap().len(),
-            forge.unauthorised.load(Ordering::Relaxed)
+            "{} requests, faults {}, calls it refused as the real GitHub would or does not document {}",
+            seen.len(),
+            forge.fault_counts().iter().map(|(k, v)| format!("{k} x{v}")).collect::<Vec<_>>().join(", "),
+            violations.len(),
         ),
     );
-    for (what, n) in forge.calls.lock().unwrap().iter() {
+    let mut calls: BTreeMap<String, u64> = BTreeMap::new();
+    for s in &seen {
+        *calls.entry(forge_fake::github::endpoint_of(&s.method, forge_fake::path_only(&s.path))).or_default() += 1;
+    }
+    for (what, n) in &calls {
         line(&format!("  {what}"), n.to_string());
     }
-    for u in forge.unknown.lock().unwrap().iter() {
-        line("  unknown route", u.clone());
+    for v in violations.iter().take(20) {
+        line("  refused", v.clone());
     }
     line(
         "outbox rows by state",
@@ -1001,7 +819,7 @@ async fn check(
     sent: &[Sent],
     pool: &PgPool,
     stands_dir: &Path,
-    forge: &Forge,
+    forge: &forge_fake::Fake,
 ) -> anyhow::Result<Checks> {
     let mut counts: Vec<(String, usize, Vec<String>)> = Vec::new();
     let mut push = |what: &str, examples: Vec<String>| {
@@ -1089,7 +907,10 @@ async fn check(
     .fetch_all(pool)
     .await?;
     let last_run: HashMap<i64, &LastRun> = last_runs.iter().map(|r| (r.stand_id, r)).collect();
-    let comments = forge.comments_by_pr();
+    let mut comments: HashMap<u64, Vec<String>> = HashMap::new();
+    for c in forge.all_comments() {
+        comments.entry(c.number).or_default().push(c.body);
+    }
 
     let (mut lost_stands, mut closed_not_removed, mut closed_folder, mut open_not_ready) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());

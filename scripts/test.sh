@@ -15,6 +15,9 @@ scripts/install-openbao.sh >/dev/null
 # a no-op once installed; DRAFTD_REQUIRE_REGISTRY=1 then makes a missing registry a failure, never a skip.
 # DRAFTD_SKIP_REGISTRY=1: no install, and the registry tests skip, saying so, where docker-registry is missing.
 if [ "${DRAFTD_SKIP_REGISTRY:-}" != 1 ]; then scripts/install-registry.sh >/dev/null; export DRAFTD_REQUIRE_REGISTRY=1; fi
+# schemathesis (PyPI) into .tools/ for tests/schemathesis.rs, a no-op once installed; DRAFTD_REQUIRE_SCHEMATHESIS=1
+# then makes a missing `st` a failure. DRAFTD_SKIP_SCHEMATHESIS=1: no install, and that test skips, saying so.
+if [ "${DRAFTD_SKIP_SCHEMATHESIS:-}" != 1 ]; then scripts/install-schemathesis.sh >/dev/null; export DRAFTD_REQUIRE_SCHEMATHESIS=1; fi
 if [ -z "${CARGO_TARGET_DIR:-}" ] && [ -d /var/tmp/draftd-target ]; then export CARGO_TARGET_DIR=/var/tmp/draftd-target; fi
 # A real Kubernetes control plane for the Kubernetes-mode suite (tests/k8s.rs), one for the whole run,
 # built once from Go modules (scripts/install-k8s.sh) and stopped when the tests end. draftd runs

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 use std::sync::Arc;
 
@@ -44,8 +44,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let pool = store::pool(&config.database_url, config.intake.db_pool_size)?;
     let state = AppState::new(&config, projects, pool.clone());
-    let listener =
-        TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = listen(config.listen, config.intake.listen_backlog)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(listen = %listener.local_addr()?, mode = ?config.cluster.mode, projects = config.projects.len(), "draftd serving");
 
     let mut migrations = tokio::spawn(migrate_until_done(pool.clone(), state.clone()));
@@ -101,7 +101,11 @@ fn start_background(
     let credentials = StandCredentials::from_config(workers_pool.clone(), &config)?.map(Arc::new);
     // One set of clients, shared by the reporter and the access check: one token cache and one
     // rate-limit hold per forge.
-    let forges = AnyForge::from_config(&config).context("forge clients")?;
+    let forges: Vec<AnyForge> = AnyForge::from_config(&config)
+        .context("forge clients")?
+        .into_iter()
+        .map(|f| f.watch_problems(state.forge_problems()))
+        .collect();
     let authoriser: Arc<dyn Authorise> = Arc::new(ForgeAuthoriser::new(workers_pool.clone(), &config, &forges));
     // The image step's registries: a bad CA file or reference stops the start, not the first run.
     let registries = Some(Arc::new(Registries::from_config(&config).context("registry clients")?));
@@ -320,6 +324,28 @@ async fn migrate_until_done(pool: sqlx::PgPool, state: AppState) -> anyhow::Resu
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(10));
     }
+}
+
+/// Binds with `[intake] listen_backlog` rather than tokio's 128: the kernel holds that many
+/// finished handshakes while draftd is paused, instead of dropping the SYNs of a burst.
+fn listen(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    // As TcpListener::bind does: a restarted draftd rebinds at once, despite connections in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    if let Some(cap) = somaxconn().filter(|cap| *cap < backlog) {
+        tracing::warn!(
+            listen_backlog = backlog,
+            somaxconn = cap,
+            "the kernel caps the listen backlog at net.core.somaxconn; raise it to hold bursts"
+        );
+    }
+    socket.listen(backlog)
+}
+
+/// Linux's cap on every listen backlog; `None` elsewhere.
+fn somaxconn() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok()?.trim().parse().ok()
 }
 
 async fn shutdown_signal() {

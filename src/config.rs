@@ -619,11 +619,22 @@ pub struct IntakeConfig {
     /// Connections to draftd's own database; intake holds one only for its single transaction.
     #[serde(default = "default_db_pool_size")]
     pub db_pool_size: u32,
+    /// Connections the kernel completes and holds for draftd while it cannot accept them (a pod
+    /// throttled or paused for a second): beyond it, connecting clients' SYNs are dropped and
+    /// retried 1, 3, 7 s later, past a forge's delivery timeout, and GitHub does not redeliver by
+    /// itself. Linux caps it at `net.core.somaxconn` (4096 since kernel 5.4, 128 before; `serve`
+    /// warns when it is lower than this value).
+    #[serde(default = "default_listen_backlog")]
+    pub listen_backlog: u32,
 }
 
 impl Default for IntakeConfig {
     fn default() -> Self {
-        Self { max_body_bytes: default_max_body_bytes(), db_pool_size: default_db_pool_size() }
+        Self {
+            max_body_bytes: default_max_body_bytes(),
+            db_pool_size: default_db_pool_size(),
+            listen_backlog: default_listen_backlog(),
+        }
     }
 }
 
@@ -632,6 +643,10 @@ fn default_max_body_bytes() -> usize {
 }
 fn default_db_pool_size() -> u32 {
     32
+}
+/// Twice a burst of 500 deliveries (a busy forge after a pause), well inside the default somaxconn.
+fn default_listen_backlog() -> u32 {
+    1024
 }
 
 /// The server hosting per-stand databases (used from the databases issue on).
@@ -725,6 +740,25 @@ pub struct GithubConfig {
     pub installation_id: Option<u64>,
     /// One secret for every GitHub project (a GitHub App's webhook); projects may still set their own.
     pub webhook_secret_env: Option<String>,
+    /// GitHub's best practices, per installation (or token): at least this between writes...
+    #[serde(default = "default_write_gap", with = "humantime_serde")]
+    pub write_gap: Duration,
+    /// ...and at most this many content-creating requests a minute and an hour (its secondary limits).
+    #[serde(default = "default_creates_per_minute")]
+    pub creates_per_minute: usize,
+    #[serde(default = "default_creates_per_hour")]
+    pub creates_per_hour: usize,
+}
+
+// GitHub's "Best practices for using the REST API" and its secondary rate limits.
+fn default_write_gap() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_creates_per_minute() -> usize {
+    80
+}
+fn default_creates_per_hour() -> usize {
+    500
 }
 
 impl Default for GithubConfig {
@@ -736,6 +770,9 @@ impl Default for GithubConfig {
             private_key_file: None,
             installation_id: None,
             webhook_secret_env: None,
+            write_gap: default_write_gap(),
+            creates_per_minute: default_creates_per_minute(),
+            creates_per_hour: default_creates_per_hour(),
         }
     }
 }
@@ -1049,6 +1086,9 @@ impl Config {
         if self.intake.db_pool_size == 0 {
             return Err(self.invalid("intake.db_pool_size", "must be at least 1"));
         }
+        if self.intake.listen_backlog == 0 {
+            return Err(self.invalid("intake.listen_backlog", "must be at least 1"));
+        }
         if let Some(vault) = &self.vault {
             self.validate_vault(vault)?;
         }
@@ -1316,6 +1356,20 @@ webhook_secret_env = "SHOP_SECRET"
             jail.set_env("DRAFTD_STANDS__MAX_CONCURRENT_RUNS", "many");
             let err = load(jail).unwrap_err().to_string();
             assert!(err.contains("DRAFTD_STANDS__MAX_CONCURRENT_RUNS"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_listen_backlog_defaults_above_tokios_and_zero_is_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file("draftd.toml", EXAMPLE)?;
+            assert_eq!(load(jail).unwrap().intake.listen_backlog, 1024);
+            jail.set_env("DRAFTD_INTAKE__LISTEN_BACKLOG", "4096");
+            assert_eq!(load(jail).unwrap().intake.listen_backlog, 4096);
+            jail.set_env("DRAFTD_INTAKE__LISTEN_BACKLOG", "0");
+            let err = load(jail).unwrap_err().to_string();
+            assert!(err.contains("intake.listen_backlog"), "{err}");
             Ok(())
         });
     }

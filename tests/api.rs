@@ -5,8 +5,10 @@ mod common;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::*;
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use tower::ServiceExt;
 
 const T1: &str = "2019-05-15T15:20:33Z";
 
@@ -108,4 +110,83 @@ async fn rerun_extend_and_destroy_queue_runs(pool: PgPool) {
     assert_eq!((again.status, again.body["error"]["code"].clone()), (StatusCode::CONFLICT, json!("stand_not_active")));
     let gone = send(&app, call("DELETE", "/api/v1/stands/999999", Some(API_TOKEN), None)).await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND);
+}
+
+/// Postgres text cannot hold NUL: wherever input would carry one to SQL, the answer is a 400 naming
+/// the field (or, for a verified delivery, a recorded and ignored event), never a 500.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_nul_byte_is_refused_naming_the_field_never_a_500(pool: PgPool) {
+    let app = app(pool.clone());
+    let id = seed(&app).await;
+    let refused = [
+        ("GET", "/api/v1/stands?project=hello%00world".to_string(), None, "project"),
+        ("GET", "/api/v1/stands?state=active%00".to_string(), None, "state"),
+        ("GET", "/api/v1/metrics/summary?project=%00".to_string(), None, "project"),
+        ("GET", "/api/v1/metrics/summary?window=7d%00".to_string(), None, "window"),
+        ("GET", "/api/v1/stands/1%00".to_string(), None, "id"),
+        ("DELETE", format!("/api/v1/stands/{id}%00"), None, "id"),
+        ("POST", format!("/api/v1/stands/{id}/extend"), Some(json!({ "by": "24h\u{0}" })), "by"),
+    ];
+    for (method, path, body, field) in refused {
+        let res = send(&app, call(method, &path, Some(API_TOKEN), body)).await;
+        assert_eq!(res.status, StatusCode::BAD_REQUEST, "{method} {path}: {}", res.body);
+        assert_eq!(res.body["error"]["field"], json!(field), "{method} {path}: {}", res.body);
+    }
+    // The dashboard's filter meets the same SQL.
+    let page = send(&app, Request::get("/stands?project=%00").body(Body::empty()).unwrap()).await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+
+    // A verified comment whose author holds NUL is recorded, and queues nothing.
+    let mut comment = fixture("github/issue_comment.created.json");
+    comment["issue"]["number"] = 2.into();
+    comment["issue"]["pull_request"] = json!({ "url": "https://api.github.com/repos/Codertocat/Hello-World/pulls/2" });
+    comment["comment"]["body"] = "/draft rerun".into();
+    comment["comment"]["user"]["login"] = "Coder\u{0}tocat".into();
+    comment["sender"]["login"] = "Coder\u{0}tocat".into();
+    let res = github(&app, "issue_comment", &uuid::Uuid::new_v4().to_string(), &comment).await;
+    assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.body);
+    assert!(res.body["ignored"].as_str().is_some_and(|r| r.contains("NUL")), "{}", res.body);
+    // A pull request whose state holds NUL is quoted, escaped, in the recorded reason.
+    let mut pr = github_pr("opened", "feature/nul", &sha(2), T1);
+    pr["pull_request"]["state"] = "open\u{0}".into();
+    let res = github(&app, "pull_request", &uuid::Uuid::new_v4().to_string(), &pr).await;
+    assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.body);
+    assert_eq!(res.body["ignored"], json!("pull request is open\\0"));
+    assert_eq!(count(&pool, "runs").await, 1, "nothing queued");
+}
+
+/// Unknown paths and wrong methods under the JSON interfaces answer the one documented error body,
+/// not axum's empty 404/405; a wrong method keeps its `Allow` header.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn unknown_paths_and_wrong_methods_answer_the_error_body(pool: PgPool) {
+    let app = app(pool.clone());
+    let cases = [
+        ("GET", "/api/v1/nothing", StatusCode::NOT_FOUND, "not_found", None),
+        ("GET", "/api/v2/stands", StatusCode::NOT_FOUND, "not_found", None),
+        ("POST", "/webhooks/bitbucket", StatusCode::NOT_FOUND, "not_found", None),
+        ("GET", "/health/nothing", StatusCode::NOT_FOUND, "not_found", None),
+        ("PUT", "/api/v1/stands", StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", Some("GET,HEAD")),
+        ("PATCH", "/api/v1/stands/1", StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", Some("GET,HEAD,DELETE")),
+        ("GET", "/api/v1/stands/1/runs", StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", Some("POST")),
+        ("GET", "/webhooks/github", StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", Some("POST")),
+        ("DELETE", "/webhooks/gitlab", StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", Some("POST")),
+        ("POST", "/health", StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", Some("GET,HEAD")),
+    ];
+    for (method, path, status, code, allow) in cases {
+        let req = Request::builder().method(method).uri(path).header("authorization", format!("Bearer {API_TOKEN}"));
+        let res = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(res.status(), status, "{method} {path}");
+        let content_type = res.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        assert_eq!(content_type.as_deref(), Some("application/json"), "{method} {path}");
+        let allowed = res.headers().get("allow").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        assert_eq!(allowed.as_deref(), allow, "{method} {path}: Allow");
+        let body: Value = serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(body["error"]["code"], json!(code), "{method} {path}: {body}");
+        assert!(body["error"]["message"].is_string(), "{method} {path}: {body}");
+    }
+    // The dashboard's own paths get its error page.
+    let res = app.clone().oneshot(Request::get("/nothing").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(res.headers().contains_key("content-security-policy"));
 }

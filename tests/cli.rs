@@ -6,6 +6,7 @@
 //! running when a test ends (or panics) is killed, so a hung `draftd` fails a test instead of hanging it.
 
 mod common;
+mod forge_fake;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -685,6 +686,86 @@ async fn sigterm_lets_an_in_flight_request_finish() {
     db.drop_db().await;
 }
 
+/// A burst from a busy forge, arriving while `serve` cannot run (a CPU-throttled pod).
+const BURST: usize = 500;
+/// How long `serve` is stopped at least, like a CPU-throttled pod.
+const PAUSE: Duration = Duration::from_secs(1);
+/// How long it stays stopped at most while the test waits for the kernel to complete every handshake.
+const HOLD_WAIT: Duration = Duration::from_secs(5);
+
+/// The kernel's cap on a listen backlog (`net.core.somaxconn`); `None` where it cannot be read.
+fn somaxconn() -> Option<usize> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok()?.trim().parse().ok()
+}
+
+fn signal(server: &Server, name: &str) {
+    let pid = server.proc.pid().to_string();
+    let status = Command::new("kill").args([&format!("-{name}"), &pid]).status().expect("running kill");
+    assert!(status.success(), "kill -{name} {pid} failed: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_arriving_while_serve_is_paused_is_held_and_every_request_answered() {
+    match somaxconn() {
+        Some(cap) if cap < BURST => {
+            eprintln!("skipped: net.core.somaxconn is {cap}, below the {BURST} connections this test holds");
+            return;
+        }
+        _ => {}
+    }
+    let db = TestDb::create().await;
+    let setup = Setup::new(&db.url);
+    let mut server = setup.serve(&[]);
+    server.wait_started(&client()).await;
+
+    signal(&server, "STOP");
+    let stopped = Instant::now();
+    let addr = server.addr;
+    // Counted as the kernel completes each handshake, however late this process polls the task.
+    let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let burst: Vec<_> = (0..BURST)
+        .map(|_| {
+            let connected = connected.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+                connected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let request = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+                stream.write_all(request.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
+                let mut answer = Vec::new();
+                stream.read_to_end(&mut answer).await.map_err(|e| format!("read: {e}"))?;
+                let answer = String::from_utf8_lossy(&answer).into_owned();
+                match answer.starts_with("HTTP/1.1 200") {
+                    true => Ok(()),
+                    false => Err(format!("answer: {answer:?}")),
+                }
+            })
+        })
+        .collect();
+    let all_held = || connected.load(std::sync::atomic::Ordering::SeqCst) == BURST;
+    while stopped.elapsed() < PAUSE || (!all_held() && stopped.elapsed() < HOLD_WAIT) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A connection the kernel did not take while draftd was stopped had its SYN dropped: it waits for
+    // the SYN's retries (1, 3, 7 s…) and, under a longer pause, misses the forge's delivery timeout.
+    let (held, paused) = (connected.load(std::sync::atomic::Ordering::SeqCst), stopped.elapsed());
+    signal(&server, "CONT");
+
+    let mut failed = Vec::new();
+    for task in burst {
+        match tokio::time::timeout(HTTP_TIMEOUT, task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => failed.push(e),
+            Ok(Err(e)) => failed.push(format!("task: {e}")),
+            Err(_) => failed.push(format!("no answer within {HTTP_TIMEOUT:?}")),
+        }
+    }
+    assert!(failed.is_empty(), "{} of {BURST} connections failed: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    assert_eq!(held, BURST, "connections the kernel took while draftd was stopped for {paused:?}");
+    server.stop_cleanly();
+    db.drop_db().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stands_list_and_show_print_the_recorded_stand() {
     let db = TestDb::create().await;
@@ -812,98 +893,16 @@ fn bad_config_names_the_key_and_file() {
     assert!(run_kube.stderr.contains("/nonexistent/kubeconfig"), "{}", run_kube.describe());
 }
 
-/// A stand-in for GitHub's issue-comment API: the routes and JSON GitHub documents, in memory.
-#[derive(Clone, Default)]
-struct FakeGithub {
-    comments: Arc<Mutex<Vec<(u64, u64, String)>>>,
-    edits: Arc<Mutex<usize>>,
+/// Every comment on the fake GitHub, oldest first.
+fn bodies(fake: &forge_fake::Fake) -> Vec<String> {
+    fake.all_comments().into_iter().map(|c| c.body).collect()
 }
 
-impl FakeGithub {
-    async fn start(token: &str) -> (SocketAddr, FakeGithub) {
-        use axum::extract::{Path as UrlPath, State};
-        use axum::http::{HeaderMap, StatusCode};
-        use axum::routing::{get, patch};
-        let fake = FakeGithub::default();
-        let token = token.to_owned();
-        let authorised = move |h: &HeaderMap| {
-            h.get("authorization").and_then(|v| v.to_str().ok()).is_some_and(|v| v.ends_with(&token))
-        };
-        let (a1, a2, a3) = (authorised.clone(), authorised.clone(), authorised);
-        let app = axum::Router::new()
-            .route(
-                "/repos/{owner}/{repo}/issues/{number}/comments",
-                get(
-                    move |State(f): State<FakeGithub>,
-                          h: HeaderMap,
-                          UrlPath((_, _, n)): UrlPath<(String, String, u64)>| async move {
-                        if !a1(&h) {
-                            return (StatusCode::UNAUTHORIZED, axum::Json(json!({ "message": "Bad credentials" })));
-                        }
-                        let list: Vec<Value> = f
-                            .comments
-                            .lock()
-                            .unwrap()
-                            .iter()
-                            .filter(|c| c.1 == n)
-                            .map(|c| json!({ "id": c.0, "body": c.2 }))
-                            .collect();
-                        (StatusCode::OK, axum::Json(Value::Array(list)))
-                    },
-                )
-                .post(
-                    move |State(f): State<FakeGithub>,
-                          h: HeaderMap,
-                          UrlPath((_, _, n)): UrlPath<(String, String, u64)>,
-                          axum::Json(b): axum::Json<Value>| async move {
-                        if !a2(&h) {
-                            return (StatusCode::UNAUTHORIZED, axum::Json(json!({ "message": "Bad credentials" })));
-                        }
-                        let mut comments = f.comments.lock().unwrap();
-                        let id = 5000 + comments.len() as u64;
-                        let body = b["body"].as_str().unwrap_or_default().to_owned();
-                        comments.push((id, n, body.clone()));
-                        (StatusCode::CREATED, axum::Json(json!({ "id": id, "body": body })))
-                    },
-                ),
-            )
-            .route(
-                "/repos/{owner}/{repo}/issues/comments/{id}",
-                patch(
-                    move |State(f): State<FakeGithub>,
-                          h: HeaderMap,
-                          UrlPath((_, _, id)): UrlPath<(String, String, u64)>,
-                          axum::Json(b): axum::Json<Value>| async move {
-                        if !a3(&h) {
-                            return (StatusCode::UNAUTHORIZED, axum::Json(json!({ "message": "Bad credentials" })));
-                        }
-                        let mut comments = f.comments.lock().unwrap();
-                        let Some(c) = comments.iter_mut().find(|c| c.0 == id) else {
-                            return (StatusCode::NOT_FOUND, axum::Json(json!({ "message": "Not Found" })));
-                        };
-                        c.2 = b["body"].as_str().unwrap_or_default().to_owned();
-                        *f.edits.lock().unwrap() += 1;
-                        (StatusCode::OK, axum::Json(json!({ "id": id, "body": c.2 })))
-                    },
-                ),
-            )
-            .with_state(fake.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        (addr, fake)
-    }
-
-    fn bodies(&self) -> Vec<String> {
-        self.comments.lock().unwrap().iter().map(|c| c.2.clone()).collect()
-    }
-
-    async fn wait_for(&self, what: &str, done: impl Fn(&[String]) -> bool, server: &Server) {
-        let deadline = Instant::now() + Duration::from_secs(40);
-        while !done(&self.bodies()) {
-            assert!(Instant::now() < deadline, "{what}: comments {:?}; output:\n{}", self.bodies(), server.output());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+async fn wait_for_comments(fake: &forge_fake::Fake, what: &str, done: impl Fn(&[String]) -> bool, server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !done(&bodies(fake)) {
+        assert!(Instant::now() < deadline, "{what}: comments {:?}; output:\n{}", bodies(fake), server.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -911,8 +910,10 @@ impl FakeGithub {
 async fn serve_runs_the_stand_in_dry_run_mode_and_keeps_one_sticky_comment() {
     let db = TestDb::create().await;
     let setup = Setup::new(&db.url);
-    let token = format!("gh-token-{}", unique());
-    let (forge, fake) = FakeGithub::start(&token).await;
+    // The tests' one fake GitHub, strict about what the real one refuses.
+    let token = forge_fake::TOKEN;
+    let fake = forge_fake::Fake::start(draftd::config::ForgeKind::Github).await;
+    let forge = fake.url();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let stands_dir = setup.dir.path().join("stands");
     let config = setup.write_config(
@@ -925,7 +926,7 @@ dry_run_dir = "{stands}"
 helm_path = "{helm}"
 
 [github]
-api_url = "http://{forge}"
+api_url = "{forge}"
 token_env = "CLI_GH_TOKEN"
 
 [[projects]]
@@ -944,18 +945,18 @@ host = "{{stand}}.draft.example.test"
         ),
     );
     let mut cmd = setup.command_with(&config, &["--log-format", "json", "serve"]);
-    cmd.env("CLI_GH_TOKEN", &token);
+    cmd.env("CLI_GH_TOKEN", token);
     let mut server = Setup::serve_command(cmd);
     let client = client();
     server.wait_started(&client).await;
 
     // Opened: the run renders the stand and one comment appears.
     record_opened_pr(&client, &server, &setup, &uuid::Uuid::new_v4().to_string()).await;
-    fake.wait_for("a ready comment", |b| b.len() == 1 && b[0].contains("ready"), &server).await;
+    wait_for_comments(&fake, "a ready comment", |b| b.len() == 1 && b[0].contains("ready"), &server).await;
     let ns = stands_dir.join("draft-feature-cli");
     let manifests = std::fs::read_to_string(ns.join("manifests.yaml")).expect("manifests rendered");
     assert!(manifests.contains("kind: Deployment") && manifests.contains("draft-feature-cli-"), "{manifests}");
-    assert!(fake.bodies()[0].contains("https://draft-feature-cli.draft.example.test"), "{:?}", fake.bodies());
+    assert!(bodies(&fake)[0].contains("https://draft-feature-cli.draft.example.test"), "{:?}", bodies(&fake));
 
     // A push: the same comment is edited, never a second one.
     let pushed = format!("def5678{}", "0".repeat(33));
@@ -963,7 +964,8 @@ host = "{{stand}}.draft.example.test"
     let res = post_github(&client, &server, &setup.github_secret, "pull_request", "push-1", &push).await;
     assert_eq!(res.status, 202, "{}", res.body);
     let short = &pushed[..7];
-    fake.wait_for(
+    wait_for_comments(
+        &fake,
         "the comment edited for the push",
         |b| b.len() == 1 && b[0].contains(short) && b[0].contains("ready"),
         &server,
@@ -974,7 +976,13 @@ host = "{{stand}}.draft.example.test"
     let close = serde_json::to_vec(&github_pr("closed", "feature/cli", &pushed, "2019-05-15T15:22:00Z")).unwrap();
     let res = post_github(&client, &server, &setup.github_secret, "pull_request", "close-1", &close).await;
     assert_eq!(res.status, 202, "{}", res.body);
-    fake.wait_for("the comment edited for the teardown", |b| b.len() == 1 && b[0].contains("removed"), &server).await;
+    wait_for_comments(
+        &fake,
+        "the comment edited for the teardown",
+        |b| b.len() == 1 && b[0].contains("removed"),
+        &server,
+    )
+    .await;
     assert!(!ns.exists(), "the dry-run folder is gone");
     let left: Vec<_> = std::fs::read_dir(&stands_dir).unwrap().map(|e| e.unwrap().path()).collect();
     assert!(left.is_empty(), "nothing left behind in the dry-run folder: {left:?}");
@@ -984,10 +992,11 @@ host = "{{stand}}.draft.example.test"
         run(setup.command_with(&config, &["stands", "show", "hello-world/feature/cli", "--json"]), "show", &out);
     let detail: Value = serde_json::from_str(&shown.stdout).expect("show --json");
     assert_eq!(detail["state"], "removed", "{detail}");
-    assert_eq!(fake.comments.lock().unwrap().len(), 1, "one sticky comment");
-    let edits = *fake.edits.lock().unwrap();
-    assert!(edits >= 2, "edits {edits}; bodies {:?}", fake.bodies());
-    assert!(!server.output().contains(&token), "the forge token is never logged");
+    assert_eq!(fake.all_comments().len(), 1, "one sticky comment");
+    let edits = fake.count("PATCH", &format!("/issues/comments/{}", fake.all_comments()[0].id));
+    assert!(edits >= 2, "edits {edits}; bodies {:?}", bodies(&fake));
+    assert!(fake.violations().is_empty(), "draftd called GitHub as it documents: {:?}", fake.violations());
+    assert!(!server.output().contains(token), "the forge token is never logged");
     db.drop_db().await;
 }
 

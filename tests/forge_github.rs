@@ -221,7 +221,11 @@ async fn deployments_go_in_progress_success_and_inactive_at_teardown(pool: PgPoo
         assert_eq!((d.sha.as_str(), d.environment.as_str()), (sha.as_str(), "draft/feature/login"));
         assert!(d.transient && !d.production);
     }
-    assert_eq!(deployments[0].statuses, [("in_progress".to_owned(), url.clone()), ("success".to_owned(), url.clone())]);
+    // The newer commit's success retired the older deployment; the teardown the newer one.
+    assert_eq!(
+        deployments[0].statuses,
+        [("in_progress".to_owned(), url.clone()), ("success".to_owned(), url.clone()), ("inactive".to_owned(), None)]
+    );
     assert_eq!(deployments[1].statuses, [("success".to_owned(), url.clone()), ("inactive".to_owned(), None)]);
     // The label stays after teardown: a merged PR keeps its draft-tested mark.
     assert_eq!(fake.gh_labels(REPO, PR), [TESTED_LABEL]);
@@ -410,6 +414,12 @@ async fn after_a_five_minute_outage_every_pr_ends_with_its_latest_state(pool: Pg
                         l.number = 100 + i as u64;
                         Outbound::Label(l)
                     }
+                    // Each stand its own environment, as each branch has: a success retires the
+                    // environment's earlier deployments.
+                    Outbound::Environment(mut e) => {
+                        e.env.environment = format!("draft/feature/f{i}");
+                        Outbound::Environment(e)
+                    }
                     other => other,
                 })
                 .collect();
@@ -585,4 +595,174 @@ async fn a_build_gets_a_token_that_can_only_read_its_repository() {
     assert_eq!(narrowings.iter().filter(|n| n.is_none()).count(), 1, "the client's own token stays as it was");
     assert!(fake.violations().is_empty(), "{:?}", fake.violations());
     assert!(token_client(&fake).read_only_token(REPO).await.unwrap().is_none());
+}
+
+/// A completed check run is final (GitHub's checks guide: a re-run asks the app for a new check
+/// run). A stand that failed and then passes at the same commit must end with a green `draftd`
+/// check, or a required check keeps the PR from merging.
+#[sqlx::test]
+async fn a_rerun_after_a_failure_makes_a_new_check_run_and_the_check_turns_green(pool: PgPool) {
+    let (fake, app) = app_fake(Duration::from_secs(3600)).await;
+    let r = reporter_with(&pool, app_client(&fake, app), settings());
+    let stand_id = stand(&pool, "feature/login").await;
+    let sha = sha(1);
+    for state in [CheckState::InProgress, CheckState::Failure, CheckState::InProgress, CheckState::Success] {
+        enqueue(&pool, stand_id, None, &check(&sha, state)).await.unwrap();
+        drain_all(&r, &pool, Duration::from_secs(5)).await;
+    }
+    let failed: Vec<(String, Option<String>)> =
+        sqlx::query_as("select state, last_error from outbox where state in ('pending', 'failed')")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    let checks = fake.gh_checks(REPO, &sha);
+    assert_eq!(checks.len(), 2, "the re-run is a new check run: {checks:?}");
+    assert_eq!(history(&checks[0]), ["in_progress", "completed/failure"]);
+    assert_eq!(history(&checks[1]), ["in_progress", "completed/success"]);
+    assert_eq!(fake.gh_check_state(REPO, &sha).as_deref(), Some("completed/success"));
+    assert_eq!(fake.violations(), Vec::<String>::new());
+}
+
+/// draftd's deployments are transient, so GitHub's `auto_inactive` leaves them alone: draftd itself
+/// marks every earlier deployment of the environment inactive once a newer one succeeds (a failed
+/// one leaves the last good one active: its revision is what the stand rolled back to), and all of
+/// them at teardown.
+#[sqlx::test]
+async fn earlier_deployments_go_inactive_when_a_newer_one_succeeds_and_all_at_teardown(pool: PgPool) {
+    let fake = Fake::start(ForgeKind::Github).await;
+    let r = reporter_with(&pool, token_client(&fake), settings());
+    let stand_id = stand(&pool, "feature/login").await;
+    let last = |d: &forge_fake::github::Deployment| d.statuses.last().map(|s| s.0.clone()).unwrap_or_default();
+    enqueue_all(&pool, stand_id, &reports(stand_id, 1, &sha(1), Status::Ready, false)).await;
+    drain_all(&r, &pool, Duration::from_secs(5)).await;
+    enqueue_all(&pool, stand_id, &reports(stand_id, 2, &sha(2), Status::Failed, false)).await;
+    drain_all(&r, &pool, Duration::from_secs(5)).await;
+    let states: Vec<String> = fake.gh_deployments(REPO).iter().map(last).collect();
+    assert_eq!(states, ["success", "failure"], "the last good deployment stays active after a failure");
+    enqueue_all(&pool, stand_id, &reports(stand_id, 3, &sha(3), Status::Ready, false)).await;
+    drain_all(&r, &pool, Duration::from_secs(5)).await;
+    let states: Vec<String> = fake.gh_deployments(REPO).iter().map(last).collect();
+    assert_eq!(states, ["inactive", "inactive", "success"], "{:?}", fake.gh_deployments(REPO));
+
+    let mut removed = view(stand_id, 4, Status::Removed);
+    removed.kind = "teardown".into();
+    removed.sha = Some(sha(3));
+    let target = Target { forge: ForgeKind::Github, repo: REPO, number: Some(PR), labelled: false };
+    enqueue_all(&pool, stand_id, &outbound(&removed, &target)).await;
+    drain_all(&r, &pool, Duration::from_secs(5)).await;
+    let deployments = fake.gh_deployments(REPO);
+    assert!(deployments.iter().all(|d| d.transient), "{deployments:?}");
+    for d in &deployments {
+        let inactive = d.statuses.iter().filter(|s| s.0 == "inactive").count();
+        assert_eq!((last(d).as_str(), inactive), ("inactive", 1), "each marked once: {d:?}");
+    }
+    let undelivered: i64 = sqlx::query_scalar("select count(*) from outbox where state in ('pending', 'failed')")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(undelivered, 0);
+    assert_eq!(fake.violations(), Vec::<String>::new());
+}
+
+/// `GET /repos/{o}/{r}/installation` answering 404 means the App is not installed there: not a user
+/// without access, not a label or deployment already gone.
+#[sqlx::test]
+async fn an_app_not_installed_on_the_repository_is_its_own_error(pool: PgPool) {
+    use draftd::forge::client::{EnvironmentRef, EnvironmentReport, EnvironmentState, ForgeClient, ForgeUser};
+    let (fake, app) = app_fake(Duration::from_secs(3600)).await;
+    fake.gh_grant(REPO, "alice", "admin");
+    fake.gh_uninstall(REPO);
+    let client = app_client(&fake, app);
+
+    let e = client.permission(REPO, ForgeUser { login: "alice", id: None }).await.unwrap_err();
+    assert_eq!((e.metric_label(), e.is_not_found(), e.is_transient()), ("app_not_installed", false, false), "{e}");
+    assert!(e.to_string().contains("not installed on acme/shop"), "{e}");
+    let e = client.set_label(REPO, PR, TESTED_LABEL, false).await.unwrap_err();
+    assert_eq!(e.metric_label(), "app_not_installed", "{e}");
+    let gone = EnvironmentReport {
+        environment: "draft/feature/login".into(),
+        branch: "feature/login".into(),
+        sha: sha(1),
+        state: EnvironmentState::Inactive,
+        url: None,
+        log_url: None,
+        description: "Draft stand removed".into(),
+    };
+    let e = client.report_environment(REPO, &gone, Some(&EnvironmentRef { id: 9_000_001, sha: sha(1) })).await;
+    assert_eq!(e.unwrap_err().metric_label(), "app_not_installed");
+
+    // The Re-run button is not refused as if the person had no access: the check itself failed.
+    let authoriser = ForgeAuthoriser::with_clients(
+        pool.clone(),
+        &shop_config(),
+        vec![(ForgeKind::Github, AnyForge::Github(client.clone()))],
+    );
+    let stand_id = stand(&pool, "feature/login").await;
+    let run = command_run(&pool, stand_id, "deploy", "check_run", "alice", &sha(1), json!({})).await;
+    let err = authoriser.authorise(&run).await.unwrap_err();
+    assert!(err.message.contains("not installed"), "{err:?}");
+    let audit: i64 = sqlx::query_scalar("select count(*) from audit").fetch_one(&pool).await.unwrap();
+    assert_eq!(audit, 0, "no decision was made about alice");
+
+    // `/health/ready` names the project, so the operator knows where to install the App.
+    let config = shop_config();
+    let projects = draftd::config::Projects::resolve_with(&config, |_| Some("gh-test-secret-5f0c9a1e".into())).unwrap();
+    let state = draftd::http::AppState::new(&config, projects, pool.clone());
+    state.set_migrated();
+    let client = client.watch_problems(state.forge_problems().clone());
+    let _ = client.permission(REPO, ForgeUser { login: "alice", id: None }).await;
+    let ready = health(draftd::http::router(state.clone())).await;
+    assert_eq!(ready["status"], "ok", "one project's missing App does not take draftd out of service");
+    assert_eq!(ready["forges"], json!([{ "project": "shop", "repo": REPO, "problem": "app_not_installed" }]));
+    // Installed again: the next call clears it.
+    fake.0.lock().unwrap().gh.app.as_mut().unwrap().not_installed.clear();
+    client.permission(REPO, ForgeUser { login: "alice", id: None }).await.unwrap();
+    assert_eq!(health(draftd::http::router(state)).await["forges"], json!([]));
+    assert_eq!(fake.violations(), Vec::<String>::new());
+}
+
+async fn health(app: axum::Router) -> Value {
+    use tower::ServiceExt as _;
+    let req = axum::http::Request::get("/health/ready").body(axum::body::Body::empty()).unwrap();
+    let res = app.oneshot(req).await.unwrap();
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// A renamed or transferred repository answers 301 (GET) or 307 (other methods) for its old path;
+/// draftd follows, so reports keep arriving, and names the new name once so the configuration can be
+/// updated.
+#[sqlx::test]
+async fn a_renamed_repository_is_followed_and_its_new_name_is_found(pool: PgPool) {
+    let fake = Fake::start(ForgeKind::Github).await;
+    fake.seed(REPO, PR, "LGTM", false);
+    fake.gh_rename(REPO, "acme/storefront");
+    let client = token_client(&fake);
+    let r = reporter_with(&pool, client.clone(), settings());
+    let stand_id = stand(&pool, "feature/login").await;
+    enqueue_all(&pool, stand_id, &reports(stand_id, 1, &sha(1), Status::Ready, false)).await;
+    enqueue_all(&pool, stand_id, &reports(stand_id, 2, &sha(1), Status::Failed, true)).await;
+    drain_all(&r, &pool, Duration::from_secs(5)).await;
+    let undelivered: Vec<(String, Option<String>)> =
+        sqlx::query_as("select state, last_error from outbox where state in ('pending', 'failed')")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(undelivered.is_empty(), "{undelivered:?}");
+    assert_eq!(fake.marked("acme/storefront", PR, &marker(stand_id)).len(), 1);
+    assert_eq!(fake.gh_deployments("acme/storefront").len(), 1);
+    let statuses = fake.gh_state(|g| g.statuses.clone());
+    assert!(statuses.iter().all(|s| s.0 == "acme/storefront"), "{statuses:?}");
+    assert!(fake.seen().iter().any(|s| s.status == 301) && fake.seen().iter().any(|s| s.status == 307));
+    assert_eq!(client.moved_repositories(), [(REPO.to_owned(), "acme/storefront".to_owned())]);
+
+    // As an App too: the installation is found through the redirect.
+    let (fake, app) = app_fake(Duration::from_secs(3600)).await;
+    fake.gh_rename(REPO, "acme/storefront");
+    let r = reporter_with(&pool, app_client(&fake, app), settings());
+    enqueue(&pool, stand_id, None, &check(&sha(7), CheckState::Success)).await.unwrap();
+    drain_all(&r, &pool, Duration::from_secs(5)).await;
+    assert_eq!(fake.gh_check_state("acme/storefront", &sha(7)).as_deref(), Some("completed/success"));
+    assert_eq!(fake.violations(), Vec::<String>::new());
 }

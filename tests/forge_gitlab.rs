@@ -209,6 +209,65 @@ async fn environment_is_found_by_name_without_an_id_or_when_the_id_is_stale() {
     assert_clean(&fake);
 }
 
+/// `environment` for `branch`, as the reporter asks for it: `draft/<branch>`.
+fn env_for(branch: &str, state: EnvironmentState) -> EnvironmentReport {
+    EnvironmentReport {
+        environment: format!("draft/{branch}"),
+        branch: branch.into(),
+        url: (state != EnvironmentState::Inactive).then(|| "https://x.draft.example.com".to_owned()),
+        ..env(state, None)
+    }
+}
+
+/// Git allows `+ # @ , ' =`, non-ASCII letters and any length in a branch; GitLab allows environment
+/// names of at most 255 ASCII `[a-zA-Z0-9_/${}. -]`. Every branch gets an environment, each its own,
+/// named the same every time, and found again to stop it; a name GitLab already accepted is kept.
+#[tokio::test]
+async fn any_branch_gets_its_own_environment_under_gitlabs_name_rules() {
+    let (fake, c) = gitlab().await;
+    let long = format!("feature/{}", "long-".repeat(60));
+    let branches = [
+        "feature/login",
+        "feature/a+b",
+        "feature/a@b",
+        "feature/a#b",
+        "feature/a,b",
+        "feature/a'b",
+        "feature/a=b",
+        "feature/café",
+        "feature/日本",
+        "feature/a-b",
+        "trailing/",
+        long.as_str(),
+    ];
+    let mut ids = Vec::new();
+    for branch in branches {
+        let made = c.report_environment(GITLAB_REPO, &env_for(branch, EnvironmentState::Success), None).await;
+        let made = made.unwrap_or_else(|e| panic!("{branch:?}: {e}")).expect("an environment");
+        ids.push(made.id);
+        // The same branch again: the same environment, found by its name.
+        let again = c.report_environment(GITLAB_REPO, &env_for(branch, EnvironmentState::Success), None).await;
+        assert_eq!(again.unwrap().map(|r| r.id), Some(made.id), "{branch:?}");
+    }
+    let all = fake.gl_environments(GITLAB_REPO);
+    assert_eq!(all.len(), branches.len(), "one environment per branch: {all:#?}");
+    for e in &all {
+        assert!(forge_fake::gitlab::valid_environment_name(&e.name), "{:?}", e.name);
+        let branch = branches[ids.iter().position(|id| *id == e.id).unwrap()];
+        let shown = e.description.as_deref().unwrap_or_default();
+        assert!(shown.contains(branch), "the environment shows its branch {branch:?}: {shown:?}");
+    }
+    // Names GitLab accepted before stay exactly as they were, so existing environments are kept.
+    assert!(fake.gl_environment(GITLAB_REPO, "draft/feature/login").is_some());
+    assert!(fake.gl_environment(GITLAB_REPO, "draft/feature/a-b").is_some());
+    // Teardown finds each by name and stops it, and only it.
+    let stopped = c.report_environment(GITLAB_REPO, &env_for("feature/a+b", EnvironmentState::Inactive), None).await;
+    assert_eq!(stopped.unwrap().map(|r| r.id), Some(ids[1]));
+    let states: Vec<String> = fake.gl_environments(GITLAB_REPO).into_iter().map(|e| e.state).collect();
+    assert_eq!(states.iter().filter(|s| **s == "stopped").count(), 1, "{states:?}");
+    assert_clean(&fake);
+}
+
 // ---------------------------------------------------------------------------------------------
 // (3) label
 // ---------------------------------------------------------------------------------------------
@@ -229,6 +288,46 @@ async fn draft_tested_label_is_added_then_removed() {
     assert_eq!(fake.gl_labels(GITLAB_REPO, PR), ["backend"], "removing a missing label is fine");
     assert_eq!(fake.count("PUT", &format!("/merge_requests/{PR}")), 4);
     assert_clean(&fake);
+}
+
+/// A call that answers no body draftd reads (label add and remove, environment and deploy token
+/// DELETE) keeps GitLab's `Retry-After` like every other call: the error says when to come back,
+/// and the client holds its calls until then.
+#[tokio::test]
+async fn throttled_label_and_delete_calls_keep_retry_after_and_hold_the_client() {
+    let throttled = |e: &draftd::forge::client::ForgeError| (e.status(), e.retry_after());
+    // Labels: add, then remove.
+    for present in [true, false] {
+        let (fake, c) = gitlab().await;
+        c.set_label(GITLAB_REPO, PR, "warm-up", true).await.unwrap();
+        fake.script(&[Mode::RateLimited(7)]);
+        let e = c.set_label(GITLAB_REPO, PR, LABEL, present).await.unwrap_err();
+        assert_eq!(throttled(&e), (Some(429), Some(Duration::from_secs(7))), "{present}: {e}");
+        let held = c.set_label(GITLAB_REPO, PR, LABEL, present).await.unwrap_err();
+        assert!(matches!(held, draftd::forge::client::ForgeError::Held { .. }), "{held}");
+        assert_eq!(fake.count("PUT", &format!("/merge_requests/{PR}")), 2, "nothing sent while held");
+    }
+
+    // Environment DELETE (a stopped environment replaced by a new life of the stand).
+    let (fake, c) = gitlab().await;
+    let url = Some("https://a.example.com");
+    let made = c.report_environment(GITLAB_REPO, &env(EnvironmentState::InProgress, url), None).await.unwrap();
+    c.report_environment(GITLAB_REPO, &env(EnvironmentState::Inactive, None), made.as_ref()).await.unwrap();
+    // GET by id answers, the DELETE is throttled.
+    fake.script(&[Mode::Up, Mode::RateLimited(9)]);
+    let e =
+        c.report_environment(GITLAB_REPO, &env(EnvironmentState::InProgress, url), made.as_ref()).await.unwrap_err();
+    assert_eq!(throttled(&e), (Some(429), Some(Duration::from_secs(9))), "{e}");
+    assert_eq!(fake.count("DELETE", &format!("/environments/{}", made.unwrap().id)), 1);
+    assert!(c.set_label(GITLAB_REPO, PR, LABEL, true).await.is_err(), "held");
+
+    // Deploy token revocation.
+    let (fake, forge) = gitlab().await;
+    let AnyForge::Gitlab(client) = forge else { unreachable!() };
+    let (id, ..) = client.read_only_token(GITLAB_REPO, "draftd-build-1-1").await.unwrap();
+    fake.script(&[Mode::RateLimited(11)]);
+    let e = client.revoke_deploy_token(GITLAB_REPO, id).await.unwrap_err();
+    assert_eq!(throttled(&e), (Some(429), Some(Duration::from_secs(11))), "{e}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -293,6 +293,7 @@ impl World {
             event: &event,
             strip_branch_prefix: false,
             request_id: None,
+            origin: draftd::store::intake::Origin::Webhook,
         };
         intake::record(&self.pool, &delivery).await.unwrap()
     }

@@ -1,8 +1,8 @@
 //! `/metrics` against a real Postgres: the text parses as Prometheus exposition, and the figures move
 //! when a webhook is delivered, refused, and when a worker drives the run it queued.
 //!
-//! One test in this binary: the recorder is process-wide, so counters are compared before and after,
-//! and the database-backed gauges are only read here.
+//! The recorder is process-wide, so counters are compared before and after, and every test that moves
+//! them holds [`RECORDER`]: tests run side by side would otherwise count each other's steps.
 
 mod common;
 mod forge_fake;
@@ -19,6 +19,9 @@ use serde_json::json;
 use sqlx::PgPool;
 
 const T1: &str = "2019-05-15T15:20:33Z";
+
+/// One test at a time reads and moves the process-wide recorder.
+static RECORDER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Every step succeeds at once (verify included, so the stand URL counts as working).
 struct AllOk;
@@ -120,6 +123,7 @@ async fn send_raw(app: &axum::Router, req: Request<Body>) -> (StatusCode, String
 
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]
 async fn metrics_move_with_deliveries_and_runs(pool: PgPool) {
+    let _recorder = RECORDER.lock().await;
     let app = app(pool.clone());
     let before = scrape(&app).await;
     for gauge in ["draftd_queue_depth", "draftd_queue_oldest_age_seconds", "draftd_stands_active"] {
@@ -221,9 +225,10 @@ fn the_parser_catches_malformed_lines() {
 }
 
 /// Forge calls by outcome and the rate-limit counter, through the real GitHub client and the fake.
-/// Read from the recorder directly: this test sets no gauges, so it cannot disturb the one above.
+/// Read from the recorder directly; resync's forge calls would count here too, hence the lock.
 #[tokio::test]
 async fn forge_calls_and_rate_limit_waits_are_counted() {
+    let _recorder = RECORDER.lock().await;
     use draftd::config::ForgeKind;
     use forge_fake::*;
     let handle = draftd::metrics::install();
@@ -250,6 +255,7 @@ async fn forge_calls_and_rate_limit_waits_are_counted() {
 /// A reaper sweep is counted with its outcome and duration, and the last sweep's time is a gauge.
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]
 async fn reaper_sweeps_are_counted(pool: PgPool) {
+    let _recorder = RECORDER.lock().await;
     let handle = draftd::metrics::install();
     let before = parse(&handle.render());
     let reaper: draftd::reaper::Reaper = draftd::reaper::Reaper::new(pool.clone(), Arc::new(config()), "metrics-test");
@@ -261,4 +267,56 @@ async fn reaper_sweeps_are_counted(pool: PgPool) {
     let snapshot = draftd::store::metrics::snapshot(&pool, 3).await.unwrap();
     let last = snapshot.last_sweep.expect("the sweep's end");
     assert!((chrono::Utc::now().timestamp() as f64 - last).abs() < 60.0);
+}
+
+/// A teardown that resync queued (the close webhook was missed; GitHub does not redeliver by itself)
+/// is counted under reason `resync`, while the stand keeps the forge's word for why it went.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_teardown_found_by_resync_is_counted_as_resync(pool: PgPool) {
+    let _recorder = RECORDER.lock().await;
+    use draftd::config::ForgeKind;
+    use draftd::reaper::{Reaper, SweepOutcome};
+    use forge_fake::{Fake, Pull, TOKEN, client};
+    let app = app(pool.clone());
+    let branch = "feature/missed-close";
+    let opened =
+        github(&app, "pull_request", &uuid::Uuid::new_v4().to_string(), &github_pr("opened", branch, &sha(1), T1))
+            .await;
+    assert_eq!(opened.status, StatusCode::ACCEPTED, "{}", opened.body);
+    let settings = EngineSettings { poll: Duration::from_millis(20), ..EngineSettings::default() };
+    let engine = Engine::new(pool.clone(), Arc::new(AllOk), settings, "metrics-worker");
+    assert_eq!(engine.run_one().await.unwrap().expect("the deploy").1, RunEnd::Succeeded);
+
+    // The forge lists no open PR, and looked up, PR #2 is closed.
+    let fake = Fake::start(ForgeKind::Github).await;
+    // The recorded payload's PR.
+    let number = 2;
+    fake.seed_pull(Pull {
+        state: "closed".into(),
+        branch: branch.into(),
+        sha: sha(1),
+        ..Pull::open("Codertocat/Hello-World", number)
+    });
+    let before = scrape(&app).await;
+    let reaper: Reaper = Reaper::new(pool.clone(), Arc::new(config()), "metrics-resync").with_forges(vec![client(
+        ForgeKind::Github,
+        &fake.url(),
+        TOKEN,
+    )]);
+    let SweepOutcome::Swept(sweep) = reaper.sweep(chrono::Utc::now()).await.unwrap() else { panic!("lock held") };
+    let teardowns: usize = sweep.resync.iter().map(|r| r.teardowns.len()).sum();
+    assert_eq!(teardowns, 1, "{:?}", sweep.resync);
+    assert_eq!(engine.run_one().await.unwrap().expect("the teardown").1, RunEnd::Succeeded);
+    let after = scrape(&app).await;
+    let delta = |name: &str, want: &[(&str, &str)]| value(&after, name, want) - value(&before, name, want);
+    assert_eq!(delta("draftd_teardowns_total", &[("reason", "resync"), ("outcome", "succeeded")]), 1.0);
+    let (trigger, reason): (String, Option<String>) = sqlx::query_as(
+        "select r.trigger, s.state_reason from runs r join stands s using (stand_id)
+         where s.branch = $1 and r.kind = 'teardown'",
+    )
+    .bind(branch)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((trigger.as_str(), reason.as_deref()), ("resync", Some("closed")));
 }

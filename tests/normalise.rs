@@ -97,7 +97,7 @@ fn github_comment_and_check_run_fixtures() {
     on_pr["comment"]["body"] = "/draft extend 24h".into();
     match gh("issue_comment", &on_pr) {
         Event::Command { pr_number, command: Command::Extend { by }, author, branch: None, .. } => {
-            assert_eq!(pr_number, 1);
+            assert_eq!(pr_number, Some(1));
             assert_eq!(by, Some(std::time::Duration::from_secs(86400)));
             assert_eq!(author, "Codertocat");
         }
@@ -114,13 +114,15 @@ fn github_comment_and_check_run_fixtures() {
     ours["check_run"]["pull_requests"][0]["head"]["ref"] = "feature/x".into();
     match gh("check_run", &ours) {
         Event::Command {
-            pr_number: 26764,
+            pr_number: Some(26764),
             command: Command::Rerun,
             branch: Some(b),
             sha: Some(s),
+            answer_in: Some(repo),
             author,
             author_id,
         } => {
+            assert_eq!(repo, "Codertocat/Hello-World", "a refusal is answered in the project's repository");
             assert!(author_id.is_some(), "the sender's id is kept for the access check");
             assert_eq!(b.as_str(), "feature/x");
             assert_eq!(s.as_str(), "5bd5f196a46b8222fb7484f05faba41a73cf34bd");
@@ -198,7 +200,15 @@ fn gitlab_note_and_push_fixtures() {
     assert!(ignored(&gl("gitlab-notes", "Note Hook", &cmd)).contains("\"master\" matches none"));
     cmd["merge_request"]["source_branch"] = "feature/notes".into();
     match gl("gitlab-notes", "Note Hook", &cmd) {
-        Event::Command { pr_number: 1, command: Command::Destroy, branch: Some(b), sha: None, author, author_id } => {
+        Event::Command {
+            pr_number: Some(1),
+            command: Command::Destroy,
+            branch: Some(b),
+            sha: None,
+            author,
+            author_id,
+            ..
+        } => {
             assert!(author_id.is_some(), "the note author's id is kept for GitLab's member API");
             assert_eq!(b.as_str(), "feature/notes");
             assert_eq!(author, "root");

@@ -112,10 +112,11 @@ fn request(method: &str, path: &str, token: Option<&str>) -> Request<Body> {
     req.body(Body::empty()).unwrap()
 }
 
-/// axum's own "no route" answer has no body; draftd's 404s always carry an error code.
+/// The router's fallbacks answer `not_found` (no route) and 405 (no such method); the handlers' own
+/// 404s name what is missing (`stand_not_found`).
 fn routed(res: &Response) -> bool {
     res.status != StatusCode::METHOD_NOT_ALLOWED
-        && !(res.status == StatusCode::NOT_FOUND && res.body["error"]["code"].is_null())
+        && !(res.status == StatusCode::NOT_FOUND && res.body["error"]["code"] == json!("not_found"))
 }
 
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]
@@ -381,7 +382,11 @@ async fn real_answers_fit_their_documented_schemas(pool: PgPool) {
         fits(&doc, method, path, &res);
         statuses.insert(res.status.as_u16());
     }
-    // 202, 400 (state, id, window, by, an unknown body field), 401, 404, 409 (deleted twice), 415 (a
-    // webhook without its content type).
+    // A webhook with its headers whose body is declared as neither JSON nor a form, and no secret verifies.
+    let res = github_raw(&app, "pull_request", "delivery-415", b"{}".to_vec(), None, "text/plain").await;
+    fits(&doc, "POST", "/webhooks/github", &res);
+    statuses.insert(res.status.as_u16());
+    // 202, 400 (state, id, window, by, an unknown body field, a webhook without its headers), 401, 404,
+    // 409 (deleted twice), 415 (a webhook declared as text).
     assert_eq!(statuses, BTreeSet::from([202, 400, 401, 404, 409, 415]));
 }

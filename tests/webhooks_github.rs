@@ -96,7 +96,7 @@ async fn signatures_must_match_the_raw_body(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]
-async fn bad_requests_get_clear_json_errors_and_record_nothing(pool: PgPool) {
+async fn bad_requests_get_clear_json_errors_and_verified_odd_shapes_are_recorded(pool: PgPool) {
     let app = app(pool.clone());
     let body = serde_json::to_vec(&github_pr("opened", "feature/login", &sha(1), T1)).unwrap();
     let sig = sign(GITHUB_SECRET, &body);
@@ -131,9 +131,11 @@ async fn bad_requests_get_clear_json_errors_and_record_nothing(pool: PgPool) {
     let res =
         github_raw(&app, "pull_request", &delivery(), b.clone(), Some(&sign(GITHUB_SECRET, &b)), "application/json")
             .await;
-    assert_eq!(res.status, StatusCode::BAD_REQUEST);
-    assert_eq!(res.body["error"]["field"], json!("pull_request.head"), "{}", res.body);
-    assert!(res.body["error"]["message"].as_str().unwrap().contains("sha"));
+    // Signed with the project's secret, so GitHub's, but not the shape draftd knows: GitHub would
+    // send it again on every such event. Recorded and ignored, saying why.
+    assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.body);
+    let ignored = res.body["ignored"].as_str().unwrap();
+    assert!(ignored.contains("pull_request.head") && ignored.contains("sha"), "{ignored}");
 
     let mut no_repo = shapeless.clone();
     no_repo.as_object_mut().unwrap().remove("repository");
@@ -166,7 +168,37 @@ async fn bad_requests_get_clear_json_errors_and_record_nothing(pool: PgPool) {
     lower["repository"]["full_name"] = "codertocat/hello-world".into();
     assert_eq!(github(&app, "pull_request", &delivery(), &lower).await.status, StatusCode::ACCEPTED);
 
-    assert_eq!(count(&pool, "deliveries").await, 2, "only the two accepted deliveries are recorded");
+    assert_eq!(count(&pool, "deliveries").await, 3, "only the deliveries a project's secret verified are recorded");
+    assert_eq!(count(&pool, "runs").await, 2);
+}
+
+/// A webhook may be set to send `application/x-www-form-urlencoded`: the JSON payload comes as the
+/// form's `payload` field, signed as sent. GitHub would send every event that way, so it is read.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn form_encoded_deliveries_are_read_like_json_ones(pool: PgPool) {
+    let app = app(pool.clone());
+    let json = serde_json::to_string(&github_pr("opened", "feature/form", &sha(1), T1)).unwrap();
+    let form: String = url::form_urlencoded::Serializer::new(String::new()).append_pair("payload", &json).finish();
+    let body = form.into_bytes();
+    let sig = sign(GITHUB_SECRET, &body);
+    let res =
+        github_raw(&app, "pull_request", &delivery(), body.clone(), Some(&sig), "application/x-www-form-urlencoded")
+            .await;
+    assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.body);
+    assert!(res.body["run"].is_i64(), "{}", res.body);
+    assert_eq!(stand(&pool, "hello-world", "feature/form").await.unwrap().head_sha, Some(sha(1)));
+    // Signed over the bytes as sent: the same form with another signature is refused.
+    let res = github_raw(
+        &app,
+        "pull_request",
+        &delivery(),
+        body,
+        Some(&sign("other", b"x")),
+        "application/x-www-form-urlencoded",
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::UNAUTHORIZED, "{}", res.body);
+    assert_eq!(count(&pool, "deliveries").await, 1);
 }
 
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]
@@ -593,6 +625,39 @@ async fn an_app_wide_secret_signs_for_every_project_and_own_secrets_still_work(p
     assert_eq!(post("Codertocat/Hello-World", "feature/d", GITHUB_SECRET).await, StatusCode::UNAUTHORIZED);
     assert_eq!(post("Octocoders/Hello-World", "feature/e", "neither").await, StatusCode::UNAUTHORIZED);
     assert_eq!(count(&pool, "deliveries").await, 3);
+
+    // The App is installed on repositories draftd does not serve, and sends events that name no
+    // repository (installation, marketplace): what its secret verifies is answered 202, not 4xx.
+    let app_signed = |event: &'static str, body: Vec<u8>, content_type: &'static str| {
+        let sig = sign(APP_SECRET, &body);
+        let app = app.clone();
+        async move { github_raw(&app, event, &delivery(), body, Some(&sig), content_type).await }
+    };
+    let mut elsewhere = github_pr("opened", "feature/f", &sha(1), T1);
+    elsewhere["repository"]["full_name"] = "someone/else".into();
+    let res = app_signed("pull_request", serde_json::to_vec(&elsewhere).unwrap(), "application/json").await;
+    assert_eq!((res.status, res.body["ignored"].clone()), (StatusCode::ACCEPTED, json!("unknown_project")));
+    assert!(res.body["delivery"].is_string(), "{}", res.body);
+    let mut installation = github_pr("opened", "feature/f", &sha(1), T1);
+    installation.as_object_mut().unwrap().remove("repository");
+    let res = app_signed("installation", serde_json::to_vec(&installation).unwrap(), "application/json").await;
+    assert_eq!((res.status, res.body["ignored"].clone()), (StatusCode::ACCEPTED, json!("no_project")));
+    let res = app_signed("pull_request", b"{\"action\": ".to_vec(), "application/json").await;
+    assert_eq!((res.status, res.body["ignored"].clone()), (StatusCode::ACCEPTED, json!("unreadable_payload")));
+    let res = app_signed("pull_request", serde_json::to_vec(&elsewhere).unwrap(), "text/plain").await;
+    assert_eq!((res.status, res.body["ignored"].clone()), (StatusCode::ACCEPTED, json!("unsupported_content_type")));
+    // Unsigned, or signed with a secret nobody configured: refused.
+    let res = github_raw(
+        &app,
+        "pull_request",
+        &delivery(),
+        serde_json::to_vec(&elsewhere).unwrap(),
+        None,
+        "application/json",
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::NOT_FOUND, "{}", res.body);
+    assert_eq!(count(&pool, "deliveries").await, 3, "only served repositories' deliveries are recorded");
 }
 
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]
@@ -625,4 +690,92 @@ async fn concurrent_first_deliveries_for_one_new_branch_make_one_stand_and_one_r
     .await
     .unwrap();
     assert_eq!(dangling, 0);
+}
+
+/// The recorded `check_suite` `rerequested` payload (PR #2 of Codertocat/Hello-World, branch
+/// `changes`), on `branch`: the projects' default globs admit only `feature/**` and `bugfix/**`.
+fn suite_on(branch: &str) -> Value {
+    let mut suite = fixture("github/check_suite.rerequested.json");
+    suite["check_suite"]["head_branch"] = branch.into();
+    suite["check_suite"]["pull_requests"][0]["head"]["ref"] = branch.into();
+    suite
+}
+
+/// "Re-run all checks" and "Re-run failed checks" send `check_suite` `rerequested` (a recorded
+/// payload); the stand at that head commit deploys again, asked for by the person who clicked.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn re_run_all_checks_redeploys_the_stand_of_the_suites_commit(pool: PgPool) {
+    let app = app(pool.clone());
+    let suite = suite_on("feature/changes");
+    let head = suite["check_suite"]["head_sha"].as_str().unwrap().to_owned();
+    github(&app, "pull_request", &delivery(), &github_pr("opened", "feature/login", &sha(1), T1)).await;
+    github(&app, "pull_request", &delivery(), &github_pr("opened", "feature/changes", &head, T1)).await;
+    let res = github(&app, "check_suite", &delivery(), &suite).await;
+    assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.body);
+    assert!(res.body["run"].is_i64(), "{}", res.body);
+    let changes = stand(&pool, "hello-world", "feature/changes").await.unwrap();
+    assert_eq!(res.body["stand"], json!(changes.stand_id));
+    let run = runs(&pool).await.into_iter().last().unwrap();
+    assert_eq!((run.kind.as_str(), run.trigger.as_str(), run.automatic), ("deploy", "check_run", false));
+    assert_eq!(
+        (run.sha.as_deref(), run.requested_by.as_deref()),
+        (Some(head.as_str()), Some("octocoders-linter[bot]"))
+    );
+    // A new push starts its own suite (`requested`): the pull_request event already deployed it.
+    let mut requested = suite.clone();
+    requested["action"] = "requested".into();
+    let res = github(&app, "check_suite", &delivery(), &requested).await;
+    assert_eq!(res.body["ignored"], json!("check_suite action \"requested\" needs nothing"));
+}
+
+/// A fork's check runs carry `pull_requests: []` (the recorded `check_run.rerequested` payload does):
+/// the stand is found by its head commit, its suite's branch breaking a tie, and the answer goes to
+/// the stand's pull request.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_rerun_without_pull_requests_finds_the_stand_by_its_commit(pool: PgPool) {
+    let app = app(pool.clone());
+    let mut fork = github_pr("opened", "feature/from-fork", &sha(1), T1);
+    fork["repository"]["full_name"] = "Octocoders/Hello-World".into();
+    fork["pull_request"]["base"]["repo"]["full_name"] = "Octocoders/Hello-World".into();
+    fork["pull_request"]["head"]["repo"]["full_name"] = "mallory/Hello-World".into();
+    let res = github(&app, "pull_request", &delivery(), &fork).await;
+    let stand_id = res.body["stand"].as_i64().unwrap();
+
+    let mut rerun = fixture("github/check_run.rerequested.json");
+    assert_eq!(rerun["check_run"]["pull_requests"], json!([]));
+    rerun["repository"]["full_name"] = "Octocoders/Hello-World".into();
+    rerun["check_run"]["name"] = "draftd".into();
+    rerun["check_run"]["head_sha"] = sha(1).into();
+    rerun["check_run"]["check_suite"]["head_branch"] = "feature/from-fork".into();
+    let res = github(&app, "check_run", &delivery(), &rerun).await;
+    assert_eq!((res.body["stand"].as_i64(), res.body["run"].is_i64()), (Some(stand_id), true), "{}", res.body);
+    let run = runs(&pool).await.into_iter().last().unwrap();
+    assert_eq!((run.trigger.as_str(), run.sha.as_deref()), ("check_run", Some(sha(1).as_str())));
+    assert_eq!(run.requested_by.as_deref(), Some("octocat"));
+
+    // A commit draftd has no stand for: recorded and ignored, nothing to answer on.
+    rerun["check_run"]["head_sha"] = sha(9).into();
+    rerun["check_run"]["check_suite"]["head_branch"] = "feature/unknown".into();
+    let res = github(&app, "check_run", &delivery(), &rerun).await;
+    assert_eq!(res.body["ignored"], json!(format!("no stand at commit {}", &sha(9)[..7])), "{}", res.body);
+}
+
+/// A Re-run that cannot start is answered on the PR: otherwise GitHub shows the check queued for
+/// ever, waiting for a check run that will not come.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_rerun_of_a_removed_stand_is_answered_on_its_pull_request(pool: PgPool) {
+    let app = app(pool.clone());
+    let suite = suite_on("feature/changes");
+    let head = suite["check_suite"]["head_sha"].as_str().unwrap().to_owned();
+    github(&app, "pull_request", &delivery(), &github_pr("opened", "feature/changes", &head, T1)).await;
+    github(&app, "pull_request", &delivery(), &github_pr("closed", "feature/changes", &head, T2)).await;
+    let res = github(&app, "check_suite", &delivery(), &suite).await;
+    assert_eq!(res.body["ignored"], json!("stand is closing"), "{}", res.body);
+    let rows: Vec<(String, Value)> =
+        sqlx::query_as("select kind, payload from outbox order by outbox_id").fetch_all(&pool).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let reply = draftd::reporter::Outbound::from_row(&rows[0].0, None, &rows[0].1).unwrap();
+    let draftd::reporter::Outbound::Reply { reply, .. } = reply else { panic!("{reply:?}") };
+    assert_eq!((reply.repo.as_str(), reply.number), ("Codertocat/Hello-World", 2));
+    assert_eq!(reply.body, "@octocoders-linter[bot] the Re-run was not started: stand is closing.");
 }

@@ -5,6 +5,7 @@ mod common;
 use axum::http::StatusCode;
 use common::*;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
 const T1: &str = "2013-12-03T17:23:34Z";
@@ -57,37 +58,42 @@ async fn tokens_are_checked(pool: PgPool) {
     assert_eq!(count(&pool, "deliveries").await, 1);
 }
 
+/// GitLab sends a new `X-Gitlab-Event-UUID` with every request, retries and manual resends
+/// included; `Idempotency-Key` (GitLab 17.4+) is what a resend keeps. Without it, a resend is
+/// known by its bytes.
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]
-async fn deliveries_are_deduplicated_by_idempotency_key_then_event_uuid_then_body(pool: PgPool) {
+async fn resends_are_deduplicated_by_idempotency_key_else_by_body_whatever_the_event_uuid(pool: PgPool) {
     let app = app(pool.clone());
     let tok = ("x-gitlab-token", GITLAB_SECRET);
-    // Retries keep the Idempotency-Key even when the event UUID differs.
+    // Resends keep the Idempotency-Key; the event UUID is new each time.
     let b = body(&gitlab_mr("open", "feature/a", &sha(1), T1));
+    let mut answers = Vec::new();
     for uuid in ["u-1", "u-2", "u-3"] {
-        gitlab_raw(
-            &app,
-            "Merge Request Hook",
-            &[tok, ("idempotency-key", "key-1"), ("x-gitlab-event-uuid", uuid)],
-            b.clone(),
-        )
-        .await;
+        let headers = [tok, ("idempotency-key", "key-1"), ("x-gitlab-event-uuid", uuid)];
+        answers.push(gitlab_raw(&app, "Merge Request Hook", &headers, b.clone()).await);
     }
-    // Without a key, the event UUID.
-    let b = body(&gitlab_mr("open", "feature/b", &sha(2), T1));
-    let first = gitlab_raw(&app, "Merge Request Hook", &[tok, ("x-gitlab-event-uuid", "uuid-b")], b.clone()).await;
-    let second = gitlab_raw(&app, "Merge Request Hook", &[tok, ("x-gitlab-event-uuid", "uuid-b")], b.clone()).await;
-    assert_eq!((first.status, second.status), (StatusCode::ACCEPTED, StatusCode::OK));
-    assert_eq!(first.body, second.body);
-    assert_eq!(first.body["delivery"], json!("uuid-b"));
-    // With neither, identical bytes are the same delivery.
-    let b = body(&gitlab_mr("open", "feature/c", &sha(3), T1));
-    let first = gitlab_raw(&app, "Merge Request Hook", &[tok], b.clone()).await;
-    let second = gitlab_raw(&app, "Merge Request Hook", &[tok], b.clone()).await;
-    assert_eq!((first.status, second.status), (StatusCode::ACCEPTED, StatusCode::OK));
-    assert!(first.body["delivery"].as_str().unwrap().starts_with("sha256:"));
+    let statuses: Vec<StatusCode> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [StatusCode::ACCEPTED, StatusCode::OK, StatusCode::OK]);
+    assert_eq!(answers[0].body["delivery"], json!("key-1"));
 
-    assert_eq!(count(&pool, "deliveries").await, 3);
-    assert_eq!(count(&pool, "runs").await, 3);
+    // An older GitLab sends no key: a resend is the same bytes under a new event UUID.
+    let b = body(&gitlab_mr("open", "feature/b", &sha(2), T1));
+    let first = gitlab_raw(&app, "Merge Request Hook", &[tok, ("x-gitlab-event-uuid", "uuid-b1")], b.clone()).await;
+    let resent = gitlab_raw(&app, "Merge Request Hook", &[tok, ("x-gitlab-event-uuid", "uuid-b2")], b.clone()).await;
+    assert_eq!((first.status, resent.status), (StatusCode::ACCEPTED, StatusCode::OK), "{}", resent.body);
+    assert_eq!(first.body, resent.body);
+    assert_eq!(first.body["delivery"], json!(format!("sha256:{}", hex::encode(Sha256::digest(&b)))));
+
+    // The event UUID names no delivery: two events that happen to carry the same one are two.
+    let c1 = body(&gitlab_mr("open", "feature/c", &sha(3), T1));
+    let c2 = body(&push("feature/c", &sha(4), T2));
+    let one = gitlab_raw(&app, "Merge Request Hook", &[tok, ("x-gitlab-event-uuid", "same")], c1).await;
+    let two = gitlab_raw(&app, "Merge Request Hook", &[tok, ("x-gitlab-event-uuid", "same")], c2).await;
+    assert_eq!((one.status, two.status), (StatusCode::ACCEPTED, StatusCode::ACCEPTED), "{}", two.body);
+    assert!(two.body["run"].is_i64(), "{}", two.body);
+
+    assert_eq!(count(&pool, "deliveries").await, 4);
+    assert_eq!(count(&pool, "runs").await, 4);
 }
 
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]
@@ -178,13 +184,14 @@ async fn bad_requests_are_refused(pool: PgPool) {
     assert_eq!(gitlab(&app, "Merge Request Hook", &unknown).await.status, StatusCode::NOT_FOUND);
     let res = gitlab_raw(&app, "Merge Request Hook", &[tok], b"not json".to_vec()).await;
     assert_eq!(res.status, StatusCode::BAD_REQUEST);
+    // Verified by the project's token, but not the shape draftd knows: GitLab would send it again
+    // and again, and switch the hook off after four refusals. Recorded and ignored, saying why.
     let mut no_sha = gitlab_mr("open", "feature/a", &sha(1), T1);
     no_sha["object_attributes"]["last_commit"] = json!({});
     let res = gitlab(&app, "Merge Request Hook", &no_sha).await;
-    assert_eq!(
-        (res.status, res.body["error"]["field"].clone()),
-        (StatusCode::BAD_REQUEST, json!("object_attributes.last_commit"))
-    );
+    assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.body);
+    let ignored = res.body["ignored"].as_str().unwrap();
+    assert!(ignored.contains("object_attributes.last_commit"), "{ignored}");
     let res = send(
         &app,
         axum::http::Request::post("/webhooks/gitlab")
@@ -205,5 +212,98 @@ async fn bad_requests_are_refused(pool: PgPool) {
     let res = gitlab(&app, "Push Hook", &pushed).await;
     assert_eq!(res.status, StatusCode::ACCEPTED);
     assert!(res.body["ignored"].as_str().unwrap().contains("Push Hook"));
-    assert_eq!(count(&pool, "deliveries").await, 1);
+    assert_eq!(count(&pool, "deliveries").await, 2);
+    assert_eq!(count(&pool, "runs").await, 0);
+}
+
+/// The group-wide token in `[gitlab] webhook_secret_env`.
+const GROUP_SECRET: &str = "gl-group-secret-3e91a7d0";
+
+/// A group webhook sends every project's events, and group events that name no project. What the
+/// group's token verifies is answered 202, never 4xx: GitLab switches a hook off after four failed
+/// deliveries in a row, 4xx included, and then draftd's own projects' events stop too. What no
+/// token verifies is still refused.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_group_hook_is_never_refused_what_its_token_verifies(pool: PgPool) {
+    let config = draftd::config::Config::from_toml(
+        r#"
+        [gitlab]
+        webhook_secret_env = "GROUP_SECRET"
+        [[projects]]
+        name = "gitlab-test"
+        forge = "gitlab"
+        repo = "gitlabhq/gitlab-test"
+        [[projects]]
+        name = "own-token"
+        forge = "gitlab"
+        repo = "test/woodpecker"
+        webhook_secret_env = "GL_SECRET"
+        branches = ["feature/**"]
+        "#,
+    )
+    .unwrap();
+    let projects = draftd::config::Projects::resolve_with(&config, |var| match var {
+        "GROUP_SECRET" => Some(GROUP_SECRET.into()),
+        "GL_SECRET" => Some(GITLAB_SECRET.into()),
+        _ => None,
+    })
+    .unwrap();
+    let state = draftd::http::AppState::new(&config, projects, pool.clone());
+    state.set_migrated();
+    let app = draftd::http::router(state);
+    let group = ("x-gitlab-token", GROUP_SECRET);
+    let own = ("x-gitlab-token", GITLAB_SECRET);
+
+    // Another project of the group.
+    let mut elsewhere = gitlab_mr("open", "feature/a", &sha(1), T1);
+    elsewhere["project"]["path_with_namespace"] = "acme/not-served".into();
+    let res = gitlab_raw(&app, "Merge Request Hook", &[group], body(&elsewhere)).await;
+    assert_eq!((res.status, res.body["ignored"].clone()), (StatusCode::ACCEPTED, json!("unknown_project")));
+    assert!(res.body["delivery"].is_string(), "{}", res.body);
+    // A group event with no project (subgroups, members).
+    let mut no_project = gitlab_mr("open", "feature/a", &sha(1), T1);
+    no_project.as_object_mut().unwrap().remove("project");
+    let res = gitlab_raw(&app, "Subgroup Hook", &[group], body(&no_project)).await;
+    assert_eq!((res.status, res.body["ignored"].clone()), (StatusCode::ACCEPTED, json!("no_project")));
+    // A body that is not JSON, or not declared as JSON.
+    let res = gitlab_raw(&app, "Merge Request Hook", &[group], b"{\"object_kind\": ".to_vec()).await;
+    assert_eq!((res.status, res.body["ignored"].clone()), (StatusCode::ACCEPTED, json!("unreadable_payload")));
+    let res = send(
+        &app,
+        axum::http::Request::post("/webhooks/gitlab")
+            .header("content-type", "text/plain")
+            .header("x-gitlab-event", "Merge Request Hook")
+            .header("x-gitlab-token", GROUP_SECRET)
+            .body(axum::body::Body::from(body(&elsewhere)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((res.status, res.body["ignored"].clone()), (StatusCode::ACCEPTED, json!("unsupported_content_type")));
+    // A served project's event of a shape draftd does not know: recorded, and ignored.
+    let mut odd = gitlab_mr("open", "feature/a", &sha(1), T1);
+    odd["object_attributes"]["updated_at"] = json!(12);
+    let res = gitlab_raw(&app, "Merge Request Hook", &[group], body(&odd)).await;
+    assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.body);
+    assert!(res.body["ignored"].as_str().unwrap().contains("object_attributes.updated_at"), "{}", res.body);
+    // The group's token serves its projects as before.
+    let res =
+        gitlab_raw(&app, "Merge Request Hook", &[group], body(&gitlab_mr("open", "feature/b", &sha(2), T1))).await;
+    assert!(res.body["run"].is_i64(), "{}", res.body);
+
+    // What nothing verifies is refused: a wrong token, a project's token for another project.
+    let res = gitlab_raw(&app, "Merge Request Hook", &[("x-gitlab-token", "nope")], body(&elsewhere)).await;
+    assert_eq!(res.status, StatusCode::NOT_FOUND, "{}", res.body);
+    let res = gitlab_raw(&app, "Merge Request Hook", &[own], body(&elsewhere)).await;
+    assert_eq!(res.status, StatusCode::NOT_FOUND, "{}", res.body);
+    let mut woodpecker = gitlab_mr("open", "feature/c", &sha(3), T1);
+    woodpecker["project"]["path_with_namespace"] = "test/woodpecker".into();
+    let res = gitlab_raw(&app, "Merge Request Hook", &[("x-gitlab-token", "nope")], body(&woodpecker)).await;
+    assert_eq!(res.status, StatusCode::UNAUTHORIZED, "{}", res.body);
+    let res = gitlab_raw(&app, "Merge Request Hook", &[own], b"not json".to_vec()).await;
+    assert_eq!(res.status, StatusCode::BAD_REQUEST, "{}", res.body);
+    let res = gitlab_raw(&app, "Merge Request Hook", &[own], body(&woodpecker)).await;
+    assert!(res.body["run"].is_i64(), "a project's own token still works: {}", res.body);
+
+    // Only served projects' deliveries are recorded.
+    assert_eq!(count(&pool, "deliveries").await, 3);
 }

@@ -7,6 +7,7 @@
 
 mod github;
 mod gitlab;
+mod pace;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
@@ -18,6 +19,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 pub use self::github::{AppCredentials, GithubClient};
 pub use self::gitlab::GitlabClient;
+pub use self::pace::Pacing;
 use crate::config::{Config, ForgeKind};
 
 /// One forge API call (with its pagination) may take this long before it counts as a transient failure.
@@ -257,6 +259,11 @@ pub enum ForgeError {
     /// Not sent: the forge's rate limit asked this client to wait, and the wait is not over.
     #[error("{} {operation}: not sent, rate limited for another {wait:?}", .forge.as_str())]
     Held { forge: ForgeKind, operation: &'static str, wait: Duration },
+    /// The GitHub App is not installed on the repository (its installation lookup answered 404):
+    /// nothing can be read or written there until someone installs it. Not a "not found" of what
+    /// was asked for, which callers would take as "nothing to do" or "no access".
+    #[error("{}: the App is not installed on {repo}; install it there (or remove the project)", .forge.as_str())]
+    AppNotInstalled { forge: ForgeKind, repo: String },
 }
 
 impl ForgeError {
@@ -268,7 +275,7 @@ impl ForgeError {
                 *status >= 500 || *status == 408 || *status == 429 || (*status == 403 && retry_after.is_some())
             }
             ForgeError::Timeout { .. } | ForgeError::Connection { .. } | ForgeError::Held { .. } => true,
-            ForgeError::Response { .. } | ForgeError::Invalid { .. } => false,
+            ForgeError::Response { .. } | ForgeError::Invalid { .. } | ForgeError::AppNotInstalled { .. } => false,
         }
     }
 
@@ -303,12 +310,39 @@ impl ForgeError {
             ForgeError::Response { .. } => "bad_response",
             ForgeError::Invalid { .. } => "invalid",
             ForgeError::Held { .. } => "held",
+            ForgeError::AppNotInstalled { .. } => "app_not_installed",
         }
     }
 
     /// The comment (or the PR, or the repository) does not exist, or the token may not see it.
     pub fn is_not_found(&self) -> bool {
         self.status() == Some(404)
+    }
+}
+
+/// Repositories a forge client cannot serve until a person acts (a GitHub App not installed there),
+/// by (forge, repository), with the problem's metric label. Clients record and clear them as their
+/// calls find out; `/health/ready` lists them per project.
+#[derive(Debug, Clone, Default)]
+pub struct ForgeProblems(Arc<Mutex<std::collections::HashMap<(ForgeKind, String), &'static str>>>);
+
+impl ForgeProblems {
+    /// True when this is news (the repository had no problem, or another one).
+    pub(crate) fn set(&self, forge: ForgeKind, repo: &str, problem: &'static str) -> bool {
+        let mut problems = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        problems.insert((forge, repo.to_owned()), problem) != Some(problem)
+    }
+
+    pub(crate) fn clear(&self, forge: ForgeKind, repo: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&(forge, repo.to_owned()));
+    }
+
+    /// (forge, repository, problem), ordered by forge and repository.
+    pub fn list(&self) -> Vec<(ForgeKind, String, &'static str)> {
+        let problems = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<_> = problems.iter().map(|((f, r), p)| (*f, r.clone(), *p)).collect();
+        all.sort_by(|a, b| (a.0.as_str(), &a.1).cmp(&(b.0.as_str(), &b.1)));
+        all
     }
 }
 
@@ -433,6 +467,14 @@ pub enum AnyForge {
 }
 
 impl AnyForge {
+    /// Problems this client finds (only GitHub's has any: an App not installed) go to `problems`.
+    pub fn watch_problems(self, problems: &ForgeProblems) -> Self {
+        match self {
+            AnyForge::Github(c) => AnyForge::Github(c.watch_problems(problems.clone())),
+            other => other,
+        }
+    }
+
     pub fn kind(&self) -> ForgeKind {
         match self {
             AnyForge::Github(_) => ForgeKind::Github,
@@ -456,16 +498,30 @@ impl AnyForge {
             }
         };
         let gh = &config.github;
+        // `write_gap = "0s"`: no pacing at all (GitHub Enterprise Server has no rate limits unless its
+        // administrator sets them).
+        let pacing = if gh.write_gap.is_zero() {
+            Pacing::OFF
+        } else {
+            Pacing {
+                write_gap: gh.write_gap,
+                creates_per_minute: gh.creates_per_minute,
+                creates_per_hour: gh.creates_per_hour,
+                ..Pacing::GITHUB
+            }
+        };
         if let (Some(app_id), Some(key_file)) = (gh.app_id, &gh.private_key_file) {
             let pem = std::fs::read(key_file).map_err(|e| ForgeError::Invalid {
                 forge: ForgeKind::Github,
                 message: format!("private_key_file {}: {e}", key_file.display()),
             })?;
             let app = AppCredentials { app_id, private_key_pem: pem, installation_id: gh.installation_id };
-            forges.push(AnyForge::Github(GithubClient::app(&gh.api_url, app, DEFAULT_CALL_TIMEOUT)?));
+            let client = GithubClient::app(&gh.api_url, app, DEFAULT_CALL_TIMEOUT)?;
+            forges.push(AnyForge::Github(client.with_pacing(pacing)));
         } else if let Some(var) = &gh.token_env {
             let t = token(ForgeKind::Github, var)?;
-            forges.push(AnyForge::Github(GithubClient::new(&gh.api_url, &t, DEFAULT_CALL_TIMEOUT)?));
+            let client = GithubClient::new(&gh.api_url, &t, DEFAULT_CALL_TIMEOUT)?;
+            forges.push(AnyForge::Github(client.with_pacing(pacing)));
         }
         if let Some(var) = &config.gitlab.token_env {
             let t = token(ForgeKind::Gitlab, var)?;

@@ -94,6 +94,35 @@ struct CheckRunEvent {
 struct CheckRun {
     name: String,
     head_sha: String,
+    /// Empty for a fork's pull request (GitHub lists only PRs whose head is in the repository).
+    #[serde(default)]
+    pull_requests: Vec<CheckRunPr>,
+    /// Its suite names the branch when `pull_requests` is empty.
+    #[serde(default)]
+    check_suite: Option<SuiteBranch>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SuiteBranch {
+    /// `null` for a suite of a commit no branch points at any more.
+    #[serde(default)]
+    head_branch: Option<String>,
+}
+
+/// "Re-run all checks" and "Re-run failed checks" on a pull request: GitHub asks each app for its
+/// whole check suite again (`check_suite` `rerequested`), not for one check run.
+#[derive(Debug, Deserialize)]
+struct CheckSuiteEvent {
+    action: String,
+    check_suite: CheckSuite,
+    sender: User,
+}
+
+#[derive(Debug, Deserialize)]
+struct CheckSuite {
+    #[serde(default)]
+    head_branch: Option<String>,
+    head_sha: String,
     #[serde(default)]
     pull_requests: Vec<CheckRunPr>,
 }
@@ -134,6 +163,7 @@ pub fn normalise(event: &str, body: &[u8], project: &Project) -> Result<Event, P
         "pull_request" => pull_request(parse(body)?, &gate),
         "issue_comment" => issue_comment(parse(body)?),
         "check_run" => check_run(parse(body)?, &gate),
+        "check_suite" => check_suite(parse(body)?, &gate),
         other => Ok(Event::ignored(format!("event {other:?} is not one draftd acts on"))),
     }
 }
@@ -198,20 +228,67 @@ fn check_run(ev: CheckRunEvent, gate: &Gate) -> Result<Event, PayloadError> {
     if ev.check_run.name != CHECK_NAME {
         return Ok(Event::ignored(format!("check run {:?} is not draftd's", ev.check_run.name)));
     }
-    let Some(pr) = ev.check_run.pull_requests.first() else {
-        return Ok(Event::ignored("check run belongs to no pull request"));
+    let suite_branch = ev.check_run.check_suite.and_then(|s| s.head_branch);
+    let asked = Rerun {
+        field: "check_run",
+        sha: &ev.check_run.head_sha,
+        pull_requests: &ev.check_run.pull_requests,
+        head_branch: suite_branch.as_deref(),
     };
-    let branch = super::branch("check_run.pull_requests[0].head.ref", &pr.head.ref_)?;
-    let sha = super::sha("check_run.head_sha", &ev.check_run.head_sha)?;
-    if let Err(ignored) = gate.admits(&branch, pr.head.repo.id != pr.base.repo.id) {
-        return Ok(ignored);
+    asked.event(gate, ev.sender)
+}
+
+fn check_suite(ev: CheckSuiteEvent, gate: &Gate) -> Result<Event, PayloadError> {
+    if ev.action != "rerequested" {
+        // `requested` comes with every push; the `pull_request` event already deployed it.
+        return Ok(Event::ignored(format!("check_suite action {:?} needs nothing", ev.action)));
     }
-    Ok(Event::Command {
-        pr_number: pr.number,
-        branch: Some(branch),
-        sha: Some(sha),
-        command: super::Command::Rerun,
-        author: ev.sender.login,
-        author_id: ev.sender.id,
-    })
+    let asked = Rerun {
+        field: "check_suite",
+        sha: &ev.check_suite.head_sha,
+        pull_requests: &ev.check_suite.pull_requests,
+        head_branch: ev.check_suite.head_branch.as_deref(),
+    };
+    asked.event(gate, ev.sender)
+}
+
+/// A re-run asked for on a check run or its suite.
+struct Rerun<'a> {
+    /// `check_run` or `check_suite`, to name a bad field.
+    field: &'static str,
+    sha: &'a str,
+    pull_requests: &'a [CheckRunPr],
+    /// The suite's branch, all there is when `pull_requests` is empty (a fork's pull request).
+    head_branch: Option<&'a str>,
+}
+
+impl Rerun<'_> {
+    fn event(self, gate: &Gate, sender: User) -> Result<Event, PayloadError> {
+        let sha = super::sha(&format!("{}.head_sha", self.field), self.sha)?;
+        let (pr_number, branch, fork) = match self.pull_requests.first() {
+            Some(pr) => {
+                let field = format!("{}.pull_requests[0].head.ref", self.field);
+                (Some(pr.number), Some(super::branch(&field, &pr.head.ref_)?), pr.head.repo.id != pr.base.repo.id)
+            }
+            // The stand is found by its head commit; the suite's branch only breaks a tie.
+            None => {
+                let branch = self.head_branch.and_then(|b| super::branch("check_suite.head_branch", b).ok());
+                (None, branch, false)
+            }
+        };
+        if let Some(b) = &branch
+            && let Err(ignored) = gate.admits(b, fork)
+        {
+            return Ok(ignored);
+        }
+        Ok(Event::Command {
+            pr_number,
+            branch,
+            sha: Some(sha),
+            answer_in: Some(gate.project.settings.repo.clone()),
+            command: super::Command::Rerun,
+            author: sender.login,
+            author_id: sender.id,
+        })
+    }
 }

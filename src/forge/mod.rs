@@ -39,10 +39,17 @@ pub enum Event {
     Teardown { pr: PullRequest, trigger: Trigger },
     /// A person asked for something by comment or button; authorised later, before anything acts.
     Command {
-        pr_number: u64,
+        /// `None` for a check run or suite of a fork's pull request: GitHub leaves their
+        /// `pull_requests` empty, and the stand is found by commit instead.
+        pr_number: Option<u64>,
         /// Known for check-run buttons; comments carry only the PR number.
         branch: Option<BranchName>,
+        /// Check-run and check-suite re-runs: the commit whose check was asked to run again.
         sha: Option<CommitSha>,
+        /// The project's repository, for a reply when the request cannot be acted on (check-run
+        /// buttons and re-runs, which otherwise leave the person's check waiting with no word).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        answer_in: Option<String>,
         command: Command,
         author: String,
         /// The forge's numeric id of the author (GitLab's member API takes it).
@@ -55,6 +62,20 @@ pub enum Event {
 impl Event {
     pub fn ignored(reason: impl Into<String>) -> Self {
         Event::Ignored { reason: reason.into() }
+    }
+
+    /// The event as Postgres can store it: text there cannot hold NUL, and a verified delivery is
+    /// recorded rather than refused, so the forge has nothing to retry. Branches and commits are
+    /// refused NUL by their types; a reason quoting the payload gets it escaped; a command whose
+    /// author holds NUL (no forge login does) is recorded as ignored.
+    pub fn into_storable(self) -> Self {
+        match self {
+            Event::Ignored { reason } if reason.contains('\0') => Event::ignored(reason.replace('\0', "\\0")),
+            Event::Command { author, .. } if author.contains('\0') => {
+                Event::ignored("the command's author holds a NUL character, which no forge login has")
+            }
+            other => other,
+        }
     }
 }
 
@@ -177,6 +198,8 @@ pub(crate) struct Gate<'a> {
     pub project: &'a Project,
 }
 
+// The `Err` is the delivery's one event, made once and returned as it is: boxing it would only move it.
+#[allow(clippy::result_large_err)]
 impl Gate<'_> {
     /// Forks and branches outside the project's globs never get a stand, whatever the action.
     pub fn admits(&self, branch: &BranchName, fork: bool) -> Result<(), Event> {
@@ -218,7 +241,15 @@ pub(crate) fn command_event(
     match command::parse(body) {
         None => Event::ignored("comment is not a /draft command"),
         Some(Err(e)) => Event::ignored(e.to_string()),
-        Some(Ok(command)) => Event::Command { pr_number, branch, sha, command, author: author.to_owned(), author_id },
+        Some(Ok(command)) => Event::Command {
+            pr_number: Some(pr_number),
+            branch,
+            sha,
+            answer_in: None,
+            command,
+            author: author.to_owned(),
+            author_id,
+        },
     }
 }
 

@@ -77,6 +77,7 @@ pub(super) fn token_matches(token: &SecretString, given: &str) -> bool {
 #[into_params(parameter_in = Query)]
 struct ListQuery {
     /// Only this project's stands.
+    #[param(pattern = r"^[^\x00]*$")]
     project: Option<String>,
     #[param(schema_with = stand_state_schema)]
     state: Option<String>,
@@ -196,8 +197,10 @@ async fn rerun(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ExtendBody {
-    /// A duration like `24h`; `[stands] extend_by` when absent.
-    #[schema(examples("24h"))]
+    /// A duration like `24h`: a whole number of seconds, minutes, hours, days or weeks (`s`, `m`, `h`,
+    /// `d`, `w`), at least 1s. Longer spellings (`1h 30m`, `2days`) are taken too. `[stands] extend_by`
+    /// when absent.
+    #[schema(examples("24h"), pattern = r"^[1-9][0-9]{0,5}[smhdw]$")]
     by: Option<String>,
 }
 
@@ -286,9 +289,17 @@ const DEFAULT_WINDOW: Duration = Duration::from_secs(7 * 86_400);
 #[into_params(parameter_in = Query)]
 struct SummaryQuery {
     /// Only this project; otherwise every project that has stands.
+    #[param(pattern = r"^[^\x00]*$")]
     project: Option<String>,
-    /// How far back from now the figures reach: a duration like `7d`, `36h` or `2weeks`, from 1s to 90d.
-    #[param(default = "7d", example = "30d")]
+    /// How far back from now the figures reach, from 1s to 90d: whole days (`7d`, at most `90d`), weeks
+    /// (at most `12w`), hours, minutes or seconds. Longer spellings (`36h 30m`, `2weeks`) are taken too.
+    // Each alternative stays within 1s..=90d: a pattern cannot say "at most 90 days" of every
+    // spelling humantime reads, so the document promises these and the handler takes more.
+    #[param(
+        default = "7d",
+        example = "30d",
+        pattern = r"^(([1-9]|[1-8][0-9]|90)d|([1-9]|1[0-2])w|[1-9][0-9]{0,2}h|[1-9][0-9]{0,4}m|[1-9][0-9]{0,5}s)$"
+    )]
     window: Option<String>,
 }
 

@@ -39,6 +39,9 @@ pub enum ApiError {
     Forbidden(&'static str),
     #[error("{0}")]
     NotFound(String),
+    /// The path is served, not with this method; the answer's `Allow` header lists the methods.
+    #[error("method {0} is not allowed here; the Allow header lists the methods that are")]
+    MethodNotAllowed(String),
     #[error("body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("{message}")]
@@ -73,6 +76,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -90,6 +94,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::BadRequest { .. } => "bad_request",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",

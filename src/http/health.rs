@@ -28,10 +28,31 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (
         status,
-        Json(
-            json!({ "status": if ok { "ok" } else { "unavailable" }, "database": db_ok, "migrated": state.migrated() }),
-        ),
+        Json(json!({
+            "status": if ok { "ok" } else { "unavailable" },
+            "database": db_ok,
+            "migrated": state.migrated(),
+            "forges": forge_problems(&state),
+        })),
     )
+}
+
+/// Projects their forge cannot serve until someone acts (an App not installed on the repository).
+/// A detail for operators, not a failed probe: the other projects still work, and a restart would
+/// not help.
+fn forge_problems(state: &AppState) -> Vec<Value> {
+    state
+        .forge_problems()
+        .list()
+        .into_iter()
+        .map(|(forge, repo, problem)| {
+            let project = state
+                .projects()
+                .find(|p| p.settings.forge == forge && p.settings.repo.eq_ignore_ascii_case(&repo))
+                .map(|p| p.name.as_str().to_owned());
+            json!({ "project": project, "repo": repo, "problem": problem })
+        })
+        .collect()
 }
 
 /// Migrations applied: start-up is over.

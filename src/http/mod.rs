@@ -22,7 +22,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::Request;
+use axum::body::Body;
+use axum::http::{Method, Request, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use secrecy::SecretString;
 use sqlx::PgPool;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -31,6 +34,7 @@ use tracing::Level;
 pub use error::ApiError;
 
 use crate::config::{Config, ForgeKind, Project, Projects};
+use crate::forge::client::ForgeProblems;
 use crate::pipeline::Wake;
 
 /// Shared by every request; cheap to clone.
@@ -51,6 +55,8 @@ struct Inner {
     migrated: AtomicBool,
     /// Wakes this process's workers when a request queues a run.
     wake: Wake,
+    /// What the forge clients found they cannot do per repository (an App not installed there).
+    forge_problems: ForgeProblems,
 }
 
 impl AppState {
@@ -68,7 +74,19 @@ impl AppState {
             max_body_bytes: config.intake.max_body_bytes,
             migrated: AtomicBool::new(false),
             wake: Wake::default(),
+            forge_problems: ForgeProblems::default(),
         }))
+    }
+
+    /// Hand it to the forge clients ([`crate::forge::client::AnyForge::watch_problems`]), and
+    /// `/health/ready` lists what they find per project.
+    pub fn forge_problems(&self) -> &ForgeProblems {
+        &self.0.forge_problems
+    }
+
+    /// Every configured project (for health details).
+    fn projects(&self) -> impl Iterator<Item = &Arc<Project>> {
+        self.0.projects.values()
     }
 
     /// The engine of this process shares it, so a run queued here starts without waiting for a poll.
@@ -148,6 +166,48 @@ async fn request_id(mut req: axum::extract::Request, next: axum::middleware::Nex
     response
 }
 
+/// Paths where programs call and read JSON; everything else is the dashboard's, for people.
+const JSON_PREFIXES: [&str; 4] = ["/api", "/webhooks", "/health", "/metrics"];
+
+/// A refusal before any handler: the API's JSON error body where programs call, the dashboard's
+/// error page (with its headers) elsewhere.
+fn refuse(path: &str, error: ApiError) -> Response {
+    let json =
+        JSON_PREFIXES.iter().any(|p| path.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')));
+    if json {
+        return error.into_response();
+    }
+    let mut page = error::Page(error).into_response();
+    dashboard::protect(page.headers_mut());
+    page
+}
+
+/// axum's own answer to an unknown path is an empty 404; clients are promised the error body.
+async fn no_route(uri: Uri) -> Response {
+    refuse(uri.path(), ApiError::NotFound("nothing is served at this path".into()))
+}
+
+/// axum's own answer to a wrong method is an empty 405; its `Allow` header is kept.
+async fn wrong_method(method: Method, uri: Uri) -> Response {
+    refuse(uri.path(), ApiError::MethodNotAllowed(method.to_string()))
+}
+
+/// Postgres text cannot hold NUL: a query parameter carrying one (`?project=a%00b`) is refused
+/// here, naming it, for every route at once, instead of failing as a 500 where it meets SQL. Path
+/// parameters are ids parsed into integers, and JSON bodies are parsed into typed values, before
+/// anything reaches SQL.
+async fn refuse_nul(req: Request<Body>, next: Next) -> Response {
+    let query = req.uri().query().unwrap_or_default();
+    let nul = url::form_urlencoded::parse(query.as_bytes()).find(|(k, v)| k.contains('\0') || v.contains('\0'));
+    if let Some((name, _)) = nul {
+        let field = name.replace('\0', "\\0");
+        let message =
+            format!("query parameter {field:?} holds a NUL character (%00), which draftd cannot store or look up");
+        return refuse(req.uri().path(), ApiError::BadRequest { field: Some(field), message });
+    }
+    next.run(req).await
+}
+
 /// The whole router; tests drive it with `tower::ServiceExt::oneshot`, `serve` binds it.
 pub fn router(state: AppState) -> Router {
     // Before anything records: counts made without a recorder are lost.
@@ -159,6 +219,10 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::router())
         .merge(dashboard::router())
         .merge(metrics::router())
+        // After every route is in: it applies to the routes present when it is called.
+        .method_not_allowed_fallback(wrong_method)
+        .fallback(no_route)
+        .layer(axum::middleware::from_fn(refuse_nul))
         // Inside the trace layer, so the id lands on its span.
         .layer(axum::middleware::from_fn(request_id))
         .layer(

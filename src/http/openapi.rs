@@ -106,17 +106,51 @@ async fn document() -> Json<&'static utoipa::openapi::OpenApi> {
 #[allow(dead_code)]
 #[derive(Serialize, ToSchema)]
 struct DeliveryAnswer {
-    /// The delivery's id (GitHub's `X-GitHub-Delivery`; GitLab's `Idempotency-Key`, else
-    /// `X-Gitlab-Event-UUID`, else `sha256:` and the body's digest).
+    /// The delivery's id (GitHub's `X-GitHub-Delivery`; GitLab's `Idempotency-Key`, else `sha256:`
+    /// and the body's digest).
     delivery: String,
     /// The stand the delivery concerns, when there is one.
     #[schema(nullable = false)]
     stand: Option<i64>,
     /// The run it queued; present (and null when nothing was queued) whenever `stand` is.
     run: Option<i64>,
-    /// Why nothing was queued, when nothing was.
+    /// Why nothing was queued, when nothing was. A delivery the GitHub App's or GitLab group's secret
+    /// verifies but that concerns no project draftd serves is not recorded and says `unknown_project`,
+    /// `no_project`, `unreadable_payload` or `unsupported_content_type`.
     #[schema(nullable = false)]
     ignored: Option<String>,
+}
+
+/// What draftd reads of a GitHub payload before its signature: the repository picks the project,
+/// whose secret then verifies the signature. The rest of the payload is the event's own.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+struct GithubPayload {
+    repository: GithubRepository,
+}
+
+#[allow(dead_code)]
+#[derive(ToSchema)]
+struct GithubRepository {
+    /// `owner/name`, matched without regard to case against each project's `repo`.
+    #[schema(example = "acme/shop")]
+    full_name: String,
+}
+
+/// What draftd reads of a GitLab payload before its token: the project picks draftd's project,
+/// whose secret the token must match. The rest of the payload is the event's own.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+struct GitlabPayload {
+    project: GitlabProject,
+}
+
+#[allow(dead_code)]
+#[derive(ToSchema)]
+struct GitlabProject {
+    /// `group/…/name`, matched without regard to case against each project's `repo`.
+    #[schema(example = "acme/platform/shop")]
+    path_with_namespace: String,
 }
 
 /// GitHub's `ping` event, sent when a webhook is created.
@@ -153,6 +187,19 @@ struct Readiness {
     database: bool,
     /// Migrations are applied.
     migrated: bool,
+    /// Repositories a forge cannot serve until someone acts; a detail for operators, not a failed probe.
+    forges: Vec<ForgeProblem>,
+}
+
+#[allow(dead_code)]
+#[derive(Serialize, ToSchema)]
+struct ForgeProblem {
+    /// The project configured for the repository, when there is one.
+    project: Option<String>,
+    /// The repository as configured (GitHub `owner/name`, GitLab project path).
+    repo: String,
+    /// Stable, for programs: `app_not_installed` (the GitHub App is not installed on the repository).
+    problem: String,
 }
 
 /// A GitHub webhook delivery (repository or GitHub App webhook, content type `application/json`).
@@ -162,63 +209,81 @@ struct Readiness {
     post,
     path = "/webhooks/github",
     tag = "webhooks",
+    // What the extractor takes: visible ASCII with inner spaces, at most 200 bytes; anything else is
+    // answered 400 as missing.
     params(
-        ("X-GitHub-Event" = String, Header, description = "The event name, e.g. `pull_request`"),
-        ("X-GitHub-Delivery" = String, Header, description = "The delivery's id; deliveries are deduplicated by it"),
+        ("X-GitHub-Event" = String, Header, description = "The event name, e.g. `pull_request`",
+            pattern = r"^[!-~]([ -~]*[!-~])?$", max_length = 200),
+        ("X-GitHub-Delivery" = String, Header, description = "The delivery's id; deliveries are deduplicated by it",
+            pattern = r"^[!-~]([ -~]*[!-~])?$", max_length = 200),
         ("X-Hub-Signature-256" = String, Header,
             description = "`sha256=` and the hex HMAC-SHA256 of the body, keyed with the GitHub App's secret or \
                 the project's `webhook_secret_env`"),
     ),
-    request_body(content = serde_json::Value, content_type = "application/json",
-        description = "The event's payload as GitHub sends it; its `repository.full_name` selects the project"),
+    request_body(content = GithubPayload, content_type = "application/json",
+        description = "The event's payload as GitHub sends it; its `repository.full_name` selects the project. A \
+            webhook set to `application/x-www-form-urlencoded` sends it as the form's `payload` field, read alike"),
     responses(
-        (status = 202, description = "Recorded; a run is queued unless `ignored` says why not", body = DeliveryAnswer),
+        (status = 202, description = "Recorded; a run is queued unless `ignored` says why not. A verified delivery \
+            draftd cannot read is recorded as ignored rather than refused; one the App's secret verifies for a \
+            repository draftd does not serve is answered here too (`ignored`: `unknown_project`, …)",
+            body = DeliveryAnswer),
         (status = 200, description = "A redelivery, answered as the first time; or the answer to `ping`",
             body = GithubAnswer),
-        (status = 400, description = "A header is missing (`field` names it), the body is not a repository event, \
-            or the payload lacks a field draftd needs", body = ErrorBody),
+        (status = 400, description = "A header is missing (`field` names it), or a delivery no secret verifies is \
+            not JSON or not a repository event", body = ErrorBody),
         (status = 401, description = "The signature is missing or does not match", body = ErrorBody),
-        (status = 404, description = "No project is configured for the repository", body = ErrorBody),
+        (status = 404, description = "No project is configured for the repository, and the App's secret does not \
+            verify the delivery", body = ErrorBody),
         (status = 413, description = "The body is larger than `[intake] max_body_bytes`", body = ErrorBody),
-        (status = 415, description = "The content type is not `application/json`", body = ErrorBody),
+        (status = 415, description = "The content type is neither `application/json` nor a form with the JSON as \
+            its `payload` field, and the App's secret does not verify the delivery", body = ErrorBody),
         (status = 500, description = "Internal error (logged; `code`: `internal`)", body = ErrorBody),
-        (status = 503, description = "Starting (migrations not applied yet) or the database is unavailable; \
-            GitHub may redeliver", body = ErrorBody),
+        (status = 503, description = "Starting (migrations not applied yet) or the database is unavailable. \
+            GitHub does not redeliver a failed delivery by itself: the reaper's resync finds what was missed",
+            body = ErrorBody),
     ),
 )]
 #[allow(dead_code)]
 async fn github_webhook() {}
 
 /// A GitLab webhook delivery (project or group webhook). Verified, recorded with the run it queues,
-/// and answered; the deploy happens later, in workers. A retry (same `Idempotency-Key` or
-/// `X-Gitlab-Event-UUID`) queues nothing and gets the first answer again.
+/// and answered; the deploy happens later, in workers. A retry or resend (same `Idempotency-Key`,
+/// else the same body) queues nothing and gets the first answer again.
 #[utoipa::path(
     post,
     path = "/webhooks/gitlab",
     tag = "webhooks",
+    // As for GitHub; `Idempotency-Key` and `X-Gitlab-Event-UUID` that are not such text are ignored.
     params(
-        ("X-Gitlab-Event" = String, Header, description = "The event name, e.g. `Merge Request Hook`"),
+        ("X-Gitlab-Event" = String, Header, description = "The event name, e.g. `Merge Request Hook`",
+            pattern = r"^[!-~]([ -~]*[!-~])?$", max_length = 200),
         ("X-Gitlab-Token" = String, Header,
             description = "The webhook's secret token: the group-wide secret or the project's `webhook_secret_env`"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Deduplicates retries (GitLab 17 and later)"),
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "Deduplicates retries and resends (GitLab 17.4 and later); without it, the body's digest does"),
         ("X-Gitlab-Event-UUID" = Option<String>, Header,
-            description = "Deduplicates retries when `Idempotency-Key` is absent; without either, the body's digest \
-                does"),
+            description = "Not used: GitLab sends a new one with every request, retries and resends included"),
     ),
-    request_body(content = serde_json::Value, content_type = "application/json",
+    request_body(content = GitlabPayload, content_type = "application/json",
         description = "The event's payload as GitLab sends it; its `project.path_with_namespace` selects the project"),
     responses(
-        (status = 202, description = "Recorded; a run is queued unless `ignored` says why not", body = DeliveryAnswer),
+        (status = 202, description = "Recorded; a run is queued unless `ignored` says why not. A verified delivery \
+            draftd cannot read is recorded as ignored rather than refused (GitLab switches a hook off after four \
+            failures); one the group's token verifies for a project draftd does not serve is answered here too \
+            (`ignored`: `unknown_project`, …)", body = DeliveryAnswer),
         (status = 200, description = "A retry, answered as the first time", body = DeliveryAnswer),
-        (status = 400, description = "A header is missing (`field` names it), the body is not a project event, \
-            or the payload lacks a field draftd needs", body = ErrorBody),
+        (status = 400, description = "A header is missing (`field` names it), or a delivery no token verifies is \
+            not JSON or not a project event", body = ErrorBody),
         (status = 401, description = "The token is missing or does not match", body = ErrorBody),
-        (status = 404, description = "No project is configured for the GitLab project", body = ErrorBody),
+        (status = 404, description = "No project is configured for the GitLab project, and the group's token does \
+            not verify the delivery", body = ErrorBody),
         (status = 413, description = "The body is larger than `[intake] max_body_bytes`", body = ErrorBody),
-        (status = 415, description = "The content type is not `application/json`", body = ErrorBody),
+        (status = 415, description = "The content type is not `application/json`, and the group's token does not \
+            verify the delivery", body = ErrorBody),
         (status = 500, description = "Internal error (logged; `code`: `internal`)", body = ErrorBody),
-        (status = 503, description = "Starting (migrations not applied yet) or the database is unavailable; \
-            GitLab may retry", body = ErrorBody),
+        (status = 503, description = "Starting (migrations not applied yet) or the database is unavailable. \
+            The reaper's resync finds what a failed delivery missed", body = ErrorBody),
     ),
 )]
 #[allow(dead_code)]

@@ -1,5 +1,11 @@
-//! Webhook extractors: content type, size, headers, the project, and the signature or token, checked
+//! Webhook extractors: size, headers, content type, the project, and the signature or token, checked
 //! before a handler sees anything. A request that fails here records nothing.
+//!
+//! Only what cannot be verified is refused. A forge counts every 4xx as a failed delivery (GitLab
+//! switches a project or group hook off after four in a row), and it sends the same kind of delivery
+//! again and again: one that the GitHub App's or GitLab group's secret verifies but that names no
+//! project draftd serves (another repository of the installation or group, a group event, a body
+//! draftd cannot read) is [`Verified::NotServed`], answered 202 with the reason.
 
 use std::sync::Arc;
 
@@ -15,6 +21,51 @@ use super::{ApiError, AppState};
 use crate::config::{ForgeKind, Project};
 use crate::forge::{github, gitlab, parse};
 
+/// What passed the extractor: a delivery for a served project, or one a forge-wide secret verified
+/// that no served project's is.
+#[derive(Debug)]
+pub enum Verified {
+    Served(Webhook),
+    NotServed(NotServed),
+}
+
+/// A delivery verified by the GitHub App's or the GitLab group's secret that draftd does not act on.
+/// Nothing is recorded (there is no project to record it under); the answer and the log say why.
+#[derive(Debug)]
+pub struct NotServed {
+    pub forge: ForgeKind,
+    pub event: String,
+    pub delivery_id: String,
+    /// The repository or project path the payload names, when it names one.
+    pub repo: Option<String>,
+    pub reason: NotServedReason,
+}
+
+/// Why a verified delivery concerns no project draftd serves; stable, shown as `ignored`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotServedReason {
+    /// The repository or project is not configured.
+    UnknownProject,
+    /// The payload names no repository or project (GitHub App installation events, GitLab group
+    /// events about subgroups or members).
+    NoProject,
+    /// The body is not the JSON (or GitHub's form with a `payload` field) it was declared as.
+    UnreadablePayload,
+    /// The body is declared as neither JSON nor (GitHub) a form.
+    UnsupportedContentType,
+}
+
+impl NotServedReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotServedReason::UnknownProject => "unknown_project",
+            NotServedReason::NoProject => "no_project",
+            NotServedReason::UnreadablePayload => "unreadable_payload",
+            NotServedReason::UnsupportedContentType => "unsupported_content_type",
+        }
+    }
+}
+
 /// A verified delivery from either forge.
 #[derive(Debug)]
 pub struct Webhook {
@@ -24,44 +75,99 @@ pub struct Webhook {
     pub event: String,
     /// The id deliveries are deduplicated by.
     pub delivery_id: String,
+    /// The event's JSON payload (for a GitHub form delivery, its `payload` field).
     pub body: Bytes,
+    /// Of the body as it arrived.
     pub body_sha256: String,
 }
 
-/// `POST /webhooks/github`: `X-Hub-Signature-256` checked against the project's secret.
+/// `POST /webhooks/github`: `X-Hub-Signature-256` checked against the App's or the project's secret.
 #[derive(Debug)]
-pub struct GithubWebhook(pub Webhook);
+pub struct GithubWebhook(pub Verified);
 
-/// `POST /webhooks/gitlab`: `X-Gitlab-Token` compared with the project's secret.
+/// `POST /webhooks/gitlab`: `X-Gitlab-Token` compared with the group's or the project's secret.
 #[derive(Debug)]
-pub struct GitlabWebhook(pub Webhook);
+pub struct GitlabWebhook(pub Verified);
+
+/// How the body is declared.
+#[derive(Debug, PartialEq, Eq)]
+enum Content {
+    Json,
+    /// `application/x-www-form-urlencoded`: a GitHub webhook may be set to send its JSON payload as
+    /// the form's `payload` field.
+    Form,
+    Other(String),
+}
+
+impl Content {
+    fn declared(&self) -> String {
+        match self {
+            Content::Json => "application/json".into(),
+            Content::Form => "application/x-www-form-urlencoded".into(),
+            Content::Other(declared) => declared.clone(),
+        }
+    }
+}
 
 impl FromRequest<AppState> for GithubWebhook {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let (headers, body) = read(req, state).await?;
-        let event = header_text(&headers, "x-github-event")?;
-        let delivery_id = header_text(&headers, "x-github-delivery")?;
+        let (headers, content, raw) = read(req, state).await?;
         let signature = headers.get("x-hub-signature-256").and_then(|v| v.to_str().ok());
         // A GitHub App signs with its one secret: when that matches, nothing is read before the
         // signature is known to be good. Otherwise the project's own secret must match.
-        let app_verified = state.github_secret().is_some_and(|s| verify_github(s, signature, &body).is_ok());
-        let found: github::RepositoryOnly = parse(&body)?;
+        let app_verified = state.github_secret().is_some_and(|s| verify_github(s, signature, &raw).is_ok());
+        if matches!(content, Content::Other(_)) && !app_verified {
+            return Err(ApiError::UnsupportedMediaType(content.declared()));
+        }
+        let event = header_text(&headers, "x-github-event")?;
+        let delivery_id = header_text(&headers, "x-github-delivery")?;
+        let not_served = |repo: Option<String>, reason| {
+            let n = NotServed {
+                forge: ForgeKind::Github,
+                event: event.clone(),
+                delivery_id: delivery_id.clone(),
+                repo,
+                reason,
+            };
+            GithubWebhook(Verified::NotServed(n))
+        };
+        let body = match &content {
+            Content::Json => raw.clone(),
+            Content::Form => match form_payload(&raw) {
+                Some(payload) => payload,
+                None if app_verified => return Ok(not_served(None, NotServedReason::UnreadablePayload)),
+                None => return Err(ApiError::UnsupportedMediaType(content.declared())),
+            },
+            Content::Other(_) => return Ok(not_served(None, NotServedReason::UnsupportedContentType)),
+        };
+        let found: github::RepositoryOnly = match parse(&body) {
+            Ok(found) => found,
+            Err(_) if app_verified => return Ok(not_served(None, NotServedReason::UnreadablePayload)),
+            Err(e) => return Err(e.into()),
+        };
         let Some(repo) = found.repository else {
+            if app_verified {
+                return Ok(not_served(None, NotServedReason::NoProject));
+            }
             return Err(ApiError::BadRequest {
                 field: Some("repository".into()),
                 message: "field `repository`: missing; draftd serves repository webhooks".into(),
             });
         };
-        let project = state.project(ForgeKind::Github, &repo.full_name).ok_or_else(|| {
-            ApiError::NotFound(format!("no project is configured for repository {:?}", repo.full_name))
-        })?;
+        let Some(project) = state.project(ForgeKind::Github, &repo.full_name) else {
+            if app_verified {
+                return Ok(not_served(Some(repo.full_name), NotServedReason::UnknownProject));
+            }
+            return Err(ApiError::NotFound(format!("no project is configured for repository {:?}", repo.full_name)));
+        };
         if !app_verified {
-            verify_github(&project.webhook_secret, signature, &body)?;
+            verify_github(&project.webhook_secret, signature, &raw)?;
         }
-        let body_sha256 = sha256_hex(&body);
-        Ok(GithubWebhook(Webhook { forge: ForgeKind::Github, project, event, delivery_id, body, body_sha256 }))
+        let body_sha256 = sha256_hex(&raw);
+        let hook = Webhook { forge: ForgeKind::Github, project, event, delivery_id, body, body_sha256 };
+        Ok(GithubWebhook(Verified::Served(hook)))
     }
 }
 
@@ -69,43 +175,78 @@ impl FromRequest<AppState> for GitlabWebhook {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let (headers, body) = read(req, state).await?;
-        let event = header_text(&headers, "x-gitlab-event")?;
+        let (headers, content, body) = read(req, state).await?;
         let token = headers.get("x-gitlab-token").and_then(|v| v.to_str().ok());
         // As for GitHub: a group-wide token, else the project's own.
         let group_verified = state.gitlab_secret().is_some_and(|s| verify_gitlab(s, token).is_ok());
-        let found: gitlab::ProjectOnly = parse(&body)?;
+        // GitLab sends nothing but JSON.
+        if content != Content::Json && !group_verified {
+            return Err(ApiError::UnsupportedMediaType(content.declared()));
+        }
+        let event = header_text(&headers, "x-gitlab-event")?;
+        // A resend (automatic or from the hook's page) keeps the Idempotency-Key (GitLab 17.4+) and
+        // the body, but X-Gitlab-Event-UUID is new on every request: it tells nothing apart.
+        let body_sha256 = sha256_hex(&body);
+        let delivery_id = header_text(&headers, "idempotency-key").unwrap_or_else(|_| format!("sha256:{body_sha256}"));
+        let not_served = |repo: Option<String>, reason| {
+            let n = NotServed {
+                forge: ForgeKind::Gitlab,
+                event: event.clone(),
+                delivery_id: delivery_id.clone(),
+                repo,
+                reason,
+            };
+            GitlabWebhook(Verified::NotServed(n))
+        };
+        if content != Content::Json {
+            return Ok(not_served(None, NotServedReason::UnsupportedContentType));
+        }
+        let found: gitlab::ProjectOnly = match parse(&body) {
+            Ok(found) => found,
+            Err(_) if group_verified => return Ok(not_served(None, NotServedReason::UnreadablePayload)),
+            Err(e) => return Err(e.into()),
+        };
         let Some(p) = found.project else {
+            if group_verified {
+                return Ok(not_served(None, NotServedReason::NoProject));
+            }
             return Err(ApiError::BadRequest {
                 field: Some("project".into()),
                 message: "field `project`: missing; draftd serves project webhooks".into(),
             });
         };
-        let project = state
-            .project(ForgeKind::Gitlab, &p.path_with_namespace)
-            .ok_or_else(|| ApiError::NotFound(format!("no project is configured for {:?}", p.path_with_namespace)))?;
+        let Some(project) = state.project(ForgeKind::Gitlab, &p.path_with_namespace) else {
+            if group_verified {
+                return Ok(not_served(Some(p.path_with_namespace), NotServedReason::UnknownProject));
+            }
+            return Err(ApiError::NotFound(format!("no project is configured for {:?}", p.path_with_namespace)));
+        };
         if !group_verified {
             verify_gitlab(&project.webhook_secret, token)?;
         }
-        // GitLab retries with the same Idempotency-Key (17.x+) or the same event UUID; very old
-        // instances send neither, and then a retry is the same bytes.
-        let body_sha256 = sha256_hex(&body);
-        let delivery_id = ["idempotency-key", "x-gitlab-event-uuid"]
-            .iter()
-            .find_map(|h| header_text(&headers, h).ok())
-            .unwrap_or_else(|| format!("sha256:{body_sha256}"));
-        Ok(GitlabWebhook(Webhook { forge: ForgeKind::Gitlab, project, event, delivery_id, body, body_sha256 }))
+        let hook = Webhook { forge: ForgeKind::Gitlab, project, event, delivery_id, body, body_sha256 };
+        Ok(GitlabWebhook(Verified::Served(hook)))
     }
 }
 
-/// Content type and size first: both are cheap and say nothing about the project.
-async fn read(req: Request, state: &AppState) -> Result<(HeaderMap, Bytes), ApiError> {
+/// The `payload` field of a form-encoded GitHub delivery.
+fn form_payload(raw: &[u8]) -> Option<Bytes> {
+    url::form_urlencoded::parse(raw).find(|(k, _)| k == "payload").map(|(_, v)| Bytes::from(v.into_owned()))
+}
+
+/// Size first: it is cheap and says nothing about the project. The content type is only read here:
+/// whether a body of another type is refused depends on whether a forge-wide secret verifies it.
+async fn read(req: Request, state: &AppState) -> Result<(HeaderMap, Content, Bytes), ApiError> {
     let (parts, body) = req.into_parts();
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim();
-    if !mime.eq_ignore_ascii_case("application/json") {
-        return Err(ApiError::UnsupportedMediaType(content_type.to_owned()));
-    }
+    let content = if mime.eq_ignore_ascii_case("application/json") {
+        Content::Json
+    } else if mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        Content::Form
+    } else {
+        Content::Other(content_type.to_owned())
+    };
     let limit = state.max_body_bytes();
     let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
@@ -118,7 +259,7 @@ async fn read(req: Request, state: &AppState) -> Result<(HeaderMap, Bytes), ApiE
             ApiError::bad_request(format!("could not read the body: {e}"))
         }
     })?;
-    Ok((parts.headers, body))
+    Ok((parts.headers, content, body))
 }
 
 fn header_text(headers: &HeaderMap, name: &str) -> Result<String, ApiError> {

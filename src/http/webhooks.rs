@@ -9,9 +9,9 @@ use axum::{Extension, Json, Router};
 use serde_json::json;
 use tracing::Span;
 
-use super::webhook::{GithubWebhook, GitlabWebhook, Webhook};
+use super::webhook::{GithubWebhook, GitlabWebhook, NotServed, Verified, Webhook};
 use super::{ApiError, AppState, RequestId};
-use crate::forge::{github, gitlab};
+use crate::forge::{Event, PayloadError, github, gitlab};
 use crate::store::intake::{self, Delivery};
 
 pub fn router() -> Router<AppState> {
@@ -54,26 +54,64 @@ async fn count_delivery(req: Request, next: Next) -> Response {
 async fn github_hook(
     State(state): State<AppState>,
     Extension(id): Extension<RequestId>,
-    GithubWebhook(hook): GithubWebhook,
+    GithubWebhook(verified): GithubWebhook,
 ) -> Result<Response, ApiError> {
+    let hook = match verified {
+        Verified::Served(hook) => hook,
+        Verified::NotServed(n) => return Ok(not_served(&n)),
+    };
     note_span(&hook);
     if hook.event == "ping" {
         tracing::info!("ping");
         let response = (StatusCode::OK, Json(json!({ "pong": true, "project": hook.project.name }))).into_response();
         return Ok(counted(response, &hook.event, "ping"));
     }
-    let event = github::normalise(&hook.event, &hook.body, &hook.project)?;
+    let event = readable(&hook, github::normalise(&hook.event, &hook.body, &hook.project));
     record(&state, &hook, &event, &id).await
 }
 
 async fn gitlab_hook(
     State(state): State<AppState>,
     Extension(id): Extension<RequestId>,
-    GitlabWebhook(hook): GitlabWebhook,
+    GitlabWebhook(verified): GitlabWebhook,
 ) -> Result<Response, ApiError> {
+    let hook = match verified {
+        Verified::Served(hook) => hook,
+        Verified::NotServed(n) => return Ok(not_served(&n)),
+    };
     note_span(&hook);
-    let event = gitlab::normalise(&hook.event, &hook.body, &hook.project)?;
+    let event = readable(&hook, gitlab::normalise(&hook.event, &hook.body, &hook.project));
     record(&state, &hook, &event, &id).await
+}
+
+/// A verified delivery of a shape draftd does not know is recorded as ignored, saying where the
+/// shape differs: a refusal would only be sent again with every such event, and count towards the
+/// forge switching the hook off.
+fn readable(hook: &Webhook, normalised: Result<Event, PayloadError>) -> Event {
+    normalised.unwrap_or_else(|e| {
+        tracing::warn!(
+            event = %hook.event,
+            field = %e.field,
+            error = %e.message,
+            "verified delivery has a shape draftd does not read; recorded as ignored"
+        );
+        Event::ignored(format!("unexpected payload: {e}"))
+    })
+}
+
+/// 202 for a delivery a forge-wide secret verified that concerns no served project.
+fn not_served(n: &NotServed) -> Response {
+    let span = Span::current();
+    span.record("delivery", n.delivery_id.as_str());
+    tracing::info!(
+        forge = n.forge.as_str(),
+        event = %n.event,
+        repo = n.repo.as_deref(),
+        ignored = n.reason.as_str(),
+        "verified delivery for no project draftd serves; not recorded"
+    );
+    let body = json!({ "delivery": n.delivery_id, "ignored": n.reason.as_str() });
+    counted((StatusCode::ACCEPTED, Json(body)).into_response(), &n.event, "ignored")
 }
 
 fn note_span(hook: &Webhook) {
@@ -93,6 +131,7 @@ async fn record(
     if !state.migrated() {
         return Err(ApiError::Unavailable("draftd is starting: migrations are not applied yet"));
     }
+    let event = &event.clone().into_storable();
     let delivery = Delivery {
         forge: hook.forge,
         delivery_id: &hook.delivery_id,
@@ -102,6 +141,7 @@ async fn record(
         event,
         strip_branch_prefix: hook.project.settings.strip_branch_prefix,
         request_id: Some(&id.0),
+        origin: intake::Origin::Webhook,
     };
     let recorded = intake::record(state.pool(), &delivery).await?;
     if let Some(stand) = recorded.stand {

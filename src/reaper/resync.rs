@@ -6,6 +6,7 @@
 //!
 //! A teardown needs the forge's positive word for that PR: a stand missing from the list is looked
 //! up on its own, and only "closed" or "merged" tears it down. A failed list does nothing at all.
+//! The stand keeps the forge's word as its reason; its teardown run's trigger is `resync`.
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -165,11 +166,12 @@ async fn record(pool: &PgPool, project: &Project, id: &str, event: Event) -> Res
         forge: project.settings.forge,
         delivery_id: id,
         project: &project.name,
-        event_name: "resync",
+        event_name: intake::RESYNC_EVENT,
         body_sha256: &body_sha256,
         event: &event,
         strip_branch_prefix: project.settings.strip_branch_prefix,
         request_id: None,
+        origin: intake::Origin::Resync,
     };
     let recorded = intake::record(pool, &delivery).await.map_err(|e| e.to_string())?;
     let queued = !recorded.redelivery && recorded.response.get("ignored").is_none();

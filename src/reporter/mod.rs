@@ -239,7 +239,10 @@ impl<F: ForgeClient> Reporter<F> {
                 let unfinished = |s: CheckState| matches!(s, CheckState::Queued | CheckState::InProgress);
                 let mut known = None;
                 match prev {
-                    Some(old) if old.check.sha == p.check.sha => known = prev_id,
+                    // A completed check run is final on GitHub: the next state of the same commit (a
+                    // re-run) goes on a new one, or a failure would stay red whatever followed.
+                    Some(old) if old.check.sha == p.check.sha && unfinished(old.check.state) => known = prev_id,
+                    Some(old) if old.check.sha == p.check.sha => {}
                     // An older commit's check left running would spin forever on that commit.
                     Some(mut old) if unfinished(old.check.state) && old.repo == p.repo => {
                         old.check.state = CheckState::Cancelled;

@@ -2,7 +2,7 @@
 
 mod naming;
 
-pub use naming::{BranchName, CommitSha, NameError, Namespace, ProjectName, is_dns_label, slug};
+pub use naming::{BranchName, CommitSha, GitlabEnvironmentName, NameError, Namespace, ProjectName, is_dns_label, slug};
 
 use serde::{Deserialize, Serialize};
 

@@ -140,6 +140,75 @@ impl fmt::Display for Namespace {
     }
 }
 
+/// The name of a stand's GitLab environment. GitLab takes at most 255 characters of ASCII
+/// `[a-zA-Z0-9_/${}. -]`, not starting or ending with `/` (lib/gitlab/regex.rb
+/// `environment_name_regex`, app/models/environment.rb), while git also allows `+ # @ , ' =`,
+/// non-ASCII letters and longer names in a branch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct GitlabEnvironmentName(String);
+
+impl GitlabEnvironmentName {
+    /// GitLab's limit on an environment's name.
+    pub const MAX_LEN: usize = 255;
+    /// A space and eight hex characters of the hash of the wanted name.
+    const SUFFIX_LEN: usize = 9;
+
+    /// `wanted` (the stand's `draft/<branch>`) itself when GitLab accepts it, so an environment made
+    /// under that name is found again. Otherwise every run of characters GitLab refuses becomes one
+    /// `-`, the result is cut to fit, and a space and eight hex characters of `wanted`'s hash end it:
+    /// git allows no space in a branch, so no name kept as it was can take the form of a mapped one,
+    /// and the hash keeps two mapped names apart (`a+b` and `a@b`).
+    pub fn new(wanted: &str) -> Self {
+        if Self::is_valid(wanted) {
+            return Self(wanted.to_owned());
+        }
+        let mut readable = String::with_capacity(wanted.len());
+        let mut refused = false;
+        for c in wanted.chars() {
+            // A space is GitLab's, but here it is kept for the hash's separator.
+            if environment_char(c) && c != ' ' {
+                if refused {
+                    readable.push('-');
+                }
+                refused = false;
+                readable.push(c);
+            } else {
+                refused = true;
+            }
+        }
+        // ASCII only by now: bytes are characters.
+        readable.truncate(Self::MAX_LEN - Self::SUFFIX_LEN);
+        let readable = readable.trim_start_matches('/').trim_end_matches(['/', '-']);
+        let hash = hex::encode(&Sha256::digest(wanted.as_bytes())[..4]);
+        if readable.is_empty() { Self(hash) } else { Self(format!("{readable} {hash}")) }
+    }
+
+    /// What GitLab accepts as an environment name.
+    pub fn is_valid(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= Self::MAX_LEN
+            && !name.starts_with('/')
+            && !name.ends_with('/')
+            && name.chars().all(environment_char)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for GitlabEnvironmentName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One of GitLab's environment name characters (ASCII only, whatever Unicode calls a letter).
+fn environment_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '/' | '$' | '{' | '}' | '.' | ' ' | '-')
+}
+
 fn branch_for_slug(branch: &str, strip_prefix: bool) -> &str {
     if strip_prefix {
         for prefix in ["feature/", "bugfix/"] {
@@ -271,8 +340,54 @@ mod tests {
         assert!(BranchName::new("feature/日本語").is_ok());
     }
 
+    fn env(branch: &str) -> String {
+        GitlabEnvironmentName::new(&format!("draft/{branch}")).to_string()
+    }
+
+    #[test]
+    fn gitlab_environment_names_gitlab_accepted_are_kept() {
+        for branch in ["feature/login", "fix/a_b.c", "release/1.2 rc", "x/${y}"] {
+            assert_eq!(env(branch), format!("draft/{branch}"));
+        }
+    }
+
+    #[test]
+    fn gitlab_environment_names_map_what_gitlab_refuses() {
+        let plus = env("feature/a+b");
+        assert!(plus.starts_with("draft/feature/a-b "), "{plus}");
+        assert_eq!(plus.len(), "draft/feature/a-b ".len() + 8);
+        assert_ne!(plus, env("feature/a@b"));
+        assert!(env("feature/café").starts_with("draft/feature/caf "));
+        assert!(env("trailing/").starts_with("draft/trailing "));
+        let long = env(&"x".repeat(300));
+        assert_eq!(long.len(), GitlabEnvironmentName::MAX_LEN);
+        // Only the hash is left of a name with nothing GitLab takes.
+        assert_eq!(GitlabEnvironmentName::new("日本").as_str().len(), 8);
+        assert!(!GitlabEnvironmentName::is_valid("/draft"));
+        assert!(!GitlabEnvironmentName::is_valid("draft/é"));
+        assert!(!GitlabEnvironmentName::is_valid(&"d".repeat(256)));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn any_branch_yields_a_stable_gitlab_environment_name(branch in "\\PC{1,400}") {
+            let name = env(&branch);
+            prop_assert!(GitlabEnvironmentName::is_valid(&name), "{:?}", name);
+            prop_assert_eq!(&name, &env(&branch));
+            if GitlabEnvironmentName::is_valid(&format!("draft/{branch}")) {
+                prop_assert_eq!(name, format!("draft/{branch}"));
+            }
+        }
+
+        #[test]
+        fn gitlab_environment_names_differ_per_branch(
+            a in "[a-zA-Z0-9/_.+@#,'=é-]{1,80}", c in "[a-zA-Z0-9/_.+@#,'=é-]{1,80}"
+        ) {
+            prop_assume!(a != c);
+            prop_assert_ne!(env(&a), env(&c));
+        }
 
         #[test]
         fn any_branch_yields_a_valid_dns_label(branch in "\\PC{1,300}", strip in any::<bool>()) {

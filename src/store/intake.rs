@@ -27,6 +27,14 @@ pub struct Delivery<'a> {
     pub strip_branch_prefix: bool,
     /// The HTTP request's id (`x-request-id`), so the run's logs can be matched with the request's.
     pub request_id: Option<&'a str>,
+    pub origin: Origin,
+}
+
+/// Who said it: the forge's webhook, or the reaper's resync standing in for a webhook that was missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Webhook,
+    Resync,
 }
 
 /// What recording produced: the answer to give, and whether it was recorded just now.
@@ -86,9 +94,10 @@ pub async fn record(pool: &PgPool, d: &Delivery<'_>) -> Result<Recorded, StoreEr
         Event::Ignored { reason } => Decision::ignored(None, reason.clone()),
         Event::Deploy { pr, trigger } => deploy(&mut tx, d, pr, *trigger).await?,
         Event::Teardown { pr, trigger } => teardown(&mut tx, d, pr, *trigger).await?,
-        Event::Command { pr_number, branch, sha, command, author, author_id } => {
+        Event::Command { pr_number, branch, sha, answer_in, command, author, author_id } => {
             let sha = sha.as_ref().map(|s| s.as_str());
-            manual(&mut tx, d, *pr_number, branch.as_ref(), sha, *command, (author, *author_id)).await?
+            let asked = Asked { pr_number: *pr_number, branch: branch.as_ref(), sha, answer_in: answer_in.as_deref() };
+            manual(&mut tx, d, &asked, *command, (author, *author_id)).await?
         }
     };
     // The delivery row comes last, with its final values: when its id is already recorded, rolling
@@ -271,6 +280,10 @@ async fn deploy(
     Ok(Decision::queued(stand.stand_id, run))
 }
 
+/// The event name (for audit) of the deliveries the reaper's resync records for what a missed webhook
+/// would have said.
+pub const RESYNC_EVENT: &str = "resync";
+
 async fn teardown(
     tx: &mut PgConnection,
     d: &Delivery<'_>,
@@ -295,12 +308,15 @@ async fn teardown(
         .bind(trigger.as_str())
         .execute(&mut *tx)
         .await?;
+    // A close found by resync: the stand goes because the PR closed (its reason), but resync asked,
+    // so the run and the teardown counter say `resync`, which tells how often webhooks are missed.
+    let run_trigger = if d.origin == Origin::Resync { Trigger::Resync } else { trigger };
     let run = insert_run(
         tx,
         stand.stand_id,
         number,
         "teardown",
-        trigger,
+        run_trigger,
         stand.epoch,
         Some(pr.sha.as_str()),
         None,
@@ -310,26 +326,68 @@ async fn teardown(
     Ok(Decision::queued(stand.stand_id, run))
 }
 
+/// What a person's request names: a comment its PR/MR (GitLab notes the branch too), a check-run
+/// button or re-run its commit, with the PR and branch when the forge gives them.
+struct Asked<'a> {
+    pr_number: Option<u64>,
+    branch: Option<&'a BranchName>,
+    sha: Option<&'a str>,
+    answer_in: Option<&'a str>,
+}
+
 async fn manual(
     tx: &mut PgConnection,
     d: &Delivery<'_>,
-    pr_number: u64,
-    branch: Option<&BranchName>,
-    sha: Option<&str>,
+    asked: &Asked<'_>,
     command: Command,
     (author, author_id): (&str, Option<u64>),
 ) -> Result<Decision, StoreError> {
     let project = d.project.as_str();
-    let lookup = match branch {
-        Some(b) => StandLookup::Branch { project, branch: b.as_str() },
-        None => StandLookup::PullRequest { project, number: pr_number },
+    let branch = asked.branch.map(BranchName::as_str);
+    let lookup = match (asked.sha, branch, asked.pr_number) {
+        (Some(sha), _, _) => StandLookup::Commit { project, sha, branch },
+        (None, Some(branch), _) => StandLookup::Branch { project, branch },
+        (None, None, Some(number)) => StandLookup::PullRequest { project, number },
+        (None, None, None) => return Ok(Decision::ignored(None, "the request names no pull request or commit")),
     };
-    let trigger = if branch.is_some() && sha.is_some() { Trigger::CheckRun } else { Trigger::Command };
-    let req = ManualRequest { command, trigger, requested_by: author, author_id, sha, authorised: false };
+    let trigger = if asked.sha.is_some() { Trigger::CheckRun } else { Trigger::Command };
+    let req = ManualRequest { command, trigger, requested_by: author, author_id, sha: asked.sha, authorised: false };
     Ok(match manual::queue(tx, lookup, &req).await? {
         ManualOutcome::Queued { stand, run } => Decision::queued(stand, run),
-        ManualOutcome::Refused { stand, reason, .. } => Decision::ignored(stand, reason),
+        ManualOutcome::Refused { stand, reason, .. } => {
+            if let (Some(stand), Some(repo)) = (stand, asked.answer_in) {
+                answer_refusal(tx, d.forge, repo, stand, author, &reason).await?;
+            }
+            Decision::ignored(stand, reason)
+        }
     })
+}
+
+/// A Re-run that cannot run is answered on the stand's PR/MR: GitHub leaves the person's check
+/// (or suite) queued, waiting for a check run that will not come, so silence looks like a hang.
+async fn answer_refusal(
+    tx: &mut PgConnection,
+    forge: ForgeKind,
+    repo: &str,
+    stand: i64,
+    author: &str,
+    reason: &str,
+) -> Result<(), StoreError> {
+    let number: Option<i64> =
+        sqlx::query_scalar("select pr_number from stands where stand_id = $1").bind(stand).fetch_one(&mut *tx).await?;
+    let Some(number) = number else { return Ok(()) };
+    // The reporter's `reply` row (`reporter::ReplyPayload`), written here because the store sits
+    // below the reporter. Not tied to a run, its key is the stand's: a burst of clicks on a removed
+    // stand gets one answer, not one each.
+    let payload = json!({
+        "forge": forge,
+        "repo": repo,
+        "number": number,
+        "body": format!("@{author} the Re-run was not started: {reason}."),
+    });
+    let key = format!("reply:{}:{repo}#{number}:refused:stand:{stand}", forge.as_str());
+    super::outbox::enqueue(&mut *tx, stand, None, "reply", &key, &payload).await?;
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

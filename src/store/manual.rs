@@ -21,6 +21,14 @@ pub enum StandLookup<'a> {
         project: &'a str,
         number: u64,
     },
+    /// A check's Re-run names its commit, and its branch when the forge says (a fork's check run
+    /// has no pull request): the stand at that head commit, else the branch's stand (a Re-run on
+    /// an older commit's check deploys that commit again).
+    Commit {
+        project: &'a str,
+        sha: &'a str,
+        branch: Option<&'a str>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -81,10 +89,24 @@ pub async fn queue(
             .fetch_optional(&mut *tx)
             .await?
         }
+        StandLookup::Commit { project, sha, branch } => {
+            sqlx::query_as(&format!(
+                "{COLUMNS} where project = $1 and (head_sha = $2 or branch = $3)
+                 order by head_sha is not distinct from $2 and branch is not distinct from $3 desc,
+                          head_sha is not distinct from $2 desc, updated_at desc
+                 limit 1 for update"
+            ))
+            .bind(project)
+            .bind(sha)
+            .bind(branch)
+            .fetch_optional(&mut *tx)
+            .await?
+        }
     };
     let Some((stand, state, epoch, head_sha)) = found else {
         let reason = match lookup {
             StandLookup::PullRequest { number, .. } => format!("no stand for pull request #{number}"),
+            StandLookup::Commit { sha, .. } => format!("no stand at commit {}", sha.get(..7).unwrap_or(sha)),
             _ => "no such stand".to_string(),
         };
         return Ok(ManualOutcome::Refused { stand: None, code: "stand_not_found", reason });

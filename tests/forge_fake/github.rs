@@ -21,6 +21,78 @@ pub struct State {
     /// Repositories by GitHub id (`FIRST_REPOSITORY_ID` + index), as pull listings' `Link` headers
     /// name them (`/repositories/{id}/pulls?…`).
     pub repositories: Vec<String>,
+    /// Old name → new name of renamed or transferred repositories: their old paths answer 301 (GET)
+    /// or 307 (any other method) to `/repositories/{id}/…`, as GitHub's repository redirects do.
+    pub renamed: HashMap<String, String>,
+    /// GitHub's documented secondary rate limits, enforced when set.
+    pub limits: Option<Limits>,
+    /// Requests being answered right now, and the secondary-limit answers given.
+    pub concurrent: usize,
+    pub max_concurrent: usize,
+    pub limited: usize,
+    /// Per bearer token: (when, endpoint, points, content-creating) of the last hour's requests.
+    pub spent: HashMap<String, std::collections::VecDeque<(std::time::Instant, String, u32, bool)>>,
+}
+
+/// GitHub's secondary rate limits as "Rate limits for the REST API" documents them: at most 100
+/// concurrent requests; at most 900 points a minute per endpoint (1 point for GET, HEAD and
+/// OPTIONS, 5 for POST, PATCH, PUT and DELETE); in general at most 80 content-generating requests a
+/// minute and 500 an hour. `scale` shortens the minute and the hour alike (0.05: a minute of 3 s).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub concurrent: usize,
+    pub points_per_minute: u32,
+    pub creates_per_minute: usize,
+    pub creates_per_hour: usize,
+    pub scale: f64,
+}
+
+impl Limits {
+    pub fn github(scale: f64) -> Limits {
+        Limits { concurrent: 100, points_per_minute: 900, creates_per_minute: 80, creates_per_hour: 500, scale }
+    }
+}
+
+/// `/repos/o/r/issues/7/comments` → `/repos/o/r/issues/{}/comments`: what GitHub counts as one endpoint.
+fn endpoint(method: &Method, seg: &[&str]) -> String {
+    let parts: Vec<&str> =
+        seg.iter().map(|s| if !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit()) { "{}" } else { s }).collect();
+    format!("{method} /{}", parts.join("/"))
+}
+
+/// [`endpoint`] of a request as [`Seen`] records it.
+pub fn endpoint_of(method: &str, path: &str) -> String {
+    let method = Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET);
+    endpoint(&method, &path.trim_start_matches('/').split('/').collect::<Vec<_>>())
+}
+
+/// The secondary-limit answer for a request over one of GitHub's limits, counting what it spends.
+fn secondary_limit(s: &mut Inner, method: &Method, seg: &[&str], bearer: &str) -> Option<Response> {
+    let limits = s.gh.limits?;
+    let now = std::time::Instant::now();
+    let minute = Duration::from_secs(60).mul_f64(limits.scale);
+    let hour = Duration::from_secs(3600).mul_f64(limits.scale);
+    let endpoint = endpoint(method, seg);
+    let write = matches!(*method, Method::POST | Method::PATCH | Method::PUT | Method::DELETE);
+    let points = if write { 5 } else { 1 };
+    let creates = *method == Method::POST;
+    let spent = s.gh.spent.entry(bearer.to_owned()).or_default();
+    while spent.front().is_some_and(|(t, ..)| now.duration_since(*t) >= hour) {
+        spent.pop_front();
+    }
+    let in_minute = |e: &&(std::time::Instant, String, u32, bool)| now.duration_since(e.0) < minute;
+    let endpoint_points: u32 = spent.iter().filter(in_minute).filter(|e| e.1 == endpoint).map(|e| e.2).sum();
+    let creates_minute = spent.iter().filter(in_minute).filter(|e| e.3).count();
+    let creates_hour = spent.iter().filter(|e| e.3).count();
+    let over = s.gh.concurrent > limits.concurrent
+        || endpoint_points + points > limits.points_per_minute
+        || (creates && (creates_minute >= limits.creates_per_minute || creates_hour >= limits.creates_per_hour));
+    if over {
+        s.gh.limited += 1;
+        return failure(ForgeKind::Github, Mode::SecondaryLimit(Some(minute.as_secs().max(1))));
+    }
+    spent.push_back((now, endpoint, points, creates));
+    None
 }
 
 /// The id of the first repository the fake names (the documented example's `octocat/Hello-World`).
@@ -30,6 +102,7 @@ pub const FIRST_REPOSITORY_ID: u64 = 1_296_269;
 pub struct CheckRun {
     pub id: u64,
     pub repo: String,
+    pub name: String,
     pub head_sha: String,
     /// Every status/conclusion it was given, in order: `in_progress`, `completed/success`, …
     pub history: Vec<String>,
@@ -65,9 +138,23 @@ pub struct App {
     pub lookups: usize,
     /// The body each issued token was asked with (`None`: the installation's whole reach).
     pub narrowings: Vec<Option<Value>>,
+    /// Repositories the App is not installed on: their installation lookup answers 404.
+    pub not_installed: std::collections::BTreeSet<String>,
 }
 
 impl Fake {
+    /// Enforces GitHub's documented secondary rate limits from now on (see [`Limits`]).
+    pub fn gh_enforce_limits(&self, limits: Limits) {
+        self.0.lock().unwrap().gh.limits = Some(limits);
+    }
+    /// How many secondary-limit answers the fake gave.
+    pub fn gh_limited(&self) -> usize {
+        self.0.lock().unwrap().gh.limited
+    }
+    /// The most requests it was answering at once.
+    pub fn gh_max_concurrent(&self) -> usize {
+        self.0.lock().unwrap().gh.max_concurrent
+    }
     pub fn gh_grant(&self, repo: &str, login: &str, role: &str) {
         self.0.lock().unwrap().gh.roles.insert((repo.into(), login.into()), role.into());
     }
@@ -81,7 +168,32 @@ impl Fake {
             jwts_seen: 0,
             lookups: 0,
             narrowings: vec![],
+            not_installed: Default::default(),
         });
+    }
+    /// The App is not installed on `repo` (or was uninstalled from it).
+    pub fn gh_uninstall(&self, repo: &str) {
+        self.0.lock().unwrap().gh.app.as_mut().expect("gh_app first").not_installed.insert(repo.into());
+    }
+    /// `old` is renamed (or transferred) to `new`: what was stored under `old` moves with it, and the
+    /// old path redirects.
+    pub fn gh_rename(&self, old: &str, new: &str) {
+        let mut s = self.0.lock().unwrap();
+        let i = repository_id(&mut s, old) - FIRST_REPOSITORY_ID;
+        s.gh.repositories[i as usize] = new.to_owned();
+        s.gh.renamed.insert(old.to_owned(), new.to_owned());
+        for c in s.comments.iter_mut().filter(|c| c.repo == old) {
+            c.repo = new.to_owned();
+        }
+        for p in s.pulls.iter_mut().filter(|p| p.repo == old) {
+            p.repo = new.to_owned();
+        }
+    }
+    /// The `draftd` check of `sha` as GitHub shows it on the pull request: its newest check run's
+    /// newest state (`completed/success`, …).
+    pub fn gh_check_state(&self, repo: &str, sha: &str) -> Option<String> {
+        let runs = self.gh_checks(repo, sha);
+        runs.iter().filter(|c| c.name == "draftd").max_by_key(|c| c.id).and_then(|c| c.history.last().cloned())
     }
     pub fn gh_state<T>(&self, f: impl FnOnce(&State) -> T) -> T {
         f(&self.0.lock().unwrap().gh)
@@ -188,6 +300,11 @@ fn app_route(s: &mut Inner, method: &Method, seg: &[&str], body: &[u8]) -> Respo
     }
     let app = s.gh.app.as_mut().unwrap();
     match (method.as_str(), seg) {
+        ("GET", ["repos", o, r, "installation"]) if app.not_installed.contains(&format!("{o}/{r}")) => {
+            // "Get a repository installation for the authenticated app": 404 when it is not installed.
+            app.lookups += 1;
+            error(404, "Not Found")
+        }
         ("GET", ["repos", o, r, "installation"]) => {
             app.lookups += 1;
             let mut v: Value =
@@ -365,7 +482,53 @@ fn list_pulls(s: &mut Inner, method: &Method, path: &str, repo: &str) -> Respons
     json_response(200, &Value::Array(items.iter().map(|p| pull_json(p, false)).collect()), &headers)
 }
 
+/// `/repositories/{id}/rest…` is `/repos/{owner}/{name}/rest…` of the repository's current name.
+fn by_id(s: &Inner, path: &str) -> Option<String> {
+    let (only, query) = path.split_once('?').map(|(p, q)| (p, format!("?{q}"))).unwrap_or((path, String::new()));
+    let seg: Vec<&str> = only.trim_start_matches('/').split('/').collect();
+    let ["repositories", id, rest @ ..] = seg.as_slice() else { return None };
+    let i = id.parse::<u64>().ok()?.checked_sub(FIRST_REPOSITORY_ID)?;
+    let name = s.gh.repositories.get(i as usize)?;
+    (!rest.is_empty()).then(|| format!("/repos/{name}/{}{query}", rest.join("/")))
+}
+
+/// Repository redirects ("Best practices for using the REST API", follow redirects): a renamed or
+/// transferred repository's old path answers 301 for GET and 307 for other methods, `Location`
+/// naming the repository by id, with a `Moved Permanently` body; `GET /repositories/{id}` shows
+/// the repository under its current name.
+fn moved(s: &mut Inner, method: &Method, path: &str, seg: &[&str]) -> Option<Response> {
+    match seg {
+        ["repositories", id] if method == Method::GET => {
+            let i = id.parse::<u64>().ok()?.checked_sub(FIRST_REPOSITORY_ID)?;
+            let name = s.gh.repositories.get(i as usize)?.clone();
+            let template: Value = serde_json::from_str(include_str!("../fixtures/forge/github/pull.json")).unwrap();
+            let mut v = repository_json(&template["base"]["repo"], &name);
+            v["id"] = json!(FIRST_REPOSITORY_ID + i);
+            Some(json_response(200, &v, &[]))
+        }
+        ["repos", o, r, rest @ ..] => {
+            let old = format!("{o}/{r}");
+            let new = s.gh.renamed.get(&old)?.clone();
+            let id = repository_id(s, &new);
+            let query = path.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+            let tail = if rest.is_empty() { String::new() } else { format!("/{}", rest.join("/")) };
+            let location = format!("{}/repositories/{id}{tail}{query}", s.base);
+            let status = if method == Method::GET || method == Method::HEAD { 301 } else { 307 };
+            let body = json!({
+                "message": "Moved Permanently",
+                "url": location,
+                "documentation_url": "https://docs.github.com/rest/guides/best-practices-for-using-the-rest-api#follow-redirects",
+            });
+            Some(json_response(status, &body, &[("location", location.clone())]))
+        }
+        _ => None,
+    }
+}
+
 pub fn route(s: &mut Inner, method: &Method, path: &str, headers: &HeaderMap, body: &[u8]) -> Response {
+    if let Some(canonical) = by_id(s, path) {
+        return route(s, method, &canonical, headers, body);
+    }
     let seg: Vec<&str> = path_only(path).trim_start_matches('/').split('/').collect();
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     // What GitHub's REST docs ask of every request.
@@ -401,8 +564,17 @@ pub fn route(s: &mut Inner, method: &Method, path: &str, headers: &HeaderMap, bo
             &[],
         );
     }
+    if let Some(r) = moved(s, method, path, &seg) {
+        return r;
+    }
     if s.gh.app.is_some() && jwt_route(&seg) {
         return app_route(s, method, &seg, body);
+    }
+    if let Some(r) = secondary_limit(s, method, &seg, &bearer) {
+        return r;
+    }
+    if let Some(r) = random_fault(s) {
+        return r;
     }
     let mode = s.script.pop_front().unwrap_or(s.mode);
     if let Some(r) = failure(s.kind, mode) {
@@ -549,6 +721,7 @@ pub fn route(s: &mut Inner, method: &Method, path: &str, headers: &HeaderMap, bo
                 s.gh.check_runs.push(CheckRun {
                     id,
                     repo: repo.clone(),
+                    name: v["name"].as_str().unwrap_or_default().to_owned(),
                     head_sha: sha.clone(),
                     history: vec![],
                     title: String::new(),
@@ -560,6 +733,15 @@ pub fn route(s: &mut Inner, method: &Method, path: &str, headers: &HeaderMap, bo
             } else {
                 let id: u64 = seg[4].parse().unwrap_or(0);
                 match s.gh.check_runs.iter().find(|c| c.id == id && c.repo == repo) {
+                    // A completed check run's status and conclusion are final: a re-run is a new
+                    // check run (GitHub's checks guide), so an app cannot turn red back to green.
+                    Some(c)
+                        if c.history.last().is_some_and(|h| h.starts_with("completed"))
+                            && (v.get("status").is_some() || v.get("conclusion").is_some()) =>
+                    {
+                        s.violations.push(format!("{what}: changes completed check run {id} ({:?})", c.history));
+                        return error(422, "Validation Failed");
+                    }
                     Some(c) => (id, c.head_sha.clone()),
                     None => return not_found(),
                 }
@@ -668,10 +850,101 @@ pub fn route(s: &mut Inner, method: &Method, path: &str, headers: &HeaderMap, bo
             };
             let url = v.get("environment_url").and_then(Value::as_str).map(str::to_owned);
             d.statuses.push((state.clone(), url));
+            let environment = d.environment.clone();
+            // `auto_inactive` (default true), exactly as documented: a new `success` status adds an
+            // `inactive` one to every prior deployment of the repository and environment that is
+            // neither transient nor production and had a success state. Transient deployments only
+            // go inactive when told so.
+            if state == "success" && v.get("auto_inactive") != Some(&json!(false)) {
+                for prior in s.gh.deployments.iter_mut().filter(|p| {
+                    p.repo == repo && p.environment == environment && p.id < id && !p.transient && !p.production
+                }) {
+                    if prior.statuses.last().is_some_and(|(st, _)| st == "success") {
+                        prior.statuses.push(("inactive".into(), None));
+                    }
+                }
+            }
             let mut answer: Value =
                 serde_json::from_str(include_str!("../fixtures/forge/github/deployment_status.json")).unwrap();
             answer["state"] = json!(state);
             json_response(201, &answer, &[])
+        }
+        ("GET", ["repos", o, r, "deployments"]) => {
+            // "List deployments": filters `sha`, `ref`, `task`, `environment`; newest first.
+            let q = query(path);
+            let unknown: Vec<&String> = q
+                .keys()
+                .filter(|k| !["sha", "ref", "task", "environment", "per_page", "page"].contains(&k.as_str()))
+                .collect();
+            if !unknown.is_empty() {
+                s.violations.push(format!("{method} {path}: query not as documented"));
+            }
+            let repo = format!("{o}/{r}");
+            let environment = q.get("environment").map(|e| percent_decode(e));
+            let sha = q.get("sha").cloned();
+            let mut all: Vec<Deployment> =
+                s.gh.deployments
+                    .iter()
+                    .filter(|d| d.repo == repo)
+                    .filter(|d| environment.as_ref().is_none_or(|e| *e == d.environment))
+                    .filter(|d| sha.as_ref().is_none_or(|x| *x == d.sha))
+                    .cloned()
+                    .collect();
+            all.reverse();
+            let (items, page_no, pages) = page(&all, &q, 30);
+            let template: Value =
+                serde_json::from_str(include_str!("../fixtures/forge/github/deployment.json")).unwrap();
+            let list: Vec<Value> = items
+                .iter()
+                .map(|d| {
+                    let mut v = template.clone();
+                    v["id"] = json!(d.id);
+                    v["sha"] = json!(d.sha);
+                    v["ref"] = json!(d.sha);
+                    v["environment"] = json!(d.environment);
+                    v["original_environment"] = json!(d.environment);
+                    v["transient_environment"] = json!(d.transient);
+                    v["production_environment"] = json!(d.production);
+                    v
+                })
+                .collect();
+            let others: String = path
+                .split_once('?')
+                .map(|(_, raw)| {
+                    raw.split('&').filter(|kv| !kv.starts_with("page=")).map(|kv| format!("{kv}&")).collect()
+                })
+                .unwrap_or_default();
+            let url = format!("{}/repos/{repo}/deployments?{others}", s.base);
+            json_response(200, &Value::Array(list), &link_header(&url, page_no, pages))
+        }
+        ("GET", ["repos", o, r, "deployments", id, "statuses"]) => {
+            // "List deployment statuses": newest first.
+            let q = query(path);
+            if q.keys().any(|k| !["per_page", "page"].contains(&k.as_str())) {
+                s.violations.push(format!("{method} {path}: query not as documented"));
+            }
+            let repo = format!("{o}/{r}");
+            let id: u64 = id.parse().unwrap_or(0);
+            let Some(d) = s.gh.deployments.iter().find(|d| d.id == id && d.repo == repo) else {
+                return not_found();
+            };
+            let mut all = d.statuses.clone();
+            all.reverse();
+            let (items, page_no, pages) = page(&all, &q, 30);
+            let template: Value =
+                serde_json::from_str(include_str!("../fixtures/forge/github/deployment_status.json")).unwrap();
+            let list: Vec<Value> = items
+                .iter()
+                .map(|(state, url)| {
+                    let mut v = template.clone();
+                    v["state"] = json!(state);
+                    v["environment"] = json!(d.environment);
+                    v["environment_url"] = json!(url.clone().unwrap_or_default());
+                    v
+                })
+                .collect();
+            let url = format!("{}/repos/{repo}/deployments/{id}/statuses?", s.base);
+            json_response(200, &Value::Array(list), &link_header(&url, page_no, pages))
         }
         ("POST", ["repos", o, r, "issues", n, "labels"]) => {
             let what = format!("{method} {path}");

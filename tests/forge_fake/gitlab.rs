@@ -6,7 +6,9 @@
 //! (a `running`/`pending` status of the same name and ref is found again and moved on, a finished
 //! one is replaced by a new status, and an event the state does not allow answers 400 "Cannot
 //! transition status via :run from :running …"); an environment can only be deleted once stopped
-//! (403 otherwise) and cannot be renamed; `add_labels` creates a missing label.
+//! (403 otherwise) and cannot be renamed, and its name must match GitLab's exact ASCII pattern;
+//! `add_labels` creates a missing label; a throttled request gets Rack::Attack's plain-text 429 with
+//! `Retry-After`, whatever the route.
 
 use std::collections::BTreeSet;
 
@@ -91,6 +93,8 @@ pub struct Environment {
     pub repo: String,
     pub name: String,
     pub external_url: Option<String>,
+    /// Markdown shown on the environment's page (GitLab 17.8+).
+    pub description: Option<String>,
     pub tier: String,
     /// `available` or `stopped`.
     pub state: String,
@@ -203,6 +207,7 @@ pub fn environment_json(e: &Environment) -> Value {
     v["name"] = json!(e.name);
     v["slug"] = json!(slug(&e.name));
     v["external_url"] = json!(e.external_url);
+    v["description"] = json!(e.description);
     v["state"] = json!(e.state);
     v["tier"] = json!(e.tier);
     // Not given by draftd: GitLab leaves them empty.
@@ -487,16 +492,27 @@ fn environment_attributes(s: &mut Inner, f: &HashMap<String, String>) -> Result<
             )));
         }
     }
+    if f.get("description").is_some_and(|d| d.chars().count() > 10_000) {
+        s.violations.push("environment: description longer than 10000 characters".into());
+        return Err(Box::new(json_response(
+            400,
+            &json!({"message": {"description": ["is too long (maximum is 10000 characters)"]}}),
+            &[],
+        )));
+    }
     Ok(())
 }
 
-/// GitLab's environment name rule: letters, digits, spaces, `-_/${}.`, not starting or ending in `/`.
-fn valid_environment_name(name: &str) -> bool {
+/// GitLab's environment name rule, exactly (lib/gitlab/regex.rb `environment_name_regex` and
+/// app/models/environment.rb): at most 255 characters of ASCII `[a-zA-Z0-9_/${}. -]`, not starting
+/// or ending with `/`. ASCII only: `é` or `日` are refused like `+`, `#`, `@`, `,`, `'` and `=`.
+pub fn valid_environment_name(name: &str) -> bool {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "_/${}. -".contains(c);
     !name.is_empty()
-        && name.len() <= 255
+        && name.chars().count() <= 255
         && !name.starts_with('/')
         && !name.ends_with('/')
-        && name.chars().all(|c| c.is_alphanumeric() || " -_/${}.".contains(c))
+        && name.chars().all(allowed)
 }
 
 fn environments(
@@ -559,6 +575,7 @@ fn environments(
                 repo,
                 name: name.clone(),
                 external_url: f.get("external_url").filter(|u| !u.is_empty()).cloned(),
+                description: f.get("description").cloned(),
                 tier: f.get("tier").cloned().unwrap_or_else(|| "other".into()),
                 state: "available".into(),
             };
@@ -595,6 +612,9 @@ fn environments(
             if let Some(t) = f.get("tier") {
                 e.tier = t.clone();
             }
+            if let Some(d) = f.get("description") {
+                e.description = Some(d.clone());
+            }
             let e = e.clone();
             json_response(200, &environment_json(&e), &[])
         }
@@ -625,6 +645,27 @@ fn environments(
     }
 }
 
+/// GitLab's throttled answer (Rack::Attack's responder in lib/gitlab/rack_attack.rb): 429, plain
+/// text `Retry later`, and the `RateLimit-*` headers with `Retry-After` in seconds. Whatever the
+/// request was (a GET, a PUT that answers JSON, a DELETE that answers 204), this is what comes back.
+fn rate_limited(secs: u64) -> Response {
+    let reset = chrono::Utc::now() + chrono::Duration::seconds(secs as i64);
+    let headers = [
+        ("ratelimit-name", "throttle_authenticated_api".to_owned()),
+        ("ratelimit-limit", "2000".to_owned()),
+        ("ratelimit-observed", "2001".to_owned()),
+        ("ratelimit-remaining", "0".to_owned()),
+        ("ratelimit-reset", reset.timestamp().to_string()),
+        ("ratelimit-resettime", reset.format("%a, %d %b %Y %H:%M:%S GMT").to_string()),
+        ("retry-after", secs.to_string()),
+    ];
+    let mut r = (StatusCode::TOO_MANY_REQUESTS, [("content-type", "text/plain")], "Retry later\n").into_response();
+    for (k, v) in headers {
+        r.headers_mut().insert(k, v.parse().unwrap());
+    }
+    r
+}
+
 fn comma_list(v: &str) -> Vec<String> {
     v.split(',').map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect()
 }
@@ -640,6 +681,9 @@ pub fn route(s: &mut Inner, method: &Method, path: &str, headers: &HeaderMap, bo
         return json_response(401, &json!({"message": message}), &[]);
     }
     let mode = s.script.pop_front().unwrap_or(s.mode);
+    if let Mode::RateLimited(secs) = mode {
+        return rate_limited(secs);
+    }
     if let Some(r) = failure(s.kind, mode) {
         return r;
     }

@@ -4,6 +4,7 @@
 //! limited.
 #![allow(dead_code)]
 
+pub mod burst;
 pub mod github;
 pub mod gitlab;
 
@@ -128,6 +129,9 @@ pub struct Inner {
     pub gh: github::State,
     /// GitLab's statuses, environments, labels, members.
     pub gl: gitlab::State,
+    /// A share of answers that are faults, drawn at random (benches/soak.rs), and those given.
+    pub faults: Option<(f64, fastrand::Rng)>,
+    pub fault_counts: std::collections::BTreeMap<u16, u64>,
 }
 
 #[derive(Clone)]
@@ -152,6 +156,8 @@ impl Fake {
             script: Default::default(),
             gh: Default::default(),
             gl: Default::default(),
+            faults: None,
+            fault_counts: Default::default(),
         })));
         let app = axum::Router::new().fallback(handle).with_state(fake.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -166,6 +172,15 @@ impl Fake {
     }
     pub fn set_mode(&self, mode: Mode) {
         self.0.lock().unwrap().mode = mode;
+    }
+    /// From now on a `rate` share of answers are faults, drawn with `seed`: 500, 502 or 429 with
+    /// `Retry-After: 1`, in equal parts.
+    pub fn fail_at_random(&self, rate: f64, seed: u64) {
+        self.0.lock().unwrap().faults = (rate > 0.0).then(|| (rate, fastrand::Rng::with_seed(seed)));
+    }
+    /// The faults given at random, by status.
+    pub fn fault_counts(&self) -> std::collections::BTreeMap<u16, u64> {
+        self.0.lock().unwrap().fault_counts.clone()
     }
     pub fn set_delay(&self, delay: Duration) {
         self.0.lock().unwrap().delay = delay;
@@ -190,6 +205,10 @@ impl Fake {
     }
     pub fn delete(&self, id: u64) {
         self.0.lock().unwrap().comments.retain(|c| c.id != id);
+    }
+    /// Every comment of every PR, oldest first.
+    pub fn all_comments(&self) -> Vec<Comment> {
+        self.0.lock().unwrap().comments.clone()
     }
     pub fn comments(&self, repo: &str, number: u64) -> Vec<Comment> {
         self.0.lock().unwrap().comments.iter().filter(|c| c.repo == repo && c.number == number).cloned().collect()
@@ -221,6 +240,17 @@ pub fn json_response(status: u16, value: &Value, headers: &[(&str, String)]) -> 
         r.headers_mut().insert(axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
     }
     r
+}
+
+/// A fault drawn at random when [`Fake::fail_at_random`] asked for them.
+pub fn random_fault(s: &mut Inner) -> Option<Response> {
+    let (rate, rng) = s.faults.as_mut()?;
+    if rng.f64() >= *rate {
+        return None;
+    }
+    let status = [500u16, 502, 429][rng.usize(..3)];
+    *s.fault_counts.entry(status).or_default() += 1;
+    failure(s.kind, if status == 429 { Mode::RateLimited(1) } else { Mode::Down(status) })
 }
 
 /// The answer of a forge that is down, refusing, or rate limiting, per forge.
@@ -289,6 +319,11 @@ pub async fn handle(State(fake): State<Fake>, req: Request) -> Response {
         (s.kind, s.delay)
     };
     let target = target_of(kind, path_only(&path));
+    {
+        let mut s = fake.0.lock().unwrap();
+        s.gh.concurrent += 1;
+        s.gh.max_concurrent = s.gh.max_concurrent.max(s.gh.concurrent);
+    }
     if let Some(t) = &target {
         let mut s = fake.0.lock().unwrap();
         let n = s.in_flight.entry(t.clone()).or_default();
@@ -320,6 +355,7 @@ pub async fn handle(State(fake): State<Fake>, req: Request) -> Response {
         if let Some(t) = &target {
             *s.in_flight.get_mut(t).unwrap() -= 1;
         }
+        s.gh.concurrent -= 1;
         r
     }
 }

@@ -31,9 +31,11 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::pace::{Pacer, Pacing};
 use super::{
     CheckReport, CheckState, CommentRef, EnvironmentRef, EnvironmentReport, EnvironmentState, ForgeClient, ForgeError,
-    ForgeUser, Hold, Permission, PullRequestInfo, PullRequestState, Redactor, clip, parse_retry_after, within,
+    ForgeProblems, ForgeUser, Hold, Permission, PullRequestInfo, PullRequestState, Redactor, clip, parse_retry_after,
+    within,
 };
 use crate::config::ForgeKind;
 use crate::forge::{CHECK_NAME, RERUN_ACTION};
@@ -49,6 +51,12 @@ const REFRESH_BEFORE: Duration = Duration::from_secs(300);
 const MAX_SUMMARY: usize = 65_535;
 const MAX_TITLE: usize = 255;
 const MAX_DESCRIPTION: usize = 140;
+/// Redirects followed for one request: GitHub's names the repository by id, which never moves, so one
+/// is all a rename needs; the bound only stops a loop.
+const MAX_REDIRECTS: usize = 3;
+/// Earlier deployments of an environment looked at when retiring them: each success retires the ones
+/// before it, so only those since the last success are still active.
+const RETIRE_PAGE: usize = 100;
 
 /// A GitHub App's identity: the app id and its private key (PEM, as GitHub hands it out).
 pub struct AppCredentials {
@@ -86,10 +94,16 @@ pub struct GithubClient {
     auth: Auth,
     redact: Redactor,
     hold: Hold,
+    /// Each installation's requests in turn, writes spaced (see [`super::pace`]).
+    pace: Arc<Pacer>,
     timeout: Duration,
     secondary_wait: Duration,
     /// App only: installation tokens with less than this left are replaced.
     refresh_before: Duration,
+    /// Repositories this client cannot serve (an App not installed there), for `/health/ready`.
+    problems: ForgeProblems,
+    /// Renamed or transferred repositories seen through GitHub's redirects: configured name → new name.
+    moved: Arc<std::sync::Mutex<HashMap<String, String>>>,
 }
 
 impl std::fmt::Debug for GithubClient {
@@ -119,6 +133,12 @@ struct IssueComment {
 #[derive(Debug, Deserialize)]
 struct WithId {
     id: u64,
+}
+
+/// One status of a deployment, as `GET …/deployments/{id}/statuses` lists them (newest first).
+#[derive(Debug, Deserialize)]
+struct DeploymentState {
+    state: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -248,15 +268,40 @@ impl GithubClient {
             auth,
             redact,
             hold: Hold::default(),
+            // Unpaced until told: `AnyForge::from_config` always sets the configured pacing.
+            pace: Arc::new(Pacer::new(Pacing::OFF)),
             timeout,
             secondary_wait: SECONDARY_WAIT,
             refresh_before: REFRESH_BEFORE,
+            problems: ForgeProblems::default(),
+            moved: Arc::default(),
         })
+    }
+
+    /// Problems found (an App not installed on a repository) go to `problems`, which `/health/ready`
+    /// reads, instead of this client's own list.
+    pub fn watch_problems(mut self, problems: ForgeProblems) -> Self {
+        self.problems = problems;
+        self
+    }
+
+    /// (configured name, current name) of every repository GitHub redirected this client from.
+    pub fn moved_repositories(&self) -> Vec<(String, String)> {
+        let moved = self.moved.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<(String, String)> = moved.iter().map(|(o, n)| (o.clone(), n.clone())).collect();
+        all.sort();
+        all
     }
 
     /// How long to hold off after a secondary rate limit that named no time (tests shorten it).
     pub fn with_secondary_wait(mut self, wait: Duration) -> Self {
         self.secondary_wait = wait;
+        self
+    }
+
+    /// How this client paces each installation's requests ([`Pacing::GITHUB`] is GitHub's guidance).
+    pub fn with_pacing(mut self, pacing: Pacing) -> Self {
+        self.pace = Arc::new(Pacer::new(pacing));
         self
     }
 
@@ -331,6 +376,7 @@ impl GithubClient {
         token: &SecretString,
     ) -> Result<Answer, ForgeError> {
         self.hold.check(FORGE, op)?;
+        let _turn = self.pace.turn(FORGE, op, &method, token).await?;
         let builder = http::Request::builder().method(method).uri(route);
         let mut req = self.crab.build_request(builder, body).map_err(|e| self.error(op, e))?;
         let mut bearer = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret())).map_err(|_| {
@@ -360,11 +406,81 @@ impl GithubClient {
         route: &str,
         body: Option<&Value>,
     ) -> Result<Answer, ForgeError> {
-        let mut answer = self.send(op, method.clone(), route, body, &self.token_for(repo, false).await?).await?;
+        let token = self.token_for(repo, false).await?;
+        let mut answer = self.follow(op, Some(repo), method.clone(), route, body, &token).await?;
         if answer.status == StatusCode::UNAUTHORIZED && self.is_app() {
-            answer = self.send(op, method, route, body, &self.token_for(repo, true).await?).await?;
+            let token = self.token_for(repo, true).await?;
+            answer = self.follow(op, Some(repo), method, route, body, &token).await?;
         }
         if answer.status.is_success() { Ok(answer) } else { Err(self.status_error(op, &answer)) }
+    }
+
+    /// [`Self::send`], following GitHub's repository redirects: a renamed or transferred repository
+    /// answers 301 (GET) or 307 (other methods) with a `Location` naming it by id
+    /// (`/repositories/{id}/…`), and the request goes there again as it was, method and body
+    /// included. A target off `api_url` is refused rather than sent the token. With `repo`, the
+    /// first redirect of that repository also finds and logs its new name.
+    async fn follow(
+        &self,
+        op: &'static str,
+        repo: Option<&str>,
+        method: Method,
+        route: &str,
+        body: Option<&Value>,
+        token: &SecretString,
+    ) -> Result<Answer, ForgeError> {
+        let mut route = route.to_owned();
+        for _ in 0..=MAX_REDIRECTS {
+            let answer = self.send(op, method.clone(), &route, body, token).await?;
+            let redirect = matches!(answer.status.as_u16(), 301 | 302 | 307 | 308);
+            let Some(location) = header(&answer.headers, "location").filter(|_| redirect) else { return Ok(answer) };
+            route = self.route_of(op, location)?;
+            if let Some(repo) = repo {
+                self.note_move(repo, &route, token).await;
+            }
+        }
+        Err(ForgeError::Response {
+            forge: FORGE,
+            operation: op,
+            message: format!("more than {MAX_REDIRECTS} redirects, the last to {route}"),
+        })
+    }
+
+    /// Logs, once per repository, the name GitHub now knows a redirected repository by, so the
+    /// project's `repo` can be corrected: redirects cost a request each, and end when someone
+    /// creates a repository under the old name.
+    async fn note_move(&self, repo: &str, route: &str, token: &SecretString) {
+        if self.moved.lock().unwrap_or_else(|e| e.into_inner()).contains_key(repo) {
+            return;
+        }
+        let by_id = route.split('/').take(3).collect::<Vec<_>>().join("/");
+        let new = match route.starts_with("/repositories/") {
+            true => match self.send("find moved repository", Method::GET, &by_id, None, token).await {
+                Ok(answer) if answer.status.is_success() => {
+                    self.json::<RepoName>("find moved repository", &answer).ok().map(|r| r.full_name)
+                }
+                _ => None,
+            },
+            false => None,
+        };
+        let new = new.unwrap_or_else(|| by_id.trim_start_matches('/').to_owned());
+        tracing::warn!(
+            configured = repo,
+            current = %new,
+            "GitHub repository was renamed or transferred; requests follow its redirects, but set the project's repo to its new name"
+        );
+        self.moved.lock().unwrap_or_else(|e| e.into_inner()).insert(repo.to_owned(), new);
+    }
+
+    /// The App is not installed on `repo`: recorded for `/health/ready`, logged when it is news.
+    fn not_installed(&self, repo: &str) -> ForgeError {
+        if self.problems.set(FORGE, repo, "app_not_installed") {
+            tracing::error!(
+                repo,
+                "the GitHub App is not installed on this repository: install it there, or remove the project"
+            );
+        }
+        ForgeError::AppNotInstalled { forge: FORGE, repo: repo.to_owned() }
     }
 
     async fn token_for(&self, repo: &str, renew: bool) -> Result<SecretString, ForgeError> {
@@ -389,10 +505,15 @@ impl GithubClient {
             None => {
                 let op = "find app installation";
                 let route = format!("{}/installation", self.repo_route(repo)?);
-                let answer = self.send(op, Method::GET, &route, None, &jwt).await?;
+                // The JWT may not read `/repositories/{id}`: a move is named by the calls that follow.
+                let answer = self.follow(op, None, Method::GET, &route, None, &jwt).await?;
+                if answer.status == StatusCode::NOT_FOUND {
+                    return Err(self.not_installed(repo));
+                }
                 if !answer.status.is_success() {
                     return Err(self.status_error(op, &answer));
                 }
+                self.problems.clear(FORGE, repo);
                 self.json::<WithId>(op, &answer)?.id
             }
         };
@@ -478,12 +599,18 @@ impl GithubClient {
     /// refused rather than sent the token.
     fn next_page(&self, op: &'static str, answer: &Answer) -> Result<Option<String>, ForgeError> {
         let Some(url) = header(&answer.headers, "link").and_then(next_link) else { return Ok(None) };
+        self.route_of(op, url).map(Some)
+    }
+
+    /// The route of an absolute URL GitHub handed out (a next page, a redirect), refused when it is
+    /// not under `api_url`: the token goes nowhere else.
+    fn route_of(&self, op: &'static str, url: &str) -> Result<String, ForgeError> {
         match url.strip_prefix(self.api_url.trim_end_matches('/')) {
-            Some(route) if route.starts_with('/') => Ok(Some(route.to_owned())),
+            Some(route) if route.starts_with('/') => Ok(route.to_owned()),
             _ => Err(ForgeError::Response {
                 forge: FORGE,
                 operation: op,
-                message: self.redact.scrub(&format!("next page {url:?} is not under {:?}", self.api_url)),
+                message: self.redact.scrub(&format!("{url:?} is not under {:?}", self.api_url)),
             }),
         }
     }
@@ -563,6 +690,58 @@ impl GithubClient {
         self.call("create deployment status", Method::POST, repo, &route, Some(&body)).await.map(|_| ())
     }
 
+    /// Marks inactive the deployments of `env`'s environment older than `newest` (all of them
+    /// without one) that are not inactive yet. draftd's deployments are transient, which GitHub's
+    /// `auto_inactive` leaves alone, so each older commit's deployment would otherwise stay
+    /// `success` for ever, even after teardown.
+    ///
+    /// Deployments are listed newest first and each one's newest status read until one is already
+    /// inactive: every success and teardown retires all before it, so the ones since the last are
+    /// all that can still be active (usually one). They are marked oldest first, so a failure
+    /// half-way leaves the same boundary for the retry.
+    async fn retire(
+        &self,
+        repo: &str,
+        prefix: &str,
+        env: &EnvironmentReport,
+        newest: Option<u64>,
+    ) -> Result<(), ForgeError> {
+        let op = "list deployments";
+        let route =
+            format!("{prefix}/deployments?environment={}&per_page={RETIRE_PAGE}", encode_segment(&env.environment));
+        let listed: Vec<WithId> = self.json(op, &self.call(op, Method::GET, repo, &route, None).await?)?;
+        let mut active = Vec::new();
+        for d in listed.iter().filter(|d| newest.is_none_or(|n| d.id < n)) {
+            let op = "list deployment statuses";
+            let route = format!("{prefix}/deployments/{}/statuses?per_page=1", d.id);
+            let newest_status: Vec<DeploymentState> =
+                self.json(op, &self.call(op, Method::GET, repo, &route, None).await?)?;
+            if newest_status.first().is_some_and(|s| s.state == "inactive") {
+                break;
+            }
+            active.push(d.id);
+        }
+        let description = match newest {
+            Some(_) => format!("Superseded by {}", env.sha.get(..7).unwrap_or(&env.sha)),
+            None => env.description.clone(),
+        };
+        let retired = EnvironmentReport {
+            state: EnvironmentState::Inactive,
+            url: None,
+            log_url: None,
+            description,
+            ..env.clone()
+        };
+        for id in active.into_iter().rev() {
+            match self.deployment_status(repo, prefix, id, &retired).await {
+                // Deleted meanwhile: nothing is left to mark.
+                Err(e) if e.is_not_found() => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
     async fn create_deployment(&self, repo: &str, prefix: &str, env: &EnvironmentReport) -> Result<u64, ForgeError> {
         let op = "create deployment";
         let body = json!({
@@ -573,6 +752,8 @@ impl GithubClient {
             "required_contexts": [],
             "environment": env.environment,
             "description": clip(&env.description, MAX_DESCRIPTION),
+            // The stand goes away with its PR: an inactive transient deployment shows as destroyed.
+            // GitHub's `auto_inactive` skips transient ones, so `retire` marks them itself.
             "transient_environment": true,
             "production_environment": false,
         });
@@ -658,7 +839,9 @@ impl ForgeClient for GithubClient {
                 let op = "update check run";
                 match self.call(op, Method::PATCH, repo, &format!("{prefix}/check-runs/{id}"), Some(&body)).await {
                     Ok(answer) => return Ok(Some(self.json::<WithId>(op, &answer)?.id)),
-                    Err(e) if e.is_not_found() => {}
+                    // Deleted, or completed: a completed check run is final (GitHub's checks guide:
+                    // a re-run is a new check run), so a new one carries the new state.
+                    Err(e) if e.is_not_found() || e.status() == Some(422) => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -680,24 +863,31 @@ impl ForgeClient for GithubClient {
         let prefix = self.repo_route(repo)?;
         within(FORGE, "report deployment", self.timeout, async {
             if env.state == EnvironmentState::Inactive {
-                let Some(p) = previous else { return Ok(None) };
-                return match self.deployment_status(repo, &prefix, p.id, env).await {
-                    Ok(()) => Ok(Some(p.clone())),
-                    // Deleted by hand: nothing is left to mark inactive.
-                    Err(e) if e.is_not_found() => Ok(None),
-                    Err(e) => Err(e),
-                };
+                // Every deployment of the environment, not only the last: they are transient, and
+                // GitHub's `auto_inactive` never touches transient ones.
+                self.retire(repo, &prefix, env, None).await?;
+                return Ok(previous.cloned());
             }
+            let mut made = None;
             if let Some(p) = previous.filter(|p| p.sha == env.sha) {
                 match self.deployment_status(repo, &prefix, p.id, env).await {
-                    Ok(()) => return Ok(Some(p.clone())),
+                    Ok(()) => made = Some(p.clone()),
                     Err(e) if e.is_not_found() => {}
                     Err(e) => return Err(e),
                 }
             }
-            let id = self.create_deployment(repo, &prefix, env).await?;
-            self.deployment_status(repo, &prefix, id, env).await?;
-            Ok(Some(EnvironmentRef { id, sha: env.sha.clone() }))
+            let made = match made {
+                Some(made) => made,
+                None => {
+                    let id = self.create_deployment(repo, &prefix, env).await?;
+                    self.deployment_status(repo, &prefix, id, env).await?;
+                    EnvironmentRef { id, sha: env.sha.clone() }
+                }
+            };
+            if env.state == EnvironmentState::Success {
+                self.retire(repo, &prefix, env, Some(made.id)).await?;
+            }
+            Ok(Some(made))
         })
         .await
     }

@@ -11,9 +11,15 @@
 //! same way, every page, and any page that fails fails the whole listing.
 //!
 //! The `draftd` check is a commit status; the stand is an environment `draft/<branch>` with its
-//! URL as external URL, stopped at teardown (the crate has no environment-writing endpoints, so
-//! those are the small [`Raw`] endpoint below, on the same client). Access is checked with the
-//! member API (`members/all`, so inherited group membership counts).
+//! URL as external URL and its branch in the description, stopped at teardown (the crate has no
+//! environment-writing endpoints, so those are the small [`Raw`] endpoint below, on the same
+//! client). GitLab allows fewer characters in an environment's name than git does in a branch, so
+//! the name is [`GitlabEnvironmentName`]'s: the same as before for every branch GitLab accepted.
+//! Access is checked with the member API (`members/all`, so inherited group membership counts).
+//!
+//! Calls whose answer draftd does not read (label changes, DELETEs) go through [`GitlabClient::send`]
+//! rather than the crate's `ignore()`, which turns a 429 into a plain error without its
+//! `Retry-After`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -31,7 +37,7 @@ use ::gitlab::api::projects::merge_requests::{
     EditMergeRequest, MergeRequest, MergeRequestOrderBy, MergeRequestState, MergeRequests,
 };
 use ::gitlab::api::projects::repository::commits::{CommitStatusState, CreateCommitStatus};
-use ::gitlab::api::{ApiError, AsyncQuery, BodyError, common::SortOrder, ignore};
+use ::gitlab::api::{ApiError, AsyncQuery, BodyError, common::SortOrder};
 use ::gitlab::{AsyncGitlab, GitlabBuilder, GitlabError, RestError};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -43,6 +49,7 @@ use super::{
 };
 use crate::config::ForgeKind;
 use crate::forge::CHECK_NAME;
+use crate::stand::GitlabEnvironmentName;
 
 const FORGE: ForgeKind = ForgeKind::Gitlab;
 /// GitLab's maximum page size.
@@ -350,9 +357,10 @@ impl GitlabClient {
         &self,
         api: &AsyncGitlab,
         repo: &str,
-        name: &str,
+        name: &GitlabEnvironmentName,
     ) -> Result<Option<GitlabEnvironment>, ForgeError> {
         let op = "find environment";
+        let name = name.as_str();
         let endpoint = Environments::builder().project(repo).name(name).build().map_err(|e| self.invalid(op, &e))?;
         let found: Vec<GitlabEnvironment> = endpoint.query_async(api).await.map_err(|e| self.api_error(op, e))?;
         Ok(found.into_iter().find(|e| e.name == name))
@@ -392,12 +400,25 @@ impl GitlabClient {
         let api = self.api().await?;
         let op = "revoke deploy token";
         let path = format!("projects/{}/deploy_tokens/{id}", project_segment(repo));
-        match ignore(Raw { method: Method::DELETE, path, form: vec![] }).query_async(api).await {
-            Ok(()) => Ok(()),
-            Err(e) => match self.api_error(op, e) {
-                e if e.is_not_found() => Ok(()),
-                e => Err(e),
-            },
+        match self.send(api, op, Raw { method: Method::DELETE, path, form: vec![] }).await {
+            Err(e) if e.is_not_found() => Ok(()),
+            done => done,
+        }
+    }
+
+    /// A call whose answer is not read. The crate's own query path is used (not `ignore()`), so a
+    /// 429 keeps its `Retry-After` and holds the client like any other call; a success with no JSON
+    /// body (204 No Content) is the one "error" that path reports for it.
+    async fn send<E: Endpoint + Sync>(
+        &self,
+        api: &AsyncGitlab,
+        op: &'static str,
+        endpoint: E,
+    ) -> Result<(), ForgeError> {
+        match AsyncQuery::<serde::de::IgnoredAny, _>::query_async(&endpoint, api).await {
+            Ok(_) => Ok(()),
+            Err(ApiError::GitlabService { status, .. }) if status.is_success() => Ok(()),
+            Err(e) => Err(self.api_error(op, e)),
         }
     }
 
@@ -422,7 +443,9 @@ impl GitlabClient {
         previous: Option<&EnvironmentRef>,
     ) -> Result<u64, ForgeError> {
         let project = project_segment(repo);
+        let name = GitlabEnvironmentName::new(&env.environment);
         let url = env.url.clone().unwrap_or_default();
+        let description = environment_description(env);
         let known = previous.map(|p| p.id);
         let existing = match known {
             Some(id) => {
@@ -438,28 +461,31 @@ impl GitlabClient {
                     .await
                 {
                     Ok(e) => Some(e),
-                    Err(e) if e.is_not_found() => self.environment_named(api, repo, &env.environment).await?,
+                    Err(e) if e.is_not_found() => self.environment_named(api, repo, &name).await?,
                     Err(e) => return Err(e),
                 }
             }
-            None => self.environment_named(api, repo, &env.environment).await?,
+            None => self.environment_named(api, repo, &name).await?,
         };
         if let Some(e) = existing {
             if e.state != "stopped" {
                 let op = "edit environment";
                 let path = format!("projects/{project}/environments/{}", e.id);
-                let edited: WithId = self.raw(api, op, Method::PUT, path, vec![("external_url", url)]).await?;
+                let form = vec![("external_url", url), ("description", description)];
+                let edited: WithId = self.raw(api, op, Method::PUT, path, form).await?;
                 return Ok(edited.id);
             }
             let op = "delete environment";
             let path = format!("projects/{project}/environments/{}", e.id);
-            ignore(Raw { method: Method::DELETE, path, form: vec![] })
-                .query_async(api)
-                .await
-                .map_err(|e| self.api_error(op, e))?;
+            self.send(api, op, Raw { method: Method::DELETE, path, form: vec![] }).await?;
         }
         let op = "create environment";
-        let form = vec![("name", env.environment.clone()), ("external_url", url), ("tier", "development".to_owned())];
+        let form = vec![
+            ("name", name.to_string()),
+            ("external_url", url),
+            ("tier", "development".to_owned()),
+            ("description", description),
+        ];
         let created: WithId = self.raw(api, op, Method::POST, format!("projects/{project}/environments"), form).await?;
         Ok(created.id)
     }
@@ -646,7 +672,10 @@ impl ForgeClient for GitlabClient {
             }
             let found = match previous {
                 Some(p) => Some(p.id),
-                None => self.environment_named(api, repo, &env.environment).await?.map(|e| e.id),
+                None => {
+                    let name = GitlabEnvironmentName::new(&env.environment);
+                    self.environment_named(api, repo, &name).await?.map(|e| e.id)
+                }
             };
             let Some(id) = found else { return Ok(None) };
             let op = "stop environment";
@@ -673,7 +702,7 @@ impl ForgeClient for GitlabClient {
                 builder.remove_label(label);
             }
             let endpoint = builder.build().map_err(|e| self.invalid(op, &e))?;
-            ignore(endpoint).query_async(api).await.map_err(|e| self.api_error(op, e))
+            self.send(api, op, endpoint).await
         })
         .await
     }
@@ -760,6 +789,27 @@ impl ForgeClient for GitlabClient {
     }
 }
 
+/// The environment's description (Markdown, GitLab 17.8+; older versions ignore it): the branch,
+/// which the name may no longer show as it is, then the stand's state.
+fn environment_description(env: &EnvironmentReport) -> String {
+    format!("Draft stand of branch {}: {}", code_span(&env.branch), env.description)
+}
+
+/// `text` as a Markdown code span, fenced with more backticks than it holds in a row, so whatever git
+/// allowed in a branch name shows as written.
+fn code_span(text: &str) -> String {
+    let mut longest = 0;
+    let mut run = 0;
+    for c in text.chars() {
+        run = if c == '`' { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    let fence = "`".repeat(longest + 1);
+    // A space keeps a backtick at either end from joining the fence; Markdown strips one of each.
+    let pad = if text.starts_with('`') || text.ends_with('`') { " " } else { "" };
+    format!("{fence}{pad}{text}{pad}{fence}")
+}
+
 /// GitLab's access levels by name, as its member API documents them.
 fn access_level_name(level: u64) -> String {
     let name = match level {
@@ -805,6 +855,13 @@ mod tests {
         assert!(mr("opened", serde_json::json!({"source_project_id": 4})).unwrap().fork);
         assert!(mr("opened", serde_json::json!({"source_project_id": null})).unwrap().fork);
         assert!(mr("reopened", serde_json::json!({})).is_err());
+    }
+
+    #[test]
+    fn branches_show_as_written_in_code_spans() {
+        assert_eq!(code_span("feature/a+b"), "`feature/a+b`");
+        assert_eq!(code_span("a`b"), "``a`b``");
+        assert_eq!(code_span("`x``"), "``` `x`` ```");
     }
 
     #[test]

@@ -63,13 +63,17 @@ pub fn router() -> Router<AppState> {
 
 async fn security_headers(req: Request, next: Next) -> Response {
     let mut res = next.run(req).await;
-    let headers = res.headers_mut();
+    protect(res.headers_mut());
+    res
+}
+
+/// The dashboard's headers on a page; the router's fallbacks put them on its error pages too.
+pub(super) fn protect(headers: &mut HeaderMap) {
     headers.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     // Pages show live state and carry CSRF tokens: never from a cache, never kept on disk.
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
 }
 
 /// A form body, parsed leniently: a missing field is the handler's to judge, not a rejection.
