@@ -22,27 +22,9 @@ use sqlx::PgPool;
 
 const APP_ID: u64 = 123_456;
 
-/// An RSA key pair as GitHub hands out App keys (PKCS#1 PEM), made fresh for the test.
-fn app_key() -> (Vec<u8>, Vec<u8>) {
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("app.pem");
-    let ok = std::process::Command::new("openssl")
-        .args(["genrsa", "-traditional", "-out"])
-        .arg(&key)
-        .arg("2048")
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl")
-        .success();
-    assert!(ok, "openssl genrsa");
-    let public = std::process::Command::new("openssl").args(["rsa", "-pubout", "-in"]).arg(&key).output().unwrap();
-    assert!(public.status.success());
-    (std::fs::read(&key).unwrap(), public.stdout)
-}
-
 async fn app_fake(ttl: Duration) -> (Fake, AppCredentials) {
     let fake = Fake::start(ForgeKind::Github).await;
-    let (private, public) = app_key();
+    let (private, public) = forge_fake::github::app_key();
     fake.gh_app(APP_ID, public, ttl);
     (fake, AppCredentials { app_id: APP_ID, private_key_pem: private, installation_id: None })
 }

@@ -43,31 +43,13 @@ async fn a_hundred_stands_reporting_at_once_stay_within_githubs_secondary_limits
     assert!(out.current_after >= Duration::from_secs(100).mul_f64(SCALE), "{out:?}");
 }
 
-/// An RSA key pair as GitHub hands out App keys (PKCS#1 PEM), made fresh for the test.
-fn app_key() -> (Vec<u8>, Vec<u8>) {
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("app.pem");
-    let ok = std::process::Command::new("openssl")
-        .args(["genrsa", "-traditional", "-out"])
-        .arg(&key)
-        .arg("2048")
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl")
-        .success();
-    assert!(ok, "openssl genrsa");
-    let public = std::process::Command::new("openssl").args(["rsa", "-pubout", "-in"]).arg(&key).output().unwrap();
-    assert!(public.status.success());
-    (std::fs::read(&key).unwrap(), public.stdout)
-}
-
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]
 async fn a_busy_installation_does_not_slow_another_installations_stand(pool: PgPool) {
     use draftd::config::ForgeKind;
     use draftd::forge::client::{AppCredentials, marker};
     use draftd::reporter::{CommentPayload, Reporter, enqueue_comment};
     let fake = Fake::start(ForgeKind::Github).await;
-    let (private, public) = app_key();
+    let (private, public) = forge_fake::github::app_key();
     fake.gh_app(4242, public, Duration::from_secs(3600));
     fake.gh_enforce_limits(Limits::github(SCALE));
     // An App: one installation token per repository owner, so one pacing lane per owner.

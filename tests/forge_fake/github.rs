@@ -142,6 +142,24 @@ pub struct App {
     pub not_installed: std::collections::BTreeSet<String>,
 }
 
+/// An RSA key pair as GitHub hands out App keys (PKCS#1 PEM), made fresh for the test.
+pub fn app_key() -> (Vec<u8>, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("app.pem");
+    let ok = std::process::Command::new("openssl")
+        .args(["genrsa", "-traditional", "-out"])
+        .arg(&key)
+        .arg("2048")
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl")
+        .success();
+    assert!(ok, "openssl genrsa");
+    let public = std::process::Command::new("openssl").args(["rsa", "-pubout", "-in"]).arg(&key).output().unwrap();
+    assert!(public.status.success());
+    (std::fs::read(&key).unwrap(), public.stdout)
+}
+
 impl Fake {
     /// Enforces GitHub's documented secondary rate limits from now on (see [`Limits`]).
     pub fn gh_enforce_limits(&self, limits: Limits) {
