@@ -114,7 +114,7 @@ pub fn error(source: &'static str, label: &str) {
 /// Reads the database-backed gauges and renders everything as Prometheus text.
 pub async fn render(pool: &PgPool) -> Result<String, sqlx::Error> {
     let handle = install();
-    let snapshot = crate::store::metrics::snapshot(pool, crate::reaper::MAX_TEARDOWN_ATTEMPTS).await?;
+    let snapshot = crate::store::metrics::snapshot(pool, crate::store::lifecycle::MAX_TEARDOWN_ATTEMPTS).await?;
     metrics::gauge!(QUEUE_DEPTH).set(snapshot.queued as f64);
     metrics::gauge!(QUEUE_OLDEST_AGE).set(snapshot.oldest_queued.map_or(0.0, |d: Duration| d.as_secs_f64()));
     for state in crate::stand::StandState::ALL {

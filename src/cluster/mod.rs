@@ -8,6 +8,8 @@
 pub mod build;
 /// Connecting: in-cluster, or a kubeconfig and context.
 pub mod client;
+/// The folder that stands in for a namespace in dry-run mode.
+pub mod dry_run;
 /// Whether a rendered release fits the namespace's LimitRange.
 pub mod fit;
 /// The migrate and smoke Jobs.

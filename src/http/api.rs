@@ -15,12 +15,10 @@ use axum::http::request::Parts;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{SubsecRound, Utc};
-use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use utoipa::{IntoParams, ToSchema};
 
+use super::auth::token_matches;
 use super::error::ErrorBody;
 use super::{ApiError, AppState, RequestId};
 use crate::forge::{Command, Trigger};
@@ -65,12 +63,6 @@ impl FromRequestParts<AppState> for Caller {
             Err(ApiError::Unauthorized("the API token does not match"))
         }
     }
-}
-
-/// Compares digests, so neither the token's content nor its length leaks through timing. The
-/// dashboard's login form checks the same token this way.
-pub(super) fn token_matches(token: &SecretString, given: &str) -> bool {
-    Sha256::digest(given.trim().as_bytes()).ct_eq(&Sha256::digest(token.expose_secret().as_bytes())).into()
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

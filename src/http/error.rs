@@ -1,11 +1,9 @@
 //! The one place errors become HTTP responses: a JSON body `{"error": {"code", "message", "field"?}}`.
 //! Internal errors are logged with their cause and shown to the client only as "internal error".
-//! Dashboard pages wrap the same errors in [`Page`]: the same status, code and log line, as HTML.
+//! Dashboard pages wrap the same errors in `dashboard::Page`: the same status, code and log line, as HTML.
 
 use axum::Json;
-use axum::body::Body;
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -107,7 +105,7 @@ impl ApiError {
     }
 
     /// What the client is told: a store error only as internal or unavailable, never its cause.
-    fn client_message(&self) -> String {
+    pub(super) fn client_message(&self) -> String {
         match self {
             ApiError::Store(e) if e.is_transient() => "database unavailable, retry later".to_string(),
             ApiError::Store(_) => "internal error".to_string(),
@@ -137,35 +135,5 @@ impl IntoResponse for ApiError {
         let body =
             ErrorBody { error: ErrorDetail { code: self.code().to_owned(), message: self.client_message(), field } };
         (status, Json(body)).into_response()
-    }
-}
-
-/// An error on a dashboard page: rendered as an HTML page instead of the API's JSON body.
-#[derive(Debug)]
-pub struct Page(pub ApiError);
-
-impl From<ApiError> for Page {
-    fn from(e: ApiError) -> Self {
-        Page(e)
-    }
-}
-
-impl From<StoreError> for Page {
-    fn from(e: StoreError) -> Self {
-        Page(ApiError::Store(e))
-    }
-}
-
-impl IntoResponse for Page {
-    fn into_response(self) -> Response {
-        let code = self.0.code();
-        let message = self.0.client_message();
-        // Through the API's conversion, so both kinds of errors get the same status, log line and metric;
-        // only the body differs.
-        let (mut parts, _json) = self.0.into_response().into_parts();
-        let html = super::dashboard::error_page(parts.status, code, &message);
-        parts.headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-        parts.headers.remove(CONTENT_LENGTH);
-        Response::from_parts(parts, Body::from(html))
     }
 }

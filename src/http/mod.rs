@@ -2,6 +2,7 @@
 
 /// The stand API: `/api/v1/stands…`, bearer token.
 mod api;
+mod auth;
 /// The dashboard: server-rendered pages, a login form, buttons behind a session cookie and CSRF token.
 mod dashboard;
 mod error;
@@ -11,9 +12,7 @@ mod health;
 mod metrics;
 /// `/api/v1/openapi.json`: the API's OpenAPI description.
 mod openapi;
-/// Webhook extractors: verification before anything is read.
-pub mod webhook;
-/// Webhook handlers: normalise, record, answer.
+/// Webhooks: extractors that verify before anything is read, and handlers that normalise, record, answer.
 mod webhooks;
 
 use std::collections::HashMap;
@@ -177,7 +176,7 @@ fn refuse(path: &str, error: ApiError) -> Response {
     if json {
         return error.into_response();
     }
-    let mut page = error::Page(error).into_response();
+    let mut page = dashboard::Page(error).into_response();
     dashboard::protect(page.headers_mut());
     page
 }

@@ -15,6 +15,7 @@ use super::image::{ImageStep, NoBuilder, Registries, pull_login};
 use super::lifecycle;
 use super::plan::StandPlan;
 use super::step::{RunContext, StepError, StepName, StepOutcome, StepRunner};
+use crate::cluster::dry_run;
 use crate::config::{Config, ProjectConfig};
 use crate::credentials::{CredentialError, StandCredentials, redacted, stand_db};
 use crate::helm::Helm;
@@ -150,7 +151,9 @@ impl<H: Helm> DryRunSteps<H> {
             StepName::Revoke => lifecycle::revoke(self.credentials.as_deref(), run).await?,
             // The stand's folder stands for its namespace: removed whole, like the namespace would be.
             StepName::Uninstall => {
-                let existed = remove_folder(&dir).await?;
+                let existed = dry_run::remove_folder(&dir)
+                    .await
+                    .map_err(|e| StepError::transient("io", format!("removing {}: {e}", dir.display())))?;
                 StepOutcome::done(json!({ "dry_run": true, "removed": dir, "existed": existed }))
             }
             StepName::Drop => lifecycle::drop(&self.pool, self.credentials.as_deref(), run).await?,
@@ -166,15 +169,6 @@ impl<H: Helm> DryRunSteps<H> {
         let copy = dir.exists().then(|| dir.join("report.md"));
         lifecycle::queue_report(&self.pool, &self.config, run.stand_id, Some(run.run_id), Utc::now(), copy.as_deref())
             .await
-    }
-}
-
-/// Removes a stand's dry-run folder; false when it was not there.
-pub(crate) async fn remove_folder(dir: &Path) -> Result<bool, StepError> {
-    match tokio::fs::remove_dir_all(dir).await {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(StepError::transient("io", format!("removing {}: {e}", dir.display()))),
     }
 }
 

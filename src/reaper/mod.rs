@@ -36,8 +36,6 @@ pub use resync::ProjectResync;
 const SWEEP_LOCK: i64 = 28273260327363586;
 /// Stands queued for teardown per sweep at most; the next sweep takes the rest.
 const MAX_EXPIRED_PER_SWEEP: i64 = 1000;
-/// Teardowns of one life of a stand, the first included, before the reaper stops retrying.
-pub const MAX_TEARDOWN_ATTEMPTS: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReapError {
@@ -176,7 +174,7 @@ impl<C: Cluster> Reaper<C> {
                 .await?;
         let mut sweep = Sweep { sweep_id, ..Sweep::default() };
         sweep.expired = lifecycle::queue_expired(&self.pool, now, MAX_EXPIRED_PER_SWEEP).await?;
-        sweep.retried = lifecycle::queue_retries(&self.pool, MAX_TEARDOWN_ATTEMPTS).await?;
+        sweep.retried = lifecycle::queue_retries(&self.pool, lifecycle::MAX_TEARDOWN_ATTEMPTS).await?;
         self.warn(now, &mut sweep).await?;
         if self.config.reaper.resync {
             for project in &self.projects {

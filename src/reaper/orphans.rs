@@ -10,11 +10,11 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{ReapError, Reaper};
+use crate::cluster::dry_run::remove_folder;
 use crate::cluster::orphans::{OrphanReason, scan};
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::ClusterMode;
 use crate::credentials::{CredentialOrphan, OrphanKind, stand_db};
-use crate::pipeline::runner::remove_folder;
 use crate::store::lifecycle::{self, Sighting};
 
 /// One orphan as a sweep saw it.
@@ -63,7 +63,7 @@ pub(super) async fn sweep<C: Cluster>(
                             remove_folder(&dir)
                                 .await
                                 .map(|existed| json!({ "existed": existed }))
-                                .map_err(|e| e.to_string()),
+                                .map_err(|e| format!("removing {}: {e}", dir.display())),
                         )
                     } else {
                         None

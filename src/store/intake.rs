@@ -9,6 +9,7 @@ use sqlx::{PgConnection, PgPool};
 
 use super::StoreError;
 use super::manual::{self, ManualOutcome, ManualRequest, StandLookup};
+use super::runs::queue_run;
 use crate::config::ForgeKind;
 use crate::forge::{Command, Event, PullRequest, Trigger};
 use crate::stand::{BranchName, Namespace, ProjectName, StandState};
@@ -275,8 +276,8 @@ async fn deploy(
         });
     }
     let number = touch(tx, stand.stand_id, pr, true, revive.then_some(epoch)).await?;
-    let run = insert_run(tx, stand.stand_id, number, "deploy", trigger, epoch, Some(pr.sha.as_str()), None, json!({}))
-        .await?;
+    let run =
+        queue_run(tx, stand.stand_id, number, "deploy", trigger, epoch, Some(pr.sha.as_str()), None, json!({})).await?;
     Ok(Decision::queued(stand.stand_id, run))
 }
 
@@ -311,7 +312,7 @@ async fn teardown(
     // A close found by resync: the stand goes because the PR closed (its reason), but resync asked,
     // so the run and the teardown counter say `resync`, which tells how often webhooks are missed.
     let run_trigger = if d.origin == Origin::Resync { Trigger::Resync } else { trigger };
-    let run = insert_run(
+    let run = queue_run(
         tx,
         stand.stand_id,
         number,
@@ -388,35 +389,6 @@ async fn answer_refusal(
     let key = format!("reply:{}:{repo}#{number}:refused:stand:{stand}", forge.as_str());
     super::outbox::enqueue(&mut *tx, stand, None, "reply", &key, &payload).await?;
     Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn insert_run(
-    tx: &mut PgConnection,
-    stand_id: i64,
-    number: i32,
-    kind: &str,
-    trigger: Trigger,
-    epoch: i32,
-    sha: Option<&str>,
-    requested_by: Option<&str>,
-    params: Value,
-) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar(
-        "insert into runs (stand_id, number, kind, trigger, automatic, epoch, sha, requested_by, params)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning run_id",
-    )
-    .bind(stand_id)
-    .bind(number)
-    .bind(kind)
-    .bind(trigger.as_str())
-    .bind(requested_by.is_none())
-    .bind(epoch)
-    .bind(sha)
-    .bind(requested_by)
-    .bind(params)
-    .fetch_one(&mut *tx)
-    .await?)
 }
 
 /// Events are ordered by the payload's own update time, not by arrival.

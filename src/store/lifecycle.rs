@@ -111,6 +111,10 @@ pub async fn queue_expired(pool: &PgPool, now: DateTime<Utc>, limit: i64) -> Res
     Ok(sqlx::query_as(&sql).bind(now).bind(limit).fetch_all(pool).await?)
 }
 
+/// Teardowns of one life of a stand, the first included, before the reaper stops retrying (and the
+/// stand counts as stuck closing).
+pub const MAX_TEARDOWN_ATTEMPTS: i64 = 3;
+
 /// Teardowns that failed are queued again (trigger `retry`), at most `max_attempts` per life of
 /// the stand: a namespace stuck on a finalizer or a database server that was down must not leave
 /// the stand behind, and one that can never go must not be retried forever.

@@ -4,7 +4,7 @@ use serde_json::json;
 use sqlx::PgConnection;
 
 use super::StoreError;
-use super::intake::insert_run;
+use super::runs::queue_run;
 use crate::forge::{Command, Trigger};
 use crate::stand::StandState;
 
@@ -147,6 +147,6 @@ pub async fn queue(
     .fetch_one(&mut *tx)
     .await?;
     let run =
-        insert_run(tx, stand, number, kind, req.trigger, epoch, sha.as_deref(), Some(req.requested_by), params).await?;
+        queue_run(tx, stand, number, kind, req.trigger, epoch, sha.as_deref(), Some(req.requested_by), params).await?;
     Ok(ManualOutcome::Queued { stand, run })
 }

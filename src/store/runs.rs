@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use super::StoreError;
+use crate::forge::Trigger;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunStoreError {
@@ -307,4 +308,35 @@ pub enum Overtaken {
     ByDeploy,
     /// A teardown: this deploy is `cancelled`.
     ByTeardown,
+}
+
+#[allow(clippy::too_many_arguments)]
+/// A new run of a stand, queued for a worker: one insert for every way a run is asked for (a webhook
+/// through intake, a person through manual requests), so they cannot drift apart.
+pub(super) async fn queue_run(
+    tx: &mut PgConnection,
+    stand_id: i64,
+    number: i32,
+    kind: &str,
+    trigger: Trigger,
+    epoch: i32,
+    sha: Option<&str>,
+    requested_by: Option<&str>,
+    params: Value,
+) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "insert into runs (stand_id, number, kind, trigger, automatic, epoch, sha, requested_by, params)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning run_id",
+    )
+    .bind(stand_id)
+    .bind(number)
+    .bind(kind)
+    .bind(trigger.as_str())
+    .bind(requested_by.is_none())
+    .bind(epoch)
+    .bind(sha)
+    .bind(requested_by)
+    .bind(params)
+    .fetch_one(&mut *tx)
+    .await?)
 }

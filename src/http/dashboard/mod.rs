@@ -6,6 +6,7 @@
 //! Every page but the login form needs a session ([`session`]); every POST its CSRF token.
 
 /// The session cookie, CSRF tokens and the `Origin` check.
+mod page;
 mod session;
 /// Templates and the display values they are given.
 mod view;
@@ -24,10 +25,11 @@ use axum::{Extension, Router};
 use chrono::Utc;
 use minijinja::context;
 
+pub use self::page::Page;
 use self::session::{CsrfError, Session};
 use self::view::{RunView, StandRow, StandView};
-use super::api::{self, token_matches};
-use super::error::Page;
+use super::api;
+use super::auth::token_matches;
 use super::{ApiError, AppState, RequestId};
 use crate::forge::{Command, Trigger};
 use crate::stand::StandState;

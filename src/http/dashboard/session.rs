@@ -19,8 +19,8 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use super::super::error::Page;
 use super::super::{ApiError, AppState};
+use super::page::Page;
 
 pub const COOKIE_NAME: &str = "draftd_session";
 /// A working day: long enough not to interrupt anyone, short enough that a forgotten browser does not

@@ -17,9 +17,9 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{ApiError, AppState};
 use crate::config::{ForgeKind, Project};
 use crate::forge::{github, gitlab, parse};
+use crate::http::{ApiError, AppState};
 
 /// What passed the extractor: a delivery for a served project, or one a forge-wide secret verified
 /// that no served project's is.

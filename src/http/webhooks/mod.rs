@@ -1,3 +1,8 @@
+//! `/webhooks/github` and `/webhooks/gitlab`: the extractors ([`extract`]) verify a delivery before
+//! anything of it is read; the handlers here normalise it, record it, and answer.
+
+mod extract;
+
 use std::time::Instant;
 
 use axum::extract::{Request, State};
@@ -9,7 +14,7 @@ use axum::{Extension, Json, Router};
 use serde_json::json;
 use tracing::Span;
 
-use super::webhook::{GithubWebhook, GitlabWebhook, NotServed, Verified, Webhook};
+use self::extract::{GithubWebhook, GitlabWebhook, NotServed, Verified, Webhook};
 use super::{ApiError, AppState, RequestId};
 use crate::forge::{Event, PayloadError, github, gitlab};
 use crate::store::intake::{self, Delivery};
