@@ -53,7 +53,7 @@ use draftd::config::{Config, ForgeKind, RegistryConfig};
 use draftd::forge::{Event, PullRequest, Trigger};
 use draftd::helm::HelmCli;
 use draftd::pipeline::image::Registries;
-use draftd::pipeline::runner::DryRunSteps;
+use draftd::pipeline::steps::DryRunSteps;
 use draftd::pipeline::{Engine, EngineSettings, Wake};
 use draftd::stand::{BranchName, CommitSha, ProjectName};
 use draftd::store::intake::{self, Delivery};

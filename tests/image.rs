@@ -15,7 +15,7 @@ use draftd::config::{Config, RegistryConfig};
 use draftd::helm::HelmCli;
 use draftd::pipeline::image::Registries;
 use draftd::pipeline::plan::image_tag;
-use draftd::pipeline::runner::DryRunSteps;
+use draftd::pipeline::steps::DryRunSteps;
 use draftd::pipeline::{Engine, EngineSettings, RunEnd};
 use draftd::registry::{ImageRef, Lookup, OciRegistry, Registry};
 use serde_json::Value;

@@ -21,7 +21,7 @@ use draftd::credentials::{Lifetimes, StandCredentials, StandServer};
 use draftd::database::PgDatabases;
 use draftd::helm::{Helm, HelmCli, Revision};
 use draftd::pipeline::image::Registries;
-use draftd::pipeline::kube_runner::KubernetesSteps;
+use draftd::pipeline::steps::KubernetesSteps;
 use draftd::pipeline::{Engine, EngineSettings, RunEnd};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;

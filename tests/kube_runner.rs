@@ -17,7 +17,7 @@ use draftd::config::Config;
 use draftd::credentials::{Lifetimes, StandCredentials, StandServer};
 use draftd::database::PgDatabases;
 use draftd::helm::{Helm, HelmError, Release, Revision};
-use draftd::pipeline::kube_runner::KubernetesSteps;
+use draftd::pipeline::steps::KubernetesSteps;
 use draftd::pipeline::{Engine, EngineSettings, RunEnd};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;

@@ -22,7 +22,7 @@ use draftd::database::PgDatabases;
 use draftd::forge::client::{AnyForge, GithubClient};
 use draftd::forge::{Command, Event, PullRequest, Trigger};
 use draftd::helm::{Helm, HelmError, Release, Revision};
-use draftd::pipeline::kube_runner::KubernetesSteps;
+use draftd::pipeline::steps::KubernetesSteps;
 use draftd::pipeline::{Engine, EngineSettings, RunEnd};
 use draftd::reaper::{Reaper, Sweep, SweepOutcome};
 use draftd::stand::{BranchName, CommitSha, ProjectName};

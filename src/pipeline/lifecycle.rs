@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use super::plan::StandPlan;
-use super::runner::{project_of, write};
 use super::step::{RunContext, StepError, StepOutcome};
+use super::steps::shared::{project_of, write};
 use crate::config::{Config, ProjectConfig};
 use crate::credentials::{StandCredentials, stand_db};
 use crate::forge::client::{CheckState, EnvironmentReport, EnvironmentState};

@@ -9,11 +9,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::PgPool;
 
-use super::image::{BuildRequest, Builder, Built, ImageStep, Registries, pull_login};
-use super::lifecycle;
-use super::plan::StandPlan;
-use super::runner::{FORK_NO_SECRETS, database_step, gather_secrets, is_fork, mocks_in, project_of};
-use super::step::{RunContext, StepError, StepName, StepOutcome, StepRunner};
+use super::shared::{FORK_NO_SECRETS, database_step, gather_secrets, is_fork, mocks_in, project_of, retired};
 use crate::cluster::build::{BuildJob, GitAuth};
 use crate::cluster::jobs::JobRequest;
 use crate::cluster::verify::{self, UrlProber};
@@ -22,6 +18,10 @@ use crate::config::{Config, ForgeKind, ProjectConfig};
 use crate::credentials::{StandCredentials, stand_db};
 use crate::forge::client::AnyForge;
 use crate::helm::Helm;
+use crate::pipeline::image::{BuildRequest, Builder, Built, ImageStep, Registries, pull_login};
+use crate::pipeline::lifecycle;
+use crate::pipeline::plan::StandPlan;
+use crate::pipeline::step::{RunContext, StepError, StepName, StepOutcome, StepRunner};
 use crate::registry::Registry as _;
 
 /// Finished Jobs stay this long for `kubectl logs`, then Kubernetes removes them.
@@ -409,7 +409,7 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
         let plan = self.plan(run, project);
         // What runs from deploy on is the image the image step found, by digest.
         let plan = if matches!(step, StepName::Deploy | StepName::Migrate | StepName::Smoke) {
-            super::image::pinned(&self.pool, run, plan).await?
+            crate::pipeline::image::pinned(&self.pool, run, plan).await?
         } else {
             plan
         };
@@ -528,7 +528,7 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
                 outcome.detail["namespace_annotated"] = json!(annotated);
                 Ok(outcome)
             }
-            StepName::Teardown => Err(super::runner::retired()),
+            StepName::Teardown => Err(retired()),
             StepName::Report => {
                 lifecycle::queue_report(&self.pool, &self.config, run.stand_id, Some(run.run_id), Utc::now(), None)
                     .await

@@ -2,23 +2,22 @@
 //! `<dry_run_dir>/<namespace>/` (rendered manifests, one JSON record per step, the report), applies
 //! nothing, and says so. Steps whose system is not configured are `skipped` with the reason.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::Utc;
-use secrecy::SecretString;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use super::image::{ImageStep, NoBuilder, Registries, pull_login};
-use super::lifecycle;
-use super::plan::StandPlan;
-use super::step::{RunContext, StepError, StepName, StepOutcome, StepRunner};
+use super::shared::{database_step, gather_secrets, mocks_in, project_of, retired, write};
 use crate::cluster::dry_run;
 use crate::config::{Config, ProjectConfig};
-use crate::credentials::{CredentialError, StandCredentials, redacted, stand_db};
+use crate::credentials::{StandCredentials, redacted};
 use crate::helm::Helm;
+use crate::pipeline::image::{ImageStep, NoBuilder, Registries, pull_login};
+use crate::pipeline::lifecycle;
+use crate::pipeline::plan::StandPlan;
+use crate::pipeline::step::{RunContext, StepError, StepName, StepOutcome, StepRunner};
 
 pub struct DryRunSteps<H> {
     pool: PgPool,
@@ -119,7 +118,7 @@ impl<H: Helm> DryRunSteps<H> {
                 outcome
             }
             StepName::Deploy => {
-                let plan = super::image::pinned(&self.pool, run, plan).await?;
+                let plan = crate::pipeline::image::pinned(&self.pool, run, plan).await?;
                 let manifests = self.helm.template(&plan.release).await?;
                 let path = write(&dir.join("manifests.yaml"), &manifests).await?;
                 StepOutcome::done(json!({
@@ -172,115 +171,6 @@ impl<H: Helm> DryRunSteps<H> {
     }
 }
 
-/// The single `teardown` step of runs recorded before teardown had steps of its own; never planned now.
-pub(super) fn retired() -> StepError {
-    StepError::permanent("retired_step", "the single teardown step was replaced by cancel … drop")
-}
-
-/// The run's project; a run of a project removed from the config since it was queued fails for good.
-pub(super) fn project_of<'a>(config: &'a Config, run: &RunContext) -> Result<&'a ProjectConfig, StepError> {
-    config
-        .projects
-        .iter()
-        .find(|p| p.name == run.project)
-        .ok_or_else(|| StepError::permanent("project_unknown", format!("project {:?} is not configured", run.project)))
-}
-
-impl From<CredentialError> for StepError {
-    fn from(e: CredentialError) -> Self {
-        if e.is_transient() {
-            StepError::transient(e.label(), e.to_string())
-        } else {
-            StepError::permanent(e.label(), e.to_string())
-        }
-    }
-}
-
-pub(super) const NO_SECRETS: &str =
-    "no [postgres] or [vault] KV path (project team and service) configured: the stand gets no credentials";
-
-/// The database step, real in both modes when `[postgres]` is configured.
-pub(super) async fn database_step(
-    credentials: Option<&StandCredentials>,
-    run: &RunContext,
-    project: &ProjectConfig,
-) -> Result<StepOutcome, StepError> {
-    match credentials {
-        Some(c) if c.has_databases() => {
-            let db = stand_db(&run.namespace, project.template.clone());
-            Ok(StepOutcome::done(c.ensure_database(&db).await?))
-        }
-        _ => Ok(StepOutcome::skipped("no [postgres] configured: the stand gets no database")),
-    }
-}
-
-/// The Secrets a stand's app gets: its KV values, and a new login for its database.
-pub(super) struct Gathered {
-    pub secrets: Vec<(&'static str, BTreeMap<String, SecretString>)>,
-    /// What the step records: names, paths, keys, the login's user and expiry; never a value.
-    pub detail: Value,
-    credential: Option<i64>,
-}
-
-impl Gathered {
-    /// Once the Secrets are in place, the stand's earlier logins are replaced: the keeper revokes
-    /// them after a grace period, so pods still rolling keep working meanwhile.
-    pub async fn delivered(&self, credentials: Option<&StandCredentials>, run: &RunContext) -> Result<(), StepError> {
-        if let (Some(c), Some(id)) = (credentials, self.credential) {
-            c.supersede_app(run.stand_id, id).await?;
-        }
-        Ok(())
-    }
-}
-
-/// Why a fork's stand gets nothing from the secrets step, nor a login for its migrations.
-pub(super) const FORK_NO_SECRETS: &str =
-    "pull request from a fork: the stand gets no secrets and no logins (its code is not the project's)";
-
-/// Whether the stand was built from a fork's pull request (`forks = "allow"`).
-pub(super) async fn is_fork(pool: &PgPool, stand_id: i64) -> Result<bool, StepError> {
-    sqlx::query_scalar("select fork from stands where stand_id = $1")
-        .bind(stand_id)
-        .fetch_one(pool)
-        .await
-        .map_err(|e| StepError::transient("database", e.to_string()))
-}
-
-/// The secrets step's values, or why there are none (a fork's stand; nothing configured).
-pub(super) async fn gather_secrets(
-    pool: &PgPool,
-    credentials: Option<&StandCredentials>,
-    run: &RunContext,
-    project: &ProjectConfig,
-) -> Result<Result<Gathered, &'static str>, StepError> {
-    if is_fork(pool, run.stand_id).await? {
-        return Ok(Err(FORK_NO_SECRETS));
-    }
-    let Some(c) = credentials else { return Ok(Err(NO_SECRETS)) };
-    let mut gathered = Gathered { secrets: Vec::new(), detail: json!({}), credential: None };
-    if let (Some(team), Some(service)) = (&project.team, &project.service)
-        && let Some(kv) = c.read_kv(team, service).await?
-    {
-        gathered.detail[crate::credentials::APP_SECRET] =
-            json!({ "kv_path": format!("{team}/{service}"), "keys": redacted(&kv) });
-        gathered.secrets.push((crate::credentials::APP_SECRET, kv));
-    }
-    if c.has_databases() {
-        let db = stand_db(&run.namespace, None);
-        let issued = c.issue(run.stand_id, Some(run.run_id), "app", &db).await?;
-        let data = c.secret_data(&db, &issued)?;
-        gathered.detail[crate::credentials::DATABASE_SECRET] = json!({
-            "username": issued.username,
-            "source": issued.source,
-            "expires_at": issued.expires_at,
-            "keys": redacted(&data),
-        });
-        gathered.credential = Some(issued.credential_id);
-        gathered.secrets.push((crate::credentials::DATABASE_SECRET, data));
-    }
-    Ok(if gathered.secrets.is_empty() { Err(NO_SECRETS) } else { Ok(gathered) })
-}
-
 impl<H: Helm> StepRunner for DryRunSteps<H> {
     async fn started(&self, run: &RunContext) {
         if let Err(e) = self.report(run, &self.folder(run)).await {
@@ -313,31 +203,9 @@ impl<H: Helm> StepRunner for DryRunSteps<H> {
     }
 }
 
-pub(super) async fn write(path: &Path, text: &str) -> Result<PathBuf, StepError> {
-    let io = |e: std::io::Error| StepError::transient("io", format!("writing {}: {e}", path.display()));
-    if let Some(parent) = path.parent() {
-        tokio::fs::create_dir_all(parent).await.map_err(io)?;
-    }
-    tokio::fs::write(path, text).await.map_err(io)?;
-    Ok(path.to_path_buf())
-}
-
 async fn append(path: &Path, line: &str) -> Result<(), StepError> {
     use tokio::io::AsyncWriteExt;
     let io = |e: std::io::Error| StepError::transient("io", format!("appending to {}: {e}", path.display()));
     let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(path).await.map_err(io)?;
     file.write_all(line.as_bytes()).await.map_err(io)
-}
-
-/// The chart names each mock's Service `<release>-mock-<name>`.
-pub(super) fn mocks_in(manifests: &str) -> Vec<String> {
-    let mut mocks: Vec<String> = manifests
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("name: "))
-        .filter_map(|n| n.trim_matches('"').rsplit_once("-mock-").map(|(_, m)| m.to_string()))
-        .filter(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
-        .collect();
-    mocks.sort();
-    mocks.dedup();
-    mocks
 }
