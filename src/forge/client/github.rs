@@ -31,12 +31,12 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::pace::{Pacer, Pacing};
-use super::{
+use super::model::{
     CheckReport, CheckState, CommentRef, EnvironmentRef, EnvironmentReport, EnvironmentState, ForgeClient, ForgeError,
     ForgeProblems, ForgeUser, Hold, Permission, PullRequestInfo, PullRequestState, Redactor, clip, parse_retry_after,
     within,
 };
+use super::pace::{Pacer, Pacing};
 use crate::config::ForgeKind;
 use crate::forge::{CHECK_NAME, RERUN_ACTION};
 

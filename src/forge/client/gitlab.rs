@@ -43,7 +43,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
-use super::{
+use super::model::{
     CheckReport, CheckState, CommentRef, EnvironmentRef, EnvironmentReport, EnvironmentState, ForgeClient, ForgeError,
     ForgeUser, Hold, Permission, PullRequestInfo, PullRequestState, Redactor, clip, within,
 };

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use http::Method;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::ForgeError;
+use super::model::ForgeError;
 use crate::config::ForgeKind;
 
 /// How one client paces each installation's requests.
