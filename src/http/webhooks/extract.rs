@@ -109,6 +109,58 @@ impl Content {
     }
 }
 
+/// What a delivery's body says it is about: a served project, or why it is not served.
+enum Named {
+    Project(Arc<Project>),
+    NotServed(Option<String>, NotServedReason),
+}
+
+/// How a forge's payload names what it is about, for the refusals of unverified deliveries.
+struct Names {
+    /// The payload's field.
+    field: &'static str,
+    /// Why a payload without it is refused.
+    missing: &'static str,
+    /// What names the configured project, before its name in "no project is configured for …".
+    unknown: &'static str,
+}
+
+const GITHUB_NAMES: Names = Names {
+    field: "repository",
+    missing: "field `repository`: missing; draftd serves repository webhooks",
+    unknown: "repository ",
+};
+const GITLAB_NAMES: Names =
+    Names { field: "project", missing: "field `project`: missing; draftd serves project webhooks", unknown: "" };
+
+/// The served project `named` (the body read down to its project's name). A delivery the forge-wide
+/// secret verified is never refused for what it names or fails to name: a forge switches off a hook
+/// after a few failed deliveries (GitLab: four, 4xx included), so it is answered as not served,
+/// saying why. One that only a project's own secret could verify is refused, as nothing in it is
+/// known to be genuine yet.
+fn served<E: Into<ApiError>>(
+    state: &AppState,
+    forge: ForgeKind,
+    named: Result<Option<String>, E>,
+    wide_verified: bool,
+    names: &Names,
+) -> Result<Named, ApiError> {
+    let name = match named {
+        Ok(Some(name)) => name,
+        Ok(None) if wide_verified => return Ok(Named::NotServed(None, NotServedReason::NoProject)),
+        Ok(None) => {
+            return Err(ApiError::BadRequest { field: Some(names.field.into()), message: names.missing.into() });
+        }
+        Err(_) if wide_verified => return Ok(Named::NotServed(None, NotServedReason::UnreadablePayload)),
+        Err(e) => return Err(e.into()),
+    };
+    match state.project(forge, &name) {
+        Some(project) => Ok(Named::Project(project)),
+        None if wide_verified => Ok(Named::NotServed(Some(name), NotServedReason::UnknownProject)),
+        None => Err(ApiError::NotFound(format!("no project is configured for {}{name:?}", names.unknown))),
+    }
+}
+
 impl FromRequest<AppState> for GithubWebhook {
     type Rejection = ApiError;
 
@@ -142,25 +194,10 @@ impl FromRequest<AppState> for GithubWebhook {
             },
             Content::Other(_) => return Ok(not_served(None, NotServedReason::UnsupportedContentType)),
         };
-        let found: github::RepositoryOnly = match parse(&body) {
-            Ok(found) => found,
-            Err(_) if app_verified => return Ok(not_served(None, NotServedReason::UnreadablePayload)),
-            Err(e) => return Err(e.into()),
-        };
-        let Some(repo) = found.repository else {
-            if app_verified {
-                return Ok(not_served(None, NotServedReason::NoProject));
-            }
-            return Err(ApiError::BadRequest {
-                field: Some("repository".into()),
-                message: "field `repository`: missing; draftd serves repository webhooks".into(),
-            });
-        };
-        let Some(project) = state.project(ForgeKind::Github, &repo.full_name) else {
-            if app_verified {
-                return Ok(not_served(Some(repo.full_name), NotServedReason::UnknownProject));
-            }
-            return Err(ApiError::NotFound(format!("no project is configured for repository {:?}", repo.full_name)));
+        let named = parse::<github::RepositoryOnly>(&body).map(|f| f.repository.map(|r| r.full_name));
+        let project = match served(state, ForgeKind::Github, named, app_verified, &GITHUB_NAMES)? {
+            Named::Project(project) => project,
+            Named::NotServed(repo, reason) => return Ok(not_served(repo, reason)),
         };
         if !app_verified {
             verify_github(&project.webhook_secret, signature, &raw)?;
@@ -201,25 +238,10 @@ impl FromRequest<AppState> for GitlabWebhook {
         if content != Content::Json {
             return Ok(not_served(None, NotServedReason::UnsupportedContentType));
         }
-        let found: gitlab::ProjectOnly = match parse(&body) {
-            Ok(found) => found,
-            Err(_) if group_verified => return Ok(not_served(None, NotServedReason::UnreadablePayload)),
-            Err(e) => return Err(e.into()),
-        };
-        let Some(p) = found.project else {
-            if group_verified {
-                return Ok(not_served(None, NotServedReason::NoProject));
-            }
-            return Err(ApiError::BadRequest {
-                field: Some("project".into()),
-                message: "field `project`: missing; draftd serves project webhooks".into(),
-            });
-        };
-        let Some(project) = state.project(ForgeKind::Gitlab, &p.path_with_namespace) else {
-            if group_verified {
-                return Ok(not_served(Some(p.path_with_namespace), NotServedReason::UnknownProject));
-            }
-            return Err(ApiError::NotFound(format!("no project is configured for {:?}", p.path_with_namespace)));
+        let named = parse::<gitlab::ProjectOnly>(&body).map(|f| f.project.map(|p| p.path_with_namespace));
+        let project = match served(state, ForgeKind::Gitlab, named, group_verified, &GITLAB_NAMES)? {
+            Named::Project(project) => project,
+            Named::NotServed(repo, reason) => return Ok(not_served(repo, reason)),
         };
         if !group_verified {
             verify_gitlab(&project.webhook_secret, token)?;
