@@ -1,6 +1,6 @@
 //! Reporting under GitHub's secondary rate limits: N stands' sticky comments written at once (then
 //! each written again while the first reports are still queued), delivered by the library's reporter
-//! through the real GitHub client to the fake GitHub of the tests (tests/forge_fake), which enforces
+//! through the real GitHub client to the fake GitHub of the tests (tests/support/forge_fake), which enforces
 //! the limits "Rate limits for the REST API" documents: 100 concurrent requests, 900 points a minute
 //! per endpoint, 80 content-creating requests a minute and 500 an hour. Each round runs two sides on
 //! fresh databases, one after the other: the client paced as GitHub's best practices ask (one
@@ -17,7 +17,9 @@
 #[path = "support/mod.rs"]
 mod support;
 
-#[path = "../tests/forge_fake/mod.rs"]
+// The tests' fakes, as they are; this bench drives only the GitHub one.
+#[allow(dead_code)]
+#[path = "../tests/support/forge_fake/mod.rs"]
 mod forge_fake;
 
 use std::process::ExitCode;

@@ -1,5 +1,5 @@
 //! The image step's wait against a real registry: Debian's docker-registry (CNCF distribution) on
-//! loopback, started by the test harness (tests/common/registry.rs), with the library's `Engine` over
+//! loopback, started by the test harness (tests/support/registry.rs), with the library's `Engine` over
 //! `DryRunSteps` (real helm for `helm template`, nothing applied) on a fresh database. Runs are queued
 //! through `store::intake::record`, as a webhook queues an opened PR for a new branch, one branch (so
 //! one tag) per stand.
@@ -38,7 +38,7 @@ mod support;
 
 // The test suite's registry harness, as is; this bench uses only part of it.
 #[allow(dead_code)]
-#[path = "../tests/common/registry.rs"]
+#[path = "../tests/support/registry.rs"]
 mod registry;
 
 use std::path::{Path, PathBuf};
@@ -455,7 +455,7 @@ wait = "{STEP_WAIT}"
         }
     }
     for (mode, registry) in MODES.iter().zip(requests) {
-        // Default poll and poll_max; the login from a file, as tests/image.rs gives it.
+        // Default poll and poll_max; the login from a file, as tests/it/image.rs gives it.
         let mut extra = String::new();
         if let Some((user, password)) = registry.auth().credentials() {
             let file = work.join(format!("registry-password-{mode}"));

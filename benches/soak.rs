@@ -16,8 +16,10 @@
 #[path = "support/mod.rs"]
 mod support;
 
-// The tests' fake GitHub (tests/forge_fake), answering a share of calls with faults at random.
-#[path = "../tests/forge_fake/mod.rs"]
+// The tests' fake GitHub (tests/support/forge_fake), answering a share of calls with faults at random;
+// this bench uses only part of it.
+#[allow(dead_code)]
+#[path = "../tests/support/forge_fake/mod.rs"]
 mod forge_fake;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -4,7 +4,7 @@
 #
 #   bao policy write draftd deploy/vault-policy.hcl
 #
-# tests/credentials.rs signs in by AppRole with exactly this policy and runs a stand's whole life.
+# tests/it/credentials.rs signs in by AppRole with exactly this policy and runs a stand's whole life.
 
 # The apps' secrets: read only, at draft/<team>/<service>.
 path "draft/data/*" {
@@ -43,7 +43,7 @@ path "sys/leases/lookup/database/creds/*" {
 # as allowed above, and keeps those on its own connection), and which roles Vault still holds leases
 # of, deleted ones included (their leases are revoked too). Listing the lease directories needs sudo
 # like the lookups above; the glob above matches database/creds/ itself already, and it is named
-# here so the scan's need is plain. tests/orphans_credentials.rs runs the scan with this policy.
+# here so the scan's need is plain. tests/it/orphans_credentials.rs runs the scan with this policy.
 path "database/roles/" {
   capabilities = ["list"]
 }

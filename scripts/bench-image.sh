@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The image step's wait against a real registry (benches/image.rs): Debian's docker-registry on loopback
-# (tests/common/registry.rs), the library's Engine over the dry-run steps, on a fresh database. Part 1:
+# (tests/support/registry.rs), the library's Engine over the dry-run steps, on a fresh database. Part 1:
 # the latency the wait adds after the push, for three poll settings side by side; part 2: registry
 # requests (and tokens) per waiting stand per minute, without auth, with htpasswd and with the token flow.
 # Prints a table and writes JSON to $CARGO_TARGET_DIR/artifacts/bench-image.json. Arguments go to the

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs Debian's chromium and chromium-driver for the dashboard's real-browser test
-# (tests/dashboard_browser.rs). No test tool downloads a browser of its own: this machine's network
+# (tests/it/dashboard_browser.rs). No test tool downloads a browser of its own: this machine's network
 # reaches only the package registries.
 #
 # Idempotent: does nothing when /usr/bin/chromium and /usr/bin/chromedriver are there.

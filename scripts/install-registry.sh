@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs Debian's docker-registry (CNCF distribution 2.8.2, /usr/bin/docker-registry) and apache2-utils
 # (htpasswd, for the registry's bcrypt password file) for the image step's registry tests
-# (tests/common/registry.rs starts one registry per test on loopback). The package's own service is not
+# (tests/support/registry.rs starts one registry per test on loopback). The package's own service is not
 # used: Debian may start it on :5000 at install; the tests never talk to it.
 #
 # Idempotent: does nothing when /usr/bin/docker-registry and htpasswd are there.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs schemathesis (PyPI) into a project-local, git-ignored virtualenv, .tools/schemathesis/, and
-# links its `st` as .tools/bin/st, for tests/schemathesis.rs: schemathesis driven by draftd's own
+# links its `st` as .tools/bin/st, for tests/it/schemathesis.rs: schemathesis driven by draftd's own
 # OpenAPI document against a live `draftd serve`.
 #
 # Idempotent: does nothing when .tools/bin/st already reports the pinned version.

@@ -11,15 +11,15 @@ scripts/install-tools.sh >/dev/null
 scripts/install-openbao.sh >/dev/null
 # Debian's chromium and chromedriver for the dashboard's real-browser test (a no-op once installed).
 [ "${DRAFTD_SKIP_BROWSER:-}" = 1 ] || scripts/install-browser.sh >/dev/null
-# Debian's docker-registry (distribution 2.8.2) and htpasswd for the registry tests (tests/common/registry.rs),
+# Debian's docker-registry (distribution 2.8.2) and htpasswd for the registry tests (tests/support/registry.rs),
 # a no-op once installed; DRAFTD_REQUIRE_REGISTRY=1 then makes a missing registry a failure, never a skip.
 # DRAFTD_SKIP_REGISTRY=1: no install, and the registry tests skip, saying so, where docker-registry is missing.
 if [ "${DRAFTD_SKIP_REGISTRY:-}" != 1 ]; then scripts/install-registry.sh >/dev/null; export DRAFTD_REQUIRE_REGISTRY=1; fi
-# schemathesis (PyPI) into .tools/ for tests/schemathesis.rs, a no-op once installed; DRAFTD_REQUIRE_SCHEMATHESIS=1
+# schemathesis (PyPI) into .tools/ for tests/it/schemathesis.rs, a no-op once installed; DRAFTD_REQUIRE_SCHEMATHESIS=1
 # then makes a missing `st` a failure. DRAFTD_SKIP_SCHEMATHESIS=1: no install, and that test skips, saying so.
 if [ "${DRAFTD_SKIP_SCHEMATHESIS:-}" != 1 ]; then scripts/install-schemathesis.sh >/dev/null; export DRAFTD_REQUIRE_SCHEMATHESIS=1; fi
 if [ -z "${CARGO_TARGET_DIR:-}" ] && [ -d /var/tmp/draftd-target ]; then export CARGO_TARGET_DIR=/var/tmp/draftd-target; fi
-# A real Kubernetes control plane for the Kubernetes-mode suite (tests/k8s.rs), one for the whole run,
+# A real Kubernetes control plane for the Kubernetes-mode suite (tests/it/k8s.rs), one for the whole run,
 # built once from Go modules (scripts/install-k8s.sh) and stopped when the tests end. draftd runs
 # against it as its own ServiceAccount. DRAFTD_K8S_DIR set: use the one already running there;
 # DRAFTD_SKIP_K8S=1: skip that suite, saying so.

@@ -1,8 +1,13 @@
 //! The JSON log format (the one `--log-format json` uses) carries the request id, delivery id,
 //! project, stand and run ids on every line of a run, including lines logged inside another span
 //! (as client libraries do), and on the request's own lines.
+//!
+//! A test binary of its own, outside tests/it: which callsites a subscriber sees is cached for the
+//! whole process (see [`ONE_AT_A_TIME`]), and the tests there log on other threads all the time.
 
-mod common;
+// Only the harness is used here.
+#[allow(dead_code)]
+mod support;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -10,10 +15,10 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::*;
 use draftd::pipeline::{Engine, EngineSettings, RunContext, RunEnd, StepError, StepName, StepOutcome, StepRunner};
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use support::*;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 

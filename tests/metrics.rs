@@ -2,10 +2,13 @@
 //! when a webhook is delivered, refused, and when a worker drives the run it queued.
 //!
 //! The recorder is process-wide, so counters are compared before and after, and every test that moves
-//! them holds [`RECORDER`]: tests run side by side would otherwise count each other's steps.
+//! them holds [`RECORDER`]: tests run side by side would otherwise count each other's steps. For the
+//! same reason this is a test binary of its own, outside tests/it: every router built there moves
+//! this recorder too.
 
-mod common;
-mod forge_fake;
+// Only the harness and the GitHub fake are used here.
+#[allow(dead_code)]
+mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,10 +16,10 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::*;
 use draftd::pipeline::{Engine, EngineSettings, RunContext, RunEnd, StepError, StepName, StepOutcome, StepRunner};
 use serde_json::json;
 use sqlx::PgPool;
+use support::*;
 
 const T1: &str = "2019-05-15T15:20:33Z";
 
@@ -230,7 +233,7 @@ fn the_parser_catches_malformed_lines() {
 async fn forge_calls_and_rate_limit_waits_are_counted() {
     let _recorder = RECORDER.lock().await;
     use draftd::config::ForgeKind;
-    use forge_fake::*;
+    use support::forge_fake::*;
     let handle = draftd::metrics::install();
     let before = parse(&handle.render());
     let fake = Fake::start(ForgeKind::Github).await;
@@ -276,7 +279,7 @@ async fn a_teardown_found_by_resync_is_counted_as_resync(pool: PgPool) {
     let _recorder = RECORDER.lock().await;
     use draftd::config::ForgeKind;
     use draftd::reaper::{Reaper, SweepOutcome};
-    use forge_fake::{Fake, Pull, TOKEN, client};
+    use support::forge_fake::{Fake, Pull, TOKEN, client};
     let app = app(pool.clone());
     let branch = "feature/missed-close";
     let opened =

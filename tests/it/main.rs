@@ -1,0 +1,50 @@
+//! The integration tests, one binary: linking a binary per file dominated a warm test run. Each module
+//! is one former test file; `cargo test --test it <module>::` runs one of them.
+//!
+//! Apart, each in a process of its own: tests/metrics.rs, whose figures come from the process-wide
+//! metrics recorder that every router here moves, and tests/logs.rs, whose captured fields depend on
+//! tracing's process-wide callsite cache, which tests logging on other threads can leave stale.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod api;
+mod chart;
+mod cli;
+mod cluster;
+mod credentials;
+mod dashboard;
+mod dashboard_browser;
+mod database;
+mod database_expiry;
+mod deploy;
+mod e2e_script;
+mod faults_postgres;
+mod forge_github;
+mod forge_gitlab;
+mod forge_listing;
+mod forge_pacing;
+mod helm;
+mod image;
+mod k8s;
+mod kube_runner;
+mod lifecycle;
+mod migrations;
+mod normalise;
+mod openapi;
+mod openbao_dev;
+mod orphans_credentials;
+mod pipeline;
+mod plan;
+mod properties;
+mod rbac;
+mod reaper_cronjob;
+mod registry_server;
+mod reporter;
+mod schemathesis;
+mod secrets_listed;
+mod security;
+mod smoke_script;
+mod summary;
+mod webhooks_github;
+mod webhooks_gitlab;
