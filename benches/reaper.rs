@@ -197,7 +197,8 @@ async fn run(pool: &PgPool, url: &PgConnectOptions, rounds: usize) -> anyhow::Re
     let (mut scrape, mut render) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         let t = Instant::now();
-        let text = draftd::metrics::render(pool).await?;
+        let snapshot = draftd::store::metrics::snapshot(pool, draftd::store::lifecycle::MAX_TEARDOWN_ATTEMPTS).await?;
+        let text = draftd::metrics::render(&snapshot);
         scrape.push(t.elapsed());
         if !text.contains(&format!("draftd_stands{{state=\"active\"}} {STANDS}")) {
             bail!("the scrape does not show the active stands");

@@ -52,8 +52,8 @@ pub enum DatabaseError {
     TemplateInUse { template: String },
     #[error("template database {template} does not exist on the stand database server")]
     TemplateMissing { template: String },
-    #[error("{0:?} is not a valid database or role name (1-63 bytes, no NUL)")]
-    BadName(String),
+    #[error(transparent)]
+    BadName(#[from] crate::text::BadIdent),
     /// The admin role needs `role`'s rights (to own a stand's database, or to end a login's
     /// sessions) and could not take them itself; `fix` names the statement that gives them.
     #[error("the stand database admin role {admin:?} cannot act as role {role:?} to {purpose}: {fix}")]
@@ -252,10 +252,7 @@ fn new_password() -> String {
 
 /// `"name"`, with embedded quotes doubled: the one way names enter utility statements.
 pub fn quote_ident(name: &str) -> Result<String, DatabaseError> {
-    if name.is_empty() || name.len() > 63 || name.contains('\0') {
-        return Err(DatabaseError::BadName(name.to_owned()));
-    }
-    Ok(format!("\"{}\"", name.replace('"', "\"\"")))
+    Ok(crate::text::quote_ident(name)?)
 }
 
 /// SQLSTATEs this module tells apart.

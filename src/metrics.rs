@@ -10,7 +10,6 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use sqlx::PgPool;
 
 /// Webhook deliveries by `forge`, `event`, `outcome` (queued, ignored, duplicate, refused).
 pub const WEBHOOK_DELIVERIES: &str = "draftd_webhook_deliveries_total";
@@ -111,10 +110,24 @@ pub fn error(source: &'static str, label: &str) {
     metrics::counter!(ERRORS, "source" => source, "metric_label" => label.to_owned()).increment(1);
 }
 
-/// Reads the database-backed gauges and renders everything as Prometheus text.
-pub async fn render(pool: &PgPool) -> Result<String, sqlx::Error> {
+/// The state figures `/metrics` reports beside the counters, read from the database at scrape time
+/// (`store::metrics::snapshot`).
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Runs waiting for a worker: queued and not held back by a retry backoff.
+    pub queued: i64,
+    pub oldest_queued: Option<Duration>,
+    /// (state, count) for every state that has stands.
+    pub stands: Vec<(String, i64)>,
+    /// Closing stands whose teardowns failed `max_teardowns` times: the reaper stopped retrying them.
+    pub stuck_closing: i64,
+    /// Unix time the newest finished sweep ended.
+    pub last_sweep: Option<f64>,
+}
+
+/// Sets the database-backed gauges from `snapshot` and renders everything as Prometheus text.
+pub fn render(snapshot: &Snapshot) -> String {
     let handle = install();
-    let snapshot = crate::store::metrics::snapshot(pool, crate::store::lifecycle::MAX_TEARDOWN_ATTEMPTS).await?;
     metrics::gauge!(QUEUE_DEPTH).set(snapshot.queued as f64);
     metrics::gauge!(QUEUE_OLDEST_AGE).set(snapshot.oldest_queued.map_or(0.0, |d: Duration| d.as_secs_f64()));
     for state in crate::stand::StandState::ALL {
@@ -126,5 +139,5 @@ pub async fn render(pool: &PgPool) -> Result<String, sqlx::Error> {
     }
     metrics::gauge!(STANDS_STUCK).set(snapshot.stuck_closing as f64);
     metrics::gauge!(REAPER_LAST_SWEEP).set(snapshot.last_sweep.unwrap_or(0.0));
-    Ok(handle.render())
+    handle.render()
 }

@@ -13,6 +13,21 @@ pub fn cut(text: &mut String, max: usize, marker: &str) {
     text.push_str(marker);
 }
 
+/// A name Postgres would refuse or silently truncate as an identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a valid database or role name (1-63 bytes, no NUL)")]
+pub struct BadIdent(pub String);
+
+/// A Postgres identifier quoted as `"name"`, embedded quotes doubled: the one way names enter
+/// utility statements (which take no bind parameters). Here, not in database.rs, because the Vault
+/// adapter writes the same names into the statements Vault runs for it.
+pub fn quote_ident(name: &str) -> Result<String, BadIdent> {
+    if name.is_empty() || name.len() > 63 || name.contains('\0') {
+        return Err(BadIdent(name.to_owned()));
+    }
+    Ok(format!("\"{}\"", name.replace('"', "\"\"")))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -23,7 +23,7 @@ use vaultrs::client::{Client, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 
 use crate::config::{VaultAuth, VaultConfig};
-use crate::database::quote_ident;
+use crate::text::quote_ident;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {

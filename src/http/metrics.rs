@@ -14,6 +14,9 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn scrape(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let text = crate::metrics::render(state.pool()).await.map_err(crate::store::StoreError::from)?;
+    let max_teardowns = crate::store::lifecycle::MAX_TEARDOWN_ATTEMPTS;
+    let snapshot =
+        crate::store::metrics::snapshot(state.pool(), max_teardowns).await.map_err(crate::store::StoreError::from)?;
+    let text = crate::metrics::render(&snapshot);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
 }

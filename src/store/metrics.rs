@@ -4,18 +4,8 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-#[derive(Debug, Default)]
-pub struct Snapshot {
-    /// Runs waiting for a worker: queued and not held back by a retry backoff.
-    pub queued: i64,
-    pub oldest_queued: Option<Duration>,
-    /// (state, count) for every state that has stands.
-    pub stands: Vec<(String, i64)>,
-    /// Closing stands whose teardowns failed `max_teardowns` times: the reaper stopped retrying them.
-    pub stuck_closing: i64,
-    /// Unix time the newest finished sweep ended.
-    pub last_sweep: Option<f64>,
-}
+// The type lives with the metrics it feeds, so that module needs nothing from the store.
+pub use crate::metrics::Snapshot;
 
 /// `max_teardowns`: failed teardowns per life after which the reaper stops retrying a stand.
 pub async fn snapshot(pool: &PgPool, max_teardowns: i64) -> Result<Snapshot, sqlx::Error> {
