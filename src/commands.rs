@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use crate::config::{ClusterMode, Config, Projects};
 use crate::credentials::StandCredentials;
-use crate::forge::authorise::{Authorise, ForgeAuthoriser};
 use crate::forge::client::AnyForge;
 use crate::forge::{Command, Trigger};
 use crate::helm::HelmCli;
 use crate::http::{self, AppState};
+use crate::pipeline::authorise::{Authorise, ForgeAuthoriser};
 use crate::pipeline::image::Registries;
 use crate::pipeline::steps::{DryRunSteps, KubernetesSteps};
 use crate::pipeline::{Engine, EngineSettings, Fault, StepRunner};
@@ -105,7 +105,9 @@ fn start_background(
         .into_iter()
         .map(|f| f.watch_problems(state.forge_problems()))
         .collect();
-    let authoriser: Arc<dyn Authorise> = Arc::new(ForgeAuthoriser::new(workers_pool.clone(), &config, &forges));
+    let clients = forges.iter().map(|f| (f.kind(), f.clone())).collect();
+    let authoriser: Arc<dyn Authorise> =
+        Arc::new(ForgeAuthoriser::with_clients(workers_pool.clone(), &config, clients));
     // The image step's registries: a bad CA file or reference stops the start, not the first run.
     let registries = Some(Arc::new(Registries::from_config(&config).context("registry clients")?));
     let reaper = Reaper::new(workers_pool.clone(), config.clone(), lease_owner())

@@ -24,6 +24,7 @@ use tokio::sync::OnceCell;
 
 use crate::config::Config;
 use crate::database::{DatabaseError, Databases, InstanceMark, Marked, PgDatabases, StandDb};
+use crate::stand::Failure;
 use crate::vault::{DbRole, DbServer, OpenBao, RoleConnection, Vault, VaultError};
 
 /// Name of the Secret carrying the database login (values/draft.yaml's `secretRefs`).
@@ -44,7 +45,19 @@ pub enum CredentialError {
 }
 
 impl CredentialError {
+    /// [`Failure::is_transient`], for callers without the trait in scope.
     pub fn is_transient(&self) -> bool {
+        Failure::is_transient(self)
+    }
+
+    /// [`Failure::label`], for callers without the trait in scope.
+    pub fn label(&self) -> &'static str {
+        Failure::label(self)
+    }
+}
+
+impl Failure for CredentialError {
+    fn is_transient(&self) -> bool {
         match self {
             CredentialError::Database(e) => e.is_transient(),
             CredentialError::Vault(e) => e.is_transient(),
@@ -53,7 +66,7 @@ impl CredentialError {
         }
     }
 
-    pub fn label(&self) -> &'static str {
+    fn label(&self) -> &'static str {
         match self {
             CredentialError::Database(e) => e.label(),
             CredentialError::Vault(e) => e.label(),

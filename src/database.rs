@@ -21,6 +21,8 @@ use secrecy::SecretString;
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::stand::Failure;
+
 /// A stand's database as the database step and teardown see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StandDb {
@@ -69,7 +71,19 @@ pub enum DatabaseError {
 }
 
 impl DatabaseError {
+    /// [`Failure::is_transient`], for callers without the trait in scope.
     pub fn is_transient(&self) -> bool {
+        Failure::is_transient(self)
+    }
+
+    /// [`Failure::label`], for callers without the trait in scope.
+    pub fn label(&self) -> &'static str {
+        Failure::label(self)
+    }
+}
+
+impl Failure for DatabaseError {
+    fn is_transient(&self) -> bool {
         match self {
             DatabaseError::TemplateInUse { .. } | DatabaseError::SessionsRemain { .. } => true,
             DatabaseError::Db(e) => !matches!(e, sqlx::Error::Database(_)),
@@ -77,7 +91,7 @@ impl DatabaseError {
         }
     }
 
-    pub fn label(&self) -> &'static str {
+    fn label(&self) -> &'static str {
         match self {
             DatabaseError::TemplateInUse { .. } => "template_in_use",
             DatabaseError::TemplateMissing { .. } => "template_missing",

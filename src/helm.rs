@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use tokio::process::Command;
 
 use crate::config::ClusterConfig;
-use crate::pipeline::StepError;
+use crate::stand::Failure;
 
 /// Helm's limit on release names.
 pub const RELEASE_NAME_MAX: usize = 53;
@@ -166,9 +166,26 @@ const TRANSIENT_MARKERS: &[&str] = &[
 const LOCKED_MARKER: &str = "another operation (install/upgrade/rollback) is in progress";
 
 impl HelmError {
-    /// Whether trying again later may pass: timeouts, failures to start the process other than a missing
-    /// binary, and API-server or network errors in stderr.
+    /// The release has an unfinished operation; a rollback clears it, retrying does not.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, HelmError::Failed { stderr, .. } if stderr.to_lowercase().contains(LOCKED_MARKER))
+    }
+
+    /// [`Failure::is_transient`], for callers without the trait in scope.
     pub fn is_transient(&self) -> bool {
+        Failure::is_transient(self)
+    }
+
+    /// [`Failure::label`], for callers without the trait in scope.
+    pub fn label(&self) -> &'static str {
+        Failure::label(self)
+    }
+}
+
+impl Failure for HelmError {
+    /// Timeouts, failures to start the process other than a missing binary, and API-server or
+    /// network errors in stderr.
+    fn is_transient(&self) -> bool {
         match self {
             HelmError::Timeout { .. } | HelmError::Io { .. } => true,
             HelmError::Failed { stderr, .. } => {
@@ -179,13 +196,7 @@ impl HelmError {
         }
     }
 
-    /// The release has an unfinished operation; a rollback clears it, retrying does not.
-    pub fn is_locked(&self) -> bool {
-        matches!(self, HelmError::Failed { stderr, .. } if stderr.to_lowercase().contains(LOCKED_MARKER))
-    }
-
-    /// A stable label for metrics and reports.
-    pub fn label(&self) -> &'static str {
+    fn label(&self) -> &'static str {
         match self {
             HelmError::NotFound { .. } => "helm_missing",
             HelmError::Timeout { .. } => "helm_timeout",
@@ -193,17 +204,6 @@ impl HelmError {
             HelmError::Failed { .. } => "helm_failed",
             HelmError::Parse { .. } => "helm_parse",
             HelmError::Io { .. } => "helm_io",
-        }
-    }
-}
-
-impl From<HelmError> for StepError {
-    fn from(err: HelmError) -> Self {
-        let label = err.label();
-        if err.is_transient() {
-            StepError::transient(label, err.to_string())
-        } else {
-            StepError::permanent(label, err.to_string())
         }
     }
 }

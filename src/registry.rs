@@ -22,6 +22,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::Mutex;
 
 use crate::config::RegistryConfig;
+use crate::stand::Failure;
 
 /// What the image step accepts: OCI image indexes and manifests, Docker v2 manifests and manifest
 /// lists. An index (multi-arch) is pinned as a whole; the node picks its platform.
@@ -132,8 +133,20 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
-    /// Worth looking again: the registry, its token service or the network may be back.
+    /// [`Failure::is_transient`], for callers without the trait in scope.
     pub fn is_transient(&self) -> bool {
+        Failure::is_transient(self)
+    }
+
+    /// [`Failure::label`], for callers without the trait in scope.
+    pub fn label(&self) -> &'static str {
+        Failure::label(self)
+    }
+}
+
+impl Failure for RegistryError {
+    /// Worth looking again: the registry, its token service or the network may be back.
+    fn is_transient(&self) -> bool {
         match self {
             RegistryError::Unreachable { .. } => true,
             RegistryError::Status { status, .. } => *status == 429 || *status >= 500,
@@ -141,7 +154,7 @@ impl RegistryError {
         }
     }
 
-    pub fn label(&self) -> &'static str {
+    fn label(&self) -> &'static str {
         match self {
             RegistryError::BadReference { .. } => "image_reference",
             RegistryError::Unreachable { .. } => "registry_unreachable",

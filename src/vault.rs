@@ -23,6 +23,7 @@ use vaultrs::client::{Client, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 
 use crate::config::{VaultAuth, VaultConfig};
+use crate::stand::Failure;
 use crate::text::quote_ident;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +43,19 @@ pub enum VaultError {
 }
 
 impl VaultError {
+    /// [`Failure::is_transient`], for callers without the trait in scope.
     pub fn is_transient(&self) -> bool {
+        Failure::is_transient(self)
+    }
+
+    /// [`Failure::label`], for callers without the trait in scope.
+    pub fn label(&self) -> &'static str {
+        Failure::label(self)
+    }
+}
+
+impl Failure for VaultError {
+    fn is_transient(&self) -> bool {
         match self {
             VaultError::Unavailable(_) => true,
             VaultError::Api { code, .. } => *code >= 500 || *code == 429,
@@ -50,7 +63,7 @@ impl VaultError {
         }
     }
 
-    pub fn label(&self) -> &'static str {
+    fn label(&self) -> &'static str {
         match self {
             VaultError::KvMissing { .. } => "vault_kv_missing",
             VaultError::Unavailable(_) => "vault_unavailable",

@@ -31,6 +31,8 @@ use secrecy::SecretString;
 
 use chrono::{DateTime, Utc};
 
+use crate::stand::Failure;
+
 pub use kubernetes::{Kubernetes, ServiceProxyProber};
 
 /// Everything draftd creates carries this label, and draftd never touches what lacks it.
@@ -130,9 +132,21 @@ pub enum ClusterError {
 }
 
 impl ClusterError {
+    /// [`Failure::is_transient`], for callers without the trait in scope.
+    pub fn is_transient(&self) -> bool {
+        Failure::is_transient(self)
+    }
+
+    /// [`Failure::label`], for callers without the trait in scope.
+    pub fn label(&self) -> &'static str {
+        Failure::label(self)
+    }
+}
+
+impl Failure for ClusterError {
     /// Worth retrying: the API server was unreachable, overloaded or in a conflict that a new
     /// attempt resolves. A refusal (forbidden, invalid) will not pass by retrying.
-    pub fn is_transient(&self) -> bool {
+    fn is_transient(&self) -> bool {
         match self {
             ClusterError::Api(kube::Error::Api(status)) => {
                 status.code == 409 || status.code == 429 || status.code >= 500 || quota_status_unknown(status)
@@ -144,7 +158,7 @@ impl ClusterError {
     }
 
     /// A stable label for step errors and metrics.
-    pub fn label(&self) -> &'static str {
+    fn label(&self) -> &'static str {
         match self {
             ClusterError::NotManaged { .. } => "namespace_not_managed",
             ClusterError::OtherStand { .. } => "namespace_of_other_stand",

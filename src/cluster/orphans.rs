@@ -7,6 +7,10 @@ use sqlx::PgPool;
 
 use super::{Cluster, ClusterError, ManagedNamespace};
 use crate::store::StoreError;
+use crate::store::orphans::stands_of;
+
+// The row is read in the store; named here too, where `classify` takes it.
+pub use crate::store::orphans::StandRow;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Orphan {
@@ -26,17 +30,6 @@ pub enum OrphanReason {
     /// The label names another stand than the one the database gives this namespace to: left by an
     /// earlier stand of the same name, it blocks the current one.
     OtherStand { labelled: Option<i64>, owner: i64 },
-}
-
-/// A stand as the scan needs it.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct StandRow {
-    pub namespace: String,
-    pub stand_id: i64,
-    pub state: String,
-    pub expires_at: Option<DateTime<Utc>>,
-    /// A run of the stand is queued or running (a deploy resetting the expiry, or the teardown itself).
-    pub busy: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,14 +76,6 @@ pub async fn scan<C: Cluster>(
     let mut namespaces = cluster.managed_namespaces().await?;
     namespaces.retain(|n| n.project.as_deref().is_some_and(|p| projects.contains(&p)));
     let names: Vec<&str> = namespaces.iter().map(|n| n.name.as_str()).collect();
-    let stands: Vec<StandRow> = sqlx::query_as(
-        "select s.namespace, s.stand_id, s.state, s.expires_at,
-                exists (select 1 from runs r where r.stand_id = s.stand_id and r.state in ('queued', 'running')) as busy
-         from stands s where s.namespace = any($1)",
-    )
-    .bind(&names)
-    .fetch_all(pool)
-    .await
-    .map_err(StoreError::from)?;
+    let stands = stands_of(pool, &names).await?;
     Ok(classify(&namespaces, &stands, now))
 }

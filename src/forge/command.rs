@@ -1,21 +1,7 @@
 //! `/draft …` commands written in PR/MR comments.
 
-use std::time::Duration;
-
-use serde::Serialize;
-
-/// What a person asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(tag = "command", rename_all = "snake_case")]
-pub enum Command {
-    Rerun,
-    /// Move the stand's expiry; `None` means the configured default extension.
-    Extend {
-        #[serde(with = "humantime_serde")]
-        by: Option<Duration>,
-    },
-    Destroy,
-}
+// What the parser makes is the domain's (the API, CLI and store take it too); re-exported for its old path.
+pub use crate::stand::Command;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommandError {
@@ -72,6 +58,8 @@ fn no_args(verb: &'static str, arg: Option<&str>) -> Result<(), CommandError> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use proptest::prelude::*;
 

@@ -4,22 +4,18 @@
 //! whether a delivery can act at all (branch globs, forks, drafts, the opt-out label) live here too, so
 //! the store only sees events that matter and the HTTP layer only verifies and records.
 
-/// Who may act through the forge: write access, checked per command, audited.
-pub mod authorise;
 /// Reporting back: the `ForgeClient` trait and its GitHub (octocrab) and GitLab (gitlab crate) clients.
 pub mod client;
 pub mod command;
 pub mod github;
 pub mod gitlab;
-/// Checks, environments and labels: what a run's state says on the forge besides the comment.
-pub mod publish;
-/// The sticky comment's Markdown, rendered from a stand, its newest run and its steps.
-pub mod report;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 pub use command::{Command, CommandError};
+// The domain's words now (the store records them), kept here for the paths that name them by forge.
+pub use crate::stand::Trigger;
 
 use crate::config::{ForkPolicy, Project};
 use crate::stand::{BranchName, CommitSha};
@@ -92,64 +88,6 @@ pub struct PullRequest {
     /// stand with the repository's own branch of the same name.
     #[serde(default)]
     pub fork: bool,
-}
-
-/// Why a run was queued; stored with the run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    Opened,
-    Pushed,
-    Reopened,
-    ReadyForReview,
-    /// The opt-out label was removed.
-    OptIn,
-    Closed,
-    Merged,
-    /// The opt-out label was added.
-    OptOut,
-    Command,
-    CheckRun,
-    /// `POST /api/v1/stands/{id}/…` or `DELETE` with the API token.
-    Api,
-    /// `draftd stands rerun|extend|destroy`.
-    Cli,
-    /// The dashboard's Re-run, Extend and Destroy buttons, behind its login.
-    Dashboard,
-    /// The reaper's resync found an open PR/MR whose head commit has no run (a missed webhook).
-    Resync,
-    /// The reaper: no new deploy within the stand's TTL.
-    Expired,
-    /// The reaper: an earlier teardown failed.
-    Retry,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Opened => "opened",
-            Trigger::Pushed => "pushed",
-            Trigger::Reopened => "reopened",
-            Trigger::ReadyForReview => "ready_for_review",
-            Trigger::OptIn => "opt_in",
-            Trigger::Closed => "closed",
-            Trigger::Merged => "merged",
-            Trigger::OptOut => "opt_out",
-            Trigger::Command => "command",
-            Trigger::CheckRun => "check_run",
-            Trigger::Api => "api",
-            Trigger::Cli => "cli",
-            Trigger::Dashboard => "dashboard",
-            Trigger::Resync => "resync",
-            Trigger::Expired => "expired",
-            Trigger::Retry => "retry",
-        }
-    }
-
-    /// Triggers that may bring back a stand that is closing or removed: the PR is open again.
-    pub fn revives(self) -> bool {
-        matches!(self, Trigger::Opened | Trigger::Reopened | Trigger::OptIn)
-    }
 }
 
 /// A payload that is not JSON or not of the documented shape; `field` is the dotted path.

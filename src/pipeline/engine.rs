@@ -12,8 +12,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use super::authorise::{Authorise, Verdict, needs_check};
 use super::step::{StepError, StepErrorKind, StepName, StepRunner, plan};
-use crate::forge::authorise::{Authorise, Verdict, needs_check};
 use crate::metrics;
 use crate::store::lifecycle;
 use crate::store::runs::{self, Advance, ClaimedRun, Overtaken, RunStoreError, StepEnd};
@@ -596,13 +596,7 @@ impl<R> Engine<R> {
         if run.kind != "deploy" {
             return;
         }
-        let since: Result<f64, sqlx::Error> = sqlx::query_scalar(
-            "select extract(epoch from clock_timestamp() - queued_at)::float8 from runs where run_id = $1",
-        )
-        .bind(run.run_id)
-        .fetch_one(&self.pool)
-        .await;
-        match since {
+        match runs::since_queued(&self.pool, run.run_id).await {
             Ok(secs) => {
                 ::metrics::histogram!(metrics::TIME_TO_URL, "project" => run.project.clone()).record(secs.max(0.0))
             }

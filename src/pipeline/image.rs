@@ -17,20 +17,11 @@ use super::plan::StandPlan;
 use super::step::{RunContext, StepError, StepName, StepOutcome};
 use crate::config::{Config, ProjectBuild, ProjectConfig, RegistryConfig};
 use crate::registry::{ImageRef, Lookup, Manifest, OciRegistry, Registry, RegistryError};
+use crate::store::runs;
 
 /// After a build reports success, the image is looked for this long (a registry behind a CDN or
 /// with replicas can take a moment to show a fresh tag) before the run fails.
 const AFTER_BUILD: Duration = Duration::from_secs(60);
-
-impl From<RegistryError> for StepError {
-    fn from(e: RegistryError) -> Self {
-        if e.is_transient() {
-            StepError::transient(e.label(), e.to_string())
-        } else {
-            StepError::permanent(e.label(), e.to_string())
-        }
-    }
-}
 
 /// One registry client per project that has registry settings (its own or `[registry]`).
 pub struct Registries<R = OciRegistry> {
@@ -247,29 +238,16 @@ impl<R: Registry, B: Builder> ImageStep<'_, R, B> {
 
     /// When this run's image step first started waiting, if an earlier attempt recorded it.
     async fn waiting_since(&self, run: &RunContext) -> Result<Option<DateTime<Utc>>, StepError> {
-        let since: Option<String> = sqlx::query_scalar(
-            "select detail->>'since' from steps where run_id = $1 and name = $2 and detail ? 'waiting_for'",
-        )
-        .bind(run.run_id)
-        .bind(StepName::Image.as_str())
-        .fetch_optional(self.pool)
-        .await
-        .map_err(|e| StepError::transient("database", e.to_string()))?
-        .flatten();
+        let since = runs::waiting_since(self.pool, run.run_id, StepName::Image)
+            .await
+            .map_err(|e| StepError::transient("database", e.to_string()))?;
         Ok(since.and_then(|s| DateTime::parse_from_rfc3339(&s).ok()).map(|t| t.with_timezone(&Utc)))
     }
 
     /// Records what the running step is waiting for and tells the PR. Best effort: the wait goes
     /// on if either fails.
     async fn progress(&self, run: &RunContext, detail: Value) {
-        let recorded =
-            sqlx::query("update steps set detail = $3 where run_id = $1 and name = $2 and state = 'running'")
-                .bind(run.run_id)
-                .bind(StepName::Image.as_str())
-                .bind(&detail)
-                .execute(self.pool)
-                .await;
-        if let Err(e) = recorded {
+        if let Err(e) = runs::record_waiting(self.pool, run.run_id, StepName::Image, &detail).await {
             tracing::warn!(error = %e, "could not record the image step's progress");
             return;
         }
@@ -346,14 +324,8 @@ pub(super) fn pull_login(
 
 /// The plan of a run whose image step found the image: the deploy and its Jobs run `image@digest`.
 pub(super) async fn pinned(pool: &PgPool, run: &RunContext, mut plan: StandPlan) -> Result<StandPlan, StepError> {
-    let digest: Option<String> = sqlx::query_scalar(
-        "select detail->>'digest' from steps where run_id = $1 and name = 'image' and state = 'succeeded'",
-    )
-    .bind(run.run_id)
-    .fetch_optional(pool)
-    .await
-    .map_err(|e| StepError::transient("database", e.to_string()))?
-    .flatten();
+    let digest =
+        runs::pinned_digest(pool, run.run_id).await.map_err(|e| StepError::transient("database", e.to_string()))?;
     if let Some(digest) = digest {
         plan.pin(&digest);
     }

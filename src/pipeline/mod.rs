@@ -2,10 +2,12 @@
 //! step as a row, retry transient failures, roll back and report permanent ones, and give way to
 //! newer runs of the same stand at step boundaries.
 
+/// Who may act through the forge: write access, checked per command through [`authorise::Access`], audited.
+pub mod authorise;
 mod engine;
 /// The image step: the stand's tag waited for in the registry, built when CI did not.
 pub mod image;
-/// Teardown, extend and report steps both modes share.
+/// Teardown, extend and report steps both modes share; what a report says is the reporter's.
 pub mod lifecycle;
 /// What a run would create: names, image, Helm release.
 pub mod plan;

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::config::{Config, ProjectConfig};
 use crate::helm::{Release, release_name};
 use crate::stand::slug;
+pub use crate::stand::{stand_host, stand_url};
 
 /// OCI tags are at most 128 characters.
 const MAX_TAG: usize = 128;
@@ -34,16 +35,6 @@ pub struct StandPlan {
     pub vault_kv_path: Option<String>,
     #[serde(skip)]
     pub release: Release,
-}
-
-/// A stand's host: the project's `host` pattern with `{stand}` replaced by the namespace.
-pub fn stand_host(pattern: &str, namespace: &str) -> String {
-    pattern.replace("{stand}", namespace)
-}
-
-/// The address reports and the dashboard link to, and verify probes.
-pub fn stand_url(host: &str) -> String {
-    format!("https://{host}")
 }
 
 impl StandPlan {

@@ -5,108 +5,11 @@ use std::future::Future;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::stand::Failure;
 use crate::store::runs::ClaimedRun;
 
-/// One idempotent part of a run (DESIGN.md's vocabulary). Names match the `steps.name` column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepName {
-    Namespace,
-    Database,
-    Secrets,
-    Image,
-    Deploy,
-    Migrate,
-    Verify,
-    Smoke,
-    Report,
-    Rollback,
-    /// Recorded by teardown runs before the lifecycle issue split teardown into the steps below.
-    Teardown,
-    /// Teardown: deploys of the stand still in flight are stopped (they stop themselves, at once).
-    Cancel,
-    /// Teardown: the forge's deployment goes inactive, its environment stops, an open check ends.
-    Deactivate,
-    /// Teardown: every credential of the stand revoked, before anything it opens is removed.
-    Revoke,
-    /// Teardown: the release uninstalled and the namespace (Secrets, volume claims) deleted and gone.
-    Uninstall,
-    /// Teardown: the database and its owner role dropped; the stand becomes a tombstone.
-    Drop,
-    /// Extend: the stand's expiry moved.
-    Extend,
-}
-
-impl StepName {
-    pub const ALL: [StepName; 17] = [
-        StepName::Namespace,
-        StepName::Database,
-        StepName::Secrets,
-        StepName::Image,
-        StepName::Deploy,
-        StepName::Migrate,
-        StepName::Verify,
-        StepName::Smoke,
-        StepName::Report,
-        StepName::Rollback,
-        StepName::Teardown,
-        StepName::Cancel,
-        StepName::Deactivate,
-        StepName::Revoke,
-        StepName::Uninstall,
-        StepName::Drop,
-        StepName::Extend,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StepName::Namespace => "namespace",
-            StepName::Database => "database",
-            StepName::Secrets => "secrets",
-            StepName::Image => "image",
-            StepName::Deploy => "deploy",
-            StepName::Migrate => "migrate",
-            StepName::Verify => "verify",
-            StepName::Smoke => "smoke",
-            StepName::Report => "report",
-            StepName::Rollback => "rollback",
-            StepName::Teardown => "teardown",
-            StepName::Cancel => "cancel",
-            StepName::Deactivate => "deactivate",
-            StepName::Revoke => "revoke",
-            StepName::Uninstall => "uninstall",
-            StepName::Drop => "drop",
-            StepName::Extend => "extend",
-        }
-    }
-
-    /// Steps that only wait for something outside (the image in the registry) and change nothing
-    /// while they wait: stopped at once when a newer deploy of the stand is queued.
-    pub fn gives_way_while_running(self) -> bool {
-        matches!(self, StepName::Image)
-    }
-
-    /// A failure at or after `deploy` leaves a release that may be unhealthy: roll it back.
-    pub fn needs_rollback_on_failure(self) -> bool {
-        matches!(self, StepName::Deploy | StepName::Migrate | StepName::Verify | StepName::Smoke)
-    }
-}
-
-/// The steps of a run kind, as groups: the steps of a group run concurrently, groups in order.
-/// `report` is not listed: the engine runs it last whatever happened, unless the run gave way.
-pub fn plan(kind: &str) -> &'static [&'static [StepName]] {
-    use StepName::*;
-    match kind {
-        // Secrets puts its Secret in the namespace and issues a login that joins the database's
-        // owner role, so it waits for both; the image check needs neither.
-        "deploy" => &[&[Namespace, Database], &[Secrets, Image], &[Deploy], &[Migrate], &[Verify], &[Smoke]],
-        // Logins go before the namespace and the database (Vault issue 3410), so no pod still holding
-        // one outlives its revocation unnoticed; the database goes last, once nothing can reach it.
-        "teardown" => &[&[Cancel], &[Deactivate], &[Revoke], &[Uninstall], &[Drop]],
-        "extend" => &[&[Extend]],
-        _ => &[],
-    }
-}
+// Pure data, kept in stand/ so the reporter (below the pipeline) can show how far a run got.
+pub use crate::stand::{StepName, plan};
 
 /// What a step did, recorded as its `detail`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -150,6 +53,18 @@ impl StepError {
     }
     pub fn permanent(label: &str, message: impl Into<String>) -> Self {
         Self { kind: StepErrorKind::Permanent, label: label.into(), message: message.into() }
+    }
+}
+
+/// The one conversion from an adapter's error (helm, cluster, registry, credentials, …): its own
+/// classification and label decide, so `?` in a step keeps both.
+impl<E: Failure> From<E> for StepError {
+    fn from(e: E) -> Self {
+        if e.is_transient() {
+            StepError::transient(e.label(), e.to_string())
+        } else {
+            StepError::permanent(e.label(), e.to_string())
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 
 use crate::cluster::{Cluster, Kubernetes};
 use crate::config::{Config, Project, Projects};
@@ -28,12 +28,11 @@ use crate::pipeline::Wake;
 use crate::pipeline::lifecycle::queue_report;
 use crate::store::StoreError;
 use crate::store::lifecycle::{self, QueuedTeardown};
+use crate::store::sweeps;
 
 pub use orphans::OrphanReport;
 pub use resync::ProjectResync;
 
-/// One key for every sweeper on the database: 'draftd' in ASCII, then 2 (the claim's is 1).
-const SWEEP_LOCK: i64 = 28273260327363586;
 /// Stands queued for teardown per sweep at most; the next sweep takes the rest.
 const MAX_EXPIRED_PER_SWEEP: i64 = 1000;
 
@@ -143,19 +142,11 @@ impl<C: Cluster> Reaper<C> {
     }
 
     async fn sweep_once(&self, now: DateTime<Utc>) -> Result<SweepOutcome, ReapError> {
-        let mut lock = PgConnection::connect_with(&self.pool.connect_options()).await?;
-        let held: bool =
-            sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(SWEEP_LOCK).fetch_one(&mut lock).await?;
-        if !held {
-            lock.close().await.ok();
+        let Some(lock) = sweeps::try_lock(&self.pool).await? else {
             return Ok(SweepOutcome::Busy);
-        }
+        };
         let swept = self.sweep_locked(now).await;
-        // Released explicitly, so the next sweep finds it free at once: a closed session's backend
-        // lets go of its locks only when it has exited, which a busy server takes its time over.
-        // Closing the session releases it anyway, should the unlock fail.
-        let _ = sqlx::query("select pg_advisory_unlock($1)").bind(SWEEP_LOCK).execute(&mut lock).await;
-        lock.close().await.ok();
+        lock.release().await;
         let sweep = swept?;
         if let Some(wake) = &self.wake {
             for _ in 0..sweep.queued_runs() {
@@ -166,12 +157,7 @@ impl<C: Cluster> Reaper<C> {
     }
 
     async fn sweep_locked(&self, now: DateTime<Utc>) -> Result<Sweep, ReapError> {
-        let sweep_id: i64 =
-            sqlx::query_scalar("insert into sweeps (holder, started_at) values ($1, $2) returning sweep_id")
-                .bind(&self.holder)
-                .bind(now)
-                .fetch_one(&self.pool)
-                .await?;
+        let sweep_id = sweeps::start(&self.pool, &self.holder, now).await?;
         let mut sweep = Sweep { sweep_id, ..Sweep::default() };
         sweep.expired = lifecycle::queue_expired(&self.pool, now, MAX_EXPIRED_PER_SWEEP).await?;
         sweep.retried = lifecycle::queue_retries(&self.pool, lifecycle::MAX_TEARDOWN_ATTEMPTS).await?;
@@ -190,11 +176,7 @@ impl<C: Cluster> Reaper<C> {
             let found = orphans::sweep(self, &mut sweep.errors).await?;
             sweep.orphans = found;
         }
-        sqlx::query("update sweeps set finished_at = now(), summary = $2 where sweep_id = $1")
-            .bind(sweep_id)
-            .bind(serde_json::to_value(&sweep).unwrap_or_default())
-            .execute(&self.pool)
-            .await?;
+        sweeps::finish(&self.pool, sweep_id, &serde_json::to_value(&sweep).unwrap_or_default()).await?;
         Ok(sweep)
     }
 

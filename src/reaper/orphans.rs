@@ -15,7 +15,7 @@ use crate::cluster::orphans::{OrphanReason, scan};
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::ClusterMode;
 use crate::credentials::{CredentialOrphan, OrphanKind, stand_db};
-use crate::store::lifecycle::{self, Sighting};
+use crate::store::orphans::{self as store, Sighting};
 
 /// One orphan as a sweep saw it.
 #[derive(Debug, Clone, Serialize)]
@@ -36,9 +36,7 @@ pub(super) async fn sweep<C: Cluster>(
     reaper: &Reaper<C>,
     errors: &mut Vec<String>,
 ) -> Result<Vec<OrphanReport>, ReapError> {
-    let live: Vec<String> = sqlx::query_scalar("select namespace from stands where state in ('active', 'closing')")
-        .fetch_all(&reaper.pool)
-        .await?;
+    let live = store::live_namespaces(&reaper.pool).await?;
     let mut reports = Vec::new();
     if let Some(cluster) = &reaper.cluster {
         match namespaces(cluster.as_ref(), reaper).await {
@@ -144,7 +142,7 @@ async fn remember(
     kind: &str,
     found: Vec<(String, Value)>,
 ) -> Result<Vec<(Sighting, Value)>, ReapError> {
-    let seen = lifecycle::record_sightings(&reaper.pool, kind, &found).await?;
+    let seen = store::record_sightings(&reaper.pool, kind, &found).await?;
     Ok(seen
         .into_iter()
         .map(|s| {
@@ -176,11 +174,8 @@ async fn conclude(
         None => false,
         Some(Ok(done)) => {
             detail["removed"] = done;
-            lifecycle::forget_orphan(&reaper.pool, kind, &s.name).await?;
-            sqlx::query("insert into audit (actor, action, detail) values ('reaper', 'orphan.removed', $1)")
-                .bind(json!({ "kind": kind, "name": s.name, "detail": detail }))
-                .execute(&reaper.pool)
-                .await?;
+            store::forget_orphan(&reaper.pool, kind, &s.name).await?;
+            store::audit_removed(&reaper.pool, &json!({ "kind": kind, "name": s.name, "detail": detail })).await?;
             true
         }
         Some(Err(e)) => {

@@ -17,6 +17,7 @@ use crate::forge::client::{AnyForge, ForgeClient, PullRequestInfo, PullRequestSt
 use crate::forge::{Event, Gate, PullRequest, Trigger};
 use crate::stand::{BranchName, CommitSha};
 use crate::store::intake::{self, Delivery};
+use crate::store::stands;
 
 /// What resync did for one project.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -57,17 +58,8 @@ pub(super) async fn project(pool: &PgPool, config: &Config, project: &Project, f
         }
     }
     let numbers: Vec<i64> = open.iter().map(|p| p.number as i64).collect();
-    let missing: Vec<(String, i64)> = match sqlx::query_as(
-        "select branch, pr_number from stands
-         where project = $1 and state = 'active' and pr_number is not null and not (pr_number = any($2))
-         order by updated_at limit $3",
-    )
-    .bind(project.name.as_str())
-    .bind(&numbers)
-    .bind(i64::from(config.reaper.max_lookups))
-    .fetch_all(pool)
-    .await
-    {
+    let limit = i64::from(config.reaper.max_lookups);
+    let missing = match stands::unlisted_prs(pool, project.name.as_str(), &numbers, limit).await {
         Ok(rows) => rows,
         Err(e) => {
             report.error = Some(format!("reading the stands: {e}"));
@@ -115,16 +107,9 @@ async fn deploy_missed(pool: &PgPool, project: &Project, pr: &PullRequestInfo) -
     {
         return Ok(None);
     }
-    let known: bool = sqlx::query_scalar(
-        "select exists (select 1 from stands s join runs r on r.stand_id = s.stand_id
-                        where s.project = $1 and s.branch = $2 and r.sha = $3)",
-    )
-    .bind(project.name.as_str())
-    .bind(normal.branch.as_str())
-    .bind(normal.sha.as_str())
-    .fetch_one(pool)
-    .await
-    .map_err(|e| e.to_string())?;
+    let known = stands::has_run_of(pool, project.name.as_str(), normal.branch.as_str(), normal.sha.as_str())
+        .await
+        .map_err(|e| e.to_string())?;
     if known {
         return Ok(None);
     }

@@ -1,8 +1,16 @@
 //! Stands: the draft environment of one (project, branch).
 
+mod address;
+mod failure;
 mod naming;
+mod run;
+mod steps;
 
+pub use address::{stand_host, stand_url};
+pub use failure::Failure;
 pub use naming::{BranchName, CommitSha, GitlabEnvironmentName, NameError, Namespace, ProjectName, is_dns_label, slug};
+pub use run::{Command, Trigger};
+pub use steps::{StepName, plan};
 
 use serde::{Deserialize, Serialize};
 

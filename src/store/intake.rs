@@ -11,8 +11,8 @@ use super::StoreError;
 use super::manual::{self, ManualOutcome, ManualRequest, StandLookup};
 use super::runs::queue_run;
 use crate::config::ForgeKind;
-use crate::forge::{Command, Event, PullRequest, Trigger};
-use crate::stand::{BranchName, Namespace, ProjectName, StandState};
+use crate::forge::{Event, PullRequest};
+use crate::stand::{BranchName, Command, Namespace, ProjectName, StandState, Trigger};
 
 /// One verified delivery, ready to record.
 #[derive(Debug)]

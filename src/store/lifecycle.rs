@@ -1,6 +1,6 @@
 //! A stand's life after intake: the expiry a deploy sets and an extend moves, the tombstone a
 //! teardown leaves, and what the reaper queues (teardowns of expired stands, retries of failed
-//! teardowns, expiry warnings) and remembers (orphans seen by its scans).
+//! teardowns, expiry warnings). What its scans remember of orphans is in `orphans`.
 //!
 //! The reaper's statements take `now` from the caller, so tests drive them with a clock of their own.
 
@@ -165,49 +165,4 @@ pub async fn take_warnings(pool: &PgPool, now: DateTime<Utc>, warn_before: Durat
     .bind(warn_before)
     .fetch_all(pool)
     .await?)
-}
-
-/// One orphan a scan found, with how many consecutive successful scans of its kind found it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
-pub struct Sighting {
-    pub name: String,
-    pub sightings: i32,
-}
-
-/// Records what a successful scan of `kind` found: each thing found again counts one more
-/// sighting, each new one starts at one, and what the scan no longer finds is forgotten (so the
-/// count is of consecutive scans). A failed scan must not call this: it would forget everything.
-pub async fn record_sightings(
-    pool: &PgPool,
-    kind: &str,
-    found: &[(String, serde_json::Value)],
-) -> Result<Vec<Sighting>, StoreError> {
-    let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
-    let details: Vec<&serde_json::Value> = found.iter().map(|(_, d)| d).collect();
-    let mut tx = pool.begin().await?;
-    sqlx::query("delete from orphans where kind = $1 and not (name = any($2))")
-        .bind(kind)
-        .bind(&names)
-        .execute(&mut *tx)
-        .await?;
-    let seen: Vec<Sighting> = sqlx::query_as(
-        "insert into orphans (kind, name, detail)
-         select $1, n, d from unnest($2::text[], $3::jsonb[]) as f(n, d)
-         on conflict (kind, name) do update
-             set sightings = orphans.sightings + 1, last_seen_at = now(), detail = excluded.detail
-         returning name, sightings",
-    )
-    .bind(kind)
-    .bind(&names)
-    .bind(&details)
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(seen)
-}
-
-/// Forgets an orphan once it is removed.
-pub async fn forget_orphan(pool: &PgPool, kind: &str, name: &str) -> Result<(), StoreError> {
-    sqlx::query("delete from orphans where kind = $1 and name = $2").bind(kind).bind(name).execute(pool).await?;
-    Ok(())
 }

@@ -5,8 +5,7 @@ use sqlx::PgConnection;
 
 use super::StoreError;
 use super::runs::queue_run;
-use crate::forge::{Command, Trigger};
-use crate::stand::StandState;
+use crate::stand::{Command, StandState, Trigger};
 
 /// How the request names its stand.
 #[derive(Debug, Clone, Copy)]

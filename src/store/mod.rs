@@ -1,16 +1,22 @@
 //! draftd's own database: connection, migrations, and one repository module per concern.
 
+/// Who asked draftd to act through the forge, and what was decided.
+pub mod audit;
 pub mod intake;
-/// Expiry, extension, tombstones, and what the reaper queues and remembers.
+/// Expiry, extension, tombstones, and what the reaper queues.
 pub mod lifecycle;
 pub mod manual;
 /// Figures read at scrape time for `/metrics`.
 pub mod metrics;
+/// Orphans the reaper's scans found, counted across scans, and the stands they are compared with.
+pub mod orphans;
 /// What draftd owes the forges: outbox rows, claimed with coalescing and delivered by the reporter.
 pub mod outbox;
 pub mod runs;
 pub mod stands;
 pub mod summary;
+/// The reaper's sweeps: the lock that lets one run at a time, and the record of each.
+pub mod sweeps;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -18,6 +24,8 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::stand::Failure;
 
 /// The migrations in `migrations/`, embedded so the binary carries its schema.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -49,9 +57,16 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
 }
 
 impl StoreError {
+    /// [`Failure::is_transient`], for callers without the trait in scope.
+    pub fn is_transient(&self) -> bool {
+        Failure::is_transient(self)
+    }
+}
+
+impl Failure for StoreError {
     /// A failure that may pass if tried again: the database is unreachable or restarting, or the pool
     /// is exhausted. Everything else (bad SQL, a missing database, a failed migration) will not.
-    pub fn is_transient(&self) -> bool {
+    fn is_transient(&self) -> bool {
         let db = match self {
             StoreError::Db(e) | StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => e,
             _ => return false,
@@ -61,6 +76,16 @@ impl StoreError {
             // admin_shutdown, crash_shutdown, cannot_connect_now: a restart in progress.
             sqlx::Error::Database(e) => matches!(e.code().as_deref(), Some("57P01" | "57P02" | "57P03")),
             _ => false,
+        }
+    }
+
+    /// `database` as the steps label a failure of draftd's own database.
+    fn label(&self) -> &'static str {
+        match self {
+            StoreError::BadUrl(_) => "database_url",
+            StoreError::Db(_) => "database",
+            StoreError::Migrate(_) => "migrations",
+            StoreError::NamespaceTaken(_) => "namespace_taken",
         }
     }
 }

@@ -212,3 +212,33 @@ pub async fn wait<'e>(conn: impl PgExecutor<'e>, outbox_id: i64, delay: Duration
         .rows_affected();
     Ok(n == 1)
 }
+
+/// The payload of the stand's newest `kind` row that is delivered or on its way (a teardown cancels
+/// a check still open).
+pub async fn newest_payload<'e>(
+    conn: impl PgExecutor<'e>,
+    stand_id: i64,
+    kind: &str,
+) -> Result<Option<Value>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "select payload from outbox where stand_id = $1 and kind = $2 and state in ('pending', 'delivered')
+         order by outbox_id desc limit 1",
+    )
+    .bind(stand_id)
+    .bind(kind)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Whether the newest row under `coalesce_key` (delivered or on its way) says `present`: a label
+/// added and not removed since.
+pub async fn present<'e>(conn: impl PgExecutor<'e>, coalesce_key: &str) -> Result<bool, StoreError> {
+    let present: Option<Option<bool>> = sqlx::query_scalar(
+        "select (payload->>'present')::boolean from outbox
+         where coalesce_key = $1 and state in ('pending', 'delivered') order by outbox_id desc limit 1",
+    )
+    .bind(coalesce_key)
+    .fetch_optional(conn)
+    .await?;
+    Ok(present.flatten() == Some(true))
+}

@@ -11,7 +11,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
 use super::StoreError;
-use crate::forge::Trigger;
+use crate::stand::{StepName, Trigger};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunStoreError {
@@ -310,6 +310,75 @@ pub enum Overtaken {
     ByTeardown,
 }
 
+/// How long ago `run_id` was queued, in seconds, by the database's clock: the run's `queued_at` is
+/// written in the same transaction as the delivery that asked for it.
+pub async fn since_queued(pool: &PgPool, run_id: i64) -> Result<f64, sqlx::Error> {
+    sqlx::query_scalar("select extract(epoch from clock_timestamp() - queued_at)::float8 from runs where run_id = $1")
+        .bind(run_id)
+        .fetch_one(pool)
+        .await
+}
+
+/// The `detail` a step of `run_id` recorded, when it has a record.
+pub async fn step_detail(pool: &PgPool, run_id: i64, step: StepName) -> Result<Option<Value>, sqlx::Error> {
+    sqlx::query_scalar("select detail from steps where run_id = $1 and name = $2")
+        .bind(run_id)
+        .bind(step.as_str())
+        .fetch_optional(pool)
+        .await
+}
+
+/// When a step of `run_id` first started waiting (its `detail.since`), if an earlier attempt
+/// recorded a wait (`detail.waiting_for`).
+pub async fn waiting_since(pool: &PgPool, run_id: i64, step: StepName) -> Result<Option<String>, sqlx::Error> {
+    let since: Option<Option<String>> = sqlx::query_scalar(
+        "select detail->>'since' from steps where run_id = $1 and name = $2 and detail ? 'waiting_for'",
+    )
+    .bind(run_id)
+    .bind(step.as_str())
+    .fetch_optional(pool)
+    .await?;
+    Ok(since.flatten())
+}
+
+/// Records what a running step is waiting for as its `detail`; nothing when it is not running.
+pub async fn record_waiting(pool: &PgPool, run_id: i64, step: StepName, detail: &Value) -> Result<(), sqlx::Error> {
+    sqlx::query("update steps set detail = $3 where run_id = $1 and name = $2 and state = 'running'")
+        .bind(run_id)
+        .bind(step.as_str())
+        .bind(detail)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// The digest the image step of `run_id` found, once it succeeded.
+pub async fn pinned_digest(pool: &PgPool, run_id: i64) -> Result<Option<String>, sqlx::Error> {
+    let digest: Option<Option<String>> = sqlx::query_scalar(
+        "select detail->>'digest' from steps where run_id = $1 and name = 'image' and state = 'succeeded'",
+    )
+    .bind(run_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(digest.flatten())
+}
+
+/// Helm revisions that passed verify in the stand's runs other than `run_id`, newest run first, as
+/// `(revision, updated)`.
+pub async fn verified_revisions(pool: &PgPool, stand_id: i64, run_id: i64) -> Result<Vec<(i32, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "select (s.detail->>'revision')::int, coalesce(s.detail->>'updated', '')
+             from steps s join runs r on r.run_id = s.run_id
+             where r.stand_id = $1 and r.run_id <> $2 and s.name = 'verify'
+               and s.state = 'succeeded' and jsonb_typeof(s.detail->'revision') = 'number'
+             order by r.number desc",
+    )
+    .bind(stand_id)
+    .bind(run_id)
+    .fetch_all(pool)
+    .await
+}
+
 #[allow(clippy::too_many_arguments)]
 /// A new run of a stand, queued for a worker: one insert for every way a run is asked for (a webhook
 /// through intake, a person through manual requests), so they cannot drift apart.
@@ -339,4 +408,23 @@ pub(super) async fn queue_run(
     .bind(params)
     .fetch_one(&mut *tx)
     .await?)
+}
+
+/// The deploys of a stand that gave way to its teardown `teardown_run_id`: cancelled since it was
+/// queued, by number.
+pub async fn cancelled_for_teardown(
+    pool: &PgPool,
+    stand_id: i64,
+    teardown_run_id: i64,
+) -> Result<Vec<i32>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select d.number from runs d join runs t on t.run_id = $2
+         where d.stand_id = $1 and d.kind = 'deploy' and d.number < t.number and d.state = 'cancelled'
+           and d.finished_at >= t.queued_at
+         order by d.number",
+    )
+    .bind(stand_id)
+    .bind(teardown_run_id)
+    .fetch_all(pool)
+    .await
 }

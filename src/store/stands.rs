@@ -1,4 +1,5 @@
-//! Reading stands and their runs, for the CLI (and later the API and dashboard).
+//! Reading stands and their runs: for the CLI, the API and the dashboard, and what the steps and
+//! the reaper's resync need to know of a stand.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -159,4 +160,76 @@ pub async fn show(pool: &PgPool, stand: &StandRef, max_runs: i64) -> Result<Opti
         }
     }
     Ok(Some(StandDetail { stand, runs }))
+}
+
+/// Whether the stand was built from a fork's pull request (`forks = "allow"`).
+pub async fn is_fork(pool: &PgPool, stand_id: i64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("select fork from stands where stand_id = $1").bind(stand_id).fetch_one(pool).await
+}
+
+/// When the stand expires, if a deploy set it.
+pub async fn expires_at(pool: &PgPool, stand_id: i64) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar("select expires_at from stands where stand_id = $1").bind(stand_id).fetch_one(pool).await
+}
+
+/// Active stands of `project` for a PR/MR that is not among `listed` (the forge's open ones), as
+/// `(branch, number)`, least recently updated first, at most `limit`.
+pub async fn unlisted_prs(
+    pool: &PgPool,
+    project: &str,
+    listed: &[i64],
+    limit: i64,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "select branch, pr_number from stands
+         where project = $1 and state = 'active' and pr_number is not null and not (pr_number = any($2))
+         order by updated_at limit $3",
+    )
+    .bind(project)
+    .bind(listed)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Whether the stand of (`project`, `branch`) has had a run of commit `sha`.
+pub async fn has_run_of(pool: &PgPool, project: &str, branch: &str, sha: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "select exists (select 1 from stands s join runs r on r.stand_id = s.stand_id
+                        where s.project = $1 and s.branch = $2 and r.sha = $3)",
+    )
+    .bind(project)
+    .bind(branch)
+    .bind(sha)
+    .fetch_one(pool)
+    .await
+}
+
+/// The newest commit draftd heard of for a stand; an error when the stand row is gone.
+pub async fn head_sha<'e>(conn: impl sqlx::PgExecutor<'e>, stand_id: i64) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar("select head_sha from stands where stand_id = $1").bind(stand_id).fetch_one(conn).await?)
+}
+
+/// The PR/MR a stand reports on, when draftd knows it (and the stand still exists).
+pub async fn pr_number<'e>(conn: impl sqlx::PgExecutor<'e>, stand_id: i64) -> Result<Option<i64>, StoreError> {
+    let number: Option<Option<i64>> = sqlx::query_scalar("select pr_number from stands where stand_id = $1")
+        .bind(stand_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(number.flatten())
+}
+
+/// An active stand starts closing, for `reason` (an authorised destroy, once it may). False when the
+/// stand was not active.
+pub async fn close<'e>(conn: impl sqlx::PgExecutor<'e>, stand_id: i64, reason: &str) -> Result<bool, StoreError> {
+    let n = sqlx::query(
+        "update stands set state = 'closing', state_reason = $2, updated_at = now()
+         where stand_id = $1 and state = 'active'",
+    )
+    .bind(stand_id)
+    .bind(reason)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
 }

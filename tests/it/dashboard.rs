@@ -7,7 +7,7 @@ use axum::http::header::{CONTENT_TYPE, SET_COOKIE};
 use axum::http::{HeaderMap, Request, StatusCode};
 use chrono::Utc;
 use draftd::config::Config;
-use draftd::forge::report::ReportView;
+use draftd::reporter::ReportView;
 use draftd::store::stands::{self, StandRef};
 use hmac::{Hmac, Mac};
 use http_body_util::BodyExt;

@@ -7,11 +7,11 @@
 use std::time::{Duration, Instant};
 
 use draftd::config::{Config, ForgeKind};
-use draftd::forge::authorise::{Authorise, ForgeAuthoriser, Verdict};
 use draftd::forge::client::{AnyForge, AppCredentials, CheckReport, CheckState, GithubClient, marker};
-use draftd::forge::publish::{TESTED_LABEL, Target, outbound};
-use draftd::forge::report::{Status, StepLine};
-use draftd::reporter::{CheckPayload, Outbound, Reporter, ReporterSettings, enqueue};
+use draftd::pipeline::authorise::{Authorise, ForgeAuthoriser, Verdict};
+use draftd::reporter::{
+    CheckPayload, Outbound, Reporter, ReporterSettings, Status, StepLine, TESTED_LABEL, Target, enqueue, outbound,
+};
 use forge_fake::github::CheckRun;
 use forge_fake::*;
 use secrecy::SecretString;

@@ -8,11 +8,11 @@
 use std::time::Duration;
 
 use draftd::config::{Config, ForgeKind};
-use draftd::forge::authorise::{Authorise, ForgeAuthoriser, Verdict, needs_check};
 use draftd::forge::client::{
     AnyForge, CheckReport, CheckState, EnvironmentRef, EnvironmentReport, EnvironmentState, ForgeClient, ForgeUser,
     marker,
 };
+use draftd::pipeline::authorise::{Authorise, ForgeAuthoriser, Verdict, needs_check};
 use draftd::reporter::{
     CheckPayload, CommentPayload, EnvironmentPayload, LabelPayload, Outbound, REPLY_KIND, enqueue as enqueue_out,
 };

@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use draftd::forge::authorise::{Authorise, Verdict};
+use draftd::pipeline::authorise::{Authorise, Verdict};
 use draftd::pipeline::{Engine, EngineSettings, RunContext, RunEnd, StepError, StepName, StepOutcome, StepRunner};
 use serde_json::json;
 use sqlx::PgPool;

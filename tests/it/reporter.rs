@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use draftd::config::ForgeKind;
 use draftd::forge::client::{ForgeClient, marker};
-use draftd::forge::report::{ReportView, Status, StepLine, render};
-use draftd::reporter::Reporter;
+use draftd::reporter::{ReportView, Reporter, Status, StepLine, render};
 use serde_json::json;
 use sqlx::PgPool;
 

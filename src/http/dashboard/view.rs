@@ -12,7 +12,7 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::forge::report::{Status, StepLine};
+use crate::reporter::{Status, StepLine};
 use crate::store::stands::{RunSummary, StandDetail, StandSummary, StepSummary};
 
 /// Diagnostics beyond this are cut: the kube runner bounds them already; this guards the page.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -13,7 +13,7 @@ use super::shared::{FORK_NO_SECRETS, database_step, gather_secrets, is_fork, moc
 use crate::cluster::build::{BuildJob, GitAuth};
 use crate::cluster::jobs::JobRequest;
 use crate::cluster::verify::{self, UrlProber};
-use crate::cluster::{Cluster, ClusterError, StandMeta};
+use crate::cluster::{Cluster, StandMeta};
 use crate::config::{Config, ForgeKind, ProjectConfig};
 use crate::credentials::{StandCredentials, stand_db};
 use crate::forge::client::AnyForge;
@@ -23,6 +23,7 @@ use crate::pipeline::lifecycle;
 use crate::pipeline::plan::StandPlan;
 use crate::pipeline::step::{RunContext, StepError, StepName, StepOutcome, StepRunner};
 use crate::registry::Registry as _;
+use crate::store::{runs, stands};
 
 /// Finished Jobs stay this long for `kubectl logs`, then Kubernetes removes them.
 const JOB_KEEP: Duration = Duration::from_secs(3600);
@@ -40,16 +41,6 @@ pub struct KubernetesSteps<H, C> {
     registries: Option<Arc<Registries>>,
     /// The forges, for the read-only token a build fetches the repository with.
     forges: Arc<Vec<AnyForge>>,
-}
-
-impl From<ClusterError> for StepError {
-    fn from(e: ClusterError) -> Self {
-        if e.is_transient() {
-            StepError::transient(e.label(), e.to_string())
-        } else {
-            StepError::permanent(e.label(), e.to_string())
-        }
-    }
 }
 
 fn db(e: sqlx::Error) -> StepError {
@@ -164,11 +155,7 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
     }
 
     async fn stand_meta(&self, run: &RunContext, project: &ProjectConfig) -> Result<StandMeta, StepError> {
-        let expires: Option<DateTime<Utc>> = sqlx::query_scalar("select expires_at from stands where stand_id = $1")
-            .bind(run.stand_id)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db)?;
+        let expires = stands::expires_at(&self.pool, run.stand_id).await.map_err(db)?;
         let ttl = project.ttl.unwrap_or(self.config.stands.ttl);
         Ok(StandMeta {
             namespace: run.namespace.clone(),
@@ -181,13 +168,7 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
 
     /// The `detail` of a step of this run, when it recorded one.
     async fn detail_of(&self, run: &RunContext, step: StepName) -> Result<serde_json::Value, StepError> {
-        let detail: Option<serde_json::Value> =
-            sqlx::query_scalar("select detail from steps where run_id = $1 and name = $2")
-                .bind(run.run_id)
-                .bind(step.as_str())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db)?;
+        let detail = runs::step_detail(&self.pool, run.run_id, step).await.map_err(db)?;
         Ok(detail.unwrap_or_else(|| json!({})))
     }
 
@@ -323,18 +304,7 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
     /// This run's is left out, so a smoke test that fails after verify passed never rolls back to the
     /// revision it just failed.
     async fn verified_revisions(&self, run: &RunContext) -> Result<Vec<(u32, String)>, StepError> {
-        let rows: Vec<(i32, String)> = sqlx::query_as(
-            "select (s.detail->>'revision')::int, coalesce(s.detail->>'updated', '')
-             from steps s join runs r on r.run_id = s.run_id
-             where r.stand_id = $1 and r.run_id <> $2 and s.name = 'verify'
-               and s.state = 'succeeded' and jsonb_typeof(s.detail->'revision') = 'number'
-             order by r.number desc",
-        )
-        .bind(run.stand_id)
-        .bind(run.run_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
+        let rows = runs::verified_revisions(&self.pool, run.stand_id, run.run_id).await.map_err(db)?;
         Ok(rows.into_iter().filter_map(|(r, u)| u32::try_from(r).ok().map(|r| (r, u))).collect())
     }
 

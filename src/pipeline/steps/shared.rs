@@ -9,8 +9,9 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::config::{Config, ProjectConfig};
-use crate::credentials::{CredentialError, StandCredentials, redacted, stand_db};
+use crate::credentials::{StandCredentials, redacted, stand_db};
 use crate::pipeline::step::{RunContext, StepError, StepOutcome};
+use crate::store::stands;
 
 /// The single `teardown` step of runs recorded before teardown had steps of its own; never planned now.
 pub(crate) fn retired() -> StepError {
@@ -24,16 +25,6 @@ pub(crate) fn project_of<'a>(config: &'a Config, run: &RunContext) -> Result<&'a
         .iter()
         .find(|p| p.name == run.project)
         .ok_or_else(|| StepError::permanent("project_unknown", format!("project {:?} is not configured", run.project)))
-}
-
-impl From<CredentialError> for StepError {
-    fn from(e: CredentialError) -> Self {
-        if e.is_transient() {
-            StepError::transient(e.label(), e.to_string())
-        } else {
-            StepError::permanent(e.label(), e.to_string())
-        }
-    }
 }
 
 pub(crate) const NO_SECRETS: &str =
@@ -79,11 +70,7 @@ pub(crate) const FORK_NO_SECRETS: &str =
 
 /// Whether the stand was built from a fork's pull request (`forks = "allow"`).
 pub(crate) async fn is_fork(pool: &PgPool, stand_id: i64) -> Result<bool, StepError> {
-    sqlx::query_scalar("select fork from stands where stand_id = $1")
-        .bind(stand_id)
-        .fetch_one(pool)
-        .await
-        .map_err(|e| StepError::transient("database", e.to_string()))
+    stands::is_fork(pool, stand_id).await.map_err(|e| StepError::transient("database", e.to_string()))
 }
 
 /// The secrets step's values, or why there are none (a fork's stand; nothing configured).

@@ -17,8 +17,9 @@ use axum::response::{IntoResponse, Response};
 use chrono::TimeZone;
 use draftd::config::ForgeKind;
 use draftd::forge::client::{AnyForge, GithubClient, GitlabClient, marker};
-use draftd::forge::report::{ReportView, Status, StepLine, render};
-use draftd::reporter::{CommentPayload, Reporter, ReporterSettings, enqueue_comment};
+use draftd::reporter::{
+    CommentPayload, ReportView, Reporter, ReporterSettings, Status, StepLine, enqueue_comment, render,
+};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use sqlx::PgPool;

@@ -1,5 +1,6 @@
-//! What the reporter delivers: one payload type per outbox `kind`, each naming its forge, where it
-//! goes, and the key under which newer rows replace older ones.
+//! What is queued for the reporter: one payload type per outbox `kind`, each naming its forge, where
+//! it goes, and the key under which newer rows replace older ones; and [`enqueue`], called in the
+//! transaction that records what a row reports.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -34,7 +35,7 @@ pub struct CommentPayload {
     pub number: u64,
     /// The hidden first line of the body ([`crate::forge::client::marker`]).
     pub marker: String,
-    /// The rendered Markdown ([`crate::forge::report::render`]).
+    /// The rendered Markdown ([`super::render::render`]).
     pub body: String,
 }
 

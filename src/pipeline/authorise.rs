@@ -2,6 +2,10 @@
 //! button are honoured only from users with write access to the repository (GitHub: collaborator
 //! permission `write` or `admin`; GitLab: member access level Developer or above). Every decision
 //! is an `audit` row; a refusal also gets a short reply on the PR/MR, and nothing else happens.
+//!
+//! The pipeline asks the forge through [`Access`](crate::pipeline::authorise::Access), the one thing
+//! it needs of a forge client here; every [`ForgeClient`](crate::forge::client::ForgeClient) answers
+//! it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,11 +13,13 @@ use std::pin::Pin;
 use serde_json::json;
 use sqlx::PgPool;
 
-use super::client::{AnyForge, ForgeClient, ForgeError, ForgeUser, Permission};
+use super::step::StepError;
 use crate::config::{Config, ForgeKind};
-use crate::pipeline::StepError;
+use crate::forge::client::{ForgeClient, ForgeError, ForgeUser, Permission};
 use crate::reporter::{Outbound, ReplyPayload, enqueue};
+use crate::store::audit::{self, CommandDecision};
 use crate::store::runs::ClaimedRun;
+use crate::store::stands;
 
 /// What the forge said of a requester.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,46 +39,44 @@ pub trait Authorise: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = Result<Verdict, StepError>> + Send + 'a>>;
 }
 
+/// A person's access to a repository, as their forge states it: what the pipeline needs of a forge
+/// to decide whether they may act.
+pub trait Access: Send + Sync + 'static {
+    /// The user's access to `repo`. A user the forge does not know has level `none`.
+    fn access(&self, repo: &str, user: ForgeUser<'_>) -> impl Future<Output = Result<Permission, ForgeError>> + Send;
+}
+
+impl<F: ForgeClient> Access for F {
+    fn access(&self, repo: &str, user: ForgeUser<'_>) -> impl Future<Output = Result<Permission, ForgeError>> + Send {
+        self.permission(repo, user)
+    }
+}
+
 /// Runs that need the check: asked for on the forge by a person.
 pub fn needs_check(run: &ClaimedRun) -> bool {
     run.requested_by.is_some() && matches!(run.trigger.as_str(), "command" | "check_run")
 }
 
 /// The forge-backed check, with the clients the reporter uses.
-pub struct ForgeAuthoriser<F = AnyForge> {
+pub struct ForgeAuthoriser<F> {
     pool: PgPool,
     forges: Vec<(ForgeKind, F)>,
     /// Project name → (forge, repo).
     projects: Vec<(String, ForgeKind, String)>,
 }
 
-impl ForgeAuthoriser<AnyForge> {
-    pub fn new(pool: PgPool, config: &Config, forges: &[AnyForge]) -> Self {
-        let forges = forges.iter().map(|f| (f.kind(), f.clone())).collect();
-        Self::with_clients(pool, config, forges)
-    }
-}
-
-impl<F: ForgeClient> ForgeAuthoriser<F> {
+impl<F: Access> ForgeAuthoriser<F> {
     pub fn with_clients(pool: PgPool, config: &Config, forges: Vec<(ForgeKind, F)>) -> Self {
         let projects = config.projects.iter().map(|p| (p.name.clone(), p.forge, p.repo.clone())).collect();
         Self { pool, forges, projects }
     }
 
     async fn check(&self, run: &ClaimedRun) -> Result<Verdict, StepError> {
-        let db = |e: sqlx::Error| StepError::transient("database", e.to_string());
+        let db = |e: crate::store::StoreError| StepError::transient("database", e.to_string());
         // A run resumed by another worker was decided once already: neither asked nor answered twice.
-        let decided: Option<(String, Option<String>)> = sqlx::query_as(
-            "select action, detail->>'reason' from audit
-             where run_id = $1 and action in ('command.allowed', 'command.denied') order by audit_id desc limit 1",
-        )
-        .bind(run.run_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db)?;
-        match decided {
-            Some((action, _)) if action == "command.allowed" => return Ok(Verdict::Allowed),
-            Some((_, reason)) => {
+        match audit::command_decision(&self.pool, run.run_id).await.map_err(db)? {
+            Some(CommandDecision::Allowed) => return Ok(Verdict::Allowed),
+            Some(CommandDecision::Denied { reason }) => {
                 return Ok(Verdict::Denied { reason: reason.unwrap_or_else(|| "write access was refused".into()) });
             }
             None => {}
@@ -88,43 +92,24 @@ impl<F: ForgeClient> ForgeAuthoriser<F> {
             ));
         };
         let user = ForgeUser { login, id: run.params.get("author_id").and_then(|v| v.as_u64()) };
-        let permission = client.permission(repo, user).await.map_err(|e| forge_error(&e))?;
+        let permission = client.access(repo, user).await.map_err(|e| forge_error(&e))?;
         let what = command_text(run);
         let reason = format!("{login} has {} access to {repo}; {what} needs write access", permission.level);
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        let action = if permission.write { "command.allowed" } else { "command.denied" };
-        sqlx::query("insert into audit (actor, action, stand_id, run_id, detail) values ($1, $2, $3, $4, $5)")
-            .bind(format!("{}:{login}", forge.as_str()))
-            .bind(action)
-            .bind(run.stand_id)
-            .bind(run.run_id)
-            .bind(json!({ "forge": forge, "repo": repo, "command": what, "trigger": run.trigger,
-                          "permission": permission.level, "kind": run.kind , "reason": (!permission.write).then_some(&reason) }))
-            .execute(&mut *tx)
+        let mut tx = self.pool.begin().await.map_err(|e| db(e.into()))?;
+        let detail = json!({ "forge": forge, "repo": repo, "command": what, "trigger": run.trigger,
+                             "permission": permission.level, "kind": run.kind , "reason": (!permission.write).then_some(&reason) });
+        let actor = format!("{}:{login}", forge.as_str());
+        audit::record_command(&mut *tx, &actor, permission.write, run.stand_id, run.run_id, &detail)
             .await
             .map_err(db)?;
         let verdict = if permission.write {
             if run.kind == "teardown" {
                 // Now that it may, the destroy closes the stand, as an authorised one does at once.
-                sqlx::query(
-                    "update stands set state = 'closing', state_reason = $2, updated_at = now()
-                     where stand_id = $1 and state = 'active'",
-                )
-                .bind(run.stand_id)
-                .bind(&run.trigger)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
+                stands::close(&mut *tx, run.stand_id, &run.trigger).await.map_err(db)?;
             }
             Verdict::Allowed
         } else {
-            let number: Option<i64> = sqlx::query_scalar("select pr_number from stands where stand_id = $1")
-                .bind(run.stand_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db)?
-                .flatten();
-            if let Some(number) = number {
+            if let Some(number) = stands::pr_number(&mut *tx, run.stand_id).await.map_err(db)? {
                 let reply = ReplyPayload {
                     forge: *forge,
                     repo: repo.clone(),
@@ -133,17 +118,17 @@ impl<F: ForgeClient> ForgeAuthoriser<F> {
                 };
                 enqueue(&mut *tx, run.stand_id, Some(run.run_id), &Outbound::Reply { run: run.run_id, reply })
                     .await
-                    .map_err(|e| StepError::transient("database", e.to_string()))?;
+                    .map_err(db)?;
             }
             Verdict::Denied { reason }
         };
-        tx.commit().await.map_err(db)?;
+        tx.commit().await.map_err(|e| db(e.into()))?;
         tracing::info!(run = run.run_id, user = login, permission = %permission.level, ?verdict, "forge command checked");
         Ok(verdict)
     }
 }
 
-impl<F: ForgeClient> Authorise for ForgeAuthoriser<F> {
+impl<F: Access> Authorise for ForgeAuthoriser<F> {
     fn authorise<'a>(
         &'a self,
         run: &'a ClaimedRun,

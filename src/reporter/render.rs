@@ -1,15 +1,12 @@
-//! The sticky comment's body: Markdown rendered from a stand, its newest run and that run's steps.
+//! The sticky comment's body: Markdown rendered from a [`ReportView`].
 //!
 //! Pure and deterministic (no clock, no environment), so a snapshot test pins the exact text. The
-//! first line is the hidden marker by which the comment is found again ([`super::client::marker`]).
+//! first line is the hidden marker by which the comment is found again ([`marker`]).
 
 use std::fmt::Write as _;
 
-use chrono::{DateTime, Utc};
-
-use super::client::marker;
-use crate::pipeline::plan;
-use crate::store::stands::{RunSummary, StandDetail};
+use super::view::{ReportView, Status};
+use crate::forge::client::marker;
 
 /// GitHub caps comments at 65,536 characters (GitLab notes at 1,000,000): a body stays below this,
 /// whatever the diagnostics. Only the diagnostics are ever cut to fit; the status never is.
@@ -20,207 +17,6 @@ const MAX_DIAGNOSTICS_CHARS: usize = 20_000;
 const MAX_NOTE_CHARS: usize = 200;
 /// Mocks listed by name; more are counted.
 const MAX_MOCKS: usize = 20;
-
-/// The headline of a report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Ready,
-    Failed,
-    Deploying,
-    Removing,
-    Removed,
-}
-
-impl Status {
-    pub fn headline(self) -> &'static str {
-        match self {
-            Status::Ready => "✅ Draft stand ready",
-            Status::Failed => "❌ Draft stand failed",
-            Status::Deploying => "⏳ Draft stand deploying",
-            Status::Removing => "🧹 Draft stand being removed",
-            Status::Removed => "🧹 Draft stand removed",
-        }
-    }
-
-    /// From a run's kind and state and its steps as recorded. The report step runs inside its run
-    /// (still `running`), so a run whose planned steps are all done counts as finished.
-    pub fn of_run(kind: &str, run_state: &str, steps: &[StepLine]) -> Status {
-        let teardown = kind == "teardown";
-        let failed = run_state == "failed" || run_state == "rejected" || steps.iter().any(|s| s.state == "failed");
-        let done =
-            |name: &str| steps.iter().any(|s| s.name == name && (s.state == "succeeded" || s.state == "skipped"));
-        let complete = run_state == "succeeded"
-            || (run_state == "running" && plan(kind).iter().flat_map(|g| g.iter()).all(|s| done(s.as_str())));
-        match (failed, complete, teardown) {
-            (true, _, _) => Status::Failed,
-            (false, true, true) => Status::Removed,
-            (false, true, false) => Status::Ready,
-            (false, false, true) => Status::Removing,
-            (false, false, false) => Status::Deploying,
-        }
-    }
-}
-
-/// One row of the steps table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StepLine {
-    pub name: String,
-    /// A `steps.state`: pending, running, succeeded, failed, skipped, cancelled.
-    pub state: String,
-    pub duration_ms: Option<i64>,
-    /// Why it was skipped, or how it failed (one line).
-    pub note: Option<String>,
-}
-
-/// Everything a report shows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReportView {
-    pub stand_id: i64,
-    pub project: String,
-    pub branch: String,
-    pub namespace: String,
-    /// The stand's address, once it has one.
-    pub url: Option<String>,
-    pub sha: Option<String>,
-    /// The newest commit of the PR, as draftd last heard.
-    pub head_sha: Option<String>,
-    pub run_number: i32,
-    /// `deploy`, `teardown` or `extend`.
-    pub kind: String,
-    /// A `runs.trigger` (`pushed`, `command`, …) and who asked, for manual runs.
-    pub trigger: String,
-    pub requested_by: Option<String>,
-    /// The stand's and the run's pages on draftd's dashboard (`public_url`).
-    pub stand_link: Option<String>,
-    pub run_link: Option<String>,
-    pub status: Status,
-    pub steps: Vec<StepLine>,
-    /// Integrations replaced by mocks in this stand.
-    pub mocks: Vec<String>,
-    pub expires_at: Option<DateTime<Utc>>,
-    /// The stand expires soon (`[reaper] warn_before`): the comment says so at the top.
-    pub expiry_warning: bool,
-    /// Who moved the expiry last, when an extend came after the run shown.
-    pub extended_by: Option<String>,
-    /// The failure, in full (cut to a few thousand characters when rendered).
-    pub error: Option<String>,
-}
-
-impl ReportView {
-    /// A view of `detail`'s newest deploy or teardown run (`stands::show` lists runs newest first):
-    /// an extend changes the expiry shown, not what the stand is. The `report` step itself is left
-    /// out of the table: it is the one rendering. `None` when the stand has no run. `public_url` is
-    /// draftd's own address, for links to the stand's pages.
-    pub fn from_detail(
-        detail: &StandDetail,
-        url: Option<String>,
-        mocks: Vec<String>,
-        public_url: Option<&str>,
-    ) -> Option<ReportView> {
-        let newest =
-            |extend: bool| detail.runs.iter().filter(|r| (r.kind == "extend") == extend).max_by_key(|r| r.number);
-        let run: &RunSummary = newest(false).or_else(|| newest(true))?;
-        let extended_by = newest(true)
-            .filter(|e| e.number > run.number && (e.state == "succeeded" || e.state == "running"))
-            .map(|e| e.requested_by.clone().unwrap_or_else(|| e.trigger.clone()));
-        let steps: Vec<StepLine> = run
-            .steps
-            .iter()
-            .filter(|s| s.name != "report")
-            .map(|s| StepLine {
-                name: s.name.clone(),
-                state: s.state.clone(),
-                duration_ms: match (s.started_at, s.finished_at) {
-                    (Some(a), Some(b)) => Some((b - a).num_milliseconds().max(0)),
-                    _ => None,
-                },
-                note: step_note(&s.state, &s.detail, s.error.as_ref()),
-            })
-            .collect();
-        let status = Status::of_run(&run.kind, &run.state, &steps);
-        let error = run
-            .steps
-            .iter()
-            .filter(|s| s.state == "failed" && s.name != "rollback")
-            .chain(run.steps.iter().filter(|s| s.state == "failed"))
-            .find_map(|s| s.error.as_ref().map(|e| format!("{}: {}", s.name, error_text(e))));
-        let base = public_url.map(|u| u.trim_end_matches('/')).filter(|u| !u.is_empty());
-        let stand_link = base.map(|b| format!("{b}/stands/{}", detail.stand.stand_id));
-        Some(ReportView {
-            stand_id: detail.stand.stand_id,
-            project: detail.stand.project.clone(),
-            branch: detail.stand.branch.clone(),
-            namespace: detail.stand.namespace.clone(),
-            url,
-            sha: run.sha.clone().or_else(|| detail.stand.head_sha.clone()),
-            head_sha: detail.stand.head_sha.clone(),
-            run_number: run.number,
-            kind: run.kind.clone(),
-            trigger: run.trigger.clone(),
-            requested_by: run.requested_by.clone(),
-            run_link: stand_link.as_ref().map(|l| format!("{l}/runs/{}", run.number)),
-            stand_link,
-            status,
-            steps,
-            mocks,
-            expires_at: detail.stand.expires_at,
-            expiry_warning: false,
-            extended_by,
-            error,
-        })
-    }
-}
-
-/// A `StepError` is recorded as `{kind, label, message}`; anything else is shown as JSON.
-fn error_text(e: &serde_json::Value) -> String {
-    match e.get("message").and_then(|m| m.as_str()) {
-        Some(m) => m.to_owned(),
-        None => e.as_str().map(str::to_owned).unwrap_or_else(|| e.to_string()),
-    }
-}
-
-fn step_note(state: &str, detail: &serde_json::Value, error: Option<&serde_json::Value>) -> Option<String> {
-    match state {
-        "skipped" => detail.get("skipped").and_then(|r| r.as_str()).map(str::to_owned),
-        // A step that succeeded without doing everything it would (dry-run mode) says so.
-        "succeeded" => detail.get("note").and_then(|r| r.as_str()).map(str::to_owned),
-        // What a running step waits for (the image step: the tag in the registry, or its build).
-        "running" => {
-            let text = |key: &str| detail.get(key).and_then(|v| v.as_str());
-            match (text("waiting_for"), text("building")) {
-                (Some(image), _) => Some(match detail.get("wait_seconds").and_then(|w| w.as_u64()) {
-                    Some(secs) => format!(
-                        "waiting for image {image} (up to {})",
-                        humantime::format_duration(std::time::Duration::from_secs(secs))
-                    ),
-                    None => format!("waiting for image {image}"),
-                }),
-                (None, Some(image)) => Some(format!("building image {image} in the cluster")),
-                _ => None,
-            }
-        }
-        "failed" => error.map(|e| match e.get("label").and_then(|l| l.as_str()) {
-            Some(label) => label.to_owned(),
-            None => error_text(e),
-        }),
-        _ => None,
-    }
-}
-
-impl ReportView {
-    /// Smoke ran in this run and passed.
-    pub fn smoke_passed(&self) -> bool {
-        self.steps.iter().any(|s| s.name == "smoke" && s.state == "succeeded")
-    }
-
-    /// The first failed step, for one-line summaries.
-    pub fn failed_step(&self) -> Option<&StepLine> {
-        self.steps
-            .iter()
-            .find(|s| s.state == "failed" && s.name != "rollback")
-            .or_else(|| self.steps.iter().find(|s| s.state == "failed"))
-    }
-}
 
 /// How a run came about, for people: `push`, `/draft rerun by @alice`.
 pub fn trigger_text(trigger: &str, requested_by: Option<&str>) -> String {
@@ -429,7 +225,8 @@ fn longest_run(text: &str, c: char) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
+    use crate::reporter::view::StepLine;
+    use chrono::{TimeZone, Utc};
 
     fn line(name: &str, state: &str, ms: Option<i64>, note: Option<&str>) -> StepLine {
         StepLine { name: name.into(), state: state.into(), duration_ms: ms, note: note.map(Into::into) }
@@ -459,28 +256,6 @@ mod tests {
             extended_by: None,
             error: None,
         }
-    }
-
-    #[test]
-    fn status_of_a_running_report_step() {
-        let all_done: Vec<StepLine> =
-            ["namespace", "database", "secrets", "image", "deploy", "migrate", "verify", "smoke"]
-                .iter()
-                .map(|n| line(n, "succeeded", Some(1), None))
-                .collect();
-        assert_eq!(Status::of_run("deploy", "running", &all_done), Status::Ready);
-        assert_eq!(Status::of_run("deploy", "running", &all_done[..3]), Status::Deploying);
-        let mut failed = all_done.clone();
-        failed[4].state = "failed".into();
-        assert_eq!(Status::of_run("deploy", "running", &failed), Status::Failed);
-        let torn_down: Vec<StepLine> = ["cancel", "deactivate", "revoke", "uninstall", "drop"]
-            .iter()
-            .map(|n| line(n, if *n == "revoke" { "skipped" } else { "succeeded" }, None, None))
-            .collect();
-        assert_eq!(Status::of_run("teardown", "running", &torn_down), Status::Removed);
-        assert_eq!(Status::of_run("teardown", "running", &torn_down[..4]), Status::Removing);
-        assert_eq!(Status::of_run("teardown", "queued", &[]), Status::Removing);
-        assert_eq!(Status::of_run("deploy", "queued", &[]), Status::Deploying);
     }
 
     #[test]
