@@ -1,12 +1,14 @@
 //! Stands: the draft environment of one (project, branch).
 
 mod address;
+mod event;
 mod failure;
 mod naming;
 mod run;
 mod steps;
 
 pub use address::{stand_host, stand_url};
+pub use event::{Event, PullRequest};
 pub use failure::Failure;
 pub use naming::{BranchName, CommitSha, GitlabEnvironmentName, NameError, Namespace, ProjectName, is_dns_label, slug};
 pub use run::{Command, Trigger};

@@ -11,8 +11,8 @@ use super::StoreError;
 use super::manual::{self, ManualOutcome, ManualRequest, StandLookup};
 use super::runs::queue_run;
 use crate::config::ForgeKind;
-use crate::forge::{Event, PullRequest};
 use crate::stand::{BranchName, Command, Namespace, ProjectName, StandState, Trigger};
+use crate::stand::{Event, PullRequest};
 
 /// One verified delivery, ready to record.
 #[derive(Debug)]
