@@ -6,10 +6,12 @@
 
 /// Who may act through the forge: write access, checked per command, audited.
 pub mod authorise;
-/// Reporting back: the `ForgeClient` trait and its GitHub (octocrab) and GitLab (gitlab crate) clients.
+/// Reporting back: the `ForgeClient` trait, its DTOs, and [`client::AnyForge`] over both clients.
 pub mod client;
 pub mod command;
+/// GitHub: the client (octocrab; App auth, wire types) and webhook parsing.
 pub mod github;
+/// GitLab: the client (the `gitlab` crate; deploy tokens, wire types) and webhook parsing.
 pub mod gitlab;
 /// Checks, environments and labels: what a run's state says on the forge besides the comment.
 pub mod publish;

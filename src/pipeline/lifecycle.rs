@@ -167,7 +167,7 @@ pub async fn queue_report(
     let Some(detail) = stands::show(pool, &StandRef::Id(stand_id), 10).await.map_err(db)? else {
         return Err(StepError::permanent("stand_missing", "the stand row is gone"));
     };
-    let Some(project) = config.projects.iter().find(|p| p.name == detail.stand.project) else {
+    let Some(project) = config.project(&detail.stand.project) else {
         return Err(StepError::permanent(
             "project_unknown",
             format!("project {:?} is not configured", detail.stand.project),

@@ -1,5 +1,7 @@
 //! draftd's own database: connection, migrations, and one repository module per concern.
 
+/// Logins handed to stands, by reference, until revoked; this installation's id.
+pub mod credentials;
 pub mod intake;
 /// Expiry, extension, tombstones, and what the reaper queues and remembers.
 pub mod lifecycle;
