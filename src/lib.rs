@@ -2,11 +2,11 @@
 //!
 //! The binary in `main.rs` is a thin CLI over this library; tests and benches use the library directly.
 
+/// One file per subcommand behind the CLI (serve, migrate, reap, plan, stands).
+pub mod cli;
 /// Kubernetes around the Helm release: namespaces and their isolation (kube-rs).
 pub mod cluster;
-/// Subcommand implementations behind the CLI (serve, migrate, stands …).
-pub mod commands;
-/// Typed settings: TOML file plus `DRAFTD_*` environment, validated at start.
+/// Typed settings: TOML file plus `DRAFTD_*` environment, parsed into types at start.
 pub mod config;
 /// Per-stand credentials: issued from Vault or Postgres, recorded, renewed, replaced and revoked.
 pub mod credentials;
@@ -22,8 +22,8 @@ pub mod http;
 pub mod metrics;
 /// Run orchestration: workers, steps, supersede and cancel.
 pub mod pipeline;
-/// `draftd plan`: what a run would create for a branch, rendered, without touching anything.
-pub mod plan_cmd;
+/// `draftd plan` under its former name, which tests and tools use.
+pub use cli::plan as plan_cmd;
 /// The sweep: expired stands, failed teardowns, expiry warnings, missed webhooks, orphans.
 pub mod reaper;
 /// OCI registries: whether a stand's image tag is there, its digest, the stand's pull Secret.

@@ -1,14 +1,14 @@
-//! The `draftd` command line. Each subcommand lives in `draftd::commands`.
+//! The `draftd` command line: clap only. Each subcommand lives in `draftd::cli`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use draftd::commands;
-use draftd::config::Config;
+use draftd::cli;
+use draftd::forge::Command as Queued;
 use draftd::stand::StandState;
 use draftd::store::stands::StandRef;
-use draftd::telemetry::{self, LogFormat};
+use draftd::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(name = "draftd", version, about = "A live, isolated draft stand for every pull request")]
@@ -93,48 +93,32 @@ enum StandsCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    telemetry::init(cli.log_format);
-    let config = match Config::load(cli.config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    let result = runtime.block_on(async move {
-        match cli.command {
-            Command::Serve => commands::serve(config).await,
-            Command::Migrate => commands::migrate(config).await,
-            Command::Reap { json } => commands::reap(config, json).await,
+    let args = Cli::parse();
+    cli::run(args.config.as_deref(), args.log_format, |config| async move {
+        match args.command {
+            Command::Serve => cli::serve::serve(config).await,
+            Command::Migrate => cli::migrate::migrate(config).await,
+            Command::Reap { json } => cli::reap::reap(config, json).await,
             Command::Plan { project, branch, sha, json } => {
-                draftd::plan_cmd::plan(config, &project, &branch, &sha, json).await
+                cli::plan::plan(config, &project, &branch, &sha, json).await
             }
             Command::Stands { command: StandsCommand::List { project, state, json } } => {
-                commands::stands_list(config, project, state, json).await
+                cli::stands::list(config, project, state, json).await
             }
             Command::Stands { command: StandsCommand::Show { stand, json } } => {
-                commands::stands_show(config, stand, json).await
+                cli::stands::show(config, stand, json).await
             }
             Command::Stands { command: StandsCommand::Rerun { stand } } => {
-                commands::stands_queue(config, stand, draftd::forge::Command::Rerun).await
+                cli::stands::queue(config, stand, Queued::Rerun).await
             }
             Command::Stands { command: StandsCommand::Extend { stand, by } } => {
-                commands::stands_queue(config, stand, draftd::forge::Command::Extend { by }).await
+                cli::stands::queue(config, stand, Queued::Extend { by }).await
             }
             Command::Stands { command: StandsCommand::Destroy { stand } } => {
-                commands::stands_queue(config, stand, draftd::forge::Command::Destroy).await
+                cli::stands::queue(config, stand, Queued::Destroy).await
             }
         }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 /// `--by`: what `/draft extend` and the API take (at least a second).

@@ -21,7 +21,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Mutex;
 
-use crate::config::RegistryConfig;
+use crate::config::{BadImage, ImageRepository, RegistryConfig};
 use crate::stand::Failure;
 
 /// What the image step accepts: OCI image indexes and manifests, Docker v2 manifests and manifest
@@ -43,19 +43,7 @@ impl ImageRef {
     /// `image` names a repository (`registry.example.com/acme/shop`, `ghcr.io/acme/shop`, or
     /// Docker Hub's `acme/shop`), without tag or digest; `tag` is the stand's.
     pub fn parse(image: &str, tag: &str) -> Result<ImageRef, RegistryError> {
-        let bad = |reason: &str| RegistryError::BadReference { image: image.to_owned(), reason: reason.to_owned() };
-        if image.contains('@') {
-            return Err(bad("names a digest; give the repository only"));
-        }
-        // A colon after the last slash is a tag (one before it is the registry's port).
-        if image.rsplit('/').next().is_some_and(|last| last.contains(':')) {
-            return Err(bad("names a tag; give the repository only (draftd adds the stand's tag)"));
-        }
-        let reference: Reference = format!("{image}:{tag}").parse().map_err(|e| bad(&format!("{e}")))?;
-        if reference.tag() != Some(tag) {
-            return Err(bad("names a tag; give the repository only"));
-        }
-        Ok(ImageRef { reference })
+        Ok(ImageRef { reference: ImageRepository::parse(image)?.tagged(tag)? })
     }
 
     /// The registry's host as written (`docker.io` for Docker Hub).
@@ -114,6 +102,12 @@ pub enum Lookup {
     Found(Manifest),
     /// The registry answered 404: no such tag (or no such repository, yet).
     Absent,
+}
+
+impl From<BadImage> for RegistryError {
+    fn from(BadImage { image, reason }: BadImage) -> Self {
+        RegistryError::BadReference { image, reason }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,23 +1,28 @@
 //! `[registry]` (and a project's own `registry` table), `[build]` and a project's `build`: how the
 //! image step reaches the registry of a project's `image`, and how draftd builds an image CI did not.
+//! A project's `image` itself is parsed here into an [`ImageRepository`].
 
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use oci_client::Reference;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::checked;
 
 /// How draftd reaches the registry named by a project's `image`. The registry host and repository
 /// come from `image` itself (`registry.example.com/acme/shop`); this says how to talk to it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RegistryConfig {
     /// How long the image step waits for `draft-<branch>-<sha7>` to appear before the run fails.
-    #[serde(default = "default_wait", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub wait: Duration,
     /// The first pause between two looks at the registry; doubled after each miss up to `poll_max`.
-    #[serde(default = "default_poll", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub poll: Duration,
-    #[serde(default = "default_poll_max", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub poll_max: Duration,
     /// Basic credentials: the user, with the password from `password_env` or `password_file`. Sent
     /// to the registry itself, or to its token service when it answers with a Bearer challenge (the
@@ -30,25 +35,23 @@ pub struct RegistryConfig {
     /// 12-hour tokens) is picked up without a restart.
     pub docker_config: Option<PathBuf>,
     /// Plain HTTP instead of HTTPS: only for registries on loopback or inside the cluster.
-    #[serde(default)]
     pub insecure: bool,
     /// PEM certificates trusted besides the system's, for a registry with a private CA.
     pub ca_file: Option<PathBuf>,
     /// Give each stand's namespace an image pull Secret with these credentials (for the image's
     /// registry only), used by its default ServiceAccount. Only when there are credentials.
-    #[serde(default = "default_true")]
     pub pull_secret: bool,
     /// Bound on one request to the registry or its token service.
-    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
-            wait: default_wait(),
-            poll: default_poll(),
-            poll_max: default_poll_max(),
+            wait: Duration::from_secs(15 * 60),
+            poll: Duration::from_secs(2),
+            poll_max: Duration::from_secs(15),
             username: None,
             password_env: None,
             password_file: None,
@@ -56,7 +59,7 @@ impl Default for RegistryConfig {
             insecure: false,
             ca_file: None,
             pull_secret: true,
-            request_timeout: default_request_timeout(),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -89,121 +92,170 @@ impl RegistryConfig {
     }
 }
 
-fn default_wait() -> Duration {
-    Duration::from_secs(15 * 60)
-}
-fn default_poll() -> Duration {
-    Duration::from_secs(2)
-}
-fn default_poll_max() -> Duration {
-    Duration::from_secs(15)
-}
-fn default_request_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_true() -> bool {
-    true
-}
-
 /// A project's `build = { context = ".", dockerfile = "Dockerfile" }`: draftd builds the stand's
 /// image with BuildKit in the cluster when CI did not push it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProjectBuild {
     /// The build context: a folder of the repository at the commit.
-    #[serde(default = "default_context")]
+    #[serde(deserialize_with = "repository_path")]
     pub context: String,
     /// The Dockerfile, relative to the context.
-    #[serde(default = "default_dockerfile")]
+    #[serde(deserialize_with = "repository_path")]
     pub dockerfile: String,
     /// Build at once, without first waiting for CI's image.
-    #[serde(default)]
     pub always: bool,
     /// How long the image step waits for CI's image before building; default `[registry] wait`
     /// when `always` is off. Short values suit repositories whose CI never pushes draft images.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub wait_for_ci: Option<Duration>,
     /// `--opt build-arg:K=V` for the Dockerfile frontend. Never secrets: they are visible in the Job.
-    #[serde(default)]
     pub args: std::collections::BTreeMap<String, String>,
     /// Dockerfile build target stage.
     pub target: Option<String>,
     /// The repository is public: BuildKit fetches it without a token. Otherwise draftd gives the
     /// build a token that can only read this repository and expires within the hour, which needs
     /// a GitHub App (`[github] app_id`).
-    #[serde(default)]
     pub public: bool,
 }
 
-fn default_context() -> String {
-    ".".into()
+impl Default for ProjectBuild {
+    fn default() -> Self {
+        Self {
+            context: ".".into(),
+            dockerfile: "Dockerfile".into(),
+            always: false,
+            wait_for_ci: None,
+            args: Default::default(),
+            target: None,
+            public: false,
+        }
+    }
 }
-fn default_dockerfile() -> String {
-    "Dockerfile".into()
+
+/// BuildKit is given the repository at the commit, and nothing outside it.
+fn repository_path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    checked(d, |path: &String| {
+        if path.starts_with('/') || path.split('/').any(|part| part == "..") || path.contains(['#', ':']) {
+            Err(format!("{path:?} must be a relative path inside the repository"))
+        } else {
+            Ok(())
+        }
+    })
 }
 
 /// `[build]`: where and how draftd's BuildKit Jobs run. The namespace itself, its quota (how many
 /// builds at once) and its network policy are deployed with draftd (deploy/build.yaml).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BuildConfig {
     /// The namespace of every build Job, with its own quota and network policy; never a stand's.
-    #[serde(default = "default_build_namespace")]
+    #[serde(deserialize_with = "namespace")]
     pub namespace: String,
     /// Rootless BuildKit; pinned, as everything that runs code of pull requests should be.
-    #[serde(default = "default_buildkit_image")]
     pub buildkit_image: String,
     /// A build that has not pushed within this fails the run.
-    #[serde(default = "default_build_deadline", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub deadline: Duration,
     /// The tag of the project's repository that holds the build cache (`--export-cache` /
     /// `--import-cache type=registry`).
-    #[serde(default = "default_cache_tag")]
     pub cache_tag: String,
     /// Requests and limits of one build pod.
-    #[serde(default = "default_build_cpu")]
     pub cpu: String,
-    #[serde(default = "default_build_memory")]
     pub memory: String,
     /// Finished build Jobs (and their logs) are kept this long.
-    #[serde(default = "default_build_keep", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub keep_for: Duration,
 }
 
 impl Default for BuildConfig {
     fn default() -> Self {
         Self {
-            namespace: default_build_namespace(),
-            buildkit_image: default_buildkit_image(),
-            deadline: default_build_deadline(),
-            cache_tag: default_cache_tag(),
-            cpu: default_build_cpu(),
-            memory: default_build_memory(),
-            keep_for: default_build_keep(),
+            namespace: "draftd-build".into(),
+            buildkit_image: "moby/buildkit:v0.25.2-rootless".into(),
+            deadline: Duration::from_secs(30 * 60),
+            cache_tag: "draft-buildcache".into(),
+            cpu: "1".into(),
+            memory: "2Gi".into(),
+            keep_for: Duration::from_secs(3600),
         }
     }
 }
 
-fn default_build_namespace() -> String {
-    "draftd-build".into()
+fn namespace<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    checked(d, |ns: &String| {
+        crate::stand::is_dns_label(ns).then_some(()).ok_or_else(|| "must be a namespace name (a DNS label)".to_owned())
+    })
 }
-fn default_buildkit_image() -> String {
-    "moby/buildkit:v0.25.2-rootless".into()
+
+/// A project's `image`: an image repository (`registry.example.com/acme/shop`, `ghcr.io/acme/shop`,
+/// or Docker Hub's `acme/shop`) without tag or digest, which draftd tags per stand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ImageRepository(String);
+
+/// Why a text is not an [`ImageRepository`], or cannot carry a tag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{image:?} is not an image repository: {reason}")]
+pub struct BadImage {
+    pub image: String,
+    pub reason: String,
 }
-fn default_build_deadline() -> Duration {
-    Duration::from_secs(30 * 60)
+
+impl ImageRepository {
+    pub fn parse(image: &str) -> Result<ImageRepository, BadImage> {
+        let repository = ImageRepository(image.to_owned());
+        repository.tagged("latest")?;
+        Ok(repository)
+    }
+
+    /// The reference of `tag` in this repository, as a registry is asked for it.
+    pub fn tagged(&self, tag: &str) -> Result<Reference, BadImage> {
+        let image = &self.0;
+        let bad = |reason: &str| BadImage { image: image.clone(), reason: reason.to_owned() };
+        if image.contains('@') {
+            return Err(bad("names a digest; give the repository only"));
+        }
+        // A colon after the last slash is a tag (one before it is the registry's port).
+        if image.rsplit('/').next().is_some_and(|last| last.contains(':')) {
+            return Err(bad("names a tag; give the repository only (draftd adds the stand's tag)"));
+        }
+        let reference: Reference = format!("{image}:{tag}").parse().map_err(|e| bad(&format!("{e}")))?;
+        if reference.tag() != Some(tag) {
+            return Err(bad("names a tag; give the repository only"));
+        }
+        Ok(reference)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
-fn default_cache_tag() -> String {
-    "draft-buildcache".into()
+
+impl TryFrom<String> for ImageRepository {
+    type Error = BadImage;
+    fn try_from(image: String) -> Result<Self, BadImage> {
+        ImageRepository::parse(&image)
+    }
 }
-fn default_build_cpu() -> String {
-    "1".into()
+
+impl From<ImageRepository> for String {
+    fn from(image: ImageRepository) -> String {
+        image.0
+    }
 }
-fn default_build_memory() -> String {
-    "2Gi".into()
+
+impl std::ops::Deref for ImageRepository {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
 }
-fn default_build_keep() -> Duration {
-    Duration::from_secs(3600)
+
+impl fmt::Display for ImageRepository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 #[cfg(test)]

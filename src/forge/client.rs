@@ -1,22 +1,23 @@
 //! Talking back to the forge: the one sticky comment per PR/MR (DESIGN.md, "Sticky report").
 //!
-//! [`ForgeClient`] is the trait the reporter uses; [`GithubClient`] (octocrab) and [`GitlabClient`]
-//! (the `gitlab` crate) are the real implementations, [`AnyForge`] picks one per outbox row. Tokens
-//! never appear in a [`ForgeError`]: every message from a forge or an HTTP library is scrubbed of the
-//! token before it is kept, and the clients' `Debug` output leaves the token out.
+//! [`ForgeClient`] is the trait the reporter uses; [`GithubClient`] (octocrab, in
+//! [`crate::forge::github`]) and [`GitlabClient`] (the `gitlab` crate, in [`crate::forge::gitlab`])
+//! are the real implementations, [`AnyForge`] picks one per outbox row. Tokens never appear in a
+//! [`ForgeError`]: every message from a forge or an HTTP library is scrubbed of the token before it
+//! is kept, and the clients' `Debug` output leaves the token out.
 
-mod github;
-mod gitlab;
-mod model;
-mod pace;
+/// The contract: the trait, its reports and answers, errors, and what both clients share.
+pub(crate) mod model;
+/// Pacing of the GitHub client's requests per installation.
+pub(crate) mod pace;
 
 use secrecy::SecretString;
 
-pub use self::github::{AppCredentials, GithubClient};
-pub use self::gitlab::GitlabClient;
 pub use self::model::*;
 pub use self::pace::Pacing;
 use crate::config::{Config, ForgeKind};
+pub use crate::forge::github::{AppCredentials, GithubClient};
+pub use crate::forge::gitlab::GitlabClient;
 
 /// Either real client, so one reporter serves GitHub and GitLab projects alike. Clones share their
 /// connection pool, token cache and rate-limit hold.

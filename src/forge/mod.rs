@@ -4,10 +4,12 @@
 //! whether a delivery can act at all (branch globs, forks, drafts, the opt-out label) live here too, so
 //! the store only sees events that matter and the HTTP layer only verifies and records.
 
-/// Reporting back: the `ForgeClient` trait and its GitHub (octocrab) and GitLab (gitlab crate) clients.
+/// Reporting back: the `ForgeClient` trait, its DTOs, and [`client::AnyForge`] over both clients.
 pub mod client;
 pub mod command;
+/// GitHub: the client (octocrab; App auth, wire types) and webhook parsing.
 pub mod github;
+/// GitLab: the client (the `gitlab` crate; deploy tokens, wire types) and webhook parsing.
 pub mod gitlab;
 
 use chrono::{DateTime, Utc};

@@ -57,7 +57,7 @@ impl StandPlan {
         };
         let mut set = BTreeMap::new();
         if let Some(repo) = &project.image {
-            set.insert("image.repository".to_string(), repo.clone());
+            set.insert("image.repository".to_string(), repo.to_string());
         }
         set.insert("image.tag".to_string(), image_tag.clone());
         if let Some(h) = &host {

@@ -2,6 +2,8 @@
 
 /// Who asked draftd to act through the forge, and what was decided.
 pub mod audit;
+/// Logins handed to stands, by reference, until revoked; this installation's id.
+pub mod credentials;
 pub mod intake;
 /// Expiry, extension, tombstones, and what the reaper queues.
 pub mod lifecycle;

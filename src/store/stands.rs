@@ -233,3 +233,12 @@ pub async fn close<'e>(conn: impl sqlx::PgExecutor<'e>, stand_id: i64, reason: &
     .rows_affected();
     Ok(n == 1)
 }
+
+/// A stand's project and expiry, as the labels of what is applied into its namespace name them.
+pub async fn project_and_expiry(pool: &PgPool, stand_id: i64) -> Result<(String, Option<DateTime<Utc>>), StoreError> {
+    let row = sqlx::query_as("select project, expires_at from stands where stand_id = $1")
+        .bind(stand_id)
+        .fetch_one(pool)
+        .await?;
+    Ok(row)
+}

@@ -21,9 +21,7 @@ pub(crate) fn retired() -> StepError {
 /// The run's project; a run of a project removed from the config since it was queued fails for good.
 pub(crate) fn project_of<'a>(config: &'a Config, run: &RunContext) -> Result<&'a ProjectConfig, StepError> {
     config
-        .projects
-        .iter()
-        .find(|p| p.name == run.project)
+        .project(&run.project)
         .ok_or_else(|| StepError::permanent("project_unknown", format!("project {:?} is not configured", run.project)))
 }
 

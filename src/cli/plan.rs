@@ -194,7 +194,7 @@ async fn render(config: &Config, root: &Path, report: &PlanReport) -> Result<Str
 }
 
 fn find_project<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a ProjectConfig> {
-    if let Some(p) = config.projects.iter().find(|p| p.name == name) {
+    if let Some(p) = config.project(name) {
         return Ok(p);
     }
     let source = config.source.as_ref().map_or_else(|| "the configuration".to_owned(), |p| p.display().to_string());

@@ -4,8 +4,10 @@
 
 use serde::Deserialize;
 
-use super::{CHECK_NAME, Event, Gate, PayloadError, PullRequest, RERUN_ACTION, Trigger, command_event, parse};
 use crate::config::Project;
+use crate::forge::{
+    self, CHECK_NAME, Event, Gate, PayloadError, PullRequest, RERUN_ACTION, Trigger, command_event, parse,
+};
 
 /// Just enough of any payload to find the project it belongs to.
 #[derive(Debug, Deserialize)]
@@ -183,9 +185,9 @@ fn pull_request(ev: PullRequestEvent, gate: &Gate) -> Result<Event, PayloadError
         other => return Ok(Event::ignored(format!("pull_request action {other:?} needs nothing"))),
     };
     let pr = &ev.pull_request;
-    let branch = super::branch("pull_request.head.ref", &pr.head.ref_)?;
-    let sha = super::sha("pull_request.head.sha", &pr.head.sha)?;
-    let updated_at = super::parse_time("pull_request.updated_at", &pr.updated_at)?;
+    let branch = forge::branch("pull_request.head.ref", &pr.head.ref_)?;
+    let sha = forge::sha("pull_request.head.sha", &pr.head.sha)?;
+    let updated_at = forge::parse_time("pull_request.updated_at", &pr.updated_at)?;
     let fork = match (&pr.head.repo, &pr.base.repo) {
         (Some(h), Some(b)) => !h.full_name.eq_ignore_ascii_case(&b.full_name),
         _ => true,
@@ -264,15 +266,15 @@ struct Rerun<'a> {
 
 impl Rerun<'_> {
     fn event(self, gate: &Gate, sender: User) -> Result<Event, PayloadError> {
-        let sha = super::sha(&format!("{}.head_sha", self.field), self.sha)?;
+        let sha = forge::sha(&format!("{}.head_sha", self.field), self.sha)?;
         let (pr_number, branch, fork) = match self.pull_requests.first() {
             Some(pr) => {
                 let field = format!("{}.pull_requests[0].head.ref", self.field);
-                (Some(pr.number), Some(super::branch(&field, &pr.head.ref_)?), pr.head.repo.id != pr.base.repo.id)
+                (Some(pr.number), Some(forge::branch(&field, &pr.head.ref_)?), pr.head.repo.id != pr.base.repo.id)
             }
             // The stand is found by its head commit; the suite's branch only breaks a tie.
             None => {
-                let branch = self.head_branch.and_then(|b| super::branch("check_suite.head_branch", b).ok());
+                let branch = self.head_branch.and_then(|b| forge::branch("check_suite.head_branch", b).ok());
                 (None, branch, false)
             }
         };
@@ -286,7 +288,7 @@ impl Rerun<'_> {
             branch,
             sha: Some(sha),
             answer_in: Some(gate.project.settings.repo.clone()),
-            command: super::Command::Rerun,
+            command: forge::Command::Rerun,
             author: sender.login,
             author_id: sender.id,
         })

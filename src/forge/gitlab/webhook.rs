@@ -2,8 +2,8 @@
 
 use serde::Deserialize;
 
-use super::{Event, Gate, PayloadError, PullRequest, Trigger, command_event, parse};
 use crate::config::Project;
+use crate::forge::{self, Event, Gate, PayloadError, PullRequest, Trigger, command_event, parse};
 
 /// Just enough of any payload to find the project it belongs to.
 #[derive(Debug, Deserialize)]
@@ -137,9 +137,9 @@ fn merge_request(ev: MergeRequestEvent, gate: &Gate) -> Result<Event, PayloadErr
         Some(other) => return Ok(Event::ignored(format!("merge request action {other:?} needs nothing"))),
         None => return Ok(Event::ignored("merge request event without an action")),
     };
-    let branch = super::branch("object_attributes.source_branch", &a.source_branch)?;
-    let sha = super::sha("object_attributes.last_commit.id", &a.last_commit.id)?;
-    let updated_at = super::parse_time("object_attributes.updated_at", &a.updated_at)?;
+    let branch = forge::branch("object_attributes.source_branch", &a.source_branch)?;
+    let sha = forge::sha("object_attributes.last_commit.id", &a.last_commit.id)?;
+    let updated_at = forge::parse_time("object_attributes.updated_at", &a.updated_at)?;
     let fork = a.source_project_id != a.target_project_id;
     if let Err(ignored) = gate.admits(&branch, fork) {
         return Ok(ignored);
@@ -168,8 +168,8 @@ fn note(ev: NoteEvent, gate: &Gate) -> Result<Event, PayloadError> {
     let Some(mr) = ev.merge_request else {
         return Err(PayloadError::new("merge_request", "missing for a merge request comment"));
     };
-    let branch = super::branch("merge_request.source_branch", &mr.source_branch)?;
-    if super::command::parse(&ev.object_attributes.note).is_none() {
+    let branch = forge::branch("merge_request.source_branch", &mr.source_branch)?;
+    if forge::command::parse(&ev.object_attributes.note).is_none() {
         return Ok(Event::ignored("comment is not a /draft command"));
     }
     if let Err(ignored) = gate.admits(&branch, mr.source_project_id != mr.target_project_id) {
