@@ -8,8 +8,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use serde_json::json;
 use sqlx::PgPool;
-use tokio::sync::{Notify, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::authorise::{Authorise, Verdict, needs_check};
@@ -18,71 +17,16 @@ use crate::metrics;
 use crate::store::lifecycle;
 use crate::store::runs::{self, Advance, ClaimedRun, Overtaken, RunStoreError, StepEnd};
 
-/// Timings and limits of the engine; the defaults suit a cluster, tests shrink them.
-#[derive(Debug, Clone)]
-pub struct EngineSettings {
-    /// Runs this process drives at once.
-    pub workers: usize,
-    /// Runs in flight across every process on the database (DESIGN.md's `max_concurrent_runs`).
-    pub max_running: i64,
-    /// A run whose worker has not renewed its lease for this long is taken over by another.
-    pub lease: Duration,
-    /// Renewal period; a third of the lease survives two missed beats.
-    pub heartbeat: Duration,
-    /// How long an idle worker waits before looking for work again.
-    pub poll: Duration,
-    /// Attempts of a step failing transiently before the run fails.
-    pub max_step_attempts: i32,
-    pub backoff_base: Duration,
-    pub backoff_max: Duration,
-    /// Aborts the process at a step boundary or inside a step, for crash tests (`DRAFTD_FAULT`).
-    pub fault: Option<Fault>,
-    /// A stand lives this long after its newest deploy started, unless its project says otherwise.
-    pub ttl: Duration,
-}
+mod lease;
+mod observe;
+mod settings;
+mod wake;
 
-/// `before:<step>` (the step is recorded as started, then the process dies inside it) or
-/// `after:<step>` (the step is recorded as done, then the process dies at the boundary).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fault {
-    pub after: bool,
-    pub step: StepName,
-}
-
-impl std::str::FromStr for Fault {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (when, step) = s.split_once(':').ok_or_else(|| format!("{s:?}: expected before:<step> or after:<step>"))?;
-        let after = match when {
-            "before" => false,
-            "after" => true,
-            other => return Err(format!("{other:?}: expected before or after")),
-        };
-        let step = StepName::ALL
-            .iter()
-            .copied()
-            .find(|n| n.as_str() == step)
-            .ok_or_else(|| format!("{step:?} is not a step"))?;
-        Ok(Fault { after, step })
-    }
-}
-
-impl Default for EngineSettings {
-    fn default() -> Self {
-        Self {
-            workers: 4,
-            max_running: 8,
-            lease: Duration::from_secs(30),
-            heartbeat: Duration::from_secs(10),
-            poll: Duration::from_millis(500),
-            max_step_attempts: 5,
-            backoff_base: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(60),
-            fault: None,
-            ttl: Duration::from_secs(48 * 3600),
-        }
-    }
-}
+use lease::{AbortOnDrop, Signals, durable, flagged, heartbeat, lease_lost, newer_deploy};
+use observe::{StepTimer, count_run};
+use settings::backoff;
+pub use settings::{EngineSettings, Fault};
+pub use wake::Wake;
 
 /// How a run ended for the worker that drove it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,23 +62,6 @@ impl From<RunStoreError> for StepFailure {
     }
 }
 
-/// Wakes an idle worker at once when a run is queued in this process, instead of at its next poll.
-/// Runs queued elsewhere (another replica, the CLI) are found by the poll.
-#[derive(Clone, Default)]
-pub struct Wake(Arc<Notify>);
-
-impl Wake {
-    /// Wakes one idle worker, or the next to go idle when none is waiting.
-    pub fn wake(&self) {
-        self.0.notify_one();
-    }
-
-    /// What an idle worker waits on, besides its poll timer.
-    pub async fn woken(&self) {
-        self.0.notified().await;
-    }
-}
-
 pub struct Engine<R> {
     pool: PgPool,
     runner: Arc<R>,
@@ -148,15 +75,6 @@ pub struct Engine<R> {
     authoriser: Option<Arc<dyn Authorise>>,
     /// Projects whose stands live longer or shorter than `settings.ttl`.
     project_ttls: HashMap<String, Duration>,
-}
-
-/// Aborts the heartbeat when the run's future is dropped, as a killed worker's would stop.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// How a step's attempts ended, as its group collects them.
@@ -589,55 +507,6 @@ impl<R: StepRunner> Engine<R> {
     }
 }
 
-impl<R> Engine<R> {
-    /// The stand URL answers (verify passed): how long since the event that queued the run. The
-    /// run's `queued_at` is written in the same transaction as the delivery that asked for it.
-    async fn observe_time_to_url(&self, run: &ClaimedRun) {
-        if run.kind != "deploy" {
-            return;
-        }
-        match runs::since_queued(&self.pool, run.run_id).await {
-            Ok(secs) => {
-                ::metrics::histogram!(metrics::TIME_TO_URL, "project" => run.project.clone()).record(secs.max(0.0))
-            }
-            // A figure, not a reason to fail the step.
-            Err(e) => tracing::debug!(error = %e, "time to URL not recorded"),
-        }
-    }
-}
-
-/// Records a step's duration under its end state, once.
-struct StepTimer {
-    step: &'static str,
-    started: std::time::Instant,
-}
-
-impl StepTimer {
-    fn start(step: &'static str) -> Self {
-        StepTimer { step, started: std::time::Instant::now() }
-    }
-
-    fn finish(&self, outcome: &'static str) {
-        ::metrics::histogram!(metrics::STEP_DURATION, "step" => self.step, "outcome" => outcome)
-            .record(self.started.elapsed().as_secs_f64());
-    }
-}
-
-/// A finished run in the run and teardown counters, and its failure under its stable label.
-fn count_run(run: &ClaimedRun, outcome: &str, error: Option<&serde_json::Value>) {
-    let (kind, trigger, outcome) = (run.kind.clone(), run.trigger.clone(), outcome.to_owned());
-    if kind == "teardown" {
-        ::metrics::counter!(metrics::TEARDOWNS, "reason" => trigger.clone(), "outcome" => outcome.clone()).increment(1);
-    }
-    ::metrics::counter!(metrics::RUNS, "kind" => kind, "trigger" => trigger, "outcome" => outcome).increment(1);
-    // A step's failure was counted when the step ended; this counts the others (an access check).
-    if let Some(e) = error.filter(|e| e.get("step").is_none())
-        && let Some(label) = e.get("label").and_then(|l| l.as_str())
-    {
-        metrics::error("run", label);
-    }
-}
-
 impl StepFailure {
     /// How the run ends when a step could not be driven to its end.
     fn into_end(self) -> Result<RunEnd, RunStoreError> {
@@ -662,98 +531,6 @@ impl<R> Engine<R> {
         if self.settings.fault == Some(Fault { after, step }) {
             tracing::error!(step = step.as_str(), after, "DRAFTD_FAULT: aborting the process");
             std::process::abort();
-        }
-    }
-}
-
-/// How long a worker keeps retrying a write that met a database restart or outage. The run stays its
-/// own meanwhile unless another worker claims it once the lease has run out (the write then finds the
-/// lease lost): recording a step's end now beats resuming the run later and doing the step again.
-const WRITE_RETRY_FOR: Duration = Duration::from_secs(30);
-
-/// Runs `write` again, with backoff, while it fails on a connection the database cut or cannot give.
-async fn durable<T, Fut>(settings: &EngineSettings, mut write: impl FnMut() -> Fut) -> Result<T, RunStoreError>
-where
-    Fut: Future<Output = Result<T, RunStoreError>>,
-{
-    let deadline = tokio::time::Instant::now() + WRITE_RETRY_FOR;
-    let mut attempt = 1;
-    loop {
-        match write().await {
-            Err(RunStoreError::Store(e)) if e.is_transient() && tokio::time::Instant::now() < deadline => {
-                let delay = backoff(settings, attempt);
-                tracing::warn!(attempt, retry_in = ?delay, error = %e, "recording failed, will retry");
-                tokio::time::sleep(delay).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Exponential backoff with jitter (half to all of the step), so retries of many runs spread out.
-fn backoff(settings: &EngineSettings, attempt: i32) -> Duration {
-    let exp = settings.backoff_base.saturating_mul(1u32 << attempt.clamp(0, 20).saturating_sub(1));
-    exp.min(settings.backoff_max).mul_f64(0.5 + fastrand::f64() / 2.0)
-}
-
-async fn lease_lost(lost: &watch::Receiver<bool>) {
-    flagged(lost).await
-}
-
-/// Resolves once the flag is raised; never, if its sender is gone without raising it.
-async fn flagged(flag: &watch::Receiver<bool>) {
-    let mut flag = flag.clone();
-    if flag.wait_for(|f| *f).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
-/// Returns once a newer deploy or teardown of `run`'s stand is queued or running, looking every
-/// `poll` (as idle workers look for runs queued elsewhere). A failed look is tried again.
-async fn newer_deploy(pool: &PgPool, run: &ClaimedRun, poll: Duration) {
-    loop {
-        tokio::time::sleep(poll).await;
-        match runs::overtaken_by(pool, run).await {
-            Ok(Some(_)) => return,
-            Ok(None) => {}
-            Err(e) => tracing::debug!(error = %e, "could not look for newer runs"),
-        }
-    }
-}
-
-/// What the heartbeat tells the steps of its run.
-struct Signals {
-    /// Another worker holds the run now.
-    lost: watch::Receiver<bool>,
-    /// A deploy's stand is being torn down.
-    cancel: watch::Receiver<bool>,
-}
-
-/// Renews the lease until dropped; flags `lost` when another worker took the run over, and
-/// `cancel` when the run is a deploy of a stand whose teardown was queued.
-async fn heartbeat(
-    pool: PgPool,
-    run_id: i64,
-    owner: String,
-    settings: EngineSettings,
-    lost: watch::Sender<bool>,
-    cancel: watch::Sender<bool>,
-) {
-    loop {
-        tokio::time::sleep(settings.heartbeat).await;
-        match runs::heartbeat(&pool, run_id, &owner, settings.lease).await {
-            Ok(teardown_queued) => {
-                if teardown_queued {
-                    let _ = cancel.send(true);
-                }
-            }
-            Err(RunStoreError::LeaseLost(_)) => {
-                let _ = lost.send(true);
-                return;
-            }
-            // The database may be back before the lease runs out; the next beat tries again.
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
         }
     }
 }
