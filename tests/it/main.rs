@@ -28,6 +28,7 @@ mod helm;
 mod image;
 mod k8s;
 mod kube_runner;
+mod layering;
 mod lifecycle;
 mod migrations;
 mod normalise;
