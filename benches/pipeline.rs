@@ -32,9 +32,9 @@ use chrono::Utc;
 use draftd::config::ForgeKind;
 use draftd::forge::{Event, PullRequest, Trigger};
 use draftd::pipeline::{
-    Engine, EngineSettings, RunContext, RunEnd, StepError, StepName, StepOutcome, StepRunner, Wake, plan,
+    Engine, EngineSettings, RunContext, RunEnd, StepError, StepName, StepOutcome, StepRunner, Wake,
 };
-use draftd::stand::{BranchName, CommitSha, ProjectName};
+use draftd::stand::{BranchName, CommitSha, ProjectName, RunKind};
 use draftd::store::intake::{self, Delivery};
 use draftd::store::{self, MIGRATOR};
 use serde_json::json;
@@ -185,7 +185,7 @@ impl Latencies {
     /// The same sum over any per-step durations: the first group in parallel, then the rest in order.
     fn path_of(f: impl Fn(StepName) -> Duration) -> Duration {
         let groups: Duration =
-            plan("deploy").iter().map(|group| group.iter().map(|s| f(*s)).max().unwrap_or_default()).sum();
+            RunKind::Deploy.plan().iter().map(|group| group.iter().map(|s| f(*s)).max().unwrap_or_default()).sum();
         groups + f(StepName::Report)
     }
     fn critical_path(&self) -> Duration {
@@ -465,7 +465,7 @@ async fn overhead(
                 .await?;
         let mut gaps = Vec::new();
         // Groups after the first, then the report: the gap before each is the engine's own time.
-        let groups = plan("deploy");
+        let groups = RunKind::Deploy.plan();
         let later = groups[1..].iter().copied().chain(std::iter::once(&[StepName::Report][..]));
         let mut previous_end = groups[0].iter().filter_map(|s| execs.get(&(run_id, *s))).map(|e| e.ended).max();
         for group in later {
@@ -800,7 +800,7 @@ fn summary(args: &Args, latencies: &Latencies, probe: &Probe, a: &Overhead, burs
     line("  steps (first step -> report end)", pct(&sorted(&|r| r.steps)));
     line("    timer overshoot (slept - nominal)", pct(&overshoot));
     line("    engine + db between steps", pct(&between));
-    let gaps: Vec<String> = plan("deploy")[1..]
+    let gaps: Vec<String> = RunKind::Deploy.plan()[1..]
         .iter()
         .map(|group| group[0])
         .chain(std::iter::once(StepName::Report))

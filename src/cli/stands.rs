@@ -34,7 +34,7 @@ pub async fn list(
                 s.stand_id.to_string(),
                 s.project.clone(),
                 s.branch.clone(),
-                s.state.clone(),
+                s.state.to_string(),
                 s.namespace.clone(),
                 s.pr_number.map(|n| format!("#{n}")).unwrap_or_default(),
                 short(s.head_sha.as_deref()),
@@ -74,7 +74,7 @@ pub async fn show(config: Config, stand: stands::StandRef, json: bool) -> anyhow
             "state",
             match &s.state_reason {
                 Some(r) => format!("{} ({r})", s.state),
-                None => s.state.clone(),
+                None => s.state.to_string(),
             },
         ),
         ("pull request", s.pr_number.map(|n| format!("#{n}")).unwrap_or_else(|| "-".into())),
@@ -92,10 +92,10 @@ pub async fn show(config: Config, stand: stands::StandRef, json: bool) -> anyhow
         .map(|r| {
             vec![
                 format!("#{}", r.number),
-                r.kind.clone(),
-                r.trigger.clone(),
+                r.kind.to_string(),
+                r.trigger.to_string(),
                 short(r.sha.as_deref()),
-                r.state.clone(),
+                r.state.to_string(),
                 r.requested_by.clone().unwrap_or_default(),
                 r.queued_at.format("%Y-%m-%d %H:%M:%S").to_string(),
             ]
@@ -120,7 +120,7 @@ pub async fn show(config: Config, stand: stands::StandRef, json: bool) -> anyhow
                     .and_then(|v| v.as_str())
                     .unwrap_or_default()
                     .to_string();
-                vec![s.name.clone(), s.state.clone(), s.attempt.to_string(), took, note]
+                vec![s.name.clone(), s.state.to_string(), s.attempt.to_string(), took, note]
             })
             .collect();
         table::write_table(&mut out, &["STEP", "STATE", "ATTEMPT", "TOOK", "NOTE"], &steps)?;

@@ -17,6 +17,7 @@ use super::step::StepError;
 use crate::config::{Config, ForgeKind};
 use crate::forge::client::{ForgeClient, ForgeError, ForgeUser, Permission};
 use crate::reporter::{Outbound, ReplyPayload, enqueue};
+use crate::stand::{RunKind, Trigger};
 use crate::store::audit::{self, CommandDecision};
 use crate::store::runs::ClaimedRun;
 use crate::store::stands;
@@ -54,7 +55,7 @@ impl<F: ForgeClient> Access for F {
 
 /// Runs that need the check: asked for on the forge by a person.
 pub fn needs_check(run: &ClaimedRun) -> bool {
-    run.requested_by.is_some() && matches!(run.trigger.as_str(), "command" | "check_run")
+    run.requested_by.is_some() && matches!(run.trigger, Trigger::Command | Trigger::CheckRun)
 }
 
 /// The forge-backed check, with the clients the reporter uses.
@@ -103,9 +104,9 @@ impl<F: Access> ForgeAuthoriser<F> {
             .await
             .map_err(db)?;
         let verdict = if permission.write {
-            if run.kind == "teardown" {
+            if run.kind.tears_down() {
                 // Now that it may, the destroy closes the stand, as an authorised one does at once.
-                stands::close(&mut *tx, run.stand_id, &run.trigger).await.map_err(db)?;
+                stands::close(&mut *tx, run.stand_id, run.trigger.as_str()).await.map_err(db)?;
             }
             Verdict::Allowed
         } else {
@@ -148,13 +149,13 @@ fn forge_error(e: &ForgeError) -> StepError {
 
 /// The command as the person gave it.
 fn command_text(run: &ClaimedRun) -> String {
-    if run.trigger == "check_run" {
+    if run.trigger == Trigger::CheckRun {
         return "the Re-run button".to_owned();
     }
-    match run.kind.as_str() {
-        "deploy" => "`/draft rerun`".to_owned(),
-        "teardown" => "`/draft destroy`".to_owned(),
-        _ => "`/draft extend`".to_owned(),
+    match run.kind {
+        RunKind::Deploy => "`/draft rerun`".to_owned(),
+        RunKind::Teardown => "`/draft destroy`".to_owned(),
+        RunKind::Extend => "`/draft extend`".to_owned(),
     }
 }
 

@@ -16,4 +16,4 @@ mod step;
 pub mod steps;
 
 pub use engine::{Engine, EngineSettings, Fault, RunEnd, Wake};
-pub use step::{RunContext, StepError, StepErrorKind, StepName, StepOutcome, StepRunner, plan};
+pub use step::{RunContext, StepError, StepErrorKind, StepName, StepOutcome, StepRunner};

@@ -9,7 +9,7 @@ use crate::stand::Failure;
 use crate::store::runs::ClaimedRun;
 
 // Pure data, kept in stand/ so the reporter (below the pipeline) can show how far a run got.
-pub use crate::stand::{StepName, plan};
+pub use crate::stand::StepName;
 
 /// What a step did, recorded as its `detail`.
 #[derive(Debug, Clone, Default, PartialEq)]

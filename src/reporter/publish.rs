@@ -15,7 +15,7 @@ use super::render::render;
 use super::view::{ReportView, Status};
 use crate::config::{Config, ForgeKind, ProjectConfig};
 use crate::forge::client::{CheckReport, CheckState, EnvironmentReport, EnvironmentState, marker};
-use crate::stand::{stand_host, stand_url};
+use crate::stand::{RunKind, StepName, StepState, stand_host, stand_url};
 use crate::store::StoreError;
 use crate::store::outbox;
 use crate::store::stands::{self, StandRef};
@@ -54,8 +54,8 @@ pub fn outbound(view: &ReportView, target: &Target<'_>) -> Vec<Outbound> {
         }));
     }
     let Some(sha) = view.sha.clone() else { return out };
-    match view.kind.as_str() {
-        "deploy" => {
+    match view.kind {
+        RunKind::Deploy => {
             let (check, env) = match view.status {
                 Status::Ready => (CheckState::Success, EnvironmentState::Success),
                 Status::Failed => (CheckState::Failure, EnvironmentState::Failure),
@@ -106,7 +106,7 @@ pub fn outbound(view: &ReportView, target: &Target<'_>) -> Vec<Outbound> {
                 }
             }
         }
-        "teardown" if view.status == Status::Removed => {
+        RunKind::Teardown if view.status == Status::Removed => {
             out.push(Outbound::Environment(EnvironmentPayload {
                 forge,
                 repo,
@@ -175,10 +175,11 @@ fn title(view: &ReportView) -> String {
         },
         _ => {
             // A step that waits says what for: "waiting for image registry/app:draft-x-abc1234".
-            if let Some(note) = view.steps.iter().find(|s| s.state == "running").and_then(|s| s.note.as_ref()) {
+            if let Some(note) = view.steps.iter().find(|s| s.state == StepState::Running).and_then(|s| s.note.as_ref())
+            {
                 return format!("Deploying: {note}");
             }
-            let done = view.steps.iter().filter(|s| s.state == "succeeded" || s.state == "skipped").count();
+            let done = view.steps.iter().filter(|s| s.state.is_done()).count();
             format!("Deploying: {done} of {} steps done", view.steps.len().max(done))
         }
     }
@@ -253,7 +254,7 @@ impl StandReport {
             .runs
             .iter()
             .flat_map(|r| r.steps.iter())
-            .find(|st| st.name == "deploy" && st.detail.get("mocks").is_some())
+            .find(|st| st.name == StepName::Deploy.as_str() && st.detail.get("mocks").is_some())
             .and_then(|st| serde_json::from_value(st.detail["mocks"].clone()).ok())
             .unwrap_or_default();
         let Some(mut view) = ReportView::from_detail(&detail, url, mocks, Some(&config.public_url)) else {
@@ -339,8 +340,9 @@ pub async fn queue_deactivation(
 mod tests {
     use super::*;
     use crate::reporter::view::StepLine;
+    use crate::stand::Trigger;
 
-    fn view(status: Status, steps: &[(&str, &str)]) -> ReportView {
+    fn view(status: Status, steps: &[(&str, StepState)]) -> ReportView {
         ReportView {
             stand_id: 3,
             project: "shop".into(),
@@ -350,15 +352,15 @@ mod tests {
             sha: Some("a".repeat(40)),
             head_sha: Some("a".repeat(40)),
             run_number: 2,
-            kind: "deploy".into(),
-            trigger: "pushed".into(),
+            kind: RunKind::Deploy,
+            trigger: Trigger::Pushed,
             requested_by: None,
             stand_link: None,
             run_link: None,
             status,
             steps: steps
                 .iter()
-                .map(|(n, s)| StepLine { name: (*n).into(), state: (*s).into(), duration_ms: Some(5), note: None })
+                .map(|(n, s)| StepLine { name: (*n).into(), state: *s, duration_ms: Some(5), note: None })
                 .collect(),
             mocks: vec![],
             expires_at: None,
@@ -375,7 +377,7 @@ mod tests {
     #[test]
     fn smoke_passing_at_the_head_labels_the_pr() {
         let target = Target { forge: ForgeKind::Github, repo: "acme/shop", number: Some(7), labelled: false };
-        let ready = view(Status::Ready, &[("deploy", "succeeded"), ("smoke", "succeeded")]);
+        let ready = view(Status::Ready, &[("deploy", StepState::Succeeded), ("smoke", StepState::Succeeded)]);
         let out = outbound(&ready, &target);
         assert_eq!(kinds(&out), ["comment", "check", "environment", "label"]);
         assert!(matches!(&out[3], Outbound::Label(l) if l.present && l.label == TESTED_LABEL));
@@ -383,13 +385,13 @@ mod tests {
         let mut behind = ready.clone();
         behind.head_sha = Some("b".repeat(40));
         assert_eq!(kinds(&outbound(&behind, &target)), ["comment", "check", "environment"], "not the head commit");
-        let skipped = view(Status::Ready, &[("deploy", "succeeded"), ("smoke", "skipped")]);
+        let skipped = view(Status::Ready, &[("deploy", StepState::Succeeded), ("smoke", StepState::Skipped)]);
         assert_eq!(kinds(&outbound(&skipped, &target)), ["comment", "check", "environment"], "smoke never ran");
     }
 
     #[test]
     fn a_failure_removes_the_label_only_when_it_was_added() {
-        let failed = view(Status::Failed, &[("deploy", "failed")]);
+        let failed = view(Status::Failed, &[("deploy", StepState::Failed)]);
         let target = Target { forge: ForgeKind::Gitlab, repo: "acme/shop", number: Some(7), labelled: false };
         assert_eq!(kinds(&outbound(&failed, &target)), ["comment", "check", "environment"]);
         let out = outbound(&failed, &Target { labelled: true, ..target });
@@ -400,8 +402,8 @@ mod tests {
 
     #[test]
     fn teardown_marks_the_environment_inactive_and_nothing_else() {
-        let mut removed = view(Status::Removed, &[("teardown", "succeeded")]);
-        removed.kind = "teardown".into();
+        let mut removed = view(Status::Removed, &[("teardown", StepState::Succeeded)]);
+        removed.kind = RunKind::Teardown;
         let target = Target { forge: ForgeKind::Github, repo: "acme/shop", number: Some(7), labelled: true };
         let out = outbound(&removed, &target);
         assert_eq!(kinds(&out), ["comment", "environment"]);

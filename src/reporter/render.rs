@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 use super::view::{ReportView, Status};
 use crate::forge::client::marker;
+use crate::stand::{StepState, Trigger};
 
 /// GitHub caps comments at 65,536 characters (GitLab notes at 1,000,000): a body stays below this,
 /// whatever the diagnostics. Only the diagnostics are ever cut to fit; the status never is.
@@ -19,28 +20,27 @@ const MAX_NOTE_CHARS: usize = 200;
 const MAX_MOCKS: usize = 20;
 
 /// How a run came about, for people: `push`, `/draft rerun by @alice`.
-pub fn trigger_text(trigger: &str, requested_by: Option<&str>) -> String {
+pub fn trigger_text(trigger: Trigger, requested_by: Option<&str>) -> String {
     let what = match trigger {
-        "opened" => "PR opened",
-        "pushed" => "push",
-        "reopened" => "PR reopened",
-        "ready_for_review" => "ready for review",
-        "opt_in" => "opt-out label removed",
-        "closed" => "PR closed",
-        "merged" => "PR merged",
-        "opt_out" => "opt-out label added",
-        "command" => "`/draft` command",
-        "check_run" => "Re-run button",
-        "api" => "API",
-        "cli" => "CLI",
-        "dashboard" => "dashboard button",
-        "expired" => "expired: no new deploy within its time to live",
-        "retry" => "an earlier teardown failed; tried again",
-        "resync" => "found by resync (a webhook was missed)",
-        other => other,
+        Trigger::Opened => "PR opened",
+        Trigger::Pushed => "push",
+        Trigger::Reopened => "PR reopened",
+        Trigger::ReadyForReview => "ready for review",
+        Trigger::OptIn => "opt-out label removed",
+        Trigger::Closed => "PR closed",
+        Trigger::Merged => "PR merged",
+        Trigger::OptOut => "opt-out label added",
+        Trigger::Command => "`/draft` command",
+        Trigger::CheckRun => "Re-run button",
+        Trigger::Api => "API",
+        Trigger::Cli => "CLI",
+        Trigger::Dashboard => "dashboard button",
+        Trigger::Expired => "expired: no new deploy within its time to live",
+        Trigger::Retry => "an earlier teardown failed; tried again",
+        Trigger::Resync => "found by resync (a webhook was missed)",
     };
     match requested_by {
-        Some(who) if trigger == "command" || trigger == "check_run" => format!("{what} by @{who}"),
+        Some(who) if matches!(trigger, Trigger::Command | Trigger::CheckRun) => format!("{what} by @{who}"),
         Some(who) => format!("{what} ({who})"),
         None => what.to_owned(),
     }
@@ -82,8 +82,8 @@ pub fn render(view: &ReportView) -> String {
         ),
     ];
     // A teardown's trigger is why the stand went.
-    let label = if view.kind == "teardown" { "Why" } else { "Trigger" };
-    facts.push((label, trigger_text(&view.trigger, view.requested_by.as_deref())));
+    let label = if view.kind.tears_down() { "Why" } else { "Trigger" };
+    facts.push((label, trigger_text(view.trigger, view.requested_by.as_deref())));
     if view.status != Status::Removed {
         let mut mocks = if view.mocks.is_empty() {
             "none".to_owned()
@@ -119,7 +119,7 @@ pub fn render(view: &ReportView) -> String {
     if !view.steps.is_empty() {
         out.push_str("\n| Step | Outcome | Duration |\n| --- | --- | --- |\n");
         for s in &view.steps {
-            let mut outcome = format!("{} {}", step_icon(&s.state), s.state);
+            let mut outcome = format!("{} {}", step_icon(s.state), s.state);
             if let Some(note) = &s.note {
                 let _ = write!(outcome, ": {}", one_line(note, MAX_NOTE_CHARS));
             }
@@ -154,14 +154,14 @@ fn cut_middle(text: &str, max: usize) -> String {
     format!("{head}{note}{tail}")
 }
 
-fn step_icon(state: &str) -> &'static str {
+fn step_icon(state: StepState) -> &'static str {
     match state {
-        "succeeded" => "✅",
-        "failed" => "❌",
-        "skipped" => "⏭️",
-        "running" => "⏳",
-        "cancelled" => "⛔",
-        _ => "▫️",
+        StepState::Succeeded => "✅",
+        StepState::Failed => "❌",
+        StepState::Skipped => "⏭️",
+        StepState::Running => "⏳",
+        StepState::Cancelled => "⛔",
+        StepState::Pending => "▫️",
     }
 }
 
@@ -226,10 +226,11 @@ fn longest_run(text: &str, c: char) -> usize {
 mod tests {
     use super::*;
     use crate::reporter::view::StepLine;
+    use crate::stand::RunKind;
     use chrono::{TimeZone, Utc};
 
-    fn line(name: &str, state: &str, ms: Option<i64>, note: Option<&str>) -> StepLine {
-        StepLine { name: name.into(), state: state.into(), duration_ms: ms, note: note.map(Into::into) }
+    fn line(name: &str, state: StepState, ms: Option<i64>, note: Option<&str>) -> StepLine {
+        StepLine { name: name.into(), state, duration_ms: ms, note: note.map(Into::into) }
     }
 
     /// A view with nothing in it but its status.
@@ -243,8 +244,8 @@ mod tests {
             sha: None,
             head_sha: None,
             run_number: 1,
-            kind: "deploy".into(),
-            trigger: "pushed".into(),
+            kind: RunKind::Deploy,
+            trigger: Trigger::Pushed,
             requested_by: None,
             stand_link: None,
             run_link: None,
@@ -261,7 +262,7 @@ mod tests {
     #[test]
     fn diagnostics_are_cut_in_the_middle_and_the_body_stays_under_the_limit() {
         let mut view = bare(Status::Failed);
-        view.steps = vec![line("verify", "failed", Some(1), Some("rollout_timeout"))];
+        view.steps = vec![line("verify", StepState::Failed, Some(1), Some("rollout_timeout"))];
         view.mocks = (0..500).map(|i| format!("mock{i}")).collect();
         let log: String = (0..20_000).map(|i| format!("log line {i}\n")).collect();
         view.error = Some(format!("verify: FIRST LINE\n{log}LAST LINE"));

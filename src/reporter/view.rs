@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::stand::plan;
+use crate::stand::{RunKind, RunState, StepName, StepState, Trigger};
 use crate::store::stands::{RunSummary, StandDetail};
 
 /// The headline of a report.
@@ -30,13 +30,12 @@ impl Status {
 
     /// From a run's kind and state and its steps as recorded. The report step runs inside its run
     /// (still `running`), so a run whose planned steps are all done counts as finished.
-    pub fn of_run(kind: &str, run_state: &str, steps: &[StepLine]) -> Status {
-        let teardown = kind == "teardown";
-        let failed = run_state == "failed" || run_state == "rejected" || steps.iter().any(|s| s.state == "failed");
-        let done =
-            |name: &str| steps.iter().any(|s| s.name == name && (s.state == "succeeded" || s.state == "skipped"));
-        let complete = run_state == "succeeded"
-            || (run_state == "running" && plan(kind).iter().flat_map(|g| g.iter()).all(|s| done(s.as_str())));
+    pub fn of_run(kind: RunKind, run_state: RunState, steps: &[StepLine]) -> Status {
+        let teardown = kind.tears_down();
+        let failed = run_state.is_failure() || steps.iter().any(|s| s.state == StepState::Failed);
+        let done = |name: &str| steps.iter().any(|s| s.name == name && s.state.is_done());
+        let complete = run_state == RunState::Succeeded
+            || (run_state == RunState::Running && kind.plan().iter().flat_map(|g| g.iter()).all(|s| done(s.as_str())));
         match (failed, complete, teardown) {
             (true, _, _) => Status::Failed,
             (false, true, true) => Status::Removed,
@@ -51,8 +50,7 @@ impl Status {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepLine {
     pub name: String,
-    /// A `steps.state`: pending, running, succeeded, failed, skipped, cancelled.
-    pub state: String,
+    pub state: StepState,
     pub duration_ms: Option<i64>,
     /// Why it was skipped, or how it failed (one line).
     pub note: Option<String>,
@@ -71,10 +69,9 @@ pub struct ReportView {
     /// The newest commit of the PR, as draftd last heard.
     pub head_sha: Option<String>,
     pub run_number: i32,
-    /// `deploy`, `teardown` or `extend`.
-    pub kind: String,
-    /// A `runs.trigger` (`pushed`, `command`, …) and who asked, for manual runs.
-    pub trigger: String,
+    pub kind: RunKind,
+    /// Why the run was queued, and who asked, for manual runs.
+    pub trigger: Trigger,
     pub requested_by: Option<String>,
     /// The stand's and the run's pages on draftd's dashboard (`public_url`).
     pub stand_link: Option<String>,
@@ -103,32 +100,33 @@ impl ReportView {
         mocks: Vec<String>,
         public_url: Option<&str>,
     ) -> Option<ReportView> {
-        let newest =
-            |extend: bool| detail.runs.iter().filter(|r| (r.kind == "extend") == extend).max_by_key(|r| r.number);
+        let newest = |extend: bool| {
+            detail.runs.iter().filter(|r| (r.kind == RunKind::Extend) == extend).max_by_key(|r| r.number)
+        };
         let run: &RunSummary = newest(false).or_else(|| newest(true))?;
         let extended_by = newest(true)
-            .filter(|e| e.number > run.number && (e.state == "succeeded" || e.state == "running"))
-            .map(|e| e.requested_by.clone().unwrap_or_else(|| e.trigger.clone()));
+            .filter(|e| e.number > run.number && matches!(e.state, RunState::Succeeded | RunState::Running))
+            .map(|e| e.requested_by.clone().unwrap_or_else(|| e.trigger.as_str().to_owned()));
         let steps: Vec<StepLine> = run
             .steps
             .iter()
             .filter(|s| s.name != "report")
             .map(|s| StepLine {
                 name: s.name.clone(),
-                state: s.state.clone(),
+                state: s.state,
                 duration_ms: match (s.started_at, s.finished_at) {
                     (Some(a), Some(b)) => Some((b - a).num_milliseconds().max(0)),
                     _ => None,
                 },
-                note: step_note(&s.state, &s.detail, s.error.as_ref()),
+                note: step_note(s.state, &s.detail, s.error.as_ref()),
             })
             .collect();
-        let status = Status::of_run(&run.kind, &run.state, &steps);
+        let status = Status::of_run(run.kind, run.state, &steps);
         let error = run
             .steps
             .iter()
-            .filter(|s| s.state == "failed" && s.name != "rollback")
-            .chain(run.steps.iter().filter(|s| s.state == "failed"))
+            .filter(|s| s.state == StepState::Failed && s.name != "rollback")
+            .chain(run.steps.iter().filter(|s| s.state == StepState::Failed))
             .find_map(|s| s.error.as_ref().map(|e| format!("{}: {}", s.name, error_text(e))));
         let base = public_url.map(|u| u.trim_end_matches('/')).filter(|u| !u.is_empty());
         let stand_link = base.map(|b| format!("{b}/stands/{}", detail.stand.stand_id));
@@ -141,8 +139,8 @@ impl ReportView {
             sha: run.sha.clone().or_else(|| detail.stand.head_sha.clone()),
             head_sha: detail.stand.head_sha.clone(),
             run_number: run.number,
-            kind: run.kind.clone(),
-            trigger: run.trigger.clone(),
+            kind: run.kind,
+            trigger: run.trigger,
             requested_by: run.requested_by.clone(),
             run_link: stand_link.as_ref().map(|l| format!("{l}/runs/{}", run.number)),
             stand_link,
@@ -165,13 +163,13 @@ fn error_text(e: &serde_json::Value) -> String {
     }
 }
 
-fn step_note(state: &str, detail: &serde_json::Value, error: Option<&serde_json::Value>) -> Option<String> {
+fn step_note(state: StepState, detail: &serde_json::Value, error: Option<&serde_json::Value>) -> Option<String> {
     match state {
-        "skipped" => detail.get("skipped").and_then(|r| r.as_str()).map(str::to_owned),
+        StepState::Skipped => detail.get("skipped").and_then(|r| r.as_str()).map(str::to_owned),
         // A step that succeeded without doing everything it would (dry-run mode) says so.
-        "succeeded" => detail.get("note").and_then(|r| r.as_str()).map(str::to_owned),
+        StepState::Succeeded => detail.get("note").and_then(|r| r.as_str()).map(str::to_owned),
         // What a running step waits for (the image step: the tag in the registry, or its build).
-        "running" => {
+        StepState::Running => {
             let text = |key: &str| detail.get(key).and_then(|v| v.as_str());
             match (text("waiting_for"), text("building")) {
                 (Some(image), _) => Some(match detail.get("wait_seconds").and_then(|w| w.as_u64()) {
@@ -185,26 +183,26 @@ fn step_note(state: &str, detail: &serde_json::Value, error: Option<&serde_json:
                 _ => None,
             }
         }
-        "failed" => error.map(|e| match e.get("label").and_then(|l| l.as_str()) {
+        StepState::Failed => error.map(|e| match e.get("label").and_then(|l| l.as_str()) {
             Some(label) => label.to_owned(),
             None => error_text(e),
         }),
-        _ => None,
+        StepState::Pending | StepState::Cancelled => None,
     }
 }
 
 impl ReportView {
     /// Smoke ran in this run and passed.
     pub fn smoke_passed(&self) -> bool {
-        self.steps.iter().any(|s| s.name == "smoke" && s.state == "succeeded")
+        self.steps.iter().any(|s| s.name == StepName::Smoke.as_str() && s.state == StepState::Succeeded)
     }
 
     /// The first failed step, for one-line summaries.
     pub fn failed_step(&self) -> Option<&StepLine> {
         self.steps
             .iter()
-            .find(|s| s.state == "failed" && s.name != "rollback")
-            .or_else(|| self.steps.iter().find(|s| s.state == "failed"))
+            .find(|s| s.state == StepState::Failed && s.name != "rollback")
+            .or_else(|| self.steps.iter().find(|s| s.state == StepState::Failed))
     }
 }
 
@@ -212,8 +210,8 @@ impl ReportView {
 mod tests {
     use super::*;
 
-    fn line(name: &str, state: &str, ms: Option<i64>, note: Option<&str>) -> StepLine {
-        StepLine { name: name.into(), state: state.into(), duration_ms: ms, note: note.map(Into::into) }
+    fn line(name: &str, state: StepState, ms: Option<i64>, note: Option<&str>) -> StepLine {
+        StepLine { name: name.into(), state, duration_ms: ms, note: note.map(Into::into) }
     }
 
     #[test]
@@ -221,20 +219,20 @@ mod tests {
         let all_done: Vec<StepLine> =
             ["namespace", "database", "secrets", "image", "deploy", "migrate", "verify", "smoke"]
                 .iter()
-                .map(|n| line(n, "succeeded", Some(1), None))
+                .map(|n| line(n, StepState::Succeeded, Some(1), None))
                 .collect();
-        assert_eq!(Status::of_run("deploy", "running", &all_done), Status::Ready);
-        assert_eq!(Status::of_run("deploy", "running", &all_done[..3]), Status::Deploying);
+        assert_eq!(Status::of_run(RunKind::Deploy, RunState::Running, &all_done), Status::Ready);
+        assert_eq!(Status::of_run(RunKind::Deploy, RunState::Running, &all_done[..3]), Status::Deploying);
         let mut failed = all_done.clone();
-        failed[4].state = "failed".into();
-        assert_eq!(Status::of_run("deploy", "running", &failed), Status::Failed);
+        failed[4].state = StepState::Failed;
+        assert_eq!(Status::of_run(RunKind::Deploy, RunState::Running, &failed), Status::Failed);
         let torn_down: Vec<StepLine> = ["cancel", "deactivate", "revoke", "uninstall", "drop"]
             .iter()
-            .map(|n| line(n, if *n == "revoke" { "skipped" } else { "succeeded" }, None, None))
+            .map(|n| line(n, if *n == "revoke" { StepState::Skipped } else { StepState::Succeeded }, None, None))
             .collect();
-        assert_eq!(Status::of_run("teardown", "running", &torn_down), Status::Removed);
-        assert_eq!(Status::of_run("teardown", "running", &torn_down[..4]), Status::Removing);
-        assert_eq!(Status::of_run("teardown", "queued", &[]), Status::Removing);
-        assert_eq!(Status::of_run("deploy", "queued", &[]), Status::Deploying);
+        assert_eq!(Status::of_run(RunKind::Teardown, RunState::Running, &torn_down), Status::Removed);
+        assert_eq!(Status::of_run(RunKind::Teardown, RunState::Running, &torn_down[..4]), Status::Removing);
+        assert_eq!(Status::of_run(RunKind::Teardown, RunState::Queued, &[]), Status::Removing);
+        assert_eq!(Status::of_run(RunKind::Deploy, RunState::Queued, &[]), Status::Deploying);
     }
 }

@@ -11,8 +11,8 @@ pub use address::{stand_host, stand_url};
 pub use event::{Event, PullRequest};
 pub use failure::Failure;
 pub use naming::{BranchName, CommitSha, GitlabEnvironmentName, NameError, Namespace, ProjectName, is_dns_label, slug};
-pub use run::{Command, Trigger};
-pub use steps::{StepName, plan};
+pub use run::{Command, RunKind, RunState, StepState, Trigger};
+pub use steps::StepName;
 
 use serde::{Deserialize, Serialize};
 
@@ -38,5 +38,11 @@ impl StandState {
             StandState::Closing => "closing",
             StandState::Removed => "removed",
         }
+    }
+}
+
+impl std::fmt::Display for StandState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }

@@ -87,19 +87,3 @@ impl StepName {
         matches!(self, StepName::Deploy | StepName::Migrate | StepName::Verify | StepName::Smoke)
     }
 }
-
-/// The steps of a run kind, as groups: the steps of a group run concurrently, groups in order.
-/// `report` is not listed: the engine runs it last whatever happened, unless the run gave way.
-pub fn plan(kind: &str) -> &'static [&'static [StepName]] {
-    use StepName::*;
-    match kind {
-        // Secrets puts its Secret in the namespace and issues a login that joins the database's
-        // owner role, so it waits for both; the image check needs neither.
-        "deploy" => &[&[Namespace, Database], &[Secrets, Image], &[Deploy], &[Migrate], &[Verify], &[Smoke]],
-        // Logins go before the namespace and the database (Vault issue 3410), so no pod still holding
-        // one outlives its revocation unnoticed; the database goes last, once nothing can reach it.
-        "teardown" => &[&[Cancel], &[Deactivate], &[Revoke], &[Uninstall], &[Drop]],
-        "extend" => &[&[Extend]],
-        _ => &[],
-    }
-}

@@ -11,7 +11,7 @@ use super::StoreError;
 use super::manual::{self, ManualOutcome, ManualRequest, StandLookup};
 use super::runs::queue_run;
 use crate::config::ForgeKind;
-use crate::stand::{BranchName, Command, Namespace, ProjectName, StandState, Trigger};
+use crate::stand::{BranchName, Command, Namespace, ProjectName, RunKind, StandState, Trigger};
 use crate::stand::{Event, PullRequest};
 
 /// One verified delivery, ready to record.
@@ -277,7 +277,8 @@ async fn deploy(
     }
     let number = touch(tx, stand.stand_id, pr, true, revive.then_some(epoch)).await?;
     let run =
-        queue_run(tx, stand.stand_id, number, "deploy", trigger, epoch, Some(pr.sha.as_str()), None, json!({})).await?;
+        queue_run(tx, stand.stand_id, number, RunKind::Deploy, trigger, epoch, Some(pr.sha.as_str()), None, json!({}))
+            .await?;
     Ok(Decision::queued(stand.stand_id, run))
 }
 
@@ -316,7 +317,7 @@ async fn teardown(
         tx,
         stand.stand_id,
         number,
-        "teardown",
+        RunKind::Teardown,
         run_trigger,
         stand.epoch,
         Some(pr.sha.as_str()),

@@ -5,7 +5,7 @@ use sqlx::PgConnection;
 
 use super::StoreError;
 use super::runs::queue_run;
-use crate::stand::{Command, StandState, Trigger};
+use crate::stand::{Command, RunKind, StandState, Trigger};
 
 /// How the request names its stand.
 #[derive(Debug, Clone, Copy)]
@@ -118,22 +118,22 @@ pub async fn queue(
         });
     }
     let (kind, mut params) = match req.command {
-        Command::Rerun => ("deploy", json!({})),
-        Command::Destroy => ("teardown", json!({})),
-        Command::Extend { by } => ("extend", json!({ "by_seconds": by.map(|d| d.as_secs()) })),
+        Command::Rerun => (RunKind::Deploy, json!({})),
+        Command::Destroy => (RunKind::Teardown, json!({})),
+        Command::Extend { by } => (RunKind::Extend, json!({ "by_seconds": by.map(|d| d.as_secs()) })),
     };
     if let Some(id) = req.author_id {
         params["author_id"] = json!(id);
     }
     let sha = req.sha.map(str::to_owned).or(head_sha);
-    if kind == "deploy" && sha.is_none() {
+    if kind.deploys() && sha.is_none() {
         return Ok(ManualOutcome::Refused {
             stand: Some(stand),
             code: "no_commit",
             reason: "stand has no commit to re-run".into(),
         });
     }
-    let close = kind == "teardown" && req.authorised;
+    let close = kind.tears_down() && req.authorised;
     let number: i32 = sqlx::query_scalar(
         "update stands set runs_count = runs_count + 1, updated_at = now(),
                 state = case when $2 then 'closing' else state end,

@@ -11,7 +11,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
 use super::StoreError;
-use crate::stand::{StepName, Trigger};
+use crate::stand::{RunKind, RunState, StepName, StepState, Trigger};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunStoreError {
@@ -33,8 +33,8 @@ pub struct ClaimedRun {
     pub run_id: i64,
     pub stand_id: i64,
     pub number: i32,
-    pub kind: String,
-    pub trigger: String,
+    pub kind: RunKind,
+    pub trigger: Trigger,
     pub sha: Option<String>,
     pub epoch: i32,
     pub requested_by: Option<String>,
@@ -50,7 +50,7 @@ pub struct ClaimedRun {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StepRecord {
     pub name: String,
-    pub state: String,
+    pub state: StepState,
     pub attempt: i32,
 }
 
@@ -135,7 +135,7 @@ pub async fn finish_step(
     run_id: i64,
     owner: &str,
     step: &str,
-    state: &str,
+    state: StepState,
     detail: &Value,
     error: Option<&Value>,
 ) -> Result<(), RunStoreError> {
@@ -161,8 +161,8 @@ pub async fn finish_step(
 #[derive(Debug, Clone, Serialize)]
 pub struct StepEnd {
     pub name: &'static str,
-    /// `succeeded`, `skipped` or `failed`.
-    pub state: &'static str,
+    /// `succeeded`, `skipped`, `failed` or `cancelled`.
+    pub state: StepState,
     pub detail: Value,
     pub error: Option<Value>,
 }
@@ -180,7 +180,7 @@ pub enum Advance {
 struct BoundaryRow {
     held: i64,
     recorded: i64,
-    newer: Option<String>,
+    newer: Option<RunKind>,
     started: sqlx::types::Json<Vec<(String, i32)>>,
 }
 
@@ -198,7 +198,7 @@ pub async fn advance(
     check_overtaken: bool,
     next: &[&str],
 ) -> Result<Advance, RunStoreError> {
-    let check_overtaken = check_overtaken && run.kind == "deploy";
+    let check_overtaken = check_overtaken && run.kind.gives_way_to_newer_runs();
     let row: BoundaryRow = sqlx::query_as(
             "with lease as (
                  select run_id from runs where run_id = $1 and lease_owner = $2 and state = 'running' for update
@@ -243,7 +243,7 @@ pub async fn advance(
         return Err(RunStoreError::LeaseLost(run.run_id));
     }
     if let Some(kind) = newer {
-        return Ok(Advance::Overtaken(if kind == "teardown" { Overtaken::ByTeardown } else { Overtaken::ByDeploy }));
+        return Ok(Advance::Overtaken(Overtaken::by(kind)));
     }
     let attempts = next
         .iter()
@@ -259,7 +259,7 @@ pub async fn finish_run(
     pool: &PgPool,
     run_id: i64,
     owner: &str,
-    state: &str,
+    state: RunState,
     error: Option<&Value>,
     ended: &[StepEnd],
 ) -> Result<(), RunStoreError> {
@@ -289,7 +289,7 @@ pub async fn finish_run(
 
 /// Whether a newer deploy or teardown of `run`'s stand is queued or running, as [`advance`] sees it.
 pub async fn overtaken_by(pool: &PgPool, run: &ClaimedRun) -> Result<Option<Overtaken>, RunStoreError> {
-    let kind: Option<String> = sqlx::query_scalar(
+    let kind: Option<RunKind> = sqlx::query_scalar(
         "select kind from runs
          where stand_id = $1 and number > $2 and kind in ('deploy', 'teardown') and state in ('queued', 'running')
          order by (kind = 'teardown') desc, number desc limit 1",
@@ -298,7 +298,7 @@ pub async fn overtaken_by(pool: &PgPool, run: &ClaimedRun) -> Result<Option<Over
     .bind(run.number)
     .fetch_optional(pool)
     .await?;
-    Ok(kind.map(|k| if k == "teardown" { Overtaken::ByTeardown } else { Overtaken::ByDeploy }))
+    Ok(kind.map(Overtaken::by))
 }
 
 /// What a newer run of the same stand means for this one at a step boundary.
@@ -308,6 +308,13 @@ pub enum Overtaken {
     ByDeploy,
     /// A teardown: this deploy is `cancelled`.
     ByTeardown,
+}
+
+impl Overtaken {
+    /// What a newer `kind` of run (a deploy or a teardown) means for this one.
+    fn by(kind: RunKind) -> Self {
+        if kind.tears_down() { Overtaken::ByTeardown } else { Overtaken::ByDeploy }
+    }
 }
 
 /// How long ago `run_id` was queued, in seconds, by the database's clock: the run's `queued_at` is
@@ -386,7 +393,7 @@ pub(super) async fn queue_run(
     tx: &mut PgConnection,
     stand_id: i64,
     number: i32,
-    kind: &str,
+    kind: RunKind,
     trigger: Trigger,
     epoch: i32,
     sha: Option<&str>,
@@ -400,7 +407,7 @@ pub(super) async fn queue_run(
     .bind(stand_id)
     .bind(number)
     .bind(kind)
-    .bind(trigger.as_str())
+    .bind(trigger)
     .bind(requested_by.is_none())
     .bind(epoch)
     .bind(sha)

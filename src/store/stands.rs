@@ -6,6 +6,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use super::StoreError;
+use crate::stand::{RunKind, RunState, StandState, StepState, Trigger};
 
 /// A stand with the outcome of its newest run.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -16,7 +17,8 @@ pub struct StandSummary {
     pub namespace: String,
     pub pr_number: Option<i64>,
     /// `active`, `closing` or `removed`.
-    pub state: String,
+    #[schema(value_type = String)]
+    pub state: StandState,
     pub state_reason: Option<String>,
     pub head_sha: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
@@ -24,8 +26,10 @@ pub struct StandSummary {
     pub updated_at: DateTime<Utc>,
     /// The newest run's number (runs are numbered per stand).
     pub last_run: Option<i32>,
-    pub last_run_kind: Option<String>,
-    pub last_run_state: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub last_run_kind: Option<RunKind>,
+    #[schema(value_type = Option<String>)]
+    pub last_run_state: Option<RunState>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -33,12 +37,15 @@ pub struct RunSummary {
     pub run_id: i64,
     pub number: i32,
     /// `deploy`, `teardown` or `extend`.
-    pub kind: String,
-    pub trigger: String,
+    #[schema(value_type = String)]
+    pub kind: RunKind,
+    #[schema(value_type = String)]
+    pub trigger: Trigger,
     pub sha: Option<String>,
     pub requested_by: Option<String>,
     /// `queued`, `running`, `succeeded`, `failed`, `superseded`, `cancelled` or `rejected`.
-    pub state: String,
+    #[schema(value_type = String)]
+    pub state: RunState,
     pub attempt: i32,
     pub queued_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -51,7 +58,8 @@ pub struct RunSummary {
 pub struct StepSummary {
     pub name: String,
     /// `pending`, `running`, `succeeded`, `failed`, `skipped` or `cancelled`.
-    pub state: String,
+    #[schema(value_type = String)]
+    pub state: StepState,
     pub attempt: i32,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -135,7 +143,7 @@ pub async fn show(pool: &PgPool, stand: &StandRef, max_runs: i64) -> Result<Opti
         (
             i64,
             String,
-            String,
+            StepState,
             i32,
             Option<DateTime<Utc>>,
             Option<DateTime<Utc>>,

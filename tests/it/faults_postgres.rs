@@ -156,7 +156,8 @@ async fn runs_survive_a_postgres_restart_and_an_outage_longer_than_a_lease() {
     let steps: Vec<(i64, String, String)> =
         sqlx::query_as("select run_id, name, state from steps order by run_id, name").fetch_all(&pool).await.unwrap();
     // The plan's steps, and the report every run ends with.
-    let plan: Vec<&str> = draftd::pipeline::plan("deploy")
+    let plan: Vec<&str> = draftd::stand::RunKind::Deploy
+        .plan()
         .iter()
         .flat_map(|group| group.iter())
         .map(|s| s.as_str())

@@ -12,6 +12,7 @@ use draftd::pipeline::authorise::{Authorise, ForgeAuthoriser, Verdict};
 use draftd::reporter::{
     CheckPayload, Outbound, Reporter, ReporterSettings, Status, StepLine, TESTED_LABEL, Target, enqueue, outbound,
 };
+use draftd::stand::{RunKind, StepState};
 use forge_fake::github::CheckRun;
 use forge_fake::*;
 use secrecy::SecretString;
@@ -67,12 +68,12 @@ fn reports(stand_id: i64, run: i32, sha: &str, status: Status, labelled: bool) -
     v.head_sha = Some(sha.into());
     v.steps.push(StepLine {
         name: "smoke".into(),
-        state: if status == Status::Ready { "succeeded" } else { "pending" }.into(),
+        state: if status == Status::Ready { StepState::Succeeded } else { StepState::Pending },
         duration_ms: Some(900),
         note: None,
     });
     if status == Status::Failed {
-        v.steps[3].state = "failed".into();
+        v.steps[3].state = StepState::Failed;
         v.error = Some("deploy: helm upgrade failed".into());
     }
     outbound(&v, &Target { forge: ForgeKind::Github, repo: REPO, number: Some(PR), labelled })
@@ -190,7 +191,7 @@ async fn deployments_go_in_progress_success_and_inactive_at_teardown(pool: PgPoo
     enqueue_all(&pool, stand_id, &reports(stand_id, 2, &sha(2), Status::Ready, true)).await;
     drain_all(&r, &pool, Duration::from_secs(5)).await;
     let mut removed = view(stand_id, 3, Status::Removed);
-    removed.kind = "teardown".into();
+    removed.kind = RunKind::Teardown;
     removed.sha = Some(sha(2));
     let target = Target { forge: ForgeKind::Github, repo: REPO, number: Some(PR), labelled: true };
     enqueue_all(&pool, stand_id, &outbound(&removed, &target)).await;
@@ -628,7 +629,7 @@ async fn earlier_deployments_go_inactive_when_a_newer_one_succeeds_and_all_at_te
     assert_eq!(states, ["inactive", "inactive", "success"], "{:?}", fake.gh_deployments(REPO));
 
     let mut removed = view(stand_id, 4, Status::Removed);
-    removed.kind = "teardown".into();
+    removed.kind = RunKind::Teardown;
     removed.sha = Some(sha(3));
     let target = Target { forge: ForgeKind::Github, repo: REPO, number: Some(PR), labelled: false };
     enqueue_all(&pool, stand_id, &outbound(&removed, &target)).await;

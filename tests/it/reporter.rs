@@ -10,6 +10,7 @@ use std::time::Duration;
 use draftd::config::ForgeKind;
 use draftd::forge::client::{ForgeClient, marker};
 use draftd::reporter::{ReportView, Reporter, Status, StepLine, render};
+use draftd::stand::StepState;
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -526,11 +527,16 @@ fn failed_report_snapshot() {
     let mut v = view(42, 4, Status::Failed);
     v.steps.push(StepLine {
         name: "verify".into(),
-        state: "failed".into(),
+        state: StepState::Failed,
         duration_ms: Some(300_000),
         note: Some("rollout_timeout".into()),
     });
-    v.steps.push(StepLine { name: "rollback".into(), state: "succeeded".into(), duration_ms: Some(9_100), note: None });
+    v.steps.push(StepLine {
+        name: "rollback".into(),
+        state: StepState::Succeeded,
+        duration_ms: Some(9_100),
+        note: None,
+    });
     v.error = Some(
         "verify: deployment/shop did not become ready within 5m: pod shop-7d9f-x2k1 CrashLoopBackOff\n\
          last log line: ```panic: DATABASE_URL | not set```"
@@ -543,7 +549,7 @@ fn failed_report_snapshot() {
 fn removed_report_snapshot() {
     let mut v = view(42, 5, Status::Removed);
     v.steps =
-        vec![StepLine { name: "teardown".into(), state: "succeeded".into(), duration_ms: Some(2_400), note: None }];
+        vec![StepLine { name: "teardown".into(), state: StepState::Succeeded, duration_ms: Some(2_400), note: None }];
     snapshot("removed.md", &render(&v));
 }
 

@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::reporter::{Status, StepLine};
+use crate::stand::{RunKind, RunState, StandState, StepState, Trigger};
 use crate::store::stands::{RunSummary, StandDetail, StandSummary, StepSummary};
 
 /// Diagnostics beyond this are cut: the kube runner bounds them already; this guards the page.
@@ -130,7 +131,7 @@ pub struct StandRow {
     pub id: i64,
     pub project: String,
     pub branch: String,
-    pub state: String,
+    pub state: StandState,
     pub reason: Option<String>,
     pub url: Option<String>,
     /// Only an active stand's URL is a link; a removed one points nowhere.
@@ -145,17 +146,17 @@ impl StandRow {
         let last_run = s.last_run.map(|n| {
             format!(
                 "#{n} {}: {}",
-                s.last_run_kind.as_deref().unwrap_or("run"),
-                s.last_run_state.as_deref().unwrap_or("unknown")
+                s.last_run_kind.map_or("run", RunKind::as_str),
+                s.last_run_state.map_or("unknown", RunState::as_str)
             )
         });
         StandRow {
             id: s.stand_id,
             project: s.project.clone(),
             branch: s.branch.clone(),
-            state: s.state.clone(),
+            state: s.state,
             reason: s.state_reason.clone(),
-            live: s.state == "active" && url.is_some(),
+            live: s.state == StandState::Active && url.is_some(),
             url,
             expires: s.expires_at.map(|at| Expiry::of(at, now)),
             last_run,
@@ -183,8 +184,8 @@ pub struct StandView {
 impl StandView {
     pub fn of(detail: &StandDetail, url: Option<String>, now: DateTime<Utc>) -> StandView {
         let s = &detail.stand;
-        let status = detail.runs.iter().filter(|r| r.kind != "extend").max_by_key(|r| r.number).map(|r| {
-            let headline = Status::of_run(&r.kind, &r.state, &step_lines(&r.steps)).headline();
+        let status = detail.runs.iter().filter(|r| r.kind != RunKind::Extend).max_by_key(|r| r.number).map(|r| {
+            let headline = Status::of_run(r.kind, r.state, &step_lines(&r.steps)).headline();
             // The comment's icon is decoration; the words carry the status.
             headline.split_once(' ').map_or(headline, |(_, words)| words)
         });
@@ -196,7 +197,7 @@ impl StandView {
             created: When::of(s.created_at),
             updated: When::of(s.updated_at),
             status,
-            active: s.state == "active",
+            active: s.state == StandState::Active,
             runs: detail.runs.iter().map(|r| RunView::of(s.stand_id, r)).collect(),
         }
     }
@@ -208,10 +209,10 @@ pub struct RunView {
     pub id: i64,
     pub stand_id: i64,
     pub number: i32,
-    pub kind: String,
-    pub trigger: String,
+    pub kind: RunKind,
+    pub trigger: Trigger,
     pub requested_by: Option<String>,
-    pub state: String,
+    pub state: RunState,
     pub sha: Option<String>,
     pub attempt: i32,
     pub queued: When,
@@ -231,10 +232,10 @@ impl RunView {
             id: r.run_id,
             stand_id,
             number: r.number,
-            kind: r.kind.clone(),
-            trigger: r.trigger.clone(),
+            kind: r.kind,
+            trigger: r.trigger,
             requested_by: r.requested_by.clone(),
-            state: r.state.clone(),
+            state: r.state,
             sha: r.sha.clone(),
             attempt: r.attempt,
             queued: When::of(r.queued_at),
@@ -245,7 +246,7 @@ impl RunView {
             diagnostics: r
                 .steps
                 .iter()
-                .filter(|s| s.state == "failed")
+                .filter(|s| s.state == StepState::Failed)
                 .filter_map(|s| s.error.as_ref().map(|e| Output::of(&s.name, &error_message(e))))
                 .collect(),
             logs: r
@@ -260,7 +261,7 @@ impl RunView {
 #[derive(Debug, Clone, Serialize)]
 pub struct StepView {
     pub name: String,
-    pub state: String,
+    pub state: StepState,
     pub attempt: i32,
     pub duration: Option<String>,
     /// Why it was skipped, what a dry run left out, or the failure's label.
@@ -272,15 +273,17 @@ pub struct StepView {
 impl StepView {
     fn of(s: &StepSummary) -> StepView {
         let text = |key: &str| s.detail.get(key).and_then(Value::as_str).map(str::to_owned);
-        let note = match s.state.as_str() {
-            "skipped" => text("skipped"),
-            "succeeded" => text("note"),
-            "failed" => s.error.as_ref().and_then(|e| e.get("label")).and_then(Value::as_str).map(str::to_owned),
-            _ => None,
+        let note = match s.state {
+            StepState::Skipped => text("skipped"),
+            StepState::Succeeded => text("note"),
+            StepState::Failed => {
+                s.error.as_ref().and_then(|e| e.get("label")).and_then(Value::as_str).map(str::to_owned)
+            }
+            StepState::Pending | StepState::Running | StepState::Cancelled => None,
         };
         StepView {
             name: s.name.clone(),
-            state: s.state.clone(),
+            state: s.state,
             attempt: s.attempt,
             duration: duration(s.started_at, s.finished_at),
             note,
@@ -313,10 +316,7 @@ fn error_message(e: &Value) -> String {
 }
 
 fn step_lines(steps: &[StepSummary]) -> Vec<StepLine> {
-    steps
-        .iter()
-        .map(|s| StepLine { name: s.name.clone(), state: s.state.clone(), duration_ms: None, note: None })
-        .collect()
+    steps.iter().map(|s| StepLine { name: s.name.clone(), state: s.state, duration_ms: None, note: None }).collect()
 }
 
 #[cfg(test)]

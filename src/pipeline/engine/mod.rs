@@ -12,8 +12,9 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::authorise::{Authorise, Verdict, needs_check};
-use super::step::{StepError, StepErrorKind, StepName, StepRunner, plan};
+use super::step::{StepError, StepErrorKind, StepName, StepRunner};
 use crate::metrics;
+use crate::stand::{RunState, StepState};
 use crate::store::lifecycle;
 use crate::store::runs::{self, Advance, ClaimedRun, Overtaken, RunStoreError, StepEnd};
 
@@ -204,11 +205,11 @@ impl<R: StepRunner> Engine<R> {
                 Ok(Ok(Verdict::Allowed)) => {}
                 Ok(Ok(Verdict::Denied { reason })) => {
                     let error = json!({ "label": "unauthorised", "message": reason });
-                    return self.end(run, "rejected", RunEnd::Rejected, Some(error), Vec::new()).await;
+                    return self.end(run, RunState::Rejected, RunEnd::Rejected, Some(error), Vec::new()).await;
                 }
                 Ok(Err(e)) => {
                     let error = json!({ "kind": e.kind, "label": e.label, "message": e.message });
-                    return self.end(run, "failed", RunEnd::Failed, Some(error), Vec::new()).await;
+                    return self.end(run, RunState::Failed, RunEnd::Failed, Some(error), Vec::new()).await;
                 }
                 Err(failure) => return failure.into_end(),
             }
@@ -219,13 +220,13 @@ impl<R: StepRunner> Engine<R> {
             runs::steps(&self.pool, run.run_id)
                 .await?
                 .into_iter()
-                .filter(|s| s.state == "succeeded" || s.state == "skipped")
+                .filter(|s| s.state.is_done())
                 .map(|s| s.name)
                 .collect()
         } else {
             HashSet::new()
         };
-        if run.kind == "deploy" {
+        if run.kind.resets_expiry() {
             // The stand lives a TTL from when its newest deploy started (DESIGN.md's TTL contract);
             // before the first step, so the namespace step annotates the new expiry.
             let ttl = self.project_ttls.get(&run.project).copied().unwrap_or(self.settings.ttl);
@@ -237,15 +238,15 @@ impl<R: StepRunner> Engine<R> {
         // Ends of steps not yet written: each boundary writes them together with its own records.
         let mut ended: Vec<StepEnd> = Vec::new();
         let mut failure: Option<(StepName, StepError)> = None;
-        for group in plan(&run.kind) {
+        for group in run.kind.plan() {
             let pending: Vec<StepName> = group.iter().copied().filter(|s| !done.contains(s.as_str())).collect();
             let attempts = match self.boundary(run, &mut ended, true, &pending).await {
                 Ok(Advance::Started(attempts)) => attempts,
                 Ok(Advance::Overtaken(Overtaken::ByDeploy)) => {
-                    return self.end(run, "superseded", RunEnd::Superseded, None, ended).await;
+                    return self.end(run, RunState::Superseded, RunEnd::Superseded, None, ended).await;
                 }
                 Ok(Advance::Overtaken(Overtaken::ByTeardown)) => {
-                    return self.end(run, "cancelled", RunEnd::Cancelled, None, ended).await;
+                    return self.end(run, RunState::Cancelled, RunEnd::Cancelled, None, ended).await;
                 }
                 Err(failure) => return failure.into_end(),
             };
@@ -266,28 +267,28 @@ impl<R: StepRunner> Engine<R> {
                     Err(StepFailure::Cancelled) => {
                         cancelled = true;
                         let detail = json!({ "cancelled": "the stand's teardown was queued" });
-                        ended.push(StepEnd { name: step.as_str(), state: "cancelled", detail, error: None });
+                        ended.push(StepEnd { name: step.as_str(), state: StepState::Cancelled, detail, error: None });
                     }
                     Err(StepFailure::Superseded) => {
                         superseded = true;
                         let detail = json!({ "cancelled": "a newer push was queued while this run waited" });
-                        ended.push(StepEnd { name: step.as_str(), state: "cancelled", detail, error: None });
+                        ended.push(StepEnd { name: step.as_str(), state: StepState::Cancelled, detail, error: None });
                     }
                     Err(failure) => return failure.into_end(),
                 }
             }
             if cancelled {
-                return self.end(run, "cancelled", RunEnd::Cancelled, None, ended).await;
+                return self.end(run, RunState::Cancelled, RunEnd::Cancelled, None, ended).await;
             }
             if superseded {
-                return self.end(run, "superseded", RunEnd::Superseded, None, ended).await;
+                return self.end(run, RunState::Superseded, RunEnd::Superseded, None, ended).await;
             }
             if failure.is_some() {
                 break;
             }
         }
         if let Some((step, _)) = &failure
-            && run.kind == "deploy"
+            && run.kind.rolls_back_on_failure()
             && step.needs_rollback_on_failure()
             && !done.contains(StepName::Rollback.as_str())
         {
@@ -306,10 +307,10 @@ impl<R: StepRunner> Engine<R> {
             }
         }
         match failure {
-            None => self.end(run, "succeeded", RunEnd::Succeeded, None, ended).await,
+            None => self.end(run, RunState::Succeeded, RunEnd::Succeeded, None, ended).await,
             Some((step, e)) => {
                 let error = json!({ "step": step, "kind": e.kind, "label": e.label, "message": e.message });
-                self.end(run, "failed", RunEnd::Failed, Some(error), ended).await
+                self.end(run, RunState::Failed, RunEnd::Failed, Some(error), ended).await
             }
         }
     }
@@ -384,7 +385,7 @@ impl<R: StepRunner> Engine<R> {
     async fn end(
         &self,
         run: &ClaimedRun,
-        state: &str,
+        state: RunState,
         end: RunEnd,
         error: Option<serde_json::Value>,
         ended: Vec<StepEnd>,
@@ -427,7 +428,7 @@ impl<R: StepRunner> Engine<R> {
         // A step that only waits gives way to a newer deploy at once, not at its end: the newer
         // commit's image is what the PR needs, and the old wait could hold the stand for minutes.
         let overtaken = async {
-            if cancellable && run.kind == "deploy" && step.gives_way_while_running() {
+            if cancellable && run.kind.gives_way_to_newer_runs() && step.gives_way_while_running() {
                 newer_deploy(&self.pool, run, self.settings.poll).await
             } else {
                 std::future::pending().await
@@ -446,7 +447,7 @@ impl<R: StepRunner> Engine<R> {
             };
             let (end, error) = match result {
                 Ok(outcome) => {
-                    let state = if outcome.skipped { "skipped" } else { "succeeded" };
+                    let state = if outcome.skipped { StepState::Skipped } else { StepState::Succeeded };
                     if step == StepName::Verify && !outcome.skipped {
                         self.observe_time_to_url(run).await;
                     }
@@ -461,7 +462,7 @@ impl<R: StepRunner> Engine<R> {
                             run.run_id,
                             &self.owner,
                             name,
-                            "running",
+                            StepState::Running,
                             &no_detail,
                             Some(&error),
                         )
@@ -487,7 +488,7 @@ impl<R: StepRunner> Engine<R> {
                 Err(e) => {
                     tracing::warn!(step = name, attempt, error = %e, "step failed");
                     let error = serde_json::to_value(&e).expect("step errors serialise");
-                    (StepEnd { name, state: "failed", detail: json!({}), error: Some(error) }, Some(e))
+                    (StepEnd { name, state: StepState::Failed, detail: json!({}), error: Some(error) }, Some(e))
                 }
             };
             timer.finish(end.state);

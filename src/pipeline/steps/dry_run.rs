@@ -181,7 +181,7 @@ impl<H: Helm> StepRunner for DryRunSteps<H> {
     async fn run(&self, step: StepName, run: &RunContext) -> Result<StepOutcome, StepError> {
         let project = project_of(&self.config, run)?;
         let dir = self.folder(run);
-        if run.kind == "deploy" {
+        if run.kind.deploys() {
             tokio::fs::create_dir_all(&dir)
                 .await
                 .map_err(|e| StepError::transient("io", format!("creating {}: {e}", dir.display())))?;

@@ -20,6 +20,7 @@ use draftd::forge::client::{AnyForge, GithubClient, GitlabClient, marker};
 use draftd::reporter::{
     CommentPayload, ReportView, Reporter, ReporterSettings, Status, StepLine, enqueue_comment, render,
 };
+use draftd::stand::{RunKind, StepState, Trigger};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -466,22 +467,22 @@ pub fn view(stand_id: i64, run: i32, status: Status) -> ReportView {
         sha: Some("0123456789abcdef0123456789abcdef01234567".into()),
         head_sha: Some("0123456789abcdef0123456789abcdef01234567".into()),
         run_number: run,
-        kind: "deploy".into(),
-        trigger: "pushed".into(),
+        kind: RunKind::Deploy,
+        trigger: Trigger::Pushed,
         requested_by: None,
         stand_link: Some(format!("http://127.0.0.1:8080/stands/{stand_id}")),
         run_link: Some(format!("http://127.0.0.1:8080/stands/{stand_id}/runs/{run}")),
         status,
         steps: vec![
-            StepLine { name: "namespace".into(), state: "succeeded".into(), duration_ms: Some(412), note: None },
-            StepLine { name: "database".into(), state: "succeeded".into(), duration_ms: Some(1_830), note: None },
+            StepLine { name: "namespace".into(), state: StepState::Succeeded, duration_ms: Some(412), note: None },
+            StepLine { name: "database".into(), state: StepState::Succeeded, duration_ms: Some(1_830), note: None },
             StepLine {
                 name: "secrets".into(),
-                state: "skipped".into(),
+                state: StepState::Skipped,
                 duration_ms: Some(3),
                 note: Some("[vault] is not configured".into()),
             },
-            StepLine { name: "deploy".into(), state: "succeeded".into(), duration_ms: Some(74_250), note: None },
+            StepLine { name: "deploy".into(), state: StepState::Succeeded, duration_ms: Some(74_250), note: None },
         ],
         mocks: vec!["payments".into(), "sms".into()],
         expires_at: Some(chrono::Utc.with_ymd_and_hms(2026, 11, 27, 14, 0, 0).unwrap()),
@@ -538,10 +539,10 @@ pub async fn command_run(
     sha: &str,
     params: Value,
 ) -> draftd::store::runs::ClaimedRun {
-    let (run_id, number): (i64, i32) = sqlx::query_as(
+    let (run_id, number, kind, trigger): (i64, i32, RunKind, Trigger) = sqlx::query_as(
         "insert into runs (stand_id, number, kind, trigger, automatic, epoch, sha, requested_by, params)
          values ($1, (select coalesce(max(number), 0) + 1 from runs where stand_id = $1), $2, $3, false, 0, $4, $5, $6)
-         returning run_id, number",
+         returning run_id, number, kind, trigger",
     )
     .bind(stand_id)
     .bind(kind)
@@ -556,8 +557,8 @@ pub async fn command_run(
         run_id,
         stand_id,
         number,
-        kind: kind.into(),
-        trigger: trigger.into(),
+        kind,
+        trigger,
         sha: Some(sha.into()),
         epoch: 0,
         requested_by: Some(login.into()),
