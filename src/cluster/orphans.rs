@@ -6,6 +6,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use super::{Cluster, ClusterError, ManagedNamespace};
+use crate::stand::StandState;
 use crate::store::StoreError;
 use crate::store::orphans::stands_of;
 
@@ -50,7 +51,7 @@ pub fn classify(namespaces: &[ManagedNamespace], stands: &[StandRow], now: DateT
             Some(stand) if ns.stand_id != Some(stand.stand_id) => {
                 Some(OrphanReason::OtherStand { labelled: ns.stand_id, owner: stand.stand_id })
             }
-            Some(stand) if stand.state == "removed" => Some(OrphanReason::StandRemoved),
+            Some(stand) if stand.state == StandState::Removed => Some(OrphanReason::StandRemoved),
             Some(StandRow { expires_at: Some(at), busy: false, .. }) if *at < now => {
                 Some(OrphanReason::Expired { at: *at })
             }

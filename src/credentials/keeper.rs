@@ -10,6 +10,7 @@ use secrecy::SecretString;
 
 use super::{CredentialError, Lifetimes, StandCredentials, chrono, stand_db};
 use crate::database::Databases;
+use crate::stand::StandState;
 use crate::store;
 use crate::store::credentials::LiveCredential;
 use crate::vault::Vault;
@@ -189,7 +190,10 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
 /// anyway. Those ends, and a removed stand's logins, are revoked with their sessions.
 fn upkeep(c: &LiveCredential, now: DateTime<Utc>, lifetimes: &Lifetimes, in_use: bool) -> Upkeep {
     let lease_half_gone = c.source == "vault" && c.expires_at - now <= chrono(lifetimes.lease) / 2;
-    if c.stand_state == "removed" || c.max_expires_at <= now || (c.purpose == "migrate" && c.expires_at <= now) {
+    if c.stand_state == StandState::Removed
+        || c.max_expires_at <= now
+        || (c.purpose == "migrate" && c.expires_at <= now)
+    {
         Upkeep::Revoke
     } else if let Some(at) = c.superseded_at {
         if at + chrono(lifetimes.grace) > now {
@@ -231,7 +235,7 @@ mod tests {
             expires_at: now + minutes(lease_left),
             max_expires_at: now - minutes(age) + minutes(life),
             superseded_at: None,
-            stand_state: "active".into(),
+            stand_state: StandState::Active,
             namespace: "draft-x".into(),
         }
     }
@@ -250,7 +254,7 @@ mod tests {
             c
         };
         let removed = |mut c: LiveCredential| {
-            c.stand_state = "removed".into();
+            c.stand_state = StandState::Removed;
             c
         };
         use Upkeep::*;

@@ -45,7 +45,7 @@ pub struct LiveCredential {
     pub expires_at: DateTime<Utc>,
     pub max_expires_at: DateTime<Utc>,
     pub superseded_at: Option<DateTime<Utc>>,
-    pub stand_state: String,
+    pub stand_state: crate::stand::StandState,
     pub namespace: String,
 }
 

@@ -12,7 +12,7 @@ use super::StoreError;
 pub struct StandRow {
     pub namespace: String,
     pub stand_id: i64,
-    pub state: String,
+    pub state: crate::stand::StandState,
     pub expires_at: Option<DateTime<Utc>>,
     /// A run of the stand is queued or running (a deploy resetting the expiry, or the teardown itself).
     pub busy: bool,
