@@ -70,18 +70,6 @@ pub enum DatabaseError {
     Db(#[from] sqlx::Error),
 }
 
-impl DatabaseError {
-    /// [`Failure::is_transient`], for callers without the trait in scope.
-    pub fn is_transient(&self) -> bool {
-        Failure::is_transient(self)
-    }
-
-    /// [`Failure::label`], for callers without the trait in scope.
-    pub fn label(&self) -> &'static str {
-        Failure::label(self)
-    }
-}
-
 impl Failure for DatabaseError {
     fn is_transient(&self) -> bool {
         match self {

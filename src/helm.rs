@@ -170,16 +170,6 @@ impl HelmError {
     pub fn is_locked(&self) -> bool {
         matches!(self, HelmError::Failed { stderr, .. } if stderr.to_lowercase().contains(LOCKED_MARKER))
     }
-
-    /// [`Failure::is_transient`], for callers without the trait in scope.
-    pub fn is_transient(&self) -> bool {
-        Failure::is_transient(self)
-    }
-
-    /// [`Failure::label`], for callers without the trait in scope.
-    pub fn label(&self) -> &'static str {
-        Failure::label(self)
-    }
 }
 
 impl Failure for HelmError {

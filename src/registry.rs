@@ -126,18 +126,6 @@ pub enum RegistryError {
     Credentials(String),
 }
 
-impl RegistryError {
-    /// [`Failure::is_transient`], for callers without the trait in scope.
-    pub fn is_transient(&self) -> bool {
-        Failure::is_transient(self)
-    }
-
-    /// [`Failure::label`], for callers without the trait in scope.
-    pub fn label(&self) -> &'static str {
-        Failure::label(self)
-    }
-}
-
 impl Failure for RegistryError {
     /// Worth looking again: the registry, its token service or the network may be back.
     fn is_transient(&self) -> bool {

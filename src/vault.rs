@@ -42,18 +42,6 @@ pub enum VaultError {
     Config(String),
 }
 
-impl VaultError {
-    /// [`Failure::is_transient`], for callers without the trait in scope.
-    pub fn is_transient(&self) -> bool {
-        Failure::is_transient(self)
-    }
-
-    /// [`Failure::label`], for callers without the trait in scope.
-    pub fn label(&self) -> &'static str {
-        Failure::label(self)
-    }
-}
-
 impl Failure for VaultError {
     fn is_transient(&self) -> bool {
         match self {

@@ -7,6 +7,7 @@ use anyhow::Context;
 use tokio::net::{TcpListener, TcpSocket};
 
 use crate::http::AppState;
+use crate::stand::Failure;
 use crate::store;
 
 /// False when asked to stop first.

@@ -131,18 +131,6 @@ pub enum ClusterError {
     Api(#[from] kube::Error),
 }
 
-impl ClusterError {
-    /// [`Failure::is_transient`], for callers without the trait in scope.
-    pub fn is_transient(&self) -> bool {
-        Failure::is_transient(self)
-    }
-
-    /// [`Failure::label`], for callers without the trait in scope.
-    pub fn label(&self) -> &'static str {
-        Failure::label(self)
-    }
-}
-
 impl Failure for ClusterError {
     /// Worth retrying: the API server was unreachable, overloaded or in a conflict that a new
     /// attempt resolves. A refusal (forbidden, invalid) will not pass by retrying.

@@ -58,18 +58,6 @@ pub enum CredentialError {
     Config(String),
 }
 
-impl CredentialError {
-    /// [`Failure::is_transient`], for callers without the trait in scope.
-    pub fn is_transient(&self) -> bool {
-        Failure::is_transient(self)
-    }
-
-    /// [`Failure::label`], for callers without the trait in scope.
-    pub fn label(&self) -> &'static str {
-        Failure::label(self)
-    }
-}
-
 impl Failure for CredentialError {
     fn is_transient(&self) -> bool {
         match self {

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::forge::PayloadError;
+use crate::stand::Failure;
 use crate::store::StoreError;
 
 /// The body of every error answer; the OpenAPI document describes it from this type.

@@ -17,7 +17,7 @@ use super::step::StepError;
 use crate::config::{Config, ForgeKind};
 use crate::forge::client::{ForgeClient, ForgeError, ForgeUser, Permission};
 use crate::reporter::{Outbound, ReplyPayload, enqueue};
-use crate::stand::{RunKind, Trigger};
+use crate::stand::{Failure, RunKind, Trigger};
 use crate::store::audit::{self, CommandDecision};
 use crate::store::runs::ClaimedRun;
 use crate::store::stands;
@@ -62,17 +62,18 @@ pub fn needs_check(run: &ClaimedRun) -> bool {
 pub struct ForgeAuthoriser<F> {
     pool: PgPool,
     forges: Vec<(ForgeKind, F)>,
-    /// Project name → (forge, repo).
-    projects: Vec<(String, ForgeKind, String)>,
+    /// Where each project lives: the run names its project, the check needs its forge and repo.
+    config: Config,
 }
 
 impl<F: Access> ForgeAuthoriser<F> {
     pub fn with_clients(pool: PgPool, config: &Config, forges: Vec<(ForgeKind, F)>) -> Self {
-        let projects = config.projects.iter().map(|p| (p.name.clone(), p.forge, p.repo.clone())).collect();
-        Self { pool, forges, projects }
+        Self { pool, forges, config: config.clone() }
     }
 
     async fn check(&self, run: &ClaimedRun) -> Result<Verdict, StepError> {
+        // Any failure of draftd's own database here is retried, whatever its kind: a person's command
+        // must not be refused, or run unchecked, because the check could not be recorded.
         let db = |e: crate::store::StoreError| StepError::transient("database", e.to_string());
         // A run resumed by another worker was decided once already: neither asked nor answered twice.
         match audit::command_decision(&self.pool, run.run_id).await.map_err(db)? {
@@ -83,9 +84,10 @@ impl<F: Access> ForgeAuthoriser<F> {
             None => {}
         }
         let login = run.requested_by.as_deref().unwrap_or_default();
-        let Some((_, forge, repo)) = self.projects.iter().find(|(name, _, _)| *name == run.project) else {
+        let Some(project) = self.config.project(&run.project) else {
             return Ok(Verdict::Denied { reason: format!("project {:?} is not configured", run.project) });
         };
+        let (forge, repo) = (&project.forge, &project.repo);
         let Some((_, client)) = self.forges.iter().find(|(k, _)| k == forge) else {
             return Err(StepError::permanent(
                 "no_forge_client",

@@ -17,6 +17,7 @@ use super::plan::StandPlan;
 use super::step::{RunContext, StepError, StepName, StepOutcome};
 use crate::config::{Config, ProjectBuild, ProjectConfig, RegistryConfig};
 use crate::registry::{ImageRef, Lookup, Manifest, OciRegistry, Registry, RegistryError};
+use crate::stand::Failure;
 use crate::store::runs;
 
 /// After a build reports success, the image is looked for this long (a registry behind a CDN or

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use super::queue::{CheckPayload, CommentPayload, KINDS, Outbound};
 use crate::config::ForgeKind;
 use crate::forge::client::{AnyForge, CheckState, EnvironmentRef, ForgeClient, ForgeError};
+use crate::stand::Failure;
 use crate::store::StoreError;
 use crate::store::outbox::{self, OutboxRow};
 

@@ -58,13 +58,6 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
     }
 }
 
-impl StoreError {
-    /// [`Failure::is_transient`], for callers without the trait in scope.
-    pub fn is_transient(&self) -> bool {
-        Failure::is_transient(self)
-    }
-}
-
 impl Failure for StoreError {
     /// A failure that may pass if tried again: the database is unreachable or restarting, or the pool
     /// is exhausted. Everything else (bad SQL, a missing database, a failed migration) will not.

@@ -1221,6 +1221,7 @@ async fn the_gate_fails_when_the_api_server_answers_for_a_missing_service() {
 // migrate and smoke Jobs
 
 use draftd::cluster::jobs::JobRequest;
+use draftd::stand::Failure;
 
 fn smoke_request() -> JobRequest {
     JobRequest {

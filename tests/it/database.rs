@@ -6,6 +6,7 @@ use std::str::FromStr;
 use draftd::database::{
     DatabaseError, Databases, Dropped, Ensured, InstanceMark, Marked, MarkedRole, PgDatabases, StandDb,
 };
+use draftd::stand::Failure;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 

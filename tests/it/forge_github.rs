@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::support::forge_fake;
+use draftd::stand::Failure;
 
 const APP_ID: u64 = 123_456;
 

@@ -13,6 +13,7 @@ use forge_fake::*;
 use secrecy::SecretString;
 
 use crate::support::forge_fake;
+use draftd::stand::Failure;
 
 /// Short enough that a stalled page fails the call quickly.
 const TIMEOUT: Duration = Duration::from_millis(1_000);

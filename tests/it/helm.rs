@@ -11,6 +11,7 @@ use draftd::helm::{
     template_argv, upgrade_install_argv,
 };
 use draftd::pipeline::{StepError, StepErrorKind};
+use draftd::stand::Failure;
 use serde::Deserialize;
 use serde_json::Value;
 

@@ -20,6 +20,7 @@ use sqlx::PgPool;
 
 use crate::support;
 use crate::support::registry::{REGISTRY_PASSWORD, Registry as TestRegistry, RegistryAuth, available};
+use draftd::stand::Failure;
 
 const SHA1: &str = "1111111aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const SHA2: &str = "2222222bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";

@@ -17,6 +17,7 @@ use sqlx::PgPool;
 use forge_fake::*;
 
 use crate::support::forge_fake;
+use draftd::stand::Failure;
 
 // ---------------------------------------------------------------------------------------------
 // (a), (b): five reports, one comment

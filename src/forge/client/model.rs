@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::ForgeKind;
+use crate::stand::Failure;
 
 /// One forge API call (with its pagination) may take this long before it counts as a transient failure.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -258,18 +259,6 @@ pub enum ForgeError {
 }
 
 impl ForgeError {
-    /// May pass if tried again: 5xx, 408, 429, a rate-limited 403 (GitHub's primary limit), timeouts,
-    /// connection failures. 401, 403, 404, 422 and the like will not.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            ForgeError::Status { status, retry_after, .. } => {
-                *status >= 500 || *status == 408 || *status == 429 || (*status == 403 && retry_after.is_some())
-            }
-            ForgeError::Timeout { .. } | ForgeError::Connection { .. } | ForgeError::Held { .. } => true,
-            ForgeError::Response { .. } | ForgeError::Invalid { .. } | ForgeError::AppNotInstalled { .. } => false,
-        }
-    }
-
     /// How long the forge asked to be left alone, when it said.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -308,6 +297,24 @@ impl ForgeError {
     /// The comment (or the PR, or the repository) does not exist, or the token may not see it.
     pub fn is_not_found(&self) -> bool {
         self.status() == Some(404)
+    }
+}
+
+impl Failure for ForgeError {
+    /// May pass if tried again: 5xx, 408, 429, a rate-limited 403 (GitHub's primary limit), timeouts,
+    /// connection failures. 401, 403, 404, 422 and the like will not.
+    fn is_transient(&self) -> bool {
+        match self {
+            ForgeError::Status { status, retry_after, .. } => {
+                *status >= 500 || *status == 408 || *status == 429 || (*status == 403 && retry_after.is_some())
+            }
+            ForgeError::Timeout { .. } | ForgeError::Connection { .. } | ForgeError::Held { .. } => true,
+            ForgeError::Response { .. } | ForgeError::Invalid { .. } | ForgeError::AppNotInstalled { .. } => false,
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        self.metric_label()
     }
 }
 

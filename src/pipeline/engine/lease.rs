@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::settings::{EngineSettings, backoff};
+use crate::stand::Failure;
 use crate::store::runs::{self, ClaimedRun, RunStoreError};
 
 /// Aborts the heartbeat when the run's future is dropped, as a killed worker's would stop.

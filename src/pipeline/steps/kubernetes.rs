@@ -23,6 +23,7 @@ use crate::pipeline::lifecycle;
 use crate::pipeline::plan::StandPlan;
 use crate::pipeline::step::{RunContext, StepError, StepName, StepOutcome, StepRunner};
 use crate::registry::Registry as _;
+use crate::stand::Failure;
 use crate::store::{runs, stands};
 
 /// Finished Jobs stay this long for `kubectl logs`, then Kubernetes removes them.
