@@ -17,6 +17,7 @@ use anyhow::{Context, bail};
 use draftd::config::Config;
 use draftd::credentials::{Lifetimes, StandCredentials, StandServer, stand_db};
 use draftd::database::{Databases, PgDatabases, StandDb};
+use draftd::stand::StandId;
 use draftd::vault::OpenBao;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
@@ -160,13 +161,13 @@ async fn ready_times(creds: &StandCredentials, pool: &PgPool, tag: &str, n: usiz
         let db = stand_db(&namespace, None);
         let t = Instant::now();
         creds.ensure_database(&db).await?;
-        let issued = creds.issue(id, None, "app", &db).await?;
+        let issued = creds.issue(StandId::new(id), None, "app", &db).await?;
         times.push(t.elapsed());
         drop(issued);
         stands.push((id, db));
     }
     for (id, db) in &stands {
-        creds.revoke_all(*id, db).await?;
+        creds.revoke_all(StandId::new(*id), db).await?;
         creds.drop_database(db).await?;
     }
     Ok(times)

@@ -55,7 +55,7 @@ use draftd::helm::HelmCli;
 use draftd::pipeline::image::Registries;
 use draftd::pipeline::steps::DryRunSteps;
 use draftd::pipeline::{Engine, EngineSettings, Wake};
-use draftd::stand::{BranchName, CommitSha, ProjectName};
+use draftd::stand::{BranchName, CommitSha, ProjectName, RunId};
 use draftd::store::intake::{self, Delivery};
 use draftd::store::{self, MIGRATOR};
 use registry::{DOCKER_REGISTRY, Registry as TestRegistry, RegistryAuth};
@@ -470,7 +470,7 @@ wait = "{STEP_WAIT}"
 impl Ctx {
     /// Records a `pull_request` opened delivery for a new branch of `project` through intake, as the
     /// webhook handler does, and wakes a worker; returns the queued run.
-    async fn queue(&self, project: &str, branch: &str) -> anyhow::Result<i64> {
+    async fn queue(&self, project: &str, branch: &str) -> anyhow::Result<RunId> {
         let n = self.next_pr.fetch_add(1, Ordering::SeqCst) + 1;
         let project = ProjectName::new(project)?;
         let branch = BranchName::new(branch)?;
@@ -505,7 +505,7 @@ struct Waiting {
 }
 
 /// Until `run`'s image step records `waiting_for`; fails when the run ends first or `SETUP_TIMEOUT` passes.
-async fn until_waiting(pool: &PgPool, run: i64) -> anyhow::Result<Waiting> {
+async fn until_waiting(pool: &PgPool, run: RunId) -> anyhow::Result<Waiting> {
     let started = Instant::now();
     loop {
         let row: (String, Option<Value>, Option<String>, Option<Value>) = sqlx::query_as(
@@ -547,7 +547,7 @@ struct Found {
     recording_ms: f64,
 }
 
-async fn until_ended(pool: &PgPool, run: i64, limit: Duration) -> anyhow::Result<Found> {
+async fn until_ended(pool: &PgPool, run: RunId, limit: Duration) -> anyhow::Result<Found> {
     let started = Instant::now();
     loop {
         let (state, error): (String, Option<Value>) =

@@ -34,7 +34,7 @@ use draftd::forge::{Event, PullRequest, Trigger};
 use draftd::pipeline::{
     Engine, EngineSettings, RunContext, RunEnd, StepError, StepName, StepOutcome, StepRunner, Wake,
 };
-use draftd::stand::{BranchName, CommitSha, ProjectName, RunKind};
+use draftd::stand::{BranchName, CommitSha, ProjectName, RunId, RunKind};
 use draftd::store::intake::{self, Delivery};
 use draftd::store::{self, MIGRATOR};
 use serde_json::json;
@@ -212,8 +212,8 @@ struct RunTrace {
 
 #[derive(Default)]
 struct LedgerInner {
-    execs: HashMap<(i64, StepName), Exec>,
-    runs: HashMap<i64, RunTrace>,
+    execs: HashMap<(RunId, StepName), Exec>,
+    runs: HashMap<RunId, RunTrace>,
 }
 
 /// What every fake saw, shared by the fakes of every engine of one phase.
@@ -221,7 +221,7 @@ struct LedgerInner {
 struct Ledger(Mutex<LedgerInner>);
 
 impl Ledger {
-    fn snapshot(&self) -> (HashMap<(i64, StepName), Exec>, HashMap<i64, RunTrace>) {
+    fn snapshot(&self) -> (HashMap<(RunId, StepName), Exec>, HashMap<RunId, RunTrace>) {
         let inner = self.0.lock().unwrap();
         (inner.execs.clone(), inner.runs.clone())
     }
@@ -341,7 +341,7 @@ async fn reset(pool: &PgPool) -> anyhow::Result<()> {
 
 /// Records a `pull_request` opened delivery for a new branch through intake, as the webhook handler
 /// does; returns the queued run.
-async fn queue_opened(pool: &PgPool, project: &ProjectName, phase: &str, index: usize) -> anyhow::Result<i64> {
+async fn queue_opened(pool: &PgPool, project: &ProjectName, phase: &str, index: usize) -> anyhow::Result<RunId> {
     let branch = BranchName::new(&format!("feature/{phase}-{index}"))?;
     let sha = CommitSha::new(&format!("{:040x}", 0xbe00_0000_u128 + index as u128))?;
     let pr = PullRequest { number: index as u64 + 1, branch, sha, updated_at: Utc::now(), fork: false };
@@ -404,7 +404,7 @@ async fn overhead(
     let waiting = wake.clone();
 
     // One worker, as `run_workers` drives it, but with each run's end reported as it happens.
-    let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<Result<(i64, RunEnd, Instant), String>>();
+    let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<Result<(RunId, RunEnd, Instant), String>>();
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let driver = AbortOnDrop::spawn(async move {
         while !*stop_rx.borrow() {
@@ -655,7 +655,7 @@ async fn burst(
 
     let (execs, traces) = ledger.snapshot();
     let mut problems = Vec::new();
-    let queued: HashSet<i64> = run_ids.iter().copied().collect();
+    let queued: HashSet<RunId> = run_ids.iter().copied().collect();
     if queued.len() != n {
         problems.push(format!("{} distinct runs queued for {n} deliveries", queued.len()));
     }
@@ -674,7 +674,7 @@ async fn burst(
     if attempts_over_one != 0 {
         problems.push(format!("{attempts_over_one} runs were claimed more than once"));
     }
-    let mut engine_of: HashMap<i64, HashSet<usize>> = HashMap::new();
+    let mut engine_of: HashMap<RunId, HashSet<usize>> = HashMap::new();
     for ((run, step), exec) in &execs {
         if exec.count != 1 {
             problems.push(format!("run {run} step {} executed {} times", step.as_str(), exec.count));

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use axum::body::Bytes;
 use chrono::{DateTime, TimeZone, Utc};
+use draftd::stand::StandId;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -799,7 +800,7 @@ struct Checks {
 
 #[derive(sqlx::FromRow)]
 struct StandRow {
-    stand_id: i64,
+    stand_id: StandId,
     branch: String,
     namespace: String,
     state: String,
@@ -809,7 +810,7 @@ struct StandRow {
 
 #[derive(sqlx::FromRow)]
 struct LastRun {
-    stand_id: i64,
+    stand_id: StandId,
     kind: String,
     state: String,
     sha: Option<String>,
@@ -908,7 +909,7 @@ async fn check(
     )
     .fetch_all(pool)
     .await?;
-    let last_run: HashMap<i64, &LastRun> = last_runs.iter().map(|r| (r.stand_id, r)).collect();
+    let last_run: HashMap<StandId, &LastRun> = last_runs.iter().map(|r| (r.stand_id, r)).collect();
     let mut comments: HashMap<u64, Vec<String>> = HashMap::new();
     for c in forge.all_comments() {
         comments.entry(c.number).or_default().push(c.body);

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use draftd::pipeline::{Engine, EngineSettings, RunContext, RunEnd, StepError, StepName, StepOutcome, StepRunner};
+use draftd::stand::StandId;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use support::*;
@@ -113,7 +114,7 @@ async fn every_line_of_a_run_carries_its_ids(pool: PgPool) {
     let engine = Engine::new(pool.clone(), Arc::new(Chatty), EngineSettings::default(), "logs-worker");
     let (run, end) = engine.run_one().await.unwrap().expect("a run to claim");
     assert_eq!(end, RunEnd::Succeeded);
-    let stand: i64 =
+    let stand: StandId =
         sqlx::query_scalar("select stand_id from runs where run_id = $1").bind(run).fetch_one(&pool).await.unwrap();
 
     let lines = buffer.lines();

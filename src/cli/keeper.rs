@@ -13,6 +13,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::credentials::StandCredentials;
 use crate::http::AppState;
+use crate::stand::StandId;
 use crate::store::stands;
 
 /// The keeper's way of handing a replacement login to a running stand: its Secret updated and the
@@ -21,7 +22,7 @@ pub(super) fn deliver_to_cluster(
     cluster: Arc<crate::cluster::Kubernetes>,
     pool: sqlx::PgPool,
     config: Arc<Config>,
-) -> impl Fn(i64, String, BTreeMap<String, SecretString>) -> BoxFuture<'static, Result<(), String>> + Send + Sync + 'static
+) -> impl Fn(StandId, String, BTreeMap<String, SecretString>) -> BoxFuture<'static, Result<(), String>> + Send + Sync + 'static
 {
     move |stand_id, namespace, data| {
         let (cluster, pool, config) = (cluster.clone(), pool.clone(), config.clone());
@@ -56,7 +57,7 @@ pub(super) fn spawn_keeper<F, Fut>(
     state: &AppState,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) where
-    F: Fn(i64, String, BTreeMap<String, SecretString>) -> Fut + Send + Sync + 'static,
+    F: Fn(StandId, String, BTreeMap<String, SecretString>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<(), String>> + Send,
 {
     // Often enough to renew a lease at half its TTL and revoke replaced logins on time.

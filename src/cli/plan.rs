@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::config::{ClusterMode, Config, ProjectConfig, branch_globs};
 use crate::helm::{self, Helm, HelmCli};
 use crate::pipeline::plan::StandPlan;
-use crate::stand::{BranchName, CommitSha, Namespace, ProjectName};
+use crate::stand::{BranchName, CommitSha, Namespace, ProjectName, StandId};
 
 /// Everything `draftd plan` reports; `--json` prints it as one object.
 #[derive(Debug, Clone, Serialize)]
@@ -123,7 +123,7 @@ pub fn build(config: &Config, project: &str, branch: &str, sha: &str) -> anyhow:
     let hashed = Namespace::hashed(&project_name, &branch, project_cfg.strip_branch_prefix);
     let namespace_if_taken = (hashed != namespace).then(|| hashed.to_string());
 
-    let plan = StandPlan::new(config, project_cfg, 0, namespace.as_str(), branch.as_str(), sha.as_str());
+    let plan = StandPlan::new(config, project_cfg, StandId::new(0), namespace.as_str(), branch.as_str(), sha.as_str());
 
     let globs = branch_globs(&project_cfg.branches).map_err(|e| anyhow!("projects {project:?} branches: {e}"))?;
     let branch_matches = globs.is_match(branch.as_str());

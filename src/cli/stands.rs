@@ -8,6 +8,7 @@ use anyhow::bail;
 use super::table;
 use crate::config::Config;
 use crate::forge::{Command, Trigger};
+use crate::http::schema;
 use crate::stand::StandState;
 use crate::store::manual::{self, ManualOutcome, ManualRequest, StandLookup};
 use crate::store::{self, stands};
@@ -23,6 +24,8 @@ pub async fn list(
     let rows = stands::list(&pool, project.as_deref(), state.map(StandState::as_str)).await?;
     let mut out = std::io::stdout().lock();
     if json {
+        // The API's shape, so scripts can read either.
+        let rows: Vec<schema::StandSummary> = rows.into_iter().map(Into::into).collect();
         serde_json::to_writer_pretty(&mut out, &rows)?;
         writeln!(out)?;
         return Ok(());
@@ -60,7 +63,7 @@ pub async fn show(config: Config, stand: stands::StandRef, json: bool) -> anyhow
     };
     let mut out = std::io::stdout().lock();
     if json {
-        serde_json::to_writer_pretty(&mut out, &detail)?;
+        serde_json::to_writer_pretty(&mut out, &schema::StandDetail::from(detail))?;
         writeln!(out)?;
         return Ok(());
     }

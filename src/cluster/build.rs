@@ -370,7 +370,7 @@ mod tests {
         // The token is in the Secret, never in the Job.
         let stand = StandMeta {
             namespace: "draft-x".into(),
-            stand_id: 7,
+            stand_id: crate::stand::StandId::new(7),
             project: "shop".into(),
             expires_at: chrono::Utc::now(),
             service_account_token: false,

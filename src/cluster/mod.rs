@@ -31,7 +31,7 @@ use secrecy::SecretString;
 
 use chrono::{DateTime, Utc};
 
-use crate::stand::Failure;
+use crate::stand::{Failure, StandId};
 
 pub use kubernetes::{Kubernetes, ServiceProxyProber};
 
@@ -47,7 +47,7 @@ pub const FIELD_MANAGER: &str = "draftd";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StandMeta {
     pub namespace: String,
-    pub stand_id: i64,
+    pub stand_id: StandId,
     /// A DNS label already (config validates project names), so a valid label value.
     pub project: String,
     pub expires_at: DateTime<Utc>,
@@ -81,7 +81,7 @@ pub struct ManagedNamespace {
     /// From the `draftd.io/project` label.
     pub project: Option<String>,
     /// From the `draftd.io/stand` label; `None` when it is missing or not a number.
-    pub stand_id: Option<i64>,
+    pub stand_id: Option<StandId>,
     pub expires_at: Option<DateTime<Utc>>,
     /// Already being deleted.
     pub terminating: bool,
@@ -97,7 +97,7 @@ pub enum ClusterError {
     #[error("namespace {namespace} is being deleted; the step will try again once it is gone")]
     Terminating { namespace: String },
     #[error("namespace {namespace} belongs to stand {owner}, not to stand {stand}")]
-    OtherStand { namespace: String, owner: String, stand: i64 },
+    OtherStand { namespace: String, owner: String, stand: StandId },
     /// Deletion was asked for but has not finished; `blockers` says what holds it (finalizers,
     /// the namespace controller's conditions).
     #[error("namespace {namespace} is still being deleted after {waited:?}: {blockers}")]

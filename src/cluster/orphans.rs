@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use super::{Cluster, ClusterError, ManagedNamespace};
-use crate::stand::StandState;
+use crate::stand::{StandId, StandState};
 use crate::store::StoreError;
 use crate::store::orphans::stands_of;
 
@@ -30,7 +30,7 @@ pub enum OrphanReason {
     Expired { at: DateTime<Utc> },
     /// The label names another stand than the one the database gives this namespace to: left by an
     /// earlier stand of the same name, it blocks the current one.
-    OtherStand { labelled: Option<i64>, owner: i64 },
+    OtherStand { labelled: Option<StandId>, owner: StandId },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -341,7 +341,7 @@ mod tests {
     fn stand() -> StandMeta {
         StandMeta {
             namespace: "draft-x".into(),
-            stand_id: 1,
+            stand_id: crate::stand::StandId::new(1),
             project: "shop".into(),
             expires_at: chrono::Utc::now(),
             service_account_token: false,

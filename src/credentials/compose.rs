@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::{CredentialError, StandCredentials, chrono};
 use crate::database::{Databases, StandDb};
+use crate::stand::{RunId, StandId};
 use crate::store;
 use crate::store::credentials::NewCredential;
 use crate::vault::{DbRole, Vault};
@@ -78,8 +79,8 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
     /// `VALID UNTIL`; recorded before it is handed out.
     pub async fn issue(
         &self,
-        stand_id: i64,
-        run_id: Option<i64>,
+        stand_id: StandId,
+        run_id: Option<RunId>,
         purpose: &str,
         db: &StandDb,
     ) -> Result<Issued, CredentialError> {

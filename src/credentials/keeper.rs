@@ -10,7 +10,7 @@ use secrecy::SecretString;
 
 use super::{CredentialError, Lifetimes, StandCredentials, chrono, stand_db};
 use crate::database::Databases;
-use crate::stand::StandState;
+use crate::stand::{StandId, StandState};
 use crate::store;
 use crate::store::credentials::LiveCredential;
 use crate::vault::Vault;
@@ -40,7 +40,7 @@ enum Upkeep {
 impl<D: Databases, V: Vault> StandCredentials<D, V> {
     /// Marks the stand's other live app logins as replaced by `current`; the keeper revokes them
     /// after the grace period.
-    pub async fn supersede_app(&self, stand_id: i64, current: i64) -> Result<u64, CredentialError> {
+    pub async fn supersede_app(&self, stand_id: StandId, current: i64) -> Result<u64, CredentialError> {
         Ok(store::credentials::supersede_app(&self.pool, stand_id, current).await?)
     }
 
@@ -95,7 +95,7 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
     /// one stand's trouble never stops the others.
     pub async fn keep<F, Fut>(&self, deliver: F) -> Result<Kept, CredentialError>
     where
-        F: Fn(i64, String, BTreeMap<String, SecretString>) -> Fut,
+        F: Fn(StandId, String, BTreeMap<String, SecretString>) -> Fut,
         Fut: std::future::Future<Output = Result<(), String>>,
     {
         let live = store::credentials::live(&self.pool).await?;
@@ -120,7 +120,7 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
                 Ok(Upkeep::InUse) => {
                     kept.in_use += 1;
                     tracing::info!(
-                        stand = c.stand_id,
+                        stand = c.stand_id.get(),
                         credential = c.credential_id,
                         "a replaced login is still in use: kept until unused or its end"
                     );
@@ -128,7 +128,7 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
                 Ok(Upkeep::Nothing) => {}
                 Err(e) => {
                     kept.failed += 1;
-                    tracing::warn!(stand = c.stand_id, credential = c.credential_id, error = %e, "credential upkeep failed");
+                    tracing::warn!(stand = c.stand_id.get(), credential = c.credential_id, error = %e, "credential upkeep failed");
                 }
             }
         }
@@ -158,7 +158,7 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
 
     async fn replace<F, Fut>(&self, c: &LiveCredential, deliver: &F) -> Result<(), CredentialError>
     where
-        F: Fn(i64, String, BTreeMap<String, SecretString>) -> Fut,
+        F: Fn(StandId, String, BTreeMap<String, SecretString>) -> Fut,
         Fut: std::future::Future<Output = Result<(), String>>,
     {
         let db = stand_db(&c.namespace, None);
@@ -226,7 +226,7 @@ mod tests {
         let minutes = chrono::Duration::minutes;
         LiveCredential {
             credential_id: 1,
-            stand_id: 1,
+            stand_id: crate::stand::StandId::new(1),
             purpose: purpose.into(),
             source: source.into(),
             username: "draft_x_l00000001".into(),

@@ -5,6 +5,7 @@ use serde_json::{Value, json};
 
 use super::{CredentialError, StandCredentials};
 use crate::database::{Databases, StandDb};
+use crate::stand::StandId;
 use crate::store;
 use crate::vault::Vault;
 
@@ -13,7 +14,7 @@ impl<D: Databases, V: Vault> StandCredentials<D, V> {
     /// deleted. Must come before [`Self::drop_database`]. Sessions end at once, although the
     /// stand's pods may still be serving: the stand is going, its namespace with them, and a login
     /// left for them would outlive the teardown.
-    pub async fn revoke_all(&self, stand_id: i64, db: &StandDb) -> Result<Value, CredentialError> {
+    pub async fn revoke_all(&self, stand_id: StandId, db: &StandDb) -> Result<Value, CredentialError> {
         let live = store::credentials::live_logins_of(&self.pool, stand_id).await?;
         let mut revoked = 0;
         for login in &live {

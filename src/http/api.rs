@@ -20,11 +20,12 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::token_matches;
 use super::error::ErrorBody;
+use super::schema::{StandDetail, StandSummary};
 use super::{ApiError, AppState, RequestId};
 use crate::forge::{Command, Trigger};
-use crate::stand::StandState;
+use crate::stand::{RunId, StandId, StandState};
 use crate::store::manual::{self, ManualOutcome, ManualRequest, StandLookup};
-use crate::store::stands::{self, StandDetail, StandRef, StandSummary};
+use crate::store::stands::{self, StandRef};
 use crate::store::summary::{self, MAX_WINDOW, Summary};
 
 pub fn router() -> Router<AppState> {
@@ -94,8 +95,8 @@ struct StandList {
 /// What a queued command answers: the stand and the run that will carry the command out.
 #[derive(Debug, Serialize, ToSchema)]
 struct Queued {
-    stand: i64,
-    run: i64,
+    stand: StandId,
+    run: RunId,
 }
 
 /// Stands, each with the outcome of its newest run.
@@ -129,7 +130,7 @@ async fn list(
         }
     };
     let stands = stands::list(state.pool(), q.project.as_deref(), wanted.map(StandState::as_str)).await?;
-    Ok(Json(StandList { stands }))
+    Ok(Json(StandList { stands: stands.into_iter().map(StandSummary::from).collect() }))
 }
 
 /// A stand with its newest 50 runs (newest first), each with its steps.
@@ -151,11 +152,11 @@ async fn list(
 async fn show(
     _: Caller,
     State(state): State<AppState>,
-    id: Result<Path<i64>, PathRejection>,
+    id: Result<Path<StandId>, PathRejection>,
 ) -> Result<Json<StandDetail>, ApiError> {
     let id = stand_id(id)?;
     match stands::show(state.pool(), &StandRef::Id(id), 50).await? {
-        Some(detail) => Ok(Json(detail)),
+        Some(detail) => Ok(Json(StandDetail::from(detail))),
         None => Err(ApiError::StandNotFound { message: format!("no stand with id {id}") }),
     }
 }
@@ -181,7 +182,7 @@ async fn show(
 async fn rerun(
     caller: Caller,
     State(state): State<AppState>,
-    id: Result<Path<i64>, PathRejection>,
+    id: Result<Path<StandId>, PathRejection>,
 ) -> Result<(StatusCode, Json<Queued>), ApiError> {
     queue(caller, &state, stand_id(id)?, Command::Rerun).await
 }
@@ -224,7 +225,7 @@ struct ExtendBody {
 async fn extend(
     caller: Caller,
     State(state): State<AppState>,
-    id: Result<Path<i64>, PathRejection>,
+    id: Result<Path<StandId>, PathRejection>,
     body: Result<Option<Json<ExtendBody>>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Queued>), ApiError> {
     let id = stand_id(id)?;
@@ -259,7 +260,7 @@ async fn extend(
 async fn destroy(
     caller: Caller,
     State(state): State<AppState>,
-    id: Result<Path<i64>, PathRejection>,
+    id: Result<Path<StandId>, PathRejection>,
 ) -> Result<(StatusCode, Json<Queued>), ApiError> {
     queue(caller, &state, stand_id(id)?, Command::Destroy).await
 }
@@ -267,7 +268,7 @@ async fn destroy(
 async fn queue(
     caller: Caller,
     state: &AppState,
-    id: i64,
+    id: StandId,
     command: Command,
 ) -> Result<(StatusCode, Json<Queued>), ApiError> {
     let (stand, run) = queue_command(state, id, command, Trigger::Api, "api", &caller.request).await?;
@@ -336,7 +337,7 @@ fn bad_query(e: QueryRejection) -> ApiError {
     ApiError::bad_request(e.body_text())
 }
 
-fn stand_id(id: Result<Path<i64>, PathRejection>) -> Result<i64, ApiError> {
+fn stand_id(id: Result<Path<StandId>, PathRejection>) -> Result<StandId, ApiError> {
     id.map(|Path(id)| id).map_err(|e| ApiError::BadRequest { field: Some("id".into()), message: e.body_text() })
 }
 
@@ -344,12 +345,12 @@ fn stand_id(id: Result<Path<i64>, PathRejection>) -> Result<i64, ApiError> {
 /// and the dashboard's buttons. Returns (stand id, run id).
 pub(super) async fn queue_command(
     state: &AppState,
-    id: i64,
+    id: StandId,
     command: Command,
     trigger: Trigger,
     requested_by: &str,
     request: &RequestId,
-) -> Result<(i64, i64), ApiError> {
+) -> Result<(StandId, RunId), ApiError> {
     let mut tx = state.pool().begin().await.map_err(crate::store::StoreError::from)?;
     let req = ManualRequest { command, trigger, requested_by, author_id: None, sha: None, authorised: true };
     let outcome = manual::queue(&mut tx, StandLookup::Id(id), &req).await?;

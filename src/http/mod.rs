@@ -12,6 +12,8 @@ mod health;
 mod metrics;
 /// `/api/v1/openapi.json`: the API's OpenAPI description.
 mod openapi;
+/// The stand API's JSON, apart from the store's rows.
+pub mod schema;
 /// Webhooks: extractors that verify before anything is read, and handlers that normalise, record, answer.
 mod webhooks;
 

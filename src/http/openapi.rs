@@ -17,6 +17,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::AppState;
 use super::error::ErrorBody;
+use crate::stand::{RunId, StandId};
 
 /// The security scheme's name in the document; the operations in `api.rs` name it as a literal.
 const BEARER: &str = "bearer";
@@ -111,9 +112,9 @@ struct DeliveryAnswer {
     delivery: String,
     /// The stand the delivery concerns, when there is one.
     #[schema(nullable = false)]
-    stand: Option<i64>,
+    stand: Option<StandId>,
     /// The run it queued; present (and null when nothing was queued) whenever `stand` is.
-    run: Option<i64>,
+    run: Option<RunId>,
     /// Why nothing was queued, when nothing was. A delivery the GitHub App's or GitLab group's secret
     /// verifies but that concerns no project draftd serves is not recorded and says `unknown_project`,
     /// `no_project`, `unreadable_payload` or `unsupported_content_type`.

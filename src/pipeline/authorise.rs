@@ -126,7 +126,7 @@ impl<F: Access> ForgeAuthoriser<F> {
             Verdict::Denied { reason }
         };
         tx.commit().await.map_err(|e| db(e.into()))?;
-        tracing::info!(run = run.run_id, user = login, permission = %permission.level, ?verdict, "forge command checked");
+        tracing::info!(run = run.run_id.get(), user = login, permission = %permission.level, ?verdict, "forge command checked");
         Ok(verdict)
     }
 }

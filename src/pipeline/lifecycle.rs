@@ -13,6 +13,7 @@ use super::steps::shared::{project_of, write};
 use crate::config::Config;
 use crate::credentials::{StandCredentials, stand_db};
 use crate::reporter::{ReportError, StandReport, queue_deactivation};
+use crate::stand::{RunId, StandId};
 use crate::store::{lifecycle, runs, stands};
 
 fn db(e: impl std::fmt::Display) -> StepError {
@@ -61,7 +62,7 @@ pub(super) async fn drop(
         Some(c) if c.has_databases() => Some(c.drop_database(&stand_db(&run.namespace, None)).await?),
         _ => None,
     };
-    let tombstone = lifecycle::tombstone(pool, run.stand_id, run.epoch).await.map_err(db)?;
+    let tombstone = stands::tombstone(pool, run.stand_id, run.epoch).await.map_err(db)?;
     let state = if tombstone { "removed" } else { "reopened while it was removed: it is built again" };
     Ok(match dropped {
         Some(d) => StepOutcome::done(json!({ "database": d, "stand": state })),
@@ -106,8 +107,8 @@ pub(super) async fn extend(
 pub async fn queue_report(
     pool: &PgPool,
     config: &Config,
-    stand_id: i64,
-    run_id: Option<i64>,
+    stand_id: StandId,
+    run_id: Option<RunId>,
     now: DateTime<Utc>,
     copy_to: Option<&Path>,
 ) -> Result<StepOutcome, StepError> {

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::config::{Config, ProjectConfig};
 use crate::helm::{Release, release_name};
-use crate::stand::slug;
+use crate::stand::{StandId, slug};
 pub use crate::stand::{stand_host, stand_url};
 
 /// OCI tags are at most 128 characters.
@@ -41,7 +41,7 @@ impl StandPlan {
     pub fn new(
         config: &Config,
         project: &ProjectConfig,
-        stand_id: i64,
+        stand_id: StandId,
         namespace: &str,
         branch: &str,
         sha: &str,

@@ -26,6 +26,7 @@ use crate::credentials::StandCredentials;
 use crate::forge::client::AnyForge;
 use crate::pipeline::Wake;
 use crate::pipeline::lifecycle::queue_report;
+use crate::stand::StandId;
 use crate::store::StoreError;
 use crate::store::lifecycle::{self, QueuedTeardown};
 use crate::store::sweeps;
@@ -55,7 +56,7 @@ pub struct Sweep {
     pub expired: Vec<QueuedTeardown>,
     pub retried: Vec<QueuedTeardown>,
     /// Stands whose sticky comment now warns that they expire soon.
-    pub warned: Vec<i64>,
+    pub warned: Vec<StandId>,
     pub resync: Vec<ProjectResync>,
     pub orphans: Vec<OrphanReport>,
     pub errors: Vec<String>,

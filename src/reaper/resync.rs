@@ -15,7 +15,7 @@ use sqlx::PgPool;
 use crate::config::{Config, Project};
 use crate::forge::client::{AnyForge, ForgeClient, PullRequestInfo, PullRequestState};
 use crate::forge::{Event, Gate, PullRequest, Trigger};
-use crate::stand::{BranchName, CommitSha};
+use crate::stand::{BranchName, CommitSha, RunId};
 use crate::store::intake::{self, Delivery};
 use crate::store::stands;
 
@@ -26,9 +26,9 @@ pub struct ProjectResync {
     /// Open PRs/MRs listed; `None` when the list failed.
     pub listed: Option<usize>,
     /// Runs queued for open PRs whose head commit had none: (PR number, run id).
-    pub deploys: Vec<(u64, i64)>,
+    pub deploys: Vec<(u64, RunId)>,
     /// Teardowns queued for PRs the forge says are closed or merged: (PR number, run id).
-    pub teardowns: Vec<(u64, i64)>,
+    pub teardowns: Vec<(u64, RunId)>,
     /// PRs looked up one by one because the list did not have them.
     pub looked_up: usize,
     /// Look-ups that failed (nothing was done for those stands).
@@ -99,7 +99,7 @@ pub(super) async fn project(pool: &PgPool, config: &Config, project: &Project, f
 
 /// Records an open PR whose head commit has no run, as a push would have; `None` when it has one
 /// or intake ignored it (a filter, a closed or removed stand).
-async fn deploy_missed(pool: &PgPool, project: &Project, pr: &PullRequestInfo) -> Result<Option<i64>, String> {
+async fn deploy_missed(pool: &PgPool, project: &Project, pr: &PullRequestInfo) -> Result<Option<RunId>, String> {
     let gate = Gate { project };
     let Some(normal) = normalise(pr) else { return Ok(None) };
     if gate.admits(&normal.branch, pr.fork).is_err()
@@ -122,7 +122,7 @@ async fn teardown_missed(
     project: &Project,
     info: &PullRequestInfo,
     trigger: Trigger,
-) -> Result<Option<i64>, String> {
+) -> Result<Option<RunId>, String> {
     let Some(normal) = normalise(info) else { return Ok(None) };
     let id = format!(
         "resync:{}:{}:{}:{}",
@@ -144,7 +144,7 @@ fn normalise(pr: &PullRequestInfo) -> Option<PullRequest> {
     })
 }
 
-async fn record(pool: &PgPool, project: &Project, id: &str, event: Event) -> Result<Option<i64>, String> {
+async fn record(pool: &PgPool, project: &Project, id: &str, event: Event) -> Result<Option<RunId>, String> {
     let body = serde_json::to_vec(&event).expect("events serialise");
     let body_sha256 = hex::encode(Sha256::digest(&body));
     let delivery = Delivery {

@@ -19,12 +19,12 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use super::queue::{CheckPayload, CommentPayload, KINDS, Outbound};
+use super::queue::{CheckPayload, CommentPayload, Outbound};
 use crate::config::ForgeKind;
 use crate::forge::client::{AnyForge, CheckState, EnvironmentRef, ForgeClient, ForgeError};
 use crate::stand::Failure;
 use crate::store::StoreError;
-use crate::store::outbox::{self, OutboxRow};
+use crate::store::outbox::{self, OutboxKind, OutboxRow};
 
 #[derive(Debug, Clone)]
 pub struct ReporterSettings {
@@ -112,7 +112,7 @@ impl<F: ForgeClient> Reporter<F> {
     /// One pass, with what became of every claimed row.
     pub async fn pass(&self) -> Result<PassStats, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let streams = outbox::claim_streams(&mut tx, &KINDS, self.settings.batch).await?;
+        let streams = outbox::claim_streams(&mut tx, &OutboxKind::ALL, self.settings.batch).await?;
         let mut stats = PassStats { claimed: streams.len(), ..Default::default() };
         if streams.is_empty() {
             tx.commit().await?;
@@ -123,12 +123,12 @@ impl<F: ForgeClient> Reporter<F> {
             let span = (row.outbox_id, row.stand_id, row.kind.as_str(), row.attempts);
             match outcome {
                 Outcome::Delivered(receipt) => {
-                    tracing::info!(outbox = span.0, stand = span.1, kind = span.2, "report delivered");
+                    tracing::info!(outbox = span.0, stand = span.1.get(), kind = span.2, "report delivered");
                     outbox::delivered(&mut *tx, row.outbox_id, receipt.as_ref()).await?;
                     stats.delivered += 1;
                 }
                 Outcome::Retry(error, delay) => {
-                    tracing::warn!(outbox = span.0, stand = span.1, kind = span.2, attempt = span.3, retry_in = ?delay, %error, "report not delivered; will retry");
+                    tracing::warn!(outbox = span.0, stand = span.1.get(), kind = span.2, attempt = span.3, retry_in = ?delay, %error, "report not delivered; will retry");
                     outbox::retry_later(&mut *tx, row.outbox_id, &error, delay).await?;
                     stats.retried += 1;
                 }
@@ -136,7 +136,7 @@ impl<F: ForgeClient> Reporter<F> {
                     outbox::wait(&mut *tx, row.outbox_id, delay).await?;
                 }
                 Outcome::Failed(error) => {
-                    tracing::warn!(outbox = span.0, stand = span.1, kind = span.2, attempt = span.3, %error, "report given up");
+                    tracing::warn!(outbox = span.0, stand = span.1.get(), kind = span.2, attempt = span.3, %error, "report given up");
                     outbox::failed(&mut *tx, row.outbox_id, &error).await?;
                     stats.failed += 1;
                 }

@@ -32,8 +32,7 @@ pub use publish::{
     queue_deactivation,
 };
 pub use queue::{
-    CHECK_KIND, COMMENT_KIND, CheckPayload, CommentPayload, ENVIRONMENT_KIND, EnvironmentPayload, KINDS, LABEL_KIND,
-    LabelPayload, Outbound, REPLY_KIND, ReplyPayload, enqueue, enqueue_comment,
+    CheckPayload, CommentPayload, EnvironmentPayload, LabelPayload, Outbound, ReplyPayload, enqueue, enqueue_comment,
 };
 pub use render::{MAX_BODY_CHARS, render, trigger_text};
 pub use view::{ReportView, Status, StepLine};

@@ -10,14 +10,14 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use super::queue::{CHECK_KIND, CheckPayload, CommentPayload, EnvironmentPayload, LabelPayload, Outbound, enqueue};
+use super::queue::{CheckPayload, CommentPayload, EnvironmentPayload, LabelPayload, Outbound, enqueue};
 use super::render::render;
 use super::view::{ReportView, Status};
 use crate::config::{Config, ForgeKind, ProjectConfig};
 use crate::forge::client::{CheckReport, CheckState, EnvironmentReport, EnvironmentState, marker};
-use crate::stand::{RunKind, StepName, StepState, stand_host, stand_url};
+use crate::stand::{RunId, RunKind, StandId, StepName, StepState, stand_host, stand_url};
 use crate::store::StoreError;
-use crate::store::outbox;
+use crate::store::outbox::{self, OutboxKind};
 use crate::store::stands::{self, StandRef};
 
 /// The label a PR gets once its stand passed smoke at the PR's head commit.
@@ -218,7 +218,7 @@ impl ReportError {
 /// One row queued: its kind and its `outbox_id`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Queued {
-    pub kind: &'static str,
+    pub kind: OutboxKind,
     pub outbox: i64,
 }
 
@@ -239,7 +239,7 @@ impl StandReport {
     pub async fn load(
         pool: &PgPool,
         config: &Config,
-        stand_id: i64,
+        stand_id: StandId,
         now: DateTime<Utc>,
     ) -> Result<StandReport, ReportError> {
         let Some(detail) = stands::show(pool, &StandRef::Id(stand_id), 10).await? else {
@@ -277,7 +277,7 @@ impl StandReport {
 
     /// Queues every row the report makes (sticky comment, check, environment, label) in one
     /// transaction, in the order they should reach the forge.
-    pub async fn queue(&self, pool: &PgPool, run_id: Option<i64>) -> Result<Vec<Queued>, StoreError> {
+    pub async fn queue(&self, pool: &PgPool, run_id: Option<RunId>) -> Result<Vec<Queued>, StoreError> {
         let stand_id = self.view.stand_id;
         let mut tx = pool.begin().await?;
         let labelled = match self.number {
@@ -317,13 +317,13 @@ fn chrono_of(d: std::time::Duration) -> chrono::Duration {
 pub async fn queue_deactivation(
     pool: &PgPool,
     project: &ProjectConfig,
-    stand_id: i64,
-    run_id: i64,
+    stand_id: StandId,
+    run_id: RunId,
     branch: &str,
     sha: String,
-) -> Result<Vec<&'static str>, StoreError> {
+) -> Result<Vec<OutboxKind>, StoreError> {
     // The newest check of the stand, delivered or on its way: still open means a deploy stopped.
-    let check = outbox::newest_payload(pool, stand_id, CHECK_KIND).await?;
+    let check = outbox::newest_payload(pool, stand_id, OutboxKind::Check).await?;
     let check = check.and_then(|c| serde_json::from_value::<CheckPayload>(c).ok());
     let out = deactivation(project.forge, &project.repo, branch, sha, check);
     let mut tx = pool.begin().await?;
@@ -344,7 +344,7 @@ mod tests {
 
     fn view(status: Status, steps: &[(&str, StepState)]) -> ReportView {
         ReportView {
-            stand_id: 3,
+            stand_id: crate::stand::StandId::new(3),
             project: "shop".into(),
             branch: "feature/login".into(),
             namespace: "draft-feature-login".into(),
@@ -371,7 +371,7 @@ mod tests {
     }
 
     fn kinds(out: &[Outbound]) -> Vec<&'static str> {
-        out.iter().map(Outbound::kind).collect()
+        out.iter().map(|o| o.kind().as_str()).collect()
     }
 
     #[test]

@@ -8,21 +8,9 @@ use sqlx::PgExecutor;
 
 use crate::config::ForgeKind;
 use crate::forge::client::{CheckReport, EnvironmentReport};
+use crate::stand::{RunId, StandId};
 use crate::store::StoreError;
-use crate::store::outbox;
-
-/// The sticky comment of a stand on its PR/MR.
-pub const COMMENT_KIND: &str = "comment";
-/// The `draftd` check (or commit status) of a commit.
-pub const CHECK_KIND: &str = "check";
-/// The stand's deployment (GitHub) or environment (GitLab) `draft/<branch>`.
-pub const ENVIRONMENT_KIND: &str = "environment";
-/// A label on the PR/MR (`draft-tested`).
-pub const LABEL_KIND: &str = "label";
-/// A one-off answer to a person (a refused command).
-pub const REPLY_KIND: &str = "reply";
-/// Every kind the reporter delivers.
-pub const KINDS: [&str; 5] = [COMMENT_KIND, CHECK_KIND, ENVIRONMENT_KIND, LABEL_KIND, REPLY_KIND];
+use crate::store::outbox::{self, OutboxKind};
 
 /// The payload of a `comment` outbox row: where the sticky comment goes and its whole body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,19 +70,19 @@ pub enum Outbound {
     Label(LabelPayload),
     /// Never coalesced: each reply is said once (`run` makes its key unique).
     Reply {
-        run: i64,
+        run: RunId,
         reply: ReplyPayload,
     },
 }
 
 impl Outbound {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> OutboxKind {
         match self {
-            Outbound::Comment(_) => COMMENT_KIND,
-            Outbound::Check(_) => CHECK_KIND,
-            Outbound::Environment(_) => ENVIRONMENT_KIND,
-            Outbound::Label(_) => LABEL_KIND,
-            Outbound::Reply { .. } => REPLY_KIND,
+            Outbound::Comment(_) => OutboxKind::Comment,
+            Outbound::Check(_) => OutboxKind::Check,
+            Outbound::Environment(_) => OutboxKind::Environment,
+            Outbound::Label(_) => OutboxKind::Label,
+            Outbound::Reply { .. } => OutboxKind::Reply,
         }
     }
 
@@ -109,7 +97,7 @@ impl Outbound {
     }
 
     /// Rows with one key are one thing on the forge: only the newest pending one is delivered.
-    pub fn coalesce_key(&self, stand_id: i64) -> String {
+    pub fn coalesce_key(&self, stand_id: StandId) -> String {
         match self {
             Outbound::Comment(p) => {
                 // One key per (stand, PR): a stand whose branch gets a new PR reports on the new one.
@@ -139,15 +127,19 @@ impl Outbound {
     }
 
     /// A claimed row's payload; `Err` says why it cannot be delivered (a row from a newer draftd).
-    pub fn from_row(kind: &str, run: Option<i64>, payload: &Value) -> Result<Outbound, String> {
+    pub fn from_row(kind: &str, run: Option<RunId>, payload: &Value) -> Result<Outbound, String> {
         let p = payload.clone();
-        let parsed = match kind {
-            COMMENT_KIND => serde_json::from_value(p).map(Outbound::Comment),
-            CHECK_KIND => serde_json::from_value(p).map(Outbound::Check),
-            ENVIRONMENT_KIND => serde_json::from_value(p).map(Outbound::Environment),
-            LABEL_KIND => serde_json::from_value(p).map(Outbound::Label),
-            REPLY_KIND => serde_json::from_value(p).map(|reply| Outbound::Reply { run: run.unwrap_or(0), reply }),
-            other => return Err(format!("outbox kind {other:?} is unknown")),
+        let Some(known) = OutboxKind::parse(kind) else {
+            return Err(format!("outbox kind {kind:?} is unknown"));
+        };
+        let parsed = match known {
+            OutboxKind::Comment => serde_json::from_value(p).map(Outbound::Comment),
+            OutboxKind::Check => serde_json::from_value(p).map(Outbound::Check),
+            OutboxKind::Environment => serde_json::from_value(p).map(Outbound::Environment),
+            OutboxKind::Label => serde_json::from_value(p).map(Outbound::Label),
+            OutboxKind::Reply => {
+                serde_json::from_value(p).map(|reply| Outbound::Reply { run: run.unwrap_or(RunId::new(0)), reply })
+            }
         };
         parsed.map_err(|e| format!("payload is not a {kind} payload: {e}"))
     }
@@ -156,8 +148,8 @@ impl Outbound {
 /// Enqueues a report; call it in the transaction that records what it reports.
 pub async fn enqueue<'e>(
     conn: impl PgExecutor<'e>,
-    stand_id: i64,
-    run_id: Option<i64>,
+    stand_id: StandId,
+    run_id: Option<RunId>,
     out: &Outbound,
 ) -> Result<i64, StoreError> {
     outbox::enqueue(conn, stand_id, run_id, out.kind(), &out.coalesce_key(stand_id), &out.payload()).await
@@ -166,8 +158,8 @@ pub async fn enqueue<'e>(
 /// Enqueues a sticky-comment report.
 pub async fn enqueue_comment<'e>(
     conn: impl PgExecutor<'e>,
-    stand_id: i64,
-    run_id: Option<i64>,
+    stand_id: StandId,
+    run_id: Option<RunId>,
     payload: &CommentPayload,
 ) -> Result<i64, StoreError> {
     enqueue(conn, stand_id, run_id, &Outbound::Comment(payload.clone())).await
@@ -194,7 +186,7 @@ mod tests {
             json!({"forge": "gitlab", "repo": "acme/platform/shop", "number": 7,
                    "marker": "<!-- draftd:stand:3 -->", "body": "<!-- draftd:stand:3 -->\nhi"})
         );
-        assert_eq!(c.coalesce_key(3), "comment:gitlab:acme/platform/shop#7:stand:3");
+        assert_eq!(c.coalesce_key(crate::stand::StandId::new(3)), "comment:gitlab:acme/platform/shop#7:stand:3");
         let check = Outbound::Check(CheckPayload {
             forge: ForgeKind::Github,
             repo: "acme/shop".into(),
@@ -208,8 +200,8 @@ mod tests {
             },
         });
         assert_eq!(check.payload()["state"], "in_progress");
-        assert_eq!(check.coalesce_key(3), "check:github:acme/shop:stand:3");
-        assert_eq!(Outbound::from_row(CHECK_KIND, None, &check.payload()).unwrap(), check);
+        assert_eq!(check.coalesce_key(crate::stand::StandId::new(3)), "check:github:acme/shop:stand:3");
+        assert_eq!(Outbound::from_row("check", None, &check.payload()).unwrap(), check);
         assert!(Outbound::from_row("telegram", None, &json!({})).is_err());
     }
 }

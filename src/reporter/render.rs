@@ -236,7 +236,7 @@ mod tests {
     /// A view with nothing in it but its status.
     fn bare(status: Status) -> ReportView {
         ReportView {
-            stand_id: 1,
+            stand_id: crate::stand::StandId::new(1),
             project: "p".into(),
             branch: "b".into(),
             namespace: "draft-b".into(),

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::stand::{RunKind, RunState, StepName, StepState, Trigger};
+use crate::stand::{RunKind, RunState, StandId, StepName, StepState, Trigger};
 use crate::store::stands::{RunSummary, StandDetail};
 
 /// The headline of a report.
@@ -59,7 +59,7 @@ pub struct StepLine {
 /// Everything a report shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportView {
-    pub stand_id: i64,
+    pub stand_id: StandId,
     pub project: String,
     pub branch: String,
     pub namespace: String,

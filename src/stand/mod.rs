@@ -3,6 +3,7 @@
 mod address;
 mod event;
 mod failure;
+mod ids;
 mod naming;
 mod run;
 mod steps;
@@ -10,6 +11,7 @@ mod steps;
 pub use address::{stand_host, stand_url};
 pub use event::{Event, PullRequest};
 pub use failure::Failure;
+pub use ids::{RunId, StandId};
 pub use naming::{BranchName, CommitSha, GitlabEnvironmentName, NameError, Namespace, ProjectName, is_dns_label, slug};
 pub use run::{Command, RunKind, RunState, StepState, Trigger};
 pub use steps::StepName;
@@ -44,5 +46,82 @@ impl StandState {
 impl std::fmt::Display for StandState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The ways a stand moves between [`StandState`]s. store/stands.rs makes each one in SQL with the
+/// states this table allows it from, so the table is the one place the life of a stand is stated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StandChange {
+    /// The PR closed, a destroy was authorised, or the stand expired: its teardown is queued.
+    Close,
+    /// A reopen, or a push after the stand expired: built again, in a new epoch.
+    Revive,
+    /// Its teardown finished: kept as a tombstone.
+    Tombstone,
+}
+
+impl StandChange {
+    pub const ALL: [StandChange; 3] = [StandChange::Close, StandChange::Revive, StandChange::Tombstone];
+
+    /// The states this change may leave.
+    pub fn from(self) -> &'static [StandState] {
+        match self {
+            StandChange::Close => &[StandState::Active],
+            StandChange::Revive => &[StandState::Closing, StandState::Removed],
+            // Whatever is left of a stand once its teardown ran; a revive in between moved its
+            // epoch, which the store checks too.
+            StandChange::Tombstone => &[StandState::Active, StandState::Closing],
+        }
+    }
+
+    /// The state it arrives in.
+    pub fn to(self) -> StandState {
+        match self {
+            StandChange::Close => StandState::Closing,
+            StandChange::Revive => StandState::Active,
+            StandChange::Tombstone => StandState::Removed,
+        }
+    }
+
+    /// The `from` states as the store binds them.
+    pub fn from_names(self) -> Vec<&'static str> {
+        self.from().iter().map(|s| s.as_str()).collect()
+    }
+}
+
+impl StandState {
+    /// Where `change` takes a stand in this state; `None` when it may not happen from here.
+    pub fn after(self, change: StandChange) -> Option<StandState> {
+        change.from().contains(&self).then(|| change.to())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_is_reachable_and_none_is_left_by_a_change_that_keeps_it() {
+        for change in StandChange::ALL {
+            assert!(!change.from().contains(&change.to()), "{change:?} leaves and re-enters {:?}", change.to());
+        }
+        for state in StandState::ALL {
+            assert!(StandChange::ALL.iter().any(|c| c.to() == state), "{state} cannot be reached");
+        }
+    }
+
+    #[test]
+    fn a_stand_lives_active_closing_removed_and_back() {
+        use StandChange::*;
+        use StandState::*;
+        assert_eq!(Active.after(Close), Some(Closing));
+        assert_eq!(Closing.after(Tombstone), Some(Removed));
+        assert_eq!(Removed.after(Revive), Some(Active));
+        assert_eq!(Closing.after(Revive), Some(Active));
+        assert_eq!(Removed.after(Close), None);
+        assert_eq!(Closing.after(Close), None);
+        assert_eq!(Active.after(Revive), None);
+        assert_eq!(Removed.after(Tombstone), None);
     }
 }

@@ -27,6 +27,8 @@ pub enum NameError {
         "project name {0:?} must be 1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit"
     )]
     BadProject(String),
+    #[error("namespace {0:?} is not a DNS label (1-63 characters of a-z, 0-9 and '-')")]
+    BadNamespace(String),
 }
 
 /// A project's name as configured: a DNS label, so it can be used in labels and `project/branch` ids.
@@ -127,6 +129,12 @@ impl Namespace {
         let cut = slug[..slug.len().min(room)].trim_end_matches('-');
         let hash = stand_hash(project, branch);
         if cut.is_empty() { Self(format!("{PREFIX}{hash}")) } else { Self(format!("{PREFIX}{cut}-{hash}")) }
+    }
+
+    /// A namespace as stored with its stand: checked again on the way out, so a row edited by hand
+    /// cannot reach the cluster as a name Kubernetes would refuse.
+    pub fn parse(name: &str) -> Result<Self, NameError> {
+        if is_dns_label(name) { Ok(Self(name.to_owned())) } else { Err(NameError::BadNamespace(name.to_owned())) }
     }
 
     pub fn as_str(&self) -> &str {
@@ -256,6 +264,30 @@ pub fn is_dns_label(s: &str) -> bool {
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
+
+/// The stored (and sent) forms: each name reads as the string it wraps, and is made from one only
+/// through its checks, which is how rows read from the database become typed names.
+macro_rules! stored_name {
+    ($name:ident, $check:expr) => {
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = NameError;
+            fn try_from(s: String) -> Result<Self, NameError> {
+                $check(&s)
+            }
+        }
+    };
+}
+
+stored_name!(ProjectName, ProjectName::new);
+stored_name!(BranchName, BranchName::new);
+stored_name!(Namespace, Namespace::parse);
 
 #[cfg(test)]
 mod tests {

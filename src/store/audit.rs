@@ -4,6 +4,7 @@ use serde_json::Value;
 use sqlx::PgExecutor;
 
 use super::StoreError;
+use crate::stand::{RunId, StandId};
 
 /// The `audit.action` of a command honoured: the requester has write access.
 pub const COMMAND_ALLOWED: &str = "command.allowed";
@@ -24,7 +25,7 @@ pub enum CommandDecision {
 /// once already, and is neither asked about nor answered twice.
 pub async fn command_decision<'e>(
     conn: impl PgExecutor<'e>,
-    run_id: i64,
+    run_id: RunId,
 ) -> Result<Option<CommandDecision>, StoreError> {
     let decided: Option<(String, Option<String>)> = sqlx::query_as(
         "select action, detail->>'reason' from audit
@@ -45,8 +46,8 @@ pub async fn record_command<'e>(
     conn: impl PgExecutor<'e>,
     actor: &str,
     allowed: bool,
-    stand_id: i64,
-    run_id: i64,
+    stand_id: StandId,
+    run_id: RunId,
     detail: &Value,
 ) -> Result<(), StoreError> {
     sqlx::query("insert into audit (actor, action, stand_id, run_id, detail) values ($1, $2, $3, $4, $5)")

@@ -2,15 +2,16 @@
 //! login name), never by value, from before it is handed out until it is revoked; and this
 //! installation's id (`instance`), which marks what draftd creates on a shared database server.
 
+use crate::stand::{RunId, StandId};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 /// A login about to be handed out, as it is recorded.
 #[derive(Debug, Clone, Copy)]
 pub struct NewCredential<'a> {
-    pub stand_id: i64,
+    pub stand_id: StandId,
     /// The run that asked for it; `None` for the keeper's replacements.
-    pub run_id: Option<i64>,
+    pub run_id: Option<RunId>,
     /// `app` or `migrate`.
     pub purpose: &'a str,
     /// `vault` or `postgres`.
@@ -36,7 +37,7 @@ pub struct RecordedLogin {
 #[derive(Debug, sqlx::FromRow)]
 pub struct LiveCredential {
     pub credential_id: i64,
-    pub stand_id: i64,
+    pub stand_id: StandId,
     pub purpose: String,
     pub source: String,
     pub username: String,
@@ -74,7 +75,7 @@ pub async fn record(pool: &PgPool, c: &NewCredential<'_>) -> Result<i64, sqlx::E
 }
 
 /// Marks the stand's other live app logins as replaced by `current`; returns how many.
-pub async fn supersede_app(pool: &PgPool, stand_id: i64, current: i64) -> Result<u64, sqlx::Error> {
+pub async fn supersede_app(pool: &PgPool, stand_id: StandId, current: i64) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
         "update credentials set superseded_at = now()
              where stand_id = $1 and purpose = 'app' and credential_id <> $2
@@ -108,7 +109,7 @@ pub async fn live_login(pool: &PgPool, credential_id: i64) -> Result<Option<Reco
 }
 
 /// Every credential of the stand not revoked yet, oldest first.
-pub async fn live_logins_of(pool: &PgPool, stand_id: i64) -> Result<Vec<RecordedLogin>, sqlx::Error> {
+pub async fn live_logins_of(pool: &PgPool, stand_id: StandId) -> Result<Vec<RecordedLogin>, sqlx::Error> {
     let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(
         "select credential_id, source, username, lease_id from credentials
              where stand_id = $1 and revoked_at is null order by credential_id",

@@ -11,7 +11,7 @@ use super::StoreError;
 use super::manual::{self, ManualOutcome, ManualRequest, StandLookup};
 use super::runs::queue_run;
 use crate::config::ForgeKind;
-use crate::stand::{BranchName, Command, Namespace, ProjectName, RunKind, StandState, Trigger};
+use crate::stand::{BranchName, Command, Namespace, ProjectName, RunId, RunKind, StandId, StandState, Trigger};
 use crate::stand::{Event, PullRequest};
 
 /// One verified delivery, ready to record.
@@ -42,14 +42,14 @@ pub enum Origin {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Recorded {
     pub redelivery: bool,
-    pub stand: Option<i64>,
-    pub run: Option<i64>,
+    pub stand: Option<StandId>,
+    pub run: Option<RunId>,
     pub response: Value,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 struct StandRow {
-    stand_id: i64,
+    stand_id: StandId,
     state: StandState,
     /// Why it is closing or removed (`stands.state_reason`).
     reason: Option<String>,
@@ -61,16 +61,16 @@ struct StandRow {
 
 /// What the event did, before it is written into the delivery row.
 struct Decision {
-    stand: Option<i64>,
-    run: Option<i64>,
+    stand: Option<StandId>,
+    run: Option<RunId>,
     ignored: Option<String>,
 }
 
 impl Decision {
-    fn ignored(stand: Option<i64>, reason: impl Into<String>) -> Self {
+    fn ignored(stand: Option<StandId>, reason: impl Into<String>) -> Self {
         Self { stand, run: None, ignored: Some(reason.into()) }
     }
-    fn queued(stand: i64, run: i64) -> Self {
+    fn queued(stand: StandId, run: RunId) -> Self {
         Self { stand: Some(stand), run: Some(run), ignored: None }
     }
 }
@@ -135,7 +135,7 @@ pub async fn record(pool: &PgPool, d: &Delivery<'_>) -> Result<Recorded, StoreEr
 
 /// The answer given to the first delivery of this id, rebuilt from what was recorded.
 async fn earlier_answer(pool: &PgPool, d: &Delivery<'_>) -> Result<Recorded, StoreError> {
-    let (stand, run, reason): (Option<i64>, Option<i64>, Option<String>) =
+    let (stand, run, reason): (Option<StandId>, Option<RunId>, Option<String>) =
         sqlx::query_as("select stand_id, run_id, reason from deliveries where forge = $1 and delivery_id = $2")
             .bind(d.forge.as_str())
             .bind(d.delivery_id)
@@ -145,7 +145,7 @@ async fn earlier_answer(pool: &PgPool, d: &Delivery<'_>) -> Result<Recorded, Sto
 }
 
 /// The answer to a delivery: `{"delivery", "stand", "run", "ignored"}`, the last three when they apply.
-fn response(d: &Delivery<'_>, stand: Option<i64>, run: Option<i64>, ignored: Option<&str>) -> Value {
+fn response(d: &Delivery<'_>, stand: Option<StandId>, run: Option<RunId>, ignored: Option<&str>) -> Value {
     let mut response = json!({ "delivery": d.delivery_id });
     if let Some(s) = stand {
         response["stand"] = json!(s);
@@ -161,8 +161,8 @@ enum NewStand {
     /// The stand exists (or its readable namespace is taken): nothing was written.
     Exists,
     Recorded {
-        stand: i64,
-        run: i64,
+        stand: StandId,
+        run: RunId,
     },
     /// The delivery id is already recorded: nothing was written.
     Redelivery,
@@ -182,7 +182,7 @@ async fn open_new_stand(
     normalized: &Value,
 ) -> Result<NewStand, StoreError> {
     let namespace = Namespace::for_branch(d.project, &pr.branch, d.strip_branch_prefix);
-    let row: Result<(bool, Option<i64>, Option<i64>), sqlx::Error> = sqlx::query_as(
+    let row: Result<(bool, Option<StandId>, Option<RunId>), sqlx::Error> = sqlx::query_as(
         "with known as (
              select exists (select 1 from stands where project = $1 and branch = $2) as stand_exists
          ), d as (
@@ -251,7 +251,7 @@ async fn deploy(
     let expired = stand.reason.as_deref() == Some("expired") && matches!(trigger, Trigger::Pushed | Trigger::Resync);
     let revive = stand.state != StandState::Active && (trigger.revives() || expired);
     if stand.state != StandState::Active && !revive {
-        touch(tx, stand.stand_id, pr, false, None).await?;
+        touch(tx, stand.stand_id, pr, false).await?;
         return Ok(Decision::ignored(
             Some(stand.stand_id),
             format!("stand is {}; only a reopen brings it back", stand.state.as_str()),
@@ -259,7 +259,7 @@ async fn deploy(
     }
     let epoch = if revive { stand.epoch + 1 } else { stand.epoch };
     // Runs of a stand are only inserted under its row lock, held here, so this check cannot race.
-    let existing: Option<i64> = sqlx::query_scalar(
+    let existing: Option<RunId> = sqlx::query_scalar(
         "select run_id from runs where stand_id = $1 and epoch = $2 and sha = $3 and kind = 'deploy' and automatic",
     )
     .bind(stand.stand_id)
@@ -268,14 +268,17 @@ async fn deploy(
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(run) = existing {
-        touch(tx, stand.stand_id, pr, false, None).await?;
+        touch(tx, stand.stand_id, pr, false).await?;
         return Ok(Decision {
             stand: Some(stand.stand_id),
             run: Some(run),
             ignored: Some("commit already has a run".into()),
         });
     }
-    let number = touch(tx, stand.stand_id, pr, true, revive.then_some(epoch)).await?;
+    let number = touch(tx, stand.stand_id, pr, true).await?;
+    if revive {
+        super::stands::revive(&mut *tx, stand.stand_id, epoch).await?;
+    }
     let run =
         queue_run(tx, stand.stand_id, number, RunKind::Deploy, trigger, epoch, Some(pr.sha.as_str()), None, json!({}))
             .await?;
@@ -301,15 +304,11 @@ async fn teardown(
         return Ok(Decision::ignored(Some(stand.stand_id), reason));
     }
     if stand.state != StandState::Active {
-        touch(tx, stand.stand_id, pr, false, None).await?;
+        touch(tx, stand.stand_id, pr, false).await?;
         return Ok(Decision::ignored(Some(stand.stand_id), format!("stand is already {}", stand.state.as_str())));
     }
-    let number = touch(tx, stand.stand_id, pr, true, None).await?;
-    sqlx::query("update stands set state = 'closing', state_reason = $2 where stand_id = $1")
-        .bind(stand.stand_id)
-        .bind(trigger.as_str())
-        .execute(&mut *tx)
-        .await?;
+    let number = touch(tx, stand.stand_id, pr, true).await?;
+    super::stands::close(&mut *tx, stand.stand_id, trigger.as_str()).await?;
     // A close found by resync: the stand goes because the PR closed (its reason), but resync asked,
     // so the run and the teardown counter say `resync`, which tells how often webhooks are missed.
     let run_trigger = if d.origin == Origin::Resync { Trigger::Resync } else { trigger };
@@ -371,7 +370,7 @@ async fn answer_refusal(
     tx: &mut PgConnection,
     forge: ForgeKind,
     repo: &str,
-    stand: i64,
+    stand: StandId,
     author: &str,
     reason: &str,
 ) -> Result<(), StoreError> {
@@ -388,7 +387,7 @@ async fn answer_refusal(
         "body": format!("@{author} the Re-run was not started: {reason}."),
     });
     let key = format!("reply:{}:{repo}#{number}:refused:stand:{stand}", forge.as_str());
-    super::outbox::enqueue(&mut *tx, stand, None, "reply", &key, &payload).await?;
+    super::outbox::enqueue(&mut *tx, stand, None, super::outbox::OutboxKind::Reply, &key, &payload).await?;
     Ok(())
 }
 
@@ -402,24 +401,14 @@ fn stale(stand: &StandRow, pr: &PullRequest) -> Option<String> {
     }
 }
 
-/// Records that the stand saw this event and, with `new_run`, hands out the next run number. With
-/// `revive_epoch` the stand becomes active again in a new epoch.
-async fn touch(
-    tx: &mut PgConnection,
-    stand_id: i64,
-    pr: &PullRequest,
-    new_run: bool,
-    revive_epoch: Option<i32>,
-) -> Result<i32, StoreError> {
+/// Records that the stand saw this event and, with `new_run`, hands out the next run number.
+async fn touch(tx: &mut PgConnection, stand_id: StandId, pr: &PullRequest, new_run: bool) -> Result<i32, StoreError> {
     Ok(sqlx::query_scalar(
         "update stands set
              last_event_at = greatest(last_event_at, $2),
              pr_number = $3,
              head_sha = case when last_event_at is null or $2 >= last_event_at then $4 else head_sha end,
-             runs_count = runs_count + $6::int,
-             state = case when $5::int is null then state else 'active' end,
-             state_reason = case when $5::int is null then state_reason else null end,
-             epoch = coalesce($5, epoch),
+             runs_count = runs_count + $5::int,
              updated_at = now()
          where stand_id = $1
          returning runs_count",
@@ -428,7 +417,6 @@ async fn touch(
     .bind(pr.updated_at)
     .bind(pr.number as i64)
     .bind(pr.sha.as_str())
-    .bind(revive_epoch)
     .bind(i32::from(new_run))
     .fetch_one(&mut *tx)
     .await?)

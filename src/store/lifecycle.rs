@@ -10,10 +10,11 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::StoreError;
+use crate::stand::{RunId, StandChange, StandId};
 
 /// A deploy run started: the stand lives `ttl` from the run's first start. An extension that reaches
 /// further is kept: a push must not cut short the time someone asked for.
-pub async fn reset_expiry(pool: &PgPool, run_id: i64, ttl: Duration) -> Result<Option<DateTime<Utc>>, StoreError> {
+pub async fn reset_expiry(pool: &PgPool, run_id: RunId, ttl: Duration) -> Result<Option<DateTime<Utc>>, StoreError> {
     Ok(sqlx::query_scalar(
         "update stands s set expires_at = greatest(s.expires_at, r.started_at + $2), updated_at = now()
          from runs r
@@ -38,7 +39,7 @@ pub struct Extended {
 /// Moves the stand's expiry `by` from its current expiry (or from now, when that has passed),
 /// never beyond `now + max`. The target (and whether it was capped) is recorded in the run's params
 /// in the same statement, so a resumed run lands on the same time instead of extending twice. `None`: the stand is not active.
-pub async fn extend(pool: &PgPool, run_id: i64, by: Duration, max: Duration) -> Result<Option<Extended>, StoreError> {
+pub async fn extend(pool: &PgPool, run_id: RunId, by: Duration, max: Duration) -> Result<Option<Extended>, StoreError> {
     let row: Option<(Option<DateTime<Utc>>, DateTime<Utc>, bool)> = sqlx::query_as(
         "with target as (
              select s.stand_id,
@@ -71,27 +72,11 @@ pub async fn extend(pool: &PgPool, run_id: i64, by: Duration, max: Duration) -> 
     Ok(row.map(|(from, to, capped)| Extended { from, to, capped }))
 }
 
-/// The end of a teardown: the stand becomes a tombstone, so a late webhook cannot bring it back
-/// (only a reopen, or a push after it expired, does). Only in the teardown's own epoch: a stand
-/// revived while it ran stays active, and its queued deploy builds it again.
-pub async fn tombstone(pool: &PgPool, stand_id: i64, epoch: i32) -> Result<bool, StoreError> {
-    let n = sqlx::query(
-        "update stands set state = 'removed', expiry_warned_for = null, updated_at = now()
-         where stand_id = $1 and epoch = $2 and state <> 'removed'",
-    )
-    .bind(stand_id)
-    .bind(epoch)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    Ok(n == 1)
-}
-
 /// A teardown the reaper queued.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
 pub struct QueuedTeardown {
-    pub stand_id: i64,
-    pub run_id: i64,
+    pub stand_id: StandId,
+    pub run_id: RunId,
     pub namespace: String,
 }
 
@@ -101,14 +86,16 @@ pub struct QueuedTeardown {
 pub async fn queue_expired(pool: &PgPool, now: DateTime<Utc>, limit: i64) -> Result<Vec<QueuedTeardown>, StoreError> {
     let sql = queue_teardowns(
         "select s.stand_id from stands s
-         where s.state = 'active' and s.expires_at <= $1 and not exists (select 1 from runs r
+         where s.state = any($4) and s.expires_at <= $1 and not exists (select 1 from runs r
                where r.stand_id = s.stand_id and r.state in ('queued', 'running'))
          order by s.expires_at limit $2
          for update of s skip locked",
-        ", state = 'closing', state_reason = 'expired'",
+        ", state = $3, state_reason = 'expired'",
         "expired",
     );
-    Ok(sqlx::query_as(&sql).bind(now).bind(limit).fetch_all(pool).await?)
+    // Expiry is a close (StandChange::Close), made for many stands in one statement.
+    let change = StandChange::Close;
+    Ok(sqlx::query_as(&sql).bind(now).bind(limit).bind(change.to()).bind(change.from_names()).fetch_all(pool).await?)
 }
 
 /// Teardowns of one life of a stand, the first included, before the reaper stops retrying (and the
@@ -154,7 +141,11 @@ fn queue_teardowns(chosen: &str, set: &str, trigger: &str) -> String {
 
 /// Active stands that expire within `warn_before` and whose sticky comment has not warned about
 /// this expiry yet; marked as warned in the same statement, so two sweeps never warn twice.
-pub async fn take_warnings(pool: &PgPool, now: DateTime<Utc>, warn_before: Duration) -> Result<Vec<i64>, StoreError> {
+pub async fn take_warnings(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    warn_before: Duration,
+) -> Result<Vec<StandId>, StoreError> {
     Ok(sqlx::query_scalar(
         "update stands set expiry_warned_for = expires_at
          where state = 'active' and expires_at > $1 and expires_at <= $1 + $2

@@ -5,12 +5,12 @@ use sqlx::PgConnection;
 
 use super::StoreError;
 use super::runs::queue_run;
-use crate::stand::{Command, RunKind, StandState, Trigger};
+use crate::stand::{Command, RunId, RunKind, StandId, StandState, Trigger};
 
 /// How the request names its stand.
 #[derive(Debug, Clone, Copy)]
 pub enum StandLookup<'a> {
-    Id(i64),
+    Id(StandId),
     Branch {
         project: &'a str,
         branch: &'a str,
@@ -47,12 +47,12 @@ pub struct ManualRequest<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ManualOutcome {
     Queued {
-        stand: i64,
-        run: i64,
+        stand: StandId,
+        run: RunId,
     },
     /// Nothing queued; `code` is stable for API clients.
     Refused {
-        stand: Option<i64>,
+        stand: Option<StandId>,
         code: &'static str,
         reason: String,
     },
@@ -65,7 +65,7 @@ pub async fn queue(
     req: &ManualRequest<'_>,
 ) -> Result<ManualOutcome, StoreError> {
     const COLUMNS: &str = "select stand_id, state, epoch, head_sha from stands";
-    let found: Option<(i64, StandState, i32, Option<String>)> = match lookup {
+    let found: Option<(StandId, StandState, i32, Option<String>)> = match lookup {
         StandLookup::Id(id) => {
             sqlx::query_as(&format!("{COLUMNS} where stand_id = $1 for update"))
                 .bind(id)

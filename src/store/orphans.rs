@@ -6,12 +6,13 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use super::StoreError;
+use crate::stand::StandId;
 
 /// A stand as the namespace scan needs it.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct StandRow {
     pub namespace: String,
-    pub stand_id: i64,
+    pub stand_id: StandId,
     pub state: crate::stand::StandState,
     pub expires_at: Option<DateTime<Utc>>,
     /// A run of the stand is queued or running (a deploy resetting the expiry, or the teardown itself).

@@ -23,13 +23,59 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 
 use super::StoreError;
+use crate::stand::{RunId, StandId};
+
+/// What an outbox row owes a forge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxKind {
+    /// The sticky comment of a stand on its PR/MR.
+    Comment,
+    /// The `draftd` check (or commit status) of a commit.
+    Check,
+    /// The stand's deployment (GitHub) or environment (GitLab) `draft/<branch>`.
+    Environment,
+    /// A label on the PR/MR (`draft-tested`).
+    Label,
+    /// A one-off answer to a person (a refused command).
+    Reply,
+}
+
+impl OutboxKind {
+    /// Every kind the reporter delivers.
+    pub const ALL: [OutboxKind; 5] =
+        [OutboxKind::Comment, OutboxKind::Check, OutboxKind::Environment, OutboxKind::Label, OutboxKind::Reply];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxKind::Comment => "comment",
+            OutboxKind::Check => "check",
+            OutboxKind::Environment => "environment",
+            OutboxKind::Label => "label",
+            OutboxKind::Reply => "reply",
+        }
+    }
+
+    /// The kind a row names; `None` for one this draftd does not know (written by a newer one).
+    pub fn parse(text: &str) -> Option<OutboxKind> {
+        OutboxKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for OutboxKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A claimed row, with what the key's last delivery left behind.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OutboxRow {
     pub outbox_id: i64,
-    pub stand_id: i64,
-    pub run_id: Option<i64>,
+    pub stand_id: StandId,
+    pub run_id: Option<RunId>,
+    /// As stored, not an [`OutboxKind`]: a row of a kind this draftd does not know is failed with a
+    /// reason by the reporter, instead of failing the claim of every stream with it.
     pub kind: String,
     pub coalesce_key: String,
     pub payload: Value,
@@ -44,9 +90,9 @@ pub struct OutboxRow {
 /// Writes a pending row, due now. Use the transaction that records the change being reported.
 pub async fn enqueue<'e>(
     conn: impl PgExecutor<'e>,
-    stand_id: i64,
-    run_id: Option<i64>,
-    kind: &str,
+    stand_id: StandId,
+    run_id: Option<RunId>,
+    kind: OutboxKind,
     coalesce_key: &str,
     payload: &Value,
 ) -> Result<i64, StoreError> {
@@ -59,7 +105,7 @@ pub async fn enqueue<'e>(
     )
     .bind(stand_id)
     .bind(run_id)
-    .bind(kind)
+    .bind(kind.as_str())
     .bind(coalesce_key)
     .bind(payload)
     .fetch_one(conn)
@@ -73,10 +119,10 @@ pub async fn enqueue<'e>(
 /// on `tx`, then commit.
 pub async fn claim_streams(
     tx: &mut PgConnection,
-    kinds: &[&str],
+    kinds: &[OutboxKind],
     limit: i64,
 ) -> Result<Vec<Vec<OutboxRow>>, StoreError> {
-    let kinds: Vec<String> = kinds.iter().map(|k| (*k).to_owned()).collect();
+    let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
     // Every pending row of the due streams, locked unless another reporter holds it.
     let locked: Vec<(i64, i64, String)> = sqlx::query_as(
         "select o.outbox_id, o.stand_id, o.coalesce_key from outbox o
@@ -217,15 +263,15 @@ pub async fn wait<'e>(conn: impl PgExecutor<'e>, outbox_id: i64, delay: Duration
 /// a check still open).
 pub async fn newest_payload<'e>(
     conn: impl PgExecutor<'e>,
-    stand_id: i64,
-    kind: &str,
+    stand_id: StandId,
+    kind: OutboxKind,
 ) -> Result<Option<Value>, StoreError> {
     Ok(sqlx::query_scalar(
         "select payload from outbox where stand_id = $1 and kind = $2 and state in ('pending', 'delivered')
          order by outbox_id desc limit 1",
     )
     .bind(stand_id)
-    .bind(kind)
+    .bind(kind.as_str())
     .fetch_optional(conn)
     .await?)
 }

@@ -11,12 +11,14 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
 use super::StoreError;
-use crate::stand::{RunKind, RunState, StepName, StepState, Trigger};
+use crate::stand::{
+    BranchName, Namespace, ProjectName, RunId, RunKind, RunState, StandId, StepName, StepState, Trigger,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunStoreError {
     #[error("the lease on run {0} was lost to another worker")]
-    LeaseLost(i64),
+    LeaseLost(RunId),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -30,8 +32,8 @@ impl From<sqlx::Error> for RunStoreError {
 /// A run a worker holds, with what its steps need to know about the stand.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedRun {
-    pub run_id: i64,
-    pub stand_id: i64,
+    pub run_id: RunId,
+    pub stand_id: StandId,
     pub number: i32,
     pub kind: RunKind,
     pub trigger: Trigger,
@@ -41,9 +43,12 @@ pub struct ClaimedRun {
     pub params: Value,
     /// How many times the run has been claimed, this claim included.
     pub attempt: i32,
-    pub project: String,
-    pub branch: String,
-    pub namespace: String,
+    #[sqlx(try_from = "String")]
+    pub project: ProjectName,
+    #[sqlx(try_from = "String")]
+    pub branch: BranchName,
+    #[sqlx(try_from = "String")]
+    pub namespace: Namespace,
 }
 
 /// A step's record as a resumed run finds it.
@@ -87,12 +92,12 @@ pub struct Origin {
 
 /// Records the id of the HTTP request that queued a run (API, dashboard); a webhook's run finds its
 /// request through its delivery.
-pub async fn set_request_id(tx: &mut sqlx::PgConnection, run_id: i64, request_id: &str) -> Result<(), sqlx::Error> {
+pub async fn set_request_id(tx: &mut sqlx::PgConnection, run_id: RunId, request_id: &str) -> Result<(), sqlx::Error> {
     sqlx::query("update runs set request_id = $2 where run_id = $1").bind(run_id).bind(request_id).execute(tx).await?;
     Ok(())
 }
 
-pub async fn origin(pool: &PgPool, run_id: i64) -> Result<Origin, sqlx::Error> {
+pub async fn origin(pool: &PgPool, run_id: RunId) -> Result<Origin, sqlx::Error> {
     sqlx::query_as(
         "select coalesce(r.request_id, d.request_id) as request_id, d.delivery_id as delivery
          from runs r left join lateral (
@@ -108,7 +113,7 @@ pub async fn origin(pool: &PgPool, run_id: i64) -> Result<Origin, sqlx::Error> {
 /// Extends the lease; `LeaseLost` when another worker holds the run now. Returns whether the run
 /// is a deploy of a stand whose teardown is queued: the deploy stops at once instead of finishing
 /// a step (a helm upgrade, a smoke Job) only to have it removed.
-pub async fn heartbeat(pool: &PgPool, run_id: i64, owner: &str, lease: Duration) -> Result<bool, RunStoreError> {
+pub async fn heartbeat(pool: &PgPool, run_id: RunId, owner: &str, lease: Duration) -> Result<bool, RunStoreError> {
     let row: Option<bool> = sqlx::query_scalar(
         "update runs set lease_expires_at = now() + $3, heartbeat_at = now()
          where run_id = $1 and lease_owner = $2 and state = 'running'
@@ -124,7 +129,7 @@ pub async fn heartbeat(pool: &PgPool, run_id: i64, owner: &str, lease: Duration)
     row.ok_or(RunStoreError::LeaseLost(run_id))
 }
 
-pub async fn steps(pool: &PgPool, run_id: i64) -> Result<Vec<StepRecord>, RunStoreError> {
+pub async fn steps(pool: &PgPool, run_id: RunId) -> Result<Vec<StepRecord>, RunStoreError> {
     Ok(sqlx::query_as("select name, state, attempt from steps where run_id = $1").bind(run_id).fetch_all(pool).await?)
 }
 
@@ -132,7 +137,7 @@ pub async fn steps(pool: &PgPool, run_id: i64) -> Result<Vec<StepRecord>, RunSto
 /// a transient error will be retried).
 pub async fn finish_step(
     pool: &PgPool,
-    run_id: i64,
+    run_id: RunId,
     owner: &str,
     step: &str,
     state: StepState,
@@ -257,7 +262,7 @@ pub async fn advance(
 /// the last boundary in the same statement.
 pub async fn finish_run(
     pool: &PgPool,
-    run_id: i64,
+    run_id: RunId,
     owner: &str,
     state: RunState,
     error: Option<&Value>,
@@ -319,7 +324,7 @@ impl Overtaken {
 
 /// How long ago `run_id` was queued, in seconds, by the database's clock: the run's `queued_at` is
 /// written in the same transaction as the delivery that asked for it.
-pub async fn since_queued(pool: &PgPool, run_id: i64) -> Result<f64, sqlx::Error> {
+pub async fn since_queued(pool: &PgPool, run_id: RunId) -> Result<f64, sqlx::Error> {
     sqlx::query_scalar("select extract(epoch from clock_timestamp() - queued_at)::float8 from runs where run_id = $1")
         .bind(run_id)
         .fetch_one(pool)
@@ -327,7 +332,7 @@ pub async fn since_queued(pool: &PgPool, run_id: i64) -> Result<f64, sqlx::Error
 }
 
 /// The `detail` a step of `run_id` recorded, when it has a record.
-pub async fn step_detail(pool: &PgPool, run_id: i64, step: StepName) -> Result<Option<Value>, sqlx::Error> {
+pub async fn step_detail(pool: &PgPool, run_id: RunId, step: StepName) -> Result<Option<Value>, sqlx::Error> {
     sqlx::query_scalar("select detail from steps where run_id = $1 and name = $2")
         .bind(run_id)
         .bind(step.as_str())
@@ -337,7 +342,7 @@ pub async fn step_detail(pool: &PgPool, run_id: i64, step: StepName) -> Result<O
 
 /// When a step of `run_id` first started waiting (its `detail.since`), if an earlier attempt
 /// recorded a wait (`detail.waiting_for`).
-pub async fn waiting_since(pool: &PgPool, run_id: i64, step: StepName) -> Result<Option<String>, sqlx::Error> {
+pub async fn waiting_since(pool: &PgPool, run_id: RunId, step: StepName) -> Result<Option<String>, sqlx::Error> {
     let since: Option<Option<String>> = sqlx::query_scalar(
         "select detail->>'since' from steps where run_id = $1 and name = $2 and detail ? 'waiting_for'",
     )
@@ -349,7 +354,7 @@ pub async fn waiting_since(pool: &PgPool, run_id: i64, step: StepName) -> Result
 }
 
 /// Records what a running step is waiting for as its `detail`; nothing when it is not running.
-pub async fn record_waiting(pool: &PgPool, run_id: i64, step: StepName, detail: &Value) -> Result<(), sqlx::Error> {
+pub async fn record_waiting(pool: &PgPool, run_id: RunId, step: StepName, detail: &Value) -> Result<(), sqlx::Error> {
     sqlx::query("update steps set detail = $3 where run_id = $1 and name = $2 and state = 'running'")
         .bind(run_id)
         .bind(step.as_str())
@@ -360,7 +365,7 @@ pub async fn record_waiting(pool: &PgPool, run_id: i64, step: StepName, detail: 
 }
 
 /// The digest the image step of `run_id` found, once it succeeded.
-pub async fn pinned_digest(pool: &PgPool, run_id: i64) -> Result<Option<String>, sqlx::Error> {
+pub async fn pinned_digest(pool: &PgPool, run_id: RunId) -> Result<Option<String>, sqlx::Error> {
     let digest: Option<Option<String>> = sqlx::query_scalar(
         "select detail->>'digest' from steps where run_id = $1 and name = 'image' and state = 'succeeded'",
     )
@@ -372,7 +377,11 @@ pub async fn pinned_digest(pool: &PgPool, run_id: i64) -> Result<Option<String>,
 
 /// Helm revisions that passed verify in the stand's runs other than `run_id`, newest run first, as
 /// `(revision, updated)`.
-pub async fn verified_revisions(pool: &PgPool, stand_id: i64, run_id: i64) -> Result<Vec<(i32, String)>, sqlx::Error> {
+pub async fn verified_revisions(
+    pool: &PgPool,
+    stand_id: StandId,
+    run_id: RunId,
+) -> Result<Vec<(i32, String)>, sqlx::Error> {
     sqlx::query_as(
         "select (s.detail->>'revision')::int, coalesce(s.detail->>'updated', '')
              from steps s join runs r on r.run_id = s.run_id
@@ -391,7 +400,7 @@ pub async fn verified_revisions(pool: &PgPool, stand_id: i64, run_id: i64) -> Re
 /// through intake, a person through manual requests), so they cannot drift apart.
 pub(super) async fn queue_run(
     tx: &mut PgConnection,
-    stand_id: i64,
+    stand_id: StandId,
     number: i32,
     kind: RunKind,
     trigger: Trigger,
@@ -399,7 +408,7 @@ pub(super) async fn queue_run(
     sha: Option<&str>,
     requested_by: Option<&str>,
     params: Value,
-) -> Result<i64, StoreError> {
+) -> Result<RunId, StoreError> {
     Ok(sqlx::query_scalar(
         "insert into runs (stand_id, number, kind, trigger, automatic, epoch, sha, requested_by, params)
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning run_id",
@@ -421,8 +430,8 @@ pub(super) async fn queue_run(
 /// queued, by number.
 pub async fn cancelled_for_teardown(
     pool: &PgPool,
-    stand_id: i64,
-    teardown_run_id: i64,
+    stand_id: StandId,
+    teardown_run_id: RunId,
 ) -> Result<Vec<i32>, sqlx::Error> {
     sqlx::query_scalar(
         "select d.number from runs d join runs t on t.run_id = $2

@@ -2,22 +2,20 @@
 //! the reaper's resync need to know of a stand.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::PgPool;
 
 use super::StoreError;
-use crate::stand::{RunKind, RunState, StandState, StepState, Trigger};
+use crate::stand::{RunId, RunKind, RunState, StandChange, StandId, StandState, StepState, Trigger};
 
 /// A stand with the outcome of its newest run.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StandSummary {
-    pub stand_id: i64,
+    pub stand_id: StandId,
     pub project: String,
     pub branch: String,
     pub namespace: String,
     pub pr_number: Option<i64>,
     /// `active`, `closing` or `removed`.
-    #[schema(value_type = String)]
     pub state: StandState,
     pub state_reason: Option<String>,
     pub head_sha: Option<String>,
@@ -26,25 +24,20 @@ pub struct StandSummary {
     pub updated_at: DateTime<Utc>,
     /// The newest run's number (runs are numbered per stand).
     pub last_run: Option<i32>,
-    #[schema(value_type = Option<String>)]
     pub last_run_kind: Option<RunKind>,
-    #[schema(value_type = Option<String>)]
     pub last_run_state: Option<RunState>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RunSummary {
-    pub run_id: i64,
+    pub run_id: RunId,
     pub number: i32,
     /// `deploy`, `teardown` or `extend`.
-    #[schema(value_type = String)]
     pub kind: RunKind,
-    #[schema(value_type = String)]
     pub trigger: Trigger,
     pub sha: Option<String>,
     pub requested_by: Option<String>,
     /// `queued`, `running`, `succeeded`, `failed`, `superseded`, `cancelled` or `rejected`.
-    #[schema(value_type = String)]
     pub state: RunState,
     pub attempt: i32,
     pub queued_at: DateTime<Utc>,
@@ -54,11 +47,10 @@ pub struct RunSummary {
     pub steps: Vec<StepSummary>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StepSummary {
     pub name: String,
     /// `pending`, `running`, `succeeded`, `failed`, `skipped` or `cancelled`.
-    #[schema(value_type = String)]
     pub state: StepState,
     pub attempt: i32,
     pub started_at: Option<DateTime<Utc>>,
@@ -68,9 +60,8 @@ pub struct StepSummary {
 }
 
 /// A stand with its runs, newest first.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone)]
 pub struct StandDetail {
-    #[serde(flatten)]
     pub stand: StandSummary,
     pub runs: Vec<RunSummary>,
 }
@@ -78,14 +69,14 @@ pub struct StandDetail {
 /// How `stands show` names a stand: its id, or `project/branch` (branches may contain `/`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StandRef {
-    Id(i64),
+    Id(StandId),
     Branch { project: String, branch: String },
 }
 
 impl std::str::FromStr for StandRef {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if let Ok(id) = s.parse::<i64>() {
+        if let Ok(id) = s.parse::<StandId>() {
             return Ok(StandRef::Id(id));
         }
         match s.split_once('/') {
@@ -137,11 +128,11 @@ pub async fn show(pool: &PgPool, stand: &StandRef, max_runs: i64) -> Result<Opti
     .bind(max_runs)
     .fetch_all(pool)
     .await?;
-    let ids: Vec<i64> = runs.iter().map(|r| r.run_id).collect();
-    let steps: Vec<(i64, StepSummary)> = sqlx::query_as::<
+    let ids: Vec<RunId> = runs.iter().map(|r| r.run_id).collect();
+    let steps: Vec<(RunId, StepSummary)> = sqlx::query_as::<
         _,
         (
-            i64,
+            RunId,
             String,
             StepState,
             i32,
@@ -171,12 +162,12 @@ pub async fn show(pool: &PgPool, stand: &StandRef, max_runs: i64) -> Result<Opti
 }
 
 /// Whether the stand was built from a fork's pull request (`forks = "allow"`).
-pub async fn is_fork(pool: &PgPool, stand_id: i64) -> Result<bool, sqlx::Error> {
+pub async fn is_fork(pool: &PgPool, stand_id: StandId) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("select fork from stands where stand_id = $1").bind(stand_id).fetch_one(pool).await
 }
 
 /// When the stand expires, if a deploy set it.
-pub async fn expires_at(pool: &PgPool, stand_id: i64) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+pub async fn expires_at(pool: &PgPool, stand_id: StandId) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     sqlx::query_scalar("select expires_at from stands where stand_id = $1").bind(stand_id).fetch_one(pool).await
 }
 
@@ -214,12 +205,12 @@ pub async fn has_run_of(pool: &PgPool, project: &str, branch: &str, sha: &str) -
 }
 
 /// The newest commit draftd heard of for a stand; an error when the stand row is gone.
-pub async fn head_sha<'e>(conn: impl sqlx::PgExecutor<'e>, stand_id: i64) -> Result<Option<String>, StoreError> {
+pub async fn head_sha<'e>(conn: impl sqlx::PgExecutor<'e>, stand_id: StandId) -> Result<Option<String>, StoreError> {
     Ok(sqlx::query_scalar("select head_sha from stands where stand_id = $1").bind(stand_id).fetch_one(conn).await?)
 }
 
 /// The PR/MR a stand reports on, when draftd knows it (and the stand still exists).
-pub async fn pr_number<'e>(conn: impl sqlx::PgExecutor<'e>, stand_id: i64) -> Result<Option<i64>, StoreError> {
+pub async fn pr_number<'e>(conn: impl sqlx::PgExecutor<'e>, stand_id: StandId) -> Result<Option<i64>, StoreError> {
     let number: Option<Option<i64>> = sqlx::query_scalar("select pr_number from stands where stand_id = $1")
         .bind(stand_id)
         .fetch_optional(conn)
@@ -227,23 +218,57 @@ pub async fn pr_number<'e>(conn: impl sqlx::PgExecutor<'e>, stand_id: i64) -> Re
     Ok(number.flatten())
 }
 
-/// An active stand starts closing, for `reason` (an authorised destroy, once it may). False when the
-/// stand was not active.
-pub async fn close<'e>(conn: impl sqlx::PgExecutor<'e>, stand_id: i64, reason: &str) -> Result<bool, StoreError> {
-    let n = sqlx::query(
-        "update stands set state = 'closing', state_reason = $2, updated_at = now()
-         where stand_id = $1 and state = 'active'",
+// The life of a stand: each change below is made only from the states `StandChange` allows it
+// from, into the state it names, so the SQL cannot drift from the table in stand/.
+
+/// The statement of one change: `$1` the stand, `$2` the state it arrives in, `$3` the states it
+/// may leave, `$4` the change's own value; `set` and `guard` are this module's constants.
+fn change_sql(set: &str, guard: &str) -> String {
+    format!(
+        "update stands set state = $2, {set}, updated_at = now()
+         where stand_id = $1 and state = any($3){guard}"
     )
-    .bind(stand_id)
-    .bind(reason)
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(n == 1)
+}
+
+fn bind_change(
+    sql: &str,
+    stand_id: StandId,
+    change: StandChange,
+) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql).bind(stand_id).bind(change.to()).bind(change.from_names())
+}
+
+/// [`StandChange::Close`]: the stand starts closing, for `reason` (the PR closed, an authorised
+/// destroy). False when the table does not allow it from the stand's state.
+pub async fn close<'e>(conn: impl sqlx::PgExecutor<'e>, stand_id: StandId, reason: &str) -> Result<bool, StoreError> {
+    let sql = change_sql("state_reason = $4", "");
+    let done = bind_change(&sql, stand_id, StandChange::Close).bind(reason).execute(conn).await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// [`StandChange::Revive`]: the stand is active again, in `epoch` (a new life: runs of the old one
+/// no longer count for it). False when the table does not allow it from the stand's state.
+pub async fn revive<'e>(conn: impl sqlx::PgExecutor<'e>, stand_id: StandId, epoch: i32) -> Result<bool, StoreError> {
+    let sql = change_sql("state_reason = null, epoch = $4", "");
+    let done = bind_change(&sql, stand_id, StandChange::Revive).bind(epoch).execute(conn).await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// [`StandChange::Tombstone`], at the end of a teardown: the stand is kept as a tombstone, so a late
+/// webhook cannot bring it back (only a reopen, or a push after it expired, does). Only in the
+/// teardown's own epoch: a stand revived while it ran stays active, and its queued deploy builds
+/// it again.
+pub async fn tombstone<'e>(conn: impl sqlx::PgExecutor<'e>, stand_id: StandId, epoch: i32) -> Result<bool, StoreError> {
+    let sql = change_sql("expiry_warned_for = null", " and epoch = $4");
+    let done = bind_change(&sql, stand_id, StandChange::Tombstone).bind(epoch).execute(conn).await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// A stand's project and expiry, as the labels of what is applied into its namespace name them.
-pub async fn project_and_expiry(pool: &PgPool, stand_id: i64) -> Result<(String, Option<DateTime<Utc>>), StoreError> {
+pub async fn project_and_expiry(
+    pool: &PgPool,
+    stand_id: StandId,
+) -> Result<(String, Option<DateTime<Utc>>), StoreError> {
     let row = sqlx::query_as("select project, expires_at from stands where stand_id = $1")
         .bind(stand_id)
         .fetch_one(pool)

@@ -22,7 +22,7 @@ fn mock(config: ClusterConfig) -> (Kubernetes, Handle) {
 fn stand() -> StandMeta {
     StandMeta {
         namespace: "draft-login-form".into(),
-        stand_id: 7,
+        stand_id: StandId::new(7),
         project: "shop".into(),
         expires_at: Utc.with_ymd_and_hms(2026, 11, 27, 10, 0, 0).unwrap(),
         service_account_token: false,
@@ -681,7 +681,10 @@ async fn the_orphan_scan_finds_draftd_namespaces_without_a_live_stand(pool: sqlx
             Orphan { namespace: "draft-old".into(), reason: OrphanReason::Expired { at: expired_at } },
             Orphan {
                 namespace: "draft-reused".into(),
-                reason: OrphanReason::OtherStand { labelled: Some(reused + 100), owner: reused }
+                reason: OrphanReason::OtherStand {
+                    labelled: Some(StandId::new(reused + 100)),
+                    owner: StandId::new(reused)
+                }
             },
             Orphan { namespace: "draft-unknown".into(), reason: OrphanReason::NoStand },
         ]
@@ -1221,7 +1224,7 @@ async fn the_gate_fails_when_the_api_server_answers_for_a_missing_service() {
 // migrate and smoke Jobs
 
 use draftd::cluster::jobs::JobRequest;
-use draftd::stand::Failure;
+use draftd::stand::{Failure, StandId};
 
 fn smoke_request() -> JobRequest {
     JobRequest {

@@ -21,7 +21,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
 use crate::support::bao;
-use draftd::stand::Failure;
+use draftd::stand::{Failure, StandId};
 
 fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
@@ -134,7 +134,7 @@ async fn credentials_as(pool: &PgPool, bao: Option<&Bao>, admin_url: &str, lifet
     )
 }
 
-async fn new_stand(pool: &PgPool, branch: &str) -> (i64, String) {
+async fn new_stand(pool: &PgPool, branch: &str) -> (StandId, String) {
     let namespace = format!("draft-{}", branch.replace('/', "-"));
     let id = sqlx::query_scalar(
         "insert into stands (project, branch, namespace) values ('shop', $1, $2) returning stand_id",
@@ -431,10 +431,11 @@ async fn without_vault_the_keeper_replaces_logins_before_they_end(pool: PgPool) 
     let first = creds.issue(id, None, "app", &db).await.unwrap();
     assert_eq!(first.source, "postgres");
     let delivered = std::sync::Mutex::new(Vec::new());
-    let deliver = |stand: i64, namespace: String, data: std::collections::BTreeMap<String, secrecy::SecretString>| {
-        delivered.lock().unwrap().push((stand, namespace, data));
-        async { Ok::<(), String>(()) }
-    };
+    let deliver =
+        |stand: StandId, namespace: String, data: std::collections::BTreeMap<String, secrecy::SecretString>| {
+            delivered.lock().unwrap().push((stand, namespace, data));
+            async { Ok::<(), String>(()) }
+        };
     assert_eq!(creds.keep(&deliver).await.unwrap(), Default::default(), "nothing to do at first");
     // Less than a quarter of its life left (2 s of 8): replaced.
     let replace_at = first.expires_at - chrono::Duration::milliseconds(1500);

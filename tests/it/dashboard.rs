@@ -17,6 +17,7 @@ use sqlx::PgPool;
 use tower::ServiceExt;
 
 use crate::support::*;
+use draftd::stand::StandId;
 
 const T1: &str = "2019-05-15T15:20:33Z";
 const PUBLIC_URL: &str = "http://127.0.0.1:8080";
@@ -534,7 +535,7 @@ async fn the_links_in_the_sticky_comment_open_after_login(pool: PgPool) {
     let cookie = login(&app).await;
     let csrf = get(&app, &format!("/stands/{id}"), Some(&cookie)).await.csrf();
     post(&app, &format!("/stands/{id}/rerun"), Some(&cookie), &[("csrf", &csrf)], &[]).await;
-    let detail = stands::show(&pool, &StandRef::Id(id), 10).await.unwrap().unwrap();
+    let detail = stands::show(&pool, &StandRef::Id(StandId::new(id)), 10).await.unwrap().unwrap();
     let view = ReportView::from_detail(&detail, None, vec![], Some(PUBLIC_URL)).unwrap();
     let links = [view.stand_link.unwrap(), view.run_link.unwrap()];
     assert_eq!(links[1], format!("{PUBLIC_URL}/stands/{id}/runs/2"));

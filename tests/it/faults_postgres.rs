@@ -16,6 +16,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::support;
+use draftd::stand::RunId;
 
 /// A Postgres cluster this test may restart; stopped and removed on drop, pass or fail.
 struct Scratch {
@@ -52,7 +53,7 @@ fn script() -> PathBuf {
 /// Every step takes `step_time`; completions are counted per (run, step).
 struct Slow {
     step_time: Duration,
-    completions: Mutex<BTreeMap<(i64, String), u32>>,
+    completions: Mutex<BTreeMap<(RunId, String), u32>>,
 }
 
 impl StepRunner for Slow {
@@ -64,8 +65,8 @@ impl StepRunner for Slow {
 }
 
 /// (run, step) recorded as done; `None` while the database does not answer.
-async fn recorded_done(pool: &PgPool) -> Option<BTreeSet<(i64, String)>> {
-    let rows: Vec<(i64, String)> =
+async fn recorded_done(pool: &PgPool) -> Option<BTreeSet<(RunId, String)>> {
+    let rows: Vec<(RunId, String)> =
         sqlx::query_as("select run_id, name from steps where state in ('succeeded', 'skipped')")
             .fetch_all(pool)
             .await
@@ -153,7 +154,7 @@ async fn runs_survive_a_postgres_restart_and_an_outage_longer_than_a_lease() {
         assert_eq!(state, "succeeded", "run {run} ended {state}");
     }
     // One record per step and run, every one of them done.
-    let steps: Vec<(i64, String, String)> =
+    let steps: Vec<(RunId, String, String)> =
         sqlx::query_as("select run_id, name, state from steps order by run_id, name").fetch_all(&pool).await.unwrap();
     // The plan's steps, and the report every run ends with.
     let plan: Vec<&str> = draftd::stand::RunKind::Deploy

@@ -12,7 +12,7 @@ use draftd::pipeline::authorise::{Authorise, ForgeAuthoriser, Verdict};
 use draftd::reporter::{
     CheckPayload, Outbound, Reporter, ReporterSettings, Status, StepLine, TESTED_LABEL, Target, enqueue, outbound,
 };
-use draftd::stand::{RunKind, StepState};
+use draftd::stand::{RunKind, StandId, StepState};
 use forge_fake::github::CheckRun;
 use forge_fake::*;
 use secrecy::SecretString;
@@ -63,7 +63,7 @@ fn check(sha: &str, state: CheckState) -> Outbound {
 }
 
 /// Every report of a deploy run at `sha` in `status`, as the report step enqueues them.
-fn reports(stand_id: i64, run: i32, sha: &str, status: Status, labelled: bool) -> Vec<Outbound> {
+fn reports(stand_id: StandId, run: i32, sha: &str, status: Status, labelled: bool) -> Vec<Outbound> {
     let mut v = view(stand_id, run, status);
     v.sha = Some(sha.into());
     v.head_sha = Some(sha.into());
@@ -80,7 +80,7 @@ fn reports(stand_id: i64, run: i32, sha: &str, status: Status, labelled: bool) -
     outbound(&v, &Target { forge: ForgeKind::Github, repo: REPO, number: Some(PR), labelled })
 }
 
-async fn enqueue_all(pool: &PgPool, stand_id: i64, rows: &[Outbound]) {
+async fn enqueue_all(pool: &PgPool, stand_id: StandId, rows: &[Outbound]) {
     for r in rows {
         enqueue(pool, stand_id, None, r).await.unwrap();
     }
@@ -109,9 +109,9 @@ async fn an_app_reports_a_check_run_in_progress_then_done_with_a_rerun_button(po
     let r = reporter_with(&pool, app_client(&fake, app), settings());
     let stand_id = stand(&pool, "feature/login").await;
     let sha = sha(1);
-    enqueue(&pool, stand_id, None, &check(&sha, CheckState::InProgress)).await.unwrap();
+    enqueue(&pool, StandId::new(stand_id), None, &check(&sha, CheckState::InProgress)).await.unwrap();
     drain_all(&r, &pool, Duration::from_secs(5)).await;
-    enqueue(&pool, stand_id, None, &check(&sha, CheckState::Success)).await.unwrap();
+    enqueue(&pool, StandId::new(stand_id), None, &check(&sha, CheckState::Success)).await.unwrap();
     drain_all(&r, &pool, Duration::from_secs(5)).await;
 
     let checks = fake.gh_checks(REPO, &sha);
@@ -147,10 +147,10 @@ async fn installation_tokens_are_replaced_before_they_expire(pool: PgPool) {
     let client = app_client(&fake, app).with_token_refresh(Duration::from_secs(3));
     let r = reporter_with(&pool, client, settings());
     let stand_id = stand(&pool, "feature/login").await;
-    enqueue(&pool, stand_id, None, &check(&sha(1), CheckState::InProgress)).await.unwrap();
+    enqueue(&pool, StandId::new(stand_id), None, &check(&sha(1), CheckState::InProgress)).await.unwrap();
     drain_all(&r, &pool, Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    enqueue(&pool, stand_id, None, &check(&sha(1), CheckState::Success)).await.unwrap();
+    enqueue(&pool, StandId::new(stand_id), None, &check(&sha(1), CheckState::Success)).await.unwrap();
     drain_all(&r, &pool, Duration::from_secs(5)).await;
 
     let issued = fake.gh_state(|g| g.app.as_ref().unwrap().issued.clone());
@@ -167,9 +167,9 @@ async fn with_a_token_the_check_is_a_commit_status(pool: PgPool) {
     let fake = Fake::start(ForgeKind::Github).await;
     let r = reporter_with(&pool, token_client(&fake), settings());
     let stand_id = stand(&pool, "feature/login").await;
-    enqueue(&pool, stand_id, None, &check(&sha(2), CheckState::InProgress)).await.unwrap();
+    enqueue(&pool, StandId::new(stand_id), None, &check(&sha(2), CheckState::InProgress)).await.unwrap();
     drain_all(&r, &pool, Duration::from_secs(5)).await;
-    enqueue(&pool, stand_id, None, &check(&sha(2), CheckState::Failure)).await.unwrap();
+    enqueue(&pool, StandId::new(stand_id), None, &check(&sha(2), CheckState::Failure)).await.unwrap();
     drain_all(&r, &pool, Duration::from_secs(5)).await;
     let statuses = fake.gh_state(|g| g.statuses.clone());
     let states: Vec<&str> = statuses.iter().map(|s| s.2.as_str()).collect();
@@ -184,18 +184,20 @@ async fn deployments_go_in_progress_success_and_inactive_at_teardown(pool: PgPoo
     let fake = Fake::start(ForgeKind::Github).await;
     let r = reporter_with(&pool, token_client(&fake), settings());
     let stand_id = stand(&pool, "feature/login").await;
-    enqueue_all(&pool, stand_id, &reports(stand_id, 1, &sha(1), Status::Deploying, false)).await;
+    enqueue_all(&pool, StandId::new(stand_id), &reports(StandId::new(stand_id), 1, &sha(1), Status::Deploying, false))
+        .await;
     drain_all(&r, &pool, Duration::from_secs(5)).await;
-    enqueue_all(&pool, stand_id, &reports(stand_id, 1, &sha(1), Status::Ready, false)).await;
+    enqueue_all(&pool, StandId::new(stand_id), &reports(StandId::new(stand_id), 1, &sha(1), Status::Ready, false))
+        .await;
     drain_all(&r, &pool, Duration::from_secs(5)).await;
     // A new push: a new deployment for the new commit.
-    enqueue_all(&pool, stand_id, &reports(stand_id, 2, &sha(2), Status::Ready, true)).await;
+    enqueue_all(&pool, StandId::new(stand_id), &reports(StandId::new(stand_id), 2, &sha(2), Status::Ready, true)).await;
     drain_all(&r, &pool, Duration::from_secs(5)).await;
-    let mut removed = view(stand_id, 3, Status::Removed);
+    let mut removed = view(StandId::new(stand_id), 3, Status::Removed);
     removed.kind = RunKind::Teardown;
     removed.sha = Some(sha(2));
     let target = Target { forge: ForgeKind::Github, repo: REPO, number: Some(PR), labelled: true };
-    enqueue_all(&pool, stand_id, &outbound(&removed, &target)).await;
+    enqueue_all(&pool, StandId::new(stand_id), &outbound(&removed, &target)).await;
     drain_all(&r, &pool, Duration::from_secs(5)).await;
 
     let deployments = fake.gh_deployments(REPO);
@@ -221,14 +223,17 @@ async fn the_label_comes_with_passing_smoke_and_goes_with_a_later_failure(pool: 
     let fake = Fake::start(ForgeKind::Github).await;
     let r = reporter_with(&pool, token_client(&fake), settings());
     let stand_id = stand(&pool, "feature/login").await;
-    enqueue_all(&pool, stand_id, &reports(stand_id, 1, &sha(1), Status::Ready, false)).await;
+    enqueue_all(&pool, StandId::new(stand_id), &reports(StandId::new(stand_id), 1, &sha(1), Status::Ready, false))
+        .await;
     drain_all(&r, &pool, Duration::from_secs(5)).await;
     assert_eq!(fake.gh_labels(REPO, PR), [TESTED_LABEL]);
-    enqueue_all(&pool, stand_id, &reports(stand_id, 2, &sha(2), Status::Failed, true)).await;
+    enqueue_all(&pool, StandId::new(stand_id), &reports(StandId::new(stand_id), 2, &sha(2), Status::Failed, true))
+        .await;
     drain_all(&r, &pool, Duration::from_secs(5)).await;
     assert!(fake.gh_labels(REPO, PR).is_empty());
     // Removing it again (a second failure) is not an error: GitHub's 404 for a missing label is fine.
-    enqueue_all(&pool, stand_id, &reports(stand_id, 3, &sha(3), Status::Failed, true)).await;
+    enqueue_all(&pool, StandId::new(stand_id), &reports(StandId::new(stand_id), 3, &sha(3), Status::Failed, true))
+        .await;
     drain_all(&r, &pool, Duration::from_secs(5)).await;
     let failed: i64 =
         sqlx::query_scalar("select count(*) from outbox where state = 'failed'").fetch_one(&pool).await.unwrap();
@@ -242,13 +247,18 @@ async fn five_rapid_pushes_make_one_comment_and_the_last_state_wins(pool: PgPool
     let r = reporter_with(&pool, token_client(&fake), settings());
     let stand_id = stand(&pool, "feature/login").await;
     for n in 1..=5 {
-        enqueue_all(&pool, stand_id, &reports(stand_id, n as i32, &sha(n), Status::Deploying, false)).await;
+        enqueue_all(
+            &pool,
+            StandId::new(stand_id),
+            &reports(StandId::new(stand_id), n as i32, &sha(n), Status::Deploying, false),
+        )
+        .await;
     }
-    let last_ready = reports(stand_id, 5, &sha(5), Status::Ready, false);
-    enqueue_all(&pool, stand_id, &last_ready).await;
+    let last_ready = reports(StandId::new(stand_id), 5, &sha(5), Status::Ready, false);
+    enqueue_all(&pool, StandId::new(stand_id), &last_ready).await;
     drain_all(&r, &pool, Duration::from_secs(5)).await;
 
-    let ours = fake.marked(REPO, PR, &marker(stand_id));
+    let ours = fake.marked(REPO, PR, &marker(StandId::new(stand_id)));
     assert_eq!(ours.len(), 1);
     let Outbound::Comment(c) = &last_ready[0] else { panic!() };
     assert_eq!(ours[0].body, c.body);
@@ -261,9 +271,11 @@ async fn five_rapid_pushes_make_one_comment_and_the_last_state_wins(pool: PgPool
     assert_eq!(deployments[0].sha, sha(5));
     assert_eq!(fake.count("POST", "/comments"), 1);
     // A push after an in-progress check was sent: the older commit's check is closed, not left spinning.
-    enqueue_all(&pool, stand_id, &reports(stand_id, 6, &sha(6), Status::Deploying, false)).await;
+    enqueue_all(&pool, StandId::new(stand_id), &reports(StandId::new(stand_id), 6, &sha(6), Status::Deploying, false))
+        .await;
     drain_all(&r, &pool, Duration::from_secs(5)).await;
-    enqueue_all(&pool, stand_id, &reports(stand_id, 7, &sha(7), Status::Ready, false)).await;
+    enqueue_all(&pool, StandId::new(stand_id), &reports(StandId::new(stand_id), 7, &sha(7), Status::Ready, false))
+        .await;
     drain_all(&r, &pool, Duration::from_secs(5)).await;
     let statuses = fake.gh_state(|g| g.statuses.clone());
     let tail: Vec<(String, String)> = statuses[1..].iter().map(|s| (s.1.clone(), s.2.clone())).collect();
@@ -301,7 +313,7 @@ async fn a_429_with_retry_after_is_waited_out(pool: PgPool) {
     let ids = stands(&pool, 3).await;
     fake.script(&[Mode::RateLimited(2)]);
     for (i, id) in ids.iter().enumerate() {
-        enqueue(&pool, *id, None, &check(&sha(i as u32 + 1), CheckState::Success)).await.unwrap();
+        enqueue(&pool, StandId::new(*id), None, &check(&sha(i as u32 + 1), CheckState::Success)).await.unwrap();
     }
     drain_all(&r, &pool, Duration::from_secs(10)).await;
     let seen = fake.seen();
@@ -331,7 +343,7 @@ async fn a_secondary_rate_limit_holds_every_call_of_the_client(pool: PgPool) {
     let ids = stands(&pool, 4).await;
     fake.script(&[Mode::SecondaryLimit(None)]);
     for (i, id) in ids.iter().enumerate() {
-        enqueue(&pool, *id, None, &check(&sha(i as u32 + 1), CheckState::Success)).await.unwrap();
+        enqueue(&pool, StandId::new(*id), None, &check(&sha(i as u32 + 1), CheckState::Success)).await.unwrap();
     }
     drain_all(&r, &pool, Duration::from_secs(10)).await;
     let seen = fake.seen();
@@ -343,7 +355,7 @@ async fn a_secondary_rate_limit_holds_every_call_of_the_client(pool: PgPool) {
     assert_eq!(seen.iter().filter(|s| s.status == 403).count(), 1, "{seen:?}");
     // And with retry-after, that time is used.
     fake.script(&[Mode::SecondaryLimit(Some(1))]);
-    enqueue(&pool, ids[0], None, &check(&sha(9), CheckState::Success)).await.unwrap();
+    enqueue(&pool, StandId::new(ids[0]), None, &check(&sha(9), CheckState::Success)).await.unwrap();
     drain_all(&r, &pool, Duration::from_secs(10)).await;
     let seen = fake.seen();
     let limited = seen.iter().filter(|s| s.status == 403).map(|s| s.at).max().unwrap();
@@ -386,7 +398,7 @@ async fn after_a_five_minute_outage_every_pr_ends_with_its_latest_state(pool: Pg
                 (3, _) => Status::Failed,
                 _ => Status::Deploying,
             };
-            let rows = reports(*id, round as i32 + 1, &sha(n), status, false);
+            let rows = reports(StandId::new(*id), round as i32 + 1, &sha(n), status, false);
             let rows: Vec<Outbound> = rows
                 .into_iter()
                 .map(|o| match o {
@@ -407,7 +419,7 @@ async fn after_a_five_minute_outage_every_pr_ends_with_its_latest_state(pool: Pg
                     other => other,
                 })
                 .collect();
-            enqueue_all(&pool, *id, &rows).await;
+            enqueue_all(&pool, StandId::new(*id), &rows).await;
             last[i] = rows;
         }
         tokio::time::sleep(Duration::from_millis(750)).await;
@@ -433,7 +445,7 @@ async fn after_a_five_minute_outage_every_pr_ends_with_its_latest_state(pool: Pg
         for row in rows {
             match row {
                 Outbound::Comment(c) => {
-                    let ours = fake.marked(REPO, number, &marker(ids[i]));
+                    let ours = fake.marked(REPO, number, &marker(StandId::new(ids[i])));
                     assert_eq!(ours.len(), 1, "PR {number}");
                     assert_eq!(ours[0].body, c.body, "PR {number} shows its newest comment");
                 }
@@ -490,7 +502,7 @@ async fn only_writers_may_rerun_or_destroy_and_every_decision_is_audited(pool: P
         ("tom", "command", "teardown", false),
         ("mallory", "check_run", "deploy", false),
     ] {
-        let run = command_run(&pool, stand_id, kind, trigger, login, &sha(1), json!({})).await;
+        let run = command_run(&pool, StandId::new(stand_id), kind, trigger, login, &sha(1), json!({})).await;
         let verdict = authoriser.authorise(&run).await.unwrap();
         assert_eq!(matches!(verdict, Verdict::Allowed), allowed, "{login}: {verdict:?}");
         runs.push(run);
@@ -540,7 +552,7 @@ async fn an_allowed_destroy_closes_the_stand_and_a_github_outage_is_transient(po
     let client = AnyForge::Github(token_client(&fake));
     let authoriser = ForgeAuthoriser::with_clients(pool.clone(), &shop_config(), vec![(ForgeKind::Github, client)]);
     let stand_id = stand(&pool, "feature/login").await;
-    let run = command_run(&pool, stand_id, "teardown", "command", "alice", &sha(1), json!({})).await;
+    let run = command_run(&pool, StandId::new(stand_id), "teardown", "command", "alice", &sha(1), json!({})).await;
     fake.set_mode(Mode::Down(502));
     let err = authoriser.authorise(&run).await.unwrap_err();
     assert_eq!(err.label, "forge_unavailable", "{err:?}");
@@ -591,7 +603,7 @@ async fn a_rerun_after_a_failure_makes_a_new_check_run_and_the_check_turns_green
     let stand_id = stand(&pool, "feature/login").await;
     let sha = sha(1);
     for state in [CheckState::InProgress, CheckState::Failure, CheckState::InProgress, CheckState::Success] {
-        enqueue(&pool, stand_id, None, &check(&sha, state)).await.unwrap();
+        enqueue(&pool, StandId::new(stand_id), None, &check(&sha, state)).await.unwrap();
         drain_all(&r, &pool, Duration::from_secs(5)).await;
     }
     let failed: Vec<(String, Option<String>)> =
@@ -618,22 +630,25 @@ async fn earlier_deployments_go_inactive_when_a_newer_one_succeeds_and_all_at_te
     let r = reporter_with(&pool, token_client(&fake), settings());
     let stand_id = stand(&pool, "feature/login").await;
     let last = |d: &forge_fake::github::Deployment| d.statuses.last().map(|s| s.0.clone()).unwrap_or_default();
-    enqueue_all(&pool, stand_id, &reports(stand_id, 1, &sha(1), Status::Ready, false)).await;
+    enqueue_all(&pool, StandId::new(stand_id), &reports(StandId::new(stand_id), 1, &sha(1), Status::Ready, false))
+        .await;
     drain_all(&r, &pool, Duration::from_secs(5)).await;
-    enqueue_all(&pool, stand_id, &reports(stand_id, 2, &sha(2), Status::Failed, false)).await;
+    enqueue_all(&pool, StandId::new(stand_id), &reports(StandId::new(stand_id), 2, &sha(2), Status::Failed, false))
+        .await;
     drain_all(&r, &pool, Duration::from_secs(5)).await;
     let states: Vec<String> = fake.gh_deployments(REPO).iter().map(last).collect();
     assert_eq!(states, ["success", "failure"], "the last good deployment stays active after a failure");
-    enqueue_all(&pool, stand_id, &reports(stand_id, 3, &sha(3), Status::Ready, false)).await;
+    enqueue_all(&pool, StandId::new(stand_id), &reports(StandId::new(stand_id), 3, &sha(3), Status::Ready, false))
+        .await;
     drain_all(&r, &pool, Duration::from_secs(5)).await;
     let states: Vec<String> = fake.gh_deployments(REPO).iter().map(last).collect();
     assert_eq!(states, ["inactive", "inactive", "success"], "{:?}", fake.gh_deployments(REPO));
 
-    let mut removed = view(stand_id, 4, Status::Removed);
+    let mut removed = view(StandId::new(stand_id), 4, Status::Removed);
     removed.kind = RunKind::Teardown;
     removed.sha = Some(sha(3));
     let target = Target { forge: ForgeKind::Github, repo: REPO, number: Some(PR), labelled: false };
-    enqueue_all(&pool, stand_id, &outbound(&removed, &target)).await;
+    enqueue_all(&pool, StandId::new(stand_id), &outbound(&removed, &target)).await;
     drain_all(&r, &pool, Duration::from_secs(5)).await;
     let deployments = fake.gh_deployments(REPO);
     assert!(deployments.iter().all(|d| d.transient), "{deployments:?}");
@@ -683,7 +698,7 @@ async fn an_app_not_installed_on_the_repository_is_its_own_error(pool: PgPool) {
         vec![(ForgeKind::Github, AnyForge::Github(client.clone()))],
     );
     let stand_id = stand(&pool, "feature/login").await;
-    let run = command_run(&pool, stand_id, "deploy", "check_run", "alice", &sha(1), json!({})).await;
+    let run = command_run(&pool, StandId::new(stand_id), "deploy", "check_run", "alice", &sha(1), json!({})).await;
     let err = authoriser.authorise(&run).await.unwrap_err();
     assert!(err.message.contains("not installed"), "{err:?}");
     let audit: i64 = sqlx::query_scalar("select count(*) from audit").fetch_one(&pool).await.unwrap();
@@ -725,8 +740,10 @@ async fn a_renamed_repository_is_followed_and_its_new_name_is_found(pool: PgPool
     let client = token_client(&fake);
     let r = reporter_with(&pool, client.clone(), settings());
     let stand_id = stand(&pool, "feature/login").await;
-    enqueue_all(&pool, stand_id, &reports(stand_id, 1, &sha(1), Status::Ready, false)).await;
-    enqueue_all(&pool, stand_id, &reports(stand_id, 2, &sha(1), Status::Failed, true)).await;
+    enqueue_all(&pool, StandId::new(stand_id), &reports(StandId::new(stand_id), 1, &sha(1), Status::Ready, false))
+        .await;
+    enqueue_all(&pool, StandId::new(stand_id), &reports(StandId::new(stand_id), 2, &sha(1), Status::Failed, true))
+        .await;
     drain_all(&r, &pool, Duration::from_secs(5)).await;
     let undelivered: Vec<(String, Option<String>)> =
         sqlx::query_as("select state, last_error from outbox where state in ('pending', 'failed')")
@@ -734,7 +751,7 @@ async fn a_renamed_repository_is_followed_and_its_new_name_is_found(pool: PgPool
             .await
             .unwrap();
     assert!(undelivered.is_empty(), "{undelivered:?}");
-    assert_eq!(fake.marked("acme/storefront", PR, &marker(stand_id)).len(), 1);
+    assert_eq!(fake.marked("acme/storefront", PR, &marker(StandId::new(stand_id))).len(), 1);
     assert_eq!(fake.gh_deployments("acme/storefront").len(), 1);
     let statuses = fake.gh_state(|g| g.statuses.clone());
     assert!(statuses.iter().all(|s| s.0 == "acme/storefront"), "{statuses:?}");
@@ -745,7 +762,7 @@ async fn a_renamed_repository_is_followed_and_its_new_name_is_found(pool: PgPool
     let (fake, app) = app_fake(Duration::from_secs(3600)).await;
     fake.gh_rename(REPO, "acme/storefront");
     let r = reporter_with(&pool, app_client(&fake, app), settings());
-    enqueue(&pool, stand_id, None, &check(&sha(7), CheckState::Success)).await.unwrap();
+    enqueue(&pool, StandId::new(stand_id), None, &check(&sha(7), CheckState::Success)).await.unwrap();
     drain_all(&r, &pool, Duration::from_secs(5)).await;
     assert_eq!(fake.gh_check_state("acme/storefront", &sha(7)).as_deref(), Some("completed/success"));
     assert_eq!(fake.violations(), Vec::<String>::new());

@@ -14,7 +14,7 @@ use draftd::forge::client::{
 };
 use draftd::pipeline::authorise::{Authorise, ForgeAuthoriser, Verdict, needs_check};
 use draftd::reporter::{
-    CheckPayload, CommentPayload, EnvironmentPayload, LabelPayload, Outbound, REPLY_KIND, enqueue as enqueue_out,
+    CheckPayload, CommentPayload, EnvironmentPayload, LabelPayload, Outbound, enqueue as enqueue_out,
 };
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -22,6 +22,8 @@ use sqlx::PgPool;
 use forge_fake::*;
 
 use crate::support::forge_fake;
+use draftd::stand::{RunId, StandId};
+use draftd::store::outbox::OutboxKind;
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 const SHA2: &str = "89abcdef0123456789abcdef0123456789abcdef";
@@ -401,7 +403,7 @@ fn out_label(present: bool) -> Outbound {
     })
 }
 
-fn out_comment(stand_id: i64, text: &str) -> Outbound {
+fn out_comment(stand_id: StandId, text: &str) -> Outbound {
     Outbound::Comment(CommentPayload {
         forge: ForgeKind::Gitlab,
         repo: GITLAB_REPO.into(),
@@ -411,7 +413,7 @@ fn out_comment(stand_id: i64, text: &str) -> Outbound {
     })
 }
 
-async fn outbox_rows(pool: &PgPool, stand_id: i64) -> Vec<(String, String, Option<String>, Value)> {
+async fn outbox_rows(pool: &PgPool, stand_id: StandId) -> Vec<(String, String, Option<String>, Value)> {
     sqlx::query_as("select kind, state, last_error, payload from outbox where stand_id = $1 order by outbox_id")
         .bind(stand_id)
         .fetch_all(pool)
@@ -428,16 +430,16 @@ async fn reporter_delivers_the_newest_check_environment_comment_and_label(pool: 
     let first = [
         out_check(CheckState::InProgress, "Deploying"),
         out_env(EnvironmentState::InProgress, None),
-        out_comment(stand_id, "deploying"),
+        out_comment(StandId::new(stand_id), "deploying"),
         out_check(CheckState::Success, "Ready"),
         out_env(EnvironmentState::Success, Some(url)),
-        out_comment(stand_id, "ready"),
+        out_comment(StandId::new(stand_id), "ready"),
         out_label(true),
     ];
     for out in &first {
-        enqueue_out(&pool, stand_id, None, out).await.unwrap();
+        enqueue_out(&pool, StandId::new(stand_id), None, out).await.unwrap();
     }
-    drain(&r, &pool, stand_id, Duration::from_secs(5)).await;
+    drain(&r, &pool, StandId::new(stand_id), Duration::from_secs(5)).await;
 
     let status = fake.gl_status(GITLAB_REPO, SHA, "draftd").expect("status");
     assert_eq!(status.state, "success");
@@ -445,11 +447,11 @@ async fn reporter_delivers_the_newest_check_environment_comment_and_label(pool: 
     assert_eq!(status.target_url.as_deref(), Some("http://127.0.0.1:8080/stands/1/runs/1"));
     let e = fake.gl_environment(GITLAB_REPO, ENV).expect("environment");
     assert_eq!((e.state.as_str(), e.external_url.as_deref()), ("available", Some(url)));
-    let notes = fake.marked(GITLAB_REPO, PR, &marker(stand_id));
+    let notes = fake.marked(GITLAB_REPO, PR, &marker(StandId::new(stand_id)));
     assert_eq!(notes.len(), 1, "{notes:?}");
     assert!(notes[0].body.ends_with("\nready"));
     assert_eq!(fake.gl_labels(GITLAB_REPO, PR), [LABEL]);
-    let rows = outbox_rows(&pool, stand_id).await;
+    let rows = outbox_rows(&pool, StandId::new(stand_id)).await;
     let states: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
     assert_eq!(
         states,
@@ -463,24 +465,24 @@ async fn reporter_delivers_the_newest_check_environment_comment_and_label(pool: 
     let second = [
         out_check(CheckState::Cancelled, "Removed"),
         out_env(EnvironmentState::Inactive, None),
-        out_comment(stand_id, "removed"),
+        out_comment(StandId::new(stand_id), "removed"),
         out_label(false),
     ];
     for out in &second {
-        enqueue_out(&pool, stand_id, None, out).await.unwrap();
+        enqueue_out(&pool, StandId::new(stand_id), None, out).await.unwrap();
     }
     let searches = fake.count("GET", "/environments");
-    drain(&r, &pool, stand_id, Duration::from_secs(5)).await;
+    drain(&r, &pool, StandId::new(stand_id), Duration::from_secs(5)).await;
     // A finished status is not changed again: GitLab adds a new one for the same commit.
     assert_eq!(fake.gl_status(GITLAB_REPO, SHA, "draftd").unwrap().state, "canceled");
     assert_eq!(fake.gl_environment(GITLAB_REPO, ENV).unwrap().state, "stopped");
     assert_eq!(fake.count("GET", "/environments"), searches, "stopped by id, without a search");
     assert_eq!(fake.count("POST", &format!("/environments/{}/stop", e.id)), 1);
     assert!(fake.gl_labels(GITLAB_REPO, PR).is_empty());
-    let notes = fake.marked(GITLAB_REPO, PR, &marker(stand_id));
+    let notes = fake.marked(GITLAB_REPO, PR, &marker(StandId::new(stand_id)));
     assert_eq!((notes.len(), notes[0].id), (1, e_note_id(&rows)));
     assert!(notes[0].body.ends_with("\nremoved"));
-    let rows = outbox_rows(&pool, stand_id).await;
+    let rows = outbox_rows(&pool, StandId::new(stand_id)).await;
     assert!(rows[7..].iter().all(|r| r.1 == "delivered" && r.2.is_none()), "{rows:?}");
     assert_eq!(fake.count("POST", &format!("/merge_requests/{PR}/notes")), 1, "one note, edited");
     assert_clean(&fake);
@@ -512,7 +514,7 @@ webhook_secret_env = "GL_SECRET"
     .expect("config")
 }
 
-async fn audit(pool: &PgPool, run_id: i64) -> Vec<(String, String, Value)> {
+async fn audit(pool: &PgPool, run_id: RunId) -> Vec<(String, String, Value)> {
     sqlx::query_as("select actor, action, detail from audit where run_id = $1 order by audit_id")
         .bind(run_id)
         .fetch_all(pool)
@@ -529,7 +531,8 @@ async fn authoriser_refuses_a_reporter_with_a_reply_and_lets_a_developer_through
     let stand_id = stand(&pool, "feature/login").await;
 
     // Bob (Reporter) asks for a rerun: refused, audited, answered.
-    let run = command_run(&pool, stand_id, "deploy", "command", "bob", SHA, json!({ "author_id": 12 })).await;
+    let run =
+        command_run(&pool, StandId::new(stand_id), "deploy", "command", "bob", SHA, json!({ "author_id": 12 })).await;
     assert!(needs_check(&run));
     let verdict = auth.authorise(&run).await.unwrap();
     let Verdict::Denied { reason } = verdict else { panic!("bob was let through: {verdict:?}") };
@@ -541,18 +544,21 @@ async fn authoriser_refuses_a_reporter_with_a_reply_and_lets_a_developer_through
     assert_eq!(rows[0].2["repo"], GITLAB_REPO);
     assert_eq!(fake.count("GET", "/members/all/12"), 1, "looked up by the webhook's user id");
 
-    let outbox: Vec<(String, String, Option<i64>, Value)> =
+    let outbox: Vec<(String, String, Option<RunId>, Value)> =
         sqlx::query_as("select kind, state, run_id, payload from outbox where stand_id = $1")
             .bind(stand_id)
             .fetch_all(&pool)
             .await
             .unwrap();
     assert_eq!(outbox.len(), 1, "{outbox:?}");
-    assert_eq!((outbox[0].0.as_str(), outbox[0].1.as_str(), outbox[0].2), (REPLY_KIND, "pending", Some(run.run_id)));
+    assert_eq!(
+        (outbox[0].0.as_str(), outbox[0].1.as_str(), outbox[0].2),
+        (OutboxKind::Reply.as_str(), "pending", Some(run.run_id))
+    );
     assert_eq!(outbox[0].3["number"], json!(PR));
 
     let r = reporter(&pool, &fake, ForgeKind::Gitlab);
-    drain(&r, &pool, stand_id, Duration::from_secs(5)).await;
+    drain(&r, &pool, StandId::new(stand_id), Duration::from_secs(5)).await;
     let notes = fake.comments(GITLAB_REPO, PR);
     assert_eq!(notes.len(), 1, "{notes:?}");
     assert!(notes[0].body.starts_with("@bob "), "{}", notes[0].body);
@@ -565,7 +571,9 @@ async fn authoriser_refuses_a_reporter_with_a_reply_and_lets_a_developer_through
     assert_eq!(state, "delivered");
 
     // Alice (Developer) asks for a destroy: allowed, audited, no reply; the stand starts closing.
-    let run2 = command_run(&pool, stand_id, "teardown", "command", "alice", SHA, json!({ "author_id": 11 })).await;
+    let run2 =
+        command_run(&pool, StandId::new(stand_id), "teardown", "command", "alice", SHA, json!({ "author_id": 11 }))
+            .await;
     assert_eq!(auth.authorise(&run2).await.unwrap(), Verdict::Allowed);
     let rows = audit(&pool, run2.run_id).await;
     assert_eq!(rows.len(), 1, "{rows:?}");
@@ -598,7 +606,8 @@ async fn authoriser_finds_a_requester_by_username_when_the_webhook_gave_no_id(po
     fake.gl_add_member(GITLAB_REPO, 11, "alice", 30);
     let auth = ForgeAuthoriser::with_clients(pool.clone(), &config(&fake), vec![(ForgeKind::Gitlab, c)]);
     let stand_id = stand(&pool, "feature/login").await;
-    let mut run = command_run(&pool, stand_id, "extend", "command", "alice", SHA, json!({ "author_id": 11 })).await;
+    let mut run =
+        command_run(&pool, StandId::new(stand_id), "extend", "command", "alice", SHA, json!({ "author_id": 11 })).await;
     run.params = json!({});
     assert_eq!(auth.authorise(&run).await.unwrap(), Verdict::Allowed);
     assert_eq!(fake.count("GET", "/members/all"), 1);

@@ -14,6 +14,7 @@ use forge_fake::github::Limits;
 use forge_fake::*;
 
 use crate::support::forge_fake;
+use draftd::stand::StandId;
 
 const SCALE: f64 = 0.05;
 
@@ -66,10 +67,10 @@ async fn a_busy_installation_does_not_slow_another_installations_stand(pool: PgP
             forge: ForgeKind::Github,
             repo: REPO.into(),
             number: i as u64 + 1,
-            marker: marker(*stand),
-            body: format!("{} busy", marker(*stand)),
+            marker: marker(StandId::new(*stand)),
+            body: format!("{} busy", marker(StandId::new(*stand))),
         };
-        enqueue_comment(&pool, *stand, None, &payload).await.unwrap();
+        enqueue_comment(&pool, StandId::new(*stand), None, &payload).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let start = std::time::Instant::now();
@@ -77,22 +78,27 @@ async fn a_busy_installation_does_not_slow_another_installations_stand(pool: PgP
         forge: ForgeKind::Github,
         repo: "elsewhere/shop".into(),
         number: 1,
-        marker: marker(quiet),
-        body: format!("{} quiet", marker(quiet)),
+        marker: marker(StandId::new(quiet)),
+        body: format!("{} quiet", marker(StandId::new(quiet))),
     };
-    enqueue_comment(&pool, quiet, None, &payload).await.unwrap();
-    while fake.marked("elsewhere/shop", 1, &marker(quiet)).is_empty() && start.elapsed() < Duration::from_secs(30) {
+    enqueue_comment(&pool, StandId::new(quiet), None, &payload).await.unwrap();
+    while fake.marked("elsewhere/shop", 1, &marker(StandId::new(quiet))).is_empty()
+        && start.elapsed() < Duration::from_secs(30)
+    {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let quiet_after = start.elapsed();
     let busy_left = busy
         .iter()
         .enumerate()
-        .filter(|(i, stand)| fake.marked(REPO, *i as u64 + 1, &marker(**stand)).is_empty())
+        .filter(|(i, stand)| fake.marked(REPO, *i as u64 + 1, &marker(StandId::new(**stand))).is_empty())
         .count();
     stop.send(true).ok();
     worker.await.ok();
-    assert!(!fake.marked("elsewhere/shop", 1, &marker(quiet)).is_empty(), "the quiet stand's comment arrived");
+    assert!(
+        !fake.marked("elsewhere/shop", 1, &marker(StandId::new(quiet))).is_empty(),
+        "the quiet stand's comment arrived"
+    );
     assert!(busy_left > 10, "the busy installation was still working through its burst: {busy_left} left");
     // A pass waits at most `max_wait` for one write's turn, so the other owner's stand goes within a
     // pass or two, not behind the busy owner's queue of dozens of gaps.

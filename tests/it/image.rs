@@ -20,7 +20,7 @@ use sqlx::PgPool;
 
 use crate::support;
 use crate::support::registry::{REGISTRY_PASSWORD, Registry as TestRegistry, RegistryAuth, available};
-use draftd::stand::Failure;
+use draftd::stand::{Failure, RunId};
 
 const SHA1: &str = "1111111aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const SHA2: &str = "2222222bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
@@ -88,17 +88,17 @@ values = ["{root}/values/draft.yaml"]
 }
 
 impl Setup {
-    async fn queue(&self, sha: &str) -> i64 {
+    async fn queue(&self, sha: &str) -> RunId {
         support::queue_run(&self.pool, "shop", BRANCH, NAMESPACE, "deploy", sha).await
     }
 
     /// Drives the next queued run to its end, in the background.
-    fn drive(&self) -> tokio::task::JoinHandle<(i64, RunEnd)> {
+    fn drive(&self) -> tokio::task::JoinHandle<(RunId, RunEnd)> {
         let engine = self.engine.clone();
         tokio::spawn(async move { engine.run_one().await.unwrap().expect("a run to claim") })
     }
 
-    async fn step(&self, run: i64, name: &str) -> Option<(String, Value, Option<Value>)> {
+    async fn step(&self, run: RunId, name: &str) -> Option<(String, Value, Option<Value>)> {
         sqlx::query_as("select state, detail, error from steps where run_id = $1 and name = $2")
             .bind(run)
             .bind(name)
@@ -108,7 +108,7 @@ impl Setup {
     }
 
     /// Waits until the run's image step says it is waiting.
-    async fn until_waiting(&self, run: i64) -> Value {
+    async fn until_waiting(&self, run: RunId) -> Value {
         let started = Instant::now();
         loop {
             if let Some((state, detail, _)) = self.step(run, "image").await

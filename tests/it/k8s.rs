@@ -33,6 +33,7 @@ use sqlx::PgPool;
 
 use crate::support;
 use crate::support::registry::{Registry as TestRegistry, RegistryAuth};
+use draftd::stand::RunId;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -212,18 +213,23 @@ smoke = ["bin/smoke"]
         Engine::new(self.pool.clone(), Arc::new(steps), settings, "k8s-test")
     }
 
-    async fn queue(&self, kind: &str, sha: &str) -> i64 {
+    async fn queue(&self, kind: &str, sha: &str) -> RunId {
         support::queue_run(&self.pool, &self.project, "feature/k8s", &self.namespace, kind, sha).await
     }
 
-    async fn run(&self, engine: &Engine<KubernetesSteps<HelmCli, Kubernetes>>, kind: &str, sha: &str) -> (i64, RunEnd) {
+    async fn run(
+        &self,
+        engine: &Engine<KubernetesSteps<HelmCli, Kubernetes>>,
+        kind: &str,
+        sha: &str,
+    ) -> (RunId, RunEnd) {
         let run = self.queue(kind, sha).await;
         let (claimed, end) = engine.run_one().await.unwrap().expect("a run to claim");
         assert_eq!(claimed, run);
         (run, end)
     }
 
-    async fn step(&self, run: i64, name: &str) -> (String, Value, Option<Value>) {
+    async fn step(&self, run: RunId, name: &str) -> (String, Value, Option<Value>) {
         sqlx::query_as("select state, detail, error from steps where run_id = $1 and name = $2")
             .bind(run)
             .bind(name)
@@ -233,7 +239,7 @@ smoke = ["bin/smoke"]
     }
 
     /// Every step's state and error, for assertion messages.
-    async fn steps(&self, run: i64) -> String {
+    async fn steps(&self, run: RunId) -> String {
         let rows: Vec<(String, String, Option<Value>)> =
             sqlx::query_as("select name, state, error from steps where run_id = $1 order by step_id")
                 .bind(run)

@@ -21,6 +21,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::support::{self, forge_fake};
+use draftd::stand::RunId;
 
 #[derive(Default)]
 struct Calls(Mutex<Vec<String>>);
@@ -255,11 +256,11 @@ smoke = ["scripts/smoke_draft.sh"]
     World { pool, calls, cluster, helm: fake_helm, engine }
 }
 
-async fn queue(pool: &PgPool, kind: &str, sha: &str) -> i64 {
+async fn queue(pool: &PgPool, kind: &str, sha: &str) -> RunId {
     support::queue_run(pool, "shop", "feature/login", "draft-login", kind, sha).await
 }
 
-async fn step_detail(pool: &PgPool, run: i64, step: &str) -> (String, Value, Option<Value>) {
+async fn step_detail(pool: &PgPool, run: RunId, step: &str) -> (String, Value, Option<Value>) {
     sqlx::query_as("select state, detail, error from steps where run_id = $1 and name = $2")
         .bind(run)
         .bind(step)

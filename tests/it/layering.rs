@@ -328,6 +328,21 @@ fn sql_on_draftds_schema_is_only_in_store() {
     assert!(found.is_empty(), "SQL outside store/ (move it into a store function): {found:?}");
 }
 
+/// Past this a file holds more than one job, or one job that should be split by concept.
+const MAX_FILE_LINES: usize = 700;
+
+#[test]
+fn no_source_file_is_longer_than_the_limit() {
+    let long: Vec<String> = files()
+        .values()
+        .filter_map(|path| {
+            let lines = std::fs::read_to_string(path).expect("src/ is readable").lines().count();
+            (lines > MAX_FILE_LINES).then(|| format!("{} ({lines} lines)", path.display()))
+        })
+        .collect();
+    assert!(long.is_empty(), "over {MAX_FILE_LINES} lines: {long:?}");
+}
+
 #[test]
 fn the_reader_sees_the_imports_it_should() {
     // Guards the reader itself: a parser that saw nothing would make every check above pass.

@@ -21,7 +21,7 @@ use draftd::helm::{Helm, HelmError, Release, Revision};
 use draftd::pipeline::steps::KubernetesSteps;
 use draftd::pipeline::{Engine, EngineSettings, RunEnd};
 use draftd::reaper::{Reaper, Sweep, SweepOutcome};
-use draftd::stand::{BranchName, CommitSha, ProjectName};
+use draftd::stand::{BranchName, CommitSha, ProjectName, RunId, StandId};
 use draftd::store::intake::{self, Delivery};
 use draftd::store::manual::{self, ManualOutcome, ManualRequest, StandLookup};
 use secrecy::SecretString;
@@ -76,7 +76,7 @@ impl FakeCluster {
         let ns = ManagedNamespace {
             name: namespace.into(),
             project: Some("shop".into()),
-            stand_id,
+            stand_id: stand_id.map(StandId::new),
             expires_at: None,
             terminating: false,
         };
@@ -297,7 +297,7 @@ impl World {
     }
 
     /// `draftd stands extend|destroy`, as the CLI queues it.
-    pub async fn manual(&self, command: Command) -> i64 {
+    pub async fn manual(&self, command: Command) -> RunId {
         let req = ManualRequest {
             command,
             trigger: Trigger::Cli,
@@ -317,7 +317,7 @@ impl World {
     }
 
     /// Drives runs until none is runnable; returns how each ended.
-    pub async fn drain(&self) -> Vec<(i64, RunEnd)> {
+    pub async fn drain(&self) -> Vec<(RunId, RunEnd)> {
         let mut ends = Vec::new();
         while let Some(end) = self.engine.run_one().await.unwrap() {
             ends.push(end);
@@ -343,7 +343,7 @@ impl World {
         }
     }
 
-    pub async fn stand(&self) -> (i64, String, Option<String>, Option<DateTime<Utc>>, i32) {
+    pub async fn stand(&self) -> (StandId, String, Option<String>, Option<DateTime<Utc>>, i32) {
         sqlx::query_as("select stand_id, state, state_reason, expires_at, epoch from stands where branch = $1")
             .bind(&self.branch)
             .fetch_one(&self.pool)
@@ -711,7 +711,7 @@ async fn an_orphan_namespace_or_database_goes_when_two_sweeps_found_it(pool: PgP
 
 use forge_fake::{Fake, Mode, Pull, REPO, TOKEN};
 
-async fn stand_id(w: &World) -> i64 {
+async fn stand_id(w: &World) -> StandId {
     w.stand().await.0
 }
 

@@ -46,6 +46,7 @@ mod schemathesis;
 mod secrets_listed;
 mod security;
 mod smoke_script;
+mod stand_changes;
 mod summary;
 mod webhooks_github;
 mod webhooks_gitlab;

@@ -19,6 +19,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
 use crate::support::bao;
+use draftd::stand::StandId;
 
 fn admin_url() -> String {
     std::env::var("DATABASE_URL").expect("DATABASE_URL: run the tests through scripts/test.sh")
@@ -247,8 +248,8 @@ async fn a_postgres_login_of_a_dead_stand_is_found_and_revoked(pool: PgPool) {
     let (dead, alive) = (sweep.stand("dead"), sweep.stand("alive"));
     creds.ensure_database(&dead).await.unwrap();
     creds.ensure_database(&alive).await.unwrap();
-    let dead_login = creds.issue(new_stand(&pool, &dead).await, None, "app", &dead).await.unwrap();
-    let alive_login = creds.issue(new_stand(&pool, &alive).await, None, "app", &alive).await.unwrap();
+    let dead_login = creds.issue(StandId::new(new_stand(&pool, &dead).await), None, "app", &dead).await.unwrap();
+    let alive_login = creds.issue(StandId::new(new_stand(&pool, &alive).await), None, "app", &alive).await.unwrap();
     assert_eq!(dead_login.source, "postgres");
     let open = connect(&dead_login.username, dead_login.password.expose_secret(), &dead.database).await.unwrap();
 
@@ -293,9 +294,9 @@ async fn a_vault_role_of_a_dead_stand_is_found_and_removed_with_its_leases(pool:
     let (dead, alive) = (sweep.stand("dead"), sweep.stand("alive"));
     creds.ensure_database(&dead).await.unwrap();
     creds.ensure_database(&alive).await.unwrap();
-    let dead_login = creds.issue(new_stand(&pool, &dead).await, None, "app", &dead).await.unwrap();
+    let dead_login = creds.issue(StandId::new(new_stand(&pool, &dead).await), None, "app", &dead).await.unwrap();
     vault.issue(&dead.database).await.unwrap();
-    creds.issue(new_stand(&pool, &alive).await, None, "app", &alive).await.unwrap();
+    creds.issue(StandId::new(new_stand(&pool, &alive).await), None, "app", &alive).await.unwrap();
     assert_eq!(dead_login.source, "vault");
     // A role on another connection is not draftd's, whatever its name.
     let (status, body) = bao
@@ -378,8 +379,8 @@ async fn the_shipped_policy_allows_the_vault_scan_and_removal(pool: PgPool) {
     let (dead, gone) = (sweep.stand("dead"), sweep.stand("gone"));
     creds.ensure_database(&dead).await.unwrap();
     creds.ensure_database(&gone).await.unwrap();
-    creds.issue(new_stand(&pool, &dead).await, None, "app", &dead).await.unwrap();
-    creds.issue(new_stand(&pool, &gone).await, None, "app", &gone).await.unwrap();
+    creds.issue(StandId::new(new_stand(&pool, &dead).await), None, "app", &dead).await.unwrap();
+    creds.issue(StandId::new(new_stand(&pool, &gone).await), None, "app", &gone).await.unwrap();
     assert_eq!(bao.api("DELETE", &format!("database/roles/{}", gone.database), None).await.0, 204);
 
     let found = creds.scan_orphans(&HashSet::new()).await.unwrap();

@@ -11,6 +11,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::support;
+use draftd::stand::RunId;
 
 #[derive(Debug, Clone, Copy)]
 enum Act {
@@ -24,7 +25,7 @@ enum Act {
 
 #[derive(Debug, Clone)]
 struct Call {
-    run_id: i64,
+    run_id: RunId,
     step: StepName,
     started: Instant,
     ended: Option<Instant>,
@@ -49,7 +50,7 @@ impl Fake {
     fn calls(&self) -> Vec<Call> {
         self.calls.lock().unwrap().clone()
     }
-    fn completed(&self, run_id: i64) -> Vec<StepName> {
+    fn completed(&self, run_id: RunId) -> Vec<StepName> {
         self.calls().into_iter().filter(|c| c.run_id == run_id && c.completed).map(|c| c.step).collect()
     }
 }
@@ -60,7 +61,7 @@ impl StepRunner for Fake {
             .script
             .lock()
             .unwrap()
-            .get_mut(&(run.branch.clone(), step))
+            .get_mut(&(run.branch.to_string(), step))
             .and_then(|q| q.pop_front())
             .unwrap_or(Act::Sleep(self.default_delay));
         let index = {
@@ -105,20 +106,20 @@ fn engine(pool: &PgPool, fake: &Arc<Fake>, owner: &str) -> Arc<Engine<Fake>> {
 }
 
 /// Queues a run for `branch` of project `shop` (creating its stand) and returns its id.
-async fn queue(pool: &PgPool, branch: &str, kind: &str, sha: &str) -> i64 {
+async fn queue(pool: &PgPool, branch: &str, kind: &str, sha: &str) -> RunId {
     queue_in(pool, "shop", branch, kind, sha).await
 }
 
-async fn queue_in(pool: &PgPool, project: &str, branch: &str, kind: &str, sha: &str) -> i64 {
+async fn queue_in(pool: &PgPool, project: &str, branch: &str, kind: &str, sha: &str) -> RunId {
     let namespace = format!("draft-{project}-{}", branch.replace('/', "-"));
     support::queue_run(pool, project, branch, &namespace, kind, sha).await
 }
 
-async fn run_state(pool: &PgPool, run_id: i64) -> (String, Option<serde_json::Value>) {
+async fn run_state(pool: &PgPool, run_id: RunId) -> (String, Option<serde_json::Value>) {
     sqlx::query_as("select state, error from runs where run_id = $1").bind(run_id).fetch_one(pool).await.unwrap()
 }
 
-async fn step_rows(pool: &PgPool, run_id: i64) -> HashMap<String, (String, i32)> {
+async fn step_rows(pool: &PgPool, run_id: RunId) -> HashMap<String, (String, i32)> {
     sqlx::query_as::<_, (String, String, i32)>("select name, state, attempt from steps where run_id = $1")
         .bind(run_id)
         .fetch_all(pool)
@@ -331,7 +332,7 @@ async fn a_project_limit_caps_its_runs_in_flight_while_other_projects_proceed(po
     drain(&pool, &[limited("replica-a"), limited("replica-b")], Duration::from_secs(30)).await;
 
     let calls = fake.calls();
-    let span = |run: i64| {
+    let span = |run: RunId| {
         let mine = calls.iter().filter(|c| c.run_id == run);
         (mine.clone().map(|c| c.started).min().unwrap(), mine.map(|c| c.ended.unwrap()).max().unwrap())
     };
@@ -459,7 +460,7 @@ impl Authorise for Gate {
     }
 }
 
-async fn command(pool: &PgPool, branch: &str, kind: &str, who: &str) -> i64 {
+async fn command(pool: &PgPool, branch: &str, kind: &str, who: &str) -> RunId {
     let run = queue(pool, branch, kind, "a1").await;
     sqlx::query("update runs set trigger = 'check_run', requested_by = $2, automatic = false where run_id = $1")
         .bind(run)

@@ -10,7 +10,7 @@ use std::time::Duration;
 use draftd::config::ForgeKind;
 use draftd::forge::client::{ForgeClient, marker};
 use draftd::reporter::{ReportView, Reporter, Status, StepLine, render};
-use draftd::stand::StepState;
+use draftd::stand::{RunId, StandId, StepState};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -32,11 +32,11 @@ async fn five_reports_one_comment(pool: PgPool, kind: ForgeKind) {
     let stand_id = stand(&pool, "feature/login").await;
     let mut last = String::new();
     for run in 1..=5 {
-        let (_, body) = enqueue(&pool, kind, stand_id, run).await;
+        let (_, body) = enqueue(&pool, kind, StandId::new(stand_id), run).await;
         assert_eq!(r.deliver_due().await.unwrap(), 1, "run {run}");
         last = body;
     }
-    let ours = fake.marked(repo_of(kind), PR, &marker(stand_id));
+    let ours = fake.marked(repo_of(kind), PR, &marker(StandId::new(stand_id)));
     assert_eq!(ours.len(), 1, "exactly one sticky comment");
     assert_eq!(ours[0].body, last, "the fifth report is shown");
     assert!(ours[0].body.contains("run #5"));
@@ -60,7 +60,7 @@ async fn five_reports_one_comment(pool: PgPool, kind: ForgeKind) {
         assert_eq!(fake.count("GET", "/api/v4/user"), 1, "the gitlab client signs in once");
     }
     assert!(fake.violations().is_empty(), "{:?}", fake.violations());
-    let rows = states(&pool, stand_id).await;
+    let rows = states(&pool, StandId::new(stand_id)).await;
     assert!(rows.iter().all(|(_, s, a, e)| s == "delivered" && *a == 1 && e.is_none()), "{rows:?}");
     let remembered: Vec<Option<i64>> = sqlx::query_scalar(
         "select (payload->>'comment_id')::bigint from outbox where stand_id = $1 order by outbox_id",
@@ -92,11 +92,11 @@ async fn outage(pool: PgPool, kind: ForgeKind) {
     let r = reporter(&pool, &fake, kind);
     let stand_id = stand(&pool, "feature/login").await;
     for run in 1..=5 {
-        enqueue(&pool, kind, stand_id, run).await;
+        enqueue(&pool, kind, StandId::new(stand_id), run).await;
     }
     let stats = r.pass().await.unwrap();
     assert_eq!((stats.claimed, stats.retried, stats.delivered), (1, 1, 0), "only the newest is tried");
-    let rows = states(&pool, stand_id).await;
+    let rows = states(&pool, StandId::new(stand_id)).await;
     assert!(rows[..4].iter().all(|(_, s, a, _)| s == "superseded" && *a == 0), "{rows:?}");
     assert_eq!((rows[4].1.as_str(), rows[4].2), ("pending", 1));
     assert!(rows[4].3.as_deref().unwrap().contains("502"), "{rows:?}");
@@ -110,21 +110,21 @@ async fn outage(pool: PgPool, kind: ForgeKind) {
 
     // A sixth report during the outage, while the fifth is backing off: it waits behind the fifth
     // (the stream keeps its backoff) and then supersedes it.
-    let (id6, last) = enqueue(&pool, kind, stand_id, 6).await;
+    let (id6, last) = enqueue(&pool, kind, StandId::new(stand_id), 6).await;
     let stats = r.pass().await.unwrap();
     assert_eq!(stats.claimed, 0, "the stream is backing off");
     tokio::time::sleep(Duration::from_millis(150)).await;
     let stats = r.pass().await.unwrap();
     assert_eq!((stats.claimed, stats.retried), (1, 1), "due once the backoff is over");
-    let rows = states(&pool, stand_id).await;
+    let rows = states(&pool, StandId::new(stand_id)).await;
     assert_eq!(rows[4].1, "superseded");
 
     fake.set_mode(Mode::Up);
-    drain(&r, &pool, stand_id, Duration::from_secs(5)).await;
-    let ours = fake.marked(repo_of(kind), PR, &marker(stand_id));
+    drain(&r, &pool, StandId::new(stand_id), Duration::from_secs(5)).await;
+    let ours = fake.marked(repo_of(kind), PR, &marker(StandId::new(stand_id)));
     assert_eq!(ours.len(), 1, "{ours:?}");
     assert_eq!(ours[0].body, last);
-    let rows = states(&pool, stand_id).await;
+    let rows = states(&pool, StandId::new(stand_id)).await;
     let delivered: Vec<i64> = rows.iter().filter(|r| r.1 == "delivered").map(|r| r.0).collect();
     assert_eq!(delivered, vec![id6], "only the newest is delivered: {rows:?}");
     assert_eq!(rows.iter().filter(|r| r.1 == "superseded").count(), 5);
@@ -152,24 +152,25 @@ async fn existing_comment_is_found(pool: PgPool, kind: ForgeKind) {
     for i in 0..120 {
         fake.seed(repo, PR, &format!("review comment {i}"), i % 10 == 0);
     }
-    let old = fake.seed(repo, PR, &format!("{}\n### ⏳ Draft stand deploying\n", marker(stand_id)), false);
+    let old =
+        fake.seed(repo, PR, &format!("{}\n### ⏳ Draft stand deploying\n", marker(StandId::new(stand_id))), false);
     for i in 0..40 {
         fake.seed(repo, PR, &format!("later comment {i}"), false);
     }
     // The same marker on another PR (an older PR of the branch) is not this PR's comment.
-    let other = fake.seed(repo, PR + 1, &marker(stand_id), false);
+    let other = fake.seed(repo, PR + 1, &marker(StandId::new(stand_id)), false);
     let before = fake.comments(repo, PR).len();
 
     let r = reporter(&pool, &fake, kind);
-    let (_, body) = enqueue(&pool, kind, stand_id, 2).await;
+    let (_, body) = enqueue(&pool, kind, StandId::new(stand_id), 2).await;
     assert_eq!(r.deliver_due().await.unwrap(), 1);
-    let ours = fake.marked(repo, PR, &marker(stand_id));
+    let ours = fake.marked(repo, PR, &marker(StandId::new(stand_id)));
     assert_eq!(ours.len(), 1);
     assert_eq!(ours[0].id, old, "the existing comment is edited");
     assert_eq!(ours[0].body, body);
     assert_eq!(fake.comments(repo, PR).len(), before, "nothing created");
     assert_eq!(fake.comments(repo, PR + 1)[0].id, other);
-    assert_eq!(fake.comments(repo, PR + 1)[0].body, marker(stand_id), "other PR untouched");
+    assert_eq!(fake.comments(repo, PR + 1)[0].body, marker(StandId::new(stand_id)), "other PR untouched");
     let lists = fake
         .seen()
         .iter()
@@ -196,13 +197,13 @@ async fn deleted_comment_is_posted_again(pool: PgPool, kind: ForgeKind) {
     let fake = Fake::start(kind).await;
     let r = reporter(&pool, &fake, kind);
     let stand_id = stand(&pool, "feature/login").await;
-    enqueue(&pool, kind, stand_id, 1).await;
+    enqueue(&pool, kind, StandId::new(stand_id), 1).await;
     assert_eq!(r.deliver_due().await.unwrap(), 1);
-    let first = fake.marked(repo_of(kind), PR, &marker(stand_id))[0].id;
+    let first = fake.marked(repo_of(kind), PR, &marker(StandId::new(stand_id)))[0].id;
     fake.delete(first);
-    let (_, body) = enqueue(&pool, kind, stand_id, 2).await;
+    let (_, body) = enqueue(&pool, kind, StandId::new(stand_id), 2).await;
     assert_eq!(r.deliver_due().await.unwrap(), 1);
-    let ours = fake.marked(repo_of(kind), PR, &marker(stand_id));
+    let ours = fake.marked(repo_of(kind), PR, &marker(StandId::new(stand_id)));
     assert_eq!(ours.len(), 1);
     assert_ne!(ours[0].id, first);
     assert_eq!(ours[0].body, body);
@@ -228,22 +229,22 @@ async fn permanent_failure(pool: PgPool, kind: ForgeKind, status: u16) {
     fake.set_mode(Mode::Down(status));
     let r = reporter(&pool, &fake, kind);
     let stand_id = stand(&pool, "feature/login").await;
-    enqueue(&pool, kind, stand_id, 1).await;
+    enqueue(&pool, kind, StandId::new(stand_id), 1).await;
     let stats = r.pass().await.unwrap();
     assert_eq!((stats.claimed, stats.failed, stats.retried), (1, 1, 0), "{status}");
     let requests = fake.seen().len();
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(r.pass().await.unwrap().claimed, 0, "not retried");
     assert_eq!(fake.seen().len(), requests);
-    let rows = states(&pool, stand_id).await;
+    let rows = states(&pool, StandId::new(stand_id)).await;
     assert_eq!((rows[0].1.as_str(), rows[0].2), ("failed", 1));
     let error = rows[0].3.clone().unwrap();
     assert!(error.contains(&status.to_string()), "{error}");
     // The next report is tried afresh (the PR may have become reachable).
     fake.set_mode(Mode::Up);
-    enqueue(&pool, kind, stand_id, 2).await;
+    enqueue(&pool, kind, StandId::new(stand_id), 2).await;
     assert_eq!(r.deliver_due().await.unwrap(), 1);
-    assert_eq!(fake.marked(repo_of(kind), PR, &marker(stand_id)).len(), 1);
+    assert_eq!(fake.marked(repo_of(kind), PR, &marker(StandId::new(stand_id))).len(), 1);
 }
 
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]
@@ -271,10 +272,10 @@ async fn rate_limited(pool: PgPool, kind: ForgeKind) {
     let r = reporter(&pool, &fake, kind);
     let stand_id = stand(&pool, "feature/login").await;
     // GitLab: sign in first, so the 429 comes from the notes API itself.
-    enqueue(&pool, kind, stand_id, 1).await;
+    enqueue(&pool, kind, StandId::new(stand_id), 1).await;
     assert_eq!(r.deliver_due().await.unwrap(), 1);
     fake.set_mode(Mode::RateLimited(120));
-    enqueue(&pool, kind, stand_id, 2).await;
+    enqueue(&pool, kind, StandId::new(stand_id), 2).await;
     let stats = r.pass().await.unwrap();
     assert_eq!((stats.claimed, stats.retried), (1, 1));
     let wait: f64 = sqlx::query_scalar(
@@ -299,9 +300,9 @@ async fn rows_held_by_another_rows_rate_limit_count_no_attempt(pool: PgPool) {
     let first = stand(&pool, "feature/first").await;
     let second = stand(&pool, "feature/second").await;
     fake.set_mode(Mode::RateLimited(120));
-    enqueue(&pool, kind, first, 1).await;
+    enqueue(&pool, kind, StandId::new(first), 1).await;
     r.pass().await.unwrap();
-    enqueue(&pool, kind, second, 1).await;
+    enqueue(&pool, kind, StandId::new(second), 1).await;
     for _ in 0..3 {
         r.pass().await.unwrap();
     }
@@ -387,12 +388,12 @@ async fn the_token_never_appears_in_errors_or_logs(pool: PgPool) {
         // And through the reporter, into last_error and the logs.
         let r = Reporter::new(pool.clone(), settings()).with_forge(kind, client(kind, &fake.url(), TOKEN));
         let stand_id = stand(&pool, &format!("feature/token-{}", kind.as_str())).await;
-        enqueue(&pool, kind, stand_id, 1).await;
+        enqueue(&pool, kind, StandId::new(stand_id), 1).await;
         assert_eq!(r.pass().await.unwrap().retried, 1);
         fake.set_mode(Mode::Down(403));
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(r.pass().await.unwrap().failed, 1);
-        for (_, _, _, e) in states(&pool, stand_id).await {
+        for (_, _, _, e) in states(&pool, StandId::new(stand_id)).await {
             errors.push(e.unwrap_or_default());
         }
     }
@@ -427,7 +428,7 @@ async fn two_reporters_never_overlap_on_a_comment_and_end_at_the_newest(pool: Pg
     let mut newest = HashMap::new();
     for run in 1..=12 {
         for &s in &stands {
-            let (_, body) = enqueue(&pool, ForgeKind::Github, s, run).await;
+            let (_, body) = enqueue(&pool, ForgeKind::Github, StandId::new(s), run).await;
             newest.insert(s, body);
         }
         tokio::time::sleep(Duration::from_millis(7)).await;
@@ -446,7 +447,7 @@ async fn two_reporters_never_overlap_on_a_comment_and_end_at_the_newest(pool: Pg
         t.await.unwrap();
     }
     for &s in &stands {
-        let ours = fake.marked(REPO, PR, &marker(s));
+        let ours = fake.marked(REPO, PR, &marker(StandId::new(s)));
         assert_eq!(ours.len(), 1, "stand {s}: {ours:?}");
         assert_eq!(&ours[0].body, &newest[&s], "stand {s} shows its newest report");
     }
@@ -479,7 +480,7 @@ async fn one_comment_is_never_written_by_two_reporters_at_once(pool: PgPool) {
     }
     let mut last = String::new();
     for run in 1..=20 {
-        last = enqueue(&pool, ForgeKind::Gitlab, stand_id, run).await.1;
+        last = enqueue(&pool, ForgeKind::Gitlab, StandId::new(stand_id), run).await.1;
         tokio::time::sleep(Duration::from_millis(11)).await;
     }
     let end = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -496,10 +497,10 @@ async fn one_comment_is_never_written_by_two_reporters_at_once(pool: PgPool) {
         t.await.unwrap();
     }
     assert_eq!(fake.max_in_flight(), 1, "requests about the MR never overlapped");
-    let ours = fake.marked(GITLAB_REPO, PR, &marker(stand_id));
+    let ours = fake.marked(GITLAB_REPO, PR, &marker(StandId::new(stand_id)));
     assert_eq!(ours.len(), 1);
     assert_eq!(ours[0].body, last);
-    let rows = states(&pool, stand_id).await;
+    let rows = states(&pool, StandId::new(stand_id)).await;
     assert_eq!(rows.last().unwrap().1, "delivered");
     assert!(rows.iter().all(|r| r.1 == "delivered" || r.1 == "superseded"), "{rows:?}");
 }
@@ -520,12 +521,12 @@ fn snapshot(name: &str, actual: &str) {
 
 #[test]
 fn ready_report_snapshot() {
-    snapshot("ready.md", &render(&view(42, 3, Status::Ready)));
+    snapshot("ready.md", &render(&view(StandId::new(42), 3, Status::Ready)));
 }
 
 #[test]
 fn failed_report_snapshot() {
-    let mut v = view(42, 4, Status::Failed);
+    let mut v = view(StandId::new(42), 4, Status::Failed);
     v.steps.push(StepLine {
         name: "verify".into(),
         state: StepState::Failed,
@@ -548,7 +549,7 @@ fn failed_report_snapshot() {
 
 #[test]
 fn removed_report_snapshot() {
-    let mut v = view(42, 5, Status::Removed);
+    let mut v = view(StandId::new(42), 5, Status::Removed);
     v.steps =
         vec![StepLine { name: "teardown".into(), state: StepState::Succeeded, duration_ms: Some(2_400), note: None }];
     snapshot("removed.md", &render(&v));
@@ -558,7 +559,7 @@ fn removed_report_snapshot() {
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]
 async fn a_stand_in_the_store_renders(pool: PgPool) {
     let stand_id = stand(&pool, "feature/login").await;
-    let run_id: i64 = sqlx::query_scalar(
+    let run_id: RunId = sqlx::query_scalar(
         "insert into runs (stand_id, number, kind, trigger, automatic, epoch, sha, state, started_at)
          values ($1, 1, 'deploy', 'opened', true, 0, 'abcdef0123456789', 'running', now()) returning run_id",
     )
@@ -587,14 +588,16 @@ async fn a_stand_in_the_store_renders(pool: PgPool) {
         .await
         .unwrap();
     }
-    let detail =
-        draftd::store::stands::show(&pool, &draftd::store::stands::StandRef::Id(stand_id), 5).await.unwrap().unwrap();
+    let detail = draftd::store::stands::show(&pool, &draftd::store::stands::StandRef::Id(StandId::new(stand_id)), 5)
+        .await
+        .unwrap()
+        .unwrap();
     let v = ReportView::from_detail(&detail, None, vec![], None).unwrap();
     assert_eq!(v.status, Status::Failed);
     assert_eq!(v.error.as_deref(), Some("deploy: chart not found"));
     assert!(v.steps.iter().all(|s| s.name != "report"));
     let body = render(&v);
-    assert!(body.starts_with(&format!("{}\n### ❌ Draft stand failed\n", marker(stand_id))), "{body}");
+    assert!(body.starts_with(&format!("{}\n### ❌ Draft stand failed\n", marker(StandId::new(stand_id)))), "{body}");
     assert!(body.contains("| secrets | ⏭️ skipped: [vault] is not configured | 2.0 s |"), "{body}");
     assert!(body.contains("| deploy | ❌ failed: helm_failed |"), "{body}");
     assert!(body.contains("`abcdef0`"), "{body}");

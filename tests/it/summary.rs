@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::support::*;
+use draftd::stand::{RunId, StandId};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -20,7 +21,7 @@ fn at(text: &str) -> DateTime<Utc> {
     text.parse().unwrap_or_else(|e| panic!("{text}: {e}"))
 }
 
-async fn new_stand(pool: &PgPool, project: &str, branch: &str) -> i64 {
+async fn new_stand(pool: &PgPool, project: &str, branch: &str) -> StandId {
     sqlx::query_scalar("insert into stands (project, branch, namespace) values ($1, $2, $3) returning stand_id")
         .bind(project)
         .bind(branch)
@@ -34,13 +35,13 @@ async fn new_stand(pool: &PgPool, project: &str, branch: &str) -> i64 {
 /// hour before it finished (or now, when it has not), so queueing times never matter to a figure.
 async fn run(
     pool: &PgPool,
-    stand: i64,
+    stand: StandId,
     kind: &str,
     state: &str,
     finished: Option<DateTime<Utc>>,
     steps: &[(&str, &str)],
-) -> i64 {
-    let run: i64 = sqlx::query_scalar(
+) -> RunId {
+    let run: RunId = sqlx::query_scalar(
         "insert into runs (stand_id, number, kind, trigger, automatic, epoch, state, queued_at, started_at, finished_at)
          values ($1, (select coalesce(max(number), 0) + 1 from runs where stand_id = $1), $2, 'pushed', false, 0, $3,
                  coalesce($4 - interval '15 minutes', now()), $4 - interval '10 minutes', $4)
@@ -67,7 +68,7 @@ async fn run(
 }
 
 /// A forge delivery that queued `run`.
-async fn deliver(pool: &PgPool, run: i64, received: DateTime<Utc>) {
+async fn deliver(pool: &PgPool, run: RunId, received: DateTime<Utc>) {
     sqlx::query(
         "insert into deliveries (forge, delivery_id, project, event, body_sha256, normalized, outcome, run_id, received_at)
          values ('github', $1, 'any', 'pull_request', 'x', '{}', 'queued', $2, $3)",

@@ -15,6 +15,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use draftd::config::{Config, Projects};
 use draftd::http::{AppState, router};
+use draftd::stand::{RunId, StandId};
 use hmac::{Hmac, Mac};
 use http_body_util::BodyExt;
 use serde_json::Value;
@@ -199,9 +200,9 @@ pub async fn count(pool: &PgPool, table: &str) -> i64 {
 
 #[derive(Debug, sqlx::FromRow)]
 pub struct Run {
-    pub run_id: i64,
+    pub run_id: RunId,
     #[allow(dead_code)] // shown through Debug when an assertion on the runs fails
-    pub stand_id: i64,
+    pub stand_id: StandId,
     pub number: i32,
     pub kind: String,
     pub trigger: String,
@@ -223,7 +224,7 @@ pub async fn runs(pool: &PgPool) -> Vec<Run> {
 
 #[derive(Debug, sqlx::FromRow)]
 pub struct Stand {
-    pub stand_id: i64,
+    pub stand_id: StandId,
     #[allow(dead_code)] // shown through Debug when an assertion on the stands fails
     pub project: String,
     #[allow(dead_code)] // shown through Debug when an assertion on the stands fails
@@ -247,8 +248,8 @@ pub async fn stand(pool: &PgPool, project: &str, branch: &str) -> Option<Stand> 
 
 /// Queues a run straight in the database (creating the stand on first use), as intake would, for
 /// engine tests that start from a queued run; returns its id.
-pub async fn queue_run(pool: &PgPool, project: &str, branch: &str, namespace: &str, kind: &str, sha: &str) -> i64 {
-    let stand: i64 = sqlx::query_scalar(
+pub async fn queue_run(pool: &PgPool, project: &str, branch: &str, namespace: &str, kind: &str, sha: &str) -> RunId {
+    let stand: StandId = sqlx::query_scalar(
         "insert into stands (project, branch, namespace, runs_count) values ($1, $2, $3, 1)
          on conflict (project, branch) do update set runs_count = stands.runs_count + 1
          returning stand_id",

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::ForgeKind;
-use crate::stand::Failure;
+use crate::stand::{Failure, StandId};
 
 /// One forge API call (with its pagination) may take this long before it counts as a transient failure.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,7 +30,7 @@ pub struct CommentRef {
 }
 
 /// The hidden first line of a stand's sticky comment, by which it is found again.
-pub fn marker(stand_id: i64) -> String {
+pub fn marker(stand_id: StandId) -> String {
     format!("<!-- draftd:stand:{stand_id} -->")
 }
 
@@ -502,6 +502,6 @@ mod tests {
 
     #[test]
     fn marker_is_a_hidden_html_comment() {
-        assert_eq!(marker(42), "<!-- draftd:stand:42 -->");
+        assert_eq!(marker(crate::stand::StandId::new(42)), "<!-- draftd:stand:42 -->");
     }
 }

@@ -32,7 +32,7 @@ use super::api;
 use super::auth::token_matches;
 use super::{ApiError, AppState, RequestId};
 use crate::forge::{Command, Trigger};
-use crate::stand::StandState;
+use crate::stand::{RunId, StandId, StandState};
 use crate::store::stands::{self, StandRef};
 
 pub(super) use self::view::error_html as error_page;
@@ -193,7 +193,7 @@ async fn stand(
     let detail = stands::show(state.pool(), &StandRef::Id(id), STAND_PAGE_RUNS).await?.ok_or_else(|| not_found(id))?;
     let view = StandView::of(&detail, stand_url(&state, &detail.stand.project, &detail.stand.namespace), Utc::now());
     // The run a button just queued, by id: the redirect knows the id, people know the number.
-    let queued = query_param(query.as_deref(), "queued").and_then(|q| q.parse::<i64>().ok()).map(|run| {
+    let queued = query_param(query.as_deref(), "queued").and_then(|q| q.parse::<RunId>().ok()).map(|run| {
         match view.runs.iter().find(|r| r.id == run) {
             Some(r) => format!("Run #{} ({}) queued.", r.number, r.kind),
             None => "Run queued.".to_owned(),
@@ -275,11 +275,11 @@ async fn button(
     Ok(Redirect::to(&format!("/stands/{stand}?queued={run}")))
 }
 
-fn stand_id(text: &str) -> Result<i64, ApiError> {
+fn stand_id(text: &str) -> Result<StandId, ApiError> {
     text.parse().map_err(|_| ApiError::StandNotFound { message: format!("no stand with id {text:?}") })
 }
 
-fn not_found(id: i64) -> ApiError {
+fn not_found(id: StandId) -> ApiError {
     ApiError::StandNotFound { message: format!("no stand with id {id}") }
 }
 

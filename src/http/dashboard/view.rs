@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::reporter::{Status, StepLine};
-use crate::stand::{RunKind, RunState, StandState, StepState, Trigger};
+use crate::stand::{RunId, RunKind, RunState, StandId, StandState, StepState, Trigger};
 use crate::store::stands::{RunSummary, StandDetail, StandSummary, StepSummary};
 
 /// Diagnostics beyond this are cut: the kube runner bounds them already; this guards the page.
@@ -128,7 +128,7 @@ pub fn duration(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> Optio
 /// One row of the stand list.
 #[derive(Debug, Clone, Serialize)]
 pub struct StandRow {
-    pub id: i64,
+    pub id: StandId,
     pub project: String,
     pub branch: String,
     pub state: StandState,
@@ -206,8 +206,8 @@ impl StandView {
 /// One run with its steps, what failed and the jobs' output.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunView {
-    pub id: i64,
-    pub stand_id: i64,
+    pub id: RunId,
+    pub stand_id: StandId,
     pub number: i32,
     pub kind: RunKind,
     pub trigger: Trigger,
@@ -227,7 +227,7 @@ pub struct RunView {
 }
 
 impl RunView {
-    pub fn of(stand_id: i64, r: &RunSummary) -> RunView {
+    pub fn of(stand_id: StandId, r: &RunSummary) -> RunView {
         RunView {
             id: r.run_id,
             stand_id,

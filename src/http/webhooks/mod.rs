@@ -17,6 +17,7 @@ use tracing::Span;
 use self::extract::{GithubWebhook, GitlabWebhook, NotServed, Verified, Webhook};
 use super::{ApiError, AppState, RequestId};
 use crate::forge::{Event, PayloadError, github, gitlab};
+use crate::stand::RunId;
 use crate::store::intake::{self, Delivery};
 
 pub fn router() -> Router<AppState> {
@@ -150,7 +151,7 @@ async fn record(
     };
     let recorded = intake::record(state.pool(), &delivery).await?;
     if let Some(stand) = recorded.stand {
-        Span::current().record("stand", stand);
+        Span::current().record("stand", stand.get());
     }
     if recorded.run.is_some() {
         state.wake().wake();
@@ -166,7 +167,7 @@ async fn record(
     tracing::info!(
         event = %hook.event,
         redelivery = recorded.redelivery,
-        run = recorded.run,
+        run = recorded.run.map(RunId::get),
         ignored = recorded.response.get("ignored").and_then(|v| v.as_str()),
         "delivery recorded"
     );

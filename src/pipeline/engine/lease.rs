@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::settings::{EngineSettings, backoff};
-use crate::stand::Failure;
+use crate::stand::{Failure, RunId};
 use crate::store::runs::{self, ClaimedRun, RunStoreError};
 
 /// Aborts the heartbeat when the run's future is dropped, as a killed worker's would stop.
@@ -85,7 +85,7 @@ pub(super) struct Signals {
 /// `cancel` when the run is a deploy of a stand whose teardown was queued.
 pub(super) async fn heartbeat(
     pool: PgPool,
-    run_id: i64,
+    run_id: RunId,
     owner: String,
     settings: EngineSettings,
     lost: watch::Sender<bool>,

@@ -14,7 +14,7 @@ use tracing::Instrument;
 use super::authorise::{Authorise, Verdict, needs_check};
 use super::step::{StepError, StepErrorKind, StepName, StepRunner};
 use crate::metrics;
-use crate::stand::{RunState, StepState};
+use crate::stand::{RunId, RunState, StepState};
 use crate::store::lifecycle;
 use crate::store::runs::{self, Advance, ClaimedRun, Overtaken, RunStoreError, StepEnd};
 
@@ -148,7 +148,7 @@ impl<R: StepRunner> Engine<R> {
     }
 
     /// Claims one runnable run and drives it to its end; `None` when nothing is runnable.
-    pub async fn run_one(&self) -> Result<Option<(i64, RunEnd)>, RunStoreError> {
+    pub async fn run_one(&self) -> Result<Option<(RunId, RunEnd)>, RunStoreError> {
         let claimed =
             runs::claim(&self.pool, &self.owner, self.settings.lease, self.settings.max_running, &self.project_limits)
                 .await?;
@@ -157,8 +157,8 @@ impl<R: StepRunner> Engine<R> {
         };
         let span = tracing::info_span!(
             "run",
-            run = run.run_id,
-            stand = run.stand_id,
+            run = run.run_id.get(),
+            stand = run.stand_id.get(),
             project = %run.project,
             kind = %run.kind,
             request_id = tracing::field::Empty,
@@ -174,7 +174,7 @@ impl<R: StepRunner> Engine<R> {
                     span.record("delivery", id.as_str());
                 }
             }
-            Err(e) => tracing::debug!(error = %e, run = run.run_id, "run origin not found"),
+            Err(e) => tracing::debug!(error = %e, run = run.run_id.get(), "run origin not found"),
         }
         async {
             tracing::info!(number = run.number, attempt = run.attempt, "run claimed");
@@ -229,7 +229,7 @@ impl<R: StepRunner> Engine<R> {
         if run.kind.resets_expiry() {
             // The stand lives a TTL from when its newest deploy started (DESIGN.md's TTL contract);
             // before the first step, so the namespace step annotates the new expiry.
-            let ttl = self.project_ttls.get(&run.project).copied().unwrap_or(self.settings.ttl);
+            let ttl = self.project_ttls.get(run.project.as_str()).copied().unwrap_or(self.settings.ttl);
             lifecycle::reset_expiry(&self.pool, run.run_id, ttl).await?;
         }
         if !done.contains(StepName::Report.as_str()) {

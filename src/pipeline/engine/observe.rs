@@ -15,7 +15,7 @@ impl<R> Engine<R> {
         }
         match runs::since_queued(&self.pool, run.run_id).await {
             Ok(secs) => {
-                ::metrics::histogram!(metrics::TIME_TO_URL, "project" => run.project.clone()).record(secs.max(0.0))
+                ::metrics::histogram!(metrics::TIME_TO_URL, "project" => run.project.to_string()).record(secs.max(0.0))
             }
             // A figure, not a reason to fail the step.
             Err(e) => tracing::debug!(error = %e, "time to URL not recorded"),

@@ -45,7 +45,7 @@ impl<H: Helm> DryRunSteps<H> {
     }
 
     fn folder(&self, run: &RunContext) -> PathBuf {
-        self.config.cluster.dry_run_dir.join(&run.namespace)
+        self.config.cluster.dry_run_dir.join(run.namespace.as_str())
     }
 
     fn plan(&self, run: &RunContext, project: &ProjectConfig) -> StandPlan {

@@ -159,7 +159,7 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
         let expires = stands::expires_at(&self.pool, run.stand_id).await.map_err(db)?;
         let ttl = project.ttl.unwrap_or(self.config.stands.ttl);
         Ok(StandMeta {
-            namespace: run.namespace.clone(),
+            namespace: run.namespace.to_string(),
             stand_id: run.stand_id,
             project: project.name.clone(),
             expires_at: expires.unwrap_or_else(|| Utc::now() + ttl),

@@ -11,6 +11,7 @@ use sqlx::PgPool;
 use crate::config::{Config, ProjectConfig};
 use crate::credentials::{StandCredentials, redacted, stand_db};
 use crate::pipeline::step::{RunContext, StepError, StepOutcome};
+use crate::stand::StandId;
 use crate::store::stands;
 
 /// The single `teardown` step of runs recorded before teardown had steps of its own; never planned now.
@@ -67,7 +68,7 @@ pub(crate) const FORK_NO_SECRETS: &str =
     "pull request from a fork: the stand gets no secrets and no logins (its code is not the project's)";
 
 /// Whether the stand was built from a fork's pull request (`forks = "allow"`).
-pub(crate) async fn is_fork(pool: &PgPool, stand_id: i64) -> Result<bool, StepError> {
+pub(crate) async fn is_fork(pool: &PgPool, stand_id: StandId) -> Result<bool, StepError> {
     stands::is_fork(pool, stand_id).await.map_err(|e| StepError::transient("database", e.to_string()))
 }
 

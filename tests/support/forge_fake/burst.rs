@@ -10,6 +10,7 @@ use draftd::reporter::{CommentPayload, Reporter, ReporterSettings, enqueue_comme
 use sqlx::PgPool;
 
 use super::{Fake, REPO};
+use draftd::stand::StandId;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Burst {
@@ -58,7 +59,7 @@ pub async fn stands(pool: &PgPool, numbers: std::ops::RangeInclusive<usize>) -> 
     ids
 }
 
-fn body(stand: i64, version: usize) -> String {
+fn body(stand: StandId, version: usize) -> String {
     format!("{}\nreport version {version} of stand {stand}", marker(stand))
 }
 
@@ -79,18 +80,18 @@ pub async fn run(pool: &PgPool, fake: &Fake, client: AnyForge, settings: Reporte
                 forge: ForgeKind::Github,
                 repo: REPO.into(),
                 number: i as u64 + 1,
-                marker: marker(*stand),
-                body: body(*stand, version),
+                marker: marker(StandId::new(*stand)),
+                body: body(StandId::new(*stand), version),
             };
-            enqueue_comment(pool, *stand, None, &payload).await.unwrap();
+            enqueue_comment(pool, StandId::new(*stand), None, &payload).await.unwrap();
         }
     }
     let tally = |fake: &Fake| {
         let (mut current, mut duplicated) = (0, 0);
         for (i, stand) in ids.iter().enumerate() {
-            let ours = fake.marked(REPO, i as u64 + 1, &marker(*stand));
+            let ours = fake.marked(REPO, i as u64 + 1, &marker(StandId::new(*stand)));
             duplicated += usize::from(ours.len() > 1);
-            current += usize::from(ours.len() == 1 && ours[0].body == body(*stand, burst.versions));
+            current += usize::from(ours.len() == 1 && ours[0].body == body(StandId::new(*stand), burst.versions));
         }
         (current, duplicated)
     };

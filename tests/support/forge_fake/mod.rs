@@ -20,7 +20,7 @@ use draftd::forge::client::{AnyForge, GithubClient, GitlabClient, marker};
 use draftd::reporter::{
     CommentPayload, ReportView, Reporter, ReporterSettings, Status, StepLine, enqueue_comment, render,
 };
-use draftd::stand::{RunKind, StepState, Trigger};
+use draftd::stand::{BranchName, Namespace, ProjectName, RunId, RunKind, StandId, StepState, Trigger};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -457,7 +457,7 @@ pub async fn stand(pool: &PgPool, branch: &str) -> i64 {
     .unwrap()
 }
 
-pub fn view(stand_id: i64, run: i32, status: Status) -> ReportView {
+pub fn view(stand_id: StandId, run: i32, status: Status) -> ReportView {
     ReportView {
         stand_id,
         project: "shop".into(),
@@ -492,7 +492,7 @@ pub fn view(stand_id: i64, run: i32, status: Status) -> ReportView {
     }
 }
 
-pub async fn enqueue(pool: &PgPool, kind: ForgeKind, stand_id: i64, run: i32) -> (i64, String) {
+pub async fn enqueue(pool: &PgPool, kind: ForgeKind, stand_id: StandId, run: i32) -> (i64, String) {
     let body = render(&view(stand_id, run, Status::Ready));
     let payload = CommentPayload {
         forge: kind,
@@ -504,7 +504,7 @@ pub async fn enqueue(pool: &PgPool, kind: ForgeKind, stand_id: i64, run: i32) ->
     (enqueue_comment(pool, stand_id, None, &payload).await.unwrap(), body)
 }
 
-pub async fn states(pool: &PgPool, stand_id: i64) -> Vec<(i64, String, i32, Option<String>)> {
+pub async fn states(pool: &PgPool, stand_id: StandId) -> Vec<(i64, String, i32, Option<String>)> {
     sqlx::query_as("select outbox_id, state, attempts, last_error from outbox where stand_id = $1 order by outbox_id")
         .bind(stand_id)
         .fetch_all(pool)
@@ -513,7 +513,7 @@ pub async fn states(pool: &PgPool, stand_id: i64) -> Vec<(i64, String, i32, Opti
 }
 
 /// Passes until nothing is pending for `stand_id` or `deadline` passes.
-pub async fn drain(r: &Reporter<AnyForge>, pool: &PgPool, stand_id: i64, deadline: Duration) {
+pub async fn drain(r: &Reporter<AnyForge>, pool: &PgPool, stand_id: StandId, deadline: Duration) {
     let end = tokio::time::Instant::now() + deadline;
     loop {
         r.pass().await.unwrap();
@@ -532,14 +532,14 @@ pub async fn drain(r: &Reporter<AnyForge>, pool: &PgPool, stand_id: i64, deadlin
 /// A run of `stand_id` asked for on the forge by `login`, inserted and returned as a worker claims it.
 pub async fn command_run(
     pool: &PgPool,
-    stand_id: i64,
+    stand_id: StandId,
     kind: &str,
     trigger: &str,
     login: &str,
     sha: &str,
     params: Value,
 ) -> draftd::store::runs::ClaimedRun {
-    let (run_id, number, kind, trigger): (i64, i32, RunKind, Trigger) = sqlx::query_as(
+    let (run_id, number, kind, trigger): (RunId, i32, RunKind, Trigger) = sqlx::query_as(
         "insert into runs (stand_id, number, kind, trigger, automatic, epoch, sha, requested_by, params)
          values ($1, (select coalesce(max(number), 0) + 1 from runs where stand_id = $1), $2, $3, false, 0, $4, $5, $6)
          returning run_id, number, kind, trigger",
@@ -564,8 +564,8 @@ pub async fn command_run(
         requested_by: Some(login.into()),
         params,
         attempt: 1,
-        project: "shop".into(),
-        branch: "feature/login".into(),
-        namespace: "draft-feature-login".into(),
+        project: ProjectName::new("shop").unwrap(),
+        branch: BranchName::new("feature/login").unwrap(),
+        namespace: Namespace::parse("draft-feature-login").unwrap(),
     }
 }

@@ -1,0 +1,136 @@
+//! The stand API's JSON: what `/api/v1/stands…` and `draftd stands --json` answer. Apart from the
+//! store's rows on purpose: a column added for the workers does not reach clients by accident, and
+//! a change to what clients see is made here, where the OpenAPI document is described.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::stand::{RunId, RunKind, RunState, StandId, StandState, StepState, Trigger};
+use crate::store::stands as rows;
+
+/// A stand with the outcome of its newest run.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StandSummary {
+    pub stand_id: StandId,
+    pub project: String,
+    pub branch: String,
+    pub namespace: String,
+    pub pr_number: Option<i64>,
+    /// `active`, `closing` or `removed`.
+    #[schema(value_type = String)]
+    pub state: StandState,
+    pub state_reason: Option<String>,
+    pub head_sha: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The newest run's number (runs are numbered per stand).
+    pub last_run: Option<i32>,
+    #[schema(value_type = Option<String>)]
+    pub last_run_kind: Option<RunKind>,
+    #[schema(value_type = Option<String>)]
+    pub last_run_state: Option<RunState>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RunSummary {
+    pub run_id: RunId,
+    pub number: i32,
+    /// `deploy`, `teardown` or `extend`.
+    #[schema(value_type = String)]
+    pub kind: RunKind,
+    #[schema(value_type = String)]
+    pub trigger: Trigger,
+    pub sha: Option<String>,
+    pub requested_by: Option<String>,
+    /// `queued`, `running`, `succeeded`, `failed`, `superseded`, `cancelled` or `rejected`.
+    #[schema(value_type = String)]
+    pub state: RunState,
+    pub attempt: i32,
+    pub queued_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub steps: Vec<StepSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StepSummary {
+    pub name: String,
+    /// `pending`, `running`, `succeeded`, `failed`, `skipped` or `cancelled`.
+    #[schema(value_type = String)]
+    pub state: StepState,
+    pub attempt: i32,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub detail: serde_json::Value,
+    pub error: Option<serde_json::Value>,
+}
+
+/// A stand with its runs, newest first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StandDetail {
+    #[serde(flatten)]
+    pub stand: StandSummary,
+    pub runs: Vec<RunSummary>,
+}
+
+impl From<rows::StandSummary> for StandSummary {
+    fn from(s: rows::StandSummary) -> Self {
+        Self {
+            stand_id: s.stand_id,
+            project: s.project,
+            branch: s.branch,
+            namespace: s.namespace,
+            pr_number: s.pr_number,
+            state: s.state,
+            state_reason: s.state_reason,
+            head_sha: s.head_sha,
+            expires_at: s.expires_at,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            last_run: s.last_run,
+            last_run_kind: s.last_run_kind,
+            last_run_state: s.last_run_state,
+        }
+    }
+}
+
+impl From<rows::RunSummary> for RunSummary {
+    fn from(r: rows::RunSummary) -> Self {
+        Self {
+            run_id: r.run_id,
+            number: r.number,
+            kind: r.kind,
+            trigger: r.trigger,
+            sha: r.sha,
+            requested_by: r.requested_by,
+            state: r.state,
+            attempt: r.attempt,
+            queued_at: r.queued_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            steps: r.steps.into_iter().map(StepSummary::from).collect(),
+        }
+    }
+}
+
+impl From<rows::StepSummary> for StepSummary {
+    fn from(s: rows::StepSummary) -> Self {
+        Self {
+            name: s.name,
+            state: s.state,
+            attempt: s.attempt,
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+            detail: s.detail,
+            error: s.error,
+        }
+    }
+}
+
+impl From<rows::StandDetail> for StandDetail {
+    fn from(d: rows::StandDetail) -> Self {
+        Self { stand: d.stand.into(), runs: d.runs.into_iter().map(RunSummary::from).collect() }
+    }
+}
