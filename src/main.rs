@@ -90,6 +90,8 @@ enum StandsCommand {
     },
     /// Queue the stand's teardown.
     Destroy { stand: StandRef },
+    /// Queue a wake of a sleeping stand.
+    Wake { stand: StandRef },
 }
 
 fn main() -> ExitCode {
@@ -116,6 +118,9 @@ fn main() -> ExitCode {
             }
             Command::Stands { command: StandsCommand::Destroy { stand } } => {
                 cli::stands::queue(config, stand, Queued::Destroy).await
+            }
+            Command::Stands { command: StandsCommand::Wake { stand } } => {
+                cli::stands::queue(config, stand, Queued::Wake).await
             }
         }
     })

@@ -43,6 +43,21 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let mut migrations = tokio::spawn(migrate_until_done(pool.clone(), state.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     start_background(&config, kube, &pool, &state, &stop_rx)?;
+    if let Some(address) = config.sleep.listen {
+        let wake = listen(address, config.intake.listen_backlog)
+            .with_context(|| format!("cannot listen on {address} ([sleep] listen)"))?;
+        tracing::info!(listen = %wake.local_addr()?, "waking sleeping stands on their requests");
+        let app = http::wake::router(state.clone(), config.sleep.hold);
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            };
+            if let Err(e) = axum::serve(wake, app).with_graceful_shutdown(stopped).await {
+                tracing::error!(error = %e, "the wake listener failed");
+            }
+        });
+    }
     let app = http::router(state);
     let server = axum::serve(listener, app).with_graceful_shutdown({
         let mut rx = stop_rx.clone();

@@ -31,7 +31,7 @@ use secrecy::SecretString;
 
 use chrono::{DateTime, Utc};
 
-use crate::stand::{Failure, StandId};
+use crate::stand::{Failure, StandId, Workload};
 
 pub use kubernetes::{Kubernetes, ServiceProxyProber};
 
@@ -273,6 +273,22 @@ pub trait Cluster: Send + Sync + 'static {
         namespace: &str,
         release: &str,
         revision: u32,
+    ) -> impl Future<Output = Result<bool, ClusterError>> + Send;
+
+    /// The Deployments and StatefulSets of the Helm release, with the replicas each asks for now.
+    fn workloads(
+        &self,
+        namespace: &str,
+        release: &str,
+    ) -> impl Future<Output = Result<Vec<Workload>, ClusterError>> + Send;
+
+    /// Sets a workload's replicas through its scale subresource: only the count changes, never the
+    /// spec helm applied. False when the workload is not there.
+    fn scale(
+        &self,
+        namespace: &str,
+        workload: &Workload,
+        replicas: i32,
     ) -> impl Future<Output = Result<bool, ClusterError>> + Send;
 
     /// Every namespace labelled managed-by=draftd.

@@ -20,6 +20,7 @@ mod cluster;
 mod projects;
 mod registry;
 mod services;
+mod sleep;
 mod stands;
 
 pub use cluster::{
@@ -29,6 +30,7 @@ pub use cluster::{
 pub use projects::{ForgeKind, ForkPolicy, Project, ProjectConfig, Projects, branch_globs};
 pub use registry::{BadImage, BuildConfig, ImageRepository, ProjectBuild, RegistryConfig};
 pub use services::{ApiConfig, GithubConfig, GitlabConfig, PostgresConfig, VaultAuth, VaultConfig};
+pub use sleep::{ProjectSleep, SleepConfig, WakeService};
 pub use stands::{IntakeConfig, ReaperConfig, StandsConfig};
 
 /// Top-level keys; environment variables naming anything else (like `DRAFTD_CONFIG` or
@@ -78,6 +80,7 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub stands: StandsConfig,
     pub reaper: ReaperConfig,
+    pub sleep: SleepConfig,
     pub intake: IntakeConfig,
     /// The server of the stands' databases; without it stands get none.
     pub postgres: Option<PostgresConfig>,
@@ -105,6 +108,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             stands: StandsConfig::default(),
             reaper: ReaperConfig::default(),
+            sleep: SleepConfig::default(),
             intake: IntakeConfig::default(),
             postgres: None,
             vault: None,

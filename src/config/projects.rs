@@ -73,6 +73,9 @@ pub struct ProjectConfig {
     pub strip_branch_prefix: bool,
     #[serde(default, with = "humantime_serde")]
     pub ttl: Option<Duration>,
+    /// `[sleep]` for this project's stands: `sleep = { enabled = false }`, or its own `idle_after`.
+    #[serde(default)]
+    pub sleep: super::ProjectSleep,
     /// Mount a Kubernetes API token into the stand's pods (its `default` ServiceAccount); off unless
     /// the app itself talks to the API.
     #[serde(default)]

@@ -32,6 +32,7 @@ pub fn parse(body: &str) -> Option<Result<Command, CommandError>> {
     Some(match verb.to_ascii_lowercase().as_str() {
         "rerun" => no_args("rerun", arg).map(|_| Command::Rerun),
         "destroy" => no_args("destroy", arg).map(|_| Command::Destroy),
+        "wake" => no_args("wake", arg).map(|_| Command::Wake),
         "extend" => match (arg, extra) {
             (_, Some(x)) => Err(CommandError::Extra("extend", x.to_owned())),
             (None, None) => Ok(Command::Extend { by: None }),
@@ -70,6 +71,7 @@ mod tests {
         assert_eq!(parse("/draft extend"), Some(Ok(Command::Extend { by: None })));
         assert_eq!(parse("/draft extend 24h"), Some(Ok(Command::Extend { by: Some(Duration::from_secs(86400)) })));
         assert_eq!(parse("/draft RERUN"), Some(Ok(Command::Rerun)));
+        assert_eq!(parse("/draft wake"), Some(Ok(Command::Wake)));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `GET /api/v1/stands`, `GET /api/v1/stands/{id}`, `POST /api/v1/stands/{id}/runs`,
-//! `POST /api/v1/stands/{id}/extend`, `DELETE /api/v1/stands/{id}`, `GET /api/v1/metrics/summary`;
+//! `POST /api/v1/stands/{id}/extend`, `POST /api/v1/stands/{id}/wake`, `DELETE /api/v1/stands/{id}`,
+//! `GET /api/v1/metrics/summary`;
 //! bearer token from `[api] token_env`. Each handler carries its OpenAPI description
 //! (`#[utoipa::path]`), which `openapi.rs` collects.
 //!
@@ -34,6 +35,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/stands/{id}", get(show).delete(destroy))
         .route("/api/v1/stands/{id}/runs", post(rerun))
         .route("/api/v1/stands/{id}/extend", post(extend))
+        .route("/api/v1/stands/{id}/wake", post(wake))
         .route("/api/v1/metrics/summary", get(metrics_summary))
 }
 
@@ -263,6 +265,32 @@ async fn destroy(
     id: Result<Path<StandId>, PathRejection>,
 ) -> Result<(StatusCode, Json<Queued>), ApiError> {
     queue(caller, &state, stand_id(id)?, Command::Destroy).await
+}
+
+/// Queues a wake of a sleeping stand: new logins, its workloads scaled back, then verified.
+#[utoipa::path(
+    post,
+    path = "/api/v1/stands/{id}/wake",
+    tag = "stands",
+    params(("id" = i64, Path, description = "The stand's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "The wake run is queued", body = Queued),
+        (status = 400, description = "`id` is not an integer (`field`: `id`)", body = ErrorBody),
+        (status = 401, description = "The bearer token is missing or wrong, or the API is disabled", body = ErrorBody),
+        (status = 404, description = "No such stand (`code`: `stand_not_found`)", body = ErrorBody),
+        (status = 409, description = "The stand is closing or removed (`code`: `stand_not_active`), or awake \
+            (`code`: `stand_not_sleeping`)", body = ErrorBody),
+        (status = 500, description = "Internal error (logged; `code`: `internal`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable (`code`: `database_unavailable`)", body = ErrorBody),
+    ),
+)]
+async fn wake(
+    caller: Caller,
+    State(state): State<AppState>,
+    id: Result<Path<StandId>, PathRejection>,
+) -> Result<(StatusCode, Json<Queued>), ApiError> {
+    queue(caller, &state, stand_id(id)?, Command::Wake).await
 }
 
 async fn queue(

@@ -14,6 +14,8 @@ mod metrics;
 mod openapi;
 /// The stand API's JSON, apart from the store's rows.
 pub mod schema;
+/// Requests for sleeping stands, on a listener of their own: wake the stand, hold, send round again.
+pub mod wake;
 /// Webhooks: extractors that verify before anything is read, and handlers that normalise, record, answer.
 mod webhooks;
 

@@ -41,6 +41,7 @@ pub fn router() -> Router<AppState> {
         super::api::rerun,
         super::api::extend,
         super::api::destroy,
+        super::api::wake,
         super::api::metrics_summary,
         document,
         github_webhook,

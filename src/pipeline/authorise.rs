@@ -158,6 +158,9 @@ fn command_text(run: &ClaimedRun) -> String {
         RunKind::Deploy => "`/draft rerun`".to_owned(),
         RunKind::Teardown => "`/draft destroy`".to_owned(),
         RunKind::Extend => "`/draft extend`".to_owned(),
+        RunKind::Wake => "`/draft wake`".to_owned(),
+        // Never asked for by a person: the sweep queues it.
+        RunKind::Sleep => "a sleep".to_owned(),
     }
 }
 

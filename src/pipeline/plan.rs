@@ -62,6 +62,11 @@ impl StandPlan {
         set.insert("image.tag".to_string(), image_tag.clone());
         if let Some(h) = &host {
             set.insert("host".to_string(), h.clone());
+            // Its requests go to draftd's wake listener while it sleeps.
+            if let Some(wake) = &config.sleep.wake_service {
+                set.insert("wake.externalName".to_string(), wake.name.clone());
+                set.insert("wake.port".to_string(), wake.port.to_string());
+            }
         }
         set.insert("stand.id".to_string(), stand_id.to_string());
         set.insert("stand.project".to_string(), project.name.clone());

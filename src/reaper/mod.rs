@@ -29,6 +29,7 @@ use crate::pipeline::lifecycle::queue_report;
 use crate::stand::StandId;
 use crate::store::StoreError;
 use crate::store::lifecycle::{self, QueuedTeardown};
+use crate::store::sleep::QueuedSleep;
 use crate::store::sweeps;
 
 pub use orphans::OrphanReport;
@@ -59,6 +60,8 @@ pub struct Sweep {
     pub warned: Vec<StandId>,
     pub resync: Vec<ProjectResync>,
     pub orphans: Vec<OrphanReport>,
+    /// Idle stands put to sleep (`[sleep] idle_after`).
+    pub slept: Vec<QueuedSleep>,
     pub errors: Vec<String>,
 }
 
@@ -67,6 +70,7 @@ impl Sweep {
     pub fn queued_runs(&self) -> usize {
         self.expired.len()
             + self.retried.len()
+            + self.slept.len()
             + self.resync.iter().map(|r| r.deploys.len() + r.teardowns.len()).sum::<usize>()
     }
 }
@@ -163,6 +167,7 @@ impl<C: Cluster> Reaper<C> {
         sweep.expired = lifecycle::queue_expired(&self.pool, now, MAX_EXPIRED_PER_SWEEP).await?;
         sweep.retried = lifecycle::queue_retries(&self.pool, lifecycle::MAX_TEARDOWN_ATTEMPTS).await?;
         self.warn(now, &mut sweep).await?;
+        sweep.slept = self.sleep_idle(now).await?;
         if self.config.reaper.resync {
             for project in &self.projects {
                 let Some(forge) = self.forges.iter().find(|f| f.kind() == project.settings.forge) else { continue };
@@ -179,6 +184,21 @@ impl<C: Cluster> Reaper<C> {
         }
         sweeps::finish(&self.pool, sweep_id, &serde_json::to_value(&sweep).unwrap_or_default()).await?;
         Ok(sweep)
+    }
+
+    /// Queues a sleep for each stand idle for longer than its project's `[sleep] idle_after`.
+    async fn sleep_idle(&self, now: DateTime<Utc>) -> Result<Vec<QueuedSleep>, ReapError> {
+        let sleep = &self.config.sleep;
+        let idle: Vec<(String, std::time::Duration)> = self
+            .config
+            .projects
+            .iter()
+            .filter_map(|p| sleep.idle_after_for(&p.sleep).map(|after| (p.name.clone(), after)))
+            .collect();
+        if idle.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(crate::store::sleep::queue_idle(&self.pool, now, &idle, i64::from(sleep.max_per_sweep)).await?)
     }
 
     /// Stands that expire within `[reaper] warn_before` get their sticky comment re-rendered with

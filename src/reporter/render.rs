@@ -37,6 +37,8 @@ pub fn trigger_text(trigger: Trigger, requested_by: Option<&str>) -> String {
         Trigger::Dashboard => "dashboard button",
         Trigger::Expired => "expired: no new deploy within its time to live",
         Trigger::Retry => "an earlier teardown failed; tried again",
+        Trigger::Idle => "no activity for a while",
+        Trigger::Visit => "a request to its URL",
         Trigger::Resync => "found by resync (a webhook was missed)",
     };
     match requested_by {
@@ -53,7 +55,10 @@ pub fn render(view: &ReportView) -> String {
     let _ = writeln!(out, "{}", marker(view.stand_id));
     let _ = writeln!(out, "### {}", view.status.headline());
     out.push('\n');
-    let live = matches!(view.status, Status::Ready | Status::Failed | Status::Deploying);
+    let live = matches!(
+        view.status,
+        Status::Ready | Status::Failed | Status::Deploying | Status::Sleeping | Status::FallingAsleep | Status::Waking
+    );
     if let Some(at) = view.expires_at.filter(|_| view.expiry_warning && live) {
         let _ = writeln!(
             out,
@@ -70,6 +75,12 @@ pub fn render(view: &ReportView) -> String {
             let _ = writeln!(out, "**{}**\n", code(url));
         }
         (None, _) => {}
+    }
+    if view.status == Status::Sleeping {
+        out.push_str(
+            "> 💤 Idle, so its workloads are scaled to zero; its namespace, database and data are kept. Open its URL \
+             (the first request wakes it), comment `/draft wake`, or push a commit to wake it.\n\n",
+        );
     }
     let mut facts: Vec<(&str, String)> = vec![
         ("Stand", format!("{} / {} in {}", code(&view.project), code(&view.branch), code(&view.namespace))),

@@ -15,6 +15,12 @@ pub enum Status {
     Deploying,
     Removing,
     Removed,
+    /// A sleep is under way.
+    FallingAsleep,
+    /// Scaled to zero; a request to its URL, `/draft wake` or a push wakes it.
+    Sleeping,
+    /// A wake is under way.
+    Waking,
 }
 
 impl Status {
@@ -25,6 +31,9 @@ impl Status {
             Status::Deploying => "⏳ Draft stand deploying",
             Status::Removing => "🧹 Draft stand being removed",
             Status::Removed => "🧹 Draft stand removed",
+            Status::FallingAsleep => "💤 Draft stand going to sleep",
+            Status::Sleeping => "💤 Draft stand sleeping",
+            Status::Waking => "⏰ Draft stand waking up",
         }
     }
 
@@ -36,6 +45,12 @@ impl Status {
         let done = |name: &str| steps.iter().any(|s| s.name == name && s.state.is_done());
         let complete = run_state == RunState::Succeeded
             || (run_state == RunState::Running && kind.plan().iter().flat_map(|g| g.iter()).all(|s| done(s.as_str())));
+        match (kind, failed, complete) {
+            (RunKind::Sleep, false, true) => return Status::Sleeping,
+            (RunKind::Sleep, false, false) => return Status::FallingAsleep,
+            (RunKind::Wake, false, false) => return Status::Waking,
+            _ => {}
+        }
         match (failed, complete, teardown) {
             (true, _, _) => Status::Failed,
             (false, true, true) => Status::Removed,

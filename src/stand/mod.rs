@@ -6,6 +6,7 @@ mod failure;
 mod ids;
 mod naming;
 mod run;
+mod sleep;
 mod steps;
 
 pub use address::{stand_host, stand_url};
@@ -14,6 +15,7 @@ pub use failure::Failure;
 pub use ids::{RunId, StandId};
 pub use naming::{BranchName, CommitSha, GitlabEnvironmentName, NameError, Namespace, ProjectName, is_dns_label, slug};
 pub use run::{Command, RunKind, RunState, StepState, Trigger};
+pub use sleep::{Workload, WorkloadKind};
 pub use steps::StepName;
 
 use serde::{Deserialize, Serialize};
@@ -29,17 +31,27 @@ pub enum StandState {
     Closing,
     /// Gone (or never built); kept as a tombstone so a late webhook cannot recreate it.
     Removed,
+    /// Idle: its workloads scaled to zero, its namespace, database and data kept. A push, a wake
+    /// command or a request to its URL wakes it.
+    Sleeping,
 }
 
 impl StandState {
-    pub const ALL: [StandState; 3] = [StandState::Active, StandState::Closing, StandState::Removed];
+    pub const ALL: [StandState; 4] =
+        [StandState::Active, StandState::Closing, StandState::Removed, StandState::Sleeping];
 
     pub fn as_str(self) -> &'static str {
         match self {
             StandState::Active => "active",
             StandState::Closing => "closing",
             StandState::Removed => "removed",
+            StandState::Sleeping => "sleeping",
         }
+    }
+
+    /// Built and kept: deploys, commands and the expiry apply to it, awake or asleep.
+    pub fn is_live(self) -> bool {
+        matches!(self, StandState::Active | StandState::Sleeping)
     }
 }
 
@@ -59,19 +71,27 @@ pub enum StandChange {
     Revive,
     /// Its teardown finished: kept as a tombstone.
     Tombstone,
+    /// Idle for long enough: its workloads are scaled to zero.
+    Sleep,
+    /// Scaled back: by a push, a wake command, or a request to its URL.
+    Wake,
 }
 
 impl StandChange {
-    pub const ALL: [StandChange; 3] = [StandChange::Close, StandChange::Revive, StandChange::Tombstone];
+    pub const ALL: [StandChange; 5] =
+        [StandChange::Close, StandChange::Revive, StandChange::Tombstone, StandChange::Sleep, StandChange::Wake];
 
     /// The states this change may leave.
     pub fn from(self) -> &'static [StandState] {
         match self {
-            StandChange::Close => &[StandState::Active],
+            // A sleeping stand expires and closes like an awake one: nothing is scaled back for it.
+            StandChange::Close => &[StandState::Active, StandState::Sleeping],
             StandChange::Revive => &[StandState::Closing, StandState::Removed],
             // Whatever is left of a stand once its teardown ran; a revive in between moved its
             // epoch, which the store checks too.
             StandChange::Tombstone => &[StandState::Active, StandState::Closing],
+            StandChange::Sleep => &[StandState::Active],
+            StandChange::Wake => &[StandState::Sleeping],
         }
     }
 
@@ -81,6 +101,8 @@ impl StandChange {
             StandChange::Close => StandState::Closing,
             StandChange::Revive => StandState::Active,
             StandChange::Tombstone => StandState::Removed,
+            StandChange::Sleep => StandState::Sleeping,
+            StandChange::Wake => StandState::Active,
         }
     }
 
@@ -123,5 +145,11 @@ mod tests {
         assert_eq!(Closing.after(Close), None);
         assert_eq!(Active.after(Revive), None);
         assert_eq!(Removed.after(Tombstone), None);
+        assert_eq!(Active.after(Sleep), Some(Sleeping));
+        assert_eq!(Sleeping.after(Wake), Some(Active));
+        assert_eq!(Sleeping.after(Close), Some(Closing));
+        assert_eq!(Sleeping.after(Sleep), None);
+        assert_eq!(Active.after(Wake), None);
+        assert_eq!(Closing.after(Wake), None);
     }
 }

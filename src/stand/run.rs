@@ -16,16 +16,22 @@ pub enum RunKind {
     Deploy,
     Teardown,
     Extend,
+    /// An idle stand's workloads scaled to zero and its app logins revoked.
+    Sleep,
+    /// A sleeping stand's logins issued again and its workloads scaled back, then verified.
+    Wake,
 }
 
 impl RunKind {
-    pub const ALL: [RunKind; 3] = [RunKind::Deploy, RunKind::Teardown, RunKind::Extend];
+    pub const ALL: [RunKind; 5] = [RunKind::Deploy, RunKind::Teardown, RunKind::Extend, RunKind::Sleep, RunKind::Wake];
 
     pub fn as_str(self) -> &'static str {
         match self {
             RunKind::Deploy => "deploy",
             RunKind::Teardown => "teardown",
             RunKind::Extend => "extend",
+            RunKind::Sleep => "sleep",
+            RunKind::Wake => "wake",
         }
     }
 
@@ -42,6 +48,9 @@ impl RunKind {
             // can reach it.
             RunKind::Teardown => &[&[Cancel], &[Deactivate], &[Revoke], &[Uninstall], &[Drop]],
             RunKind::Extend => &[&[Extend]],
+            RunKind::Sleep => &[&[Sleep]],
+            // New logins (and the Secret that carries them) before a pod starts with the old ones.
+            RunKind::Wake => &[&[Secrets], &[Wake], &[Verify]],
         }
     }
 
@@ -65,6 +74,11 @@ impl RunKind {
     /// A newer deploy or a teardown of the stand queued meanwhile stops the run at a step boundary.
     pub fn gives_way_to_newer_runs(self) -> bool {
         self.deploys()
+    }
+
+    /// Shows that someone uses the stand, so it is not idle: everything but the sleep itself.
+    pub fn is_activity(self) -> bool {
+        !matches!(self, RunKind::Sleep)
     }
 
     /// A failure at a release step rolls the release back.
@@ -192,6 +206,10 @@ pub enum Trigger {
     Expired,
     /// The reaper: an earlier teardown failed.
     Retry,
+    /// The reaper: no activity for `[sleep] idle_after`.
+    Idle,
+    /// A request for a sleeping stand's URL.
+    Visit,
 }
 
 impl Trigger {
@@ -213,6 +231,8 @@ impl Trigger {
             Trigger::Resync => "resync",
             Trigger::Expired => "expired",
             Trigger::Retry => "retry",
+            Trigger::Idle => "idle",
+            Trigger::Visit => "visit",
         }
     }
 
@@ -239,6 +259,8 @@ pub enum Command {
         by: Option<Duration>,
     },
     Destroy,
+    /// Scale a sleeping stand back.
+    Wake,
 }
 
 #[cfg(test)]

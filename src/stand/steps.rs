@@ -31,10 +31,14 @@ pub enum StepName {
     Drop,
     /// Extend: the stand's expiry moved.
     Extend,
+    /// Sleep: the workloads' replicas recorded, each scaled to zero, the app's logins revoked.
+    Sleep,
+    /// Wake: the workloads scaled back to what the sleep recorded.
+    Wake,
 }
 
 impl StepName {
-    pub const ALL: [StepName; 17] = [
+    pub const ALL: [StepName; 19] = [
         StepName::Namespace,
         StepName::Database,
         StepName::Secrets,
@@ -52,6 +56,8 @@ impl StepName {
         StepName::Uninstall,
         StepName::Drop,
         StepName::Extend,
+        StepName::Sleep,
+        StepName::Wake,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +79,8 @@ impl StepName {
             StepName::Uninstall => "uninstall",
             StepName::Drop => "drop",
             StepName::Extend => "extend",
+            StepName::Sleep => "sleep",
+            StepName::Wake => "wake",
         }
     }
 

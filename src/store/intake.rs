@@ -249,8 +249,9 @@ async fn deploy(
     // A stand that expired comes back with the next commit: it went for want of pushes, not
     // because anyone closed it.
     let expired = stand.reason.as_deref() == Some("expired") && matches!(trigger, Trigger::Pushed | Trigger::Resync);
-    let revive = stand.state != StandState::Active && (trigger.revives() || expired);
-    if stand.state != StandState::Active && !revive {
+    // A sleeping stand is live: the push deploys it, and the deploy wakes it.
+    let revive = !stand.state.is_live() && (trigger.revives() || expired);
+    if !stand.state.is_live() && !revive {
         touch(tx, stand.stand_id, pr, false).await?;
         return Ok(Decision::ignored(
             Some(stand.stand_id),
@@ -303,7 +304,7 @@ async fn teardown(
     if let Some(reason) = stale(&stand, pr) {
         return Ok(Decision::ignored(Some(stand.stand_id), reason));
     }
-    if stand.state != StandState::Active {
+    if !stand.state.is_live() {
         touch(tx, stand.stand_id, pr, false).await?;
         return Ok(Decision::ignored(Some(stand.stand_id), format!("stand is already {}", stand.state.as_str())));
     }

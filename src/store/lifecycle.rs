@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::StoreError;
-use crate::stand::{RunId, StandChange, StandId};
+use super::runs::queue_for_chosen;
+use crate::stand::{RunId, RunKind, StandChange, StandId, Trigger};
 
 /// A deploy run started: the stand lives `ttl` from the run's first start. An extension that reaches
 /// further is kept: a push must not cut short the time someone asked for.
@@ -18,7 +19,7 @@ pub async fn reset_expiry(pool: &PgPool, run_id: RunId, ttl: Duration) -> Result
     Ok(sqlx::query_scalar(
         "update stands s set expires_at = greatest(s.expires_at, r.started_at + $2), updated_at = now()
          from runs r
-         where r.run_id = $1 and s.stand_id = r.stand_id and s.state = 'active'
+         where r.run_id = $1 and s.stand_id = r.stand_id and s.state in ('active', 'sleeping')
          returning s.expires_at",
     )
     .bind(run_id)
@@ -51,7 +52,7 @@ pub async fn extend(pool: &PgPool, run_id: RunId, by: Duration, max: Duration) -
                     case when r.params ? 'extended_to' then coalesce((r.params->>'extended_capped')::boolean, false)
                          else greatest(s.expires_at, now()) + $2 > now() + $3 end as capped
              from runs r join stands s on s.stand_id = r.stand_id
-             where r.run_id = $1 and s.state = 'active'
+             where r.run_id = $1 and s.state in ('active', 'sleeping')
              for update of s
          ), stand as (
              update stands set expires_at = target.to_at, expiry_warned_for = null, updated_at = now()
@@ -84,14 +85,15 @@ pub struct QueuedTeardown {
 /// has no run queued or running (a queued deploy is a push: it moves the expiry when it starts).
 /// One statement, however many stands expired.
 pub async fn queue_expired(pool: &PgPool, now: DateTime<Utc>, limit: i64) -> Result<Vec<QueuedTeardown>, StoreError> {
-    let sql = queue_teardowns(
+    let sql = queue_for_chosen(
         "select s.stand_id from stands s
          where s.state = any($4) and s.expires_at <= $1 and not exists (select 1 from runs r
                where r.stand_id = s.stand_id and r.state in ('queued', 'running'))
          order by s.expires_at limit $2
          for update of s skip locked",
         ", state = $3, state_reason = 'expired'",
-        "expired",
+        RunKind::Teardown,
+        Trigger::Expired,
     );
     // Expiry is a close (StandChange::Close), made for many stands in one statement.
     let change = StandChange::Close;
@@ -106,7 +108,7 @@ pub const MAX_TEARDOWN_ATTEMPTS: i64 = 3;
 /// the stand: a namespace stuck on a finalizer or a database server that was down must not leave
 /// the stand behind, and one that can never go must not be retried forever.
 pub async fn queue_retries(pool: &PgPool, max_attempts: i64) -> Result<Vec<QueuedTeardown>, StoreError> {
-    let sql = queue_teardowns(
+    let sql = queue_for_chosen(
         "select s.stand_id from stands s
          where s.state = 'closing' and not exists (select 1 from runs r
                where r.stand_id = s.stand_id and r.state in ('queued', 'running'))
@@ -114,29 +116,10 @@ pub async fn queue_retries(pool: &PgPool, max_attempts: i64) -> Result<Vec<Queue
                    and r.kind = 'teardown' and r.state = 'failed') between 1 and $1 - 1
          for update of s skip locked",
         "",
-        "retry",
+        RunKind::Teardown,
+        Trigger::Retry,
     );
     Ok(sqlx::query_as(&sql).bind(max_attempts).fetch_all(pool).await?)
-}
-
-/// One statement that queues a teardown run (`trigger`) for each stand `chosen` selects (locked),
-/// numbering it under the stand's row and applying `set` to the stand. The fragments are constants
-/// of this module; values go in as bind parameters.
-fn queue_teardowns(chosen: &str, set: &str, trigger: &str) -> String {
-    format!(
-        "with chosen as ({chosen}),
-         bumped as (
-             update stands s set runs_count = s.runs_count + 1, updated_at = now(){set}
-             from chosen where s.stand_id = chosen.stand_id
-             returning s.stand_id, s.runs_count, s.epoch, s.head_sha, s.namespace
-         ), queued as (
-             insert into runs (stand_id, number, kind, trigger, automatic, epoch, sha)
-             select stand_id, runs_count, 'teardown', '{trigger}', true, epoch, head_sha from bumped
-             returning stand_id, run_id
-         )
-         select q.stand_id, q.run_id, b.namespace from queued q join bumped b using (stand_id)
-         order by q.stand_id"
-    )
 }
 
 /// Active stands that expire within `warn_before` and whose sticky comment has not warned about
@@ -148,7 +131,7 @@ pub async fn take_warnings(
 ) -> Result<Vec<StandId>, StoreError> {
     Ok(sqlx::query_scalar(
         "update stands set expiry_warned_for = expires_at
-         where state = 'active' and expires_at > $1 and expires_at <= $1 + $2
+         where state in ('active', 'sleeping') and expires_at > $1 and expires_at <= $1 + $2
            and expiry_warned_for is distinct from expires_at
          returning stand_id",
     )

@@ -110,17 +110,25 @@ pub async fn queue(
         };
         return Ok(ManualOutcome::Refused { stand: None, code: "stand_not_found", reason });
     };
-    if state != StandState::Active {
+    if !state.is_live() {
         return Ok(ManualOutcome::Refused {
             stand: Some(stand),
             code: "stand_not_active",
             reason: format!("stand is {}", state.as_str()),
         });
     }
+    if req.command == Command::Wake && state != StandState::Sleeping {
+        return Ok(ManualOutcome::Refused {
+            stand: Some(stand),
+            code: "stand_not_sleeping",
+            reason: format!("stand is {}, not sleeping", state.as_str()),
+        });
+    }
     let (kind, mut params) = match req.command {
         Command::Rerun => (RunKind::Deploy, json!({})),
         Command::Destroy => (RunKind::Teardown, json!({})),
         Command::Extend { by } => (RunKind::Extend, json!({ "by_seconds": by.map(|d| d.as_secs()) })),
+        Command::Wake => (RunKind::Wake, json!({})),
     };
     if let Some(id) = req.author_id {
         params["author_id"] = json!(id);
@@ -133,18 +141,15 @@ pub async fn queue(
             reason: "stand has no commit to re-run".into(),
         });
     }
-    let close = kind.tears_down() && req.authorised;
     let number: i32 = sqlx::query_scalar(
-        "update stands set runs_count = runs_count + 1, updated_at = now(),
-                state = case when $2 then 'closing' else state end,
-                state_reason = case when $2 then $3 else state_reason end
-         where stand_id = $1 returning runs_count",
+        "update stands set runs_count = runs_count + 1, updated_at = now() where stand_id = $1 returning runs_count",
     )
     .bind(stand)
-    .bind(close)
-    .bind(req.trigger.as_str())
     .fetch_one(&mut *tx)
     .await?;
+    if kind.tears_down() && req.authorised {
+        super::stands::close(&mut *tx, stand, req.trigger.as_str()).await?;
+    }
     let run =
         queue_run(tx, stand, number, kind, req.trigger, epoch, sha.as_deref(), Some(req.requested_by), params).await?;
     Ok(ManualOutcome::Queued { stand, run })

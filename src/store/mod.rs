@@ -15,6 +15,7 @@ pub mod orphans;
 /// What draftd owes the forges: outbox rows, claimed with coalescing and delivered by the reporter.
 pub mod outbox;
 pub mod runs;
+pub mod sleep;
 pub mod stands;
 pub mod summary;
 /// The reaper's sweeps: the lock that lets one run at a time, and the record of each.

@@ -33,7 +33,9 @@ pub async fn stands_of(pool: &PgPool, namespaces: &[&str]) -> Result<Vec<StandRo
 
 /// The namespaces of stands that are alive (active or closing): nothing of theirs is an orphan.
 pub async fn live_namespaces(pool: &PgPool) -> Result<Vec<String>, StoreError> {
-    Ok(sqlx::query_scalar("select namespace from stands where state in ('active', 'closing')").fetch_all(pool).await?)
+    Ok(sqlx::query_scalar("select namespace from stands where state in ('active', 'closing', 'sleeping')")
+        .fetch_all(pool)
+        .await?)
 }
 
 /// One orphan a scan found, with how many consecutive successful scans of its kind found it.

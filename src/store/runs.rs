@@ -409,7 +409,7 @@ pub(super) async fn queue_run(
     requested_by: Option<&str>,
     params: Value,
 ) -> Result<RunId, StoreError> {
-    Ok(sqlx::query_scalar(
+    let run = sqlx::query_scalar(
         "insert into runs (stand_id, number, kind, trigger, automatic, epoch, sha, requested_by, params)
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning run_id",
     )
@@ -423,7 +423,15 @@ pub(super) async fn queue_run(
     .bind(requested_by)
     .bind(params)
     .fetch_one(&mut *tx)
-    .await?)
+    .await?;
+    if kind.is_activity() {
+        // Someone wants the stand: the idle sweep counts from here.
+        sqlx::query("update stands set last_activity_at = now() where stand_id = $1")
+            .bind(stand_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(run)
 }
 
 /// The deploys of a stand that gave way to its teardown `teardown_run_id`: cancelled since it was
@@ -443,4 +451,27 @@ pub async fn cancelled_for_teardown(
     .bind(teardown_run_id)
     .fetch_all(pool)
     .await
+}
+
+/// One statement that queues a run of `kind` (`trigger`, automatic) for each stand `chosen` selects
+/// (locked), numbering it under the stand's row and applying `set` to the stand; it answers
+/// `(stand_id, run_id, namespace)` rows. The fragments are constants of the store; values go in as
+/// bind parameters.
+pub(super) fn queue_for_chosen(chosen: &str, set: &str, kind: RunKind, trigger: Trigger) -> String {
+    format!(
+        "with chosen as ({chosen}),
+         bumped as (
+             update stands s set runs_count = s.runs_count + 1, updated_at = now(){set}
+             from chosen where s.stand_id = chosen.stand_id
+             returning s.stand_id, s.runs_count, s.epoch, s.head_sha, s.namespace
+         ), queued as (
+             insert into runs (stand_id, number, kind, trigger, automatic, epoch, sha)
+             select stand_id, runs_count, '{kind}', '{trigger}', true, epoch, head_sha from bumped
+             returning stand_id, run_id
+         )
+         select q.stand_id, q.run_id, b.namespace from queued q join bumped b using (stand_id)
+         order by q.stand_id",
+        kind = kind.as_str(),
+        trigger = trigger.as_str(),
+    )
 }

@@ -181,7 +181,7 @@ pub async fn unlisted_prs(
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
     sqlx::query_as(
         "select branch, pr_number from stands
-         where project = $1 and state = 'active' and pr_number is not null and not (pr_number = any($2))
+         where project = $1 and state in ('active', 'sleeping') and pr_number is not null and not (pr_number = any($2))
          order by updated_at limit $3",
     )
     .bind(project)
@@ -251,6 +251,19 @@ pub async fn close<'e>(conn: impl sqlx::PgExecutor<'e>, stand_id: StandId, reaso
 pub async fn revive<'e>(conn: impl sqlx::PgExecutor<'e>, stand_id: StandId, epoch: i32) -> Result<bool, StoreError> {
     let sql = change_sql("state_reason = null, epoch = $4", "");
     let done = bind_change(&sql, stand_id, StandChange::Revive).bind(epoch).execute(conn).await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// [`StandChange::Sleep`] and [`StandChange::Wake`], which carry no value of their own (see
+/// [`super::sleep`]). False when the table does not allow it from the stand's state.
+pub(super) async fn change<'e>(
+    conn: impl sqlx::PgExecutor<'e>,
+    stand_id: StandId,
+    change: StandChange,
+) -> Result<bool, StoreError> {
+    debug_assert!(matches!(change, StandChange::Sleep | StandChange::Wake), "{change:?} has a function of its own");
+    let sql = change_sql("state_reason = null", "");
+    let done = bind_change(&sql, stand_id, change).execute(conn).await?;
     Ok(done.rows_affected() == 1)
 }
 

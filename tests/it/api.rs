@@ -42,6 +42,7 @@ async fn every_route_wants_the_token(pool: PgPool) {
         ("GET", format!("/api/v1/stands/{id}")),
         ("POST", format!("/api/v1/stands/{id}/runs")),
         ("POST", format!("/api/v1/stands/{id}/extend")),
+        ("POST", format!("/api/v1/stands/{id}/wake")),
         ("DELETE", format!("/api/v1/stands/{id}")),
     ];
     for (method, path) in &routes {
@@ -188,4 +189,22 @@ async fn unknown_paths_and_wrong_methods_answer_the_error_body(pool: PgPool) {
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     assert!(res.headers().contains_key("content-security-policy"));
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn wake_queues_a_wake_of_a_sleeping_stand_and_refuses_an_awake_one(pool: PgPool) {
+    let app = app(pool.clone());
+    let id = seed(&app).await;
+    let awake = send(&app, call("POST", &format!("/api/v1/stands/{id}/wake"), Some(API_TOKEN), None)).await;
+    assert_eq!(
+        (awake.status, awake.body["error"]["code"].clone()),
+        (StatusCode::CONFLICT, json!("stand_not_sleeping")),
+        "{}",
+        awake.body
+    );
+    sqlx::query("update stands set state = 'sleeping' where stand_id = $1").bind(id).execute(&pool).await.unwrap();
+    let woken = send(&app, call("POST", &format!("/api/v1/stands/{id}/wake"), Some(API_TOKEN), None)).await;
+    assert_eq!(woken.status, StatusCode::ACCEPTED, "{}", woken.body);
+    let newest = runs(&pool).await.pop().unwrap();
+    assert_eq!((newest.kind.as_str(), newest.trigger.as_str()), ("wake", "api"));
 }

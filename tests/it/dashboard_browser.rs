@@ -25,7 +25,7 @@ fn root() -> PathBuf {
 }
 
 /// chromedriver's path, installing chromium and chromedriver first when they are missing.
-fn chromedriver() -> PathBuf {
+pub(crate) fn chromedriver() -> PathBuf {
     let script = root().join("scripts/install-browser.sh");
     let out = Command::new("bash").arg(&script).stderr(Stdio::piped()).output().expect("running bash");
     assert!(
@@ -43,14 +43,14 @@ fn chromedriver() -> PathBuf {
 
 /// A chromedriver on a free loopback port; on drop it is stopped with every process it started
 /// (chromium and its helpers), by process id.
-struct Chromedriver {
+pub(crate) struct Chromedriver {
     child: Child,
     port: u16,
     log: PathBuf,
 }
 
 impl Chromedriver {
-    async fn start(path: &Path, dir: &Path) -> Chromedriver {
+    pub(crate) async fn start(path: &Path, dir: &Path) -> Chromedriver {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let log = dir.join("chromedriver.log");
         let child = Command::new(path)
@@ -141,14 +141,14 @@ fn signal(name: &str, pids: &[u32]) {
 }
 
 /// Where the screenshot goes: `$CARGO_TARGET_DIR/artifacts/`, else `target/artifacts/`.
-fn artifacts() -> PathBuf {
+pub(crate) fn artifacts() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
     let dir = target.join("artifacts");
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
     dir
 }
 
-async fn connect(driver: &Chromedriver, profile: &Path) -> Client {
+pub(crate) async fn connect(driver: &Chromedriver, profile: &Path) -> Client {
     let mut caps = serde_json::Map::new();
     caps.insert("browserName".into(), json!("chrome"));
     caps.insert(
@@ -181,7 +181,7 @@ async fn connect(driver: &Chromedriver, profile: &Path) -> Client {
 
 /// The text of the first `css` element once `ready` accepts it. A click returns before the next page
 /// has loaded, so the old page may still answer (or its elements go stale) for a moment.
-async fn text_when(client: &Client, css: &str, ready: impl Fn(&str) -> bool) -> String {
+pub(crate) async fn text_when(client: &Client, css: &str, ready: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + WAIT;
     let mut last = String::new();
     loop {

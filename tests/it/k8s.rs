@@ -23,8 +23,8 @@ use draftd::pipeline::steps::KubernetesSteps;
 use draftd::pipeline::{Engine, EngineSettings, RunEnd};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Secret, ServiceAccount};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -872,4 +872,86 @@ async fn a_missing_image_is_built_by_a_buildkit_job_and_a_failed_build_deploys_n
     let left = build_api::<Job>(&w).list(&ListParams::default().labels(&selector)).await.unwrap().items;
     let left: Vec<_> = left.into_iter().filter(|j| j.metadata.deletion_timestamp.is_none()).collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// The replicas each Deployment of the stand asks for, by name, as the API server stores them.
+async fn replicas(w: &World) -> Vec<(String, i32)> {
+    let mut found: Vec<(String, i32)> = w
+        .api::<Deployment>()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|d| (d.metadata.name.unwrap_or_default(), d.spec.and_then(|s| s.replicas).unwrap_or(1)))
+        .collect();
+    found.sort();
+    found
+}
+
+async fn stand_state(w: &World) -> (String, Option<Value>) {
+    sqlx::query_as("select state, sleep_record from stands where namespace = $1")
+        .bind(&w.namespace)
+        .fetch_one(&w.pool)
+        .await
+        .unwrap()
+}
+
+/// Sleep scales every Deployment of the release to zero through the scale subresource, as draftd's
+/// own ServiceAccount, and revokes the stand's logins; the namespace, its Secrets and the release
+/// stay. A wake issues new logins, scales back to what the sleep recorded and verifies. A push to a
+/// sleeping stand deploys (helm upgrading a release whose replicas draftd changed) and wakes it.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_stand_sleeps_at_zero_replicas_and_wakes_by_a_wake_run_or_a_push(pool: PgPool) {
+    let Some(dir) = control_plane() else { return };
+    let w = World::new(pool, dir, "sleep").await;
+    let wake_service = "[sleep]\nwake_service = \"draftd-wake.draftd.svc.cluster.local:8081\"\n";
+    let engine = w.engine(Config::from_toml(&format!("{wake_service}{}", w.config_text(""))).unwrap()).await;
+    let (run, end) = w.run(&engine, "deploy", SHA1).await;
+    assert_eq!(end, RunEnd::Succeeded, "{}", w.steps(run).await);
+    // What sends the stand's requests to draftd while it sleeps, as the API server stores it.
+    let ingress = w.api::<Ingress>().get(&w.release()).await.unwrap();
+    let annotations = ingress.metadata.annotations.unwrap_or_default();
+    let wake = format!("{}-wake", w.release());
+    assert_eq!(annotations["nginx.ingress.kubernetes.io/custom-http-errors"], "503");
+    assert_eq!(annotations["nginx.ingress.kubernetes.io/default-backend"], wake);
+    let service = w.api::<Service>().get(&wake).await.unwrap().spec.unwrap();
+    assert_eq!(service.type_.as_deref(), Some("ExternalName"));
+    assert_eq!(service.external_name.as_deref(), Some("draftd-wake.draftd.svc.cluster.local"));
+    assert_eq!(service.ports.unwrap()[0].port, 8081);
+    let awake = replicas(&w).await;
+    assert!(!awake.is_empty() && awake.iter().all(|(_, n)| *n >= 1), "{awake:?}");
+    let live_logins = || async {
+        let n: i64 = sqlx::query_scalar("select count(*) from credentials where revoked_at is null")
+            .fetch_one(&w.pool)
+            .await
+            .unwrap();
+        n
+    };
+    assert!(live_logins().await > 0, "the deploy issued the app's login");
+
+    let (run, end) = w.run(&engine, "sleep", SHA1).await;
+    assert_eq!(end, RunEnd::Succeeded, "{}", w.steps(run).await);
+    assert!(replicas(&w).await.iter().all(|(_, n)| *n == 0), "{:?}", replicas(&w).await);
+    let (state, record) = stand_state(&w).await;
+    assert_eq!(state, "sleeping");
+    let record = record.expect("the replicas recorded");
+    assert_eq!(record.as_array().unwrap().len(), awake.len(), "{record}");
+    assert_eq!(live_logins().await, 0, "a sleeping stand holds no live credentials");
+    assert!(w.history().await.last().unwrap().is_deployed(), "the release stays");
+
+    let (run, end) = w.run(&engine, "wake", SHA1).await;
+    assert_eq!(end, RunEnd::Succeeded, "{}", w.steps(run).await);
+    assert_eq!(replicas(&w).await, awake);
+    assert_eq!(stand_state(&w).await, ("active".to_owned(), None));
+    assert!(live_logins().await > 0, "the wake issued new logins");
+    assert_eq!(w.step(run, "verify").await.0, "succeeded");
+
+    // Asleep again, then a push: helm upgrades the release and the deploy scales it back.
+    let (run, end) = w.run(&engine, "sleep", SHA1).await;
+    assert_eq!(end, RunEnd::Succeeded, "{}", w.steps(run).await);
+    let (run, end) = w.run(&engine, "deploy", SHA2).await;
+    assert_eq!(end, RunEnd::Succeeded, "{}", w.steps(run).await);
+    assert_eq!(replicas(&w).await, awake, "{}", w.steps(run).await);
+    assert_eq!(stand_state(&w).await, ("active".to_owned(), None));
 }

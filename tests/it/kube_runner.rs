@@ -155,6 +155,13 @@ impl Cluster for FakeCluster {
         self.calls.push(format!("discard_pending_revision {ns} {release} {revision}"));
         Ok(true)
     }
+    // Sleep and wake are exercised against the real control plane (tests/it/k8s.rs).
+    async fn workloads(&self, _: &str, _: &str) -> Result<Vec<draftd::stand::Workload>, ClusterError> {
+        Ok(Vec::new())
+    }
+    async fn scale(&self, _: &str, _: &draftd::stand::Workload, _: i32) -> Result<bool, ClusterError> {
+        Ok(false)
+    }
     async fn managed_namespaces(&self) -> Result<Vec<ManagedNamespace>, ClusterError> {
         Ok(Vec::new())
     }

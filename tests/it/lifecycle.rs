@@ -47,6 +47,10 @@ max_expiry = "72h"
 [reaper]
 warn_before = "4h"
 
+# This suite is about expiry: its sweeps jump days ahead, where every stand would be idle.
+[sleep]
+enabled = false
+
 [[projects]]
 name = "shop"
 forge = "github"
@@ -151,6 +155,13 @@ impl Cluster for FakeCluster {
         support::Healthy
     }
     async fn discard_pending_revision(&self, _: &str, _: &str, _: u32) -> Result<bool, ClusterError> {
+        Ok(false)
+    }
+    // Sleep and wake are exercised against the real control plane (tests/it/k8s.rs).
+    async fn workloads(&self, _: &str, _: &str) -> Result<Vec<draftd::stand::Workload>, ClusterError> {
+        Ok(Vec::new())
+    }
+    async fn scale(&self, _: &str, _: &draftd::stand::Workload, _: i32) -> Result<bool, ClusterError> {
         Ok(false)
     }
     async fn managed_namespaces(&self) -> Result<Vec<ManagedNamespace>, ClusterError> {

@@ -23,6 +23,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/v1/stands/{id}"),
     ("POST", "/api/v1/stands/{id}/runs"),
     ("POST", "/api/v1/stands/{id}/extend"),
+    ("POST", "/api/v1/stands/{id}/wake"),
     ("GET", "/api/v1/metrics/summary"),
     ("GET", "/api/v1/openapi.json"),
     ("POST", "/webhooks/github"),

@@ -104,6 +104,7 @@ fn secret_values_are_only_exposed_where_they_are_compared_in_constant_time() {
         ("src/http/metrics.rs", &[]),
         ("src/http/error.rs", &[]),
         ("src/http/schema.rs", &[]),
+        ("src/http/wake.rs", &[]),
     ];
     let mut dir: Vec<_> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http"))
         .unwrap()
@@ -323,6 +324,7 @@ fn api_routes(id: i64) -> Vec<(&'static str, String)> {
         ("GET", format!("/api/v1/stands/{id}")),
         ("POST", format!("/api/v1/stands/{id}/runs")),
         ("POST", format!("/api/v1/stands/{id}/extend")),
+        ("POST", format!("/api/v1/stands/{id}/wake")),
         ("DELETE", format!("/api/v1/stands/{id}")),
         ("GET", "/api/v1/metrics/summary".into()),
     ]

@@ -2,7 +2,7 @@
 //! `StandChange`'s table says, and a change the table does not allow leaves the stand as it was.
 
 use draftd::stand::{StandChange, StandId, StandState};
-use draftd::store::stands;
+use draftd::store::{sleep, stands};
 use sqlx::PgPool;
 
 async fn stand_in(pool: &PgPool, state: StandState, epoch: i32) -> StandId {
@@ -26,6 +26,8 @@ async fn apply(pool: &PgPool, change: StandChange, stand: StandId) -> bool {
         StandChange::Close => stands::close(pool, stand, "closed").await.unwrap(),
         StandChange::Revive => stands::revive(pool, stand, 1).await.unwrap(),
         StandChange::Tombstone => stands::tombstone(pool, stand, 0).await.unwrap(),
+        StandChange::Sleep => sleep::asleep(pool, stand).await.unwrap(),
+        StandChange::Wake => sleep::awake(pool, stand).await.unwrap(),
     }
 }
 

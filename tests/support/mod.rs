@@ -317,3 +317,29 @@ impl FakeHistory {
         self.0.lock().unwrap().clear();
     }
 }
+
+/// A dry-run configuration with one project, `shop`, on the stand chart and draft values, its
+/// stands' folders under `stands`; `top` goes first (e.g. a `[sleep]` table).
+pub fn dry_run_shop(stands: &std::path::Path, top: &str) -> Config {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Config::from_toml(&format!(
+        r#"{top}
+[cluster]
+mode = "dry-run"
+dry_run_dir = "{stands}"
+helm_path = "{root}/.tools/bin/helm"
+
+[[projects]]
+name = "shop"
+forge = "github"
+repo = "acme/shop"
+webhook_secret_env = "X"
+image = "registry.example.com/acme/shop"
+chart = "{root}/charts/stand"
+values = ["{root}/values/draft.yaml"]
+"#,
+        stands = stands.display(),
+        root = root.display(),
+    ))
+    .unwrap()
+}

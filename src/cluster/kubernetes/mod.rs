@@ -12,6 +12,8 @@ mod proxy;
 mod rollout;
 /// Running Jobs (migrate, smoke, build) to their end.
 mod run;
+/// A stand's workloads scaled to zero for its sleep, and back.
+mod scale;
 /// The stand's Secrets, and pods rolled onto new ones; helm's own record of an unfinished revision.
 mod secrets;
 /// Deleting the namespace and the stand's builds.
@@ -38,6 +40,7 @@ use crate::cluster::{
     Cluster, ClusterError, FIELD_MANAGER, ManagedNamespace, NamespaceGone, NamespaceOutcome, StandMeta, resources,
 };
 use crate::config::ClusterConfig;
+use crate::stand::Workload;
 
 #[derive(Clone)]
 pub struct Kubernetes {
@@ -206,6 +209,14 @@ impl Cluster for Kubernetes {
         revision: u32,
     ) -> Result<bool, ClusterError> {
         self.discard_pending_helm_record(namespace, release, revision).await
+    }
+
+    async fn workloads(&self, namespace: &str, release: &str) -> Result<Vec<Workload>, ClusterError> {
+        self.release_workloads(namespace, release).await
+    }
+
+    async fn scale(&self, namespace: &str, workload: &Workload, replicas: i32) -> Result<bool, ClusterError> {
+        self.scale_workload(namespace, workload, replicas).await
     }
 
     async fn managed_namespaces(&self) -> Result<Vec<ManagedNamespace>, ClusterError> {

@@ -157,6 +157,10 @@ impl<H: Helm> DryRunSteps<H> {
             }
             StepName::Drop => lifecycle::drop(&self.pool, self.credentials.as_deref(), run).await?,
             StepName::Extend => lifecycle::extend(&self.pool, &self.config, run).await?.0,
+            StepName::Sleep => {
+                return super::sleep::sleep_dry_run(&self.pool, self.credentials.as_deref(), run, &dir).await;
+            }
+            StepName::Wake => return super::sleep::wake_dry_run(&self.pool, run, &dir).await,
             StepName::Teardown => return Err(retired()),
             StepName::Report => self.report(run, &dir).await?,
         })

@@ -463,6 +463,12 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
                 if let Some(recovered) = recovered {
                     detail["recovered"] = recovered;
                 }
+                // A push to a sleeping stand deploys and wakes it: helm leaves the replicas the
+                // sleep set, so they go back to the record before verify waits for the rollout.
+                let woken = super::sleep::wake(&self.pool, &*self.cluster, run).await?;
+                if woken.detail["scaled"].as_array().is_some_and(|s| !s.is_empty()) {
+                    detail["woken"] = woken.detail;
+                }
                 Ok(StepOutcome::done(detail))
             }
             StepName::Migrate if project.migrate.is_empty() => {
@@ -499,6 +505,11 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
                 outcome.detail["namespace_annotated"] = json!(annotated);
                 Ok(outcome)
             }
+            StepName::Sleep => {
+                super::sleep::sleep(&self.pool, &*self.cluster, self.credentials.as_deref(), run, &plan.release.name)
+                    .await
+            }
+            StepName::Wake => super::sleep::wake(&self.pool, &*self.cluster, run).await,
             StepName::Teardown => Err(retired()),
             StepName::Report => {
                 lifecycle::queue_report(&self.pool, &self.config, run.stand_id, Some(run.run_id), Utc::now(), None)

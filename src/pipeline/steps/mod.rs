@@ -5,6 +5,8 @@ pub mod dry_run;
 /// `[cluster] mode = "kubernetes"`: the stand's namespace, Jobs and release.
 pub mod kubernetes;
 pub(crate) mod shared;
+/// Sleep and wake, in both modes.
+mod sleep;
 
 pub use dry_run::DryRunSteps;
 pub use kubernetes::KubernetesSteps;

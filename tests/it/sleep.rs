@@ -1,0 +1,147 @@
+//! Sleep and wake without a cluster: which stands the sweep finds idle, what counts as activity,
+//! and dry-run mode recording what it would scale. Against the control plane: tests/it/k8s.rs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use draftd::helm::HelmCli;
+use draftd::pipeline::steps::DryRunSteps;
+use draftd::pipeline::{Engine, EngineSettings, RunEnd};
+use draftd::stand::{Command, RunId, StandId, Trigger};
+use draftd::store::manual::{self, ManualRequest, StandLookup};
+use draftd::store::sleep;
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::support;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+async fn stand(pool: &PgPool, project: &str, branch: &str, idle_minutes: i64) -> StandId {
+    sqlx::query_scalar(
+        "insert into stands (project, branch, namespace, last_activity_at)
+         values ($1, $2, 'draft-' || $1 || '-' || $2, now() - make_interval(mins => $3::int)) returning stand_id",
+    )
+    .bind(project)
+    .bind(branch)
+    .bind(idle_minutes)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+async fn runs_of(pool: &PgPool, stand: StandId) -> Vec<(String, String, String)> {
+    sqlx::query_as("select kind, trigger, state from runs where stand_id = $1 order by run_id")
+        .bind(stand)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn the_sweep_queues_a_sleep_for_stands_idle_past_their_projects_time(pool: PgPool) {
+    let idle = stand(&pool, "shop", "idle", 45).await;
+    let recent = stand(&pool, "shop", "recent", 10).await;
+    let busy = stand(&pool, "shop", "busy", 45).await;
+    support::queue_run(&pool, "shop", "busy", "draft-shop-busy", "deploy", &"a".repeat(40)).await;
+    let patient = stand(&pool, "blog", "idle", 45).await;
+    let off = stand(&pool, "docs", "idle", 600).await;
+    sqlx::query("update stands set state = 'closing' where stand_id = $1").bind(recent).execute(&pool).await.unwrap();
+
+    let projects = [("shop".to_owned(), Duration::from_secs(1800)), ("blog".to_owned(), Duration::from_secs(3600))];
+    let queued = sleep::queue_idle(&pool, Utc::now(), &projects, 10).await.unwrap();
+    assert_eq!(queued.iter().map(|q| q.stand_id).collect::<Vec<_>>(), [idle]);
+    assert_eq!(runs_of(&pool, idle).await, [("sleep".into(), "idle".into(), "queued".into())]);
+    for other in [recent, patient, off] {
+        assert!(runs_of(&pool, other).await.is_empty(), "stand {other}");
+    }
+    assert_eq!(runs_of(&pool, busy).await.len(), 1, "a stand with a run in flight is not idle");
+    // Queued once: the sleep in flight keeps the next sweep from queueing another.
+    assert!(sleep::queue_idle(&pool, Utc::now(), &projects, 10).await.unwrap().is_empty());
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn the_sweep_sleeps_the_longest_idle_first_and_at_most_its_limit(pool: PgPool) {
+    let a = stand(&pool, "shop", "a", 40).await;
+    let b = stand(&pool, "shop", "b", 90).await;
+    let _c = stand(&pool, "shop", "c", 60).await;
+    let projects = [("shop".to_owned(), Duration::from_secs(1800))];
+    let queued = sleep::queue_idle(&pool, Utc::now(), &projects, 1).await.unwrap();
+    assert_eq!(queued.iter().map(|q| q.stand_id).collect::<Vec<_>>(), [b]);
+    assert!(runs_of(&pool, a).await.is_empty());
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_command_is_activity_and_a_wake_is_refused_for_an_awake_stand(pool: PgPool) {
+    let id = stand(&pool, "shop", "feature", 120).await;
+    sqlx::query("update stands set head_sha = $2 where stand_id = $1")
+        .bind(id)
+        .bind("b".repeat(40))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let request = |command| ManualRequest {
+        command,
+        trigger: Trigger::Api,
+        requested_by: "api",
+        author_id: None,
+        sha: None,
+        authorised: true,
+    };
+    let mut tx = pool.begin().await.unwrap();
+    let refused = manual::queue(&mut tx, StandLookup::Id(id), &request(Command::Wake)).await.unwrap();
+    assert!(matches!(refused, manual::ManualOutcome::Refused { code: "stand_not_sleeping", .. }), "{refused:?}");
+    manual::queue(&mut tx, StandLookup::Id(id), &request(Command::Rerun)).await.unwrap();
+    tx.commit().await.unwrap();
+    let idle_for: f64 = sqlx::query_scalar(
+        "select extract(epoch from now() - last_activity_at)::float8 from stands where stand_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(idle_for < 60.0, "a re-run is activity: idle for {idle_for} s");
+}
+
+/// Dry-run mode: the sleep records the rendered release's workloads as what it would scale to
+/// zero, the stand sleeps; the wake records what it would scale back, and the stand is awake.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn dry_run_mode_records_what_a_sleep_and_a_wake_would_scale(pool: PgPool) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Arc::new(support::dry_run_shop(&dir.path().join("stands"), ""));
+    let helm = HelmCli::from_config(&config.cluster, &root()).unwrap();
+    let steps = DryRunSteps::new(pool.clone(), config.clone(), Arc::new(helm));
+    let settings = EngineSettings { max_step_attempts: 1, ..EngineSettings::default() };
+    let engine = Engine::new(pool.clone(), Arc::new(steps), settings, "sleep-test");
+    let namespace = "draft-feature-nap";
+    let run = |kind: &'static str| {
+        let (pool, engine) = (&pool, &engine);
+        async move {
+            let id: RunId = support::queue_run(pool, "shop", "feature/nap", namespace, kind, &"c".repeat(40)).await;
+            let (claimed, end) = engine.run_one().await.unwrap().expect("a run to claim");
+            assert_eq!((claimed, end), (id, RunEnd::Succeeded), "{kind}");
+        }
+    };
+    run("deploy").await;
+    run("sleep").await;
+    let folder = dir.path().join("stands").join(namespace);
+    let slept: Value = serde_json::from_str(&std::fs::read_to_string(folder.join("sleep.json")).unwrap()).unwrap();
+    let workloads = slept["would_scale_to_zero"].as_array().unwrap().clone();
+    assert!(
+        workloads.iter().any(|w| w["kind"] == "Deployment" && w["replicas"] == 1),
+        "the chart's app Deployment: {slept}"
+    );
+    let state: String = sqlx::query_scalar("select state from stands").fetch_one(&pool).await.unwrap();
+    assert_eq!(state, "sleeping");
+
+    run("wake").await;
+    let woke: Value = serde_json::from_str(&std::fs::read_to_string(folder.join("wake.json")).unwrap()).unwrap();
+    assert_eq!(woke["would_scale"].as_array().unwrap(), &workloads);
+    let (state, record): (String, Option<Value>) =
+        sqlx::query_as("select state, sleep_record from stands").fetch_one(&pool).await.unwrap();
+    assert_eq!((state.as_str(), record), ("active", None));
+}
