@@ -38,5 +38,7 @@ pub mod store;
 pub mod telemetry;
 /// Cutting outside text to size for reports and errors.
 pub mod text;
+/// Requests to the stands as Prometheus counts them: activity that no run shows.
+pub mod traffic;
 /// Vault/OpenBao: KV secrets and dynamic database credentials with their leases.
 pub mod vault;

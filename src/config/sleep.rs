@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -25,6 +25,19 @@ pub struct SleepConfig {
     /// `draftd-wake.draftd.svc.cluster.local:8081`): each stand's chart gets an ExternalName Service
     /// for it and the ingress-nginx annotations that send its requests there while it sleeps.
     pub wake_service: Option<WakeService>,
+    /// Prometheus with the ingress controller's request counter; without it, requests to a stand
+    /// are not counted as activity (only runs are).
+    #[serde(default, deserialize_with = "optional_url")]
+    pub prometheus_url: Option<String>,
+    /// The instant query for requests per stand namespace over `{window}`.
+    pub traffic_query: String,
+    /// The label of `traffic_query`'s result that names the namespace: `exported_namespace` when
+    /// Prometheus scrapes the controller with `honor_labels: false` (a ServiceMonitor's default).
+    pub traffic_label: String,
+    /// The window each sweep asks about: at least the time between sweeps, so no request falls
+    /// between two.
+    #[serde(with = "humantime_serde")]
+    pub traffic_window: Duration,
     /// Stands put to sleep by one sweep, at most: a fleet left idle over a weekend sleeps over a
     /// few sweeps rather than in one burst of scale calls.
     pub max_per_sweep: u32,
@@ -38,6 +51,12 @@ impl Default for SleepConfig {
             hold: Duration::from_secs(20),
             listen: None,
             wake_service: None,
+            prometheus_url: None,
+            traffic_query:
+                "sum by (namespace) (increase(nginx_ingress_controller_requests{namespace=~\"draft-.*\"}[{window}]))"
+                    .to_owned(),
+            traffic_label: "namespace".to_owned(),
+            traffic_window: Duration::from_secs(10 * 60),
             max_per_sweep: 100,
         }
     }
@@ -84,5 +103,12 @@ impl SleepConfig {
     /// How long the project's stands may be idle before they sleep; `None` when they never do.
     pub fn idle_after_for(&self, project: &ProjectSleep) -> Option<Duration> {
         project.enabled.unwrap_or(self.enabled).then(|| project.idle_after.unwrap_or(self.idle_after))
+    }
+}
+
+fn optional_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        Some(url) if !url.contains("://") => Err(serde::de::Error::custom("must be a URL with a scheme")),
+        url => Ok(url),
     }
 }

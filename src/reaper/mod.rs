@@ -31,6 +31,7 @@ use crate::store::StoreError;
 use crate::store::lifecycle::{self, QueuedTeardown};
 use crate::store::sleep::QueuedSleep;
 use crate::store::sweeps;
+use crate::traffic::{Prometheus, Traffic};
 
 pub use orphans::OrphanReport;
 pub use resync::ProjectResync;
@@ -62,6 +63,8 @@ pub struct Sweep {
     pub orphans: Vec<OrphanReport>,
     /// Idle stands put to sleep (`[sleep] idle_after`).
     pub slept: Vec<QueuedSleep>,
+    /// Stands that got requests since the last sweep (`[sleep] prometheus_url`), marked as used.
+    pub requested: Option<u64>,
     pub errors: Vec<String>,
 }
 
@@ -167,7 +170,7 @@ impl<C: Cluster> Reaper<C> {
         sweep.expired = lifecycle::queue_expired(&self.pool, now, MAX_EXPIRED_PER_SWEEP).await?;
         sweep.retried = lifecycle::queue_retries(&self.pool, lifecycle::MAX_TEARDOWN_ATTEMPTS).await?;
         self.warn(now, &mut sweep).await?;
-        sweep.slept = self.sleep_idle(now).await?;
+        sweep.slept = self.sleep_idle(now, &mut sweep).await?;
         if self.config.reaper.resync {
             for project in &self.projects {
                 let Some(forge) = self.forges.iter().find(|f| f.kind() == project.settings.forge) else { continue };
@@ -187,7 +190,9 @@ impl<C: Cluster> Reaper<C> {
     }
 
     /// Queues a sleep for each stand idle for longer than its project's `[sleep] idle_after`.
-    async fn sleep_idle(&self, now: DateTime<Utc>) -> Result<Vec<QueuedSleep>, ReapError> {
+    /// Requests to a stand count as activity when Prometheus is configured; when it does not answer,
+    /// nothing is put to sleep this sweep (a stand in use must not go dark for a lost query).
+    async fn sleep_idle(&self, now: DateTime<Utc>, sweep: &mut Sweep) -> Result<Vec<QueuedSleep>, ReapError> {
         let sleep = &self.config.sleep;
         let idle: Vec<(String, std::time::Duration)> = self
             .config
@@ -197,6 +202,18 @@ impl<C: Cluster> Reaper<C> {
             .collect();
         if idle.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Some(prometheus) = Prometheus::from_config(sleep) {
+            match prometheus.requests(sleep.traffic_window).await {
+                Ok(counts) => {
+                    let namespaces: Vec<String> = counts.into_keys().collect();
+                    sweep.requested = Some(crate::store::sleep::requests_seen(&self.pool, &namespaces).await?);
+                }
+                Err(e) => {
+                    sweep.errors.push(format!("counting requests to the stands: {e}; no stand was put to sleep"));
+                    return Ok(Vec::new());
+                }
+            }
         }
         Ok(crate::store::sleep::queue_idle(&self.pool, now, &idle, i64::from(sleep.max_per_sweep)).await?)
     }

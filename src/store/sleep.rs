@@ -154,3 +154,13 @@ pub async fn wake_on_visit(pool: &PgPool, stand_id: StandId) -> Result<Option<Ru
         super::manual::ManualOutcome::Refused { .. } => None,
     })
 }
+
+/// Marks active stands of `namespaces` as just used (requests reached them): the idle sweep counts
+/// from now. The number of stands marked.
+pub async fn requests_seen(pool: &PgPool, namespaces: &[String]) -> Result<u64, StoreError> {
+    Ok(sqlx::query("update stands set last_activity_at = now() where state = 'active' and namespace = any($1)")
+        .bind(namespaces)
+        .execute(pool)
+        .await?
+        .rows_affected())
+}

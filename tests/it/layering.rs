@@ -1,6 +1,6 @@
 //! The module map of ../shared/DESIGN.md ("Module layout"), checked against the source: imports run
 //! one way (`cli → http → reaper → pipeline → reporter → credentials → {forge, cluster, helm, vault,
-//! database, registry} → store → config → stand`, with metrics, telemetry and text as leaves), no
+//! database, registry, traffic} → store → config → stand`, with metrics, telemetry and text as leaves), no
 //! two files of src/ import each other in a cycle, and SQL on draftd's own schema is only in store/.
 //!
 //! Imports are read the way scripts/import-cycles.py reads them: `use crate::…`, `use super::…`,
@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["pipeline"],
     &["reporter"],
     &["credentials"],
-    &["forge", "cluster", "helm", "vault", "database", "registry"],
+    &["forge", "cluster", "helm", "vault", "database", "registry", "traffic"],
     &["store"],
     &["config"],
     &["stand"],

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use draftd::config::Config;
 use draftd::helm::HelmCli;
 use draftd::pipeline::steps::DryRunSteps;
 use draftd::pipeline::{Engine, EngineSettings, RunEnd};
+use draftd::reaper::{Reaper, Sweep, SweepOutcome};
 use draftd::stand::{Command, RunId, StandId, Trigger};
 use draftd::store::manual::{self, ManualRequest, StandLookup};
 use draftd::store::sleep;
@@ -144,4 +146,111 @@ async fn dry_run_mode_records_what_a_sleep_and_a_wake_would_scale(pool: PgPool) 
     let (state, record): (String, Option<Value>) =
         sqlx::query_as("select state, sleep_record from stands").fetch_one(&pool).await.unwrap();
     assert_eq!((state.as_str(), record), ("active", None));
+}
+
+/// Prometheus on loopback (scripts/prometheus-dev.sh), stopped on drop.
+struct Prometheus {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(root().join("scripts/prometheus-dev.sh"))
+            .args(["start", dir.path().to_str().unwrap()])
+            .env("PROM_TARGETS", target)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "prometheus-dev.sh: {}", String::from_utf8_lossy(&out.stderr));
+        let exports = String::from_utf8(out.stdout).unwrap();
+        let url = exports.split_whitespace().find_map(|w| w.strip_prefix("PROM_URL=")).unwrap().to_owned();
+        Prometheus { dir, url }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(root().join("scripts/prometheus-dev.sh"))
+            .args(["stop", self.dir.path().to_str().unwrap()])
+            .status();
+    }
+}
+
+fn reaper_config(prometheus_url: &str) -> Config {
+    Config::from_toml(&format!(
+        r#"
+[reaper]
+resync = false
+orphans = false
+
+[sleep]
+prometheus_url = "{prometheus_url}"
+traffic_window = "1m"
+
+[[projects]]
+name = "shop"
+forge = "github"
+repo = "acme/shop"
+webhook_secret_env = "X"
+"#
+    ))
+    .unwrap()
+}
+
+async fn sweep(pool: &PgPool, config: Config) -> Sweep {
+    let reaper = Reaper::<draftd::cluster::Kubernetes>::new(pool.clone(), Arc::new(config), "sleep-test");
+    match reaper.sweep(Utc::now()).await.unwrap() {
+        SweepOutcome::Swept(sweep) => sweep,
+        SweepOutcome::Busy => panic!("no other sweep runs here"),
+    }
+}
+
+/// Requests to a stand, as ingress-nginx's counter in a real Prometheus shows them, keep it awake;
+/// a stand without any sleeps. The counter is served by a local endpoint the test moves.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn requests_counted_in_prometheus_keep_a_stand_awake(pool: PgPool) {
+    let used = stand(&pool, "shop", "used", 45).await;
+    let unused = stand(&pool, "shop", "unused", 45).await;
+    let counter = Arc::new(std::sync::Mutex::new(10u64));
+    let exporter = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = exporter.local_addr().unwrap().to_string();
+    let served = counter.clone();
+    tokio::spawn(async move {
+        let metrics = move || {
+            let n = *served.lock().unwrap();
+            async move {
+                format!(
+                    "# TYPE nginx_ingress_controller_requests counter\n\
+                     nginx_ingress_controller_requests{{namespace=\"draft-shop-used\",ingress=\"web\",status=\"200\",method=\"GET\",path=\"/\",service=\"web\",canary=\"\"}} {n}\n\
+                     nginx_ingress_controller_requests{{namespace=\"monitoring\",ingress=\"grafana\",status=\"200\",method=\"GET\",path=\"/\",service=\"grafana\",canary=\"\"}} {n}\n"
+                )
+            }
+        };
+        axum::serve(exporter, axum::Router::new().route("/metrics", axum::routing::get(metrics))).await
+    });
+    let prometheus = Prometheus::start(&target);
+    // A series' first sample shows no increase: let Prometheus see the counter before it moves.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    *counter.lock().unwrap() += 3;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let swept = sweep(&pool, reaper_config(&prometheus.url)).await;
+    assert!(swept.errors.is_empty(), "{:?}", swept.errors);
+    assert_eq!(swept.requested, Some(1), "the used stand's requests were counted");
+    assert_eq!(swept.slept.iter().map(|s| s.stand_id).collect::<Vec<_>>(), [unused]);
+    assert!(runs_of(&pool, used).await.is_empty(), "requests are activity");
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn without_an_answer_from_prometheus_nothing_is_put_to_sleep(pool: PgPool) {
+    let idle = stand(&pool, "shop", "idle", 45).await;
+    let closed = format!(
+        "http://127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    );
+    let swept = sweep(&pool, reaper_config(&closed)).await;
+    assert!(swept.slept.is_empty());
+    assert!(swept.errors.iter().any(|e| e.contains("no stand was put to sleep")), "{:?}", swept.errors);
+    assert!(runs_of(&pool, idle).await.is_empty());
 }
