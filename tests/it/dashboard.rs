@@ -349,6 +349,26 @@ async fn the_buttons_queue_runs_like_the_api_with_trigger_dashboard(pool: PgPool
 }
 
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_sleeping_stand_offers_wake_and_the_button_queues_a_wake(pool: PgPool) {
+    let app = app(pool.clone());
+    let id = seed(&app, "feature/nap").await;
+    let cookie = login(&app).await;
+    let awake = get(&app, &format!("/stands/{id}"), Some(&cookie)).await;
+    assert!(!awake.body.contains("/wake\""), "no Wake while awake: {}", awake.body);
+    sqlx::query("update stands set state = 'sleeping' where stand_id = $1").bind(id).execute(&pool).await.unwrap();
+    let page = get(&app, &format!("/stands/{id}"), Some(&cookie)).await;
+    let form = format!(
+        "<form method=\"post\" action=\"/stands/{id}/wake\">\n<input type=\"hidden\" name=\"csrf\" value=\"{}\">\n<button type=\"submit\">Wake</button>",
+        page.csrf()
+    );
+    assert!(page.body.contains(&form), "{}", page.body);
+    let res = post(&app, &format!("/stands/{id}/wake"), Some(&cookie), &[("csrf", &page.csrf())], &[]).await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.body);
+    let newest = runs(&pool).await.pop().unwrap();
+    assert_eq!((newest.kind.as_str(), newest.trigger.as_str()), ("wake", "dashboard"));
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
 async fn destroying_a_removed_stand_is_a_409_page(pool: PgPool) {
     let app = app(pool.clone());
     let id = seed(&app, "feature/dash").await;

@@ -1,4 +1,4 @@
-//! The dashboard: stands, their runs and steps, and the Re-run, Extend and Destroy buttons.
+//! The dashboard: stands, their runs and steps, and the Re-run, Extend, Destroy and Wake buttons.
 //!
 //! Server-rendered HTML (minijinja, auto-escaped), readable without its one inline stylesheet and
 //! without JavaScript. The buttons queue runs through the API's own path ([`api::queue_command`]), so a
@@ -60,6 +60,7 @@ pub fn router() -> Router<AppState> {
         .route("/stands/{id}/rerun", post(rerun))
         .route("/stands/{id}/extend", post(extend))
         .route("/stands/{id}/destroy", post(destroy))
+        .route("/stands/{id}/wake", post(wake))
         .layer(middleware::from_fn(security_headers))
 }
 
@@ -257,6 +258,17 @@ async fn destroy(
     body: Bytes,
 ) -> Result<Redirect, Page> {
     button(&state, &session, (&headers, &request), &id, &body, Command::Destroy).await
+}
+
+async fn wake(
+    State(state): State<AppState>,
+    session: Session,
+    Extension(request): Extension<RequestId>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Redirect, Page> {
+    button(&state, &session, (&headers, &request), &id, &body, Command::Wake).await
 }
 
 /// A button: the CSRF checks, then the API's own queueing; back to the stand's page, which says what

@@ -176,8 +176,10 @@ pub struct StandView {
     pub updated: When,
     /// As the sticky comment's headline says it, from the newest deploy or teardown.
     pub status: Option<&'static str>,
-    /// Deploys, extends and teardowns are only accepted while it is active.
+    /// Deploys, extends and teardowns are only accepted while it is live (awake or asleep).
     pub active: bool,
+    /// Scaled to zero: the page offers Wake.
+    pub sleeping: bool,
     pub runs: Vec<RunView>,
 }
 
@@ -197,7 +199,8 @@ impl StandView {
             created: When::of(s.created_at),
             updated: When::of(s.updated_at),
             status,
-            active: s.state == StandState::Active,
+            active: s.state.is_live(),
+            sleeping: s.state == StandState::Sleeping,
             runs: detail.runs.iter().map(|r| RunView::of(s.stand_id, r)).collect(),
         }
     }
