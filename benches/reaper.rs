@@ -8,6 +8,10 @@
 //!
 //! Between rounds the 100 expired stands are put back as they were (untimed), so every round
 //! finds 100 to queue.
+//!
+//! Issue 23's part: the same 10,000 stands with 1,000 idle past `[sleep] idle_after`, one sweep that
+//! puts all 1,000 to sleep against the same sweep with sleep turned off, alternating in one run, the
+//! idle look-up's plan, and the sleep statement alone.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -25,6 +29,7 @@ use sqlx::{ConnectOptions, PgPool};
 const DB: &str = "draftd_bench_reaper";
 const STANDS: i64 = 10_000;
 const EXPIRED: i64 = 100;
+const IDLE: i64 = 1_000;
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
@@ -71,6 +76,13 @@ async fn reset(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Puts the idle stands back: their sleep runs gone.
+async fn reset_sleeps(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::query("delete from runs where kind = 'sleep'").execute(pool).await?;
+    sqlx::query("update stands set runs_count = 1 where runs_count > 1").execute(pool).await?;
+    Ok(())
+}
+
 async fn explain(pool: &PgPool, label: &str, sql: &str) -> anyhow::Result<bool> {
     let plan: Vec<String> = sqlx::query_scalar(&format!("explain (analyze, costs off, timing off, summary off) {sql}"))
         .fetch_all(pool)
@@ -90,6 +102,10 @@ const EXPIRED_SELECT: &str = "select s.stand_id from stands s
      order by s.expires_at limit 1000";
 const RETRY_SELECT: &str = "select s.stand_id from stands s where s.state = 'closing'
        and not exists (select 1 from runs r where r.stand_id = s.stand_id and r.state in ('queued', 'running'))";
+const IDLE_SELECT: &str = "select s.stand_id from stands s
+     where s.state = 'active' and s.last_activity_at <= now() - interval '30 minutes'
+       and not exists (select 1 from runs r where r.stand_id = s.stand_id and r.state in ('queued', 'running'))
+     order by s.last_activity_at limit 1000";
 const WARN_SELECT: &str = "select stand_id from stands
      where state = 'active' and expires_at > now() and expires_at <= now() + interval '4 hours'
        and expiry_warned_for is distinct from expires_at";
@@ -215,5 +231,63 @@ async fn run(pool: &PgPool, url: &PgConnectOptions, rounds: usize) -> anyhow::Re
         ms(r),
         100.0 * (s.as_secs_f64() - r.as_secs_f64()) / s.as_secs_f64()
     );
+
+    // Issue 23: 1,000 of the stands idle for two hours (not the expired ones).
+    sqlx::query(
+        "update stands set last_activity_at = now() - interval '2 hours' where stand_id > $1 and stand_id <= $2",
+    )
+    .bind(EXPIRED)
+    .bind(EXPIRED + IDLE)
+    .execute(pool)
+    .await?;
+    sqlx::query("analyze stands").execute(pool).await?;
+    let base = format!(
+        "database_url = {:?}\n[reaper]\norphans = false\nresync = false\n[[projects]]\nname = \"shop\"\nforge = \"github\"\nrepo = \"acme/shop\"\nwebhook_secret_env = \"UNUSED\"\n",
+        url.to_url_lossy().to_string()
+    );
+    let sleepy: Reaper<Kubernetes> = Reaper::new(
+        pool.clone(),
+        Arc::new(Config::from_toml(&format!("[sleep]\nmax_per_sweep = {IDLE}\n{base}"))?),
+        "bench",
+    );
+    let awake: Reaper<Kubernetes> =
+        Reaper::new(pool.clone(), Arc::new(Config::from_toml(&format!("[sleep]\nenabled = false\n{base}"))?), "bench");
+    let (mut with, mut without, mut alone) = (Vec::new(), Vec::new(), Vec::new());
+    let idle_after = [("shop".to_owned(), Duration::from_secs(1800))];
+    for _ in 0..rounds {
+        for (reaper, out, want) in [(&sleepy, &mut with, IDLE), (&awake, &mut without, 0)] {
+            let t = Instant::now();
+            let SweepOutcome::Swept(s) = reaper.sweep(Utc::now()).await? else { bail!("the sweep lock was held") };
+            out.push(t.elapsed());
+            if s.slept.len() as i64 != want {
+                bail!("a sweep put {} stands to sleep, not {want}", s.slept.len());
+            }
+            reset(pool).await?;
+            reset_sleeps(pool).await?;
+        }
+        let t = Instant::now();
+        let queued = draftd::store::sleep::queue_idle(pool, Utc::now(), &idle_after, IDLE).await?;
+        alone.push(t.elapsed());
+        if queued.len() as i64 != IDLE {
+            bail!("the sleep statement queued {}, not {IDLE}", queued.len());
+        }
+        reset_sleeps(pool).await?;
+    }
+    let (a, b) = (pct(&mut with, 0.5), pct(&mut without, 0.5));
+    println!(
+        "\n{STANDS} stands, {IDLE} idle, {rounds} rounds alternating: sweep putting {IDLE} to sleep p50 {:.2} ms (p95 {:.2}), \
+         the same sweep with sleep off p50 {:.2} ms (p95 {:.2}): {:.2}x",
+        ms(a),
+        ms(pct(&mut with, 0.95)),
+        ms(b),
+        ms(pct(&mut without, 0.95)),
+        a.as_secs_f64() / b.as_secs_f64()
+    );
+    println!(
+        "sleep statement alone (find {IDLE} idle, queue {IDLE} sleep runs): p50 {:.2} ms, p95 {:.2} ms",
+        ms(pct(&mut alone, 0.5)),
+        ms(pct(&mut alone, 0.95))
+    );
+    explain(pool, "idle stands (the sleep statement's look-up)", IDLE_SELECT).await?;
     Ok(())
 }

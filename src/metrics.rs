@@ -39,6 +39,8 @@ pub const REAPER_SWEEPS: &str = "draftd_reaper_sweeps_total";
 pub const REAPER_SWEEP_DURATION: &str = "draftd_reaper_sweep_duration_seconds";
 /// Unix time the last reaper sweep finished, from any replica or the CronJob; 0 before the first (scrape time).
 pub const REAPER_LAST_SWEEP: &str = "draftd_reaper_last_sweep_timestamp_seconds";
+/// A gauge, though cumulative: recomputed from the recorded awake stretches at each scrape.
+pub const STAND_COST: &str = "draftd_stand_cost_total";
 /// Stands the reaper found expired and queued for teardown.
 pub const REAPER_EXPIRED: &str = "draftd_reaper_expired_total";
 /// Orphans the reaper removed, by `kind` (namespace, folder, database, role, login, vault_role).
@@ -103,6 +105,10 @@ fn describe() {
     describe_counter!(FORGE_CALLS, "Forge API calls by forge, operation and outcome");
     describe_counter!(FORGE_RATE_LIMIT_WAITS, "Forge calls held back by a rate limit, by forge");
     describe_counter!(ERRORS, "Errors by stable label and source");
+    describe_gauge!(
+        STAND_COST,
+        "What each project's stands have cost so far, in [cost] currency (an estimate from requests)"
+    );
 }
 
 /// Counts an error under its stable label.
@@ -123,6 +129,8 @@ pub struct Snapshot {
     pub stuck_closing: i64,
     /// Unix time the newest finished sweep ended.
     pub last_sweep: Option<f64>,
+    /// (project, what its stands have cost so far at `[cost]`'s prices).
+    pub cost: Vec<(String, f64)>,
 }
 
 /// Sets the database-backed gauges from `snapshot` and renders everything as Prometheus text.
@@ -139,5 +147,8 @@ pub fn render(snapshot: &Snapshot) -> String {
     }
     metrics::gauge!(STANDS_STUCK).set(snapshot.stuck_closing as f64);
     metrics::gauge!(REAPER_LAST_SWEEP).set(snapshot.last_sweep.unwrap_or(0.0));
+    for (project, cost) in &snapshot.cost {
+        metrics::gauge!(STAND_COST, "project" => project.clone()).set(*cost);
+    }
     handle.render()
 }

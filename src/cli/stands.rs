@@ -4,6 +4,7 @@
 use std::io::Write;
 
 use anyhow::bail;
+use chrono::Utc;
 
 use super::table;
 use crate::config::Config;
@@ -11,7 +12,7 @@ use crate::forge::{Command, Trigger};
 use crate::http::schema;
 use crate::stand::StandState;
 use crate::store::manual::{self, ManualOutcome, ManualRequest, StandLookup};
-use crate::store::{self, stands};
+use crate::store::{self, stands, usage};
 
 /// `draftd stands list`.
 pub async fn list(
@@ -63,7 +64,10 @@ pub async fn show(config: Config, stand: stands::StandRef, json: bool) -> anyhow
     };
     let mut out = std::io::stdout().lock();
     if json {
-        serde_json::to_writer_pretty(&mut out, &schema::StandDetail::from(detail))?;
+        let stand_id = detail.stand.stand_id;
+        let mut shown = schema::StandDetail::from(detail);
+        shown.cost = usage::priced(&pool, stand_id, &config.cost, Utc::now()).await?.map(|p| p.cost);
+        serde_json::to_writer_pretty(&mut out, &shown)?;
         writeln!(out)?;
         return Ok(());
     }
@@ -87,6 +91,13 @@ pub async fn show(config: Config, stand: stands::StandRef, json: bool) -> anyhow
     ];
     for (k, v) in fields {
         writeln!(out, "{:<13} {v}", format!("{k}:"))?;
+    }
+    if let Some(priced) = usage::priced(&pool, s.stand_id, &config.cost, Utc::now()).await? {
+        let line = crate::reporter::CostLine {
+            cost: priced.cost,
+            sleeping_since: priced.last_awake_until.filter(|_| s.state == StandState::Sleeping),
+        };
+        writeln!(out, "{:<13} {}", "cost:", crate::reporter::cost_text(&line))?;
     }
     writeln!(out)?;
     let runs: Vec<Vec<String>> = detail

@@ -291,6 +291,9 @@ pub trait Cluster: Send + Sync + 'static {
         replicas: i32,
     ) -> impl Future<Output = Result<bool, ClusterError>> + Send;
 
+    /// What the namespace's volume claims request, in bytes.
+    fn claimed_storage(&self, namespace: &str) -> impl Future<Output = Result<i64, ClusterError>> + Send;
+
     /// Every namespace labelled managed-by=draftd.
     fn managed_namespaces(&self) -> impl Future<Output = Result<Vec<ManagedNamespace>, ClusterError>> + Send;
 

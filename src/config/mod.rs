@@ -17,6 +17,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Deserializer, Serialize};
 
 mod cluster;
+mod cost;
 mod projects;
 mod registry;
 mod services;
@@ -27,6 +28,7 @@ pub use cluster::{
     ClusterConfig, ClusterMode, LimitsConfig, NetworkPeer, NotAQuantity, PodSecurity, Quantity, QuotaConfig,
     VerifyConfig,
 };
+pub use cost::CostConfig;
 pub use projects::{ForgeKind, ForkPolicy, Project, ProjectConfig, Projects, branch_globs};
 pub use registry::{BadImage, BuildConfig, ImageRepository, ProjectBuild, RegistryConfig};
 pub use services::{ApiConfig, GithubConfig, GitlabConfig, PostgresConfig, VaultAuth, VaultConfig};
@@ -81,6 +83,7 @@ pub struct Config {
     pub stands: StandsConfig,
     pub reaper: ReaperConfig,
     pub sleep: SleepConfig,
+    pub cost: CostConfig,
     pub intake: IntakeConfig,
     /// The server of the stands' databases; without it stands get none.
     pub postgres: Option<PostgresConfig>,
@@ -109,6 +112,7 @@ impl Default for Config {
             stands: StandsConfig::default(),
             reaper: ReaperConfig::default(),
             sleep: SleepConfig::default(),
+            cost: CostConfig::default(),
             intake: IntakeConfig::default(),
             postgres: None,
             vault: None,

@@ -158,7 +158,11 @@ async fn show(
 ) -> Result<Json<StandDetail>, ApiError> {
     let id = stand_id(id)?;
     match stands::show(state.pool(), &StandRef::Id(id), 50).await? {
-        Some(detail) => Ok(Json(StandDetail::from(detail))),
+        Some(detail) => {
+            let mut shown = StandDetail::from(detail);
+            shown.cost = state.cost_of(id).await?;
+            Ok(Json(shown))
+        }
         None => Err(ApiError::StandNotFound { message: format!("no stand with id {id}") }),
     }
 }

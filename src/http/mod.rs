@@ -60,6 +60,8 @@ struct Inner {
     wake: Wake,
     /// What the forge clients found they cannot do per repository (an App not installed there).
     forge_problems: ForgeProblems,
+    /// `[cost]`: the stands' cost in the API.
+    cost: crate::config::CostConfig,
 }
 
 impl AppState {
@@ -78,7 +80,21 @@ impl AppState {
             migrated: AtomicBool::new(false),
             wake: Wake::default(),
             forge_problems: ForgeProblems::default(),
+            cost: config.cost.clone(),
         }))
+    }
+
+    pub fn cost_rates(&self) -> crate::stand::Rates {
+        self.0.cost.rates()
+    }
+
+    /// What a stand has cost so far, once it was awake; `None` before.
+    pub async fn cost_of(
+        &self,
+        stand: crate::stand::StandId,
+    ) -> Result<Option<crate::stand::Cost>, crate::store::StoreError> {
+        let priced = crate::store::usage::priced(self.pool(), stand, &self.0.cost, chrono::Utc::now()).await?;
+        Ok(priced.map(|p| p.cost))
     }
 
     /// Hand it to the forge clients ([`crate::forge::client::AnyForge::watch_problems`]), and

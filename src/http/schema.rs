@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::stand::{RunId, RunKind, RunState, StandId, StandState, StepState, Trigger};
+use crate::stand::{Cost, RunId, RunKind, RunState, StandId, StandState, StepState, Trigger};
 use crate::store::stands as rows;
 
 /// A stand with the outcome of its newest run.
@@ -73,6 +73,9 @@ pub struct StandDetail {
     #[serde(flatten)]
     pub stand: StandSummary,
     pub runs: Vec<RunSummary>,
+    /// What it has cost so far (kubernetes mode, once it was awake): an estimate from its requests
+    /// and `[cost]`'s prices, not a bill.
+    pub cost: Option<Cost>,
 }
 
 impl From<rows::StandSummary> for StandSummary {
@@ -131,6 +134,6 @@ impl From<rows::StepSummary> for StepSummary {
 
 impl From<rows::StandDetail> for StandDetail {
     fn from(d: rows::StandDetail) -> Self {
-        Self { stand: d.stand.into(), runs: d.runs.into_iter().map(RunSummary::from).collect() }
+        Self { stand: d.stand.into(), runs: d.runs.into_iter().map(RunSummary::from).collect(), cost: None }
     }
 }

@@ -34,5 +34,5 @@ pub use publish::{
 pub use queue::{
     CheckPayload, CommentPayload, EnvironmentPayload, LabelPayload, Outbound, ReplyPayload, enqueue, enqueue_comment,
 };
-pub use render::{MAX_BODY_CHARS, render, trigger_text};
-pub use view::{ReportView, Status, StepLine};
+pub use render::{MAX_BODY_CHARS, cost_text, render, trigger_text};
+pub use view::{CostLine, ReportView, Status, StepLine};

@@ -12,7 +12,7 @@ use sqlx::PgPool;
 
 use super::queue::{CheckPayload, CommentPayload, EnvironmentPayload, LabelPayload, Outbound, enqueue};
 use super::render::render;
-use super::view::{ReportView, Status};
+use super::view::{CostLine, ReportView, Status};
 use crate::config::{Config, ForgeKind, ProjectConfig};
 use crate::forge::client::{CheckReport, CheckState, EnvironmentReport, EnvironmentState, marker};
 use crate::stand::{RunId, RunKind, StandId, StepName, StepState, stand_host, stand_url};
@@ -262,6 +262,10 @@ impl StandReport {
         };
         view.expiry_warning =
             view.expires_at.is_some_and(|at| at > now && at - now <= chrono_of(config.reaper.warn_before));
+        let sleeping = detail.stand.state == crate::stand::StandState::Sleeping;
+        view.cost = crate::store::usage::priced(pool, stand_id, &config.cost, now)
+            .await?
+            .map(|p| CostLine { cost: p.cost, sleeping_since: p.last_awake_until.filter(|_| sleeping) });
         Ok(StandReport {
             view,
             forge: project.forge,
@@ -367,6 +371,7 @@ mod tests {
             expiry_warning: false,
             extended_by: None,
             error: None,
+            cost: None,
         }
     }
 

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::view::{ReportView, Status};
+use super::view::{CostLine, ReportView, Status};
 use crate::forge::client::marker;
 use crate::stand::{StepState, Trigger};
 
@@ -46,6 +46,20 @@ pub fn trigger_text(trigger: Trigger, requested_by: Option<&str>) -> String {
         Some(who) => format!("{what} ({who})"),
         None => what.to_owned(),
     }
+}
+
+/// `≈ 0.42 USD so far · 0.02/h awake · sleeping since 2026-12-07 10:00 UTC`: an estimate from the
+/// requests and `[cost]`'s prices, not a bill.
+pub fn cost_text(line: &CostLine) -> String {
+    let c = &line.cost;
+    let mut text = format!("≈ {:.2} {} so far", c.total, c.currency);
+    if c.per_hour_awake > 0.0 {
+        let _ = write!(text, " · {:.2}/h awake", c.per_hour_awake);
+    }
+    if let Some(since) = line.sleeping_since {
+        let _ = write!(text, " · sleeping since {}", since.format("%Y-%m-%d %H:%M UTC"));
+    }
+    text
 }
 
 /// The comment body for `view`: marker, headline, URL, commit, trigger, steps, mocks, expiry with
@@ -115,6 +129,9 @@ pub fn render(view: &ReportView) -> String {
                 format!("{}{by} · comment `/draft extend 24h` to keep it longer", at.format("%Y-%m-%d %H:%M UTC")),
             ));
         }
+    }
+    if let Some(line) = &view.cost {
+        facts.push(("Cost", cost_text(line)));
     }
     let links: Vec<String> = [("Dashboard", &view.stand_link), ("Logs", &view.run_link)]
         .into_iter()
@@ -267,6 +284,7 @@ mod tests {
             expiry_warning: false,
             extended_by: None,
             error: None,
+            cost: None,
         }
     }
 
@@ -313,5 +331,20 @@ mod tests {
             body.contains("| Expires | 2026-11-27 14:05 UTC · comment `/draft extend 24h` to keep it longer |"),
             "{body}"
         );
+    }
+
+    #[test]
+    fn the_cost_row_says_the_estimate_the_hourly_price_and_since_when_it_sleeps() {
+        let cost = |per_hour_awake| crate::stand::Cost {
+            total: 0.4249,
+            per_hour_awake,
+            awake_hours: 9.0,
+            currency: "EUR".into(),
+        };
+        let awake = CostLine { cost: cost(0.0213), sleeping_since: None };
+        assert_eq!(cost_text(&awake), "≈ 0.42 EUR so far · 0.02/h awake");
+        let since = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let asleep = CostLine { cost: cost(0.0), sleeping_since: Some(since) };
+        assert_eq!(cost_text(&asleep), "≈ 0.42 EUR so far · sleeping since 2027-01-15 08:00 UTC");
     }
 }

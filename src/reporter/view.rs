@@ -71,8 +71,16 @@ pub struct StepLine {
     pub note: Option<String>,
 }
 
+/// What the stand has cost, for the comment's Cost row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CostLine {
+    pub cost: crate::stand::Cost,
+    /// Asleep since then (its last awake stretch ended).
+    pub sleeping_since: Option<DateTime<Utc>>,
+}
+
 /// Everything a report shows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ReportView {
     pub stand_id: StandId,
     pub project: String,
@@ -102,6 +110,8 @@ pub struct ReportView {
     pub extended_by: Option<String>,
     /// The failure, in full (cut to a few thousand characters when rendered).
     pub error: Option<String>,
+    /// What it has cost so far, once it was awake in kubernetes mode.
+    pub cost: Option<CostLine>,
 }
 
 impl ReportView {
@@ -166,6 +176,7 @@ impl ReportView {
             expiry_warning: false,
             extended_by,
             error,
+            cost: None,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Stands: the draft environment of one (project, branch).
 
 mod address;
+mod cost;
 mod event;
 mod failure;
 mod ids;
@@ -10,12 +11,13 @@ mod sleep;
 mod steps;
 
 pub use address::{stand_host, stand_url};
+pub use cost::{Awake, Cost, Rates, cost};
 pub use event::{Event, PullRequest};
 pub use failure::Failure;
 pub use ids::{RunId, StandId};
 pub use naming::{BranchName, CommitSha, GitlabEnvironmentName, NameError, Namespace, ProjectName, is_dns_label, slug};
 pub use run::{Command, RunKind, RunState, StepState, Trigger};
-pub use sleep::{Workload, WorkloadKind};
+pub use sleep::{Workload, WorkloadKind, requested};
 pub use steps::StepName;
 
 use serde::{Deserialize, Serialize};

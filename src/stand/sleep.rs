@@ -8,6 +8,19 @@ pub struct Workload {
     pub kind: WorkloadKind,
     pub name: String,
     pub replicas: i32,
+    /// What one replica's containers request, summed: what its cost is priced by.
+    #[serde(default)]
+    pub cpu_millis: i64,
+    #[serde(default)]
+    pub memory_bytes: i64,
+}
+
+/// What `workloads` request in all, `(cpu millicores, memory bytes)`, at `replicas` each.
+pub fn requested(workloads: &[Workload]) -> (i64, i64) {
+    workloads.iter().fold((0, 0), |(cpu, memory), w| {
+        let n = i64::from(w.replicas.max(0));
+        (cpu + n * w.cpu_millis, memory + n * w.memory_bytes)
+    })
 }
 
 /// The kinds a sleep scales: what a stand's chart runs as long-lived pods.

@@ -43,5 +43,6 @@ pub async fn snapshot(pool: &PgPool, max_teardowns: i64) -> Result<Snapshot, sql
         stands,
         stuck_closing,
         last_sweep,
+        cost: Vec::new(),
     })
 }

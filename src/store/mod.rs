@@ -20,6 +20,7 @@ pub mod stands;
 pub mod summary;
 /// The reaper's sweeps: the lock that lets one run at a time, and the record of each.
 pub mod sweeps;
+pub mod usage;
 
 use std::str::FromStr;
 use std::time::Duration;

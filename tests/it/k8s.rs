@@ -929,6 +929,18 @@ async fn a_stand_sleeps_at_zero_replicas_and_wakes_by_a_wake_run_or_a_push(pool:
         n
     };
     assert!(live_logins().await > 0, "the deploy issued the app's login");
+    // What the cost is priced by: the release's requests, recorded when verify passed.
+    let open = || async {
+        let rows: Vec<(i64, i64)> =
+            sqlx::query_as("select cpu_millis, memory_bytes from stand_usage where ended_at is null")
+                .fetch_all(&w.pool)
+                .await
+                .unwrap();
+        rows
+    };
+    let requested = open().await;
+    assert_eq!(requested.len(), 1, "one open stretch");
+    assert!(requested[0].0 >= 25 && requested[0].1 >= 96 << 20, "the app's requests at least: {requested:?}");
 
     let (run, end) = w.run(&engine, "sleep", SHA1).await;
     assert_eq!(end, RunEnd::Succeeded, "{}", w.steps(run).await);
@@ -938,6 +950,7 @@ async fn a_stand_sleeps_at_zero_replicas_and_wakes_by_a_wake_run_or_a_push(pool:
     let record = record.expect("the replicas recorded");
     assert_eq!(record.as_array().unwrap().len(), awake.len(), "{record}");
     assert_eq!(live_logins().await, 0, "a sleeping stand holds no live credentials");
+    assert!(open().await.is_empty(), "asleep: nothing is paid for but storage");
     assert!(w.history().await.last().unwrap().is_deployed(), "the release stays");
 
     let (run, end) = w.run(&engine, "wake", SHA1).await;
@@ -945,6 +958,7 @@ async fn a_stand_sleeps_at_zero_replicas_and_wakes_by_a_wake_run_or_a_push(pool:
     assert_eq!(replicas(&w).await, awake);
     assert_eq!(stand_state(&w).await, ("active".to_owned(), None));
     assert!(live_logins().await > 0, "the wake issued new logins");
+    assert_eq!(open().await, requested, "awake again at the same requests");
     assert_eq!(w.step(run, "verify").await.0, "succeeded");
 
     // Asleep again, then a push: helm upgrades the release and the deploy scales it back.

@@ -164,6 +164,9 @@ impl Cluster for FakeCluster {
     async fn scale(&self, _: &str, _: &draftd::stand::Workload, _: i32) -> Result<bool, ClusterError> {
         Ok(false)
     }
+    async fn claimed_storage(&self, _: &str) -> Result<i64, ClusterError> {
+        Ok(0)
+    }
     async fn managed_namespaces(&self) -> Result<Vec<ManagedNamespace>, ClusterError> {
         Ok(self.namespaces.lock().unwrap().values().cloned().collect())
     }

@@ -22,8 +22,19 @@ async fn migrations_apply_reverse_and_apply_again(pool: PgPool) {
     assert!(!draftd::store::migrations_applied(&pool).await.unwrap());
     m.run(&pool).await.unwrap();
     assert!(draftd::store::migrations_applied(&pool).await.unwrap());
-    let expected =
-        ["audit", "credentials", "deliveries", "instance", "orphans", "outbox", "runs", "stands", "steps", "sweeps"];
+    let expected = [
+        "audit",
+        "credentials",
+        "deliveries",
+        "instance",
+        "orphans",
+        "outbox",
+        "runs",
+        "stand_usage",
+        "stands",
+        "steps",
+        "sweeps",
+    ];
     assert_eq!(tables(&pool).await, expected);
     m.undo(&pool, 0).await.unwrap();
     assert!(tables(&pool).await.is_empty());

@@ -13,7 +13,7 @@ use draftd::pipeline::{Engine, EngineSettings, RunEnd};
 use draftd::reaper::{Reaper, Sweep, SweepOutcome};
 use draftd::stand::{Command, RunId, StandId, Trigger};
 use draftd::store::manual::{self, ManualRequest, StandLookup};
-use draftd::store::sleep;
+use draftd::store::{sleep, usage};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -253,4 +253,54 @@ async fn without_an_answer_from_prometheus_nothing_is_put_to_sleep(pool: PgPool)
     assert!(swept.slept.is_empty());
     assert!(swept.errors.iter().any(|e| e.contains("no stand was put to sleep")), "{:?}", swept.errors);
     assert!(runs_of(&pool, idle).await.is_empty());
+}
+
+/// The cost of a stand from its recorded stretches, against values worked out by hand, in the
+/// store, the API and `/metrics`.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn cost_is_priced_from_the_recorded_awake_stretches(pool: PgPool) {
+    let id = stand(&pool, "shop", "priced", 0).await;
+    // Created 15 h ago with 5 GiB of claims; awake 2 h at 500m + 1 GiB, asleep, awake again for the
+    // last 3 h at 250m + 512 MiB.
+    sqlx::query("update stands set created_at = now() - interval '15 hours', storage_bytes = 5::bigint * 1073741824 where stand_id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "insert into stand_usage (stand_id, started_at, ended_at, cpu_millis, memory_bytes) values
+            ($1, now() - interval '15 hours', now() - interval '13 hours', 500, 1073741824),
+            ($1, now() - interval '3 hours', null, 250, 536870912)",
+    )
+    .bind(id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let prices = draftd::config::CostConfig {
+        cpu_hour: 0.04,
+        memory_gib_hour: 0.005,
+        storage_gib_hour: 0.0002,
+        currency: "USD".into(),
+    };
+    let priced = usage::priced(&pool, id, &prices, Utc::now()).await.unwrap().unwrap();
+    // 2 × (0.5 × 0.04 + 1 × 0.005) + 3 × (0.25 × 0.04 + 0.5 × 0.005) + 5 × 15 × 0.0002 = 0.1025
+    assert!((priced.cost.total - 0.1025).abs() < 1e-4, "{priced:?}");
+    assert!((priced.cost.per_hour_awake - 0.0135).abs() < 1e-6, "{priced:?}");
+    assert_eq!(priced.last_awake_until, None, "awake now");
+
+    // The same stand's stretch at the same requests goes on; new requests end it and start another.
+    usage::awake(&pool, id, 250, 536870912, 5 * 1073741824).await.unwrap();
+    assert_eq!(usage::of(&pool, id).await.unwrap().unwrap().awake.len(), 2);
+    usage::awake(&pool, id, 1000, 536870912, 5 * 1073741824).await.unwrap();
+    usage::stopped(&pool, id).await.unwrap();
+    let stretches = usage::of(&pool, id).await.unwrap().unwrap().awake;
+    assert_eq!(stretches.len(), 3);
+    assert!(stretches.iter().all(|a| a.until.is_some()), "a sleep ends the open stretch");
+
+    let per_project = usage::per_project(&pool).await.unwrap();
+    assert_eq!(per_project.len(), 1);
+    let p = &per_project[0];
+    assert!((p.cpu_core_hours - (2.0 * 0.5 + 3.0 * 0.25)).abs() < 1e-3, "{p:?}");
+    assert!((p.memory_gib_hours - (2.0 + 1.5)).abs() < 1e-3, "{p:?}");
+    assert!((p.storage_gib_hours - 75.0).abs() < 1e-2, "{p:?}");
 }

@@ -219,6 +219,10 @@ impl Cluster for Kubernetes {
         self.scale_workload(namespace, workload, replicas).await
     }
 
+    async fn claimed_storage(&self, namespace: &str) -> Result<i64, ClusterError> {
+        self.namespace_claims(namespace).await
+    }
+
     async fn managed_namespaces(&self) -> Result<Vec<ManagedNamespace>, ClusterError> {
         self.list_managed_namespaces().await
     }

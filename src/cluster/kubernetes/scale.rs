@@ -3,11 +3,13 @@
 //! `helm upgrade` finds the spec it applied.
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PodSpec};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 
 use super::Kubernetes;
+use crate::cluster::fit::quantity;
 use crate::cluster::{ClusterError, FIELD_MANAGER};
 use crate::stand::{Workload, WorkloadKind};
 
@@ -24,14 +26,40 @@ impl Kubernetes {
         for d in deployments.list(&params).await?.items {
             // A Deployment without `replicas` runs one (the API server's default).
             let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-            found.push(Workload { kind: WorkloadKind::Deployment, name: d.name_any(), replicas });
+            let (cpu_millis, memory_bytes) = pod_requests(d.spec.as_ref().and_then(|s| s.template.spec.as_ref()));
+            found.push(Workload {
+                kind: WorkloadKind::Deployment,
+                name: d.name_any(),
+                replicas,
+                cpu_millis,
+                memory_bytes,
+            });
         }
         let statefulsets: Api<StatefulSet> = Api::namespaced(self.client.clone(), namespace);
         for s in statefulsets.list(&params).await?.items {
             let replicas = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-            found.push(Workload { kind: WorkloadKind::StatefulSet, name: s.name_any(), replicas });
+            let (cpu_millis, memory_bytes) = pod_requests(s.spec.as_ref().and_then(|s| s.template.spec.as_ref()));
+            found.push(Workload {
+                kind: WorkloadKind::StatefulSet,
+                name: s.name_any(),
+                replicas,
+                cpu_millis,
+                memory_bytes,
+            });
         }
         Ok(found)
+    }
+
+    /// [`crate::cluster::Cluster::claimed_storage`].
+    pub(super) async fn namespace_claims(&self, namespace: &str) -> Result<i64, ClusterError> {
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
+        let mut bytes = 0.0;
+        for claim in claims.list(&ListParams::default()).await?.items {
+            let requested =
+                claim.spec.and_then(|s| s.resources).and_then(|r| r.requests).and_then(|mut r| r.remove("storage"));
+            bytes += requested.and_then(|q| quantity(&q.0)).unwrap_or(0.0);
+        }
+        Ok(bytes as i64)
     }
 
     /// [`crate::cluster::Cluster::scale`]. A workload that is gone (deleted by hand, or by a
@@ -60,4 +88,18 @@ impl Kubernetes {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// What one pod of `spec` requests, `(cpu millicores, memory bytes)`: its containers' requests
+/// summed (init containers run before them, not beside them).
+fn pod_requests(spec: Option<&PodSpec>) -> (i64, i64) {
+    let Some(spec) = spec else { return (0, 0) };
+    let mut cpu = 0.0;
+    let mut memory = 0.0;
+    for container in &spec.containers {
+        let Some(requests) = container.resources.as_ref().and_then(|r| r.requests.as_ref()) else { continue };
+        cpu += requests.get("cpu").and_then(|q| quantity(&q.0)).unwrap_or(0.0);
+        memory += requests.get("memory").and_then(|q| quantity(&q.0)).unwrap_or(0.0);
+    }
+    ((cpu * 1000.0).round() as i64, memory.round() as i64)
 }

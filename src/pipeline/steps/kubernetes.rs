@@ -477,7 +477,12 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
             // Migrations need a login of their own, and a fork's stand gets none.
             StepName::Migrate if is_fork(&self.pool, run.stand_id).await? => Ok(StepOutcome::skipped(FORK_NO_SECRETS)),
             StepName::Migrate => self.job(run, project, &plan, "migrate", &project.migrate).await,
-            StepName::Verify => self.verify(run, &plan).await,
+            StepName::Verify => {
+                let mut outcome = self.verify(run, &plan).await?;
+                outcome.detail["usage"] =
+                    super::sleep::record_awake(&self.pool, &*self.cluster, run, &plan.release.name).await?;
+                Ok(outcome)
+            }
             StepName::Smoke if project.smoke.is_empty() => Ok(StepOutcome::skipped("the project has no smoke command")),
             StepName::Smoke => self.job(run, project, &plan, "smoke", &project.smoke).await,
             StepName::Rollback => self.rollback(run, &plan).await,
@@ -488,6 +493,7 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
                 // The release first, so Helm's hooks and its record go the way Helm knows; then the
                 // namespace with everything left in it (Secrets, volume claims), waited for until gone.
                 self.helm.uninstall(&plan.release.name, &run.namespace).await?;
+                crate::store::usage::stopped(&self.pool, run.stand_id).await?;
                 let gone = self.cluster.delete_namespace(&run.namespace, self.config.cluster.teardown_wait).await?;
                 let mut detail = json!({ "release": plan.release.name, "namespace": gone });
                 // A build still running for the stand (its run gave way, or the PR closed mid-build).

@@ -11,11 +11,12 @@ use sqlx::PgPool;
 
 use super::shared::write;
 use crate::cluster::Cluster;
+use crate::cluster::fit::quantity;
 use crate::credentials::StandCredentials;
 use crate::pipeline::lifecycle;
 use crate::pipeline::step::{RunContext, StepError, StepOutcome};
-use crate::stand::{Workload, WorkloadKind};
-use crate::store::sleep;
+use crate::stand::{Workload, WorkloadKind, requested};
+use crate::store::{sleep, usage};
 
 fn db(e: crate::store::StoreError) -> StepError {
     StepError::transient("database", e.to_string())
@@ -37,6 +38,7 @@ pub(super) async fn sleep<C: Cluster>(
             scaled.push(workload.to_string());
         }
     }
+    usage::stopped(pool, run.stand_id).await.map_err(db)?;
     asleep(pool, credentials, run, json!({ "recorded": record, "scaled_to_zero": scaled })).await
 }
 
@@ -52,6 +54,21 @@ pub(super) async fn wake<C: Cluster>(pool: &PgPool, cluster: &C, run: &RunContex
     }
     sleep::awake(pool, run.stand_id).await.map_err(db)?;
     Ok(StepOutcome::done(json!({ "scaled": scaled })))
+}
+
+/// The stand is up at what its workloads and claims request now: the awake stretch its cost is
+/// priced by (after verify, in deploys and wakes).
+pub(super) async fn record_awake<C: Cluster>(
+    pool: &PgPool,
+    cluster: &C,
+    run: &RunContext,
+    release: &str,
+) -> Result<Value, StepError> {
+    let workloads = cluster.workloads(&run.namespace, release).await?;
+    let (cpu_millis, memory_bytes) = requested(&workloads);
+    let storage_bytes = cluster.claimed_storage(&run.namespace).await?;
+    usage::awake(pool, run.stand_id, cpu_millis, memory_bytes, storage_bytes).await.map_err(db)?;
+    Ok(json!({ "cpu_millis": cpu_millis, "memory_bytes": memory_bytes, "storage_bytes": storage_bytes }))
 }
 
 /// The `sleep` step of dry-run mode: the workloads of the rendered release, recorded as what
@@ -118,7 +135,18 @@ fn rendered_workloads(manifests: &str) -> Vec<Workload> {
             };
             let name = doc["metadata"]["name"].as_str()?.to_owned();
             let replicas = doc["spec"]["replicas"].as_i64().unwrap_or(1) as i32;
-            Some(Workload { kind, name, replicas })
+            let amount = |v: &Value| match v {
+                Value::String(s) => quantity(s),
+                Value::Number(n) => n.as_f64(),
+                _ => None,
+            };
+            let (mut cpu, mut memory) = (0.0, 0.0);
+            for container in doc["spec"]["template"]["spec"]["containers"].as_array().into_iter().flatten() {
+                cpu += amount(&container["resources"]["requests"]["cpu"]).unwrap_or(0.0);
+                memory += amount(&container["resources"]["requests"]["memory"]).unwrap_or(0.0);
+            }
+            let (cpu_millis, memory_bytes) = ((cpu * 1000.0).round() as i64, memory.round() as i64);
+            Some(Workload { kind, name, replicas, cpu_millis, memory_bytes })
         })
         .collect()
 }
@@ -129,12 +157,24 @@ mod tests {
 
     #[test]
     fn the_workloads_of_a_rendered_release_are_its_deployments_and_statefulsets() {
-        let manifests = "---\nkind: Service\nmetadata:\n  name: web\n---\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 2\n---\nkind: StatefulSet\nmetadata:\n  name: db\nspec: {}\n";
+        let manifests = "---\nkind: Service\nmetadata:\n  name: web\n---\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 2\n  template:\n    spec:\n      containers:\n        - resources: {requests: {cpu: 100m, memory: 96Mi}}\n        - resources: {requests: {cpu: \"0.05\", memory: 32Mi}}\n---\nkind: StatefulSet\nmetadata:\n  name: db\nspec: {}\n";
         assert_eq!(
             rendered_workloads(manifests),
             [
-                Workload { kind: WorkloadKind::Deployment, name: "web".into(), replicas: 2 },
-                Workload { kind: WorkloadKind::StatefulSet, name: "db".into(), replicas: 1 },
+                Workload {
+                    kind: WorkloadKind::Deployment,
+                    name: "web".into(),
+                    replicas: 2,
+                    cpu_millis: 150,
+                    memory_bytes: 128 << 20
+                },
+                Workload {
+                    kind: WorkloadKind::StatefulSet,
+                    name: "db".into(),
+                    replicas: 1,
+                    cpu_millis: 0,
+                    memory_bytes: 0
+                },
             ]
         );
     }

@@ -489,6 +489,7 @@ pub fn view(stand_id: StandId, run: i32, status: Status) -> ReportView {
         expiry_warning: false,
         extended_by: None,
         error: None,
+        cost: None,
     }
 }
 
