@@ -247,11 +247,11 @@ async fn run(pool: &PgPool, url: &PgConnectOptions, rounds: usize) -> anyhow::Re
     );
     let sleepy: Reaper<Kubernetes> = Reaper::new(
         pool.clone(),
-        Arc::new(Config::from_toml(&format!("[sleep]\nmax_per_sweep = {IDLE}\n{base}"))?),
+        Arc::new(Config::from_toml(&format!("{base}[sleep]\nmax_per_sweep = {IDLE}\n"))?),
         "bench",
     );
     let awake: Reaper<Kubernetes> =
-        Reaper::new(pool.clone(), Arc::new(Config::from_toml(&format!("[sleep]\nenabled = false\n{base}"))?), "bench");
+        Reaper::new(pool.clone(), Arc::new(Config::from_toml(&format!("{base}[sleep]\nenabled = false\n"))?), "bench");
     let (mut with, mut without, mut alone) = (Vec::new(), Vec::new(), Vec::new());
     let idle_after = [("shop".to_owned(), Duration::from_secs(1800))];
     for _ in 0..rounds {
