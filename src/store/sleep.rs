@@ -102,7 +102,7 @@ pub async fn awake(pool: &PgPool, stand_id: StandId) -> Result<bool, StoreError>
 pub struct Visited {
     pub stand_id: StandId,
     pub state: crate::stand::StandState,
-    /// A wake run of the stand is queued or running.
+    /// A wake (or a deploy, which wakes it too) of the stand is queued or running.
     pub waking: bool,
     /// Seconds since its newest wake (or deploy) finished, if one did.
     pub awake_for: Option<f64>,
@@ -112,7 +112,7 @@ pub struct Visited {
 pub async fn visited(pool: &PgPool, namespace: &str) -> Result<Option<Visited>, StoreError> {
     Ok(sqlx::query_as(
         "select s.stand_id, s.state,
-                exists (select 1 from runs r where r.stand_id = s.stand_id and r.kind = 'wake'
+                exists (select 1 from runs r where r.stand_id = s.stand_id and r.kind in ('wake', 'deploy')
                         and r.state in ('queued', 'running')) as waking,
                 (select extract(epoch from now() - max(r.finished_at))::float8 from runs r
                   where r.stand_id = s.stand_id and r.kind in ('wake', 'deploy') and r.state = 'succeeded') as awake_for
@@ -123,13 +123,13 @@ pub async fn visited(pool: &PgPool, namespace: &str) -> Result<Option<Visited>, 
     .await?)
 }
 
-/// Queues a wake (trigger `visit`) of a sleeping stand, unless one is queued or running: a burst
-/// of requests wakes it once. The run, when this call queued it.
+/// Queues a wake (trigger `visit`) of a sleeping stand, unless a wake or a deploy (a push wakes it)
+/// is queued or running: a burst of requests wakes it once. The run, when this call queued it.
 pub async fn wake_on_visit(pool: &PgPool, stand_id: StandId) -> Result<Option<RunId>, StoreError> {
     let mut tx = pool.begin().await?;
     // The stand's row lock orders this against another request's check.
     let waking: Option<bool> = sqlx::query_scalar(
-        "select exists (select 1 from runs r where r.stand_id = s.stand_id and r.kind = 'wake'
+        "select exists (select 1 from runs r where r.stand_id = s.stand_id and r.kind in ('wake', 'deploy')
                         and r.state in ('queued', 'running'))
          from stands s where s.stand_id = $1 and s.state = 'sleeping' for update of s",
     )

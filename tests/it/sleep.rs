@@ -304,3 +304,22 @@ async fn cost_is_priced_from_the_recorded_awake_stretches(pool: PgPool) {
     assert!((p.memory_gib_hours - (2.0 + 1.5)).abs() < 1e-3, "{p:?}");
     assert!((p.storage_gib_hours - 75.0).abs() < 1e-2, "{p:?}");
 }
+
+/// A burst of requests to a sleeping stand queues one wake; none while a push's deploy, which wakes
+/// it too, is on its way.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn requests_queue_one_wake_and_none_while_a_deploy_wakes_the_stand(pool: PgPool) {
+    let id = stand(&pool, "shop", "nap", 0).await;
+    sqlx::query("update stands set state = 'sleeping' where stand_id = $1").bind(id).execute(&pool).await.unwrap();
+    let first = sleep::wake_on_visit(&pool, id).await.unwrap();
+    assert!(first.is_some());
+    assert_eq!(sleep::wake_on_visit(&pool, id).await.unwrap(), None, "a wake is already queued");
+    assert_eq!(runs_of(&pool, id).await, [("wake".into(), "visit".into(), "queued".into())]);
+
+    let other = stand(&pool, "shop", "pushed", 0).await;
+    sqlx::query("update stands set state = 'sleeping' where stand_id = $1").bind(other).execute(&pool).await.unwrap();
+    support::queue_run(&pool, "shop", "pushed", "draft-shop-pushed", "deploy", &"d".repeat(40)).await;
+    assert_eq!(sleep::wake_on_visit(&pool, other).await.unwrap(), None, "the push's deploy wakes it");
+    let visited = sleep::visited(&pool, "draft-shop-pushed").await.unwrap().unwrap();
+    assert!(visited.waking);
+}

@@ -81,8 +81,9 @@ async fn a_sleeping_stands_url_shows_waking_up_then_the_app_in_chromium(pool: Pg
     .await
     .unwrap();
 
-    // draftd's wake listener, and the workers that run the wake it queues, a little late: the
-    // first request's hold (1 s) runs out and the browser gets the "waking up" page.
+    // draftd's wake listener, and a worker that runs the wake it queues only once the browser has
+    // the "waking up" page (the first request's hold, 1 s, ran out): a timer instead would race a
+    // cold Chromium's start.
     let state = AppState::new(&config, Projects::resolve_with(&config, |_| Some("x".into())).unwrap(), pool.clone());
     state.set_migrated();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -96,10 +97,11 @@ async fn a_sleeping_stands_url_shows_waking_up_then_the_app_in_chromium(pool: Pg
     );
     let engine = Engine::new(pool.clone(), Arc::new(steps), EngineSettings::default(), "wake-test");
     let app_port = free_port();
+    let (shown, first_page_shown) = tokio::sync::oneshot::channel::<()>();
     let worker = {
         let pool = pool.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            let _ = first_page_shown.await;
             while engine.run_one().await.unwrap().is_none() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -121,6 +123,7 @@ async fn a_sleeping_stands_url_shows_waking_up_then_the_app_in_chromium(pool: Pg
     std::fs::write(artifacts().join("wake-waking-up.png"), client.screenshot().await.unwrap()).unwrap();
     let runs: Vec<(String, String)> = sqlx::query_as("select kind, trigger from runs").fetch_all(&pool).await.unwrap();
     assert_eq!(runs, [("wake".to_owned(), "visit".to_owned())], "one request, one wake");
+    let _ = shown.send(());
 
     // The page refreshes itself (no JavaScript) until the stand answers.
     loop {
