@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use super::keeper;
 use super::runtime::{lease_owner, listen, migrate_until_done, shutdown_signal, wait_migrated};
-use crate::config::{ClusterMode, Config, Projects};
+use crate::config::{ClusterMode, Config, OnCap, Projects};
 use crate::credentials::StandCredentials;
 use crate::forge::client::AnyForge;
 use crate::helm::HelmCli;
@@ -15,7 +15,7 @@ use crate::http::{self, AppState};
 use crate::pipeline::authorise::{Authorise, ForgeAuthoriser};
 use crate::pipeline::image::Registries;
 use crate::pipeline::steps::{DryRunSteps, KubernetesSteps};
-use crate::pipeline::{Engine, EngineSettings, Fault, StepRunner};
+use crate::pipeline::{Caps, Engine, EngineSettings, Fault, StepRunner};
 use crate::reaper::Reaper;
 use crate::reporter::{Reporter, ReporterSettings};
 use crate::store;
@@ -211,11 +211,17 @@ fn spawn_engine<R: StepRunner>(
     };
     let limits = config.projects.iter().filter_map(|p| Some((p.name.as_str(), p.max_concurrent_runs?)));
     let ttls = config.projects.iter().filter_map(|p| Some((p.name.as_str(), p.ttl?)));
+    let caps = Caps {
+        all: config.stands.max_active.map(|n| n.get()),
+        projects: config.projects.iter().filter_map(|p| Some((p.name.clone(), p.max_active?.get()))).collect(),
+        sleep_idlest: config.stands.on_cap == OnCap::SleepIdlest,
+    };
     let engine = Engine::new(pool, Arc::new(steps), settings, lease_owner())
         .with_wake(state.wake().clone())
         .with_authoriser(authoriser)
         .with_project_limits(limits)
-        .with_project_ttls(ttls);
+        .with_project_ttls(ttls)
+        .with_caps(caps);
     let engine = Arc::new(engine);
     let (state, stop) = (state.clone(), stop.clone());
     tokio::spawn(async move {

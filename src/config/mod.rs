@@ -33,7 +33,7 @@ pub use projects::{ForgeKind, ForkPolicy, Project, ProjectConfig, Projects, bran
 pub use registry::{BadImage, BuildConfig, ImageRepository, ProjectBuild, RegistryConfig};
 pub use services::{ApiConfig, GithubConfig, GitlabConfig, PostgresConfig, VaultAuth, VaultConfig};
 pub use sleep::{ProjectSleep, SleepConfig, WakeService};
-pub use stands::{IntakeConfig, ReaperConfig, StandsConfig};
+pub use stands::{IntakeConfig, OnCap, ReaperConfig, StandsConfig};
 
 /// Top-level keys; environment variables naming anything else (like `DRAFTD_CONFIG` or
 /// `DRAFTD_API_TOKEN`, which are not settings) are not read as settings.

@@ -83,6 +83,9 @@ pub struct ProjectConfig {
     /// Caps this project's runs in flight across every replica, within `[stands] max_concurrent_runs`,
     /// so one busy repository cannot hold every slot.
     pub max_concurrent_runs: Option<u32>,
+    /// Caps this project's stands that are up (awake, or being brought up), within `[stands]
+    /// max_active`; past it, `[stands] on_cap` says what happens.
+    pub max_active: Option<std::num::NonZeroU32>,
     /// A seeded database on the `[postgres]` server that each stand's database starts as a copy of
     /// (`CREATE DATABASE … TEMPLATE …`); empty databases otherwise.
     pub template: Option<String>,

@@ -27,6 +27,23 @@ pub struct StandsConfig {
     /// `extend` never moves a stand's expiry further than this from now: a forgotten stand still goes.
     #[serde(with = "humantime_serde")]
     pub max_expiry: Duration,
+    /// Stands up at once (awake, or being brought up) across every project; sleeping, waiting and
+    /// removed ones hold no place. None: no cap.
+    pub max_active: Option<std::num::NonZeroU32>,
+    /// What a stand that would pass a cap does.
+    pub on_cap: OnCap,
+}
+
+/// `[stands] on_cap`: past `max_active` (all projects', or one project's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnCap {
+    /// The new stand waits in state `waiting` (its comment says why) until a place frees: another
+    /// stand goes to sleep or is removed.
+    #[default]
+    Wait,
+    /// The least recently active stand is put to sleep to make room; the new one waits for that.
+    SleepIdlest,
 }
 
 impl Default for StandsConfig {
@@ -38,6 +55,8 @@ impl Default for StandsConfig {
             lease: Duration::from_secs(30),
             extend_by: Duration::from_secs(24 * 3600),
             max_expiry: Duration::from_secs(7 * 24 * 3600),
+            max_active: None,
+            on_cap: OnCap::Wait,
         }
     }
 }

@@ -17,10 +17,12 @@ pub struct StandSummary {
     pub branch: String,
     pub namespace: String,
     pub pr_number: Option<i64>,
-    /// `active`, `closing` or `removed`.
+    /// `active`, `sleeping`, `waiting`, `closing` or `removed`.
     #[schema(value_type = String)]
     pub state: StandState,
     pub state_reason: Option<String>,
+    /// Why its deploy or wake waits for a place (`[stands] max_active`), while it does.
+    pub waiting_reason: Option<String>,
     pub head_sha: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -88,6 +90,7 @@ impl From<rows::StandSummary> for StandSummary {
             pr_number: s.pr_number,
             state: s.state,
             state_reason: s.state_reason,
+            waiting_reason: s.waiting_reason,
             head_sha: s.head_sha,
             expires_at: s.expires_at,
             created_at: s.created_at,

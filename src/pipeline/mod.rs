@@ -15,5 +15,5 @@ mod step;
 /// The step runners of both cluster modes (`dry_run`, `kubernetes`) and what they share.
 pub mod steps;
 
-pub use engine::{Engine, EngineSettings, Fault, RunEnd, Wake};
+pub use engine::{Caps, Engine, EngineSettings, Fault, RunEnd, Wake};
 pub use step::{RunContext, StepError, StepErrorKind, StepName, StepOutcome, StepRunner};

@@ -166,6 +166,7 @@ fn title(view: &ReportView) -> String {
             Some(url) => format!("Ready at {url}"),
             None => "Ready".to_owned(),
         },
+        Status::Waiting => format!("Waiting for a place: {}", view.waiting.as_deref().unwrap_or("max_active")),
         Status::Failed => match view.failed_step() {
             Some(step) => match &step.note {
                 Some(note) => format!("Failed at {}: {note}", step.name),
@@ -372,6 +373,7 @@ mod tests {
             extended_by: None,
             error: None,
             cost: None,
+            waiting: None,
         }
     }
 

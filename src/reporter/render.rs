@@ -39,6 +39,7 @@ pub fn trigger_text(trigger: Trigger, requested_by: Option<&str>) -> String {
         Trigger::Retry => "an earlier teardown failed; tried again",
         Trigger::Idle => "no activity for a while",
         Trigger::Visit => "a request to its URL",
+        Trigger::Cap => "made room for another stand (max_active)",
         Trigger::Resync => "found by resync (a webhook was missed)",
     };
     match requested_by {
@@ -71,7 +72,13 @@ pub fn render(view: &ReportView) -> String {
     out.push('\n');
     let live = matches!(
         view.status,
-        Status::Ready | Status::Failed | Status::Deploying | Status::Sleeping | Status::FallingAsleep | Status::Waking
+        Status::Ready
+            | Status::Failed
+            | Status::Deploying
+            | Status::Sleeping
+            | Status::FallingAsleep
+            | Status::Waking
+            | Status::Waiting
     );
     if let Some(at) = view.expires_at.filter(|_| view.expiry_warning && live) {
         let _ = writeln!(
@@ -89,6 +96,13 @@ pub fn render(view: &ReportView) -> String {
             let _ = writeln!(out, "**{}**\n", code(url));
         }
         (None, _) => {}
+    }
+    if let Some(reason) = view.waiting.as_deref().filter(|_| view.status == Status::Waiting) {
+        let _ = writeln!(
+            out,
+            "> ⏸️ Past the cap on stands up at once: {reason}. It is built as soon as a place frees (another \
+             stand goes to sleep or is removed).\n"
+        );
     }
     if view.status == Status::Sleeping {
         out.push_str(
@@ -285,6 +299,7 @@ mod tests {
             extended_by: None,
             error: None,
             cost: None,
+            waiting: None,
         }
     }
 

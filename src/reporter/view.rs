@@ -21,6 +21,8 @@ pub enum Status {
     Sleeping,
     /// A wake is under way.
     Waking,
+    /// Past `max_active`: its deploy or wake waits for a place.
+    Waiting,
 }
 
 impl Status {
@@ -34,6 +36,7 @@ impl Status {
             Status::FallingAsleep => "💤 Draft stand going to sleep",
             Status::Sleeping => "💤 Draft stand sleeping",
             Status::Waking => "⏰ Draft stand waking up",
+            Status::Waiting => "⏸️ Draft stand waiting for a place",
         }
     }
 
@@ -112,6 +115,8 @@ pub struct ReportView {
     pub error: Option<String>,
     /// What it has cost so far, once it was awake in kubernetes mode.
     pub cost: Option<CostLine>,
+    /// Why its deploy or wake waits for a place (`max_active`), while it does.
+    pub waiting: Option<String>,
 }
 
 impl ReportView {
@@ -146,7 +151,10 @@ impl ReportView {
                 note: step_note(s.state, &s.detail, s.error.as_ref()),
             })
             .collect();
-        let status = Status::of_run(run.kind, run.state, &steps);
+        // A run put back in the queue for a place says so, not that it deploys.
+        let waiting =
+            detail.stand.waiting_reason.clone().filter(|_| run.kind.needs_place() && run.state == RunState::Queued);
+        let status = if waiting.is_some() { Status::Waiting } else { Status::of_run(run.kind, run.state, &steps) };
         let error = run
             .steps
             .iter()
@@ -177,6 +185,7 @@ impl ReportView {
             extended_by,
             error,
             cost: None,
+            waiting,
         })
     }
 }

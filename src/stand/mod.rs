@@ -36,11 +36,14 @@ pub enum StandState {
     /// Idle: its workloads scaled to zero, its namespace, database and data kept. A push, a wake
     /// command or a request to its URL wakes it.
     Sleeping,
+    /// New, past `max_active`: its deploy waits for a place (why is in its comment), taken when
+    /// another stand sleeps or goes.
+    Waiting,
 }
 
 impl StandState {
-    pub const ALL: [StandState; 4] =
-        [StandState::Active, StandState::Closing, StandState::Removed, StandState::Sleeping];
+    pub const ALL: [StandState; 5] =
+        [StandState::Active, StandState::Closing, StandState::Removed, StandState::Sleeping, StandState::Waiting];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -48,12 +51,14 @@ impl StandState {
             StandState::Closing => "closing",
             StandState::Removed => "removed",
             StandState::Sleeping => "sleeping",
+            StandState::Waiting => "waiting",
         }
     }
 
-    /// Built and kept: deploys, commands and the expiry apply to it, awake or asleep.
+    /// Built and kept, or about to be: deploys, commands and the expiry apply to it, awake, asleep
+    /// or waiting for a place.
     pub fn is_live(self) -> bool {
-        matches!(self, StandState::Active | StandState::Sleeping)
+        matches!(self, StandState::Active | StandState::Sleeping | StandState::Waiting)
     }
 }
 
@@ -77,23 +82,38 @@ pub enum StandChange {
     Sleep,
     /// Scaled back: by a push, a wake command, or a request to its URL.
     Wake,
+    /// A new stand past `max_active`: its deploy waits for a place.
+    Wait,
+    /// A place freed for a waiting stand: its deploy goes on.
+    Place,
 }
 
 impl StandChange {
-    pub const ALL: [StandChange; 5] =
-        [StandChange::Close, StandChange::Revive, StandChange::Tombstone, StandChange::Sleep, StandChange::Wake];
+    pub const ALL: [StandChange; 7] = [
+        StandChange::Close,
+        StandChange::Revive,
+        StandChange::Tombstone,
+        StandChange::Sleep,
+        StandChange::Wake,
+        StandChange::Wait,
+        StandChange::Place,
+    ];
 
     /// The states this change may leave.
     pub fn from(self) -> &'static [StandState] {
         match self {
             // A sleeping stand expires and closes like an awake one: nothing is scaled back for it.
-            StandChange::Close => &[StandState::Active, StandState::Sleeping],
+            StandChange::Close => &[StandState::Active, StandState::Sleeping, StandState::Waiting],
             StandChange::Revive => &[StandState::Closing, StandState::Removed],
             // Whatever is left of a stand once its teardown ran; a revive in between moved its
             // epoch, which the store checks too.
             StandChange::Tombstone => &[StandState::Active, StandState::Closing],
             StandChange::Sleep => &[StandState::Active],
             StandChange::Wake => &[StandState::Sleeping],
+            // Only a stand that holds no place yet waits (the store checks that): one asleep
+            // stays asleep while its wake waits.
+            StandChange::Wait => &[StandState::Active],
+            StandChange::Place => &[StandState::Waiting],
         }
     }
 
@@ -105,6 +125,8 @@ impl StandChange {
             StandChange::Tombstone => StandState::Removed,
             StandChange::Sleep => StandState::Sleeping,
             StandChange::Wake => StandState::Active,
+            StandChange::Wait => StandState::Waiting,
+            StandChange::Place => StandState::Active,
         }
     }
 
@@ -153,5 +175,10 @@ mod tests {
         assert_eq!(Sleeping.after(Sleep), None);
         assert_eq!(Active.after(Wake), None);
         assert_eq!(Closing.after(Wake), None);
+        assert_eq!(Active.after(Wait), Some(Waiting));
+        assert_eq!(Waiting.after(Place), Some(Active));
+        assert_eq!(Waiting.after(Close), Some(Closing));
+        assert_eq!(Sleeping.after(Wait), None);
+        assert_eq!(Waiting.after(Sleep), None);
     }
 }

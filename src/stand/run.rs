@@ -85,6 +85,11 @@ impl RunKind {
     pub fn rolls_back_on_failure(self) -> bool {
         self.deploys()
     }
+
+    /// Brings the stand up, so it needs one of `max_active`'s places before its first step.
+    pub fn needs_place(self) -> bool {
+        matches!(self, RunKind::Deploy | RunKind::Wake)
+    }
 }
 
 impl std::fmt::Display for RunKind {
@@ -210,6 +215,8 @@ pub enum Trigger {
     Idle,
     /// A request for a sleeping stand's URL.
     Visit,
+    /// Put to sleep to make room for another stand past `max_active` (`on_cap = "sleep_idlest"`).
+    Cap,
 }
 
 impl Trigger {
@@ -233,6 +240,7 @@ impl Trigger {
             Trigger::Retry => "retry",
             Trigger::Idle => "idle",
             Trigger::Visit => "visit",
+            Trigger::Cap => "cap",
         }
     }
 

@@ -52,7 +52,7 @@ pub async fn extend(pool: &PgPool, run_id: RunId, by: Duration, max: Duration) -
                     case when r.params ? 'extended_to' then coalesce((r.params->>'extended_capped')::boolean, false)
                          else greatest(s.expires_at, now()) + $2 > now() + $3 end as capped
              from runs r join stands s on s.stand_id = r.stand_id
-             where r.run_id = $1 and s.state in ('active', 'sleeping')
+             where r.run_id = $1 and s.state in ('active', 'sleeping', 'waiting')
              for update of s
          ), stand as (
              update stands set expires_at = target.to_at, expiry_warned_for = null, updated_at = now()
@@ -131,7 +131,7 @@ pub async fn take_warnings(
 ) -> Result<Vec<StandId>, StoreError> {
     Ok(sqlx::query_scalar(
         "update stands set expiry_warned_for = expires_at
-         where state in ('active', 'sleeping') and expires_at > $1 and expires_at <= $1 + $2
+         where state in ('active', 'sleeping', 'waiting') and expires_at > $1 and expires_at <= $1 + $2
            and expiry_warned_for is distinct from expires_at
          returning stand_id",
     )

@@ -2,6 +2,7 @@
 
 /// Who asked draftd to act through the forge, and what was decided.
 pub mod audit;
+pub mod caps;
 /// Logins handed to stands, by reference, until revoked; this installation's id.
 pub mod credentials;
 pub mod intake;

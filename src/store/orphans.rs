@@ -33,7 +33,7 @@ pub async fn stands_of(pool: &PgPool, namespaces: &[&str]) -> Result<Vec<StandRo
 
 /// The namespaces of stands that are alive (active or closing): nothing of theirs is an orphan.
 pub async fn live_namespaces(pool: &PgPool) -> Result<Vec<String>, StoreError> {
-    Ok(sqlx::query_scalar("select namespace from stands where state in ('active', 'closing', 'sleeping')")
+    Ok(sqlx::query_scalar("select namespace from stands where state in ('active', 'closing', 'sleeping', 'waiting')")
         .fetch_all(pool)
         .await?)
 }

@@ -258,6 +258,23 @@ pub async fn advance(
     Ok(Advance::Started(attempts))
 }
 
+/// Puts a claimed run back in the queue, to be claimed again no sooner than `after` from now (a
+/// deploy waiting for a place). Its claim is undone, attempt included: it did nothing.
+pub async fn defer(pool: &PgPool, run_id: RunId, owner: &str, after: Duration) -> Result<(), RunStoreError> {
+    let done = sqlx::query(
+        "update runs set state = 'queued', lease_owner = null, lease_expires_at = null, heartbeat_at = null,
+                         attempt = attempt - 1, not_before = now() + $3,
+                         started_at = case when attempt = 1 then null else started_at end
+         where run_id = $1 and lease_owner = $2 and state = 'running'",
+    )
+    .bind(run_id)
+    .bind(owner)
+    .bind(after)
+    .execute(pool)
+    .await?;
+    if done.rows_affected() == 1 { Ok(()) } else { Err(RunStoreError::LeaseLost(run_id)) }
+}
+
 /// Ends the run in a terminal state and releases its lease, recording the steps that `ended` since
 /// the last boundary in the same statement.
 pub async fn finish_run(

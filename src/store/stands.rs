@@ -15,9 +15,10 @@ pub struct StandSummary {
     pub branch: String,
     pub namespace: String,
     pub pr_number: Option<i64>,
-    /// `active`, `closing` or `removed`.
     pub state: StandState,
     pub state_reason: Option<String>,
+    /// Why its deploy or wake waits for a place (`max_active`), while it does.
+    pub waiting_reason: Option<String>,
     pub head_sha: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -89,7 +90,7 @@ impl std::str::FromStr for StandRef {
 }
 
 const SUMMARY: &str = "select s.stand_id, s.project, s.branch, s.namespace, s.pr_number, s.state, s.state_reason,
-        s.head_sha, s.expires_at, s.created_at, s.updated_at,
+        s.waiting_reason, s.head_sha, s.expires_at, s.created_at, s.updated_at,
         r.number as last_run, r.kind as last_run_kind, r.state as last_run_state
     from stands s
     left join lateral (select number, kind, state from runs where runs.stand_id = s.stand_id
@@ -181,7 +182,7 @@ pub async fn unlisted_prs(
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
     sqlx::query_as(
         "select branch, pr_number from stands
-         where project = $1 and state in ('active', 'sleeping') and pr_number is not null and not (pr_number = any($2))
+         where project = $1 and state in ('active', 'sleeping', 'waiting') and pr_number is not null and not (pr_number = any($2))
          order by updated_at limit $3",
     )
     .bind(project)
@@ -241,7 +242,8 @@ fn bind_change(
 /// [`StandChange::Close`]: the stand starts closing, for `reason` (the PR closed, an authorised
 /// destroy). False when the table does not allow it from the stand's state.
 pub async fn close<'e>(conn: impl sqlx::PgExecutor<'e>, stand_id: StandId, reason: &str) -> Result<bool, StoreError> {
-    let sql = change_sql("state_reason = $4", "");
+    // A closing stand gives its place back, and waits for none.
+    let sql = change_sql("state_reason = $4, placed_at = null, waiting_reason = null", "");
     let done = bind_change(&sql, stand_id, StandChange::Close).bind(reason).execute(conn).await?;
     Ok(done.rows_affected() == 1)
 }
@@ -262,8 +264,37 @@ pub(super) async fn change<'e>(
     change: StandChange,
 ) -> Result<bool, StoreError> {
     debug_assert!(matches!(change, StandChange::Sleep | StandChange::Wake), "{change:?} has a function of its own");
-    let sql = change_sql("state_reason = null", "");
+    // A sleeping stand holds no place: its wake takes one again (see `super::caps`).
+    let set =
+        if change == StandChange::Sleep { "state_reason = null, placed_at = null" } else { "state_reason = null" };
+    let sql = change_sql(set, "");
     let done = bind_change(&sql, stand_id, change).execute(conn).await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The stand takes a place (see [`super::caps`]): [`StandChange::Place`] when it was waiting,
+/// its state kept otherwise (an awake stand's first deploy, a sleeping stand's wake). Whether it
+/// was waiting.
+pub async fn place(conn: &mut sqlx::PgConnection, stand_id: StandId) -> Result<bool, StoreError> {
+    sqlx::query("update stands set placed_at = now(), waiting_reason = null where stand_id = $1")
+        .bind(stand_id)
+        .execute(&mut *conn)
+        .await?;
+    let sql = change_sql("state_reason = null", "");
+    let done = bind_change(&sql, stand_id, StandChange::Place).execute(&mut *conn).await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The stand's deploy or wake waits for a place, for `reason`: [`StandChange::Wait`] for a new
+/// stand, which holds none; a sleeping one stays asleep and only says why. Whether it was new.
+pub async fn wait(conn: &mut sqlx::PgConnection, stand_id: StandId, reason: &str) -> Result<bool, StoreError> {
+    sqlx::query("update stands set waiting_reason = $2 where stand_id = $1")
+        .bind(stand_id)
+        .bind(reason)
+        .execute(&mut *conn)
+        .await?;
+    let sql = change_sql("state_reason = null", " and placed_at is null");
+    let done = bind_change(&sql, stand_id, StandChange::Wait).execute(&mut *conn).await?;
     Ok(done.rows_affected() == 1)
 }
 

@@ -9,6 +9,7 @@
 mod support;
 
 mod api;
+mod caps;
 mod chart;
 mod cli;
 mod cluster;

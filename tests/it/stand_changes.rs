@@ -28,6 +28,8 @@ async fn apply(pool: &PgPool, change: StandChange, stand: StandId) -> bool {
         StandChange::Tombstone => stands::tombstone(pool, stand, 0).await.unwrap(),
         StandChange::Sleep => sleep::asleep(pool, stand).await.unwrap(),
         StandChange::Wake => sleep::awake(pool, stand).await.unwrap(),
+        StandChange::Wait => stands::wait(&mut pool.acquire().await.unwrap(), stand, "full").await.unwrap(),
+        StandChange::Place => stands::place(&mut pool.acquire().await.unwrap(), stand).await.unwrap(),
     }
 }
 

@@ -15,6 +15,7 @@ use super::authorise::{Authorise, Verdict, needs_check};
 use super::step::{StepError, StepErrorKind, StepName, StepRunner};
 use crate::metrics;
 use crate::stand::{RunId, RunState, StepState};
+use crate::store::caps::{self, Admission};
 use crate::store::lifecycle;
 use crate::store::runs::{self, Advance, ClaimedRun, Overtaken, RunStoreError, StepEnd};
 
@@ -26,7 +27,7 @@ mod wake;
 use lease::{AbortOnDrop, Signals, durable, flagged, heartbeat, lease_lost, newer_deploy};
 use observe::{StepTimer, count_run};
 use settings::backoff;
-pub use settings::{EngineSettings, Fault};
+pub use settings::{Caps, EngineSettings, Fault};
 pub use wake::Wake;
 
 /// How a run ended for the worker that drove it.
@@ -42,6 +43,8 @@ pub enum RunEnd {
     Rejected,
     /// Another worker holds the run now; this one stopped without writing anything more.
     LeaseLost,
+    /// Past `max_active`: back in the queue until a place frees.
+    Waiting,
 }
 
 /// Why a step could not be driven to its end (a step that fails has an end: see [`Ended`]).
@@ -76,6 +79,7 @@ pub struct Engine<R> {
     authoriser: Option<Arc<dyn Authorise>>,
     /// Projects whose stands live longer or shorter than `settings.ttl`.
     project_ttls: HashMap<String, Duration>,
+    caps: Caps,
 }
 
 /// How a step's attempts ended, as its group collects them.
@@ -96,7 +100,14 @@ impl<R: StepRunner> Engine<R> {
             wake: Wake::default(),
             authoriser: None,
             project_ttls: HashMap::new(),
+            caps: Caps::default(),
         }
+    }
+
+    /// Caps on stands up at once (`max_active`), counted across every replica.
+    pub fn with_caps(mut self, caps: Caps) -> Self {
+        self.caps = caps;
+        self
     }
 
     /// Per-project stand lifetimes, instead of `settings.ttl`.
@@ -214,6 +225,9 @@ impl<R: StepRunner> Engine<R> {
                 Err(failure) => return failure.into_end(),
             }
         }
+        if run.kind.needs_place() && !self.place(run).await? {
+            return Ok(RunEnd::Waiting);
+        }
         // Resuming: steps recorded as done are never executed again. Steps are only recorded under a
         // claim, so a run claimed for the first time has none to read.
         let done: HashSet<String> = if run.attempt > 1 {
@@ -311,6 +325,30 @@ impl<R: StepRunner> Engine<R> {
             Some((step, e)) => {
                 let error = json!({ "step": step, "kind": e.kind, "label": e.label, "message": e.message });
                 self.end(run, RunState::Failed, RunEnd::Failed, Some(error), ended).await
+            }
+        }
+    }
+
+    /// Takes one of `max_active`'s places for the run's stand; false when it must wait, with the
+    /// run back in the queue and, the first time, its comment saying why.
+    async fn place(&self, run: &ClaimedRun) -> Result<bool, RunStoreError> {
+        // A run a newer deploy or a teardown overtook ends at its first boundary: it needs no place,
+        // and waiting for one would hold up the runs behind it.
+        if runs::overtaken_by(&self.pool, run).await?.is_some() {
+            return Ok(true);
+        }
+        match caps::admit(&self.pool, run.stand_id, self.caps.limits(run.project.as_str())).await? {
+            Admission::Placed => Ok(true),
+            Admission::Waiting { reason, news, made_room } => {
+                tracing::info!(%reason, made_room = made_room.map(|s| s.get()), "waiting for a place");
+                if news {
+                    self.runner.started(run).await;
+                }
+                if made_room.is_some() {
+                    self.wake.wake();
+                }
+                runs::defer(&self.pool, run.run_id, &self.owner, self.settings.place_recheck).await?;
+                Ok(false)
             }
         }
     }

@@ -1,8 +1,10 @@
 //! The engine's timings and limits, and the backoff every retry of it waits by.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::stand::StepName;
+use crate::store::caps::Limits;
 
 /// Timings and limits of the engine; the defaults suit a cluster, tests shrink them.
 #[derive(Debug, Clone)]
@@ -25,6 +27,22 @@ pub struct EngineSettings {
     pub fault: Option<Fault>,
     /// A stand lives this long after its newest deploy started, unless its project says otherwise.
     pub ttl: Duration,
+    /// A deploy or wake waiting for a place (`max_active`) asks again after this long.
+    pub place_recheck: Duration,
+}
+
+/// `max_active` as configured: across projects, per project, and what passing a cap does.
+#[derive(Debug, Clone, Default)]
+pub struct Caps {
+    pub all: Option<u32>,
+    pub projects: HashMap<String, u32>,
+    pub sleep_idlest: bool,
+}
+
+impl Caps {
+    pub(super) fn limits(&self, project: &str) -> Limits {
+        Limits { all: self.all, project: self.projects.get(project).copied(), sleep_idlest: self.sleep_idlest }
+    }
 }
 
 /// `before:<step>` (the step is recorded as started, then the process dies inside it) or
@@ -66,6 +84,7 @@ impl Default for EngineSettings {
             backoff_max: Duration::from_secs(60),
             fault: None,
             ttl: Duration::from_secs(48 * 3600),
+            place_recheck: Duration::from_secs(10),
         }
     }
 }

@@ -490,6 +490,7 @@ pub fn view(stand_id: StandId, run: i32, status: Status) -> ReportView {
         extended_by: None,
         error: None,
         cost: None,
+        waiting: None,
     }
 }
 
