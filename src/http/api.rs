@@ -362,7 +362,7 @@ async fn metrics_summary(
     };
     // Whole seconds: the bounds are echoed back, and sub-second digits there would only be noise.
     let now = Utc::now().trunc_subsecs(0);
-    Ok(Json(summary::summary(state.pool(), q.project.as_deref(), window, now).await?))
+    Ok(Json(summary::summary(state.pool(), q.project.as_deref(), window, now, state.prices()).await?))
 }
 
 fn bad_query(e: QueryRejection) -> ApiError {

@@ -88,6 +88,11 @@ impl AppState {
         self.0.cost.rates()
     }
 
+    /// `[cost]`: prices and currency.
+    pub fn prices(&self) -> &crate::config::CostConfig {
+        &self.0.cost
+    }
+
     /// What a stand has cost so far, once it was awake; `None` before.
     pub async fn cost_of(
         &self,

@@ -58,6 +58,22 @@ pub struct ProjectSummary {
     #[sqlx(json(nullable))]
     #[schema(required = true)]
     pub lead_time_seconds: Option<LeadTime>,
+    /// What its stands cost in the window, and what sleeping saved; null when none was awake in
+    /// it (dry-run mode records no cost).
+    #[sqlx(skip)]
+    #[schema(required = true)]
+    pub cost: Option<WindowCost>,
+}
+
+/// A project's cost over the window, at `[cost]`'s prices: an estimate from requests, not a bill.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct WindowCost {
+    /// Awake hours (CPU and memory requested) and claims held, within the window.
+    pub total: f64,
+    /// What the pods of sleeping stands would have cost, awake at the requests they had, for the
+    /// hours they slept within the window.
+    pub saved_by_sleep: f64,
+    pub currency: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -74,18 +90,36 @@ pub struct LeadTime {
 pub const MAX_WINDOW: Duration = Duration::from_secs(90 * 86_400);
 
 /// The figures over `[now - window, now)` for `project`, or for every project that has stands. The
-/// window is cut to between 1 s (a shorter one would divide by zero days) and [`MAX_WINDOW`].
+/// window is cut to between 1 s (a shorter one would divide by zero days) and [`MAX_WINDOW`]. Cost
+/// is priced at `prices`.
 pub async fn summary(
     pool: &PgPool,
     project: Option<&str>,
     window: Duration,
     now: DateTime<Utc>,
+    prices: &crate::config::CostConfig,
 ) -> Result<Summary, StoreError> {
     let window = window.clamp(Duration::from_secs(1), MAX_WINDOW);
     let from = now - chrono::Duration::from_std(window).expect("90 days fit in a chrono::Duration");
     let days = window.as_secs_f64() / 86_400.0;
-    let projects: Vec<ProjectSummary> =
+    let mut projects: Vec<ProjectSummary> =
         sqlx::query_as(STATEMENT).bind(project).bind(from).bind(now).bind(days).fetch_all(pool).await?;
+    let rates = prices.rates();
+    for usage in super::usage::in_window(pool, project, from, now).await? {
+        let Some(p) = projects.iter_mut().find(|p| p.project == usage.project) else { continue };
+        let awake = usage.cpu_core_hours + usage.memory_gib_hours;
+        if awake == 0.0 && usage.storage_gib_hours == 0.0 && usage.slept_cpu_core_hours == 0.0 {
+            continue;
+        }
+        p.cost = Some(WindowCost {
+            total: usage.cpu_core_hours * rates.cpu_hour
+                + usage.memory_gib_hours * rates.memory_gib_hour
+                + usage.storage_gib_hours * rates.storage_gib_hour,
+            saved_by_sleep: usage.slept_cpu_core_hours * rates.cpu_hour
+                + usage.slept_memory_gib_hours * rates.memory_gib_hour,
+            currency: prices.currency.clone(),
+        });
+    }
     Ok(Summary { window: Window { from, to: now, seconds: window.as_secs() }, projects })
 }
 

@@ -145,3 +145,70 @@ pub async fn per_project(pool: &PgPool) -> Result<Vec<ProjectUsage>, StoreError>
     .fetch_all(pool)
     .await?)
 }
+
+/// Per project, within `[from, to)`: what its stands' pods requested while awake and what their
+/// claims held (as [`ProjectUsage`]), and what the pods requested before they were put to sleep,
+/// times the hours they slept: what sleeping saved.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct WindowUsage {
+    pub project: String,
+    pub cpu_core_hours: f64,
+    pub memory_gib_hours: f64,
+    pub storage_gib_hours: f64,
+    pub slept_cpu_core_hours: f64,
+    pub slept_memory_gib_hours: f64,
+}
+
+// $1 project filter (null: all), $2 window start, $3 window end. A stretch ends with a sleep or a
+// teardown (or a deploy that changed the requests, when the next begins at once); the time from its
+// end to the next stretch, or to the stand's removal, is time asleep, at the requests it had.
+const IN_WINDOW: &str = "
+with scope as (
+    select stand_id, project, storage_bytes, created_at,
+           case when state = 'removed' then updated_at end as removed_at
+    from stands where ($1::text is null or project = $1)
+),
+stretches as (
+    select sc.project, u.cpu_millis / 1000.0 as cores, u.memory_bytes / 1073741824.0 as gib,
+           u.started_at, coalesce(u.ended_at, $3) as ended_at, u.ended_at is not null as ended,
+           coalesce(lead(u.started_at) over (partition by u.stand_id order by u.started_at), sc.removed_at, $3)
+               as next_at
+    from stand_usage u join scope sc using (stand_id)
+    where u.started_at < $3
+),
+hours as (
+    select project, cores, gib,
+           greatest(0, extract(epoch from least(ended_at, $3) - greatest(started_at, $2))) / 3600 as awake,
+           case when ended then greatest(0, extract(epoch from least(next_at, $3) - greatest(ended_at, $2))) / 3600
+                else 0 end as asleep
+    from stretches
+),
+awake as (
+    select project, sum(cores * awake) as cpu, sum(gib * awake) as memory,
+           sum(cores * asleep) as slept_cpu, sum(gib * asleep) as slept_memory
+    from hours group by project
+),
+held as (
+    select project,
+           sum(storage_bytes / 1073741824.0
+               * greatest(0, extract(epoch from least(coalesce(removed_at, $3), $3) - greatest(created_at, $2))) / 3600)
+               as storage
+    from scope where storage_bytes > 0 group by project
+)
+select coalesce(a.project, h.project) as project,
+       coalesce(a.cpu, 0)::float8 as cpu_core_hours,
+       coalesce(a.memory, 0)::float8 as memory_gib_hours,
+       coalesce(h.storage, 0)::float8 as storage_gib_hours,
+       coalesce(a.slept_cpu, 0)::float8 as slept_cpu_core_hours,
+       coalesce(a.slept_memory, 0)::float8 as slept_memory_gib_hours
+from awake a full join held h on h.project = a.project
+order by 1";
+
+pub async fn in_window(
+    pool: &PgPool,
+    project: Option<&str>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<WindowUsage>, StoreError> {
+    Ok(sqlx::query_as(IN_WINDOW).bind(project).bind(from).bind(to).fetch_all(pool).await?)
+}

@@ -581,3 +581,33 @@ async fn logout_clears_the_cookie(pool: PgPool) {
     let cleared = res.header("set-cookie");
     assert!(cleared.starts_with("draftd_session=;") && cleared.contains("Max-Age=0"), "{cleared}");
 }
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn the_stand_page_shows_its_cost_and_what_it_waits_for(pool: PgPool) {
+    let app = app(pool.clone());
+    let id = seed(&app, "feature/priced").await;
+    let cookie = login(&app).await;
+    let before = get(&app, &format!("/stands/{id}"), Some(&cookie)).await;
+    assert!(!before.body.contains("<dt>Cost</dt>"), "no cost before it was awake: {}", before.body);
+    // Awake for two hours at 1 core and 1 GiB, at the default prices (0.04 + 0.005 per hour).
+    sqlx::query(
+        "insert into stand_usage (stand_id, cpu_millis, memory_bytes, started_at)
+         values ($1, 1000, 1073741824, now() - interval '2 hours')",
+    )
+    .bind(id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("update stands set state = 'waiting', waiting_reason = '2 of 2 stands ([stands] max_active) are up' where stand_id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let page = get(&app, &format!("/stands/{id}"), Some(&cookie)).await;
+    assert!(page.body.contains("<dt>Cost</dt><dd>≈ 0.09 USD so far · 0.04&#x2f;h awake</dd>"), "{}", page.body);
+    assert!(
+        page.body.contains("<dt>Waiting for</dt><dd>a place: 2 of 2 stands ([stands] max_active) are up</dd>"),
+        "{}",
+        page.body
+    );
+}

@@ -195,6 +195,7 @@ fn blog_week() -> Value {
         "restores": 0,
         "mean_time_to_restore_seconds": null,
         "lead_time_seconds": { "mean": 3600.0, "p50": 3600.0, "p95": 3600.0, "count": 1 },
+    "cost": null,
     })
 }
 
@@ -210,13 +211,14 @@ fn quiet() -> Value {
         "restores": 0,
         "mean_time_to_restore_seconds": null,
         "lead_time_seconds": null,
+    "cost": null,
     })
 }
 
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]
 async fn figures_per_project_over_a_week(pool: PgPool) {
     seed(&pool).await;
-    let figures = summary(&pool, None, 7 * DAY, at(NOW)).await.unwrap();
+    let figures = summary(&pool, None, 7 * DAY, at(NOW), &prices()).await.unwrap();
     let figures = serde_json::to_value(figures).unwrap();
     assert_eq!(
         figures["window"],
@@ -247,6 +249,7 @@ async fn figures_per_project_over_a_week(pool: PgPool) {
         "restores": 3,
         "mean_time_to_restore_seconds": 12000.0,
         "lead_time_seconds": { "mean": 1100.0, "p50": 1200.0, "p95": 1740.0, "count": 3 },
+    "cost": null,
     });
     // Sorted by project.
     assert_close(&figures["projects"], &json!([blog_week(), quiet(), shop]));
@@ -255,7 +258,7 @@ async fn figures_per_project_over_a_week(pool: PgPool) {
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]
 async fn a_longer_window_takes_in_older_runs(pool: PgPool) {
     seed(&pool).await;
-    let figures = summary(&pool, Some("shop"), 30 * DAY, at(NOW)).await.unwrap();
+    let figures = summary(&pool, Some("shop"), 30 * DAY, at(NOW), &prices()).await.unwrap();
     assert_eq!(figures.window.from, at("2026-01-30T00:00:00Z"));
     // shop over [01-30, 03-01): the week's figures plus a1 (green, delivered 11:50 → 12:00 = 600 s)
     // and b1 (image failure).
@@ -275,6 +278,7 @@ async fn a_longer_window_takes_in_older_runs(pool: PgPool) {
             "restores": 3,
             "mean_time_to_restore_seconds": 12000.0,
             "lead_time_seconds": { "mean": 975.0, "p50": 900.0, "p95": 1710.0, "count": 4 },
+        "cost": null,
         }]),
     );
 }
@@ -285,7 +289,8 @@ async fn a_restore_counts_in_the_window_its_green_finished_in(pool: PgPool) {
     // A window of one second just past b5: b4 (image failure, 02-26 09:00) is the streak b5 ends at
     // 03-01 00:00, so 2 days 15 hours = 226800 s. b5 is the one deploy, and its lead time is
     // 03-01 00:00 − 02-28 23:00 = 3600 s.
-    let figures = summary(&pool, Some("shop"), Duration::from_secs(1), at("2026-03-01T00:00:01Z")).await.unwrap();
+    let figures =
+        summary(&pool, Some("shop"), Duration::from_secs(1), at("2026-03-01T00:00:01Z"), &prices()).await.unwrap();
     assert_close(
         &serde_json::to_value(&figures.projects).unwrap(),
         &json!([{
@@ -298,6 +303,7 @@ async fn a_restore_counts_in_the_window_its_green_finished_in(pool: PgPool) {
             "restores": 1,
             "mean_time_to_restore_seconds": 226_800.0,
             "lead_time_seconds": { "mean": 3600.0, "p50": 3600.0, "p95": 3600.0, "count": 1 },
+        "cost": null,
         }]),
     );
 }
@@ -305,16 +311,16 @@ async fn a_restore_counts_in_the_window_its_green_finished_in(pool: PgPool) {
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]
 async fn a_project_filter_narrows_to_that_project(pool: PgPool) {
     seed(&pool).await;
-    let quiet_only = summary(&pool, Some("quiet"), 7 * DAY, at(NOW)).await.unwrap();
+    let quiet_only = summary(&pool, Some("quiet"), 7 * DAY, at(NOW), &prices()).await.unwrap();
     assert_close(&serde_json::to_value(&quiet_only.projects).unwrap(), &json!([quiet()]));
     // Only projects that have stands have figures; an unknown name is not an error, just empty.
-    let unknown = summary(&pool, Some("nope"), 7 * DAY, at(NOW)).await.unwrap();
+    let unknown = summary(&pool, Some("nope"), 7 * DAY, at(NOW), &prices()).await.unwrap();
     assert_eq!(unknown.projects, vec![]);
 }
 
 #[sqlx::test(migrator = "draftd::store::MIGRATOR")]
 async fn no_stands_no_projects(pool: PgPool) {
-    let figures = summary(&pool, None, 7 * DAY, at(NOW)).await.unwrap();
+    let figures = summary(&pool, None, 7 * DAY, at(NOW), &prices()).await.unwrap();
     assert_eq!(figures.projects, vec![]);
 }
 
@@ -382,6 +388,7 @@ async fn the_route_reads_the_last_window_and_filters_by_project(pool: PgPool) {
             "restores": 1,
             "mean_time_to_restore_seconds": 3600.0,
             "lead_time_seconds": { "mean": 600.0, "p50": 600.0, "p95": 600.0, "count": 1 },
+        "cost": null,
         }]),
     );
 
@@ -391,4 +398,71 @@ async fn the_route_reads_the_last_window_and_filters_by_project(pool: PgPool) {
     let names: Vec<&str> =
         all.body["projects"].as_array().unwrap().iter().map(|p| p["project"].as_str().unwrap()).collect();
     assert_eq!(names, ["blog", "shop"]);
+}
+
+fn prices() -> draftd::config::CostConfig {
+    draftd::config::CostConfig { cpu_hour: 1.0, memory_gib_hour: 0.5, storage_gib_hour: 0.1, currency: "EUR".into() }
+}
+
+async fn awake(
+    pool: &PgPool,
+    stand: StandId,
+    millis: i64,
+    gib: i64,
+    from: DateTime<Utc>,
+    until: Option<DateTime<Utc>>,
+) {
+    sqlx::query(
+        "insert into stand_usage (stand_id, cpu_millis, memory_bytes, started_at, ended_at) values ($1, $2, $3, $4, $5)",
+    )
+    .bind(stand)
+    .bind(millis)
+    .bind(gib << 30)
+    .bind(from)
+    .bind(until)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Cost per project over the window, and what sleeping saved, at 1/core-hour, 0.5/GiB-hour of
+/// memory and 0.1/GiB-hour of claims.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn cost_per_project_over_the_window_and_what_sleeping_saved(pool: PgPool) {
+    let now = at(NOW);
+    let h = chrono::Duration::hours;
+    let week = chrono::Duration::days(7);
+    // Awake 4 h at 0.5 core and 2 GiB, asleep 4 h, awake the last 2 h; 1 GiB of claims for 10 h.
+    //   awake: (0.5 × 6) × 1 + (2 × 6) × 0.5 = 3 + 6 = 9; storage 10 × 0.1 = 1; total 10.
+    //   saved: 4 h asleep at (0.5 × 1 + 2 × 0.5) = 1.5/h: 6.
+    let a = new_stand(&pool, "shop", "a").await;
+    sqlx::query("update stands set created_at = $2, storage_bytes = 1073741824 where stand_id = $1")
+        .bind(a)
+        .bind(now - h(10))
+        .execute(&pool)
+        .await
+        .unwrap();
+    awake(&pool, a, 500, 2, now - h(10), Some(now - h(6))).await;
+    awake(&pool, a, 500, 2, now - h(2), None).await;
+    // Across the window's start: awake from 2 h before it to 1 h into it at 1 core and 1 GiB, then
+    // asleep until it was removed 2 h later. In the window: 1 h awake = 1.5; saved 2 h × 1.5 = 3.
+    let b = new_stand(&pool, "shop", "b").await;
+    sqlx::query("update stands set created_at = $2, state = 'removed', updated_at = $3 where stand_id = $1")
+        .bind(b)
+        .bind(now - week - h(2))
+        .bind(now - week + h(3))
+        .execute(&pool)
+        .await
+        .unwrap();
+    awake(&pool, b, 1000, 1, now - week - h(2), Some(now - week + h(1))).await;
+    // A project whose stands were never awake (dry-run mode) has no cost.
+    new_stand(&pool, "quiet", "q").await;
+
+    let figures = summary(&pool, None, 7 * DAY, now, &prices()).await.unwrap();
+    let cost = |project: &str| figures.projects.iter().find(|p| p.project == project).unwrap().cost.clone();
+    let shop = cost("shop").expect("shop's stands were awake");
+    assert!((shop.total - 11.5).abs() < 1e-9, "{shop:?}");
+    assert!((shop.saved_by_sleep - 9.0).abs() < 1e-9, "{shop:?}");
+    assert_eq!(shop.currency, "EUR");
+    assert_eq!(cost("quiet"), None);
 }

@@ -192,7 +192,16 @@ async fn stand(
 ) -> Result<Response, Page> {
     let id = stand_id(&id)?;
     let detail = stands::show(state.pool(), &StandRef::Id(id), STAND_PAGE_RUNS).await?.ok_or_else(|| not_found(id))?;
-    let view = StandView::of(&detail, stand_url(&state, &detail.stand.project, &detail.stand.namespace), Utc::now());
+    let mut view =
+        StandView::of(&detail, stand_url(&state, &detail.stand.project, &detail.stand.namespace), Utc::now());
+    if let Some(priced) = crate::store::usage::priced(state.pool(), id, state.prices(), Utc::now()).await? {
+        let sleeping = detail.stand.state == crate::stand::StandState::Sleeping;
+        let line = crate::reporter::CostLine {
+            cost: priced.cost,
+            sleeping_since: priced.last_awake_until.filter(|_| sleeping),
+        };
+        view.cost = Some(crate::reporter::cost_text(&line));
+    }
     // The run a button just queued, by id: the redirect knows the id, people know the number.
     let queued = query_param(query.as_deref(), "queued").and_then(|q| q.parse::<RunId>().ok()).map(|run| {
         match view.runs.iter().find(|r| r.id == run) {

@@ -180,6 +180,10 @@ pub struct StandView {
     pub active: bool,
     /// Scaled to zero: the page offers Wake.
     pub sleeping: bool,
+    /// Why its deploy or wake waits for a place (`max_active`), while it does.
+    pub waiting: Option<String>,
+    /// What it has cost so far, as the comment says it; set by the handler, which reads the usage.
+    pub cost: Option<String>,
     pub runs: Vec<RunView>,
 }
 
@@ -201,6 +205,8 @@ impl StandView {
             status,
             active: s.state.is_live(),
             sleeping: s.state == StandState::Sleeping,
+            waiting: s.waiting_reason.clone(),
+            cost: None,
             runs: detail.runs.iter().map(|r| RunView::of(s.stand_id, r)).collect(),
         }
     }
