@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use draftd::config::ForgeKind;
 use draftd::forge::client::{ForgeClient, marker};
-use draftd::reporter::{ReportView, Reporter, Status, StepLine, render};
+use draftd::reporter::{ReportView, Reporter, ReporterSettings, Status, StepLine, render};
 use draftd::stand::{RunId, StandId, StepState};
 use serde_json::json;
 use sqlx::PgPool;
@@ -89,7 +89,14 @@ async fn gitlab_five_reports_make_one_note_edited_four_times(pool: PgPool) {
 async fn outage(pool: PgPool, kind: ForgeKind) {
     let fake = Fake::start(kind).await;
     fake.set_mode(Mode::Down(502));
-    let r = reporter(&pool, &fake, kind);
+    // A backoff long enough that a loaded machine's next pass still falls inside it (the test
+    // checks that a stream keeps its backoff), short enough to wait out.
+    let settings = ReporterSettings {
+        backoff_base: Duration::from_millis(400),
+        backoff_max: Duration::from_millis(800),
+        ..forge_fake::settings()
+    };
+    let r = Reporter::new(pool.clone(), settings).with_forge(kind, client(kind, &fake.url(), TOKEN));
     let stand_id = stand(&pool, "feature/login").await;
     for run in 1..=5 {
         enqueue(&pool, kind, StandId::new(stand_id), run).await;
@@ -102,7 +109,7 @@ async fn outage(pool: PgPool, kind: ForgeKind) {
     assert!(rows[4].3.as_deref().unwrap().contains("502"), "{rows:?}");
 
     // Still down: retried with backoff, never delivered, nothing posted.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
     let stats = r.pass().await.unwrap();
     assert_eq!((stats.claimed, stats.retried), (1, 1));
     let down_requests = fake.seen().iter().filter(|s| s.status == 502).count();
@@ -113,7 +120,7 @@ async fn outage(pool: PgPool, kind: ForgeKind) {
     let (id6, last) = enqueue(&pool, kind, StandId::new(stand_id), 6).await;
     let stats = r.pass().await.unwrap();
     assert_eq!(stats.claimed, 0, "the stream is backing off");
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
     let stats = r.pass().await.unwrap();
     assert_eq!((stats.claimed, stats.retried), (1, 1), "due once the backoff is over");
     let rows = states(&pool, StandId::new(stand_id)).await;
