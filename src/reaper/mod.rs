@@ -30,7 +30,7 @@ use crate::stand::StandId;
 use crate::store::StoreError;
 use crate::store::lifecycle::{self, QueuedTeardown};
 use crate::store::sleep::QueuedSleep;
-use crate::store::sweeps;
+use crate::store::{history, sweeps};
 use crate::traffic::{Prometheus, Traffic};
 
 pub use orphans::OrphanReport;
@@ -171,6 +171,8 @@ impl<C: Cluster> Reaper<C> {
         sweep.retried = lifecycle::queue_retries(&self.pool, lifecycle::MAX_TEARDOWN_ATTEMPTS).await?;
         self.warn(now, &mut sweep).await?;
         sweep.slept = self.sleep_idle(now, &mut sweep).await?;
+        // The dashboard's stands-by-state chart: a state is a moment, so each sweep counts them.
+        history::record_counts(&self.pool, sweep_id, now).await?;
         if self.config.reaper.resync {
             for project in &self.projects {
                 let Some(forge) = self.forges.iter().find(|f| f.kind() == project.settings.forge) else { continue };

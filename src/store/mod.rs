@@ -5,6 +5,8 @@ pub mod audit;
 pub mod caps;
 /// Logins handed to stands, by reference, until revoked; this installation's id.
 pub mod credentials;
+/// What the dashboard's charts draw: stands by state per sweep, time to URL and wake time per day.
+pub mod history;
 pub mod intake;
 /// Expiry, extension, tombstones, and what the reaper queues.
 pub mod lifecycle;

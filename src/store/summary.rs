@@ -111,14 +111,8 @@ pub async fn summary(
         if awake == 0.0 && usage.storage_gib_hours == 0.0 && usage.slept_cpu_core_hours == 0.0 {
             continue;
         }
-        p.cost = Some(WindowCost {
-            total: usage.cpu_core_hours * rates.cpu_hour
-                + usage.memory_gib_hours * rates.memory_gib_hour
-                + usage.storage_gib_hours * rates.storage_gib_hour,
-            saved_by_sleep: usage.slept_cpu_core_hours * rates.cpu_hour
-                + usage.slept_memory_gib_hours * rates.memory_gib_hour,
-            currency: prices.currency.clone(),
-        });
+        let (total, saved_by_sleep) = usage.priced(&rates);
+        p.cost = Some(WindowCost { total, saved_by_sleep, currency: prices.currency.clone() });
     }
     Ok(Summary { window: Window { from, to: now, seconds: window.as_secs() }, projects })
 }

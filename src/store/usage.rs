@@ -159,6 +159,17 @@ pub struct WindowUsage {
     pub slept_memory_gib_hours: f64,
 }
 
+impl WindowUsage {
+    /// What it cost at `rates`, and what sleeping saved.
+    pub fn priced(&self, rates: &crate::stand::Rates) -> (f64, f64) {
+        let total = self.cpu_core_hours * rates.cpu_hour
+            + self.memory_gib_hours * rates.memory_gib_hour
+            + self.storage_gib_hours * rates.storage_gib_hour;
+        let saved = self.slept_cpu_core_hours * rates.cpu_hour + self.slept_memory_gib_hours * rates.memory_gib_hour;
+        (total, saved)
+    }
+}
+
 // $1 project filter (null: all), $2 window start, $3 window end. A stretch ends with a sleep or a
 // teardown (or a deploy that changed the requests, when the next begins at once); the time from its
 // end to the next stretch, or to the stand's removal, is time asleep, at the requests it had.

@@ -611,3 +611,88 @@ async fn the_stand_page_shows_its_cost_and_what_it_waits_for(pool: PgPool) {
         page.body
     );
 }
+
+/// Fourteen days of figures for the front page's charts, ending `now`: the sweeps' counts (a stand
+/// more awake each day, one asleep from the eighth), a deploy whose verify passed after 40 s and a
+/// wake after 12 s each day, and one stand awake for the last two weeks. The stand's id.
+pub(crate) async fn seed_figures(pool: &PgPool, now: chrono::DateTime<Utc>) -> StandId {
+    let stand: StandId = sqlx::query_scalar(
+        "insert into stands (project, branch, namespace, created_at) values ('hello-world', 'feature/figures',
+         'draft-feature-figures', $1 - interval '14 days') returning stand_id",
+    )
+    .bind(now)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    for day in 0..14i32 {
+        let at = now - chrono::Duration::days(i64::from(13 - day));
+        let sweep: i64 =
+            sqlx::query_scalar("insert into sweeps (holder, started_at) values ('test', $1) returning sweep_id")
+                .bind(at)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        let counts = [("active", 1 + day), ("sleeping", i32::from(day >= 7))];
+        for (state, stands) in counts {
+            sqlx::query("insert into stand_counts values ($1, $2, 'hello-world', $3, $4)")
+                .bind(sweep)
+                .bind(at)
+                .bind(state)
+                .bind(stands)
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+        for (number, kind, seconds) in [(2 * day + 1, "deploy", 40), (2 * day + 2, "wake", 12)] {
+            let run: i64 = sqlx::query_scalar(
+                "insert into runs (stand_id, number, kind, trigger, automatic, epoch, state, queued_at, finished_at)
+                 values ($1, $2, $3, 'pushed', true, 0, 'succeeded', $4 - make_interval(secs => $5), $4)
+                 returning run_id",
+            )
+            .bind(stand)
+            .bind(number)
+            .bind(kind)
+            .bind(at)
+            .bind(f64::from(seconds))
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            sqlx::query("insert into steps (run_id, name, state, finished_at) values ($1, 'verify', 'succeeded', $2)")
+                .bind(run)
+                .bind(at)
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+    }
+    sqlx::query(
+        "insert into stand_usage (stand_id, cpu_millis, memory_bytes, started_at) values ($1, 1000, 1073741824, $2)",
+    )
+    .bind(stand)
+    .bind(now - chrono::Duration::days(14))
+    .execute(pool)
+    .await
+    .unwrap();
+    stand
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn the_front_page_draws_the_figures_as_svg_with_their_tables(pool: PgPool) {
+    let app = app(pool.clone());
+    seed_figures(&pool, Utc::now()).await;
+    let cookie = login(&app).await;
+    let page = get(&app, "/stands", Some(&cookie)).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_security_headers(&page);
+    assert_eq!(page.body.matches("<svg xmlns=\"http://www.w3.org/2000/svg\"").count(), 4, "{}", page.body);
+    for id in ["states", "time-to-url", "wake-time", "cost"] {
+        assert!(page.body.contains(&format!("<figure id=\"chart-{id}\">")), "{id}");
+    }
+    assert!(!page.body.contains("<script"), "no JavaScript");
+    // The figures beside each chart: today 14 stands awake and one asleep, 40 s to a URL, 12 s to
+    // wake; a week of 1 core and 1 GiB at the default prices is 168 × 0.045 = 7.56 USD.
+    assert!(page.body.contains("<td>14</td><td>1</td><td>—</td><td>—</td></tr>"), "{}", page.body);
+    assert!(page.body.contains("<td>40</td><td>40</td></tr>"), "{}", page.body);
+    assert!(page.body.contains("<td>12</td><td>12</td></tr>"), "{}", page.body);
+    assert!(page.body.contains("<td>7.56</td></tr>"), "{}", page.body);
+}

@@ -282,3 +282,45 @@ async fn log_in_rerun_and_destroy_in_chromium(pool: PgPool) {
     let kinds: Vec<(&str, &str)> = runs.iter().map(|r| (r.kind.as_str(), r.trigger.as_str())).collect();
     assert_eq!(kinds, vec![("deploy", "opened"), ("deploy", "dashboard"), ("teardown", "dashboard")]);
 }
+
+/// The front page's charts as Chromium draws them, kept as `dashboard-charts.png`.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn the_front_pages_charts_render_in_chromium(pool: PgPool) {
+    if std::env::var("DRAFTD_SKIP_BROWSER").as_deref() == Ok("1") {
+        eprintln!("skipped: DRAFTD_SKIP_BROWSER=1 (the dashboard's charts were not drawn)");
+        return;
+    }
+    let driver_path = chromedriver();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let config = Config::from_toml(&format!("public_url = \"{base}\"\n{CONFIG}")).unwrap();
+    let app = app_with(pool.clone(), &config);
+    crate::dashboard::seed_figures(&pool, chrono::Utc::now()).await;
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let driver = Chromedriver::start(&driver_path, dir.path()).await;
+    let client = connect(&driver, &dir.path().join("profile")).await;
+    client.goto(&format!("{base}/login?next=%2Fstands")).await.unwrap();
+    client.find(Locator::Css("input[name=token]")).await.unwrap().send_keys(API_TOKEN).await.unwrap();
+    client.find(Locator::Css("form[action='/login'] button")).await.unwrap().click().await.unwrap();
+    wait_for_text(&client, "h2#figures", "Figures").await;
+    let charts = client.find_all(Locator::Css("figure svg")).await.unwrap();
+    assert_eq!(charts.len(), 4);
+    for chart in &charts {
+        let (_, _, width, height) = chart.rectangle().await.unwrap();
+        assert!(width > 300.0 && height > 100.0, "drawn at {width}×{height}");
+    }
+    let bars = client.find_all(Locator::Css("figure#chart-states svg rect")).await.unwrap();
+    assert!(bars.len() >= 14, "a bar a day: {} rects", bars.len());
+    client.find(Locator::Css("#chart-cost")).await.unwrap();
+    client.set_window_size(1400, 1300).await.unwrap();
+    let png = client.screenshot().await.unwrap();
+    let path = artifacts().join("dashboard-charts.png");
+    std::fs::write(&path, &png).unwrap();
+    println!("screenshot: {}", path.display());
+    assert!(png.len() > 10_000, "a real page, {} bytes", png.len());
+    client.close().await.unwrap();
+    drop(driver);
+    server.abort();
+}

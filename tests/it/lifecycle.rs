@@ -542,6 +542,15 @@ async fn a_stand_expires_48_hours_after_its_last_deploy_started_and_a_push_bring
 
     let before = w.sweep(expires - chrono::Duration::seconds(1)).await;
     assert!(before.expired.is_empty());
+    // Each sweep counts the stands by state for the dashboard's chart, at the sweep's time.
+    let counted: Vec<(String, String, i32)> =
+        sqlx::query_as("select project, state, stands from stand_counts where sweep_id = $1 and at = $2")
+            .bind(before.sweep_id)
+            .bind(expires - chrono::Duration::seconds(1))
+            .fetch_all(&w.pool)
+            .await
+            .unwrap();
+    assert_eq!(counted, [("shop".to_owned(), "active".to_owned(), 1)]);
     let after = w.sweep(expires + chrono::Duration::seconds(1)).await;
     assert_eq!(after.expired.len(), 1);
     assert_eq!(after.expired[0].namespace, w.namespace);

@@ -30,6 +30,7 @@ async fn migrations_apply_reverse_and_apply_again(pool: PgPool) {
         "orphans",
         "outbox",
         "runs",
+        "stand_counts",
         "stand_usage",
         "stands",
         "steps",

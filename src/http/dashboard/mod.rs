@@ -5,6 +5,9 @@
 //! dashboard run is recorded, authorised and reported like an API one, with trigger `dashboard`.
 //! Every page but the login form needs a session ([`session`]); every POST its CSRF token.
 
+/// Inline SVG charts for the front page.
+mod chart;
+mod figures;
 /// The session cookie, CSRF tokens and the `Origin` check.
 mod page;
 mod session;
@@ -172,9 +175,11 @@ async fn list(State(state): State<AppState>, session: Session, RawQuery(query): 
     let stands: Vec<StandRow> =
         rows.iter().map(|s| StandRow::of(s, stand_url(&state, &s.project, &s.namespace), now)).collect();
     let projects: BTreeSet<&str> = state.0.projects.values().map(|p| p.settings.name.as_str()).collect();
+    let charts = figures::front_page(&state, now).await?;
     let context = context! {
         current => "stands",
         csrf => session.csrf(),
+        charts,
         stands,
         projects,
         states => StandState::ALL.map(StandState::as_str),
