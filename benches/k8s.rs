@@ -4,7 +4,17 @@
 //! the time until the run's verify step has passed, split by step; then the close and the time until
 //! the teardown run has finished (the namespace gone, as teardown waits for it).
 //!
-//! Run by `scripts/bench-k8s.sh [--stands N] [--draftd PATH]`. Reported: webhook → verified p50/p95,
+//! With `--wakes N` (issue 23), one more stand is deployed and then, N times, put to sleep (a sleep
+//! run, as the idle sweep queues it) and woken by a request that arrives at draftd's wake listener as
+//! ingress-nginx's default backend sends it (`X-Namespace`, `X-Original-URI`). Timed: from that first
+//! request to the app's 200 (the listener holds the request until the stand is awake, then
+//! redirects; the redirect is followed to the app, which stands in for the pods behind the ingress,
+//! as no container runs under kwok). draftd's share: the total less the rollout (the wake's verify
+//! step less its probe window: kwok making the pods Ready) and the probe window itself; what is left
+//! is queueing the wake, a worker claiming it, new logins and their Secret, the scale calls, the held
+//! request noticing (it looks every 200 ms) and the redirect.
+//!
+//! Run by `scripts/bench-k8s.sh [--stands N] [--wakes N] [--draftd PATH]`. Reported: webhook → verified p50/p95,
 //! each step's, and draftd's own share: the total less helm's time (the deploy step), the rollout's
 //! (the verify step less its probe window) and the migrate Job's own run (as its status counts it). The probe window is set short (2 probes over 1 s) so the
 //! figure is draftd's and the cluster's, not a configured wait.
@@ -20,24 +30,26 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use support::{Server, ServerSpec, github_signature, ms, percentile, with_database, with_fresh_database};
+use support::{Server, ServerSpec, free_port, github_signature, ms, percentile, with_database, with_fresh_database};
 
-const USAGE: &str = "usage: scripts/bench-k8s.sh [--stands N] [--draftd PATH]\n  --stands N     stands made and torn down, one after another (default 20)\n  --draftd PATH  another draftd binary to measure (an A/B across a change)";
+const USAGE: &str = "usage: scripts/bench-k8s.sh [--stands N] [--wakes N] [--draftd PATH]\n  --stands N     stands made and torn down, one after another (default 20)\n  --wakes N      then sleeps and wakes of one more stand, each woken by a request (default 0)\n  --draftd PATH  another draftd binary to measure (an A/B across a change)";
 const SECRET: &str = "bench-k8s-webhook-secret";
 const PROBE_WINDOW: Duration = Duration::from_secs(1);
 const WAIT: Duration = Duration::from_secs(180);
 
 struct Args {
     stands: usize,
+    wakes: usize,
     draftd: PathBuf,
 }
 
 fn parse() -> anyhow::Result<Args> {
     let mut flags = support::Flags::new(USAGE);
-    let mut args = Args { stands: 20, draftd: PathBuf::from(env!("CARGO_BIN_EXE_draftd")) };
+    let mut args = Args { stands: 20, wakes: 0, draftd: PathBuf::from(env!("CARGO_BIN_EXE_draftd")) };
     while let Some(flag) = flags.next_flag() {
         match flag.as_str() {
             "--stands" => args.stands = flags.whole("--stands")?,
+            "--wakes" => args.wakes = flags.whole("--wakes")?,
             "--draftd" => args.draftd = PathBuf::from(flags.value("--draftd")?),
             other => return Err(flags.unknown(other)),
         }
@@ -66,12 +78,18 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     with_fresh_database("bench_k8s", "scripts/bench-k8s.sh", false, |admin_url, db, log| async move {
         let work = tempfile::tempdir()?;
         let config = work.path().join("draftd.toml");
+        let app = app().await?;
+        let wake_port = free_port()?;
         std::fs::write(
             &config,
             format!(
                 r#"
 [stands]
 workers = 4
+
+[sleep]
+listen = "127.0.0.1:{wake_port}"
+hold = "60s"
 
 [cluster]
 mode = "kubernetes"
@@ -100,7 +118,6 @@ smoke = ["bin/smoke"]
                 dir = dir.display(),
                 root = root().display(),
                 window = PROBE_WINDOW.as_secs(),
-                app = app().await?,
             ),
         )?;
         let spec = ServerSpec {
@@ -115,10 +132,14 @@ smoke = ["bin/smoke"]
             ],
         };
         let mut server = Server::start(&spec)?;
-        let client = reqwest::Client::new();
+        // Redirects are the wake listener's answer: they are followed by hand, to the app.
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
         server.wait_ready(&client).await?;
         let pool = PgPool::connect(&with_database(&admin_url, &db)).await?;
-        let result = measure(&args, &server, &client, &pool).await;
+        let mut result = measure(&args, &server, &client, &pool).await;
+        if result.is_ok() && args.wakes > 0 {
+            result = measure_wakes(&args, &server, &client, &pool, wake_port, &app).await;
+        }
         server.stop()?;
         result
     })
@@ -252,19 +273,128 @@ async fn measure(args: &Args, server: &Server, client: &reqwest::Client, pool: &
         teardowns.push(t1.elapsed());
         println!("stand {n}: verified after {:.0} ms, torn down in {:.0} ms", ms(total), ms(teardowns[n]));
     }
-    for v in [&mut totals, &mut own, &mut teardowns] {
-        v.sort();
-    }
-    let row = |what: &str, v: &[Duration]| {
-        println!("{what:<40} p50 {:>8.0} ms   p95 {:>8.0} ms", ms(percentile(v, 0.50)), ms(percentile(v, 0.95)))
-    };
     println!("\n{} stands, one at a time (probe window {PROBE_WINDOW:?} included in verify)", args.stands);
-    row("webhook -> verified stand", &totals);
-    row("  draftd's own share (less helm, rollout, Job)", &own);
-    for (name, mut v) in by_step {
-        v.sort();
-        row(&format!("  step {name}"), &v);
-    }
-    row("close -> teardown finished", &teardowns);
+    row("webhook -> verified stand", totals);
+    row("  draftd's own share (less helm, rollout, Job)", own);
+    rows_by_step("step ", by_step);
+    row("close -> teardown finished", teardowns);
     Ok(())
+}
+
+/// Waits until the newest run of `kind` has ended well; its id.
+async fn ended_after(pool: &PgPool, kind: &str, after: i64) -> anyhow::Result<i64> {
+    let started = Instant::now();
+    loop {
+        let run: Option<(i64, String)> = sqlx::query_as(
+            "select run_id, state from runs where kind = $1 and run_id > $2
+               and state in ('succeeded', 'failed', 'cancelled') order by run_id desc limit 1",
+        )
+        .bind(kind)
+        .bind(after)
+        .fetch_optional(pool)
+        .await?;
+        match run {
+            Some((run, state)) if state == "succeeded" => return Ok(run),
+            Some((_, state)) => bail!("the {kind} run ended {state}; see draftd's log"),
+            None if started.elapsed() > WAIT => bail!("no {kind} run ended within {WAIT:?}"),
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Each step's duration, and the time from queueing to claiming.
+async fn steps_of(pool: &PgPool, run: i64) -> anyhow::Result<BTreeMap<String, Duration>> {
+    let rows: Vec<(String, f64)> = sqlx::query_as(
+        "select name, extract(epoch from finished_at - started_at)::float8 from steps
+         where run_id = $1 and finished_at is not null and started_at is not null",
+    )
+    .bind(run)
+    .fetch_all(pool)
+    .await?;
+    let mut times: BTreeMap<String, Duration> =
+        rows.into_iter().map(|(name, s)| (name, Duration::from_secs_f64(s.max(0.0)))).collect();
+    let queued: f64 = sqlx::query_scalar(
+        "select extract(epoch from (select min(started_at) from steps where run_id = $1) - queued_at)::float8
+         from runs where run_id = $1",
+    )
+    .bind(run)
+    .fetch_one(pool)
+    .await?;
+    times.insert("(queued → first step)".into(), Duration::from_secs_f64(queued.max(0.0)));
+    Ok(times)
+}
+
+async fn measure_wakes(
+    args: &Args,
+    server: &Server,
+    client: &reqwest::Client,
+    pool: &PgPool,
+    wake_port: u16,
+    app: &str,
+) -> anyhow::Result<()> {
+    // One more stand than `--stands` made, left up.
+    let n = args.stands;
+    let before: i64 = sqlx::query_scalar("select coalesce(max(run_id), 0) from runs").fetch_one(pool).await?;
+    send(client, server, "opened", n).await?;
+    let mut last = ended_after(pool, "deploy", before).await?;
+    let (stand, namespace): (i64, String) = sqlx::query_as("select stand_id, namespace from stands where branch = $1")
+        .bind(format!("feature/bench-{n}"))
+        .fetch_one(pool)
+        .await?;
+    let (mut totals, mut own, mut by_step) = (Vec::new(), Vec::new(), BTreeMap::<String, Vec<Duration>>::new());
+    for n in 0..args.wakes {
+        // Asleep, as the idle sweep would put it (an idle time of zero picks it now).
+        let projects = [("bench".to_owned(), Duration::ZERO)];
+        let later = chrono::Utc::now() + chrono::Duration::seconds(1);
+        let queued = draftd::store::sleep::queue_idle(pool, later, &projects, 1).await?;
+        if queued.first().map(|q| q.stand_id.get()) != Some(stand) {
+            bail!("no sleep was queued for the stand (round {n})");
+        }
+        last = ended_after(pool, "sleep", last).await?;
+
+        let t0 = Instant::now();
+        let held = client
+            .get(format!("http://127.0.0.1:{wake_port}/"))
+            .header("host", format!("{namespace}.draft.test"))
+            .header("x-namespace", &namespace)
+            .header("x-original-uri", "/orders/42")
+            .header("x-code", "503")
+            .send()
+            .await?;
+        if held.status() != reqwest::StatusCode::TEMPORARY_REDIRECT {
+            bail!("round {n}: the held request was answered {}: {}", held.status(), held.text().await?);
+        }
+        let location = held.headers().get("location").and_then(|l| l.to_str().ok()).unwrap_or("/").to_owned();
+        let landed = client.get(format!("http://{app}{location}")).send().await?;
+        if !landed.status().is_success() {
+            bail!("round {n}: the app answered {}", landed.status());
+        }
+        let total = t0.elapsed();
+        last = ended_after(pool, "wake", last).await?;
+        let steps = steps_of(pool, last).await?;
+        let rollout = steps.get("verify").copied().unwrap_or_default().saturating_sub(PROBE_WINDOW);
+        totals.push(total);
+        own.push(total.saturating_sub(rollout + PROBE_WINDOW));
+        for (name, d) in steps {
+            by_step.entry(name).or_default().push(d);
+        }
+        println!("wake {n}: first request → the app's 200 in {:.0} ms", ms(total));
+    }
+    println!("\n{} wakes of one stand (probe window {PROBE_WINDOW:?} included in verify)", args.wakes);
+    row("first request -> the app's 200", totals);
+    row("  draftd's own share (less rollout, probe window)", own);
+    rows_by_step("", by_step);
+    Ok(())
+}
+
+/// One figure's line: p50 and p95 of `v`.
+fn row(what: &str, mut v: Vec<Duration>) {
+    v.sort();
+    println!("{what:<48} p50 {:>8.0} ms   p95 {:>8.0} ms", ms(percentile(&v, 0.50)), ms(percentile(&v, 0.95)));
+}
+
+fn rows_by_step(prefix: &str, by_step: BTreeMap<String, Vec<Duration>>) {
+    for (name, v) in by_step {
+        row(&format!("  {prefix}{name}"), v);
+    }
 }

@@ -2,7 +2,8 @@
 # Webhook → verified stand on the local Kubernetes control plane (benches/k8s.rs): the real
 # `draftd serve` in kubernetes mode as its ServiceAccount, real helm and Postgres, kwok for kubelets.
 # Starts a control plane of its own under .k8s-bench/ unless DRAFTD_K8S_DIR names a running one, and
-# stops what it started. Arguments go to the bench: `scripts/bench-k8s.sh --stands 20`.
+# stops what it started. Arguments go to the bench: `scripts/bench-k8s.sh --stands 20`, and
+# `--stands 0 --wakes 20` for issue 23's wake figure (first request → the app's 200).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"

@@ -68,26 +68,35 @@ async fn visit(State(state): State<AppState>, headers: HeaderMap, uri: Uri, hold
             Err(e) => tracing::warn!(error = %e, stand = stand.stand_id.get(), "wake: cannot queue the wake"),
         }
     }
-    if awake_within(&state, namespace, stand, hold).await {
-        return redirect(&original);
+    match awake_within(&state, namespace, stand, hold).await {
+        Ok(()) => redirect(&original),
+        Err(Some(reason)) => {
+            answer(StatusCode::SERVICE_UNAVAILABLE, browser, &host, &format!("waiting for a place: {reason}"))
+        }
+        Err(None) => answer(StatusCode::SERVICE_UNAVAILABLE, browser, &host, "waking up"),
     }
-    answer(StatusCode::SERVICE_UNAVAILABLE, browser, &host, "waking up")
 }
 
-/// Waits up to `hold` for the stand to be awake.
-async fn awake_within(state: &AppState, namespace: &str, mut stand: Visited, hold: Duration) -> bool {
+/// Waits up to `hold` for the stand to be awake; when it is not, why it waits for a place, if it
+/// does (`max_active`).
+async fn awake_within(
+    state: &AppState,
+    namespace: &str,
+    mut stand: Visited,
+    hold: Duration,
+) -> Result<(), Option<String>> {
     let started = Instant::now();
     loop {
         if stand.state == StandState::Active && !stand.waking {
-            return true;
+            return Ok(());
         }
         if started.elapsed() + POLL > hold {
-            return false;
+            return Err(stand.waiting_reason);
         }
         tokio::time::sleep(POLL).await;
         match sleep::visited(state.pool(), namespace).await {
             Ok(Some(now)) => stand = now,
-            _ => return false,
+            _ => return Err(None),
         }
     }
 }
@@ -108,14 +117,22 @@ fn answer(status: StatusCode, browser: bool, host: &str, what: &str) -> Response
         (header::RETRY_AFTER, HeaderValue::from(RETRY_SECS)),
         (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
     ];
-    if !browser || status != StatusCode::SERVICE_UNAVAILABLE || what != "waking up" {
+    let waiting = what.strip_prefix("waiting for a place: ");
+    if !browser || status != StatusCode::SERVICE_UNAVAILABLE || (what != "waking up" && waiting.is_none()) {
         return (status, retry, format!("{host}: {what}\n")).into_response();
     }
     let host = crate::text::escape_html(host);
+    let why = match waiting {
+        Some(reason) => format!(
+            " It waits for a place first: {}. It starts when another stand goes to sleep or is removed.",
+            crate::text::escape_html(reason)
+        ),
+        None => String::new(),
+    };
     let page = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"{RETRY_SECS}\">\
          <title>Waking up {host}</title></head><body><h1>Waking up</h1><p>The draft stand <b>{host}</b> was asleep \
-         and is starting again. This page reloads by itself and shows the stand as soon as it is up.</p></body></html>"
+         and is starting again.{why} This page reloads by itself and shows the stand as soon as it is up.</p></body></html>"
     );
     // 200, not 503: a 503 from here on the ingress controller's direct way would be sent back
     // here once more through its error page.

@@ -106,6 +106,8 @@ pub struct Visited {
     pub waking: bool,
     /// Seconds since its newest wake (or deploy) finished, if one did.
     pub awake_for: Option<f64>,
+    /// Why its wake waits for a place (`max_active`), while it does.
+    pub waiting_reason: Option<String>,
 }
 
 /// The stand of `namespace`, with whether it is being woken.
@@ -115,7 +117,8 @@ pub async fn visited(pool: &PgPool, namespace: &str) -> Result<Option<Visited>, 
                 exists (select 1 from runs r where r.stand_id = s.stand_id and r.kind in ('wake', 'deploy')
                         and r.state in ('queued', 'running')) as waking,
                 (select extract(epoch from now() - max(r.finished_at))::float8 from runs r
-                  where r.stand_id = s.stand_id and r.kind in ('wake', 'deploy') and r.state = 'succeeded') as awake_for
+                  where r.stand_id = s.stand_id and r.kind in ('wake', 'deploy') and r.state = 'succeeded') as awake_for,
+                s.waiting_reason
          from stands s where s.namespace = $1",
     )
     .bind(namespace)

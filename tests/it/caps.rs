@@ -221,3 +221,47 @@ async fn a_waiting_stand_whose_pr_closes_is_torn_down_not_left_waiting(pool: PgP
     assert_eq!(state_of(&pool, stand).await, ("removed".to_owned(), false, None));
     assert_eq!(placed(&pool).await, 1, "the stand that was up keeps its place");
 }
+
+/// A request for a sleeping stand whose wake waits for a place is told so: a browser on the page
+/// that reloads itself, anything else in the 503's body.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_request_for_a_stand_waiting_for_a_place_is_told_why(pool: PgPool) {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::dry_run_shop(&dir.path().join("stands"), "");
+    sqlx::query(
+        "insert into stands (project, branch, namespace, state, waiting_reason)
+         values ('shop', 'feature/nap', 'draft-feature-nap', 'sleeping', '1 of 1 stands ([stands] max_active) are up')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let projects = draftd::config::Projects::resolve_with(&config, |_| Some("x".into())).unwrap();
+    let state = draftd::http::AppState::new(&config, projects, pool.clone());
+    state.set_migrated();
+    let router = draftd::http::wake::router(state, Duration::from_millis(300));
+    let request = |accept: &str| {
+        Request::get("/")
+            .header("host", "nap.draft.test")
+            .header("x-namespace", "draft-feature-nap")
+            .header("accept", accept)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let page = router.clone().oneshot(request("text/html")).await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK, "a browser gets the page that reloads itself");
+    let body = String::from_utf8(page.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(body.contains("It waits for a place first: 1 of 1 stands ([stands] max_active) are up."), "{body}");
+    let api = router.oneshot(request("application/json")).await.unwrap();
+    assert_eq!(api.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(api.headers()["retry-after"], "2");
+    let body = String::from_utf8(api.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert_eq!(body, "nap.draft.test: waiting for a place: 1 of 1 stands ([stands] max_active) are up\n");
+    let wakes: i64 =
+        sqlx::query_scalar("select count(*) from runs where kind = 'wake'").fetch_one(&pool).await.unwrap();
+    assert_eq!(wakes, 1, "two requests, one wake queued");
+}

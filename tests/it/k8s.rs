@@ -208,6 +208,7 @@ smoke = ["bin/smoke"]
         let settings = EngineSettings {
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(2),
+            place_recheck: Duration::from_millis(200),
             ..EngineSettings::default()
         };
         Engine::new(self.pool.clone(), Arc::new(steps), settings, "k8s-test")
@@ -968,4 +969,58 @@ async fn a_stand_sleeps_at_zero_replicas_and_wakes_by_a_wake_run_or_a_push(pool:
     assert_eq!(end, RunEnd::Succeeded, "{}", w.steps(run).await);
     assert_eq!(replicas(&w).await, awake, "{}", w.steps(run).await);
     assert_eq!(stand_state(&w).await, ("active".to_owned(), None));
+}
+
+/// `max_active = 1` with `on_cap = "sleep_idlest"`, against the API server: a second stand's deploy
+/// waits while the first, idler, is scaled to zero through the scale subresource, then comes up.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn past_max_active_the_idlest_stand_is_scaled_to_zero_to_make_room(pool: PgPool) {
+    let Some(dir) = control_plane() else { return };
+    let w = World::new(pool, dir, "caps").await;
+    let engine = w.engine(w.config("")).await.with_caps(draftd::pipeline::Caps {
+        all: Some(1),
+        sleep_idlest: true,
+        ..Default::default()
+    });
+    let (run, end) = w.run(&engine, "deploy", SHA1).await;
+    assert_eq!(end, RunEnd::Succeeded, "{}", w.steps(run).await);
+    let awake = replicas(&w).await;
+    assert!(!awake.is_empty() && awake.iter().all(|(_, n)| *n >= 1), "{awake:?}");
+
+    let other = format!("{}-b", w.namespace);
+    let second = support::queue_run(&w.pool, &w.project, "feature/k8s-b", &other, "deploy", SHA2).await;
+    assert_eq!(engine.run_one().await.unwrap(), Some((second, RunEnd::Waiting)), "past the cap, it waits");
+    let waiting: (String, Option<String>) =
+        sqlx::query_as("select state, waiting_reason from stands where namespace = $1")
+            .bind(&other)
+            .fetch_one(&w.pool)
+            .await
+            .unwrap();
+    assert_eq!(waiting, ("waiting".to_owned(), Some("1 of 1 stands ([stands] max_active) are up".to_owned())));
+    // The sleep the cap queued runs; the waiting deploy asks again each time its recheck comes round.
+    let started = Instant::now();
+    loop {
+        match engine.run_one().await.unwrap() {
+            Some((run, RunEnd::Succeeded)) if run == second => break,
+            Some((run, end)) if run == second => assert_eq!(end, RunEnd::Waiting),
+            Some((run, end)) => assert_eq!(end, RunEnd::Succeeded, "{}", w.steps(run).await),
+            None => {}
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the second stand never came up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(replicas(&w).await.iter().all(|(_, n)| *n == 0), "{:?}", replicas(&w).await);
+    assert_eq!(stand_state(&w).await.0, "sleeping");
+    let sleeps: Vec<String> =
+        sqlx::query_scalar("select trigger from runs where kind = 'sleep'").fetch_all(&w.pool).await.unwrap();
+    assert_eq!(sleeps, ["cap"], "one sleep, for the cap");
+    let deployments: Api<Deployment> = Api::namespaced(w.admin.clone(), &other);
+    let up = deployments.list(&ListParams::default()).await.unwrap().items;
+    assert!(!up.is_empty() && up.iter().all(|d| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1) >= 1));
+
+    for (namespace, branch, sha) in [(&w.namespace, "feature/k8s", SHA1), (&other, "feature/k8s-b", SHA2)] {
+        let run = support::queue_run(&w.pool, &w.project, branch, namespace, "teardown", sha).await;
+        assert_eq!(engine.run_one().await.unwrap(), Some((run, RunEnd::Succeeded)), "{}", w.steps(run).await);
+    }
+    w.wait_namespace_gone().await;
 }

@@ -90,7 +90,8 @@ async fn outage(pool: PgPool, kind: ForgeKind) {
     let fake = Fake::start(kind).await;
     fake.set_mode(Mode::Down(502));
     // A backoff long enough that a loaded machine's next pass still falls inside it (the test
-    // checks that a stream keeps its backoff), short enough to wait out.
+    // checks that a stream keeps its backoff), short enough to wait out: 400 ms, then 800 ms, each
+    // ±20 %, so a wait of 1.1 s outlasts either.
     let settings = ReporterSettings {
         backoff_base: Duration::from_millis(400),
         backoff_max: Duration::from_millis(800),
@@ -109,7 +110,7 @@ async fn outage(pool: PgPool, kind: ForgeKind) {
     assert!(rows[4].3.as_deref().unwrap().contains("502"), "{rows:?}");
 
     // Still down: retried with backoff, never delivered, nothing posted.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let stats = r.pass().await.unwrap();
     assert_eq!((stats.claimed, stats.retried), (1, 1));
     let down_requests = fake.seen().iter().filter(|s| s.status == 502).count();
@@ -120,7 +121,7 @@ async fn outage(pool: PgPool, kind: ForgeKind) {
     let (id6, last) = enqueue(&pool, kind, StandId::new(stand_id), 6).await;
     let stats = r.pass().await.unwrap();
     assert_eq!(stats.claimed, 0, "the stream is backing off");
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let stats = r.pass().await.unwrap();
     assert_eq!((stats.claimed, stats.retried), (1, 1), "due once the backoff is over");
     let rows = states(&pool, StandId::new(stand_id)).await;
