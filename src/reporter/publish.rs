@@ -54,27 +54,37 @@ pub fn outbound(view: &ReportView, target: &Target<'_>) -> Vec<Outbound> {
         }));
     }
     let Some(sha) = view.sha.clone() else { return out };
+    // The check follows the stand's commit through deploys, sleeps and wakes: a sleeping stand's
+    // check says so and how to wake it (a new check run on GitHub, as a completed one is final).
+    if matches!(view.kind, RunKind::Deploy | RunKind::Sleep | RunKind::Wake) {
+        let check = match view.status {
+            Status::Ready | Status::Sleeping => CheckState::Success,
+            Status::Failed => CheckState::Failure,
+            Status::Waiting => CheckState::Queued,
+            _ => CheckState::InProgress,
+        };
+        // The check's summary is the comment without its marker line.
+        let summary = body.split_once('\n').map(|(_, rest)| rest).unwrap_or(&body).to_owned();
+        out.push(Outbound::Check(CheckPayload {
+            forge,
+            repo: repo.clone(),
+            check: CheckReport {
+                sha: sha.clone(),
+                state: check,
+                title: title(view),
+                summary,
+                details_url: view.run_link.clone().or_else(|| view.stand_link.clone()),
+                branch: Some(view.branch.clone()),
+            },
+        }));
+    }
     match view.kind {
         RunKind::Deploy => {
-            let (check, env) = match view.status {
-                Status::Ready => (CheckState::Success, EnvironmentState::Success),
-                Status::Failed => (CheckState::Failure, EnvironmentState::Failure),
-                _ => (CheckState::InProgress, EnvironmentState::InProgress),
+            let env = match view.status {
+                Status::Ready => EnvironmentState::Success,
+                Status::Failed => EnvironmentState::Failure,
+                _ => EnvironmentState::InProgress,
             };
-            // The check's summary is the comment without its marker line.
-            let summary = body.split_once('\n').map(|(_, rest)| rest).unwrap_or(&body).to_owned();
-            out.push(Outbound::Check(CheckPayload {
-                forge,
-                repo: repo.clone(),
-                check: CheckReport {
-                    sha: sha.clone(),
-                    state: check,
-                    title: title(view),
-                    summary,
-                    details_url: view.run_link.clone().or_else(|| view.stand_link.clone()),
-                    branch: Some(view.branch.clone()),
-                },
-            }));
             out.push(Outbound::Environment(EnvironmentPayload {
                 forge,
                 repo: repo.clone(),
@@ -167,6 +177,9 @@ fn title(view: &ReportView) -> String {
             None => "Ready".to_owned(),
         },
         Status::Waiting => format!("Waiting for a place: {}", view.waiting.as_deref().unwrap_or("max_active")),
+        Status::Sleeping => "Asleep: open its URL, comment /draft wake or push to wake it".to_owned(),
+        Status::FallingAsleep => "Going to sleep: idle".to_owned(),
+        Status::Waking => "Waking up".to_owned(),
         Status::Failed => match view.failed_step() {
             Some(step) => match &step.note {
                 Some(note) => format!("Failed at {}: {note}", step.name),
@@ -394,6 +407,28 @@ mod tests {
         assert_eq!(kinds(&outbound(&behind, &target)), ["comment", "check", "environment"], "not the head commit");
         let skipped = view(Status::Ready, &[("deploy", StepState::Succeeded), ("smoke", StepState::Skipped)]);
         assert_eq!(kinds(&outbound(&skipped, &target)), ["comment", "check", "environment"], "smoke never ran");
+    }
+
+    #[test]
+    fn a_sleep_and_a_wake_move_the_check_and_a_waiting_deploy_is_queued() {
+        let target = Target { forge: ForgeKind::Github, repo: "acme/shop", number: Some(7), labelled: false };
+        let check = |kind, status| {
+            let out = outbound(&ReportView { kind, ..view(status, &[]) }, &target);
+            assert_eq!(kinds(&out), ["comment", "check"], "{kind:?} {status:?}: the deployment stays as it was");
+            match &out[1] {
+                Outbound::Check(c) => (c.check.state, c.check.title.clone()),
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(
+            check(RunKind::Sleep, Status::Sleeping),
+            (CheckState::Success, "Asleep: open its URL, comment /draft wake or push to wake it".into())
+        );
+        assert_eq!(check(RunKind::Wake, Status::Waking), (CheckState::InProgress, "Waking up".into()));
+        let waiting = ReportView { waiting: Some("2 of 2 stands are up".into()), ..view(Status::Waiting, &[]) };
+        let out = outbound(&waiting, &target);
+        assert!(matches!(&out[1], Outbound::Check(c) if c.check.state == CheckState::Queued
+            && c.check.title == "Waiting for a place: 2 of 2 stands are up"));
     }
 
     #[test]
