@@ -376,6 +376,124 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
         }
     }
 
+    /// The stand's Secrets from its logins and KV values; a release already running rolls onto them.
+    async fn secrets_step(
+        &self,
+        run: &RunContext,
+        project: &ProjectConfig,
+        plan: &StandPlan,
+    ) -> Result<StepOutcome, StepError> {
+        let gathered = match gather_secrets(&self.pool, self.credentials.as_deref(), run, project).await? {
+            Ok(gathered) => gathered,
+            Err(reason) => return Ok(StepOutcome::skipped(reason)),
+        };
+        let stand = self.stand_meta(run, project).await?;
+        let mut all = BTreeMap::new();
+        for (name, data) in &gathered.secrets {
+            self.cluster.apply_secret(&stand, name, data).await?;
+            all.extend(data.iter().map(|(k, v)| (format!("{name}/{k}"), v.clone())));
+        }
+        // A release already running rolls onto the new values; a first deploy reads them anyway.
+        let checksum = crate::cluster::resources::secrets_checksum(&all);
+        let rolled = self.cluster.roll_on_secrets(&run.namespace, &plan.release.name, &checksum).await?;
+        gathered.delivered(self.credentials.as_deref(), run).await?;
+        let mut detail = gathered.detail;
+        detail["rolled"] = json!(rolled);
+        Ok(StepOutcome::done(detail))
+    }
+
+    /// The image in the registry (or built), and the pull Secret its registry login needs.
+    async fn image_step(
+        &self,
+        run: &RunContext,
+        project: &ProjectConfig,
+        plan: &StandPlan,
+    ) -> Result<StepOutcome, StepError> {
+        let step = ImageStep {
+            pool: &self.pool,
+            config: &self.config,
+            registries: self.registries.as_deref(),
+            builder: Some(self),
+        };
+        let mut outcome = step.run(run, project, plan).await?;
+        if outcome.detail.get("digest").is_some()
+            && let Some((image, json)) = pull_login(self.registries.as_deref(), &self.config, project, plan)?
+        {
+            let stand = self.stand_meta(run, project).await?;
+            self.cluster.apply_pull_secret(&stand, &json).await?;
+            outcome.detail["pull_secret"] = json!({
+                "name": crate::cluster::resources::PULL_SECRET_NAME,
+                "registry": image.registry(),
+                "service_account": crate::cluster::resources::SERVICE_ACCOUNT_NAME,
+            });
+        }
+        Ok(outcome)
+    }
+
+    /// helm upgrade --install of the stand's release, once the rendered chart fits the namespace's limits.
+    async fn deploy_step(&self, run: &RunContext, plan: &StandPlan) -> Result<StepOutcome, StepError> {
+        // Rendering first checks the chart and values before anything changes in the cluster,
+        // and names the mocks for the report.
+        let manifests = self.helm.template(&plan.release).await?;
+        let misfits = crate::cluster::fit::misfits(&manifests, &self.config.cluster.limits);
+        if !misfits.is_empty() {
+            let lines: Vec<String> = misfits.iter().map(|m| format!("- {m}")).collect();
+            return Err(StepError::permanent(
+                "limits_refused",
+                format!(
+                    "the namespace's LimitRange ([cluster.limits]) would refuse these pods, so nothing was \
+                     deployed:\n{}",
+                    lines.join("\n")
+                ),
+            ));
+        }
+        let mocks = mocks_in(&manifests);
+        let recovered = self.recover_pending(plan).await?;
+        let made = self.helm.upgrade_install(&plan.release).await?;
+        // When helm made it: with the number, what tells this revision from one of the same
+        // number after the release is uninstalled and installed again (see `rollback`).
+        let mut detail = json!({
+            "release": plan.release.name,
+            "revision": made.revision,
+            "updated": made.updated,
+            "image_tag": plan.image_tag,
+            "image": plan.image,
+            "mocks": mocks,
+        });
+        if let Some(recovered) = recovered {
+            detail["recovered"] = recovered;
+        }
+        // A push to a sleeping stand deploys and wakes it: helm leaves the replicas the
+        // sleep set, so they go back to the record before verify waits for the rollout.
+        let woken = super::sleep::wake(&self.pool, &*self.cluster, run).await?;
+        if woken.detail["scaled"].as_array().is_some_and(|s| !s.is_empty()) {
+            detail["woken"] = woken.detail;
+        }
+        Ok(StepOutcome::done(detail))
+    }
+
+    /// The release, then the namespace and what is left in it, and any build still running for the stand.
+    async fn uninstall_step(
+        &self,
+        run: &RunContext,
+        project: &ProjectConfig,
+        plan: &StandPlan,
+    ) -> Result<StepOutcome, StepError> {
+        // The release first, so Helm's hooks and its record go the way Helm knows; then the
+        // namespace with everything left in it (Secrets, volume claims), waited for until gone.
+        self.helm.uninstall(&plan.release.name, &run.namespace).await?;
+        crate::store::usage::stopped(&self.pool, run.stand_id).await?;
+        let gone = self.cluster.delete_namespace(&run.namespace, self.config.cluster.teardown_wait).await?;
+        let mut detail = json!({ "release": plan.release.name, "namespace": gone });
+        // A build still running for the stand (its run gave way, or the PR closed mid-build).
+        if project.build.is_some() {
+            let stand = self.stand_meta(run, project).await?;
+            let builds = self.cluster.delete_builds(&self.config.build.namespace, &stand).await?;
+            detail["builds_deleted"] = json!(builds);
+        }
+        Ok(StepOutcome::done(detail))
+    }
+
     async fn step(&self, step: StepName, run: &RunContext, project: &ProjectConfig) -> Result<StepOutcome, StepError> {
         let plan = self.plan(run, project);
         // What runs from deploy on is the image the image step found, by digest.
@@ -391,86 +509,9 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
                 Ok(StepOutcome::done(json!(outcome)))
             }
             StepName::Database => database_step(self.credentials.as_deref(), run, project).await,
-            StepName::Secrets => {
-                let gathered = match gather_secrets(&self.pool, self.credentials.as_deref(), run, project).await? {
-                    Ok(gathered) => gathered,
-                    Err(reason) => return Ok(StepOutcome::skipped(reason)),
-                };
-                let stand = self.stand_meta(run, project).await?;
-                let mut all = BTreeMap::new();
-                for (name, data) in &gathered.secrets {
-                    self.cluster.apply_secret(&stand, name, data).await?;
-                    all.extend(data.iter().map(|(k, v)| (format!("{name}/{k}"), v.clone())));
-                }
-                // A release already running rolls onto the new values; a first deploy reads them anyway.
-                let checksum = crate::cluster::resources::secrets_checksum(&all);
-                let rolled = self.cluster.roll_on_secrets(&run.namespace, &plan.release.name, &checksum).await?;
-                gathered.delivered(self.credentials.as_deref(), run).await?;
-                let mut detail = gathered.detail;
-                detail["rolled"] = json!(rolled);
-                Ok(StepOutcome::done(detail))
-            }
-            StepName::Image => {
-                let step = ImageStep {
-                    pool: &self.pool,
-                    config: &self.config,
-                    registries: self.registries.as_deref(),
-                    builder: Some(self),
-                };
-                let mut outcome = step.run(run, project, &plan).await?;
-                if outcome.detail.get("digest").is_some()
-                    && let Some((image, json)) = pull_login(self.registries.as_deref(), &self.config, project, &plan)?
-                {
-                    let stand = self.stand_meta(run, project).await?;
-                    self.cluster.apply_pull_secret(&stand, &json).await?;
-                    outcome.detail["pull_secret"] = json!({
-                        "name": crate::cluster::resources::PULL_SECRET_NAME,
-                        "registry": image.registry(),
-                        "service_account": crate::cluster::resources::SERVICE_ACCOUNT_NAME,
-                    });
-                }
-                Ok(outcome)
-            }
-            StepName::Deploy => {
-                // Rendering first checks the chart and values before anything changes in the cluster,
-                // and names the mocks for the report.
-                let manifests = self.helm.template(&plan.release).await?;
-                let misfits = crate::cluster::fit::misfits(&manifests, &self.config.cluster.limits);
-                if !misfits.is_empty() {
-                    let lines: Vec<String> = misfits.iter().map(|m| format!("- {m}")).collect();
-                    return Err(StepError::permanent(
-                        "limits_refused",
-                        format!(
-                            "the namespace's LimitRange ([cluster.limits]) would refuse these pods, so nothing was \
-                             deployed:\n{}",
-                            lines.join("\n")
-                        ),
-                    ));
-                }
-                let mocks = mocks_in(&manifests);
-                let recovered = self.recover_pending(&plan).await?;
-                let made = self.helm.upgrade_install(&plan.release).await?;
-                // When helm made it: with the number, what tells this revision from one of the same
-                // number after the release is uninstalled and installed again (see `rollback`).
-                let mut detail = json!({
-                    "release": plan.release.name,
-                    "revision": made.revision,
-                    "updated": made.updated,
-                    "image_tag": plan.image_tag,
-                    "image": plan.image,
-                    "mocks": mocks,
-                });
-                if let Some(recovered) = recovered {
-                    detail["recovered"] = recovered;
-                }
-                // A push to a sleeping stand deploys and wakes it: helm leaves the replicas the
-                // sleep set, so they go back to the record before verify waits for the rollout.
-                let woken = super::sleep::wake(&self.pool, &*self.cluster, run).await?;
-                if woken.detail["scaled"].as_array().is_some_and(|s| !s.is_empty()) {
-                    detail["woken"] = woken.detail;
-                }
-                Ok(StepOutcome::done(detail))
-            }
+            StepName::Secrets => self.secrets_step(run, project, &plan).await,
+            StepName::Image => self.image_step(run, project, &plan).await,
+            StepName::Deploy => self.deploy_step(run, &plan).await,
             StepName::Migrate if project.migrate.is_empty() => {
                 Ok(StepOutcome::skipped("the project has no migrate command"))
             }
@@ -489,21 +530,7 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
             StepName::Cancel => lifecycle::cancel(&self.pool, run).await,
             StepName::Deactivate => lifecycle::deactivate(&self.pool, &self.config, run).await,
             StepName::Revoke => lifecycle::revoke(self.credentials.as_deref(), run).await,
-            StepName::Uninstall => {
-                // The release first, so Helm's hooks and its record go the way Helm knows; then the
-                // namespace with everything left in it (Secrets, volume claims), waited for until gone.
-                self.helm.uninstall(&plan.release.name, &run.namespace).await?;
-                crate::store::usage::stopped(&self.pool, run.stand_id).await?;
-                let gone = self.cluster.delete_namespace(&run.namespace, self.config.cluster.teardown_wait).await?;
-                let mut detail = json!({ "release": plan.release.name, "namespace": gone });
-                // A build still running for the stand (its run gave way, or the PR closed mid-build).
-                if project.build.is_some() {
-                    let stand = self.stand_meta(run, project).await?;
-                    let builds = self.cluster.delete_builds(&self.config.build.namespace, &stand).await?;
-                    detail["builds_deleted"] = json!(builds);
-                }
-                Ok(StepOutcome::done(detail))
-            }
+            StepName::Uninstall => self.uninstall_step(run, project, &plan).await,
             StepName::Drop => lifecycle::drop(&self.pool, self.credentials.as_deref(), run).await,
             StepName::Extend => {
                 let (mut outcome, at) = lifecycle::extend(&self.pool, &self.config, run).await?;
