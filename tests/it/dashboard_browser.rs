@@ -215,15 +215,10 @@ async fn press(client: &Client, label: &str, queued: &str) {
     wait_for_text(client, "p[role=status]", queued).await;
 }
 
-#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
-async fn log_in_rerun_and_destroy_in_chromium(pool: PgPool) {
-    if std::env::var("DRAFTD_SKIP_BROWSER").as_deref() == Ok("1") {
-        eprintln!("skipped: DRAFTD_SKIP_BROWSER=1 (the dashboard's real-browser test did not run)");
-        return;
-    }
-    let driver_path = chromedriver();
+/// The dashboard's router served on 127.0.0.1, its `public_url` its own address: one host
+/// throughout, as the cookie is Secure (loopback counts as secure) and bound to this host.
+async fn serve(pool: &PgPool) -> (String, axum::Router, tokio::task::JoinHandle<std::io::Result<()>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    // One host throughout: the cookie is Secure (loopback counts as secure) and bound to this host.
     let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
     let config = Config::from_toml(&format!("public_url = \"{base}\"\n{CONFIG}")).unwrap();
     let app = app_with(pool.clone(), &config);
@@ -231,6 +226,23 @@ async fn log_in_rerun_and_destroy_in_chromium(pool: PgPool) {
         let app = app.clone();
         async move { axum::serve(listener, app).await }
     });
+    (base, app, server)
+}
+
+/// Fills the login form in with the API token and sends it.
+async fn submit_token(client: &Client) {
+    client.find(Locator::Css("input[name=token]")).await.unwrap().send_keys(API_TOKEN).await.unwrap();
+    client.find(Locator::Css("form[action='/login'] button")).await.unwrap().click().await.unwrap();
+}
+
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn log_in_rerun_and_destroy_in_chromium(pool: PgPool) {
+    if std::env::var("DRAFTD_SKIP_BROWSER").as_deref() == Ok("1") {
+        eprintln!("skipped: DRAFTD_SKIP_BROWSER=1 (the dashboard's real-browser test did not run)");
+        return;
+    }
+    let driver_path = chromedriver();
+    let (base, app, server) = serve(&pool).await;
     let payload = github_pr("opened", "feature/browser", &sha(1), "2019-05-15T15:20:33Z");
     let seeded = github(&app, "pull_request", &uuid::Uuid::new_v4().to_string(), &payload).await;
     let id = seeded.body["stand"].as_i64().expect("a stand from the webhook");
@@ -242,8 +254,7 @@ async fn log_in_rerun_and_destroy_in_chromium(pool: PgPool) {
     client.goto(&format!("{base}/stands")).await.unwrap();
     let url = client.current_url().await.unwrap();
     assert_eq!((url.path(), url.query()), ("/login", Some("next=%2Fstands")), "redirected to the login form");
-    client.find(Locator::Css("input[name=token]")).await.unwrap().send_keys(API_TOKEN).await.unwrap();
-    client.find(Locator::Css("form[action='/login'] button")).await.unwrap().click().await.unwrap();
+    submit_token(&client).await;
     wait_for_text(&client, "h1", "Stands").await;
     assert_eq!(client.current_url().await.unwrap().path(), "/stands");
     let cookie = client.get_named_cookie("draftd_session").await.expect("the session cookie is kept");
@@ -291,19 +302,14 @@ async fn the_front_pages_charts_render_in_chromium(pool: PgPool) {
         return;
     }
     let driver_path = chromedriver();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
-    let config = Config::from_toml(&format!("public_url = \"{base}\"\n{CONFIG}")).unwrap();
-    let app = app_with(pool.clone(), &config);
     crate::dashboard::seed_figures(&pool, chrono::Utc::now()).await;
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (base, _, server) = serve(&pool).await;
 
     let dir = tempfile::tempdir().unwrap();
     let driver = Chromedriver::start(&driver_path, dir.path()).await;
     let client = connect(&driver, &dir.path().join("profile")).await;
     client.goto(&format!("{base}/login?next=%2Fstands")).await.unwrap();
-    client.find(Locator::Css("input[name=token]")).await.unwrap().send_keys(API_TOKEN).await.unwrap();
-    client.find(Locator::Css("form[action='/login'] button")).await.unwrap().click().await.unwrap();
+    submit_token(&client).await;
     wait_for_text(&client, "h2#figures", "Figures").await;
     let charts = client.find_all(Locator::Css("figure svg")).await.unwrap();
     assert_eq!(charts.len(), 4);
