@@ -303,7 +303,8 @@ pub async fn wait(conn: &mut sqlx::PgConnection, stand_id: StandId, reason: &str
 /// teardown's own epoch: a stand revived while it ran stays active, and its queued deploy builds
 /// it again.
 pub async fn tombstone<'e>(conn: impl sqlx::PgExecutor<'e>, stand_id: StandId, epoch: i32) -> Result<bool, StoreError> {
-    let sql = change_sql("expiry_warned_for = null", " and epoch = $4");
+    // A removed stand holds no place, whichever state its teardown started from.
+    let sql = change_sql("expiry_warned_for = null, placed_at = null, waiting_reason = null", " and epoch = $4");
     let done = bind_change(&sql, stand_id, StandChange::Tombstone).bind(epoch).execute(conn).await?;
     Ok(done.rows_affected() == 1)
 }

@@ -56,3 +56,29 @@ async fn a_tombstone_from_an_older_life_leaves_a_revived_stand_alone(pool: PgPoo
     assert!(!stands::tombstone(&pool, stand, 0).await.unwrap(), "the teardown of epoch 0 ended after a revive");
     assert_eq!(state_of(&pool, stand).await, (StandState::Active, 1));
 }
+
+/// Whatever a stand's state, once it is closed or removed it holds no place under `max_active`, and
+/// one put to sleep gives its place back.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn closing_removing_and_sleeping_give_the_place_back(pool: PgPool) {
+    for (change, from) in [
+        (StandChange::Close, StandState::Active),
+        (StandChange::Tombstone, StandState::Active),
+        (StandChange::Sleep, StandState::Active),
+    ] {
+        sqlx::query("delete from stands").execute(&pool).await.unwrap();
+        let stand = stand_in(&pool, from, 0).await;
+        sqlx::query("update stands set placed_at = now() where stand_id = $1")
+            .bind(stand)
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert!(apply(&pool, change, stand).await, "{change:?}");
+        let placed: bool = sqlx::query_scalar("select placed_at is not null from stands where stand_id = $1")
+            .bind(stand)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert!(!placed, "{change:?} from {from} left the stand its place");
+    }
+}
