@@ -20,7 +20,8 @@ pub struct Limits {
 }
 
 impl Limits {
-    fn any(&self) -> bool {
+    /// Some cap applies: without one, nothing can refuse a place.
+    pub fn any(&self) -> bool {
         self.all.is_some() || self.project.is_some()
     }
 }
@@ -40,11 +41,23 @@ const PLACES_LOCK: i64 = 28273260327363586;
 
 /// Takes a place for `stand_id`, or says why it must wait (marking it waiting, with the reason).
 pub async fn admit(pool: &PgPool, stand_id: StandId, limits: Limits) -> Result<Admission, StoreError> {
-    let mut tx = pool.begin().await?;
-    if limits.any() {
-        // Before the stand's row lock, always in this order: the lock only ever waits on rows.
-        sqlx::query("select pg_advisory_xact_lock($1)").bind(PLACES_LOCK).execute(&mut *tx).await?;
+    if !limits.any() {
+        // Nothing can refuse: one statement on every deploy's path, no lock. A stand left waiting
+        // by caps since removed from the configuration takes its place too.
+        let state: Option<crate::stand::StandState> = sqlx::query_scalar(
+            "update stands set placed_at = coalesce(placed_at, now()) where stand_id = $1 returning state",
+        )
+        .bind(stand_id)
+        .fetch_optional(pool)
+        .await?;
+        if state == Some(crate::stand::StandState::Waiting) {
+            super::stands::place(&mut *pool.acquire().await?, stand_id).await?;
+        }
+        return Ok(Admission::Placed);
     }
+    let mut tx = pool.begin().await?;
+    // Before the stand's row lock, always in this order: the lock only ever waits on rows.
+    sqlx::query("select pg_advisory_xact_lock($1)").bind(PLACES_LOCK).execute(&mut *tx).await?;
     let stand: Option<(String, bool, Option<String>)> = sqlx::query_as(
         "select project, placed_at is not null, waiting_reason from stands where stand_id = $1 for update",
     )
@@ -55,11 +68,6 @@ pub async fn admit(pool: &PgPool, stand_id: StandId, limits: Limits) -> Result<A
         return Ok(Admission::Placed);
     };
     if placed {
-        return Ok(Admission::Placed);
-    }
-    if !limits.any() {
-        super::stands::place(&mut tx, stand_id).await?;
-        tx.commit().await?;
         return Ok(Admission::Placed);
     }
     let (all, in_project): (i64, i64) =

@@ -199,6 +199,15 @@ async fn a_projects_cap_counts_its_own_stands(pool: PgPool) {
         panic!("a fourth stand passes the cap across projects");
     };
     assert_eq!(reason, "3 of 3 stands ([stands] max_active) are up");
+    // The caps taken out of the configuration: the waiting stand takes its place at once.
+    assert_eq!(caps::admit(&pool, second, Limits::default()).await.unwrap(), Admission::Placed);
+    let (state, reason): (String, Option<String>) =
+        sqlx::query_as("select state, waiting_reason from stands where stand_id = $1")
+            .bind(second)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), reason), ("active", None));
 }
 
 /// A waiting stand whose PR closes is removed, its waiting deploy cancelled, and nothing waits on.

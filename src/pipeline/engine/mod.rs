@@ -332,12 +332,13 @@ impl<R: StepRunner> Engine<R> {
     /// Takes one of `max_active`'s places for the run's stand; false when it must wait, with the
     /// run back in the queue and, the first time, its comment saying why.
     async fn place(&self, run: &ClaimedRun) -> Result<bool, RunStoreError> {
+        let limits = self.caps.limits(run.project.as_str());
         // A run a newer deploy or a teardown overtook ends at its first boundary: it needs no place,
-        // and waiting for one would hold up the runs behind it.
-        if runs::overtaken_by(&self.pool, run).await?.is_some() {
+        // and waiting for one would hold up the runs behind it. Without a cap nothing waits.
+        if limits.any() && runs::overtaken_by(&self.pool, run).await?.is_some() {
             return Ok(true);
         }
-        match caps::admit(&self.pool, run.stand_id, self.caps.limits(run.project.as_str())).await? {
+        match caps::admit(&self.pool, run.stand_id, limits).await? {
             Admission::Placed => Ok(true),
             Admission::Waiting { reason, news, made_room } => {
                 tracing::info!(%reason, made_room = made_room.map(|s| s.get()), "waiting for a place");
