@@ -49,14 +49,14 @@ async fn visit(State(state): State<AppState>, headers: HeaderMap, uri: Uri, hold
         Ok(found) => found,
         Err(e) => {
             tracing::warn!(error = %e, namespace, "wake: cannot look the stand up");
-            return answer(StatusCode::SERVICE_UNAVAILABLE, browser, &host, "draftd cannot reach its database");
+            return answer(StatusCode::SERVICE_UNAVAILABLE, &host, "draftd cannot reach its database");
         }
     };
     let Some(stand) = found.filter(|s| s.state.is_live()) else {
-        return answer(StatusCode::NOT_FOUND, false, &host, "there is no draft stand here (it may have been removed)");
+        return answer(StatusCode::NOT_FOUND, &host, "there is no draft stand here (it may have been removed)");
     };
     if stand.state == StandState::Active && !stand.waking && stand.awake_for.is_none_or(|s| s > JUST_WOKEN) {
-        return answer(StatusCode::SERVICE_UNAVAILABLE, false, &host, "the stand is awake, and its app answered 503");
+        return answer(StatusCode::SERVICE_UNAVAILABLE, &host, "the stand is awake, and its app answered 503");
     }
     if stand.state == StandState::Sleeping {
         match sleep::wake_on_visit(pool, stand.stand_id).await {
@@ -70,10 +70,7 @@ async fn visit(State(state): State<AppState>, headers: HeaderMap, uri: Uri, hold
     }
     match awake_within(&state, namespace, stand, hold).await {
         Ok(()) => redirect(&original),
-        Err(Some(reason)) => {
-            answer(StatusCode::SERVICE_UNAVAILABLE, browser, &host, &format!("waiting for a place: {reason}"))
-        }
-        Err(None) => answer(StatusCode::SERVICE_UNAVAILABLE, browser, &host, "waking up"),
+        Err(waiting) => waking(browser, &host, waiting.as_deref()),
     }
 }
 
@@ -111,15 +108,24 @@ fn redirect(path: &str) -> Response {
     response
 }
 
-/// A browser gets a page that asks again by itself; anything else the status with `Retry-After`.
-fn answer(status: StatusCode, browser: bool, host: &str, what: &str) -> Response {
-    let retry = [
+/// The status with `Retry-After`, and what happened in one line.
+fn answer(status: StatusCode, host: &str, what: &str) -> Response {
+    (status, retry_headers(), format!("{host}: {what}\n")).into_response()
+}
+
+fn retry_headers() -> [(header::HeaderName, HeaderValue); 2] {
+    [
         (header::RETRY_AFTER, HeaderValue::from(RETRY_SECS)),
         (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-    ];
-    let waiting = what.strip_prefix("waiting for a place: ");
-    if !browser || status != StatusCode::SERVICE_UNAVAILABLE || (what != "waking up" && waiting.is_none()) {
-        return (status, retry, format!("{host}: {what}\n")).into_response();
+    ]
+}
+
+/// The stand is not up yet (and waits for a place first, when `waiting` says why): a browser gets a
+/// page that asks again by itself, anything else a 503 with `Retry-After`.
+fn waking(browser: bool, host: &str, waiting: Option<&str>) -> Response {
+    if !browser {
+        let what = waiting.map_or("waking up".to_owned(), |reason| format!("waiting for a place: {reason}"));
+        return answer(StatusCode::SERVICE_UNAVAILABLE, host, &what);
     }
     let host = crate::text::escape_html(host);
     let why = match waiting {
@@ -137,5 +143,5 @@ fn answer(status: StatusCode, browser: bool, host: &str, what: &str) -> Response
     // 200, not 503: a 503 from here on the ingress controller's direct way would be sent back
     // here once more through its error page.
     let html = [(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"))];
-    (StatusCode::OK, retry, html, page).into_response()
+    (StatusCode::OK, retry_headers(), html, page).into_response()
 }
