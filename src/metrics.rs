@@ -49,6 +49,8 @@ pub const REAPER_ORPHANS_REMOVED: &str = "draftd_reaper_orphans_removed_total";
 pub const FORGE_CALLS: &str = "draftd_forge_api_calls_total";
 /// Times a forge call waited for a rate limit to pass, by `forge`.
 pub const FORGE_RATE_LIMIT_WAITS: &str = "draftd_forge_rate_limit_waits_total";
+/// Answers of `/access/check` by `verdict` (person, allowed, sign_in, refused): who comes into private stands.
+pub const ACCESS_CHECKS: &str = "draftd_access_checks_total";
 /// Errors by their stable `metric_label` and `source` (http, step, reporter, reaper).
 pub const ERRORS: &str = "draftd_errors_total";
 
@@ -105,10 +107,16 @@ fn describe() {
     describe_counter!(FORGE_CALLS, "Forge API calls by forge, operation and outcome");
     describe_counter!(FORGE_RATE_LIMIT_WAITS, "Forge calls held back by a rate limit, by forge");
     describe_counter!(ERRORS, "Errors by stable label and source");
+    describe_counter!(ACCESS_CHECKS, "Answers of the private stands' access check, by verdict");
     describe_gauge!(
         STAND_COST,
         "What each project's stands have cost so far, in [cost] currency (an estimate from requests)"
     );
+}
+
+/// Counts an answer of the access check.
+pub fn access_check(verdict: &'static str) {
+    metrics::counter!(ACCESS_CHECKS, "verdict" => verdict).increment(1);
 }
 
 /// Counts an error under its stable label.

@@ -116,6 +116,8 @@ fn start_background(
     let clients = forges.iter().map(|f| (f.kind(), f.clone())).collect();
     let authoriser: Arc<dyn Authorise> =
         Arc::new(ForgeAuthoriser::with_clients(workers_pool.clone(), &config, clients));
+    // Private stands' access tokens are made with the key the check verifies them with.
+    let access_key = state.access().map(|gate| gate.key.clone());
     // The image step's registries: a bad CA file or reference stops the start, not the first run.
     let registries = Some(Arc::new(Registries::from_config(&config).context("registry clients")?));
     let reaper = Reaper::new(workers_pool.clone(), config.clone(), lease_owner())
@@ -136,6 +138,7 @@ fn start_background(
             let steps = KubernetesSteps::new(workers_pool.clone(), config.clone(), helm, cluster)
                 .with_credentials(credentials)
                 .with_registries(registries)
+                .with_access(access_key)
                 .with_forges(Arc::new(forges.clone()));
             spawn_engine(steps, workers_pool, &config, authoriser, state, stop)?;
         }
@@ -148,7 +151,8 @@ fn start_background(
             }
             let steps = DryRunSteps::new(workers_pool.clone(), config.clone(), helm)
                 .with_credentials(credentials)
-                .with_registries(registries);
+                .with_registries(registries)
+                .with_access(access_key);
             spawn_engine(steps, workers_pool, &config, authoriser, state, stop)?;
         }
     }

@@ -16,6 +16,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Deserializer, Serialize};
 
+mod access;
 mod cluster;
 mod cost;
 mod projects;
@@ -24,6 +25,7 @@ mod services;
 mod sleep;
 mod stands;
 
+pub use access::{AccessConfig, AccessMode, AccessSecrets, OAuthApp, OAuthEndpoints};
 pub use cluster::{
     ClusterConfig, ClusterMode, LimitsConfig, NetworkPeer, NotAQuantity, PodSecurity, Quantity, QuotaConfig,
     VerifyConfig,
@@ -53,6 +55,9 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "registry",
     "build",
     "projects",
+    "sleep",
+    "cost",
+    "access",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +100,8 @@ pub struct Config {
     /// Without it (and without a project's own `registry`) the image is not checked.
     pub registry: Option<RegistryConfig>,
     pub build: BuildConfig,
+    /// Stand URLs behind forge sign-in; without it every stand's URL is public.
+    pub access: Option<AccessConfig>,
     pub projects: Vec<ProjectConfig>,
     /// Where the file came from, for error messages; not a setting.
     #[serde(skip)]
@@ -120,6 +127,7 @@ impl Default for Config {
             gitlab: GitlabConfig::default(),
             registry: None,
             build: BuildConfig::default(),
+            access: None,
             projects: Vec::new(),
             source: None,
         }
@@ -239,6 +247,7 @@ impl Config {
             return Err(self.invalid("postgres.credential_ttl", "must be at least 1s and at most 1h"));
         }
         projects::check_unique(self)?;
+        self.check_access()?;
         for (i, p) in self.projects.iter().enumerate() {
             let key = |field: &str| format!("projects[{i}].{field}");
             if p.ttl.is_some_and(|t| t.is_zero()) {

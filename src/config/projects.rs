@@ -62,6 +62,9 @@ pub struct ProjectConfig {
     pub branches: Vec<String>,
     #[serde(default)]
     pub forks: ForkPolicy,
+    /// Who may open this project's stands: `forge` (people who can read the repository) is the
+    /// default when `[access]` is configured, `public` otherwise.
+    pub access: Option<super::AccessMode>,
     /// Draft PRs are work in progress; they get a stand once marked ready for review.
     #[serde(default = "ProjectConfig::skip_draft")]
     pub skip_draft: bool,
@@ -200,6 +203,8 @@ pub struct Projects {
     pub gitlab_secret: Option<SecretString>,
     /// Without `[api] token_env` the API answers every request with 401.
     pub api_token: Option<SecretString>,
+    /// `[access]`'s key and OAuth client secrets, when it is configured.
+    pub access: Option<super::AccessSecrets>,
 }
 
 impl Projects {
@@ -248,7 +253,8 @@ impl Projects {
                 webhook_secret,
             });
         }
-        Ok(Projects { projects, github_secret, gitlab_secret, api_token })
+        let access = super::AccessSecrets::resolve(config, &lookup)?;
+        Ok(Projects { projects, github_secret, gitlab_secret, api_token, access })
     }
 
     /// The project named `name`.

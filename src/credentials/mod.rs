@@ -13,6 +13,8 @@
 //! [`InstanceMark`], and Vault roles on draftd's own connection, since the server and Vault may be
 //! shared.
 
+/// The stand's URL login: the signed sign-in cookie and the per-run access token.
+pub mod access;
 /// The database step's database and Vault role, KV values, logins issued and their Secret data.
 mod compose;
 /// The keeper: renews, replaces and revokes logins while the stand lives.

@@ -11,6 +11,8 @@ pub mod command;
 pub mod github;
 /// GitLab: the client (the `gitlab` crate; deploy tokens, wire types) and webhook parsing.
 pub mod gitlab;
+/// Signing people in with their forge (OAuth with PKCE), and whether they can read a repository.
+pub mod signin;
 
 use chrono::{DateTime, Utc};
 

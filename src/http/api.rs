@@ -161,6 +161,9 @@ async fn show(
         Some(detail) => {
             let mut shown = StandDetail::from(detail);
             shown.cost = state.cost_of(id).await?;
+            if let Some(gate) = state.access() {
+                shown.access = gate.shown(id, &shown.stand.project).await?;
+            }
             Ok(Json(shown))
         }
         None => Err(ApiError::StandNotFound { message: format!("no stand with id {id}") }),

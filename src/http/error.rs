@@ -54,6 +54,12 @@ pub enum ApiError {
     Conflict { code: &'static str, message: String },
     #[error("{message}")]
     StandNotFound { message: String },
+    /// Signed in, and the forge says this person cannot read the stand's repository.
+    #[error("{0}")]
+    AccessRefused(String),
+    /// The forge a person signs in with failed or could not be reached.
+    #[error("{0}")]
+    ForgeUnavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -82,6 +88,8 @@ impl ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::StandNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::AccessRefused(_) => StatusCode::FORBIDDEN,
+            ApiError::ForgeUnavailable(_) => StatusCode::BAD_GATEWAY,
             ApiError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -100,6 +108,8 @@ impl ApiError {
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Conflict { code, .. } => code,
             ApiError::StandNotFound { .. } => "stand_not_found",
+            ApiError::AccessRefused(_) => "access_refused",
+            ApiError::ForgeUnavailable(_) => "forge_unavailable",
             ApiError::Store(e) if e.is_transient() => "database_unavailable",
             ApiError::Store(_) => "internal",
         }

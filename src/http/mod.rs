@@ -1,5 +1,7 @@
 //! The HTTP surface on one listener: webhooks, the stand API, the dashboard, health and metrics.
 
+/// Private stands: ingress-nginx's auth check, and signing in with the forge.
+pub mod access;
 /// The stand API: `/api/v1/stands…`, bearer token.
 mod api;
 mod auth;
@@ -62,11 +64,14 @@ struct Inner {
     forge_problems: ForgeProblems,
     /// `[cost]`: the stands' cost in the API.
     cost: crate::config::CostConfig,
+    /// `[access]`: the check, its key and the forges' sign-in; `None` when every stand is public.
+    access: Option<Arc<access::Gate>>,
 }
 
 impl AppState {
     pub fn new(config: &Config, projects: Projects, pool: PgPool) -> Self {
-        let Projects { projects, github_secret, gitlab_secret, api_token } = projects;
+        let Projects { projects, github_secret, gitlab_secret, api_token, access } = projects;
+        let access = access.and_then(|secrets| access::Gate::from_config(config, secrets, pool.clone()));
         let projects =
             projects.into_iter().map(|p| ((p.settings.forge, p.settings.repo.to_lowercase()), Arc::new(p))).collect();
         AppState(Arc::new(Inner {
@@ -81,7 +86,13 @@ impl AppState {
             wake: Wake::default(),
             forge_problems: ForgeProblems::default(),
             cost: config.cost.clone(),
+            access,
         }))
+    }
+
+    /// The access check, when `[access]` is configured.
+    pub fn access(&self) -> Option<&Arc<access::Gate>> {
+        self.0.access.as_ref()
     }
 
     pub fn cost_rates(&self) -> crate::stand::Rates {
@@ -243,6 +254,7 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::router())
         .merge(dashboard::router())
         .merge(metrics::router())
+        .merge(access::router())
         // After every route is in: it applies to the routes present when it is called.
         .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)

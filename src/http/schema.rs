@@ -78,6 +78,20 @@ pub struct StandDetail {
     /// What it has cost so far (kubernetes mode, once it was awake): an estimate from its requests
     /// and `[cost]`'s prices, not a bill.
     pub cost: Option<Cost>,
+    /// Who may open its URL; with `[access]`, and for a private stand, the token programs use.
+    pub access: Option<StandAccess>,
+}
+
+/// A stand's access, as the API shows it to holders of the API token.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StandAccess {
+    /// `forge` (people who can read the repository, signed in) or `public`.
+    pub mode: String,
+    /// The current run's access token, for CI and scripts: send it in the `X-Draftd-Access` header.
+    /// Each run makes a new one; `null` until a run's secrets step handed one out.
+    pub token: Option<String>,
+    /// The run whose token it is.
+    pub token_run: Option<RunId>,
 }
 
 impl From<rows::StandSummary> for StandSummary {
@@ -137,6 +151,11 @@ impl From<rows::StepSummary> for StepSummary {
 
 impl From<rows::StandDetail> for StandDetail {
     fn from(d: rows::StandDetail) -> Self {
-        Self { stand: d.stand.into(), runs: d.runs.into_iter().map(RunSummary::from).collect(), cost: None }
+        Self {
+            stand: d.stand.into(),
+            runs: d.runs.into_iter().map(RunSummary::from).collect(),
+            cost: None,
+            access: None,
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::config::{Config, ProjectConfig};
+use crate::config::{AccessMode, Config, ProjectConfig};
 use crate::helm::{Release, release_name};
 use crate::stand::{StandId, slug};
 pub use crate::stand::{stand_host, stand_url};
@@ -66,6 +66,11 @@ impl StandPlan {
             if let Some(wake) = &config.sleep.wake_service {
                 set.insert("wake.externalName".to_string(), wake.name.clone());
                 set.insert("wake.port".to_string(), wake.port.to_string());
+            }
+            // Behind forge sign-in: ingress-nginx asks draftd before each request.
+            if let Some(access) = config.access.as_ref().filter(|_| config.access_mode(project) == AccessMode::Forge) {
+                set.insert("access.authUrl".to_string(), access.check_url());
+                set.insert("access.signinUrl".to_string(), access.signin_url());
             }
         }
         set.insert("stand.id".to_string(), stand_id.to_string());

@@ -12,7 +12,7 @@ use sqlx::PgPool;
 
 use super::queue::{CheckPayload, CommentPayload, EnvironmentPayload, LabelPayload, Outbound, enqueue};
 use super::render::render;
-use super::view::{CostLine, ReportView, Status};
+use super::view::{AccessLine, CostLine, ReportView, Status};
 use crate::config::{Config, ForgeKind, ProjectConfig};
 use crate::forge::client::{CheckReport, CheckState, EnvironmentReport, EnvironmentState, marker};
 use crate::stand::{RunId, RunKind, StandId, StepName, StepState, stand_host, stand_url};
@@ -276,6 +276,10 @@ impl StandReport {
         };
         view.expiry_warning =
             view.expires_at.is_some_and(|at| at > now && at - now <= chrono_of(config.reaper.warn_before));
+        view.access = view.url.as_ref().map(|_| match config.access_mode(project) {
+            crate::config::AccessMode::Forge => AccessLine::Forge { forge: project.forge, repo: project.repo.clone() },
+            crate::config::AccessMode::Public => AccessLine::Public,
+        });
         let sleeping = detail.stand.state == crate::stand::StandState::Sleeping;
         view.cost = crate::store::usage::priced(pool, stand_id, &config.cost, now)
             .await?
@@ -387,6 +391,7 @@ mod tests {
             error: None,
             cost: None,
             waiting: None,
+            access: None,
         }
     }
 

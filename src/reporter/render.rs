@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::view::{CostLine, ReportView, Status};
+use super::view::{AccessLine, CostLine, ReportView, Status};
 use crate::forge::client::marker;
 use crate::stand::{StepState, Trigger};
 
@@ -133,6 +133,9 @@ pub fn render(view: &ReportView) -> String {
             let _ = write!(mocks, " and {} more", view.mocks.len() - MAX_MOCKS);
         }
         facts.push(("Mocks", mocks));
+        if let Some(access) = &view.access {
+            facts.push(("Access", access_text(access)));
+        }
         if let Some(at) = view.expires_at {
             let by = match &view.extended_by {
                 Some(who) => format!(" (extended by {who})"),
@@ -181,6 +184,23 @@ pub fn render(view: &ReportView) -> String {
         out.push_str(RERUN);
     }
     out
+}
+
+/// Who may open the URL, and how a person gets in.
+fn access_text(access: &AccessLine) -> String {
+    match access {
+        AccessLine::Public => "public: anyone with the URL".to_owned(),
+        AccessLine::Forge { forge, repo } => {
+            let name = match forge {
+                crate::config::ForgeKind::Github => "GitHub",
+                crate::config::ForgeKind::Gitlab => "GitLab",
+            };
+            format!(
+                "🔒 people who can read {} on {name} (sign in with {name}); programs send the stand's access token in `X-Draftd-Access`",
+                code(repo)
+            )
+        }
+    }
 }
 
 /// `text` in at most `max` characters: its head and its tail, with what was cut in between said.
@@ -300,6 +320,7 @@ mod tests {
             error: None,
             cost: None,
             waiting: None,
+            access: None,
         }
     }
 

@@ -117,6 +117,17 @@ pub struct ReportView {
     pub cost: Option<CostLine>,
     /// Why its deploy or wake waits for a place (`max_active`), while it does.
     pub waiting: Option<String>,
+    /// Who may open its URL; `None` when it has none.
+    pub access: Option<AccessLine>,
+}
+
+/// Who may open a stand's URL, as the comment says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLine {
+    /// Anyone who has the URL.
+    Public,
+    /// People who can read `repo` on `forge`, signed in there.
+    Forge { forge: crate::config::ForgeKind, repo: String },
 }
 
 impl ReportView {
@@ -186,6 +197,7 @@ impl ReportView {
             error,
             cost: None,
             waiting,
+            access: None,
         })
     }
 }

@@ -1,5 +1,7 @@
 //! draftd's own database: connection, migrations, and one repository module per concern.
 
+/// Private stands: each stand's current access-token run, sign-ins under way, their audit rows.
+pub mod access;
 /// Who asked draftd to act through the forge, and what was decided.
 pub mod audit;
 pub mod caps;

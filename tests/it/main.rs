@@ -8,6 +8,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod access;
 mod api;
 mod caps;
 mod chart;

@@ -9,9 +9,10 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use super::shared::{database_step, gather_secrets, mocks_in, project_of, retired, write};
+use super::shared::{Extra, database_step, gather_secrets, mocks_in, private_stand, project_of, retired, write};
 use crate::cluster::dry_run;
 use crate::config::{Config, ProjectConfig};
+use crate::credentials::access::AccessKey;
 use crate::credentials::{StandCredentials, redacted};
 use crate::helm::Helm;
 use crate::pipeline::image::{ImageStep, NoBuilder, Registries, pull_login};
@@ -25,16 +26,24 @@ pub struct DryRunSteps<H> {
     helm: Arc<H>,
     credentials: Option<Arc<StandCredentials>>,
     registries: Option<Arc<Registries>>,
+    /// `[access]`'s key: private stands get an access token per run.
+    access: Option<AccessKey>,
 }
 
 impl<H: Helm> DryRunSteps<H> {
     pub fn new(pool: PgPool, config: Arc<Config>, helm: Arc<H>) -> Self {
-        Self { pool, config, helm, credentials: None, registries: None }
+        Self { pool, config, helm, credentials: None, registries: None, access: None }
     }
 
     /// The registries the image step looks in (real in both modes).
     pub fn with_registries(mut self, registries: Option<Arc<Registries>>) -> Self {
         self.registries = registries;
+        self
+    }
+
+    /// The key private stands' access tokens are made with (`[access]`).
+    pub fn with_access(mut self, key: Option<AccessKey>) -> Self {
+        self.access = key;
         self
     }
 
@@ -46,6 +55,10 @@ impl<H: Helm> DryRunSteps<H> {
 
     fn folder(&self, run: &RunContext) -> PathBuf {
         self.config.cluster.dry_run_dir.join(run.namespace.as_str())
+    }
+
+    fn extra(&self, project: &ProjectConfig) -> Extra<'_> {
+        Extra { access: private_stand(&self.config, project, self.access.as_ref()) }
     }
 
     fn plan(&self, run: &RunContext, project: &ProjectConfig) -> StandPlan {
@@ -77,10 +90,13 @@ impl<H: Helm> DryRunSteps<H> {
             }
             StepName::Database => return database_step(self.credentials.as_deref(), run, project).await,
             StepName::Secrets => {
-                let gathered = match gather_secrets(&self.pool, self.credentials.as_deref(), run, project).await? {
-                    Ok(gathered) => gathered,
-                    Err(reason) => return Ok(StepOutcome::skipped(reason)),
-                };
+                let gathered =
+                    match gather_secrets(&self.pool, self.credentials.as_deref(), self.extra(project), run, project)
+                        .await?
+                    {
+                        Ok(gathered) => gathered,
+                        Err(reason) => return Ok(StepOutcome::skipped(reason)),
+                    };
                 // Keys only: secret values never reach the dry-run folder.
                 let manifest: Vec<Value> = gathered
                     .secrets
@@ -89,7 +105,7 @@ impl<H: Helm> DryRunSteps<H> {
                     .collect();
                 let path =
                     write(&dir.join("secrets.json"), &serde_json::to_string_pretty(&manifest).expect("json")).await?;
-                gathered.delivered(self.credentials.as_deref(), run).await?;
+                gathered.delivered(&self.pool, self.credentials.as_deref(), run).await?;
                 let mut detail = gathered.detail;
                 detail["rendered"] = json!(path);
                 detail["note"] =

@@ -9,12 +9,15 @@ use chrono::Utc;
 use serde_json::json;
 use sqlx::PgPool;
 
-use super::shared::{FORK_NO_SECRETS, database_step, gather_secrets, is_fork, mocks_in, project_of, retired};
+use super::shared::{
+    Extra, FORK_NO_SECRETS, database_step, gather_secrets, is_fork, mocks_in, private_stand, project_of, retired,
+};
 use crate::cluster::build::{BuildJob, GitAuth};
 use crate::cluster::jobs::JobRequest;
 use crate::cluster::verify::{self, UrlProber};
 use crate::cluster::{Cluster, StandMeta};
 use crate::config::{Config, ForgeKind, ProjectConfig};
+use crate::credentials::access::AccessKey;
 use crate::credentials::{StandCredentials, stand_db};
 use crate::forge::client::AnyForge;
 use crate::helm::Helm;
@@ -42,6 +45,8 @@ pub struct KubernetesSteps<H, C> {
     registries: Option<Arc<Registries>>,
     /// The forges, for the read-only token a build fetches the repository with.
     forges: Arc<Vec<AnyForge>>,
+    /// `[access]`'s key: private stands get an access token per run.
+    access: Option<AccessKey>,
 }
 
 fn db(e: sqlx::Error) -> StepError {
@@ -55,7 +60,16 @@ fn last_lines(text: &str, n: usize) -> String {
 
 impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
     pub fn new(pool: PgPool, config: Arc<Config>, helm: Arc<H>, cluster: Arc<C>) -> Self {
-        Self { pool, config, helm, cluster, credentials: None, registries: None, forges: Arc::new(Vec::new()) }
+        Self {
+            pool,
+            config,
+            helm,
+            cluster,
+            credentials: None,
+            registries: None,
+            forges: Arc::new(Vec::new()),
+            access: None,
+        }
     }
 
     /// The registries the image step looks in.
@@ -137,10 +151,20 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
         Err(unsupported())
     }
 
+    /// The key private stands' access tokens are made with (`[access]`).
+    pub fn with_access(mut self, key: Option<AccessKey>) -> Self {
+        self.access = key;
+        self
+    }
+
     /// The stand databases and credentials of `[postgres]` and `[vault]`.
     pub fn with_credentials(mut self, credentials: Option<Arc<StandCredentials>>) -> Self {
         self.credentials = credentials;
         self
+    }
+
+    fn extra(&self, project: &ProjectConfig) -> Extra<'_> {
+        Extra { access: private_stand(&self.config, project, self.access.as_ref()) }
     }
 
     fn plan(&self, run: &RunContext, project: &ProjectConfig) -> StandPlan {
@@ -202,6 +226,10 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
             request.env.insert("PUBLIC_URL".to_owned(), url.clone());
         }
         let stand = self.stand_meta(run, project).await?;
+        // A private stand's URL lets its Jobs in with the run's access token (`X-Draftd-Access`).
+        if self.extra(project).access.is_some() {
+            request.secrets.push(crate::credentials::access::ACCESS_SECRET.to_owned());
+        }
         // Migrations get a login of their own, never the admin URL, revoked as soon as the Job ends.
         let own_login = match &self.credentials {
             Some(c) if purpose == "migrate" && c.has_databases() => {
@@ -383,10 +411,11 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
         project: &ProjectConfig,
         plan: &StandPlan,
     ) -> Result<StepOutcome, StepError> {
-        let gathered = match gather_secrets(&self.pool, self.credentials.as_deref(), run, project).await? {
-            Ok(gathered) => gathered,
-            Err(reason) => return Ok(StepOutcome::skipped(reason)),
-        };
+        let gathered =
+            match gather_secrets(&self.pool, self.credentials.as_deref(), self.extra(project), run, project).await? {
+                Ok(gathered) => gathered,
+                Err(reason) => return Ok(StepOutcome::skipped(reason)),
+            };
         let stand = self.stand_meta(run, project).await?;
         let mut all = BTreeMap::new();
         for (name, data) in &gathered.secrets {
@@ -396,7 +425,7 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
         // A release already running rolls onto the new values; a first deploy reads them anyway.
         let checksum = crate::cluster::resources::secrets_checksum(&all);
         let rolled = self.cluster.roll_on_secrets(&run.namespace, &plan.release.name, &checksum).await?;
-        gathered.delivered(self.credentials.as_deref(), run).await?;
+        gathered.delivered(&self.pool, self.credentials.as_deref(), run).await?;
         let mut detail = gathered.detail;
         detail["rolled"] = json!(rolled);
         Ok(StepOutcome::done(detail))

@@ -8,7 +8,8 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::config::{Config, ProjectConfig};
+use crate::config::{AccessMode, Config, ProjectConfig};
+use crate::credentials::access::{ACCESS_SECRET, AccessKey, TOKEN_KEY};
 use crate::credentials::{StandCredentials, redacted, stand_db};
 use crate::pipeline::step::{RunContext, StepError, StepOutcome};
 use crate::stand::StandId;
@@ -44,20 +45,33 @@ pub(crate) async fn database_step(
     }
 }
 
-/// The Secrets a stand's app gets: its KV values, and a new login for its database.
+/// The Secrets a stand gets: its access token, its KV values, and a new login for its database.
 pub(crate) struct Gathered {
     pub secrets: Vec<(&'static str, BTreeMap<String, SecretString>)>,
     /// What the step records: names, paths, keys, the login's user and expiry; never a value.
     pub detail: Value,
     credential: Option<i64>,
+    /// This run's access token is among the Secrets: once delivered, only it lets programs in.
+    access_token: bool,
 }
 
 impl Gathered {
     /// Once the Secrets are in place, the stand's earlier logins are replaced: the keeper revokes
     /// them after a grace period, so pods still rolling keep working meanwhile.
-    pub async fn delivered(&self, credentials: Option<&StandCredentials>, run: &RunContext) -> Result<(), StepError> {
+    pub async fn delivered(
+        &self,
+        pool: &PgPool,
+        credentials: Option<&StandCredentials>,
+        run: &RunContext,
+    ) -> Result<(), StepError> {
         if let (Some(c), Some(id)) = (credentials, self.credential) {
             c.supersede_app(run.stand_id, id).await?;
+        }
+        if self.access_token {
+            // The earlier run's token stops working here, not before: its Secret held it until now.
+            crate::store::access::set_token_run(pool, run.stand_id, run.run_id)
+                .await
+                .map_err(|e| StepError::transient("database", e.to_string()))?;
         }
         Ok(())
     }
@@ -72,18 +86,48 @@ pub(crate) async fn is_fork(pool: &PgPool, stand_id: StandId) -> Result<bool, St
     stands::is_fork(pool, stand_id).await.map_err(|e| StepError::transient("database", e.to_string()))
 }
 
+/// Whether the stand's URL is private: its project's `access`, when draftd holds the key.
+pub(crate) fn private_stand<'k>(
+    config: &Config,
+    project: &ProjectConfig,
+    key: Option<&'k AccessKey>,
+) -> Option<&'k AccessKey> {
+    key.filter(|_| config.access_mode(project) == AccessMode::Forge)
+}
+
+/// The Secrets a run hands its stand, besides its logins and KV values.
+pub(crate) struct Extra<'a> {
+    /// The key the stand's access token is made with, when its URL is private.
+    pub access: Option<&'a AccessKey>,
+}
+
 /// The secrets step's values, or why there are none (a fork's stand; nothing configured).
 pub(crate) async fn gather_secrets(
     pool: &PgPool,
     credentials: Option<&StandCredentials>,
+    extra: Extra<'_>,
     run: &RunContext,
     project: &ProjectConfig,
 ) -> Result<Result<Gathered, &'static str>, StepError> {
-    if is_fork(pool, run.stand_id).await? {
-        return Ok(Err(FORK_NO_SECRETS));
+    let mut gathered = Gathered { secrets: Vec::new(), detail: json!({}), credential: None, access_token: false };
+    if let Some(key) = extra.access {
+        let token = key.token(run.stand_id, run.run_id);
+        gathered.detail[ACCESS_SECRET] = json!({ "keys": [TOKEN_KEY], "run": run.run_id });
+        gathered.secrets.push((ACCESS_SECRET, BTreeMap::from([(TOKEN_KEY.to_owned(), token.0)])));
+        gathered.access_token = true;
     }
-    let Some(c) = credentials else { return Ok(Err(NO_SECRETS)) };
-    let mut gathered = Gathered { secrets: Vec::new(), detail: json!({}), credential: None };
+    let none = |gathered: Gathered, why: &'static str| {
+        if gathered.secrets.is_empty() {
+            return Err(why);
+        }
+        let mut gathered = gathered;
+        gathered.detail["credentials"] = json!(why);
+        Ok(gathered)
+    };
+    if is_fork(pool, run.stand_id).await? {
+        return Ok(none(gathered, FORK_NO_SECRETS));
+    }
+    let Some(c) = credentials else { return Ok(none(gathered, NO_SECRETS)) };
     if let (Some(team), Some(service)) = (&project.team, &project.service)
         && let Some(kv) = c.read_kv(team, service).await?
     {

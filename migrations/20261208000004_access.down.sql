@@ -1,0 +1,2 @@
+drop table access_flows;
+alter table stands drop column access_run_id;
