@@ -18,6 +18,11 @@ pub const KEY: &str = "access-test-key-8d1f0c3b5a7e9d2f4b6a8c0e1d3f5a7b";
 pub const HOST: &str = "draft-login.stands.test";
 
 pub fn config(extra: &str, github_url: &str) -> Config {
+    config_with(extra, github_url, "")
+}
+
+/// As [`config`], with `shop` (the private project) given more keys.
+pub fn config_with(extra: &str, github_url: &str, shop: &str) -> Config {
     Config::from_toml(&format!(
         r#"public_url = "https://draftd.stands.test"
 [github]
@@ -38,6 +43,7 @@ forge = "github"
 repo = "acme/shop"
 webhook_secret_env = "X"
 host = "{{stand}}.stands.test"
+{shop}
 [[projects]]
 name = "docs"
 forge = "github"
@@ -259,4 +265,77 @@ async fn without_access_configured_the_endpoints_say_so(pool: PgPool) {
     let app = crate::support::app(pool);
     let req = Request::get("/access/check").header("x-original-url", "https://x.test/").body(Body::empty()).unwrap();
     assert_eq!(app.oneshot(req).await.unwrap().status(), StatusCode::NOT_FOUND);
+}
+
+/// Dry-run mode: a private project's run renders the Ingress with ingress-nginx's external-auth
+/// annotations, hands its stand a new access token (recorded with its value redacted), and from
+/// then on only that run's token is the stand's.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_private_stands_run_renders_the_auth_annotations_and_hands_out_its_own_token(pool: PgPool) {
+    use draftd::helm::HelmCli;
+    use draftd::pipeline::steps::DryRunSteps;
+    use draftd::pipeline::{Engine, EngineSettings, RunEnd};
+    use std::sync::Arc;
+
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let stands = dir.path().join("stands");
+    let r = root.display();
+    let config = config_with(
+        &format!(
+            "[cluster]\nmode = \"dry-run\"\ndry_run_dir = \"{}\"\nhelm_path = \"{r}/.tools/bin/helm\"\n",
+            stands.display(),
+        ),
+        "http://127.0.0.1:9",
+        &format!(
+            "image = \"registry.example.com/acme/shop\"\nchart = \"{r}/charts/stand\"\nvalues = [\"{r}/values/draft.yaml\"]"
+        ),
+    );
+    let state = AppState::new(&config, projects(&config), pool.clone());
+    let key = state.access().unwrap().key.clone();
+    let config = Arc::new(config);
+    let helm = HelmCli::from_config(&config.cluster, &root).unwrap();
+    let steps = DryRunSteps::new(pool.clone(), config.clone(), Arc::new(helm)).with_access(Some(key.clone()));
+    let settings = EngineSettings { max_step_attempts: 1, ..EngineSettings::default() };
+    let engine = Engine::new(pool.clone(), Arc::new(steps), settings, "access-test");
+    let namespace = "draft-login";
+    let mut runs = Vec::new();
+    for sha in ["a", "b"] {
+        let id = crate::support::queue_run(&pool, "shop", "feature/login", namespace, "deploy", &sha.repeat(40)).await;
+        let (claimed, end) = engine.run_one().await.unwrap().expect("a run to claim");
+        assert_eq!((claimed, end), (id, RunEnd::Succeeded));
+        runs.push(id);
+    }
+    let folder = stands.join(namespace);
+    let manifests = std::fs::read_to_string(folder.join("manifests.yaml")).unwrap();
+    for line in [
+        "nginx.ingress.kubernetes.io/auth-url: https://access.stands.test/access/check",
+        "nginx.ingress.kubernetes.io/auth-signin: https://access.stands.test/access/start",
+        "nginx.ingress.kubernetes.io/auth-response-headers: X-Draftd-User",
+    ] {
+        assert!(manifests.contains(line), "{line} in:\n{manifests}");
+    }
+    let secrets = std::fs::read_to_string(folder.join("secrets.json")).unwrap();
+    assert!(secrets.contains("draftd-access") && secrets.contains("DRAFTD_ACCESS_TOKEN"), "{secrets}");
+    let (stand, token_run): (StandId, Option<RunId>) =
+        sqlx::query_as("select stand_id, access_run_id from stands").fetch_one(&pool).await.unwrap();
+    assert_eq!(token_run, Some(runs[1]), "the newest run's token is the stand's");
+    let everything = walk(&folder);
+    for run in &runs {
+        let token = key.token(stand, *run);
+        assert!(!everything.contains(token.expose()), "a token's value never reaches the dry-run folder");
+    }
+}
+
+fn walk(dir: &std::path::Path) -> String {
+    let mut all = String::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            all.push_str(&walk(&path));
+        } else if let Ok(text) = std::fs::read_to_string(&path) {
+            all.push_str(&text);
+        }
+    }
+    all
 }
