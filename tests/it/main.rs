@@ -33,6 +33,7 @@ mod layering;
 mod lifecycle;
 mod migrations;
 mod normalise;
+mod oauth_fakes;
 mod openapi;
 mod openbao_dev;
 mod orphans_credentials;
