@@ -32,6 +32,7 @@ mod kube_runner;
 mod layering;
 mod lifecycle;
 mod migrations;
+mod nginx_gate;
 mod normalise;
 mod oauth_fakes;
 mod openapi;
