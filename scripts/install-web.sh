@@ -6,6 +6,8 @@
 # Why the plain "nginx" package: on Debian 12 it holds the binary itself and is the smallest choice; it is
 # built --with-http_auth_request_module, and proxy_intercept_errors/error_page are in the core proxy module.
 # (nginx-light is only nginx plus the echo module; nginx-full/-extras add more dynamic modules.)
+# libnginx-mod-http-set-misc (with its dependency libnginx-mod-http-ndk) is OpenResty's set-misc module,
+# which ingress-nginx builds in: its set_escape_uri makes auth-signin's `rd` (tests/support/nginx_auth.rs).
 # prometheus is installed without its Recommends, so prometheus-node-exporter is not pulled in.
 #
 # The packages' own services are not used: Debian would start nginx on :80 and prometheus on :9090 at install.
@@ -13,14 +15,15 @@
 # as Docker images do), and afterwards the services are stopped and disabled (systemctl when systemd runs,
 # update-rc.d otherwise), so they do not come up at the next boot either. The tests never talk to them.
 #
-# Idempotent: does nothing when /usr/sbin/nginx and /usr/bin/prometheus are there.
+# Idempotent: does nothing when /usr/sbin/nginx, the set-misc module and /usr/bin/prometheus are there.
 # Prints the two binary paths on stdout (nginx first); exits 1 (with the reason on stderr) when it cannot install.
 set -euo pipefail
 
 nginx=/usr/sbin/nginx
 prometheus=/usr/bin/prometheus
+set_misc=/usr/lib/nginx/modules/ngx_http_set_misc_module.so
 
-if [ -x "$nginx" ] && [ -x "$prometheus" ]; then
+if [ -x "$nginx" ] && [ -x "$prometheus" ] && [ -f "$set_misc" ]; then
   echo "$nginx"
   echo "$prometheus"
   exit 0
@@ -50,7 +53,7 @@ echo "install-web: installing nginx and prometheus from Debian's packages (their
 export DEBIAN_FRONTEND=noninteractive
 # The package lists may be stale on a fresh machine; an update failure still lets a cached list work.
 $sudo apt-get update -qq >&2 || true
-$sudo apt-get install -y -qq --no-install-recommends nginx prometheus >&2
+$sudo apt-get install -y -qq --no-install-recommends nginx libnginx-mod-http-set-misc prometheus >&2
 
 for service in nginx prometheus prometheus-node-exporter; do
   if [ -d /run/systemd/system ]; then
@@ -64,5 +67,6 @@ done
 
 [ -x "$nginx" ] || { echo "install-web: $nginx missing after install" >&2; exit 1; }
 [ -x "$prometheus" ] || { echo "install-web: $prometheus missing after install" >&2; exit 1; }
+[ -f "$set_misc" ] || { echo "install-web: $set_misc missing after install" >&2; exit 1; }
 echo "$nginx"
 echo "$prometheus"

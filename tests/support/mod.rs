@@ -5,6 +5,8 @@
 pub mod bao;
 /// The one GitHub fake and the one GitLab fake.
 pub mod forge_fake;
+/// Real nginx in front of one host, with ingress-nginx's external-auth (`auth-url`, `auth-signin`).
+pub mod nginx_auth;
 /// A real OCI registry (docker-registry) on loopback, with htpasswd or token auth.
 pub mod registry;
 

@@ -395,7 +395,7 @@ fn repository_id(s: &mut Inner, repo: &str) -> u64 {
 }
 
 /// The documented repository object, renamed to `full_name`.
-fn repository_json(template: &Value, full_name: &str) -> Value {
+pub fn repository_json(template: &Value, full_name: &str) -> Value {
     let mut v = template.clone();
     let (owner, name) = full_name.split_once('/').unwrap();
     v["full_name"] = json!(full_name);

@@ -6,6 +6,7 @@
 pub mod burst;
 pub mod github;
 pub mod gitlab;
+pub mod oauth;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -130,6 +131,8 @@ pub struct Inner {
     pub gh: github::State,
     /// GitLab's statuses, environments, labels, members.
     pub gl: gitlab::State,
+    /// Sign-ins: OAuth clients, codes, person tokens (both forges).
+    pub oauth: oauth::State,
     /// A share of answers that are faults, drawn at random (benches/soak.rs), and those given.
     pub faults: Option<(f64, fastrand::Rng)>,
     pub fault_counts: std::collections::BTreeMap<u16, u64>,
@@ -157,6 +160,7 @@ impl Fake {
             script: Default::default(),
             gh: Default::default(),
             gl: Default::default(),
+            oauth: Default::default(),
             faults: None,
             fault_counts: Default::default(),
         })));
@@ -344,9 +348,10 @@ pub async fn handle(State(fake): State<Fake>, req: Request) -> Response {
     }
     {
         let mut s = fake.0.lock().unwrap();
-        let r = match kind {
-            ForgeKind::Github => github::route(&mut s, &parts.method, &path, &parts.headers, &bytes),
-            ForgeKind::Gitlab => gitlab::route(&mut s, &parts.method, &path, &parts.headers, &bytes),
+        let r = match oauth::route(&mut s, &parts.method, &path, &parts.headers, &bytes) {
+            Some(r) => r,
+            None if kind == ForgeKind::Github => github::route(&mut s, &parts.method, &path, &parts.headers, &bytes),
+            None => gitlab::route(&mut s, &parts.method, &path, &parts.headers, &bytes),
         };
         s.seen.push(Seen {
             method: parts.method.to_string(),
