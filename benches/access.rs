@@ -185,18 +185,22 @@ async fn bench(args: Args) -> anyhow::Result<()> {
 async fn request(client: &reqwest::Client, base: &str, kind: Kind, cookie: &str, token: &str) -> anyhow::Result<u16> {
     let res = match kind {
         Kind::Health => client.get(format!("{base}/health")).send().await?,
-        Kind::Cookie => client
-            .get(format!("{base}/access/check"))
-            .header("x-original-url", format!("https://{HOST}/orders/42?tab=items"))
-            .header("cookie", cookie)
-            .send()
-            .await?,
-        Kind::Token => client
-            .get(format!("{base}/access/check"))
-            .header("x-original-url", format!("https://{HOST}/api/orders"))
-            .header("x-draftd-access", token)
-            .send()
-            .await?,
+        Kind::Cookie => {
+            client
+                .get(format!("{base}/access/check"))
+                .header("x-original-url", format!("https://{HOST}/orders/42?tab=items"))
+                .header("cookie", cookie)
+                .send()
+                .await?
+        }
+        Kind::Token => {
+            client
+                .get(format!("{base}/access/check"))
+                .header("x-original-url", format!("https://{HOST}/api/orders"))
+                .header("x-draftd-access", token)
+                .send()
+                .await?
+        }
     };
     Ok(res.status().as_u16())
 }

@@ -23,7 +23,7 @@ nginx=/usr/sbin/nginx
 prometheus=/usr/bin/prometheus
 set_misc=/usr/lib/nginx/modules/ngx_http_set_misc_module.so
 
-if [ -x "$nginx" ] && [ -x "$prometheus" ] && [ -f "$set_misc" ]; then
+if [ -x "$nginx" ] && [ -x "$prometheus" ] && [ -f "$set_misc" ] && command -v openssl >/dev/null; then
   echo "$nginx"
   echo "$prometheus"
   exit 0
@@ -53,7 +53,7 @@ echo "install-web: installing nginx and prometheus from Debian's packages (their
 export DEBIAN_FRONTEND=noninteractive
 # The package lists may be stale on a fresh machine; an update failure still lets a cached list work.
 $sudo apt-get update -qq >&2 || true
-$sudo apt-get install -y -qq --no-install-recommends nginx libnginx-mod-http-set-misc prometheus >&2
+$sudo apt-get install -y -qq --no-install-recommends nginx libnginx-mod-http-set-misc prometheus openssl >&2
 
 for service in nginx prometheus prometheus-node-exporter; do
   if [ -d /run/systemd/system ]; then

@@ -149,25 +149,34 @@ pub(crate) fn artifacts() -> PathBuf {
 }
 
 pub(crate) async fn connect(driver: &Chromedriver, profile: &Path) -> Client {
+    connect_with(driver, profile, &[]).await
+}
+
+/// As [`connect`], with Chromium's `extra` arguments (host resolver rules, certificate errors).
+pub(crate) async fn connect_with(driver: &Chromedriver, profile: &Path, extra: &[String]) -> Client {
+    let mut args: Vec<String> = [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+        "--window-size=1280,1400",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    args.push(format!("--user-data-dir={}", profile.display()));
+    args.extend(extra.iter().cloned());
     let mut caps = serde_json::Map::new();
     caps.insert("browserName".into(), json!("chrome"));
     caps.insert(
         "goog:chromeOptions".into(),
         json!({
             "binary": CHROMIUM,
-            "args": [
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--disable-quic",
-                "--window-size=1280,1400",
-                format!("--user-data-dir={}", profile.display()),
-            ],
+            "args": args,
         }),
     );
     // chromedriver speaks plain HTTP on loopback: no TLS connector needed.

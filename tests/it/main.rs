@@ -9,6 +9,7 @@
 mod support;
 
 mod access;
+mod access_browser;
 mod api;
 mod caps;
 mod chart;

@@ -68,6 +68,8 @@ async fn setup(signin: &str) -> Setup {
         auth_url: format!("http://127.0.0.1:{auth_port}/access/check"),
         signin_url: signin.into(),
         upstream: format!("127.0.0.1:{app_port}"),
+        tls: false,
+        passthrough: Vec::new(),
     });
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

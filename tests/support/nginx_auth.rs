@@ -32,6 +32,12 @@ pub struct Gate {
     pub signin_url: String,
     /// The app behind the Ingress, `host:port`.
     pub upstream: String,
+    /// Serve https with a self-signed certificate for `*.<parent of server_name>` (browsers only
+    /// keep `Secure` cookies from https; Chromium then needs `--ignore-certificate-errors`).
+    pub tls: bool,
+    /// Other hosts served straight to an upstream, ungated: (`server_name`, `host:port`), like
+    /// draftd's own Ingress for its `/access/…` pages.
+    pub passthrough: Vec<(String, String)>,
 }
 
 /// nginx running the gate, stopped (SIGTERM, then SIGKILL) on drop.
@@ -56,7 +62,44 @@ pub fn signin_target(signin_url: &str) -> String {
     }
 }
 
+/// A self-signed certificate and key for `*.<domain>` and `<domain>`, made with openssl.
+fn self_signed(dir: &Path, domain: &str) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj"])
+        .arg(format!("/CN=*.{domain}"))
+        .arg("-addext")
+        .arg(format!("subjectAltName=DNS:*.{domain},DNS:{domain}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (Debian's openssl package; scripts/install-web.sh installs it)");
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    (cert, key)
+}
+
 fn config(dir: &Path, port: u16, gate: &Gate, root: bool) -> String {
+    let (listen, certificate) = if gate.tls {
+        let domain = gate.server_name.split_once('.').map_or(gate.server_name.as_str(), |(_, d)| d);
+        let (cert, key) = self_signed(dir, domain);
+        (
+            format!("{port} ssl"),
+            format!("ssl_certificate {};\n    ssl_certificate_key {};", cert.display(), key.display()),
+        )
+    } else {
+        (port.to_string(), String::new())
+    };
+    let passthrough: String = gate
+        .passthrough
+        .iter()
+        .map(|(name, upstream)| {
+            format!(
+                "    server {{\n        listen 127.0.0.1:{listen};\n        server_name {name};\n        location / {{\n            proxy_set_header Host $http_host;\n            proxy_set_header X-Forwarded-Proto $scheme;\n            proxy_pass http://{upstream};\n        }}\n    }}\n"
+            )
+        })
+        .collect();
     let auth_host =
         url::Url::parse(&gate.auth_url).ok().and_then(|u| u.host_str().map(str::to_owned)).expect("auth_url");
     let user = if root { "user root;" } else { "" };
@@ -89,6 +132,7 @@ http {{
     access_log {dir}/access.log gate;
     default_type text/plain;
     server_tokens off;
+    {certificate}
 
     map $http_x_request_id $req_id {{
         default $http_x_request_id;
@@ -104,13 +148,14 @@ http {{
     }}
 
     server {{
-        listen 127.0.0.1:{port} default_server;
+        listen 127.0.0.1:{listen} default_server;
         server_name _;
         return 404;
     }}
 
+{passthrough}
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{listen};
         server_name {name};
 
         # nginx.tmpl: location = $authPath
@@ -190,7 +235,8 @@ fn nginx_binary() -> PathBuf {
 
 impl GatedNginx {
     pub fn start(gate: &Gate) -> GatedNginx {
-        for v in [&gate.server_name, &gate.auth_url, &gate.signin_url, &gate.upstream] {
+        let extra = gate.passthrough.iter().flat_map(|(n, u)| [n, u]);
+        for v in [&gate.server_name, &gate.auth_url, &gate.signin_url, &gate.upstream].into_iter().chain(extra) {
             assert!(safe(v), "nginx_auth: {v:?} cannot go into nginx.conf");
         }
         let nginx = nginx_binary();
@@ -225,6 +271,11 @@ impl GatedNginx {
     /// `http://<server_name>:<port><path>`: resolve the name to 127.0.0.1 in the client.
     pub fn url(&self, host: &str, path: &str) -> String {
         format!("http://{host}:{}{path}", self.port)
+    }
+
+    /// As [`GatedNginx::url`], for a gate started with `tls`.
+    pub fn https_url(&self, host: &str, path: &str) -> String {
+        format!("https://{host}:{}{path}", self.port)
     }
 
     /// The address to resolve a gated host to (reqwest: `.resolve(host, nginx.addr())`).
