@@ -27,6 +27,14 @@ impl ForgeKind {
             ForgeKind::Gitlab => "gitlab",
         }
     }
+
+    /// As people write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ForgeKind::Github => "GitHub",
+            ForgeKind::Gitlab => "GitLab",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -191,10 +191,7 @@ fn access_text(access: &AccessLine) -> String {
     match access {
         AccessLine::Public => "public: anyone with the URL".to_owned(),
         AccessLine::Forge { forge, repo } => {
-            let name = match forge {
-                crate::config::ForgeKind::Github => "GitHub",
-                crate::config::ForgeKind::Gitlab => "GitLab",
-            };
+            let name = forge.name();
             format!(
                 "🔒 people who can read {} on {name} (sign in with {name}); programs send the stand's access token in `X-Draftd-Access`",
                 code(repo)

@@ -234,7 +234,7 @@ async fn callback(
         return Err(ApiError::AccessRefused(format!(
             "You are signed in to {} as {}, who cannot read {}. This stand shows unreleased work of that repository, \
              so only people who can read it may open it. Ask its maintainers for access, then open the stand's URL again.",
-            entry.forge.as_str(),
+            entry.forge.name(),
             person.login,
             entry.repo
         ))
