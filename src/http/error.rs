@@ -56,6 +56,10 @@ pub enum ApiError {
     StandNotFound { message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The cluster did not answer or refused (the stand page's logs); `code` is the cluster error's
+    /// label, the message its own.
+    #[error("the cluster: {message}")]
+    Cluster { code: &'static str, message: String, transient: bool },
 }
 
 impl ApiError {
@@ -84,6 +88,8 @@ impl ApiError {
             ApiError::StandNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Cluster { transient: true, .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Cluster { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -102,6 +108,7 @@ impl ApiError {
             ApiError::StandNotFound { .. } => "stand_not_found",
             ApiError::Store(e) if e.is_transient() => "database_unavailable",
             ApiError::Store(_) => "internal",
+            ApiError::Cluster { code, .. } => code,
         }
     }
 
@@ -118,6 +125,12 @@ impl ApiError {
 impl From<PayloadError> for ApiError {
     fn from(e: PayloadError) -> Self {
         ApiError::BadRequest { message: e.to_string(), field: Some(e.field) }
+    }
+}
+
+impl From<crate::cluster::ClusterError> for ApiError {
+    fn from(e: crate::cluster::ClusterError) -> Self {
+        ApiError::Cluster { code: e.label(), message: e.to_string(), transient: e.is_transient() }
     }
 }
 
