@@ -18,8 +18,13 @@
 # scripts/k8s/kwok-stages.yaml says how a test makes a Job fail (the word draftd-e2e-fail in its
 # command or args) or run longer (an annotation).
 #
-# What this cluster cannot do: no kubelet serves anything, so `kubectl logs/exec/port-forward` and
-# the API server's proxy to pods and Services fail; NetworkPolicies are stored, not enforced; the
+# Pod logs: kwok serves the kubelet's /containerLogs on 127.0.0.1 (TLS, certificate of this CA) and
+# the nodes point there, so `kubectl logs` (pods/log) works for a container that a kwok `Logs`
+# object (kwok.x-k8s.io/v1alpha1, CRD in scripts/k8s/kwok-logs-crd.yaml) maps to a file in CRI log
+# format (`<RFC 3339 time> stdout F <line>`); any other container's log is refused by kwok (400).
+#
+# What this cluster cannot do: no container runs, so `kubectl exec/port-forward` and the API
+# server's proxy to pods and Services fail; NetworkPolicies are stored, not enforced; the
 # `kubernetes` Service has no endpoints.
 set -euo pipefail
 
@@ -41,8 +46,8 @@ components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 service_cidr="10.96.0.0/12"
 service_ip="10.96.0.1" # the `kubernetes` Service's ClusterIP: the first address of service_cidr
 # Every address a component could dial is on loopback: the API server dials pod IPs for its Service
-# proxy and node addresses for pods/log, and this machine may reach nothing beyond 127.0.0.0/8. Nothing
-# listens there, so such calls are refused at once (as a blocked or log-less pod would be).
+# proxy and nodes (127.0.0.1, where kwok serves as their kubelet) for pods/log, and this machine may
+# reach nothing beyond 127.0.0.0/8. Nothing listens on pod IPs, so proxied calls are refused at once.
 pod_cidr="127.244.0.0/16"
 nodes=(kwok-node-0 kwok-node-1)
 ready_timeout=60
@@ -301,6 +306,13 @@ issue kube-controller-manager "/CN=system:kube-controller-manager" "$client_ext"
 issue kube-scheduler "/CN=system:kube-scheduler" "$client_ext"
 # kwok patches node and pod status and deletes pods everywhere: cluster-admin is the simple answer.
 issue kwok "/O=system:masters/CN=kwok-controller" "$client_ext"
+# kwok as the nodes' kubelet: its serving certificate, checked by the API server against this CA,
+# and the API server's client certificate for it (kwok does not check it; a kubelet would).
+issue kwok-server "/CN=kwok-kubelet" "basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,DNS:localhost"
+issue apiserver-kubelet-client "/O=kubeadm:cluster-admins/CN=kube-apiserver-kubelet-client" "$client_ext"
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$pki/sa.key" 2>/dev/null
 openssl pkey -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
 chmod 600 "$pki"/*.key
@@ -337,7 +349,7 @@ etcd_healthy() { curl --noproxy "*" -fsS --max-time 2 "http://127.0.0.1:$ETCD_CL
 # rather than its status because bash ignores `set -e` inside a function called as a condition.)
 start_servers() {
   port_taken=0
-  read -r ETCD_CLIENT_PORT ETCD_PEER_PORT APISERVER_PORT <<<"$(free_ports 3)"
+  read -r ETCD_CLIENT_PORT ETCD_PEER_PORT APISERVER_PORT KWOK_PORT <<<"$(free_ports 4)"
   rm -rf "$dir/etcd"
   launch etcd \
     --name=k8s-up \
@@ -367,13 +379,16 @@ start_servers() {
 
   # --endpoint-reconciler-type=none: the `kubernetes` Service may not have a loopback endpoint
   # (the API server would log a validation error every 10 s); nothing in this cluster uses it.
-  # --kubelet-preferred-address-types=InternalIP: pods/log goes to a node's loopback address (and is
-  # refused at once) instead of resolving the node's name through the machine's DNS.
+  # --kubelet-preferred-address-types=InternalIP: pods/log goes to a node's address (127.0.0.1, where
+  # kwok serves) instead of resolving the node's name through the machine's DNS.
   launch kube-apiserver \
     --etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
     --bind-address=127.0.0.1 \
     --advertise-address=127.0.0.1 \
     --kubelet-preferred-address-types=InternalIP \
+    --kubelet-certificate-authority="$pki/ca.crt" \
+    --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" \
+    --kubelet-client-key="$pki/apiserver-kubelet-client.key" \
     --secure-port="$APISERVER_PORT" \
     --cert-dir="$pki" \
     --tls-cert-file="$pki/apiserver.crt" \
@@ -417,6 +432,7 @@ cat >"$dir/state.env" <<EOF
 ETCD_CLIENT_PORT=$ETCD_CLIENT_PORT
 ETCD_PEER_PORT=$ETCD_PEER_PORT
 APISERVER_PORT=$APISERVER_PORT
+KWOK_PORT=$KWOK_PORT
 BIN=$bin
 EOF
 log "kube-apiserver ready on https://127.0.0.1:$APISERVER_PORT after $(($(date +%s) - started_at)) s"
@@ -449,21 +465,30 @@ launch kube-scheduler \
   --kube-api-burst=400
 
 # kwok: only nodes annotated kwok.x-k8s.io/node=fake (ours) are managed, with their pods; it holds
-# each node's Lease like a kubelet, so the node lifecycle controller keeps them Ready. No
-# --server-address and no --node-port: kwok serves nothing (no logs/exec/port-forward).
+# each node's Lease like a kubelet, so the node lifecycle controller keeps them Ready. It serves the
+# kubelet's API on 127.0.0.1:KWOK_PORT (the nodes' kubelet endpoint) for pods/log, reading the
+# Logs objects it watches (--enable-crds=Logs: their CRD must exist before it starts).
 # HOME is its own because kwok also reads ~/.kwok/kwok.yaml when that exists.
 cp "$root/scripts/k8s/kwok-stages.yaml" "$dir/kwok-stages.yaml"
+kc apply -f "$root/scripts/k8s/kwok-logs-crd.yaml" >/dev/null
+kc wait --for=condition=Established --timeout=20s crd/logs.kwok.x-k8s.io >/dev/null
 HOME="$dir/kwok-home" launch kwok \
   --kubeconfig="$dir/kwok.kubeconfig" \
   --config="$dir/kwok-stages.yaml" \
   --manage-all-nodes=false \
   --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
   --node-lease-duration-seconds=40 \
+  --server-address="127.0.0.1:$KWOK_PORT" \
+  --node-port="$KWOK_PORT" \
+  --tls-cert-file="$pki/kwok-server.crt" \
+  --tls-private-key-file="$pki/kwok-server.key" \
+  --enable-crds=Logs \
   --cidr="$pod_cidr"
 
 # --- cluster content ---------------------------------------------------------------------------
-# Nodes accept status on create: addresses and allocatable are set here, kwok's node-initialize
-# stage keeps them and adds the conditions. The pod CIDR per node keeps pod IPs distinct.
+# Nodes accept status on create: addresses, kubelet endpoint and allocatable are set here, kwok's
+# node-initialize stage keeps them and adds the conditions. The pod CIDR per node keeps pod IPs
+# distinct. Both nodes' InternalIP is 127.0.0.1: one kwok serves as the kubelet of both.
 {
   for i in "${!nodes[@]}"; do
     cat <<EOF
@@ -484,8 +509,10 @@ spec:
   podCIDRs: [127.244.$i.0/24]
 status:
   addresses:
-    - {type: InternalIP, address: 127.255.0.$((10 + i))}
+    - {type: InternalIP, address: 127.0.0.1}
     - {type: Hostname, address: ${nodes[i]}}
+  daemonEndpoints:
+    kubeletEndpoint: {Port: $KWOK_PORT}
   allocatable: {cpu: "32", memory: 256Gi, pods: "110", ephemeral-storage: 1Ti}
   capacity: {cpu: "32", memory: 256Gi, pods: "110", ephemeral-storage: 1Ti}
 EOF

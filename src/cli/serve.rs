@@ -35,7 +35,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         ClusterMode::DryRun => None,
     };
     let pool = store::pool(&config.database_url, config.intake.db_pool_size)?;
-    let state = AppState::new(&config, projects, pool.clone());
+    let mut state = AppState::new(&config, projects, pool.clone());
+    if let Some(cluster) = &kube {
+        state = state.with_logs(Arc::new(cluster.clone()));
+    }
     let listener = listen(config.listen, config.intake.listen_backlog)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(listen = %listener.local_addr()?, mode = ?config.cluster.mode, projects = config.projects.len(), "draftd serving");

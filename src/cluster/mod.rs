@@ -16,6 +16,8 @@ pub mod fit;
 pub mod jobs;
 /// The real implementation, through kube-rs.
 mod kubernetes;
+/// The last lines of a stand's containers, for the stand page.
+pub mod logs;
 /// Namespaces draftd manages that no live stand accounts for.
 pub mod orphans;
 /// The objects draftd applies, built from config; pure, so they are tested without a cluster.
@@ -127,6 +129,11 @@ pub enum ClusterError {
     BuildNamespaceMissing { namespace: String },
     #[error("no Kubernetes configuration: {0}")]
     Config(String),
+    /// Dry-run mode deploys nothing, so there is no pod whose log could be read.
+    #[error(
+        "pod logs are not available in dry-run mode: nothing is deployed, so no container runs; the stand's rendered manifests are in its dry-run folder"
+    )]
+    DryRun,
     #[error("Kubernetes API: {0}")]
     Api(#[from] kube::Error),
 }
@@ -159,6 +166,7 @@ impl Failure for ClusterError {
             ClusterError::NoWorkloads { .. } => "rollout_no_workloads",
             ClusterError::BuildNamespaceMissing { .. } => "build_namespace_missing",
             ClusterError::Config(_) => "kubernetes_config",
+            ClusterError::DryRun => "dry_run",
             ClusterError::Api(kube::Error::Api(status)) if quota_status_unknown(status) => "kubernetes_quota_pending",
             ClusterError::Api(kube::Error::Api(status)) if status.code == 403 => "kubernetes_forbidden",
             ClusterError::Api(_) => "kubernetes_api",
@@ -293,6 +301,16 @@ pub trait Cluster: Send + Sync + 'static {
 
     /// What the namespace's volume claims request, in bytes.
     fn claimed_storage(&self, namespace: &str) -> impl Future<Output = Result<i64, ClusterError>> + Send;
+
+    /// The namespace's pods (newest first, at most [`logs::MAX_PODS`] of them read) with the last
+    /// lines of each container's log within `bounds`, or why a container has none. Read now, every
+    /// time: nothing is cached, and nothing of the logs is written to draftd's own log. A namespace
+    /// that does not exist has no pods.
+    fn pod_logs(
+        &self,
+        namespace: &str,
+        bounds: logs::LogBounds,
+    ) -> impl Future<Output = Result<Vec<logs::PodLog>, ClusterError>> + Send;
 
     /// Every namespace labelled managed-by=draftd.
     fn managed_namespaces(&self) -> impl Future<Output = Result<Vec<ManagedNamespace>, ClusterError>> + Send;

@@ -62,6 +62,10 @@ pub enum ApiError {
     ForgeUnavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The cluster did not answer or refused (the stand page's logs); `code` is the cluster error's
+    /// label, the message its own.
+    #[error("the cluster: {message}")]
+    Cluster { code: &'static str, message: String, transient: bool },
 }
 
 impl ApiError {
@@ -92,6 +96,8 @@ impl ApiError {
             ApiError::ForgeUnavailable(_) => StatusCode::BAD_GATEWAY,
             ApiError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Cluster { transient: true, .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Cluster { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -112,6 +118,7 @@ impl ApiError {
             ApiError::ForgeUnavailable(_) => "forge_unavailable",
             ApiError::Store(e) if e.is_transient() => "database_unavailable",
             ApiError::Store(_) => "internal",
+            ApiError::Cluster { code, .. } => code,
         }
     }
 
@@ -128,6 +135,12 @@ impl ApiError {
 impl From<PayloadError> for ApiError {
     fn from(e: PayloadError) -> Self {
         ApiError::BadRequest { message: e.to_string(), field: Some(e.field) }
+    }
+}
+
+impl From<crate::cluster::ClusterError> for ApiError {
+    fn from(e: crate::cluster::ClusterError) -> Self {
+        ApiError::Cluster { code: e.label(), message: e.to_string(), transient: e.is_transient() }
     }
 }
 

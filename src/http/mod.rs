@@ -38,7 +38,9 @@ use tracing::Level;
 
 pub use error::ApiError;
 
-use crate::config::{Config, ForgeKind, Project, Projects};
+use crate::cluster::dry_run::DryRunLogs;
+use crate::cluster::logs::LogReader;
+use crate::config::{ClusterMode, Config, ForgeKind, Project, Projects};
 use crate::forge::client::ForgeProblems;
 use crate::pipeline::Wake;
 
@@ -66,6 +68,9 @@ struct Inner {
     cost: crate::config::CostConfig,
     /// `[access]`: the check, its key and the forges' sign-in; `None` when every stand is public.
     access: Option<Arc<access::Gate>>,
+    /// Where the stand page reads its pods' logs; `None` in kubernetes mode until `serve` hands over
+    /// its cluster client ([`AppState::with_logs`]).
+    logs: Option<Arc<dyn LogReader>>,
 }
 
 impl AppState {
@@ -87,7 +92,25 @@ impl AppState {
             forge_problems: ForgeProblems::default(),
             cost: config.cost.clone(),
             access,
+            logs: match config.cluster.mode {
+                ClusterMode::DryRun => Some(Arc::new(DryRunLogs)),
+                ClusterMode::Kubernetes => None,
+            },
         }))
+    }
+
+    /// The stand page's logs come from `reader` (the cluster's client in kubernetes mode). Called
+    /// while composing, before the state is shared.
+    pub fn with_logs(mut self, reader: Arc<dyn LogReader>) -> Self {
+        match Arc::get_mut(&mut self.0) {
+            Some(inner) => inner.logs = Some(reader),
+            None => panic!("AppState::with_logs after the state was shared: call it right after AppState::new"),
+        }
+        self
+    }
+
+    fn logs(&self) -> Option<&Arc<dyn LogReader>> {
+        self.0.logs.as_ref()
     }
 
     /// The access check, when `[access]` is configured.

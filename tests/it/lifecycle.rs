@@ -167,6 +167,14 @@ impl Cluster for FakeCluster {
     async fn claimed_storage(&self, _: &str) -> Result<i64, ClusterError> {
         Ok(0)
     }
+    async fn pod_logs(
+        &self,
+        _namespace: &str,
+        _bounds: draftd::cluster::logs::LogBounds,
+    ) -> Result<Vec<draftd::cluster::logs::PodLog>, ClusterError> {
+        // No step reads pod logs; the stand page does (tests/it/dashboard_logs.rs).
+        Ok(Vec::new())
+    }
     async fn managed_namespaces(&self) -> Result<Vec<ManagedNamespace>, ClusterError> {
         Ok(self.namespaces.lock().unwrap().values().cloned().collect())
     }

@@ -161,6 +161,7 @@ async fn the_stand_role_covers_everything_the_chart_and_the_namespace_step_creat
         assert!(allows(&docs, stand, group, resource, "list"), "diagnostics need {resource}");
     }
     assert!(allows(&docs, stand, "", "services/proxy", "get"), "verify probes through the API server proxy");
+    assert!(allows(&docs, stand, "", "pods/log", "get"), "the stand page reads its containers' logs");
     assert!(stand["rules"].as_array().unwrap().is_empty(), "draftd-stand's rules come from aggregation only");
 }
 

@@ -101,6 +101,7 @@ fn secret_values_are_only_exposed_where_they_are_compared_in_constant_time() {
         ("src/http/dashboard/page.rs", &[]),
         ("src/http/dashboard/chart.rs", &[]),
         ("src/http/dashboard/figures.rs", &[]),
+        ("src/http/dashboard/logs.rs", &[]),
         ("src/http/openapi.rs", &[]),
         ("src/http/health.rs", &[]),
         ("src/http/metrics.rs", &[]),

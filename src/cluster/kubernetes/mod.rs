@@ -4,6 +4,8 @@
 //! The client, its settings and the apply every part shares are here; each of the trait's jobs is in
 //! a file of its own, and [`Cluster`]'s methods below only say which.
 
+/// The last lines of each container of a namespace's pods.
+mod logs;
 /// The stand's namespace, what isolates it, its expiry, and the namespaces draftd manages.
 mod namespace;
 /// Probing a stand's Service through the API server proxy.
@@ -35,6 +37,7 @@ pub use proxy::ServiceProxyProber;
 
 use crate::cluster::build::BuildJob;
 use crate::cluster::jobs::{JobOutcome, JobRequest};
+use crate::cluster::logs::{LogBounds, PodLog};
 use crate::cluster::verify::{self, Diagnostics};
 use crate::cluster::{
     Cluster, ClusterError, FIELD_MANAGER, ManagedNamespace, NamespaceGone, NamespaceOutcome, StandMeta, resources,
@@ -221,6 +224,10 @@ impl Cluster for Kubernetes {
 
     async fn claimed_storage(&self, namespace: &str) -> Result<i64, ClusterError> {
         self.namespace_claims(namespace).await
+    }
+
+    async fn pod_logs(&self, namespace: &str, bounds: LogBounds) -> Result<Vec<PodLog>, ClusterError> {
+        self.read_pod_logs(namespace, bounds).await
     }
 
     async fn managed_namespaces(&self) -> Result<Vec<ManagedNamespace>, ClusterError> {

@@ -1,4 +1,5 @@
-//! The dashboard: stands, their runs and steps, and the Re-run, Extend, Destroy and Wake buttons.
+//! The dashboard: stands, their runs and steps, their pods' logs, and the Re-run, Extend, Destroy
+//! and Wake buttons.
 //!
 //! Server-rendered HTML (minijinja, auto-escaped), readable without its one inline stylesheet and
 //! without JavaScript. The buttons queue runs through the API's own path ([`api::queue_command`]), so a
@@ -8,6 +9,8 @@
 /// Inline SVG charts for the front page.
 mod chart;
 mod figures;
+/// The stand's pods' logs, read on request.
+mod logs;
 /// The session cookie, CSRF tokens and the `Origin` check.
 mod page;
 mod session;
@@ -60,6 +63,7 @@ pub fn router() -> Router<AppState> {
         .route("/stands", get(list))
         .route("/stands/{id}", get(stand))
         .route("/stands/{id}/runs/{number}", get(run))
+        .route("/stands/{id}/logs", get(logs::logs))
         .route("/stands/{id}/rerun", post(rerun))
         .route("/stands/{id}/extend", post(extend))
         .route("/stands/{id}/destroy", post(destroy))

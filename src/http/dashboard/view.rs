@@ -19,13 +19,14 @@ use crate::store::stands::{RunSummary, StandDetail, StandSummary, StepSummary};
 /// Diagnostics beyond this are cut: the kube runner bounds them already; this guards the page.
 const MAX_PRE_BYTES: usize = 64 * 1024;
 
-const TEMPLATES: [(&str, &str); 7] = [
+const TEMPLATES: [(&str, &str); 8] = [
     ("base.html", include_str!("templates/base.html")),
     ("macros.html", include_str!("templates/macros.html")),
     ("login.html", include_str!("templates/login.html")),
     ("stands.html", include_str!("templates/stands.html")),
     ("stand.html", include_str!("templates/stand.html")),
     ("run.html", include_str!("templates/run.html")),
+    ("logs.html", include_str!("templates/logs.html")),
     ("error.html", include_str!("templates/error.html")),
 ];
 
