@@ -51,6 +51,13 @@ pub const FORGE_CALLS: &str = "draftd_forge_api_calls_total";
 pub const FORGE_RATE_LIMIT_WAITS: &str = "draftd_forge_rate_limit_waits_total";
 /// Answers of `/access/check` by `verdict` (person, allowed, sign_in, refused): who comes into private stands.
 pub const ACCESS_CHECKS: &str = "draftd_access_checks_total";
+/// Awake stands the health watch looks after, by `project` and `health` (healthy, degraded)
+/// (scrape time). Per project, not per stand: a fleet of a thousand stands is two series a project,
+/// and the stand itself is named by its comment, check, dashboard row and audit row.
+pub const STAND_HEALTH: &str = "draftd_stand_health";
+/// Probes of the health watch by `outcome`: `answered` (below 500), `5xx`, `timeout`,
+/// `unreachable`, `refused` (something in front of the app answered), `skipped` (a run in flight).
+pub const WATCH_PROBES: &str = "draftd_watch_probes_total";
 /// Errors by their stable `metric_label` and `source` (http, step, reporter, reaper).
 pub const ERRORS: &str = "draftd_errors_total";
 
@@ -108,6 +115,8 @@ fn describe() {
     describe_counter!(FORGE_RATE_LIMIT_WAITS, "Forge calls held back by a rate limit, by forge");
     describe_counter!(ERRORS, "Errors by stable label and source");
     describe_counter!(ACCESS_CHECKS, "Answers of the private stands' access check, by verdict");
+    describe_gauge!(STAND_HEALTH, "Awake stands by project and health (healthy, degraded)");
+    describe_counter!(WATCH_PROBES, "Health watch probes by outcome");
     describe_gauge!(
         STAND_COST,
         "What each project's stands have cost so far, in [cost] currency (an estimate from requests)"
@@ -139,6 +148,8 @@ pub struct Snapshot {
     pub last_sweep: Option<f64>,
     /// (project, what its stands have cost so far at `[cost]`'s prices).
     pub cost: Vec<(String, f64)>,
+    /// (project, awake watched stands healthy, degraded), for every project that has stands.
+    pub health: Vec<(String, i64, i64)>,
 }
 
 /// Sets the database-backed gauges from `snapshot` and renders everything as Prometheus text.
@@ -155,6 +166,11 @@ pub fn render(snapshot: &Snapshot) -> String {
     }
     metrics::gauge!(STANDS_STUCK).set(snapshot.stuck_closing as f64);
     metrics::gauge!(REAPER_LAST_SWEEP).set(snapshot.last_sweep.unwrap_or(0.0));
+    for (project, healthy, degraded) in &snapshot.health {
+        for (health, n) in [(crate::stand::Health::Healthy, healthy), (crate::stand::Health::Degraded, degraded)] {
+            metrics::gauge!(STAND_HEALTH, "project" => project.clone(), "health" => health.as_str()).set(*n as f64);
+        }
+    }
     for (project, cost) in &snapshot.cost {
         metrics::gauge!(STAND_COST, "project" => project.clone()).set(*cost);
     }

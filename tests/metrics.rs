@@ -323,3 +323,29 @@ async fn a_teardown_found_by_resync_is_counted_as_resync(pool: PgPool) {
     .unwrap();
     assert_eq!((trigger.as_str(), reason.as_deref()), ("resync", Some("closed")));
 }
+
+/// `draftd_stand_health` counts the awake stands the health watch looks after, per project and
+/// health, at scrape time; a project whose stands all went keeps its series, at zero.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn stand_health_is_counted_per_project_and_health_at_scrape_time(pool: PgPool) {
+    let _recorder = RECORDER.lock().await;
+    let app = app(pool.clone());
+    sqlx::query(
+        "insert into stands (project, branch, namespace, health, next_probe_at) values
+            ('hello-world', 'a', 'draft-a', 'healthy', now()), ('hello-world', 'b', 'draft-b', 'degraded', now()),
+            ('hello-world', 'c', 'draft-c', 'degraded', null), ('gitlab-test', 'd', 'draft-d', 'healthy', now())",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let samples = scrape(&app).await;
+    let health = |project: &str, health: &str| {
+        value(&samples, "draftd_stand_health", &[("project", project), ("health", health)])
+    };
+    assert_eq!(health("hello-world", "healthy"), 1.0);
+    assert_eq!(health("hello-world", "degraded"), 1.0, "a stand never verified is not watched");
+    assert_eq!((health("gitlab-test", "healthy"), health("gitlab-test", "degraded")), (1.0, 0.0));
+    sqlx::query("update stands set state = 'sleeping' where project = 'gitlab-test'").execute(&pool).await.unwrap();
+    let samples = scrape(&app).await;
+    assert_eq!(value(&samples, "draftd_stand_health", &[("project", "gitlab-test"), ("health", "healthy")]), 0.0);
+}

@@ -17,6 +17,7 @@ use crate::pipeline::image::Registries;
 use crate::pipeline::steps::{DryRunSteps, KubernetesSteps};
 use crate::pipeline::{Caps, Engine, EngineSettings, Fault, StepRunner};
 use crate::reaper::Reaper;
+use crate::reaper::watch::Watch;
 use crate::reporter::{Reporter, ReporterSettings};
 use crate::store;
 
@@ -134,6 +135,12 @@ fn start_background(
             }
             let cluster = Arc::new(cluster);
             spawn_reaper(reaper.with_cluster(cluster.clone()), &config, state, stop)?;
+            spawn_watch(
+                Watch::new(workers_pool.clone(), config.clone()).with_cluster(cluster.clone()),
+                &config,
+                state,
+                stop,
+            );
             if let Some(c) = &credentials {
                 let deliver = keeper::deliver_to_cluster(cluster.clone(), workers_pool.clone(), config.clone());
                 keeper::spawn_keeper(c.clone(), deliver, state, stop);
@@ -193,6 +200,21 @@ fn spawn_reaper(
         }
     });
     Ok(())
+}
+
+/// The health watch beside the reaper, unless `[watch] enabled = false`. Only in kubernetes mode:
+/// a dry-run stand runs nothing to probe. Every replica runs one; their claims never overlap.
+fn spawn_watch(watch: Watch, config: &Config, state: &AppState, stop: &tokio::sync::watch::Receiver<bool>) {
+    if !config.watch.enabled {
+        tracing::info!("health watch off ([watch] enabled = false)");
+        return;
+    }
+    let (state, stop) = (state.clone(), stop.clone());
+    tokio::spawn(async move {
+        if wait_migrated(&state, &stop).await {
+            crate::reaper::watch::run(watch, stop).await;
+        }
+    });
 }
 
 fn spawn_engine<R: StepRunner>(

@@ -38,7 +38,7 @@ pub async fn list(
                 s.stand_id.to_string(),
                 s.project.clone(),
                 s.branch.clone(),
-                s.state.to_string(),
+                state_text(s),
                 s.namespace.clone(),
                 s.pr_number.map(|n| format!("#{n}")).unwrap_or_default(),
                 short(s.head_sha.as_deref()),
@@ -80,8 +80,8 @@ pub async fn show(config: Config, stand: stands::StandRef, json: bool) -> anyhow
         (
             "state",
             match &s.state_reason {
-                Some(r) => format!("{} ({r})", s.state),
-                None => s.state.to_string(),
+                Some(r) => format!("{} ({r})", state_text(s)),
+                None => state_text(s),
             },
         ),
         ("pull request", s.pr_number.map(|n| format!("#{n}")).unwrap_or_else(|| "-".into())),
@@ -91,6 +91,10 @@ pub async fn show(config: Config, stand: stands::StandRef, json: bool) -> anyhow
     ];
     for (k, v) in fields {
         writeln!(out, "{:<13} {v}", format!("{k}:"))?;
+    }
+    if let Some(reason) = s.health_reason.as_deref().filter(|_| degraded(s)) {
+        let since = s.health_since.map(|t| format!(" since {}", t.to_rfc3339())).unwrap_or_default();
+        writeln!(out, "{:<13} {reason}{since}", "degraded:")?;
     }
     if let Some(priced) = usage::priced(&pool, s.stand_id, &config.cost, Utc::now()).await? {
         let line = crate::reporter::CostLine {
@@ -177,6 +181,16 @@ fn describe(stand: &stands::StandRef) -> String {
         stands::StandRef::Id(id) => format!("with id {id}"),
         stands::StandRef::Branch { project, branch } => format!("for branch {branch:?} of project {project:?}"),
     }
+}
+
+/// An awake stand the health watch found not answering is `active, degraded`: still active (it
+/// takes deploys and commands), but not working.
+fn state_text(s: &stands::StandSummary) -> String {
+    if degraded(s) { format!("{}, {}", s.state, s.health) } else { s.state.to_string() }
+}
+
+fn degraded(s: &stands::StandSummary) -> bool {
+    s.state == StandState::Active && s.health == crate::stand::Health::Degraded
 }
 
 fn short(sha: Option<&str>) -> String {

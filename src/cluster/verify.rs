@@ -61,6 +61,32 @@ pub enum ProbeResult {
     Refused(String),
 }
 
+impl ProbeResult {
+    /// How this answer fails the gate, or `None` when it passes. The app's 4xx passes: an app may
+    /// answer 401 or 404 on `/` and still be healthy; an answer the app never gave
+    /// ([`ProbeResult::Refused`]) fails, whatever its code.
+    pub fn failure(&self, timeout: Duration) -> Option<String> {
+        match self {
+            ProbeResult::Status(code) if *code < 500 => None,
+            ProbeResult::Status(code) => Some(format!("answered {code}")),
+            ProbeResult::Timeout => Some(format!("did not answer within {timeout:?}")),
+            ProbeResult::Unreachable => Some("could not connect".to_owned()),
+            ProbeResult::Refused(reason) => Some(format!("did not reach the app: {reason}")),
+        }
+    }
+
+    /// A stable label for metrics: `answered` (below 500), `5xx`, `timeout`, `unreachable`, `refused`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ProbeResult::Status(code) if *code < 500 => "answered",
+            ProbeResult::Status(_) => "5xx",
+            ProbeResult::Timeout => "timeout",
+            ProbeResult::Unreachable => "unreachable",
+            ProbeResult::Refused(_) => "refused",
+        }
+    }
+}
+
 /// One way to reach the stand: its Ingress URL, or its Service through the API server proxy.
 pub trait Prober: Send + Sync {
     fn probe(&self, timeout: Duration) -> impl Future<Output = ProbeResult> + Send;
@@ -86,9 +112,8 @@ pub struct GateFailure {
     pub elapsed: Duration,
 }
 
-/// Probes `probes` times spread evenly over `window`; the first 5xx, timeout or refusal fails the
-/// gate. The app's 4xx passes: an app may answer 401 or 404 on `/` and still be healthy; an answer
-/// the app never gave ([`ProbeResult::Refused`]) fails, whatever its code.
+/// Probes `probes` times spread evenly over `window`; the first answer that fails
+/// ([`ProbeResult::failure`]: a 5xx, a timeout, a refusal) fails the gate.
 pub async fn gate<P: Prober>(
     prober: &P,
     probes: u32,
@@ -102,15 +127,12 @@ pub async fn gate<P: Prober>(
     for attempt in 1..=probes {
         let due = started + spacing * (attempt - 1);
         tokio::time::sleep_until(due.into()).await;
-        let outcome = match prober.probe(timeout).await {
-            ProbeResult::Status(code) if code < 500 => {
+        let result = prober.probe(timeout).await;
+        let Some(outcome) = result.failure(timeout) else {
+            if let ProbeResult::Status(code) = result {
                 *statuses.entry(code.to_string()).or_insert(0) += 1;
-                continue;
             }
-            ProbeResult::Status(code) => format!("answered {code}"),
-            ProbeResult::Timeout => format!("did not answer within {timeout:?}"),
-            ProbeResult::Unreachable => "could not connect".to_owned(),
-            ProbeResult::Refused(reason) => format!("did not reach the app: {reason}"),
+            continue;
         };
         return Err(GateFailure { target: prober.target(), attempt, probes, outcome, elapsed: started.elapsed() });
     }

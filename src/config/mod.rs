@@ -24,6 +24,7 @@ mod registry;
 mod services;
 mod sleep;
 mod stands;
+mod watch;
 
 pub use access::{AccessConfig, AccessMode, AccessSecrets, OAuthApp, OAuthEndpoints};
 pub use cluster::{
@@ -36,6 +37,7 @@ pub use registry::{BadImage, BuildConfig, ImageRepository, ProjectBuild, Registr
 pub use services::{ApiConfig, GithubConfig, GitlabConfig, PostgresConfig, VaultAuth, VaultConfig};
 pub use sleep::{ProjectSleep, SleepConfig, WakeService};
 pub use stands::{IntakeConfig, OnCap, ReaperConfig, StandsConfig};
+pub use watch::WatchConfig;
 
 /// Top-level keys; environment variables naming anything else (like `DRAFTD_CONFIG` or
 /// `DRAFTD_API_TOKEN`, which are not settings) are not read as settings.
@@ -47,6 +49,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "cluster",
     "stands",
     "reaper",
+    "watch",
     "intake",
     "postgres",
     "vault",
@@ -89,6 +92,8 @@ pub struct Config {
     pub reaper: ReaperConfig,
     pub sleep: SleepConfig,
     pub cost: CostConfig,
+    /// The health watch: awake stands probed between deploys.
+    pub watch: WatchConfig,
     pub intake: IntakeConfig,
     /// The server of the stands' databases; without it stands get none.
     pub postgres: Option<PostgresConfig>,
@@ -120,6 +125,7 @@ impl Default for Config {
             reaper: ReaperConfig::default(),
             sleep: SleepConfig::default(),
             cost: CostConfig::default(),
+            watch: WatchConfig::default(),
             intake: IntakeConfig::default(),
             postgres: None,
             vault: None,
@@ -226,6 +232,9 @@ impl Config {
         }
         if self.intake.listen_backlog == 0 {
             return Err(self.invalid("intake.listen_backlog", "must be at least 1"));
+        }
+        if let Some((key, message)) = self.watch.problem() {
+            return Err(self.invalid(format!("watch.{key}"), message));
         }
         if let Some(vault) = &self.vault {
             self.check_vault(vault)?;

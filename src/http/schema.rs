@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::stand::{Cost, RunId, RunKind, RunState, StandId, StandState, StepState, Trigger};
+use crate::stand::{Cost, Health, RunId, RunKind, RunState, StandId, StandState, StepState, Trigger};
 use crate::store::stands as rows;
 
 /// A stand with the outcome of its newest run.
@@ -23,6 +23,14 @@ pub struct StandSummary {
     pub state_reason: Option<String>,
     /// Why its deploy or wake waits for a place (`[stands] max_active`), while it does.
     pub waiting_reason: Option<String>,
+    /// `healthy` or `degraded`: what the health watch (`[watch]`) last found when it probed the
+    /// stand; current only while the stand is `active`.
+    #[schema(value_type = String)]
+    pub health: Health,
+    /// Since when it has had that health.
+    pub health_since: Option<DateTime<Utc>>,
+    /// While degraded, how its last probe failed (one line); the stand's page shows its pods too.
+    pub health_reason: Option<String>,
     pub head_sha: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -105,6 +113,9 @@ impl From<rows::StandSummary> for StandSummary {
             state: s.state,
             state_reason: s.state_reason,
             waiting_reason: s.waiting_reason,
+            health: s.health,
+            health_since: s.health_since,
+            health_reason: s.health_reason,
             head_sha: s.head_sha,
             expires_at: s.expires_at,
             created_at: s.created_at,

@@ -12,6 +12,8 @@
 
 mod orphans;
 mod resync;
+/// The health watch: awake stands probed between deploys, degraded and healthy again.
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -35,4 +35,4 @@ pub use queue::{
     CheckPayload, CommentPayload, EnvironmentPayload, LabelPayload, Outbound, ReplyPayload, enqueue, enqueue_comment,
 };
 pub use render::{MAX_BODY_CHARS, cost_text, render, trigger_text};
-pub use view::{AccessLine, CostLine, ReportView, Status, StepLine};
+pub use view::{AccessLine, CostLine, Degraded, ReportView, Status, StepLine};

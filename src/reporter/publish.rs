@@ -59,7 +59,9 @@ pub fn outbound(view: &ReportView, target: &Target<'_>) -> Vec<Outbound> {
     if matches!(view.kind, RunKind::Deploy | RunKind::Sleep | RunKind::Wake) {
         let check = match view.status {
             Status::Ready | Status::Sleeping => CheckState::Success,
-            Status::Failed => CheckState::Failure,
+            // Not answering is a failure of the commit's stand until it answers again: a new check
+            // run on GitHub (a completed one is final), a new status on GitLab.
+            Status::Failed | Status::Degraded => CheckState::Failure,
             Status::Waiting => CheckState::Queued,
             _ => CheckState::InProgress,
         };
@@ -81,7 +83,8 @@ pub fn outbound(view: &ReportView, target: &Target<'_>) -> Vec<Outbound> {
     match view.kind {
         RunKind::Deploy => {
             let env = match view.status {
-                Status::Ready => EnvironmentState::Success,
+                // The deployment itself succeeded; the check says the stand stopped answering.
+                Status::Ready | Status::Degraded => EnvironmentState::Success,
                 Status::Failed => EnvironmentState::Failure,
                 _ => EnvironmentState::InProgress,
             };
@@ -180,6 +183,10 @@ fn title(view: &ReportView) -> String {
         Status::Sleeping => "Asleep: open its URL, comment /draft wake or push to wake it".to_owned(),
         Status::FallingAsleep => "Going to sleep: idle".to_owned(),
         Status::Waking => "Waking up".to_owned(),
+        Status::Degraded => match &view.degraded {
+            Some(d) => format!("Degraded: {}", d.reason),
+            None => "Degraded: not answering".to_owned(),
+        },
         Status::Failed => match view.failed_step() {
             Some(step) => match &step.note {
                 Some(note) => format!("Failed at {}: {note}", step.name),
@@ -300,6 +307,21 @@ impl StandReport {
     /// Queues every row the report makes (sticky comment, check, environment, label) in one
     /// transaction, in the order they should reach the forge.
     pub async fn queue(&self, pool: &PgPool, run_id: Option<RunId>) -> Result<Vec<Queued>, StoreError> {
+        self.queue_only(pool, run_id, |_| true).await
+    }
+
+    /// What a change of the stand's health says (the health watch): the sticky comment and the
+    /// check. The deployment and the label stay as the deploy left them.
+    pub async fn queue_health(&self, pool: &PgPool) -> Result<Vec<Queued>, StoreError> {
+        self.queue_only(pool, None, |o| matches!(o, Outbound::Comment(_) | Outbound::Check(_))).await
+    }
+
+    async fn queue_only(
+        &self,
+        pool: &PgPool,
+        run_id: Option<RunId>,
+        keep: impl Fn(&Outbound) -> bool,
+    ) -> Result<Vec<Queued>, StoreError> {
         let stand_id = self.view.stand_id;
         let mut tx = pool.begin().await?;
         let labelled = match self.number {
@@ -310,7 +332,7 @@ impl StandReport {
         };
         let target = Target { forge: self.forge, repo: &self.repo, number: self.number, labelled };
         let mut queued = Vec::new();
-        for out in outbound(&self.view, &target) {
+        for out in outbound(&self.view, &target).into_iter().filter(|o| keep(o)) {
             let id = enqueue(&mut *tx, stand_id, run_id, &out).await?;
             queued.push(Queued { kind: out.kind(), outbox: id });
         }
@@ -392,6 +414,7 @@ mod tests {
             cost: None,
             waiting: None,
             access: None,
+            degraded: None,
         }
     }
 
@@ -434,6 +457,20 @@ mod tests {
         let out = outbound(&waiting, &target);
         assert!(matches!(&out[1], Outbound::Check(c) if c.check.state == CheckState::Queued
             && c.check.title == "Waiting for a place: 2 of 2 stands are up"));
+    }
+
+    #[test]
+    fn a_degraded_stand_fails_its_check_and_keeps_its_deployment_and_label() {
+        let target = Target { forge: ForgeKind::Github, repo: "acme/shop", number: Some(7), labelled: true };
+        let mut degraded = view(Status::Degraded, &[("verify", StepState::Succeeded)]);
+        degraded.degraded = Some(crate::reporter::Degraded { since: None, reason: "probe of x answered 502".into() });
+        let out = outbound(&degraded, &target);
+        assert_eq!(kinds(&out), ["comment", "check", "environment"], "the label stays on");
+        assert!(matches!(&out[1], Outbound::Check(c) if c.check.state == CheckState::Failure
+            && c.check.title == "Degraded: probe of x answered 502"));
+        assert!(matches!(&out[2], Outbound::Environment(e) if e.env.state == EnvironmentState::Success));
+        let ready = outbound(&view(Status::Ready, &[("verify", StepState::Succeeded)]), &target);
+        assert!(matches!(&ready[1], Outbound::Check(c) if c.check.state == CheckState::Success));
     }
 
     #[test]

@@ -79,6 +79,7 @@ pub fn render(view: &ReportView) -> String {
             | Status::FallingAsleep
             | Status::Waking
             | Status::Waiting
+            | Status::Degraded
     );
     if let Some(at) = view.expires_at.filter(|_| view.expiry_warning && live) {
         let _ = writeln!(
@@ -102,6 +103,15 @@ pub fn render(view: &ReportView) -> String {
             out,
             "> ⏸️ Past the cap on stands up at once: {reason}. It is built as soon as a place frees (another \
              stand goes to sleep or is removed).\n"
+        );
+    }
+    if let Some(d) = view.degraded.as_ref().filter(|_| view.status == Status::Degraded) {
+        let since = d.since.map(|t| format!(" since {}", t.format("%Y-%m-%d %H:%M UTC"))).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "> ⚠️ Deployed and verified, but not answering{since}: {}. draftd keeps probing it and marks it ready \
+             again as soon as it answers; the diagnostics below are from when it stopped.\n",
+            one_line(&d.reason, MAX_NOTE_CHARS)
         );
     }
     if view.status == Status::Sleeping {
@@ -172,7 +182,7 @@ pub fn render(view: &ReportView) -> String {
             let _ = writeln!(out, "| {} | {} | {} |", cell(&s.name), cell(&outcome), duration);
         }
     }
-    if view.status == Status::Failed {
+    if matches!(view.status, Status::Failed | Status::Degraded) {
         const RERUN: &str = "\nComment `/draft rerun` to try again.\n";
         if let Some(error) = &view.error {
             // What is left of the budget after everything else, with room for the fences.
@@ -318,6 +328,7 @@ mod tests {
             cost: None,
             waiting: None,
             access: None,
+            degraded: None,
         }
     }
 
@@ -334,6 +345,25 @@ mod tests {
         assert!(body.contains("FIRST LINE") && body.contains("LAST LINE") && body.contains("characters cut"));
         assert!(body.contains("and 480 more"));
         assert!(body.ends_with("Comment `/draft rerun` to try again.\n"));
+    }
+
+    #[test]
+    fn a_degraded_stand_says_since_when_how_its_probe_failed_and_its_pods() {
+        let mut view = bare(Status::Degraded);
+        view.url = Some("https://draft-b.example.com".into());
+        view.degraded = Some(crate::reporter::Degraded {
+            since: Some(Utc.with_ymd_and_hms(2026, 12, 8, 9, 30, 0).unwrap()),
+            reason: "probe of https://draft-b.example.com/health/ready answered 500".into(),
+        });
+        view.error = Some("probe of … answered 500\npod app-1 (Running):\n  app: not ready".into());
+        let body = render(&view);
+        assert!(body.starts_with("<!-- draftd:stand:1 -->\n### ⚠️ Draft stand degraded\n"), "{body}");
+        assert!(body.contains("not answering since 2026-12-08 09:30 UTC: probe of https://draft-b.example.com/health/ready answered 500"), "{body}");
+        assert!(body.contains("**Diagnostics**") && body.contains("app: not ready"), "{body}");
+        assert!(
+            body.contains("**[https://draft-b.example.com](https://draft-b.example.com)**"),
+            "the URL stays: {body}"
+        );
     }
 
     #[test]

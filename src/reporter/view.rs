@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::stand::{RunKind, RunState, StandId, StepName, StepState, Trigger};
+use crate::stand::{Health, RunKind, RunState, StandId, StandState, StepName, StepState, Trigger};
 use crate::store::stands::{RunSummary, StandDetail};
 
 /// The headline of a report.
@@ -23,6 +23,8 @@ pub enum Status {
     Waking,
     /// Past `max_active`: its deploy or wake waits for a place.
     Waiting,
+    /// Deployed and verified, but the health watch found it not answering since (`[watch]`).
+    Degraded,
 }
 
 impl Status {
@@ -37,6 +39,7 @@ impl Status {
             Status::Sleeping => "💤 Draft stand sleeping",
             Status::Waking => "⏰ Draft stand waking up",
             Status::Waiting => "⏸️ Draft stand waiting for a place",
+            Status::Degraded => "⚠️ Draft stand degraded",
         }
     }
 
@@ -119,6 +122,9 @@ pub struct ReportView {
     pub waiting: Option<String>,
     /// Who may open its URL; `None` when it has none.
     pub access: Option<AccessLine>,
+    /// While the health watch finds it not answering: since when and how (its diagnostics are in
+    /// `error`).
+    pub degraded: Option<Degraded>,
 }
 
 /// Who may open a stand's URL, as the comment says it.
@@ -128,6 +134,30 @@ pub enum AccessLine {
     Public,
     /// People who can read `repo` on `forge`, signed in there.
     Forge { forge: crate::config::ForgeKind, repo: String },
+}
+
+/// How a ready stand stopped answering, as the health watch found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Degraded {
+    pub since: Option<DateTime<Utc>>,
+    /// The probe's outcome, one line.
+    pub reason: String,
+}
+
+impl Degraded {
+    /// The stand's health watch finding, when `status` (its newest run's) is `Ready` and the stand is
+    /// awake and degraded; with the full text for the diagnostics.
+    fn of(stand: &crate::store::stands::StandSummary, status: Status) -> Option<(Degraded, String)> {
+        if status != Status::Ready || stand.state != StandState::Active || stand.health != Health::Degraded {
+            return None;
+        }
+        let reason = stand.health_reason.clone().unwrap_or_else(|| "its probe failed".to_owned());
+        let text = match &stand.health_diagnostics {
+            Some(d) if !d.trim().is_empty() => format!("{reason}\n{d}"),
+            _ => reason.clone(),
+        };
+        Some((Degraded { since: stand.health_since, reason }, text))
+    }
 }
 
 impl ReportView {
@@ -166,12 +196,15 @@ impl ReportView {
         let waiting =
             detail.stand.waiting_reason.clone().filter(|_| run.kind.needs_place() && run.state == RunState::Queued);
         let status = if waiting.is_some() { Status::Waiting } else { Status::of_run(run.kind, run.state, &steps) };
+        let degraded = Degraded::of(&detail.stand, status);
+        let status = if degraded.is_some() { Status::Degraded } else { status };
         let error = run
             .steps
             .iter()
             .filter(|s| s.state == StepState::Failed && s.name != "rollback")
             .chain(run.steps.iter().filter(|s| s.state == StepState::Failed))
-            .find_map(|s| s.error.as_ref().map(|e| format!("{}: {}", s.name, error_text(e))));
+            .find_map(|s| s.error.as_ref().map(|e| format!("{}: {}", s.name, error_text(e))))
+            .or_else(|| degraded.as_ref().map(|(_, text)| text.clone()));
         let base = public_url.map(|u| u.trim_end_matches('/')).filter(|u| !u.is_empty());
         let stand_link = base.map(|b| format!("{b}/stands/{}", detail.stand.stand_id));
         Some(ReportView {
@@ -198,6 +231,7 @@ impl ReportView {
             cost: None,
             waiting,
             access: None,
+            degraded: degraded.map(|(d, _)| d),
         })
     }
 }

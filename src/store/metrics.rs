@@ -9,12 +9,13 @@ pub use crate::metrics::Snapshot;
 
 /// `max_teardowns`: failed teardowns per life after which the reaper stops retrying a stand.
 pub async fn snapshot(pool: &PgPool, max_teardowns: i64) -> Result<Snapshot, sqlx::Error> {
-    let (queued, oldest_secs, stands, stuck_closing, last_sweep): (
+    let (queued, oldest_secs, stands, stuck_closing, last_sweep, health): (
         i64,
         Option<f64>,
         serde_json::Value,
         i64,
         Option<f64>,
+        serde_json::Value,
     ) = sqlx::query_as(
         "select
             (select count(*) from runs where state = 'queued' and (not_before is null or not_before <= now())),
@@ -27,7 +28,14 @@ pub async fn snapshot(pool: &PgPool, max_teardowns: i64) -> Result<Snapshot, sql
                and (select count(*) from runs r where r.stand_id = s.stand_id and r.epoch = s.epoch
                        and r.kind = 'teardown' and r.state = 'failed') >= $1),
             (select extract(epoch from finished_at)::float8 from sweeps
-              where finished_at is not null order by sweep_id desc limit 1)",
+              where finished_at is not null order by sweep_id desc limit 1),
+            (select coalesce(jsonb_agg(jsonb_build_array(project, healthy, degraded)), '[]') from
+               (select project,
+                       count(*) filter (where state = 'active' and next_probe_at is not null and health = 'healthy')
+                           as healthy,
+                       count(*) filter (where state = 'active' and next_probe_at is not null and health = 'degraded')
+                           as degraded
+                from stands group by project) h)",
     )
     .bind(max_teardowns)
     .persistent(false)
@@ -44,5 +52,11 @@ pub async fn snapshot(pool: &PgPool, max_teardowns: i64) -> Result<Snapshot, sql
         stuck_closing,
         last_sweep,
         cost: Vec::new(),
+        health: health
+            .as_array()
+            .map(|rows| {
+                rows.iter().filter_map(|r| Some((r[0].as_str()?.to_owned(), r[1].as_i64()?, r[2].as_i64()?))).collect()
+            })
+            .unwrap_or_default(),
     })
 }

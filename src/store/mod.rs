@@ -7,6 +7,8 @@ pub mod audit;
 pub mod caps;
 /// Logins handed to stands, by reference, until revoked; this installation's id.
 pub mod credentials;
+/// The health watch: awake stands due for a probe, and their moves between healthy and degraded.
+pub mod health;
 /// What the dashboard's charts draw: stands by state per sweep, time to URL and wake time per day.
 pub mod history;
 pub mod intake;

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::StoreError;
-use crate::stand::{RunId, RunKind, RunState, StandChange, StandId, StandState, StepState, Trigger};
+use crate::stand::{Health, RunId, RunKind, RunState, StandChange, StandId, StandState, StepState, Trigger};
 
 /// A stand with the outcome of its newest run.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -19,6 +19,13 @@ pub struct StandSummary {
     pub state_reason: Option<String>,
     /// Why its deploy or wake waits for a place (`max_active`), while it does.
     pub waiting_reason: Option<String>,
+    /// What the health watch last found; only an awake stand's is current.
+    pub health: Health,
+    /// Since when it has that health (set by the watch and by verify).
+    pub health_since: Option<DateTime<Utc>>,
+    /// While degraded: the probe's outcome, one line, and the cluster's account of its pods.
+    pub health_reason: Option<String>,
+    pub health_diagnostics: Option<String>,
     pub head_sha: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -90,7 +97,8 @@ impl std::str::FromStr for StandRef {
 }
 
 const SUMMARY: &str = "select s.stand_id, s.project, s.branch, s.namespace, s.pr_number, s.state, s.state_reason,
-        s.waiting_reason, s.head_sha, s.expires_at, s.created_at, s.updated_at,
+        s.waiting_reason, s.health, s.health_since, s.health_reason, s.health_diagnostics,
+        s.head_sha, s.expires_at, s.created_at, s.updated_at,
         r.number as last_run, r.kind as last_run_kind, r.state as last_run_state
     from stands s
     left join lateral (select number, kind, state from runs where runs.stand_id = s.stand_id

@@ -1024,3 +1024,93 @@ async fn past_max_active_the_idlest_stand_is_scaled_to_zero_to_make_room(pool: P
     }
     w.wait_namespace_gone().await;
 }
+
+/// The health watch as draftd's own ServiceAccount: once a deploy passed verify, the stand is probed
+/// where verify probed it (its host through the ingress address); when its app starts answering 500
+/// it turns degraded, its comment and check say so with the pods' diagnostics read from the API
+/// server, and it is healthy again, said the same way, when the app answers 200.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_stand_whose_app_starts_answering_500_turns_degraded_and_healthy_again(pool: PgPool) {
+    use draftd::reaper::watch::Watch;
+    let Some(dir) = control_plane() else { return };
+    let w = World::new(pool, dir, "watch").await;
+    let watch_table = "[watch]\ninterval = \"3s\"\ntimeout = \"1s\"\nrecheck_after = \"100ms\"\n";
+    let config = Config::from_toml(&format!("{watch_table}{}", w.config_text(""))).unwrap();
+    let engine = w.engine(config.clone()).await;
+    let (run, end) = w.run(&engine, "deploy", SHA1).await;
+    assert_eq!(end, RunEnd::Succeeded, "{}", w.steps(run).await);
+    let stand: draftd::stand::StandId =
+        sqlx::query_scalar("update stands set pr_number = 7 where namespace = $1 returning stand_id")
+            .bind(&w.namespace)
+            .fetch_one(&w.pool)
+            .await
+            .unwrap();
+    let client = draftd::cluster::client::connect(&config.cluster).await.unwrap();
+    let cluster = Kubernetes::new(client, config.cluster.clone());
+    let watch = Watch::new(w.pool.clone(), Arc::new(config)).with_cluster(Arc::new(cluster));
+    let due = || async {
+        sqlx::query("update stands set next_probe_at = now() where stand_id = $1")
+            .bind(stand)
+            .execute(&w.pool)
+            .await
+            .unwrap();
+    };
+    let outbox = || async {
+        let rows: Vec<(String, Value)> = sqlx::query_as(
+            "select kind, payload from outbox where stand_id = $1 and run_id is null order by outbox_id",
+        )
+        .bind(stand)
+        .fetch_all(&w.pool)
+        .await
+        .unwrap();
+        rows
+    };
+    let watched: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("select next_probe_at from stands where stand_id = $1")
+            .bind(stand)
+            .fetch_one(&w.pool)
+            .await
+            .unwrap();
+    assert!(watched.is_some(), "verify passed, so the watch looks after it");
+
+    due().await;
+    w.app.hosts.lock().unwrap().clear();
+    let tick = watch.tick(chrono::Utc::now(), 16).await.unwrap();
+    assert_eq!((tick.probes, tick.degraded.len(), tick.errors.len()), (1, 0, 0), "{tick:?}");
+    let host = format!("{}.draft.test", w.namespace);
+    assert_eq!(*w.app.hosts.lock().unwrap(), [host], "probed as verify probes it");
+
+    w.app.status.store(500, Ordering::SeqCst);
+    due().await;
+    let tick = watch.tick(chrono::Utc::now(), 16).await.unwrap();
+    assert_eq!(tick.degraded, [stand], "{tick:?}");
+    let (health, diagnostics): (String, Option<String>) =
+        sqlx::query_as("select health, health_diagnostics from stands where stand_id = $1")
+            .bind(stand)
+            .fetch_one(&w.pool)
+            .await
+            .unwrap();
+    assert_eq!(health, "degraded");
+    assert!(diagnostics.is_some(), "the pods were looked at through the API server");
+    let rows = outbox().await;
+    let kinds: Vec<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["comment", "check"]);
+    assert!(rows[0].1["body"].as_str().unwrap().contains("Draft stand degraded"));
+    assert_eq!((rows[1].1["state"].as_str(), rows[1].1["sha"].as_str()), (Some("failure"), Some(SHA1)));
+    let snapshot = draftd::store::metrics::snapshot(&w.pool, 3).await.unwrap();
+    assert_eq!(snapshot.health, [(w.project.clone(), 0, 1)]);
+
+    w.app.status.store(200, Ordering::SeqCst);
+    due().await;
+    let tick = watch.tick(chrono::Utc::now(), 16).await.unwrap();
+    assert_eq!(tick.recovered, [stand], "{tick:?}");
+    let rows = outbox().await;
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[3].1["state"], "success");
+    let snapshot = draftd::store::metrics::snapshot(&w.pool, 3).await.unwrap();
+    assert_eq!(snapshot.health, [(w.project.clone(), 1, 0)]);
+
+    let run = w.queue("teardown", SHA1).await;
+    assert_eq!(engine.run_one().await.unwrap(), Some((run, RunEnd::Succeeded)), "{}", w.steps(run).await);
+    w.wait_namespace_gone().await;
+}

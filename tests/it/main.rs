@@ -57,5 +57,6 @@ mod smoke_script;
 mod stand_changes;
 mod summary;
 mod wake_browser;
+mod watch;
 mod webhooks_github;
 mod webhooks_gitlab;

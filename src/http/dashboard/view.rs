@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::reporter::{Status, StepLine};
-use crate::stand::{RunId, RunKind, RunState, StandId, StandState, StepState, Trigger};
+use crate::stand::{Health, RunId, RunKind, RunState, StandId, StandState, StepState, Trigger};
 use crate::store::stands::{RunSummary, StandDetail, StandSummary, StepSummary};
 
 /// Diagnostics beyond this are cut: the kube runner bounds them already; this guards the page.
@@ -140,6 +140,8 @@ pub struct StandRow {
     pub expires: Option<Expiry>,
     /// `#3 deploy: succeeded`.
     pub last_run: Option<String>,
+    /// Awake, but the health watch found it not answering: shown beside its state.
+    pub degraded: bool,
 }
 
 impl StandRow {
@@ -161,6 +163,7 @@ impl StandRow {
             url,
             expires: s.expires_at.map(|at| Expiry::of(at, now)),
             last_run,
+            degraded: s.state == StandState::Active && s.health == Health::Degraded,
         }
     }
 }
@@ -185,6 +188,8 @@ pub struct StandView {
     pub waiting: Option<String>,
     /// What it has cost so far, as the comment says it; set by the handler, which reads the usage.
     pub cost: Option<String>,
+    /// While degraded: how its probe failed, since when, and its pods then.
+    pub health: Option<Output>,
     pub runs: Vec<RunView>,
 }
 
@@ -192,7 +197,9 @@ impl StandView {
     pub fn of(detail: &StandDetail, url: Option<String>, now: DateTime<Utc>) -> StandView {
         let s = &detail.stand;
         let status = detail.runs.iter().filter(|r| r.kind != RunKind::Extend).max_by_key(|r| r.number).map(|r| {
-            let headline = Status::of_run(r.kind, r.state, &step_lines(&r.steps)).headline();
+            let status = Status::of_run(r.kind, r.state, &step_lines(&r.steps));
+            let degraded = status == Status::Ready && s.state == StandState::Active && s.health == Health::Degraded;
+            let headline = if degraded { Status::Degraded } else { status }.headline();
             // The comment's icon is decoration; the words carry the status.
             headline.split_once(' ').map_or(headline, |(_, words)| words)
         });
@@ -208,9 +215,24 @@ impl StandView {
             sleeping: s.state == StandState::Sleeping,
             waiting: s.waiting_reason.clone(),
             cost: None,
+            health: health_output(s),
             runs: detail.runs.iter().map(|r| RunView::of(s.stand_id, r)).collect(),
         }
     }
+}
+
+/// An awake, degraded stand's finding: `step` says since when, `text` how its probe failed and what
+/// its pods looked like then.
+fn health_output(s: &StandSummary) -> Option<Output> {
+    if s.state != StandState::Active || s.health != Health::Degraded {
+        return None;
+    }
+    let since = s.health_since.map(|t| format!("since {}", t.to_rfc3339_opts(SecondsFormat::Secs, true)));
+    let mut text = s.health_reason.clone().unwrap_or_else(|| "its probe failed".to_owned());
+    if let Some(d) = s.health_diagnostics.as_deref().filter(|d| !d.trim().is_empty()) {
+        text = format!("{text}\n{d}");
+    }
+    Some(Output::of(&since.unwrap_or_default(), &text))
 }
 
 /// One run with its steps, what failed and the jobs' output.

@@ -551,6 +551,9 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
                 let mut outcome = self.verify(run, &plan).await?;
                 outcome.detail["usage"] =
                     super::sleep::record_awake(&self.pool, &*self.cluster, run, &plan.release.name).await?;
+                // Verified: healthy, and the health watch probes it from its next slot on.
+                crate::store::health::verified(&self.pool, run.stand_id, Utc::now(), self.config.watch.interval)
+                    .await?;
                 Ok(outcome)
             }
             StepName::Smoke if project.smoke.is_empty() => Ok(StepOutcome::skipped("the project has no smoke command")),

@@ -497,6 +497,7 @@ pub fn view(stand_id: StandId, run: i32, status: Status) -> ReportView {
         cost: None,
         waiting: None,
         access: None,
+        degraded: None,
     }
 }
 
