@@ -62,6 +62,8 @@ struct Inner {
     forge_problems: ForgeProblems,
     /// `[cost]`: the stands' cost in the API.
     cost: crate::config::CostConfig,
+    /// The whole configuration, for the sticky comment of a fork's commit held for approval.
+    config: Arc<Config>,
 }
 
 impl AppState {
@@ -81,7 +83,13 @@ impl AppState {
             wake: Wake::default(),
             forge_problems: ForgeProblems::default(),
             cost: config.cost.clone(),
+            config: Arc::new(config.clone()),
         }))
+    }
+
+    /// The configuration `serve` was started with.
+    pub fn config(&self) -> &Config {
+        &self.0.config
     }
 
     pub fn cost_rates(&self) -> crate::stand::Rates {

@@ -1,5 +1,7 @@
 //! draftd's own database: connection, migrations, and one repository module per concern.
 
+/// Fork commits waiting for, and given, a maintainer's approval (`forks = "approve"`).
+pub mod approvals;
 /// Who asked draftd to act through the forge, and what was decided.
 pub mod audit;
 pub mod caps;

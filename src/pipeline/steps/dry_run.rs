@@ -9,7 +9,9 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use super::shared::{database_step, gather_secrets, mocks_in, project_of, retired, write};
+use super::shared::{
+    MOCKS_ONLY, approved_or_refused, database_step, gather_secrets, mocks_in, project_of, provenance, retired, write,
+};
 use crate::cluster::dry_run;
 use crate::config::{Config, ProjectConfig};
 use crate::credentials::{StandCredentials, redacted};
@@ -60,7 +62,13 @@ impl<H: Helm> DryRunSteps<H> {
     }
 
     async fn step(&self, step: StepName, run: &RunContext, project: &ProjectConfig) -> Result<StepOutcome, StepError> {
-        let plan = self.plan(run, project);
+        if !matches!(step, StepName::Report | StepName::Rollback) {
+            approved_or_refused(&self.pool, run, project).await?;
+        }
+        let mut plan = self.plan(run, project);
+        if step == StepName::Deploy && provenance(&self.pool, run, project).await?.mocks_only() {
+            plan.release.set.insert(MOCKS_ONLY.to_owned(), "true".to_owned());
+        }
         let dir = self.folder(run);
         Ok(match step {
             StepName::Namespace => {

@@ -9,7 +9,10 @@ use chrono::Utc;
 use serde_json::json;
 use sqlx::PgPool;
 
-use super::shared::{FORK_NO_SECRETS, database_step, gather_secrets, is_fork, mocks_in, project_of, retired};
+use super::shared::{
+    FORK_NO_SECRETS, MOCKS_ONLY, approved_or_refused, database_step, gather_secrets, mocks_in, project_of, provenance,
+    retired,
+};
 use crate::cluster::build::{BuildJob, GitAuth};
 use crate::cluster::jobs::JobRequest;
 use crate::cluster::verify::{self, UrlProber};
@@ -495,7 +498,13 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
     }
 
     async fn step(&self, step: StepName, run: &RunContext, project: &ProjectConfig) -> Result<StepOutcome, StepError> {
-        let plan = self.plan(run, project);
+        if !matches!(step, StepName::Report | StepName::Rollback) {
+            approved_or_refused(&self.pool, run, project).await?;
+        }
+        let mut plan = self.plan(run, project);
+        if step == StepName::Deploy && provenance(&self.pool, run, project).await?.mocks_only() {
+            plan.release.set.insert(MOCKS_ONLY.to_owned(), "true".to_owned());
+        }
         // What runs from deploy on is the image the image step found, by digest.
         let plan = if matches!(step, StepName::Deploy | StepName::Migrate | StepName::Smoke) {
             crate::pipeline::image::pinned(&self.pool, run, plan).await?
@@ -516,7 +525,9 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
                 Ok(StepOutcome::skipped("the project has no migrate command"))
             }
             // Migrations need a login of their own, and a fork's stand gets none.
-            StepName::Migrate if is_fork(&self.pool, run.stand_id).await? => Ok(StepOutcome::skipped(FORK_NO_SECRETS)),
+            StepName::Migrate if !provenance(&self.pool, run, project).await?.gets_logins() => {
+                Ok(StepOutcome::skipped(FORK_NO_SECRETS))
+            }
             StepName::Migrate => self.job(run, project, &plan, "migrate", &project.migrate).await,
             StepName::Verify => {
                 let mut outcome = self.verify(run, &plan).await?;

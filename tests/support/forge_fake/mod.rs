@@ -491,6 +491,7 @@ pub fn view(stand_id: StandId, run: i32, status: Status) -> ReportView {
         error: None,
         cost: None,
         waiting: None,
+        awaiting_approval: None,
     }
 }
 
