@@ -487,6 +487,7 @@ impl Ctx {
             body_sha256: &body_sha256,
             event: &event,
             strip_branch_prefix: false,
+            forks: draftd::config::ForkPolicy::Deny,
             request_id: None,
             origin: draftd::store::intake::Origin::Webhook,
         };

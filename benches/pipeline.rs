@@ -356,6 +356,7 @@ async fn queue_opened(pool: &PgPool, project: &ProjectName, phase: &str, index: 
         body_sha256: &body_sha256,
         event: &event,
         strip_branch_prefix: false,
+        forks: draftd::config::ForkPolicy::Deny,
         request_id: None,
         origin: draftd::store::intake::Origin::Webhook,
     };

@@ -8,7 +8,8 @@
 #
 # DIR holds the server's PID file, log and root token (DIR/token, mode 600, removed by stop).
 # BAO_DEV_PORT and BAO_DEV_TOKEN, when set, fix the port and root token (tests that stop the server
-# and start it again at the same address).
+# and start it again at the same address). BAO_DEV_CONFIG, when set, names a server configuration file
+# read beside the dev defaults: OpenBao takes audit devices only from configuration, never the API.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -25,7 +26,8 @@ case "$command" in
     token="${BAO_DEV_TOKEN:-root-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
     printf '%s' "$token" >"$dir/token"
     chmod 600 "$dir/token"
-    "$bao" server -dev -dev-root-token-id="$token" -dev-listen-address="127.0.0.1:$port" >"$dir/bao.log" 2>&1 &
+    "$bao" server -dev -dev-root-token-id="$token" -dev-listen-address="127.0.0.1:$port" \
+      ${BAO_DEV_CONFIG:+-config="$BAO_DEV_CONFIG"} >"$dir/bao.log" 2>&1 &
     pid=$!
     echo "$pid" >"$dir/bao.pid"
     export BAO_ADDR="http://127.0.0.1:$port" BAO_TOKEN="$token"

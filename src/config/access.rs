@@ -181,6 +181,18 @@ impl Config {
             }
         }
         for (i, p) in self.projects.iter().enumerate() {
+            if p.forks == super::ForkPolicy::Approve
+                && self.access.as_ref().and_then(|a| a.app(p.forge)).is_none()
+            {
+                return Err(self.invalid(
+                    format!("projects[{i}].forks"),
+                    format!(
+                        "\"approve\" puts approved forks' stands behind {} sign-in: configure [access] and [access.{}]",
+                        p.forge.name(),
+                        p.forge.as_str()
+                    ),
+                ));
+            }
             if self.access_mode(p) != AccessMode::Forge {
                 continue;
             }

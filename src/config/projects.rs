@@ -43,7 +43,12 @@ pub enum ForkPolicy {
     /// Fork PRs run code nobody with write access has vetted; never give it a stand with secrets.
     #[default]
     Deny,
+    /// Every fork commit gets a stand, with no secrets and no logins.
     Allow,
+    /// A fork commit gets a stand once someone with write access approves exactly that commit
+    /// (`/draft approve`); every push needs a new approval. Its stand gets its own database and
+    /// login, mock integrations only, and never the team's KV secrets.
+    Approve,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

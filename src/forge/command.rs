@@ -2,13 +2,16 @@
 
 // What the parser makes is the domain's (the API, CLI and store take it too); re-exported for its old path.
 pub use crate::stand::Command;
+use crate::stand::ShaPrefix;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommandError {
-    #[error("/draft needs a command: rerun, extend [duration] or destroy")]
+    #[error("/draft needs a command: rerun, extend [duration], destroy, wake or approve [commit]")]
     Missing,
-    #[error("unknown /draft command {0:?}: use rerun, extend [duration] or destroy")]
+    #[error("unknown /draft command {0:?}: use rerun, extend [duration], destroy, wake or approve [commit]")]
     Unknown(String),
+    #[error("/draft approve: {0:?} is not a commit (7 to 64 hex characters, like abc1234)")]
+    BadCommit(String),
     #[error("/draft extend: {0:?} is not a duration like 24h")]
     BadDuration(String),
     #[error("/draft {0}: unexpected {1:?}")]
@@ -39,6 +42,13 @@ pub fn parse(body: &str) -> Option<Result<Command, CommandError>> {
             (Some(d), None) => extension(d)
                 .map(|d| Command::Extend { by: Some(d) })
                 .ok_or_else(|| CommandError::BadDuration(d.to_owned())),
+        },
+        "approve" => match (arg, extra) {
+            (_, Some(x)) => Err(CommandError::Extra("approve", x.to_owned())),
+            (None, None) => Ok(Command::Approve { commit: None }),
+            (Some(c), None) => ShaPrefix::new(c)
+                .map(|p| Command::Approve { commit: Some(p) })
+                .ok_or_else(|| CommandError::BadCommit(c.chars().take(70).collect())),
         },
         other => Err(CommandError::Unknown(other.chars().take(40).collect())),
     })
@@ -72,6 +82,27 @@ mod tests {
         assert_eq!(parse("/draft extend 24h"), Some(Ok(Command::Extend { by: Some(Duration::from_secs(86400)) })));
         assert_eq!(parse("/draft RERUN"), Some(Ok(Command::Rerun)));
         assert_eq!(parse("/draft wake"), Some(Ok(Command::Wake)));
+    }
+
+    #[test]
+    fn approve_takes_an_optional_commit_prefix() {
+        assert_eq!(parse("/draft approve"), Some(Ok(Command::Approve { commit: None })));
+        let pinned = parse("/draft approve ABC1234").unwrap().unwrap();
+        assert_eq!(pinned, Command::Approve { commit: ShaPrefix::new("abc1234") });
+        let Command::Approve { commit: Some(p) } = pinned else { unreachable!() };
+        assert_eq!(p.as_str(), "abc1234");
+        let full = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(
+            parse(&format!("/draft APPROVE {full}")),
+            Some(Ok(Command::Approve { commit: ShaPrefix::new(full) }))
+        );
+        assert_eq!(parse("/draft approve abc"), Some(Err(CommandError::BadCommit("abc".into()))));
+        assert_eq!(parse("/draft approve main"), Some(Err(CommandError::BadCommit("main".into()))));
+        assert!(matches!(parse("/draft approve abc1234 please"), Some(Err(CommandError::Extra("approve", _)))));
+        assert_eq!(
+            serde_json::to_value(Command::Approve { commit: ShaPrefix::new("abc1234") }).unwrap(),
+            serde_json::json!({ "command": "approve", "commit": "abc1234" })
+        );
     }
 
     #[test]
@@ -127,7 +158,7 @@ mod tests {
 
         #[test]
         fn verbs_are_ascii_case_insensitive(
-            verb in prop_oneof!["rerun", "destroy", "extend"],
+            verb in prop_oneof!["rerun", "destroy", "extend", "approve"],
             upper in any::<[bool; 7]>(),
         ) {
             let verb: String =

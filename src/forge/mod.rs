@@ -77,7 +77,8 @@ pub(crate) struct Gate<'a> {
 // The `Err` is the delivery's one event, made once and returned as it is: boxing it would only move it.
 #[allow(clippy::result_large_err)]
 impl Gate<'_> {
-    /// Forks and branches outside the project's globs never get a stand, whatever the action.
+    /// Branches outside the project's globs never get a stand, whatever the action; nor do forks
+    /// under `forks = "deny"` (under `approve`, intake holds their commits for approval).
     pub fn admits(&self, branch: &BranchName, fork: bool) -> Result<(), Event> {
         if fork && self.project.settings.forks == ForkPolicy::Deny {
             return Err(Event::ignored("fork"));
@@ -105,8 +106,10 @@ impl Gate<'_> {
     }
 }
 
-/// Turns a `/draft …` comment into a command event, or says why it is ignored.
+/// Turns a `/draft …` comment into a command event, or says why it is ignored. An approval that
+/// cannot be acted on is answered in `repo` (the maintainer waits for a stand otherwise).
 pub(crate) fn command_event(
+    repo: &str,
     body: &str,
     pr_number: u64,
     branch: Option<BranchName>,
@@ -121,7 +124,7 @@ pub(crate) fn command_event(
             pr_number: Some(pr_number),
             branch,
             sha,
-            answer_in: None,
+            answer_in: matches!(command, Command::Approve { .. }).then(|| repo.to_owned()),
             command,
             author: author.to_owned(),
             author_id,

@@ -71,6 +71,8 @@ struct Inner {
     /// Where the stand page reads its pods' logs; `None` in kubernetes mode until `serve` hands over
     /// its cluster client ([`AppState::with_logs`]).
     logs: Option<Arc<dyn LogReader>>,
+    /// The whole configuration, for the sticky comment of a fork's commit held for approval.
+    config: Arc<Config>,
 }
 
 impl AppState {
@@ -92,6 +94,7 @@ impl AppState {
             forge_problems: ForgeProblems::default(),
             cost: config.cost.clone(),
             access,
+            config: Arc::new(config.clone()),
             logs: match config.cluster.mode {
                 ClusterMode::DryRun => Some(Arc::new(DryRunLogs)),
                 ClusterMode::Kubernetes => None,
@@ -116,6 +119,11 @@ impl AppState {
     /// The access check, when `[access]` is configured.
     pub fn access(&self) -> Option<&Arc<access::Gate>> {
         self.0.access.as_ref()
+    }
+
+    /// The configuration `serve` was started with.
+    pub fn config(&self) -> &Config {
+        &self.0.config
     }
 
     pub fn cost_rates(&self) -> crate::stand::Rates {

@@ -1,7 +1,9 @@
-//! Who may act through the forge: `/draft rerun|extend|destroy` comments and the check run's Re-run
-//! button are honoured only from users with write access to the repository (GitHub: collaborator
-//! permission `write` or `admin`; GitLab: member access level Developer or above). Every decision
-//! is an `audit` row; a refusal also gets a short reply on the PR/MR, and nothing else happens.
+//! Who may act through the forge: `/draft rerun|extend|destroy|approve` comments and the check run's
+//! Re-run button are honoured only from users with write access to the repository (GitHub:
+//! collaborator permission `write` or `admin`; GitLab: member access level Developer or above).
+//! Every decision is an `audit` row; a refusal also gets a short reply on the PR/MR, and nothing
+//! else happens. An approval is also recorded (who, which commit, when), and only for the commit
+//! still waiting when it is authorised: a push in between needs an approval of its own.
 //!
 //! The pipeline asks the forge through [`Access`](crate::pipeline::authorise::Access), the one thing
 //! it needs of a forge client here; every [`ForgeClient`](crate::forge::client::ForgeClient) answers
@@ -17,7 +19,8 @@ use super::step::StepError;
 use crate::config::{Config, ForgeKind};
 use crate::forge::client::{ForgeClient, ForgeError, ForgeUser, Permission};
 use crate::reporter::{Outbound, ReplyPayload, enqueue};
-use crate::stand::{Failure, RunKind, Trigger};
+use crate::stand::{Failure, RunKind, Trigger, short_sha};
+use crate::store::approvals;
 use crate::store::audit::{self, CommandDecision};
 use crate::store::runs::ClaimedRun;
 use crate::store::stands;
@@ -97,33 +100,43 @@ impl<F: Access> ForgeAuthoriser<F> {
         let user = ForgeUser { login, id: run.params.get("author_id").and_then(|v| v.as_u64()) };
         let permission = client.access(repo, user).await.map_err(|e| forge_error(&e))?;
         let what = command_text(run);
-        let reason = format!("{login} has {} access to {repo}; {what} needs write access", permission.level);
         let mut tx = self.pool.begin().await.map_err(|e| db(e.into()))?;
+        let refused = if !permission.write {
+            let reason = format!("{login} has {} access to {repo}; {what} needs write access", permission.level);
+            Some((reason.clone(), refusal(login, &what, repo, &permission)))
+        } else if is_approval(run) {
+            stale_approval(&mut tx, run, login).await.map_err(db)?
+        } else {
+            None
+        };
         let detail = json!({ "forge": forge, "repo": repo, "command": what, "trigger": run.trigger,
-                             "permission": permission.level, "kind": run.kind , "reason": (!permission.write).then_some(&reason) });
+                             "permission": permission.level, "kind": run.kind,
+                             "approve": is_approval(run).then_some(&run.sha),
+                             "reason": refused.as_ref().map(|(reason, _)| reason) });
         let actor = format!("{}:{login}", forge.as_str());
-        audit::record_command(&mut *tx, &actor, permission.write, run.stand_id, run.run_id, &detail)
+        audit::record_command(&mut *tx, &actor, refused.is_none(), run.stand_id, run.run_id, &detail)
             .await
             .map_err(db)?;
-        let verdict = if permission.write {
-            if run.kind.tears_down() {
-                // Now that it may, the destroy closes the stand, as an authorised one does at once.
-                stands::close(&mut *tx, run.stand_id, run.trigger.as_str()).await.map_err(db)?;
+        let verdict = match refused {
+            None => {
+                if run.kind.tears_down() {
+                    // Now that it may, the destroy closes the stand, as an authorised one does at once.
+                    stands::close(&mut *tx, run.stand_id, run.trigger.as_str()).await.map_err(db)?;
+                }
+                if let (true, Some(sha)) = (is_approval(run), &run.sha) {
+                    approvals::approve(&mut tx, run.stand_id, sha, &actor, run.run_id).await.map_err(db)?;
+                }
+                Verdict::Allowed
             }
-            Verdict::Allowed
-        } else {
-            if let Some(number) = stands::pr_number(&mut *tx, run.stand_id).await.map_err(db)? {
-                let reply = ReplyPayload {
-                    forge: *forge,
-                    repo: repo.clone(),
-                    number: number as u64,
-                    body: refusal(login, &what, repo, &permission),
-                };
-                enqueue(&mut *tx, run.stand_id, Some(run.run_id), &Outbound::Reply { run: run.run_id, reply })
-                    .await
-                    .map_err(db)?;
+            Some((reason, body)) => {
+                if let Some(number) = stands::pr_number(&mut *tx, run.stand_id).await.map_err(db)? {
+                    let reply = ReplyPayload { forge: *forge, repo: repo.clone(), number: number as u64, body };
+                    enqueue(&mut *tx, run.stand_id, Some(run.run_id), &Outbound::Reply { run: run.run_id, reply })
+                        .await
+                        .map_err(db)?;
+                }
+                Verdict::Denied { reason }
             }
-            Verdict::Denied { reason }
         };
         tx.commit().await.map_err(|e| db(e.into()))?;
         tracing::info!(run = run.run_id.get(), user = login, permission = %permission.level, ?verdict, "forge command checked");
@@ -149,10 +162,44 @@ fn forge_error(e: &ForgeError) -> StepError {
     }
 }
 
+/// A `/draft approve`: its run deploys the fork's commit it approves.
+fn is_approval(run: &ClaimedRun) -> bool {
+    run.params.get("approve").and_then(|v| v.as_bool()).unwrap_or(false)
+}
+
+/// Why an approval by someone with write access cannot run, with the reply saying so: the commit it
+/// names no longer waits (a push came in between), unless it was approved already.
+async fn stale_approval(
+    tx: &mut sqlx::PgConnection,
+    run: &ClaimedRun,
+    login: &str,
+) -> Result<Option<(String, String)>, crate::store::StoreError> {
+    let sha = run.sha.as_deref().unwrap_or_default();
+    let waiting = approvals::awaiting(&mut *tx, run.stand_id).await?;
+    if waiting.as_deref() == Some(sha) || approvals::approved(&mut *tx, run.stand_id, sha).await? {
+        return Ok(None);
+    }
+    let reason = format!("commit {} no longer waits for approval", short_sha(sha));
+    let body = match waiting {
+        Some(newer) => format!(
+            "@{login} commit `{}` no longer waits for approval: commit `{}` was pushed since, so nothing was run. \
+             Review it and comment `/draft approve {}` to run it.",
+            short_sha(sha),
+            short_sha(&newer),
+            short_sha(&newer)
+        ),
+        None => format!("@{login} commit `{}` no longer waits for approval, so nothing was run.", short_sha(sha)),
+    };
+    Ok(Some((reason, body)))
+}
+
 /// The command as the person gave it.
 fn command_text(run: &ClaimedRun) -> String {
     if run.trigger == Trigger::CheckRun {
         return "the Re-run button".to_owned();
+    }
+    if is_approval(run) {
+        return "`/draft approve`".to_owned();
     }
     match run.kind {
         RunKind::Deploy => "`/draft rerun`".to_owned(),

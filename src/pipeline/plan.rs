@@ -67,11 +67,6 @@ impl StandPlan {
                 set.insert("wake.externalName".to_string(), wake.name.clone());
                 set.insert("wake.port".to_string(), wake.port.to_string());
             }
-            // Behind forge sign-in: ingress-nginx asks draftd before each request.
-            if let Some(access) = config.access.as_ref().filter(|_| config.access_mode(project) == AccessMode::Forge) {
-                set.insert("access.authUrl".to_string(), access.check_url());
-                set.insert("access.signinUrl".to_string(), access.signin_url());
-            }
         }
         set.insert("stand.id".to_string(), stand_id.to_string());
         set.insert("stand.project".to_string(), project.name.clone());
@@ -82,7 +77,7 @@ impl StandPlan {
             values: project.values.clone(),
             set,
         };
-        StandPlan {
+        let mut plan = StandPlan {
             project: project.name.clone(),
             branch: branch.to_string(),
             sha: sha.to_string(),
@@ -96,11 +91,25 @@ impl StandPlan {
             database,
             vault_kv_path,
             release,
+        };
+        // Behind forge sign-in: ingress-nginx asks draftd before each request.
+        if config.access_mode(project) == AccessMode::Forge {
+            plan.make_private(config);
         }
+        plan
     }
 }
 
 impl StandPlan {
+    /// Puts the stand's URL behind forge sign-in (ingress-nginx's external auth), when it has a host
+    /// and `[access]` is configured.
+    pub fn make_private(&mut self, config: &Config) {
+        if let (Some(access), Some(_)) = (&config.access, &self.host) {
+            self.release.set.insert("access.authUrl".to_string(), access.check_url());
+            self.release.set.insert("access.signinUrl".to_string(), access.signin_url());
+        }
+    }
+
     /// Runs the manifest `digest` instead of whatever the tag names by then: what the image step
     /// checked is what the deploy and its Jobs run. The chart gets `image.digest` (and keeps
     /// `image.tag` for its labels).

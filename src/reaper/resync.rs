@@ -49,7 +49,7 @@ pub(super) async fn project(pool: &PgPool, config: &Config, project: &Project, f
     };
     report.listed = Some(open.len());
     for pr in &open {
-        match deploy_missed(pool, project, pr).await {
+        match deploy_missed(pool, config, project, pr).await {
             Ok(Some(run)) => report.deploys.push((pr.number, run)),
             Ok(None) => {}
             Err(e) => {
@@ -86,7 +86,7 @@ pub(super) async fn project(pool: &PgPool, config: &Config, project: &Project, f
         if info.branch != branch {
             continue;
         }
-        match teardown_missed(pool, project, &info, trigger).await {
+        match teardown_missed(pool, config, project, &info, trigger).await {
             Ok(Some(run)) => report.teardowns.push((info.number, run)),
             Ok(None) => {}
             Err(e) => {
@@ -99,7 +99,12 @@ pub(super) async fn project(pool: &PgPool, config: &Config, project: &Project, f
 
 /// Records an open PR whose head commit has no run, as a push would have; `None` when it has one
 /// or intake ignored it (a filter, a closed or removed stand).
-async fn deploy_missed(pool: &PgPool, project: &Project, pr: &PullRequestInfo) -> Result<Option<RunId>, String> {
+async fn deploy_missed(
+    pool: &PgPool,
+    config: &Config,
+    project: &Project,
+    pr: &PullRequestInfo,
+) -> Result<Option<RunId>, String> {
     let gate = Gate { project };
     let Some(normal) = normalise(pr) else { return Ok(None) };
     if gate.admits(&normal.branch, pr.fork).is_err()
@@ -114,11 +119,12 @@ async fn deploy_missed(pool: &PgPool, project: &Project, pr: &PullRequestInfo) -
         return Ok(None);
     }
     let id = format!("resync:{}:{}:{}", project.name.as_str(), pr.number, pr.sha);
-    record(pool, project, &id, Event::Deploy { pr: normal, trigger: Trigger::Resync }).await
+    record(pool, config, project, &id, Event::Deploy { pr: normal, trigger: Trigger::Resync }).await
 }
 
 async fn teardown_missed(
     pool: &PgPool,
+    config: &Config,
     project: &Project,
     info: &PullRequestInfo,
     trigger: Trigger,
@@ -131,7 +137,7 @@ async fn teardown_missed(
         trigger.as_str(),
         info.updated_at.timestamp()
     );
-    record(pool, project, &id, Event::Teardown { pr: normal, trigger }).await
+    record(pool, config, project, &id, Event::Teardown { pr: normal, trigger }).await
 }
 
 fn normalise(pr: &PullRequestInfo) -> Option<PullRequest> {
@@ -144,7 +150,13 @@ fn normalise(pr: &PullRequestInfo) -> Option<PullRequest> {
     })
 }
 
-async fn record(pool: &PgPool, project: &Project, id: &str, event: Event) -> Result<Option<RunId>, String> {
+async fn record(
+    pool: &PgPool,
+    config: &Config,
+    project: &Project,
+    id: &str,
+    event: Event,
+) -> Result<Option<RunId>, String> {
     let body = serde_json::to_vec(&event).expect("events serialise");
     let body_sha256 = hex::encode(Sha256::digest(&body));
     let delivery = Delivery {
@@ -155,10 +167,15 @@ async fn record(pool: &PgPool, project: &Project, id: &str, event: Event) -> Res
         body_sha256: &body_sha256,
         event: &event,
         strip_branch_prefix: project.settings.strip_branch_prefix,
+        forks: project.settings.forks,
         request_id: None,
         origin: intake::Origin::Resync,
     };
     let recorded = intake::record(pool, &delivery).await.map_err(|e| e.to_string())?;
+    // A fork's commit held for approval gets its comment, as the webhook's would have.
+    if let (true, Some(stand)) = (recorded.awaits_approval, recorded.stand) {
+        crate::reporter::queue_unrun(pool, config, stand).await.map_err(|e| e.to_string())?;
+    }
     let queued = !recorded.redelivery && recorded.response.get("ignored").is_none();
     Ok(recorded.run.filter(|_| queued))
 }

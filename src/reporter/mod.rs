@@ -29,7 +29,7 @@ mod view;
 pub use deliver::{PassStats, Reporter, ReporterSettings};
 pub use publish::{
     Queued, ReportError, StandReport, TESTED_LABEL, Target, deactivation, environment_name, outbound,
-    queue_deactivation,
+    queue_deactivation, queue_unrun,
 };
 pub use queue::{
     CheckPayload, CommentPayload, EnvironmentPayload, LabelPayload, Outbound, ReplyPayload, enqueue, enqueue_comment,

@@ -54,6 +54,10 @@ pub fn outbound(view: &ReportView, target: &Target<'_>) -> Vec<Outbound> {
         }));
     }
     let Some(sha) = view.sha.clone() else { return out };
+    // Nothing was run for a fork's commit that waits for approval: only the comment says so.
+    if view.status == Status::AwaitingApproval {
+        return out;
+    }
     // The check follows the stand's commit through deploys, sleeps and wakes: a sleeping stand's
     // check says so and how to wake it (a new check run on GitHub, as a completed one is final).
     if matches!(view.kind, RunKind::Deploy | RunKind::Sleep | RunKind::Wake) {
@@ -180,6 +184,7 @@ fn title(view: &ReportView) -> String {
             None => "Ready".to_owned(),
         },
         Status::Waiting => format!("Waiting for a place: {}", view.waiting.as_deref().unwrap_or("max_active")),
+        Status::AwaitingApproval => "Waiting for a maintainer's approval: /draft approve".to_owned(),
         Status::Sleeping => "Asleep: open its URL, comment /draft wake or push to wake it".to_owned(),
         Status::FallingAsleep => "Going to sleep: idle".to_owned(),
         Status::Waking => "Waking up".to_owned(),
@@ -341,6 +346,23 @@ impl StandReport {
     }
 }
 
+/// Queues the report of a stand outside any run: the sticky comment of a fork's commit held for
+/// approval, which intake records without a run. A stand gone meanwhile, or whose project left the
+/// configuration, has nothing to say.
+pub async fn queue_unrun(pool: &PgPool, config: &Config, stand_id: StandId) -> Result<(), StoreError> {
+    match StandReport::load(pool, config, stand_id, Utc::now()).await {
+        Ok(report) => {
+            report.queue(pool, None).await?;
+            Ok(())
+        }
+        Err(ReportError::Store(e)) => Err(e),
+        Err(e) => {
+            tracing::warn!(stand = stand_id.get(), error = %e, "no report to queue for the stand");
+            Ok(())
+        }
+    }
+}
+
 /// The `draft-tested` label added to PR/MR `number`: its key finds whether it is on the PR.
 fn tested_label(forge: ForgeKind, repo: &str, number: u64) -> Outbound {
     Outbound::Label(LabelPayload {
@@ -415,6 +437,7 @@ mod tests {
             waiting: None,
             access: None,
             degraded: None,
+            awaiting_approval: None,
         }
     }
 

@@ -114,6 +114,15 @@ pub fn render(view: &ReportView) -> String {
             one_line(&d.reason, MAX_NOTE_CHARS)
         );
     }
+    approval_block(view, &mut out);
+    if view.status == Status::AwaitingApproval {
+        let _ = write!(
+            out,
+            "| | |\n| --- | --- |\n| Stand | {} |\n",
+            cell(&format!("{} / {} in {}", code(&view.project), code(&view.branch), code(&view.namespace)))
+        );
+        return out;
+    }
     if view.status == Status::Sleeping {
         out.push_str(
             "> 💤 Idle, so its workloads are scaled to zero; its namespace, database and data are kept. Open its URL \
@@ -208,6 +217,35 @@ fn access_text(access: &AccessLine) -> String {
             )
         }
     }
+}
+
+/// What a fork's commit waiting for approval needs: who may approve it, and how.
+fn approval_block(view: &ReportView, out: &mut String) {
+    let Some(waiting) = view.awaiting_approval.as_deref() else { return };
+    if matches!(view.status, Status::Removing | Status::Removed) {
+        return;
+    }
+    let short = short_sha(waiting);
+    let _ = writeln!(
+        out,
+        "> 🔒 Commit {} comes from a fork: nothing of it runs until a maintainer (someone with write access to \
+         the repository) reviews it. A maintainer can approve commit {} with `/draft approve` (or \
+         `/draft approve {short}`, which approves nothing else should a push come first). Its stand gets its \
+         own database and mock integrations only, never the team's secrets; every new push needs a new approval.",
+        code(short),
+        code(short),
+    );
+    match view.sha.as_deref() {
+        Some(running) if view.status != Status::AwaitingApproval && running != waiting => {
+            let _ = writeln!(
+                out,
+                ">\n> Until then the stand keeps running commit {}, approved before.",
+                code(short_sha(running))
+            );
+        }
+        _ => {}
+    }
+    out.push('\n');
 }
 
 /// `text` in at most `max` characters: its head and its tail, with what was cut in between said.
@@ -329,7 +367,34 @@ mod tests {
             waiting: None,
             access: None,
             degraded: None,
+            awaiting_approval: None,
         }
+    }
+
+    #[test]
+    fn a_fork_commit_waiting_for_approval_says_who_may_approve_it_and_how() {
+        let waiting = "abc1234".to_owned() + &"0".repeat(33);
+        let first = ReportView {
+            sha: Some(waiting.clone()),
+            awaiting_approval: Some(waiting.clone()),
+            ..bare(Status::AwaitingApproval)
+        };
+        let body = render(&first);
+        assert!(body.starts_with("<!-- draftd:stand:1 -->\n### 🔒 Draft stand waiting for approval"), "{body}");
+        assert!(body.contains("A maintainer can approve commit `abc1234` with `/draft approve`"), "{body}");
+        assert!(body.contains("`/draft approve abc1234`"), "{body}");
+        assert!(!body.contains("run #"), "nothing ran: {body}");
+        assert!(!body.contains("keeps running"), "{body}");
+
+        let running = ReportView {
+            sha: Some("def5678".to_owned() + &"0".repeat(33)),
+            awaiting_approval: Some(waiting),
+            ..bare(Status::Ready)
+        };
+        let body = render(&running);
+        assert!(body.contains("### ✅ Draft stand ready"), "{body}");
+        assert!(body.contains("approve commit `abc1234`"), "{body}");
+        assert!(body.contains("keeps running commit `def5678`"), "{body}");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::stand::{Health, RunKind, RunState, StandId, StandState, StepName, StepState, Trigger};
-use crate::store::stands::{RunSummary, StandDetail};
+use crate::store::stands::StandDetail;
 
 /// The headline of a report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +25,8 @@ pub enum Status {
     Waiting,
     /// Deployed and verified, but the health watch found it not answering since (`[watch]`).
     Degraded,
+    /// A fork's first commit waits for a maintainer's approval: nothing was run yet.
+    AwaitingApproval,
 }
 
 impl Status {
@@ -40,6 +42,7 @@ impl Status {
             Status::Waking => "⏰ Draft stand waking up",
             Status::Waiting => "⏸️ Draft stand waiting for a place",
             Status::Degraded => "⚠️ Draft stand degraded",
+            Status::AwaitingApproval => "🔒 Draft stand waiting for approval",
         }
     }
 
@@ -125,6 +128,8 @@ pub struct ReportView {
     /// While the health watch finds it not answering: since when and how (its diagnostics are in
     /// `error`).
     pub degraded: Option<Degraded>,
+    /// A fork's commit waiting for a maintainer's approval (`forks = "approve"`), while one does.
+    pub awaiting_approval: Option<String>,
 }
 
 /// Who may open a stand's URL, as the comment says it.
@@ -163,8 +168,8 @@ impl Degraded {
 impl ReportView {
     /// A view of `detail`'s newest deploy or teardown run (`stands::show` lists runs newest first):
     /// an extend changes the expiry shown, not what the stand is. The `report` step itself is left
-    /// out of the table: it is the one rendering. `None` when the stand has no run. `public_url` is
-    /// draftd's own address, for links to the stand's pages.
+    /// out of the table: it is the one rendering. `None` when the stand has no run and no commit
+    /// waiting for approval. `public_url` is draftd's own address, for links to the stand's pages.
     pub fn from_detail(
         detail: &StandDetail,
         url: Option<String>,
@@ -174,7 +179,11 @@ impl ReportView {
         let newest = |extend: bool| {
             detail.runs.iter().filter(|r| (r.kind == RunKind::Extend) == extend).max_by_key(|r| r.number)
         };
-        let run: &RunSummary = newest(false).or_else(|| newest(true))?;
+        let base = public_url.map(|u| u.trim_end_matches('/')).filter(|u| !u.is_empty());
+        let stand_link = base.map(|b| format!("{b}/stands/{}", detail.stand.stand_id));
+        let Some(run) = newest(false).or_else(|| newest(true)) else {
+            return Self::awaiting_approval(detail, stand_link);
+        };
         let extended_by = newest(true)
             .filter(|e| e.number > run.number && matches!(e.state, RunState::Succeeded | RunState::Running))
             .map(|e| e.requested_by.clone().unwrap_or_else(|| e.trigger.as_str().to_owned()));
@@ -205,8 +214,6 @@ impl ReportView {
             .chain(run.steps.iter().filter(|s| s.state == StepState::Failed))
             .find_map(|s| s.error.as_ref().map(|e| format!("{}: {}", s.name, error_text(e))))
             .or_else(|| degraded.as_ref().map(|(_, text)| text.clone()));
-        let base = public_url.map(|u| u.trim_end_matches('/')).filter(|u| !u.is_empty());
-        let stand_link = base.map(|b| format!("{b}/stands/{}", detail.stand.stand_id));
         Some(ReportView {
             stand_id: detail.stand.stand_id,
             project: detail.stand.project.clone(),
@@ -232,6 +239,39 @@ impl ReportView {
             waiting,
             access: None,
             degraded: degraded.map(|(d, _)| d),
+            awaiting_approval: detail.stand.awaiting_approval.clone(),
+        })
+    }
+
+    /// A fork's stand that never ran: its first commit waits for approval.
+    fn awaiting_approval(detail: &StandDetail, stand_link: Option<String>) -> Option<ReportView> {
+        let sha = detail.stand.awaiting_approval.clone()?;
+        Some(ReportView {
+            stand_id: detail.stand.stand_id,
+            project: detail.stand.project.clone(),
+            branch: detail.stand.branch.clone(),
+            namespace: detail.stand.namespace.clone(),
+            url: None,
+            sha: Some(sha.clone()),
+            head_sha: detail.stand.head_sha.clone(),
+            run_number: 0,
+            kind: RunKind::Deploy,
+            trigger: Trigger::Opened,
+            requested_by: None,
+            stand_link,
+            run_link: None,
+            status: Status::AwaitingApproval,
+            steps: Vec::new(),
+            mocks: Vec::new(),
+            expires_at: None,
+            expiry_warning: false,
+            extended_by: None,
+            error: None,
+            cost: None,
+            waiting: None,
+            access: None,
+            degraded: None,
+            awaiting_approval: Some(sha),
         })
     }
 }

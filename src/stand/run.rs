@@ -269,6 +269,11 @@ pub enum Command {
     Destroy,
     /// Scale a sleeping stand back.
     Wake,
+    /// Run a fork's commit that waits for approval (`forks = "approve"`); `commit` pins which one,
+    /// so a push made while the maintainer reviewed is not approved unseen.
+    Approve {
+        commit: Option<super::ShaPrefix>,
+    },
 }
 
 #[cfg(test)]

@@ -78,6 +78,8 @@ pub struct Reachable {
     pub namespace: String,
     pub state: StandState,
     pub access_run_id: Option<RunId>,
+    /// Built from a fork's pull request.
+    pub fork: bool,
 }
 
 /// Every stand that has, or may soon have, a URL.

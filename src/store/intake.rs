@@ -10,9 +10,9 @@ use sqlx::{PgConnection, PgPool};
 use super::StoreError;
 use super::manual::{self, ManualOutcome, ManualRequest, StandLookup};
 use super::runs::queue_run;
-use crate::config::ForgeKind;
+use crate::config::{ForgeKind, ForkPolicy};
 use crate::stand::{BranchName, Command, Namespace, ProjectName, RunId, RunKind, StandId, StandState, Trigger};
-use crate::stand::{Event, PullRequest};
+use crate::stand::{Event, PullRequest, short_sha};
 
 /// One verified delivery, ready to record.
 #[derive(Debug)]
@@ -26,6 +26,8 @@ pub struct Delivery<'a> {
     pub event: &'a Event,
     /// The project's `strip_branch_prefix`, for naming a new stand's namespace.
     pub strip_branch_prefix: bool,
+    /// The project's `forks`: under `approve`, a fork's commit waits for approval instead of a run.
+    pub forks: ForkPolicy,
     /// The HTTP request's id (`x-request-id`), so the run's logs can be matched with the request's.
     pub request_id: Option<&'a str>,
     pub origin: Origin,
@@ -45,6 +47,8 @@ pub struct Recorded {
     pub stand: Option<StandId>,
     pub run: Option<RunId>,
     pub response: Value,
+    /// A fork's commit of the stand waits for approval: its comment should say how to give it.
+    pub awaits_approval: bool,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -64,27 +68,39 @@ struct Decision {
     stand: Option<StandId>,
     run: Option<RunId>,
     ignored: Option<String>,
+    /// A fork's commit was held for approval.
+    awaits_approval: bool,
 }
 
 impl Decision {
     fn ignored(stand: Option<StandId>, reason: impl Into<String>) -> Self {
-        Self { stand, run: None, ignored: Some(reason.into()) }
+        Self { stand, run: None, ignored: Some(reason.into()), awaits_approval: false }
     }
     fn queued(stand: StandId, run: RunId) -> Self {
-        Self { stand: Some(stand), run: Some(run), ignored: None }
+        Self { stand: Some(stand), run: Some(run), ignored: None, awaits_approval: false }
     }
 }
 
 pub async fn record(pool: &PgPool, d: &Delivery<'_>) -> Result<Recorded, StoreError> {
     let normalized = serde_json::to_value(d.event).expect("events serialise");
 
-    // Most opened PRs are new stands: one statement records stand, run and delivery.
-    if let Event::Deploy { pr, trigger: Trigger::Opened } = d.event {
+    // Most opened PRs are new stands: one statement records stand, run and delivery. A fork's
+    // commit that needs approval takes the general path, which holds it.
+    if let Event::Deploy { pr, trigger: Trigger::Opened } = d.event
+        && !needs_approval(d, pr)
+    {
         match open_new_stand(pool, d, pr, &normalized).await? {
             NewStand::Exists => {}
             NewStand::Recorded { stand, run } => {
                 let response = response(d, Some(stand), Some(run), None);
-                return Ok(Recorded { redelivery: false, stand: Some(stand), run: Some(run), response });
+                let recorded = Recorded {
+                    redelivery: false,
+                    stand: Some(stand),
+                    run: Some(run),
+                    response,
+                    awaits_approval: false,
+                };
+                return Ok(recorded);
             }
             NewStand::Redelivery => return earlier_answer(pool, d).await,
         }
@@ -130,18 +146,35 @@ pub async fn record(pool: &PgPool, d: &Delivery<'_>) -> Result<Recorded, StoreEr
     }
     tx.commit().await?;
     let response = response(d, decision.stand, decision.run, decision.ignored.as_deref());
-    Ok(Recorded { redelivery: false, stand: decision.stand, run: decision.run, response })
+    Ok(Recorded {
+        redelivery: false,
+        stand: decision.stand,
+        run: decision.run,
+        response,
+        awaits_approval: decision.awaits_approval,
+    })
+}
+
+/// A fork's pull request under `forks = "approve"`: its commits run only once approved.
+fn needs_approval(d: &Delivery<'_>, pr: &PullRequest) -> bool {
+    pr.fork && d.forks == ForkPolicy::Approve
 }
 
 /// The answer given to the first delivery of this id, rebuilt from what was recorded.
 async fn earlier_answer(pool: &PgPool, d: &Delivery<'_>) -> Result<Recorded, StoreError> {
-    let (stand, run, reason): (Option<StandId>, Option<RunId>, Option<String>) =
-        sqlx::query_as("select stand_id, run_id, reason from deliveries where forge = $1 and delivery_id = $2")
-            .bind(d.forge.as_str())
-            .bind(d.delivery_id)
-            .fetch_one(pool)
-            .await?;
-    Ok(Recorded { redelivery: true, stand, run, response: response(d, stand, run, reason.as_deref()) })
+    // Whether the stand still waits for approval: a redelivery after its comment could not be
+    // queued gets another go at it.
+    let (stand, run, reason, awaits_approval): (Option<StandId>, Option<RunId>, Option<String>, bool) = sqlx::query_as(
+        "select d.stand_id, d.run_id, d.reason, coalesce(s.awaiting_approval is not null, false)
+             from deliveries d left join stands s on s.stand_id = d.stand_id
+             where d.forge = $1 and d.delivery_id = $2",
+    )
+    .bind(d.forge.as_str())
+    .bind(d.delivery_id)
+    .fetch_one(pool)
+    .await?;
+    let response = response(d, stand, run, reason.as_deref());
+    Ok(Recorded { redelivery: true, stand, run, response, awaits_approval })
 }
 
 /// The answer to a delivery: `{"delivery", "stand", "run", "ignored"}`, the last three when they apply.
@@ -259,6 +292,13 @@ async fn deploy(
         ));
     }
     let epoch = if revive { stand.epoch + 1 } else { stand.epoch };
+    if needs_approval(d, pr) {
+        if !super::approvals::approved(&mut *tx, stand.stand_id, pr.sha.as_str()).await? {
+            return hold_for_approval(tx, &stand, pr, revive.then_some(epoch)).await;
+        }
+        // Back at a commit approved before (a force-push): it runs, and nothing waits any more.
+        super::approvals::set_awaiting(tx, stand.stand_id, None).await?;
+    }
     // Runs of a stand are only inserted under its row lock, held here, so this check cannot race.
     let existing: Option<RunId> = sqlx::query_scalar(
         "select run_id from runs where stand_id = $1 and epoch = $2 and sha = $3 and kind = 'deploy' and automatic",
@@ -274,6 +314,7 @@ async fn deploy(
             stand: Some(stand.stand_id),
             run: Some(run),
             ignored: Some("commit already has a run".into()),
+            awaits_approval: false,
         });
     }
     let number = touch(tx, stand.stand_id, pr, true).await?;
@@ -284,6 +325,27 @@ async fn deploy(
         queue_run(tx, stand.stand_id, number, RunKind::Deploy, trigger, epoch, Some(pr.sha.as_str()), None, json!({}))
             .await?;
     Ok(Decision::queued(stand.stand_id, run))
+}
+
+/// A fork's commit nobody approved yet: recorded as the commit the stand waits to have approved,
+/// with no run. A stand brought back (a reopen) is live again, so the approval can run it; a stand
+/// already running an approved commit keeps running it.
+async fn hold_for_approval(
+    tx: &mut PgConnection,
+    stand: &StandRow,
+    pr: &PullRequest,
+    revive_to: Option<i32>,
+) -> Result<Decision, StoreError> {
+    touch(tx, stand.stand_id, pr, false).await?;
+    if let Some(epoch) = revive_to {
+        super::stands::revive(&mut *tx, stand.stand_id, epoch).await?;
+    }
+    super::approvals::set_awaiting(tx, stand.stand_id, Some(pr.sha.as_str())).await?;
+    let reason = format!(
+        "commit {} is from a fork and waits for approval: someone with write access comments /draft approve",
+        short_sha(pr.sha.as_str())
+    );
+    Ok(Decision { awaits_approval: true, ..Decision::ignored(Some(stand.stand_id), reason) })
 }
 
 /// The event name (for audit) of the deliveries the reaper's resync records for what a missed webhook
@@ -310,6 +372,8 @@ async fn teardown(
     }
     let number = touch(tx, stand.stand_id, pr, true).await?;
     super::stands::close(&mut *tx, stand.stand_id, trigger.as_str()).await?;
+    // A closed PR's commit waits for nothing: a reopen holds its head again.
+    super::approvals::set_awaiting(tx, stand.stand_id, None).await?;
     // A close found by resync: the stand goes because the PR closed (its reason), but resync asked,
     // so the run and the teardown counter say `resync`, which tells how often webhooks are missed.
     let run_trigger = if d.origin == Origin::Resync { Trigger::Resync } else { trigger };
@@ -358,7 +422,7 @@ async fn manual(
         ManualOutcome::Queued { stand, run } => Decision::queued(stand, run),
         ManualOutcome::Refused { stand, reason, .. } => {
             if let (Some(stand), Some(repo)) = (stand, asked.answer_in) {
-                answer_refusal(tx, d.forge, repo, stand, author, &reason).await?;
+                answer_refusal(tx, d.forge, repo, stand, (author, command), &reason).await?;
             }
             Decision::ignored(stand, reason)
         }
@@ -367,12 +431,13 @@ async fn manual(
 
 /// A Re-run that cannot run is answered on the stand's PR/MR: GitHub leaves the person's check
 /// (or suite) queued, waiting for a check run that will not come, so silence looks like a hang.
+/// So is an approval that cannot be acted on: the maintainer would wait for a stand otherwise.
 async fn answer_refusal(
     tx: &mut PgConnection,
     forge: ForgeKind,
     repo: &str,
     stand: StandId,
-    author: &str,
+    (author, command): (&str, Command),
     reason: &str,
 ) -> Result<(), StoreError> {
     let number: Option<i64> =
@@ -385,9 +450,13 @@ async fn answer_refusal(
         "forge": forge,
         "repo": repo,
         "number": number,
-        "body": format!("@{author} the Re-run was not started: {reason}."),
+        "body": match command {
+            Command::Approve { .. } => format!("@{author} `/draft approve` was not acted on: {reason}."),
+            _ => format!("@{author} the Re-run was not started: {reason}."),
+        },
     });
-    let key = format!("reply:{}:{repo}#{number}:refused:stand:{stand}", forge.as_str());
+    let what = if matches!(command, Command::Approve { .. }) { "approve" } else { "refused" };
+    let key = format!("reply:{}:{repo}#{number}:{what}:stand:{stand}", forge.as_str());
     super::outbox::enqueue(&mut *tx, stand, None, super::outbox::OutboxKind::Reply, &key, &payload).await?;
     Ok(())
 }

@@ -5,7 +5,7 @@ use sqlx::PgConnection;
 
 use super::StoreError;
 use super::runs::queue_run;
-use crate::stand::{Command, RunId, RunKind, StandId, StandState, Trigger};
+use crate::stand::{Command, RunId, RunKind, ShaPrefix, StandId, StandState, Trigger, short_sha};
 
 /// How the request names its stand.
 #[derive(Debug, Clone, Copy)]
@@ -64,8 +64,8 @@ pub async fn queue(
     lookup: StandLookup<'_>,
     req: &ManualRequest<'_>,
 ) -> Result<ManualOutcome, StoreError> {
-    const COLUMNS: &str = "select stand_id, state, epoch, head_sha from stands";
-    let found: Option<(StandId, StandState, i32, Option<String>)> = match lookup {
+    const COLUMNS: &str = "select stand_id, state, epoch, head_sha, fork, awaiting_approval from stands";
+    let found: Option<StandRow> = match lookup {
         StandLookup::Id(id) => {
             sqlx::query_as(&format!("{COLUMNS} where stand_id = $1 for update"))
                 .bind(id)
@@ -102,7 +102,7 @@ pub async fn queue(
             .await?
         }
     };
-    let Some((stand, state, epoch, head_sha)) = found else {
+    let Some(StandRow { stand_id: stand, state, epoch, head_sha, fork, awaiting_approval }) = found else {
         let reason = match lookup {
             StandLookup::PullRequest { number, .. } => format!("no stand for pull request #{number}"),
             StandLookup::Commit { sha, .. } => format!("no stand at commit {}", sha.get(..7).unwrap_or(sha)),
@@ -125,6 +125,7 @@ pub async fn queue(
         });
     }
     let (kind, mut params) = match req.command {
+        Command::Approve { .. } => (RunKind::Deploy, json!({ "approve": true })),
         Command::Rerun => (RunKind::Deploy, json!({})),
         Command::Destroy => (RunKind::Teardown, json!({})),
         Command::Extend { by } => (RunKind::Extend, json!({ "by_seconds": by.map(|d| d.as_secs()) })),
@@ -133,7 +134,11 @@ pub async fn queue(
     if let Some(id) = req.author_id {
         params["author_id"] = json!(id);
     }
-    let sha = req.sha.map(str::to_owned).or(head_sha);
+    let fork = ForkStand { stand, fork, awaiting: awaiting_approval.as_deref() };
+    let sha = match fork_sha(tx, &fork, req.command, req.sha, head_sha).await? {
+        Ok(sha) => sha,
+        Err((code, reason)) => return Ok(ManualOutcome::Refused { stand: Some(stand), code, reason }),
+    };
     if kind.deploys() && sha.is_none() {
         return Ok(ManualOutcome::Refused {
             stand: Some(stand),
@@ -153,4 +158,78 @@ pub async fn queue(
     let run =
         queue_run(tx, stand, number, kind, req.trigger, epoch, sha.as_deref(), Some(req.requested_by), params).await?;
     Ok(ManualOutcome::Queued { stand, run })
+}
+
+#[derive(sqlx::FromRow)]
+struct StandRow {
+    stand_id: StandId,
+    state: StandState,
+    epoch: i32,
+    head_sha: Option<String>,
+    fork: bool,
+    /// A fork's commit waiting for approval (`forks = "approve"`).
+    awaiting_approval: Option<String>,
+}
+
+/// What approvals need to know of the stand.
+struct ForkStand<'a> {
+    stand: StandId,
+    fork: bool,
+    awaiting: Option<&'a str>,
+}
+
+/// The commit a run deploys: the one asked for, else the stand's head. A fork's commit waiting for
+/// approval is never it: an approval names exactly that commit (and runs it once authorised); any
+/// other deploy takes the newest approved commit instead, or is refused. `Err((code, reason))`.
+async fn fork_sha(
+    tx: &mut PgConnection,
+    stand: &ForkStand<'_>,
+    command: Command,
+    asked: Option<&str>,
+    head_sha: Option<String>,
+) -> Result<Result<Option<String>, (&'static str, String)>, StoreError> {
+    if let Command::Approve { commit } = command {
+        return Ok(approval_sha(stand, commit).map(Some));
+    }
+    let sha = asked.map(str::to_owned).or(head_sha);
+    // Only a re-run deploys: an extend, a destroy or a wake names the commit for the record.
+    if command != Command::Rerun {
+        return Ok(Ok(sha));
+    }
+    let Some(waiting) = stand.awaiting.filter(|w| sha.as_deref() == Some(*w)) else { return Ok(Ok(sha)) };
+    if asked.is_none()
+        && let Some(approved) = super::approvals::newest_approved(&mut *tx, stand.stand).await?
+    {
+        return Ok(Ok(Some(approved)));
+    }
+    Ok(Err((
+        "awaiting_approval",
+        format!(
+            "commit {} is from a fork and waits for approval: someone with write access comments `/draft approve {}`",
+            short_sha(waiting),
+            short_sha(waiting)
+        ),
+    )))
+}
+
+/// The commit an approval runs: the one waiting, and the one it names when it names one.
+fn approval_sha(stand: &ForkStand<'_>, commit: Option<ShaPrefix>) -> Result<String, (&'static str, String)> {
+    if !stand.fork {
+        return Err(("not_a_fork", "this pull request is not from a fork, so its commits need no approval".into()));
+    }
+    let Some(waiting) = stand.awaiting else {
+        return Err(("nothing_awaiting", "no commit of this pull request waits for approval".into()));
+    };
+    match commit {
+        Some(named) if !named.names(waiting) => Err((
+            "commit_mismatch",
+            format!(
+                "commit {named} is not the one waiting for approval, which is {} (pushed since, or named wrongly); \
+                 review it and comment `/draft approve {}`",
+                short_sha(waiting),
+                short_sha(waiting)
+            ),
+        )),
+        _ => Ok(waiting.to_owned()),
+    }
 }

@@ -2,6 +2,8 @@
 
 /// Private stands: each stand's current access-token run, sign-ins under way, their audit rows.
 pub mod access;
+/// Fork commits waiting for, and given, a maintainer's approval (`forks = "approve"`).
+pub mod approvals;
 /// Who asked draftd to act through the forge, and what was decided.
 pub mod audit;
 pub mod caps;

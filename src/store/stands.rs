@@ -27,6 +27,8 @@ pub struct StandSummary {
     pub health_reason: Option<String>,
     pub health_diagnostics: Option<String>,
     pub head_sha: Option<String>,
+    /// A fork's commit waiting for approval (`forks = "approve"`), while one does.
+    pub awaiting_approval: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -98,7 +100,7 @@ impl std::str::FromStr for StandRef {
 
 const SUMMARY: &str = "select s.stand_id, s.project, s.branch, s.namespace, s.pr_number, s.state, s.state_reason,
         s.waiting_reason, s.health, s.health_since, s.health_reason, s.health_diagnostics,
-        s.head_sha, s.expires_at, s.created_at, s.updated_at,
+        s.head_sha, s.awaiting_approval, s.expires_at, s.created_at, s.updated_at,
         r.number as last_run, r.kind as last_run_kind, r.state as last_run_state
     from stands s
     left join lateral (select number, kind, state from runs where runs.stand_id = s.stand_id
@@ -170,7 +172,8 @@ pub async fn show(pool: &PgPool, stand: &StandRef, max_runs: i64) -> Result<Opti
     Ok(Some(StandDetail { stand, runs }))
 }
 
-/// Whether the stand was built from a fork's pull request (`forks = "allow"`).
+/// Whether the stand was built from a fork's pull request (`forks = "allow"` or `"approve"`); what
+/// that lets it have is [`super::approvals::provenance`].
 pub async fn is_fork(pool: &PgPool, stand_id: StandId) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("select fork from stands where stand_id = $1").bind(stand_id).fetch_one(pool).await
 }

@@ -270,6 +270,30 @@ async fn template_without_host_has_no_ingress() {
     assert!(by_kind(&render(&release).await, "Ingress").is_empty());
 }
 
+/// An approved fork's stand (`forks = "approve"`) gets every mock, whatever the project's values
+/// enable: draftd sets `mocksOnly` to the string "true", as it sets every value.
+#[tokio::test]
+async fn mocks_only_renders_every_mock_the_values_turn_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let off = dir.path().join("off.yaml");
+    std::fs::write(&off, "mocks: {payments: {enabled: false}, email: {enabled: false}, sms: {enabled: false}}\n")
+        .unwrap();
+    let mut release = stand_release(NAMESPACE, vec![draft_values(), off]);
+    let mocks = |docs: &[Value]| {
+        by_kind(docs, "Deployment")
+            .iter()
+            .filter(|d| d["metadata"]["name"].as_str().unwrap().contains("-mock-"))
+            .count()
+    };
+    assert_eq!(mocks(&render(&release).await), 0, "the project turned its mocks off");
+    release.set.insert("mocksOnly".into(), "true".into());
+    let docs = render(&release).await;
+    assert_eq!(mocks(&docs), 3);
+    let c = &named(&docs, "Deployment", NAMESPACE)["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(env_value(c, "PAYMENTS_URL"), Some("http://draft-feature-login-mock-payments:8080"));
+    assert_eq!(env_value(c, "SMS_URL"), Some("http://draft-feature-login-mock-sms:8080"));
+}
+
 #[tokio::test]
 async fn set_strings_reach_helm_verbatim_and_stay_strings() {
     let mut release = stand_release(NAMESPACE, vec![draft_values()]);

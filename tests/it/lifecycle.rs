@@ -312,6 +312,7 @@ impl World {
             body_sha256: "0",
             event: &event,
             strip_branch_prefix: false,
+            forks: draftd::config::ForkPolicy::Deny,
             request_id: None,
             origin: draftd::store::intake::Origin::Webhook,
         };

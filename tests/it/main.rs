@@ -28,6 +28,7 @@ mod forge_github;
 mod forge_gitlab;
 mod forge_listing;
 mod forge_pacing;
+mod forks;
 mod helm;
 mod image;
 mod k8s;

@@ -26,6 +26,7 @@ async fn migrations_apply_reverse_and_apply_again(pool: PgPool) {
         "audit",
         "credentials",
         "deliveries",
+        "fork_approvals",
         "instance",
         "orphans",
         "outbox",

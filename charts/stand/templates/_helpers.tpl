@@ -64,7 +64,7 @@ annotations:
 {{- define "stand.env" -}}
 {{- $root := . -}}
 {{- range $name, $mock := .Values.mocks }}
-{{- if $mock.enabled }}
+{{- if or $mock.enabled (eq (toString $root.Values.mocksOnly) "true") }}
 - name: {{ $mock.envVar | default (printf "%s_URL" ($name | upper | replace "-" "_")) }}
   value: {{ printf "http://%s:8080" (include "stand.name" (dict "root" $root "suffix" (printf "mock-%s" $name))) | quote }}
 {{- end }}

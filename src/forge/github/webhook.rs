@@ -163,7 +163,7 @@ pub fn normalise(event: &str, body: &[u8], project: &Project) -> Result<Event, P
     let gate = Gate { project };
     match event {
         "pull_request" => pull_request(parse(body)?, &gate),
-        "issue_comment" => issue_comment(parse(body)?),
+        "issue_comment" => issue_comment(parse(body)?, &gate),
         "check_run" => check_run(parse(body)?, &gate),
         "check_suite" => check_suite(parse(body)?, &gate),
         other => Ok(Event::ignored(format!("event {other:?} is not one draftd acts on"))),
@@ -210,14 +210,15 @@ fn pull_request(ev: PullRequestEvent, gate: &Gate) -> Result<Event, PayloadError
     Ok(Event::Deploy { pr: pr_ref, trigger })
 }
 
-fn issue_comment(ev: IssueCommentEvent) -> Result<Event, PayloadError> {
+fn issue_comment(ev: IssueCommentEvent, gate: &Gate) -> Result<Event, PayloadError> {
     if ev.action != "created" {
         return Ok(Event::ignored(format!("issue_comment action {:?} needs nothing", ev.action)));
     }
     if ev.issue.pull_request.is_none() {
         return Ok(Event::ignored("comment on an issue, not a pull request"));
     }
-    Ok(command_event(&ev.comment.body, ev.issue.number, None, None, &ev.comment.user.login, ev.comment.user.id))
+    let repo = &gate.project.settings.repo;
+    Ok(command_event(repo, &ev.comment.body, ev.issue.number, None, None, &ev.comment.user.login, ev.comment.user.id))
 }
 
 fn check_run(ev: CheckRunEvent, gate: &Gate) -> Result<Event, PayloadError> {

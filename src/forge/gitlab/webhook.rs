@@ -175,5 +175,6 @@ fn note(ev: NoteEvent, gate: &Gate) -> Result<Event, PayloadError> {
     if let Err(ignored) = gate.admits(&branch, mr.source_project_id != mr.target_project_id) {
         return Ok(ignored);
     }
-    Ok(command_event(&ev.object_attributes.note, mr.iid, Some(branch), None, &ev.user.username, ev.user.id))
+    let repo = &gate.project.settings.repo;
+    Ok(command_event(repo, &ev.object_attributes.note, mr.iid, Some(branch), None, &ev.user.username, ev.user.id))
 }

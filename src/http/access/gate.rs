@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 use tokio::sync::RwLock;
 
-use crate::config::{AccessConfig, AccessMode, AccessSecrets, Config, ForgeKind};
+use crate::config::{AccessConfig, AccessMode, AccessSecrets, Config, ForgeKind, ForkPolicy};
 use crate::credentials::access::{AccessKey, Grants};
 use crate::forge::signin::SignIn;
 use crate::stand::{RunId, StandId, stand_host};
@@ -52,6 +52,8 @@ pub enum Verdict {
 struct Projects {
     /// name → (forge, lowercased repo, host pattern, mode)
     by_name: HashMap<String, (ForgeKind, String, Option<String>, AccessMode)>,
+    /// Projects with `forks = "approve"`: their fork stands are private whatever their `access`.
+    approving: std::collections::HashSet<String>,
 }
 
 pub struct Gate {
@@ -90,12 +92,14 @@ impl Gate {
             .iter()
             .map(|p| (p.name.clone(), (p.forge, p.repo.to_lowercase(), p.host.clone(), config.access_mode(p))))
             .collect();
+        let approving =
+            config.projects.iter().filter(|p| p.forks == ForkPolicy::Approve).map(|p| p.name.clone()).collect();
         Some(Arc::new(Gate {
             key,
             config: access,
             signin,
             pool,
-            projects: Projects { by_name },
+            projects: Projects { by_name, approving },
             hosts: RwLock::new(Index::default()),
             refreshing: AtomicBool::new(false),
             audited: std::sync::Mutex::new(HashMap::new()),
@@ -111,6 +115,7 @@ impl Gate {
             // A removed project's stands, and stands without a host, have no URL to guard.
             let host = stand_host(pattern, &row.namespace).to_ascii_lowercase();
             index.by_stand.insert(row.stand_id, host.clone());
+            let private_fork = row.fork && self.projects.approving.contains(&row.project);
             index.by_host.insert(
                 host,
                 Entry {
@@ -118,7 +123,11 @@ impl Gate {
                     project: row.project,
                     forge: *forge,
                     repo: repo.clone(),
-                    mode: *mode,
+                    mode: if private_fork {
+                        AccessMode::Forge
+                    } else {
+                        *mode
+                    },
                     token_run: row.access_run_id,
                 },
             );

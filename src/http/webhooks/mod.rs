@@ -146,12 +146,18 @@ async fn record(
         body_sha256: &hook.body_sha256,
         event,
         strip_branch_prefix: hook.project.settings.strip_branch_prefix,
+        forks: hook.project.settings.forks,
         request_id: Some(&id.0),
         origin: intake::Origin::Webhook,
     };
     let recorded = intake::record(state.pool(), &delivery).await?;
     if let Some(stand) = recorded.stand {
         Span::current().record("stand", stand.get());
+        if recorded.awaits_approval {
+            // Not in intake's transaction (the store cannot render a report): should this fail, the
+            // error makes the forge deliver again, and the redelivery queues it.
+            crate::reporter::queue_unrun(state.pool(), state.config(), stand).await?;
+        }
     }
     if recorded.run.is_some() {
         state.wake().wake();

@@ -9,7 +9,10 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use super::shared::{Extra, database_step, gather_secrets, mocks_in, private_stand, project_of, retired, write};
+use super::shared::{
+    Extra, MOCKS_ONLY, approved_or_refused, database_step, gather_secrets, mocks_in, private_stand, project_of,
+    provenance, retired, write,
+};
 use crate::cluster::dry_run;
 use crate::config::{Config, ProjectConfig};
 use crate::credentials::access::AccessKey;
@@ -57,8 +60,9 @@ impl<H: Helm> DryRunSteps<H> {
         self.config.cluster.dry_run_dir.join(run.namespace.as_str())
     }
 
-    fn extra(&self, project: &ProjectConfig) -> Extra<'_> {
-        Extra { access: private_stand(&self.config, project, self.access.as_ref()) }
+    async fn extra(&self, run: &RunContext, project: &ProjectConfig) -> Result<Extra<'_>, StepError> {
+        let provenance = provenance(&self.pool, run, project).await?;
+        Ok(Extra { access: private_stand(&self.config, project, provenance, self.access.as_ref()) })
     }
 
     fn plan(&self, run: &RunContext, project: &ProjectConfig) -> StandPlan {
@@ -73,7 +77,15 @@ impl<H: Helm> DryRunSteps<H> {
     }
 
     async fn step(&self, step: StepName, run: &RunContext, project: &ProjectConfig) -> Result<StepOutcome, StepError> {
-        let plan = self.plan(run, project);
+        if !matches!(step, StepName::Report | StepName::Rollback) {
+            approved_or_refused(&self.pool, run, project).await?;
+        }
+        let mut plan = self.plan(run, project);
+        if step == StepName::Deploy && provenance(&self.pool, run, project).await?.mocks_only() {
+            plan.release.set.insert(MOCKS_ONLY.to_owned(), "true".to_owned());
+            // An approved fork's stand is behind forge sign-in, whatever the project's `access`.
+            plan.make_private(&self.config);
+        }
         let dir = self.folder(run);
         Ok(match step {
             StepName::Namespace => {
@@ -91,7 +103,7 @@ impl<H: Helm> DryRunSteps<H> {
             StepName::Database => return database_step(self.credentials.as_deref(), run, project).await,
             StepName::Secrets => {
                 let gathered =
-                    match gather_secrets(&self.pool, self.credentials.as_deref(), self.extra(project), run, project)
+                    match gather_secrets(&self.pool, self.credentials.as_deref(), self.extra(run, project).await?, run, project)
                         .await?
                     {
                         Ok(gathered) => gathered,

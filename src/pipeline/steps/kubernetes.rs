@@ -10,7 +10,8 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use super::shared::{
-    Extra, FORK_NO_SECRETS, database_step, gather_secrets, is_fork, mocks_in, private_stand, project_of, retired,
+    Extra, FORK_NO_SECRETS, MOCKS_ONLY, approved_or_refused, database_step, gather_secrets, mocks_in,
+    private_stand, project_of, provenance, retired,
 };
 use crate::cluster::build::{BuildJob, GitAuth};
 use crate::cluster::jobs::JobRequest;
@@ -163,8 +164,9 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
         self
     }
 
-    fn extra(&self, project: &ProjectConfig) -> Extra<'_> {
-        Extra { access: private_stand(&self.config, project, self.access.as_ref()) }
+    async fn extra(&self, run: &RunContext, project: &ProjectConfig) -> Result<Extra<'_>, StepError> {
+        let provenance = provenance(&self.pool, run, project).await?;
+        Ok(Extra { access: private_stand(&self.config, project, provenance, self.access.as_ref()) })
     }
 
     fn plan(&self, run: &RunContext, project: &ProjectConfig) -> StandPlan {
@@ -227,7 +229,7 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
         }
         let stand = self.stand_meta(run, project).await?;
         // A private stand's URL lets its Jobs in with the run's access token (`X-Draftd-Access`).
-        if self.extra(project).access.is_some() {
+        if self.extra(run, project).await?.access.is_some() {
             request.secrets.push(crate::credentials::access::ACCESS_SECRET.to_owned());
         }
         // Migrations get a login of their own, never the admin URL, revoked as soon as the Job ends.
@@ -412,7 +414,7 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
         plan: &StandPlan,
     ) -> Result<StepOutcome, StepError> {
         let gathered =
-            match gather_secrets(&self.pool, self.credentials.as_deref(), self.extra(project), run, project).await? {
+            match gather_secrets(&self.pool, self.credentials.as_deref(), self.extra(run, project).await?, run, project).await? {
                 Ok(gathered) => gathered,
                 Err(reason) => return Ok(StepOutcome::skipped(reason)),
             };
@@ -524,7 +526,15 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
     }
 
     async fn step(&self, step: StepName, run: &RunContext, project: &ProjectConfig) -> Result<StepOutcome, StepError> {
-        let plan = self.plan(run, project);
+        if !matches!(step, StepName::Report | StepName::Rollback) {
+            approved_or_refused(&self.pool, run, project).await?;
+        }
+        let mut plan = self.plan(run, project);
+        if step == StepName::Deploy && provenance(&self.pool, run, project).await?.mocks_only() {
+            plan.release.set.insert(MOCKS_ONLY.to_owned(), "true".to_owned());
+            // An approved fork's stand is behind forge sign-in, whatever the project's `access`.
+            plan.make_private(&self.config);
+        }
         // What runs from deploy on is the image the image step found, by digest.
         let plan = if matches!(step, StepName::Deploy | StepName::Migrate | StepName::Smoke) {
             crate::pipeline::image::pinned(&self.pool, run, plan).await?
@@ -545,7 +555,9 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
                 Ok(StepOutcome::skipped("the project has no migrate command"))
             }
             // Migrations need a login of their own, and a fork's stand gets none.
-            StepName::Migrate if is_fork(&self.pool, run.stand_id).await? => Ok(StepOutcome::skipped(FORK_NO_SECRETS)),
+            StepName::Migrate if !provenance(&self.pool, run, project).await?.gets_logins() => {
+                Ok(StepOutcome::skipped(FORK_NO_SECRETS))
+            }
             StepName::Migrate => self.job(run, project, &plan, "migrate", &project.migrate).await,
             StepName::Verify => {
                 let mut outcome = self.verify(run, &plan).await?;

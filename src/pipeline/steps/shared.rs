@@ -8,12 +8,12 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::config::{AccessMode, Config, ProjectConfig};
+use crate::config::{AccessMode, Config, ForkPolicy, ProjectConfig};
 use crate::credentials::access::{ACCESS_SECRET, AccessKey, TOKEN_KEY};
 use crate::credentials::{StandCredentials, redacted, stand_db};
 use crate::pipeline::step::{RunContext, StepError, StepOutcome};
-use crate::stand::StandId;
-use crate::store::stands;
+use crate::stand::{Provenance, short_sha};
+use crate::store::approvals;
 
 /// The single `teardown` step of runs recorded before teardown had steps of its own; never planned now.
 pub(crate) fn retired() -> StepError {
@@ -81,18 +81,57 @@ impl Gathered {
 pub(crate) const FORK_NO_SECRETS: &str =
     "pull request from a fork: the stand gets no secrets and no logins (its code is not the project's)";
 
-/// Whether the stand was built from a fork's pull request (`forks = "allow"`).
-pub(crate) async fn is_fork(pool: &PgPool, stand_id: StandId) -> Result<bool, StepError> {
-    stands::is_fork(pool, stand_id).await.map_err(|e| StepError::transient("database", e.to_string()))
+/// Why an approved fork's stand gets a login but nothing from the project's KV path.
+pub(crate) const APPROVED_FORK_NO_KV: &str = "approved commit from a fork: the stand gets its own database login, mock integrations and none of the team's KV secrets";
+
+fn db(e: impl std::fmt::Display) -> StepError {
+    StepError::transient("database", e.to_string())
 }
 
-/// Whether the stand's URL is private: its project's `access`, when draftd holds the key.
+/// Whose code the run's stand runs, under the project's `forks` policy.
+pub(crate) async fn provenance(
+    pool: &PgPool,
+    run: &RunContext,
+    project: &ProjectConfig,
+) -> Result<Provenance, StepError> {
+    approvals::provenance(pool, run.stand_id, project.forks).await.map_err(db)
+}
+
+/// Under `forks = "approve"`, a deploy of a fork's stand runs only a commit someone approved.
+/// Intake and `/draft rerun` never queue anything else; this holds should anything ever do.
+pub(crate) async fn approved_or_refused(
+    pool: &PgPool,
+    run: &RunContext,
+    project: &ProjectConfig,
+) -> Result<(), StepError> {
+    if project.forks != ForkPolicy::Approve || !run.kind.deploys() {
+        return Ok(());
+    }
+    let sha = run.sha.as_deref().unwrap_or_default();
+    if provenance(pool, run, project).await? == Provenance::Own
+        || approvals::approved(pool, run.stand_id, sha).await.map_err(db)?
+    {
+        return Ok(());
+    }
+    Err(StepError::permanent(
+        "not_approved",
+        format!(
+            "commit {} is from a fork and nobody approved it: comment `/draft approve {}`",
+            short_sha(sha),
+            short_sha(sha)
+        ),
+    ))
+}
+
+/// Whether the stand's URL is private (its project's `access`, or an approved fork's stand), when
+/// draftd holds the key.
 pub(crate) fn private_stand<'k>(
     config: &Config,
     project: &ProjectConfig,
+    provenance: Provenance,
     key: Option<&'k AccessKey>,
 ) -> Option<&'k AccessKey> {
-    key.filter(|_| config.access_mode(project) == AccessMode::Forge)
+    key.filter(|_| provenance.private() || config.access_mode(project) == AccessMode::Forge)
 }
 
 /// The Secrets a run hands its stand, besides its logins and KV values.
@@ -124,11 +163,15 @@ pub(crate) async fn gather_secrets(
         gathered.detail["credentials"] = json!(why);
         Ok(gathered)
     };
-    if is_fork(pool, run.stand_id).await? {
+    let provenance = provenance(pool, run, project).await?;
+    if !provenance.gets_logins() {
         return Ok(none(gathered, FORK_NO_SECRETS));
     }
     let Some(c) = credentials else { return Ok(none(gathered, NO_SECRETS)) };
-    if let (Some(team), Some(service)) = (&project.team, &project.service)
+    if !provenance.gets_kv_secrets() {
+        // Not even read: the fork's code was reviewed, not trusted with the team's secrets.
+        gathered.detail["kv"] = json!(APPROVED_FORK_NO_KV);
+    } else if let (Some(team), Some(service)) = (&project.team, &project.service)
         && let Some(kv) = c.read_kv(team, service).await?
     {
         gathered.detail[crate::credentials::APP_SECRET] =
@@ -148,7 +191,11 @@ pub(crate) async fn gather_secrets(
         gathered.credential = Some(issued.credential_id);
         gathered.secrets.push((crate::credentials::DATABASE_SECRET, data));
     }
-    Ok(if gathered.secrets.is_empty() { Err(NO_SECRETS) } else { Ok(gathered) })
+    Ok(match (gathered.secrets.is_empty(), provenance) {
+        (true, Provenance::ApprovedFork) => Err(APPROVED_FORK_NO_KV),
+        (true, _) => Err(NO_SECRETS),
+        (false, _) => Ok(gathered),
+    })
 }
 
 pub(crate) async fn write(path: &Path, text: &str) -> Result<PathBuf, StepError> {
@@ -159,6 +206,10 @@ pub(crate) async fn write(path: &Path, text: &str) -> Result<PathBuf, StepError>
     tokio::fs::write(path, text).await.map_err(io)?;
     Ok(path.to_path_buf())
 }
+
+/// The chart value that renders every mock whatever the project's values enable
+/// (charts/stand/values.yaml): an approved fork's stand talks to no real integration.
+pub(crate) const MOCKS_ONLY: &str = "mocksOnly";
 
 /// The chart names each mock's Service `<release>-mock-<name>`.
 pub(crate) fn mocks_in(manifests: &str) -> Vec<String> {

@@ -498,6 +498,7 @@ pub fn view(stand_id: StandId, run: i32, status: Status) -> ReportView {
         waiting: None,
         access: None,
         degraded: None,
+        awaiting_approval: None,
     }
 }
 

@@ -1,0 +1,2 @@
+drop table fork_approvals;
+alter table stands drop column awaiting_approval;
