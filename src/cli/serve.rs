@@ -136,7 +136,9 @@ fn start_background(
             let cluster = Arc::new(cluster);
             spawn_reaper(reaper.with_cluster(cluster.clone()), &config, state, stop)?;
             spawn_watch(
-                Watch::new(workers_pool.clone(), config.clone()).with_cluster(cluster.clone()),
+                Watch::new(workers_pool.clone(), config.clone())
+                    .with_cluster(cluster.clone())
+                    .with_access(access_key.clone()),
                 &config,
                 state,
                 stop,

@@ -145,6 +145,9 @@ pub struct UrlProber {
     url: String,
     /// The Host header, when the URL names the ingress controller's address instead of the stand.
     host: Option<String>,
+    /// A private stand's access token (`X-Draftd-Access`): without it the sign-in redirect would
+    /// answer for the app.
+    access: Option<secrecy::SecretString>,
 }
 
 impl UrlProber {
@@ -154,7 +157,13 @@ impl UrlProber {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("a client without custom TLS settings builds");
-        Self { client, url: url.into(), host: None }
+        Self { client, url: url.into(), host: None, access: None }
+    }
+
+    /// Sends a private stand's access token, so the app answers rather than the sign-in redirect.
+    pub fn with_access(mut self, token: Option<secrecy::SecretString>) -> Self {
+        self.access = token;
+        self
     }
 
     /// Through the ingress controller at `address` (`host:port`), in plain HTTP with the stand's
@@ -172,6 +181,9 @@ impl Prober for UrlProber {
         let mut request = self.client.get(&self.url).timeout(timeout);
         if let Some(host) = &self.host {
             request = request.header(reqwest::header::HOST, host);
+        }
+        if let Some(token) = &self.access {
+            request = request.header("x-draftd-access", secrecy::ExposeSecret::expose_secret(token));
         }
         match request.send().await {
             Ok(response) => ProbeResult::Status(response.status().as_u16()),

@@ -181,9 +181,7 @@ impl Config {
             }
         }
         for (i, p) in self.projects.iter().enumerate() {
-            if p.forks == super::ForkPolicy::Approve
-                && self.access.as_ref().and_then(|a| a.app(p.forge)).is_none()
-            {
+            if p.forks == super::ForkPolicy::Approve && self.access.as_ref().and_then(|a| a.app(p.forge)).is_none() {
                 return Err(self.invalid(
                     format!("projects[{i}].forks"),
                     format!(

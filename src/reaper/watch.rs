@@ -61,11 +61,25 @@ pub struct Watch<C = Kubernetes> {
     /// Stands without a host are probed through the API server proxy, and a degraded stand's pods
     /// are diagnosed, through it; without one they are neither.
     cluster: Option<Arc<C>>,
+    /// `[access]`'s key: a private stand is probed with its current access token.
+    access: Option<crate::credentials::access::AccessKey>,
 }
 
 impl<C: Cluster> Watch<C> {
     pub fn new(pool: PgPool, config: Arc<Config>) -> Self {
-        Self { pool, config, cluster: None }
+        Self { pool, config, cluster: None, access: None }
+    }
+
+    pub fn with_access(mut self, key: Option<crate::credentials::access::AccessKey>) -> Self {
+        self.access = key;
+        self
+    }
+
+    /// The stand's current access token, when its URL is private (a token was handed out).
+    async fn token(&self, due: &Due) -> Option<secrecy::SecretString> {
+        let key = self.access.as_ref()?;
+        let run = crate::store::access::token_run(&self.pool, due.stand_id).await.ok()??;
+        Some(key.token(due.stand_id, run).0)
     }
 
     pub fn with_cluster(mut self, cluster: Arc<C>) -> Self {
@@ -144,10 +158,13 @@ impl<C: Cluster> Watch<C> {
         let host = project.and_then(|p| p.host.as_deref()).map(|pattern| stand_host(pattern, &due.namespace));
         match (host, &v.ingress_address, &self.cluster) {
             (Some(host), Some(address), _) => {
-                Some(once(&UrlProber::through(address, &host, &v.probe_path), timeout).await)
+                let prober = UrlProber::through(address, &host, &v.probe_path).with_access(self.token(due).await);
+                Some(once(&prober, timeout).await)
             }
             (Some(host), None, _) => {
-                Some(once(&UrlProber::new(format!("{}{}", stand_url(&host), v.probe_path)), timeout).await)
+                let prober =
+                    UrlProber::new(format!("{}{}", stand_url(&host), v.probe_path)).with_access(self.token(due).await);
+                Some(once(&prober, timeout).await)
             }
             (None, _, Some(cluster)) => {
                 let release = release_name(&due.namespace);

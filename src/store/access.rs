@@ -84,9 +84,11 @@ pub struct Reachable {
 
 /// Every stand that has, or may soon have, a URL.
 pub async fn reachable(pool: &PgPool) -> Result<Vec<Reachable>, StoreError> {
-    Ok(sqlx::query_as("select stand_id, project, namespace, state, access_run_id from stands where state <> 'removed'")
-        .fetch_all(pool)
-        .await?)
+    Ok(sqlx::query_as(
+        "select stand_id, project, namespace, state, access_run_id, fork from stands where state <> 'removed'",
+    )
+    .fetch_all(pool)
+    .await?)
 }
 
 /// A sign-in under way.

@@ -29,6 +29,16 @@ const BRANCH: &str = "feature/from-fork";
 const CONFIG: &str = r#"
 [api]
 token_env = "API_TOKEN"
+[access]
+url = "https://access.stands.test"
+cookie_domain = "stands.test"
+key_env = "ACCESS_KEY"
+[access.github]
+client_id = "Iv1.draftd"
+client_secret_env = "GH_CLIENT_SECRET"
+[access.gitlab]
+client_id = "draftd"
+client_secret_env = "GH_CLIENT_SECRET"
 
 [[projects]]
 name = "gh-approve"
@@ -400,6 +410,13 @@ async fn an_approved_fork_stand_never_reads_the_projects_kv_secrets(pool: PgPool
         address = "{}"
         auth = "token"
         token_file = "{}"
+        [access]
+        url = "https://access.stands.test"
+        cookie_domain = "stands.test"
+        key_env = "ACCESS_KEY"
+        [access.github]
+        client_id = "Iv1.draftd"
+        client_secret_env = "GH_CLIENT_SECRET"
         [[projects]]
         name = "shop"
         forge = "github"

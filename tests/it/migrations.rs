@@ -23,6 +23,7 @@ async fn migrations_apply_reverse_and_apply_again(pool: PgPool) {
     m.run(&pool).await.unwrap();
     assert!(draftd::store::migrations_applied(&pool).await.unwrap());
     let expected = [
+        "access_flows",
         "audit",
         "credentials",
         "deliveries",

@@ -76,6 +76,9 @@ pub fn projects(config: &Config) -> Projects {
         "GH_SECRET" => Some(GITHUB_SECRET.into()),
         "GL_SECRET" => Some(GITLAB_SECRET.into()),
         "API_TOKEN" => Some(API_TOKEN.into()),
+        // `[access]`, for configs with private stands (approved forks' stands are private).
+        "ACCESS_KEY" => Some("access-test-key-8d1f0c3b5a7e9d2f4b6a8c0e1d3f5a7b".into()),
+        "GH_CLIENT_SECRET" => Some("gh-client-secret-0b9a8c7d".into()),
         _ => None,
     })
     .expect("test secrets")

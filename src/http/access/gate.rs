@@ -123,11 +123,7 @@ impl Gate {
                     project: row.project,
                     forge: *forge,
                     repo: repo.clone(),
-                    mode: if private_fork {
-                        AccessMode::Forge
-                    } else {
-                        *mode
-                    },
+                    mode: if private_fork { AccessMode::Forge } else { *mode },
                     token_run: row.access_run_id,
                 },
             );

@@ -102,13 +102,18 @@ impl<H: Helm> DryRunSteps<H> {
             }
             StepName::Database => return database_step(self.credentials.as_deref(), run, project).await,
             StepName::Secrets => {
-                let gathered =
-                    match gather_secrets(&self.pool, self.credentials.as_deref(), self.extra(run, project).await?, run, project)
-                        .await?
-                    {
-                        Ok(gathered) => gathered,
-                        Err(reason) => return Ok(StepOutcome::skipped(reason)),
-                    };
+                let gathered = match gather_secrets(
+                    &self.pool,
+                    self.credentials.as_deref(),
+                    self.extra(run, project).await?,
+                    run,
+                    project,
+                )
+                .await?
+                {
+                    Ok(gathered) => gathered,
+                    Err(reason) => return Ok(StepOutcome::skipped(reason)),
+                };
                 // Keys only: secret values never reach the dry-run folder.
                 let manifest: Vec<Value> = gathered
                     .secrets

@@ -10,8 +10,8 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use super::shared::{
-    Extra, FORK_NO_SECRETS, MOCKS_ONLY, approved_or_refused, database_step, gather_secrets, mocks_in,
-    private_stand, project_of, provenance, retired,
+    Extra, FORK_NO_SECRETS, MOCKS_ONLY, approved_or_refused, database_step, gather_secrets, mocks_in, private_stand,
+    project_of, provenance, retired,
 };
 use crate::cluster::build::{BuildJob, GitAuth};
 use crate::cluster::jobs::JobRequest;
@@ -288,13 +288,17 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
         let checked = match self.cluster.wait_rollout(ns, release, v.rollout_timeout).await {
             Err(e) => Err(StepError::from(e)),
             Ok(workloads) => {
+                // A private stand lets the probe in with this run's access token.
+                let token = plan.release.set.contains_key("access.authUrl").then_some(self.access.as_ref()).flatten();
+                let token = token.map(|key| key.token(run.stand_id, run.run_id).0);
                 let gate = match (&plan.url, &plan.host, &v.ingress_address) {
                     (Some(_), Some(host), Some(address)) => {
-                        let prober = UrlProber::through(address, host, &v.probe_path);
+                        let prober = UrlProber::through(address, host, &v.probe_path).with_access(token);
                         verify::gate(&prober, v.probes, v.probe_window, v.probe_timeout).await
                     }
                     (Some(url), _, _) => {
-                        let prober = UrlProber::new(format!("{}{}", url.trim_end_matches('/'), v.probe_path));
+                        let prober =
+                            UrlProber::new(format!("{}{}", url.trim_end_matches('/'), v.probe_path)).with_access(token);
                         verify::gate(&prober, v.probes, v.probe_window, v.probe_timeout).await
                     }
                     (None, _, _) => {
@@ -413,11 +417,18 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
         project: &ProjectConfig,
         plan: &StandPlan,
     ) -> Result<StepOutcome, StepError> {
-        let gathered =
-            match gather_secrets(&self.pool, self.credentials.as_deref(), self.extra(run, project).await?, run, project).await? {
-                Ok(gathered) => gathered,
-                Err(reason) => return Ok(StepOutcome::skipped(reason)),
-            };
+        let gathered = match gather_secrets(
+            &self.pool,
+            self.credentials.as_deref(),
+            self.extra(run, project).await?,
+            run,
+            project,
+        )
+        .await?
+        {
+            Ok(gathered) => gathered,
+            Err(reason) => return Ok(StepOutcome::skipped(reason)),
+        };
         let stand = self.stand_meta(run, project).await?;
         let mut all = BTreeMap::new();
         for (name, data) in &gathered.secrets {

@@ -285,14 +285,14 @@ fn token_json(s: &mut Inner, t: &PersonToken) -> Value {
         (ForgeKind::Gitlab, _) => json!({
             "access_token": t.token,
             "token_type": "Bearer",
-            "expires_in": GITLAB_TOKEN_TTL,
+            "expires_in": GITLAB_GRANT_TTL,
             "refresh_token": s.oauth.secret("", true),
             "scope": scope,
             "created_at": chrono::Utc::now().timestamp(),
         }),
         (ForgeKind::Github, ClientKind::GithubApp) => json!({
             "access_token": t.token,
-            "expires_in": GITHUB_APP_TOKEN_TTL,
+            "expires_in": GITHUB_APP_GRANT_TTL,
             "refresh_token": s.oauth.secret("ghr_", false),
             "refresh_token_expires_in": 15_897_600,
             "scope": "",

@@ -35,8 +35,8 @@ mod grant;
 /// Both forges: an authorization code is good for ten minutes, and once.
 const CODE_TTL: Duration = Duration::from_secs(600);
 /// GitLab's access tokens live two hours; a GitHub App's user tokens eight.
-const GITLAB_TOKEN_TTL: u64 = 7200;
-const GITHUB_APP_TOKEN_TTL: u64 = 28_800;
+const GITLAB_GRANT_TTL: u64 = 7200;
+const GITHUB_APP_GRANT_TTL: u64 = 28_800;
 /// The scopes a GitLab application may be given (those an identity provider's client asks for).
 const GITLAB_SCOPES: [&str; 8] =
     ["api", "read_api", "read_user", "read_repository", "write_repository", "openid", "profile", "email"];
@@ -127,8 +127,8 @@ impl State {
     fn mint(&mut self, login: &str, scope: Vec<String>, kind: ClientKind, gitlab: bool) -> PersonToken {
         let prefix = if kind == ClientKind::GithubApp { "ghu_" } else { "gho_" };
         let ttl = match (gitlab, kind) {
-            (true, _) => Some(GITLAB_TOKEN_TTL),
-            (false, ClientKind::GithubApp) => Some(GITHUB_APP_TOKEN_TTL),
+            (true, _) => Some(GITLAB_GRANT_TTL),
+            (false, ClientKind::GithubApp) => Some(GITHUB_APP_GRANT_TTL),
             (false, ClientKind::OauthApp) => None,
         };
         let t = PersonToken {
