@@ -339,3 +339,25 @@ fn walk(dir: &std::path::Path) -> String {
     }
     all
 }
+
+/// An approved fork's stand is private even in a public project: reviewed code, not the project's.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_fork_stand_of_a_public_project_that_approves_forks_is_private(pool: PgPool) {
+    let config = config_with("", "http://127.0.0.1:9", "");
+    let mut config = config;
+    config.projects[1].forks = draftd::config::ForkPolicy::Approve;
+    let state = AppState::new(&config, projects(&config), pool.clone());
+    state.set_migrated();
+    let app = router(state);
+    stand(&pool, "docs", "draft-guide").await;
+    let fork = stand(&pool, "docs", "draft-from-fork").await;
+    sqlx::query("update stands set fork = true where stand_id = $1").bind(fork).execute(&pool).await.unwrap();
+    assert_eq!(check(&app, "draft-guide.docs.stands.test", None, None).await, StatusCode::OK, "the project's own");
+    assert_eq!(
+        check(&app, "draft-from-fork.docs.stands.test", None, None).await,
+        StatusCode::UNAUTHORIZED,
+        "the fork's"
+    );
+    let reader = key().seal(&grant("acme/docs", now() + 600));
+    assert_eq!(check(&app, "draft-from-fork.docs.stands.test", Some(&reader), None).await, StatusCode::OK);
+}
