@@ -10,8 +10,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use super::shared::{
-    Extra, MOCKS_ONLY, approved_or_refused, database_step, gather_secrets, mocks_in, private_stand, project_of,
-    provenance, retired, write,
+    Extra, database_step, gather_secrets, mocks_in, private_stand, project_of, provenance, retired, step_plan, write,
 };
 use crate::cluster::dry_run;
 use crate::config::{Config, ProjectConfig};
@@ -20,7 +19,6 @@ use crate::credentials::{StandCredentials, redacted};
 use crate::helm::Helm;
 use crate::pipeline::image::{ImageStep, NoBuilder, Registries, pull_login};
 use crate::pipeline::lifecycle;
-use crate::pipeline::plan::StandPlan;
 use crate::pipeline::step::{RunContext, StepError, StepName, StepOutcome, StepRunner};
 
 pub struct DryRunSteps<H> {
@@ -65,27 +63,8 @@ impl<H: Helm> DryRunSteps<H> {
         Ok(Extra { access: private_stand(&self.config, project, provenance, self.access.as_ref()) })
     }
 
-    fn plan(&self, run: &RunContext, project: &ProjectConfig) -> StandPlan {
-        StandPlan::new(
-            &self.config,
-            project,
-            run.stand_id,
-            &run.namespace,
-            &run.branch,
-            run.sha.as_deref().unwrap_or(""),
-        )
-    }
-
     async fn step(&self, step: StepName, run: &RunContext, project: &ProjectConfig) -> Result<StepOutcome, StepError> {
-        if !matches!(step, StepName::Report | StepName::Rollback) {
-            approved_or_refused(&self.pool, run, project).await?;
-        }
-        let mut plan = self.plan(run, project);
-        if step == StepName::Deploy && provenance(&self.pool, run, project).await?.mocks_only() {
-            plan.release.set.insert(MOCKS_ONLY.to_owned(), "true".to_owned());
-            // An approved fork's stand is behind forge sign-in, whatever the project's `access`.
-            plan.make_private(&self.config);
-        }
+        let plan = step_plan(&self.pool, &self.config, step, run, project).await?;
         let dir = self.folder(run);
         Ok(match step {
             StepName::Namespace => {

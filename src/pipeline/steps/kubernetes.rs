@@ -10,8 +10,8 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use super::shared::{
-    Extra, FORK_NO_SECRETS, MOCKS_ONLY, approved_or_refused, database_step, gather_secrets, mocks_in, private_stand,
-    project_of, provenance, retired,
+    Extra, FORK_NO_SECRETS, database_step, gather_secrets, mocks_in, private_stand, project_of, provenance, retired,
+    step_plan,
 };
 use crate::cluster::build::{BuildJob, GitAuth};
 use crate::cluster::jobs::JobRequest;
@@ -167,11 +167,6 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
     async fn extra(&self, run: &RunContext, project: &ProjectConfig) -> Result<Extra<'_>, StepError> {
         let provenance = provenance(&self.pool, run, project).await?;
         Ok(Extra { access: private_stand(&self.config, project, provenance, self.access.as_ref()) })
-    }
-
-    fn plan(&self, run: &RunContext, project: &ProjectConfig) -> StandPlan {
-        let sha = run.sha.as_deref().unwrap_or("");
-        StandPlan::new(&self.config, project, run.stand_id, &run.namespace, &run.branch, sha)
     }
 
     /// Where the migrate and smoke Jobs reach the app: its Service inside the namespace (the chart's
@@ -537,15 +532,7 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
     }
 
     async fn step(&self, step: StepName, run: &RunContext, project: &ProjectConfig) -> Result<StepOutcome, StepError> {
-        if !matches!(step, StepName::Report | StepName::Rollback) {
-            approved_or_refused(&self.pool, run, project).await?;
-        }
-        let mut plan = self.plan(run, project);
-        if step == StepName::Deploy && provenance(&self.pool, run, project).await?.mocks_only() {
-            plan.release.set.insert(MOCKS_ONLY.to_owned(), "true".to_owned());
-            // An approved fork's stand is behind forge sign-in, whatever the project's `access`.
-            plan.make_private(&self.config);
-        }
+        let plan = step_plan(&self.pool, &self.config, step, run, project).await?;
         // What runs from deploy on is the image the image step found, by digest.
         let plan = if matches!(step, StepName::Deploy | StepName::Migrate | StepName::Smoke) {
             crate::pipeline::image::pinned(&self.pool, run, plan).await?

@@ -11,7 +11,8 @@ use sqlx::PgPool;
 use crate::config::{AccessMode, Config, ForkPolicy, ProjectConfig};
 use crate::credentials::access::{ACCESS_SECRET, AccessKey, TOKEN_KEY};
 use crate::credentials::{StandCredentials, redacted, stand_db};
-use crate::pipeline::step::{RunContext, StepError, StepOutcome};
+use crate::pipeline::plan::StandPlan;
+use crate::pipeline::step::{RunContext, StepError, StepName, StepOutcome};
 use crate::stand::{Provenance, short_sha};
 use crate::store::approvals;
 
@@ -121,6 +122,28 @@ pub(crate) async fn approved_or_refused(
             short_sha(sha)
         ),
     ))
+}
+
+/// The plan a step of `run` acts on, after the check every step but report and rollback makes (an
+/// unapproved fork commit is refused). An approved fork's deploy gets mocks only, and its URL is
+/// behind forge sign-in whatever the project's `access`.
+pub(crate) async fn step_plan(
+    pool: &PgPool,
+    config: &Config,
+    step: StepName,
+    run: &RunContext,
+    project: &ProjectConfig,
+) -> Result<StandPlan, StepError> {
+    if !matches!(step, StepName::Report | StepName::Rollback) {
+        approved_or_refused(pool, run, project).await?;
+    }
+    let sha = run.sha.as_deref().unwrap_or("");
+    let mut plan = StandPlan::new(config, project, run.stand_id, &run.namespace, &run.branch, sha);
+    if step == StepName::Deploy && provenance(pool, run, project).await?.mocks_only() {
+        plan.release.set.insert(MOCKS_ONLY.to_owned(), "true".to_owned());
+        plan.make_private(config);
+    }
+    Ok(plan)
 }
 
 /// Whether the stand's URL is private (its project's `access`, or an approved fork's stand), when
