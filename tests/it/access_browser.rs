@@ -279,3 +279,40 @@ async fn a_gitlab_member_signs_in_and_reaches_the_app_and_a_stranger_is_refused(
     let tokens = fake.oauth_token_requests();
     assert_eq!(tokens.len(), 2);
 }
+
+/// The same in Chromium with GitLab: a member signs in and reaches the app; a stranger is refused.
+#[sqlx::test(migrator = "draftd::store::MIGRATOR")]
+async fn a_gitlab_member_signs_in_in_chromium_and_a_stranger_is_refused(pool: PgPool) {
+    if std::env::var("DRAFTD_SKIP_BROWSER").as_deref() == Ok("1") {
+        eprintln!("skipped: DRAFTD_SKIP_BROWSER=1 (the GitLab sign-in browser test did not run)");
+        return;
+    }
+    let driver_path = chromedriver();
+    let fake = Fake::start(ForgeKind::Gitlab).await;
+    fake.gl_add_member(GITLAB_REPO, 42, "carol", 20);
+    stand(&pool, "shop", "draft-login").await;
+    let setup = setup(&pool, &fake, ForgeKind::Gitlab).await;
+    let dir = tempfile::tempdir().unwrap();
+    let driver = Chromedriver::start(&driver_path, dir.path()).await;
+    let args =
+        ["--host-resolver-rules=MAP *.stands.test 127.0.0.1".to_owned(), "--ignore-certificate-errors".to_owned()];
+    for (who, readable) in [("carol", true), ("dave", false)] {
+        fake.oauth_sign_in(who);
+        let client = connect_with(&driver, &dir.path().join(who), &args).await;
+        client.goto(&setup.url("/orders/7")).await.unwrap();
+        if readable {
+            let body = text_when(&client, "body", |t| t.contains(APP_TEXT)).await;
+            assert!(body.contains(APP_TEXT), "{body}");
+        } else {
+            let page = text_when(&client, "body", |t| t.contains("cannot read")).await;
+            assert!(page.contains("dave") && page.contains("GitLab") && !page.contains(APP_TEXT), "{page}");
+        }
+        client.close().await.unwrap();
+    }
+    let actions: Vec<String> =
+        sqlx::query_scalar("select actor from audit where action like 'access.%' order by audit_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(actions, vec!["gitlab:carol".to_owned(), "gitlab:dave".to_owned()]);
+}
