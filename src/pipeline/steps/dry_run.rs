@@ -9,9 +9,7 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use super::shared::{
-    Extra, database_step, gather_secrets, mocks_in, private_stand, project_of, provenance, retired, step_plan, write,
-};
+use super::shared::{database_step, gather_secrets, mocks_in, project_of, retired, step_plan, write};
 use crate::cluster::dry_run;
 use crate::config::{Config, ProjectConfig};
 use crate::credentials::access::AccessKey;
@@ -58,11 +56,6 @@ impl<H: Helm> DryRunSteps<H> {
         self.config.cluster.dry_run_dir.join(run.namespace.as_str())
     }
 
-    async fn extra(&self, run: &RunContext, project: &ProjectConfig) -> Result<Extra<'_>, StepError> {
-        let provenance = provenance(&self.pool, run, project).await?;
-        Ok(Extra { access: private_stand(&self.config, project, provenance, self.access.as_ref()) })
-    }
-
     async fn step(&self, step: StepName, run: &RunContext, project: &ProjectConfig) -> Result<StepOutcome, StepError> {
         let plan = step_plan(&self.pool, &self.config, step, run, project).await?;
         let dir = self.folder(run);
@@ -84,7 +77,7 @@ impl<H: Helm> DryRunSteps<H> {
                 let gathered = match gather_secrets(
                     &self.pool,
                     self.credentials.as_deref(),
-                    self.extra(run, project).await?,
+                    (&*self.config, self.access.as_ref()),
                     run,
                     project,
                 )

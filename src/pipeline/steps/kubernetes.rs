@@ -10,8 +10,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use super::shared::{
-    Extra, FORK_NO_SECRETS, database_step, gather_secrets, mocks_in, private_stand, project_of, provenance, retired,
-    step_plan,
+    FORK_NO_SECRETS, access_key, database_step, gather_secrets, mocks_in, project_of, provenance, retired, step_plan,
 };
 use crate::cluster::build::{BuildJob, GitAuth};
 use crate::cluster::jobs::JobRequest;
@@ -164,11 +163,6 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
         self
     }
 
-    async fn extra(&self, run: &RunContext, project: &ProjectConfig) -> Result<Extra<'_>, StepError> {
-        let provenance = provenance(&self.pool, run, project).await?;
-        Ok(Extra { access: private_stand(&self.config, project, provenance, self.access.as_ref()) })
-    }
-
     /// Where the migrate and smoke Jobs reach the app: its Service inside the namespace (the chart's
     /// Service is named after the release, port 80). Never the public URL: the namespace's own egress
     /// policy keeps pods from the ingress controller, and the public host may have no certificate yet.
@@ -224,7 +218,7 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
         }
         let stand = self.stand_meta(run, project).await?;
         // A private stand's URL lets its Jobs in with the run's access token (`X-Draftd-Access`).
-        if self.extra(run, project).await?.access.is_some() {
+        if access_key(&self.pool, &self.config, self.access.as_ref(), run, project).await?.is_some() {
             request.secrets.push(crate::credentials::access::ACCESS_SECRET.to_owned());
         }
         // Migrations get a login of their own, never the admin URL, revoked as soon as the Job ends.
@@ -415,7 +409,7 @@ impl<H: Helm, C: Cluster> KubernetesSteps<H, C> {
         let gathered = match gather_secrets(
             &self.pool,
             self.credentials.as_deref(),
-            self.extra(run, project).await?,
+            (&*self.config, self.access.as_ref()),
             run,
             project,
         )

@@ -148,7 +148,7 @@ pub(crate) async fn step_plan(
 
 /// Whether the stand's URL is private (its project's `access`, or an approved fork's stand), when
 /// draftd holds the key.
-pub(crate) fn private_stand<'k>(
+fn private_stand<'k>(
     config: &Config,
     project: &ProjectConfig,
     provenance: Provenance,
@@ -157,22 +157,31 @@ pub(crate) fn private_stand<'k>(
     key.filter(|_| provenance.private() || config.access_mode(project) == AccessMode::Forge)
 }
 
-/// The Secrets a run hands its stand, besides its logins and KV values.
-pub(crate) struct Extra<'a> {
-    /// The key the stand's access token is made with, when its URL is private.
-    pub access: Option<&'a AccessKey>,
+/// The key `run`'s stand gets an access token with, when its URL is private.
+pub(crate) async fn access_key<'k>(
+    pool: &PgPool,
+    config: &Config,
+    key: Option<&'k AccessKey>,
+    run: &RunContext,
+    project: &ProjectConfig,
+) -> Result<Option<&'k AccessKey>, StepError> {
+    if key.is_none() {
+        return Ok(None);
+    }
+    Ok(private_stand(config, project, provenance(pool, run, project).await?, key))
 }
 
 /// The secrets step's values, or why there are none (a fork's stand; nothing configured).
 pub(crate) async fn gather_secrets(
     pool: &PgPool,
     credentials: Option<&StandCredentials>,
-    extra: Extra<'_>,
+    (config, key): (&Config, Option<&AccessKey>),
     run: &RunContext,
     project: &ProjectConfig,
 ) -> Result<Result<Gathered, &'static str>, StepError> {
+    let provenance = provenance(pool, run, project).await?;
     let mut gathered = Gathered { secrets: Vec::new(), detail: json!({}), credential: None, access_token: false };
-    if let Some(key) = extra.access {
+    if let Some(key) = private_stand(config, project, provenance, key) {
         let token = key.token(run.stand_id, run.run_id);
         gathered.detail[ACCESS_SECRET] = json!({ "keys": [TOKEN_KEY], "run": run.run_id });
         gathered.secrets.push((ACCESS_SECRET, BTreeMap::from([(TOKEN_KEY.to_owned(), token.0)])));
@@ -186,7 +195,6 @@ pub(crate) async fn gather_secrets(
         gathered.detail["credentials"] = json!(why);
         Ok(gathered)
     };
-    let provenance = provenance(pool, run, project).await?;
     if !provenance.gets_logins() {
         return Ok(none(gathered, FORK_NO_SECRETS));
     }
